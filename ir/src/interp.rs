@@ -1,0 +1,1 @@
+//! Reference interpreter. Filled in below.

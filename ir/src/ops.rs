@@ -1,0 +1,952 @@
+//! Typed ops. Front ends resolve defaults, opset differences and `auto_pad` once; passes and back
+//! ends match on these types. Each op's life: this enum (+ attrs and shape rule here), the
+//! interpreter (`interp.rs`), and each back end's lowering.
+
+use crate::DType;
+use crate::types::TensorType;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConvAttrs {
+    pub kernel: Vec<usize>,
+    pub strides: Vec<usize>,
+    /// `[begin_0, begin_1, .., end_0, end_1, ..]` per spatial dim (ONNX order).
+    pub pads: Vec<usize>,
+    pub dilations: Vec<usize>,
+    pub groups: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConvTransposeAttrs {
+    pub kernel: Vec<usize>,
+    pub strides: Vec<usize>,
+    pub pads: Vec<usize>,
+    pub dilations: Vec<usize>,
+    pub groups: usize,
+    pub output_padding: Vec<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolAttrs {
+    pub kernel: Vec<usize>,
+    pub strides: Vec<usize>,
+    pub pads: Vec<usize>,
+    pub dilations: Vec<usize>,
+    pub ceil_mode: bool,
+    /// AveragePool only: divide by the full window including padding.
+    pub count_include_pad: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GemmAttrs {
+    pub alpha: f32,
+    pub beta: f32,
+    pub trans_a: bool,
+    pub trans_b: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Pow,
+    Max,
+    Min,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnaryOp {
+    Relu,
+    Sigmoid,
+    Tanh,
+    Erf,
+    Exp,
+    Log,
+    Sqrt,
+    Neg,
+    Abs,
+    Reciprocal,
+    Floor,
+    Ceil,
+    HardSwish,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResizeMode {
+    Nearest,
+    Linear,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CoordTransform {
+    HalfPixel,
+    PytorchHalfPixel,
+    AlignCorners,
+    Asymmetric,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NearestMode {
+    RoundPreferFloor,
+    RoundPreferCeil,
+    Floor,
+    Ceil,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResizeAttrs {
+    pub mode: ResizeMode,
+    pub coord: CoordTransform,
+    pub nearest: NearestMode,
+    /// Per-dim scale used by the coordinate transform (`out = floor(in * scale)` or given sizes).
+    pub scales: Vec<f32>,
+    pub out_shape: Vec<usize>,
+}
+
+/// Per-dimension normalized slice: element `i` of dim `d` reads input index
+/// `starts[d] + i * steps[d]`, for `i < sizes[d]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SliceAttrs {
+    pub starts: Vec<usize>,
+    pub steps: Vec<i64>,
+    pub sizes: Vec<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// inputs: x `[N,C,spatial..]`, w `[M,C/groups,k..]`, optional bias `[M]`.
+    Conv(ConvAttrs),
+    /// inputs: x `[N,C,spatial..]`, w `[C,M/groups,k..]`, optional bias `[M]`.
+    ConvTranspose(ConvTransposeAttrs),
+    /// inputs: a, b, optional c (unidirectionally broadcast to `[M,N]`).
+    Gemm(GemmAttrs),
+    /// NumPy matmul: batched with broadcasting, 1-D operands promoted.
+    MatMul,
+    /// Elementwise with multidirectional broadcasting.
+    Binary(BinaryOp),
+    Unary(UnaryOp),
+    Clip {
+        min: f32,
+        max: f32,
+    },
+    HardSigmoid {
+        alpha: f32,
+        beta: f32,
+    },
+    LeakyRelu {
+        alpha: f32,
+    },
+    /// Inference batch norm; inputs: x, scale, bias, mean, var (all params `[C]`).
+    BatchNorm {
+        epsilon: f32,
+    },
+    MaxPool(PoolAttrs),
+    AveragePool(PoolAttrs),
+    GlobalAveragePool,
+    /// Shape-only: the bytes are unchanged (covers Flatten, Squeeze, Unsqueeze).
+    Reshape {
+        shape: Vec<usize>,
+    },
+    Transpose {
+        perm: Vec<usize>,
+    },
+    Concat {
+        axis: usize,
+    },
+    Split {
+        axis: usize,
+        sizes: Vec<usize>,
+    },
+    Slice(SliceAttrs),
+    /// Softmax along one axis (opset-13 semantics).
+    Softmax {
+        axis: usize,
+    },
+    ReduceMean {
+        axes: Vec<usize>,
+        keepdims: bool,
+    },
+    Resize(ResizeAttrs),
+    Cast {
+        to: DType,
+    },
+}
+
+/// A scalar or list attribute, for the text form.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attr {
+    Int(i64),
+    Float(f32),
+    Ints(Vec<i64>),
+    Floats(Vec<f32>),
+    Str(String),
+}
+
+impl Attr {
+    fn int(&self) -> Result<i64, String> {
+        match self {
+            Attr::Int(i) => Ok(*i),
+            _ => Err(format!("expected an integer, got {self:?}")),
+        }
+    }
+    fn uint(&self) -> Result<usize, String> {
+        usize::try_from(self.int()?)
+            .map_err(|_| format!("expected a non-negative integer, got {self:?}"))
+    }
+    fn float(&self) -> Result<f32, String> {
+        match self {
+            Attr::Float(f) => Ok(*f),
+            Attr::Int(i) => Ok(*i as f32),
+            _ => Err(format!("expected a float, got {self:?}")),
+        }
+    }
+    fn ints(&self) -> Result<Vec<i64>, String> {
+        match self {
+            Attr::Ints(v) => Ok(v.clone()),
+            _ => Err(format!("expected an integer list, got {self:?}")),
+        }
+    }
+    fn uints(&self) -> Result<Vec<usize>, String> {
+        self.ints()?
+            .into_iter()
+            .map(|i| usize::try_from(i).map_err(|_| format!("negative value {i} in list")))
+            .collect()
+    }
+    fn floats(&self) -> Result<Vec<f32>, String> {
+        match self {
+            Attr::Floats(v) => Ok(v.clone()),
+            Attr::Ints(v) => Ok(v.iter().map(|&i| i as f32).collect()),
+            _ => Err(format!("expected a float list, got {self:?}")),
+        }
+    }
+    fn str(&self) -> Result<&str, String> {
+        match self {
+            Attr::Str(s) => Ok(s),
+            _ => Err(format!("expected a string, got {self:?}")),
+        }
+    }
+}
+
+fn us(v: &[usize]) -> Attr {
+    Attr::Ints(v.iter().map(|&x| x as i64).collect())
+}
+
+const UNARY: [(UnaryOp, &str); 13] = [
+    (UnaryOp::Relu, "relu"),
+    (UnaryOp::Sigmoid, "sigmoid"),
+    (UnaryOp::Tanh, "tanh"),
+    (UnaryOp::Erf, "erf"),
+    (UnaryOp::Exp, "exp"),
+    (UnaryOp::Log, "log"),
+    (UnaryOp::Sqrt, "sqrt"),
+    (UnaryOp::Neg, "neg"),
+    (UnaryOp::Abs, "abs"),
+    (UnaryOp::Reciprocal, "reciprocal"),
+    (UnaryOp::Floor, "floor"),
+    (UnaryOp::Ceil, "ceil"),
+    (UnaryOp::HardSwish, "hard_swish"),
+];
+const BINARY: [(BinaryOp, &str); 7] = [
+    (BinaryOp::Add, "add"),
+    (BinaryOp::Sub, "sub"),
+    (BinaryOp::Mul, "mul"),
+    (BinaryOp::Div, "div"),
+    (BinaryOp::Pow, "pow"),
+    (BinaryOp::Max, "max"),
+    (BinaryOp::Min, "min"),
+];
+
+impl UnaryOp {
+    pub fn name(self) -> &'static str {
+        UNARY.iter().find(|(o, _)| *o == self).unwrap().1
+    }
+}
+impl BinaryOp {
+    pub fn name(self) -> &'static str {
+        BINARY.iter().find(|(o, _)| *o == self).unwrap().1
+    }
+}
+
+impl ResizeMode {
+    fn name(self) -> &'static str {
+        match self {
+            ResizeMode::Nearest => "nearest",
+            ResizeMode::Linear => "linear",
+        }
+    }
+}
+impl CoordTransform {
+    pub const ALL: [(CoordTransform, &'static str); 4] = [
+        (CoordTransform::HalfPixel, "half_pixel"),
+        (CoordTransform::PytorchHalfPixel, "pytorch_half_pixel"),
+        (CoordTransform::AlignCorners, "align_corners"),
+        (CoordTransform::Asymmetric, "asymmetric"),
+    ];
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(o, _)| *o == self).unwrap().1
+    }
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(_, n)| *n == s).map(|(o, _)| *o)
+    }
+}
+impl NearestMode {
+    pub const ALL: [(NearestMode, &'static str); 4] = [
+        (NearestMode::RoundPreferFloor, "round_prefer_floor"),
+        (NearestMode::RoundPreferCeil, "round_prefer_ceil"),
+        (NearestMode::Floor, "floor"),
+        (NearestMode::Ceil, "ceil"),
+    ];
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(o, _)| *o == self).unwrap().1
+    }
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(_, n)| *n == s).map(|(o, _)| *o)
+    }
+}
+
+impl Op {
+    /// Stable op name used by the text form and diagnostics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Conv(_) => "conv",
+            Op::ConvTranspose(_) => "conv_transpose",
+            Op::Gemm(_) => "gemm",
+            Op::MatMul => "matmul",
+            Op::Binary(b) => b.name(),
+            Op::Unary(u) => u.name(),
+            Op::Clip { .. } => "clip",
+            Op::HardSigmoid { .. } => "hard_sigmoid",
+            Op::LeakyRelu { .. } => "leaky_relu",
+            Op::BatchNorm { .. } => "batch_norm",
+            Op::MaxPool(_) => "max_pool",
+            Op::AveragePool(_) => "average_pool",
+            Op::GlobalAveragePool => "global_average_pool",
+            Op::Reshape { .. } => "reshape",
+            Op::Transpose { .. } => "transpose",
+            Op::Concat { .. } => "concat",
+            Op::Split { .. } => "split",
+            Op::Slice(_) => "slice",
+            Op::Softmax { .. } => "softmax",
+            Op::ReduceMean { .. } => "reduce_mean",
+            Op::Resize(_) => "resize",
+            Op::Cast { .. } => "cast",
+        }
+    }
+
+    /// True for ops that only reinterpret the bytes (no data movement).
+    pub fn is_view(&self) -> bool {
+        matches!(self, Op::Reshape { .. })
+    }
+
+    /// The op's attributes as name/value pairs (the text form prints these).
+    pub fn attrs(&self) -> Vec<(&'static str, Attr)> {
+        match self {
+            Op::Conv(a) => vec![
+                ("kernel", us(&a.kernel)),
+                ("strides", us(&a.strides)),
+                ("pads", us(&a.pads)),
+                ("dilations", us(&a.dilations)),
+                ("groups", Attr::Int(a.groups as i64)),
+            ],
+            Op::ConvTranspose(a) => vec![
+                ("kernel", us(&a.kernel)),
+                ("strides", us(&a.strides)),
+                ("pads", us(&a.pads)),
+                ("dilations", us(&a.dilations)),
+                ("groups", Attr::Int(a.groups as i64)),
+                ("output_padding", us(&a.output_padding)),
+            ],
+            Op::Gemm(a) => vec![
+                ("alpha", Attr::Float(a.alpha)),
+                ("beta", Attr::Float(a.beta)),
+                ("trans_a", Attr::Int(a.trans_a as i64)),
+                ("trans_b", Attr::Int(a.trans_b as i64)),
+            ],
+            Op::Clip { min, max } => vec![("min", Attr::Float(*min)), ("max", Attr::Float(*max))],
+            Op::HardSigmoid { alpha, beta } => {
+                vec![("alpha", Attr::Float(*alpha)), ("beta", Attr::Float(*beta))]
+            }
+            Op::LeakyRelu { alpha } => vec![("alpha", Attr::Float(*alpha))],
+            Op::BatchNorm { epsilon } => vec![("epsilon", Attr::Float(*epsilon))],
+            Op::MaxPool(a) | Op::AveragePool(a) => {
+                let mut v = vec![
+                    ("kernel", us(&a.kernel)),
+                    ("strides", us(&a.strides)),
+                    ("pads", us(&a.pads)),
+                    ("dilations", us(&a.dilations)),
+                    ("ceil_mode", Attr::Int(a.ceil_mode as i64)),
+                ];
+                if matches!(self, Op::AveragePool(_)) {
+                    v.push(("count_include_pad", Attr::Int(a.count_include_pad as i64)));
+                }
+                v
+            }
+            Op::Reshape { shape } => vec![("shape", us(shape))],
+            Op::Transpose { perm } => vec![("perm", us(perm))],
+            Op::Concat { axis } => vec![("axis", Attr::Int(*axis as i64))],
+            Op::Split { axis, sizes } => {
+                vec![("axis", Attr::Int(*axis as i64)), ("sizes", us(sizes))]
+            }
+            Op::Slice(a) => vec![
+                ("starts", us(&a.starts)),
+                ("steps", Attr::Ints(a.steps.clone())),
+                ("sizes", us(&a.sizes)),
+            ],
+            Op::Softmax { axis } => vec![("axis", Attr::Int(*axis as i64))],
+            Op::ReduceMean { axes, keepdims } => vec![
+                ("axes", us(axes)),
+                ("keepdims", Attr::Int(*keepdims as i64)),
+            ],
+            Op::Resize(a) => vec![
+                ("mode", Attr::Str(a.mode.name().into())),
+                ("coord", Attr::Str(a.coord.name().into())),
+                ("nearest", Attr::Str(a.nearest.name().into())),
+                ("scales", Attr::Floats(a.scales.clone())),
+                ("out_shape", us(&a.out_shape)),
+            ],
+            Op::Cast { to } => vec![("to", Attr::Str(to.name().into()))],
+            Op::MatMul | Op::Binary(_) | Op::Unary(_) | Op::GlobalAveragePool => vec![],
+        }
+    }
+
+    /// Rebuild an op from its name and attributes (inverse of `name` + `attrs`).
+    pub fn from_parts(name: &str, attrs: &[(String, Attr)]) -> Result<Op, String> {
+        let get = |k: &str| -> Result<&Attr, String> {
+            attrs
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, a)| a)
+                .ok_or_else(|| format!("op '{name}' needs attribute '{k}'"))
+        };
+        let flag = |k: &str| -> Result<bool, String> { Ok(get(k)?.int()? != 0) };
+        if let Some((u, _)) = UNARY.iter().find(|(_, n)| *n == name) {
+            return Ok(Op::Unary(*u));
+        }
+        if let Some((b, _)) = BINARY.iter().find(|(_, n)| *n == name) {
+            return Ok(Op::Binary(*b));
+        }
+        let pool = || -> Result<PoolAttrs, String> {
+            Ok(PoolAttrs {
+                kernel: get("kernel")?.uints()?,
+                strides: get("strides")?.uints()?,
+                pads: get("pads")?.uints()?,
+                dilations: get("dilations")?.uints()?,
+                ceil_mode: flag("ceil_mode")?,
+                count_include_pad: if name == "average_pool" {
+                    flag("count_include_pad")?
+                } else {
+                    false
+                },
+            })
+        };
+        Ok(match name {
+            "conv" => Op::Conv(ConvAttrs {
+                kernel: get("kernel")?.uints()?,
+                strides: get("strides")?.uints()?,
+                pads: get("pads")?.uints()?,
+                dilations: get("dilations")?.uints()?,
+                groups: get("groups")?.uint()?,
+            }),
+            "conv_transpose" => Op::ConvTranspose(ConvTransposeAttrs {
+                kernel: get("kernel")?.uints()?,
+                strides: get("strides")?.uints()?,
+                pads: get("pads")?.uints()?,
+                dilations: get("dilations")?.uints()?,
+                groups: get("groups")?.uint()?,
+                output_padding: get("output_padding")?.uints()?,
+            }),
+            "gemm" => Op::Gemm(GemmAttrs {
+                alpha: get("alpha")?.float()?,
+                beta: get("beta")?.float()?,
+                trans_a: flag("trans_a")?,
+                trans_b: flag("trans_b")?,
+            }),
+            "matmul" => Op::MatMul,
+            "clip" => Op::Clip {
+                min: get("min")?.float()?,
+                max: get("max")?.float()?,
+            },
+            "hard_sigmoid" => Op::HardSigmoid {
+                alpha: get("alpha")?.float()?,
+                beta: get("beta")?.float()?,
+            },
+            "leaky_relu" => Op::LeakyRelu {
+                alpha: get("alpha")?.float()?,
+            },
+            "batch_norm" => Op::BatchNorm {
+                epsilon: get("epsilon")?.float()?,
+            },
+            "max_pool" => Op::MaxPool(pool()?),
+            "average_pool" => Op::AveragePool(pool()?),
+            "global_average_pool" => Op::GlobalAveragePool,
+            "reshape" => Op::Reshape {
+                shape: get("shape")?.uints()?,
+            },
+            "transpose" => Op::Transpose {
+                perm: get("perm")?.uints()?,
+            },
+            "concat" => Op::Concat {
+                axis: get("axis")?.uint()?,
+            },
+            "split" => Op::Split {
+                axis: get("axis")?.uint()?,
+                sizes: get("sizes")?.uints()?,
+            },
+            "slice" => Op::Slice(SliceAttrs {
+                starts: get("starts")?.uints()?,
+                steps: get("steps")?.ints()?,
+                sizes: get("sizes")?.uints()?,
+            }),
+            "softmax" => Op::Softmax {
+                axis: get("axis")?.uint()?,
+            },
+            "reduce_mean" => Op::ReduceMean {
+                axes: get("axes")?.uints()?,
+                keepdims: flag("keepdims")?,
+            },
+            "resize" => Op::Resize(ResizeAttrs {
+                mode: match get("mode")?.str()? {
+                    "nearest" => ResizeMode::Nearest,
+                    "linear" => ResizeMode::Linear,
+                    m => return Err(format!("unknown resize mode '{m}'")),
+                },
+                coord: CoordTransform::from_name(get("coord")?.str()?)
+                    .ok_or("unknown coordinate transform")?,
+                nearest: NearestMode::from_name(get("nearest")?.str()?)
+                    .ok_or("unknown nearest mode")?,
+                scales: get("scales")?.floats()?,
+                out_shape: get("out_shape")?.uints()?,
+            }),
+            "cast" => {
+                let s = get("to")?.str()?;
+                Op::Cast {
+                    to: DType::from_name(s).ok_or_else(|| format!("unknown dtype '{s}'"))?,
+                }
+            }
+            _ => return Err(format!("unknown op '{name}'")),
+        })
+    }
+
+    /// Shape and type inference: output types from input types. Errors are plain messages; the
+    /// caller adds the node name.
+    pub fn infer(&self, ins: &[&TensorType]) -> Result<Vec<TensorType>, String> {
+        let arity = |lo: usize, hi: usize| -> Result<(), String> {
+            if ins.len() < lo || ins.len() > hi {
+                Err(format!("expects {lo}..={hi} inputs, got {}", ins.len()))
+            } else {
+                Ok(())
+            }
+        };
+        let float_in = |i: usize| -> Result<(), String> {
+            if ins[i].dtype.is_float() {
+                Ok(())
+            } else {
+                Err(format!("input {i} must be a float tensor, got {}", ins[i]))
+            }
+        };
+        match self {
+            Op::Conv(a) => {
+                arity(2, 3)?;
+                float_in(0)?;
+                let (x, w) = (ins[0], ins[1]);
+                let sp = a.kernel.len();
+                check_spatial(x, sp, &a.strides, &a.pads, &a.dilations)?;
+                if w.rank() != sp + 2 || w.shape[2..] != a.kernel[..] {
+                    return Err(format!("weight {w} does not match kernel {:?}", a.kernel));
+                }
+                if a.groups == 0
+                    || x.shape[1] % a.groups != 0
+                    || w.shape[0] % a.groups != 0
+                    || w.shape[1] * a.groups != x.shape[1]
+                {
+                    return Err(format!(
+                        "channels: input {x}, weight {w}, groups {}",
+                        a.groups
+                    ));
+                }
+                if ins.len() == 3 && ins[2].shape != [w.shape[0]] {
+                    return Err(format!("bias {} must be [{}]", ins[2], w.shape[0]));
+                }
+                let mut out = vec![x.shape[0], w.shape[0]];
+                for d in 0..sp {
+                    let ext = a.dilations[d] * (a.kernel[d] - 1) + 1;
+                    let padded = x.shape[2 + d] + a.pads[d] + a.pads[sp + d];
+                    if padded < ext {
+                        return Err(format!(
+                            "kernel extent {ext} exceeds padded input {padded} in spatial dim {d}"
+                        ));
+                    }
+                    out.push((padded - ext) / a.strides[d] + 1);
+                }
+                Ok(vec![x.with_shape(out)])
+            }
+            Op::ConvTranspose(a) => {
+                arity(2, 3)?;
+                float_in(0)?;
+                let (x, w) = (ins[0], ins[1]);
+                let sp = a.kernel.len();
+                check_spatial(x, sp, &a.strides, &a.pads, &a.dilations)?;
+                if w.rank() != sp + 2 || w.shape[2..] != a.kernel[..] || w.shape[0] != x.shape[1] {
+                    return Err(format!(
+                        "weight {w} does not match input {x} / kernel {:?}",
+                        a.kernel
+                    ));
+                }
+                if a.groups == 0 || x.shape[1] % a.groups != 0 || a.output_padding.len() != sp {
+                    return Err("bad groups or output_padding".into());
+                }
+                let m = w.shape[1] * a.groups;
+                if ins.len() == 3 && ins[2].shape != [m] {
+                    return Err(format!("bias {} must be [{m}]", ins[2]));
+                }
+                let mut out = vec![x.shape[0], m];
+                for d in 0..sp {
+                    let full = a.strides[d] * (x.shape[2 + d] - 1)
+                        + a.output_padding[d]
+                        + (a.kernel[d] - 1) * a.dilations[d]
+                        + 1;
+                    let p = a.pads[d] + a.pads[sp + d];
+                    if full <= p {
+                        return Err("pads remove the whole output".into());
+                    }
+                    out.push(full - p);
+                }
+                Ok(vec![x.with_shape(out)])
+            }
+            Op::Gemm(a) => {
+                arity(2, 3)?;
+                float_in(0)?;
+                let (x, y) = (ins[0], ins[1]);
+                if x.rank() != 2 || y.rank() != 2 {
+                    return Err(format!("gemm needs 2-D operands, got {x} and {y}"));
+                }
+                let (m, k) = if a.trans_a {
+                    (x.shape[1], x.shape[0])
+                } else {
+                    (x.shape[0], x.shape[1])
+                };
+                let (k2, n) = if a.trans_b {
+                    (y.shape[1], y.shape[0])
+                } else {
+                    (y.shape[0], y.shape[1])
+                };
+                if k != k2 {
+                    return Err(format!("inner dimensions differ: {x} x {y}"));
+                }
+                if ins.len() == 3 {
+                    let b = broadcast_shapes(&ins[2].shape, &[m, n])?;
+                    if b != [m, n] {
+                        return Err(format!("c {} does not broadcast to [{m},{n}]", ins[2]));
+                    }
+                }
+                Ok(vec![x.with_shape(vec![m, n])])
+            }
+            Op::MatMul => {
+                arity(2, 2)?;
+                Ok(vec![
+                    ins[0].with_shape(matmul_shape(&ins[0].shape, &ins[1].shape)?),
+                ])
+            }
+            Op::Binary(_) => {
+                arity(2, 2)?;
+                if ins[0].dtype != ins[1].dtype {
+                    return Err(format!("operand types differ: {} vs {}", ins[0], ins[1]));
+                }
+                Ok(vec![ins[0].with_shape(broadcast_shapes(
+                    &ins[0].shape,
+                    &ins[1].shape,
+                )?)])
+            }
+            Op::Unary(_) | Op::Clip { .. } | Op::HardSigmoid { .. } | Op::LeakyRelu { .. } => {
+                arity(1, 1)?;
+                Ok(vec![ins[0].clone()])
+            }
+            Op::BatchNorm { .. } => {
+                arity(5, 5)?;
+                float_in(0)?;
+                let x = ins[0];
+                if x.rank() < 2 {
+                    return Err(format!("input {x} needs a channel dim"));
+                }
+                for (i, p) in ins[1..].iter().enumerate() {
+                    if p.shape != [x.shape[1]] {
+                        return Err(format!(
+                            "parameter {} is {p}, expected [{}]",
+                            i + 1,
+                            x.shape[1]
+                        ));
+                    }
+                }
+                Ok(vec![x.clone()])
+            }
+            Op::MaxPool(a) | Op::AveragePool(a) => {
+                arity(1, 1)?;
+                let x = ins[0];
+                let sp = a.kernel.len();
+                check_spatial(x, sp, &a.strides, &a.pads, &a.dilations)?;
+                let mut out = vec![x.shape[0], x.shape[1]];
+                for d in 0..sp {
+                    out.push(pool_out_dim(
+                        x.shape[2 + d],
+                        a.kernel[d],
+                        a.strides[d],
+                        a.pads[d],
+                        a.pads[sp + d],
+                        a.dilations[d],
+                        a.ceil_mode,
+                    )?);
+                }
+                Ok(vec![x.with_shape(out)])
+            }
+            Op::GlobalAveragePool => {
+                arity(1, 1)?;
+                let x = ins[0];
+                if x.rank() < 3 {
+                    return Err(format!("input {x} needs spatial dims"));
+                }
+                let mut out = x.shape[..2].to_vec();
+                out.extend(std::iter::repeat_n(1, x.rank() - 2));
+                Ok(vec![x.with_shape(out)])
+            }
+            Op::Reshape { shape } => {
+                arity(1, 1)?;
+                if shape.iter().product::<usize>() != ins[0].numel() {
+                    return Err(format!("cannot reshape {} to {shape:?}", ins[0]));
+                }
+                Ok(vec![ins[0].with_shape(shape.clone())])
+            }
+            Op::Transpose { perm } => {
+                arity(1, 1)?;
+                let x = ins[0];
+                let mut seen = vec![false; x.rank()];
+                if perm.len() != x.rank()
+                    || perm
+                        .iter()
+                        .any(|&p| p >= x.rank() || std::mem::replace(&mut seen[p], true))
+                {
+                    return Err(format!(
+                        "perm {perm:?} is not a permutation of rank {}",
+                        x.rank()
+                    ));
+                }
+                Ok(vec![x.with_shape(
+                    perm.iter().map(|&p| x.shape[p]).collect::<Vec<_>>(),
+                )])
+            }
+            Op::Concat { axis } => {
+                if ins.is_empty() {
+                    return Err("concat needs inputs".into());
+                }
+                let first = ins[0];
+                if *axis >= first.rank() {
+                    return Err(format!("axis {axis} out of range for {first}"));
+                }
+                let mut out = first.shape.clone();
+                out[*axis] = 0;
+                for t in ins {
+                    if t.rank() != first.rank()
+                        || t.dtype != first.dtype
+                        || (0..t.rank()).any(|d| d != *axis && t.shape[d] != first.shape[d])
+                    {
+                        return Err(format!(
+                            "input {t} does not match {first} outside axis {axis}"
+                        ));
+                    }
+                    out[*axis] += t.shape[*axis];
+                }
+                Ok(vec![first.with_shape(out)])
+            }
+            Op::Split { axis, sizes } => {
+                arity(1, 1)?;
+                let x = ins[0];
+                if *axis >= x.rank() || sizes.iter().sum::<usize>() != x.shape[*axis] {
+                    return Err(format!(
+                        "split sizes {sizes:?} along axis {axis} do not match {x}"
+                    ));
+                }
+                Ok(sizes
+                    .iter()
+                    .map(|&s| {
+                        let mut sh = x.shape.clone();
+                        sh[*axis] = s;
+                        x.with_shape(sh)
+                    })
+                    .collect())
+            }
+            Op::Slice(a) => {
+                arity(1, 1)?;
+                let x = ins[0];
+                if a.starts.len() != x.rank()
+                    || a.steps.len() != x.rank()
+                    || a.sizes.len() != x.rank()
+                {
+                    return Err(format!("slice attributes must have rank {}", x.rank()));
+                }
+                for d in 0..x.rank() {
+                    if a.steps[d] == 0 {
+                        return Err("slice step 0".into());
+                    }
+                    if a.sizes[d] > 0 {
+                        let last = a.starts[d] as i64 + (a.sizes[d] as i64 - 1) * a.steps[d];
+                        if a.starts[d] >= x.shape[d] || last < 0 || last >= x.shape[d] as i64 {
+                            return Err(format!(
+                                "slice of dim {d} reads outside 0..{}",
+                                x.shape[d]
+                            ));
+                        }
+                    }
+                }
+                Ok(vec![x.with_shape(a.sizes.clone())])
+            }
+            Op::Softmax { axis } => {
+                arity(1, 1)?;
+                float_in(0)?;
+                if *axis >= ins[0].rank() {
+                    return Err(format!("axis {axis} out of range for {}", ins[0]));
+                }
+                Ok(vec![ins[0].clone()])
+            }
+            Op::ReduceMean { axes, keepdims } => {
+                arity(1, 1)?;
+                let x = ins[0];
+                if axes.iter().any(|&a| a >= x.rank()) {
+                    return Err(format!("axes {axes:?} out of range for {x}"));
+                }
+                let mut out = Vec::new();
+                for d in 0..x.rank() {
+                    if axes.contains(&d) {
+                        if *keepdims {
+                            out.push(1);
+                        }
+                    } else {
+                        out.push(x.shape[d]);
+                    }
+                }
+                Ok(vec![x.with_shape(out)])
+            }
+            Op::Resize(a) => {
+                arity(1, 1)?;
+                let x = ins[0];
+                if a.out_shape.len() != x.rank() || a.scales.len() != x.rank() {
+                    return Err(format!(
+                        "resize output shape {:?} must have rank {}",
+                        a.out_shape,
+                        x.rank()
+                    ));
+                }
+                Ok(vec![x.with_shape(a.out_shape.clone())])
+            }
+            Op::Cast { to } => {
+                arity(1, 1)?;
+                Ok(vec![ins[0].with_dtype(*to)])
+            }
+        }
+    }
+}
+
+fn check_spatial(
+    x: &TensorType,
+    sp: usize,
+    strides: &[usize],
+    pads: &[usize],
+    dil: &[usize],
+) -> Result<(), String> {
+    if sp == 0 || x.rank() != sp + 2 {
+        return Err(format!("input {x} must have rank {}", sp + 2));
+    }
+    if strides.len() != sp || pads.len() != 2 * sp || dil.len() != sp {
+        return Err(format!(
+            "strides/pads/dilations must have {sp}/{}/{sp} entries",
+            2 * sp
+        ));
+    }
+    if strides.contains(&0) || dil.contains(&0) {
+        return Err("strides and dilations must be positive".into());
+    }
+    Ok(())
+}
+
+/// Output length of a pooling window along one dim (ONNX semantics incl. ceil_mode).
+pub fn pool_out_dim(
+    input: usize,
+    k: usize,
+    s: usize,
+    pb: usize,
+    pe: usize,
+    d: usize,
+    ceil: bool,
+) -> Result<usize, String> {
+    let ext = d * (k.max(1) - 1) + 1;
+    let padded = input + pb + pe;
+    if padded < ext || k == 0 {
+        return Err(format!("window {ext} larger than padded input {padded}"));
+    }
+    let span = padded - ext;
+    let mut out = if ceil {
+        span.div_ceil(s) + 1
+    } else {
+        span / s + 1
+    };
+    // The last window must start inside the input or the left padding.
+    if ceil && (out - 1) * s >= input + pb {
+        out -= 1;
+    }
+    Ok(out)
+}
+
+/// NumPy multidirectional broadcast of two shapes.
+pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
+    let r = a.len().max(b.len());
+    let mut out = vec![0; r];
+    for i in 0..r {
+        let da = if i + a.len() >= r {
+            a[i + a.len() - r]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= r {
+            b[i + b.len() - r]
+        } else {
+            1
+        };
+        out[i] = if da == db || db == 1 {
+            da
+        } else if da == 1 {
+            db
+        } else {
+            return Err(format!("shapes {a:?} and {b:?} do not broadcast"));
+        };
+    }
+    Ok(out)
+}
+
+/// Output shape of NumPy matmul.
+pub fn matmul_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
+    if a.is_empty() || b.is_empty() {
+        return Err("matmul operands must have rank >= 1".into());
+    }
+    let a2: Vec<usize> = if a.len() == 1 {
+        vec![1, a[0]]
+    } else {
+        a.to_vec()
+    };
+    let b2: Vec<usize> = if b.len() == 1 {
+        vec![b[0], 1]
+    } else {
+        b.to_vec()
+    };
+    let (m, k) = (a2[a2.len() - 2], a2[a2.len() - 1]);
+    let (k2, n) = (b2[b2.len() - 2], b2[b2.len() - 1]);
+    if k != k2 {
+        return Err(format!("matmul inner dimensions differ: {a:?} x {b:?}"));
+    }
+    let mut out = broadcast_shapes(&a2[..a2.len() - 2], &b2[..b2.len() - 2])?;
+    if a.len() > 1 {
+        out.push(m);
+    }
+    if b.len() > 1 {
+        out.push(n);
+    }
+    Ok(out)
+}

@@ -1,0 +1,1 @@
+//! kiln end-to-end tests live in tests/.
