@@ -552,6 +552,9 @@ impl Op {
                 let (x, w) = (ins[0], ins[1]);
                 let sp = a.kernel.len();
                 check_spatial(x, sp, &a.strides, &a.pads, &a.dilations)?;
+                if a.kernel.contains(&0) {
+                    return Err(format!("kernel {:?} has a zero dimension", a.kernel));
+                }
                 if w.rank() != sp + 2 || w.shape[2..] != a.kernel[..] {
                     return Err(format!("weight {w} does not match kernel {:?}", a.kernel));
                 }
@@ -587,6 +590,9 @@ impl Op {
                 let (x, w) = (ins[0], ins[1]);
                 let sp = a.kernel.len();
                 check_spatial(x, sp, &a.strides, &a.pads, &a.dilations)?;
+                if a.kernel.contains(&0) {
+                    return Err(format!("kernel {:?} has a zero dimension", a.kernel));
+                }
                 if w.rank() != sp + 2 || w.shape[2..] != a.kernel[..] || w.shape[0] != x.shape[1] {
                     return Err(format!(
                         "weight {w} does not match input {x} / kernel {:?}",
@@ -863,6 +869,9 @@ fn check_spatial(
     }
     if strides.contains(&0) || dil.contains(&0) {
         return Err("strides and dilations must be positive".into());
+    }
+    if x.shape.contains(&0) {
+        return Err(format!("input {x} has an empty dimension"));
     }
     Ok(())
 }

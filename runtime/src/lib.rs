@@ -1,1 +1,22 @@
+//! kiln's tiny runtime.
+//!
+//! * [`KilnModel`] / [`KilnTensorInfo`]: `#[repr(C)]` mirrors of the stable C ABI every
+//!   compiled model exports (see `runtime/include/kiln.h`).
+//! * [`Model`]: a safe wrapper around a descriptor, either linked in (`&'static`) or loaded
+//!   from a shared library ([`Model::load`], feature `dylib`).
+//! * [`Workspace`]: an aligned scratch buffer allocated once and reused across runs.
+//! * [`npy`]: a small, defensive `.npy` reader/writer.
 
+mod abi;
+mod error;
+mod model;
+pub mod npy;
+mod workspace;
+
+pub use abi::*;
+pub use error::{Error, status_str};
+pub use model::{Model, TensorInfo};
+pub use workspace::Workspace;
+
+/// The C header (`kiln.h`) describing the ABI, for tools that emit it next to artefacts.
+pub const KILN_H: &str = include_str!("../include/kiln.h");

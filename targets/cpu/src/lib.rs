@@ -1,1 +1,476 @@
+//! kiln's CPU back end: Cranelift generates one function per op plus a straight-line `run`
+//! schedule over a statically planned workspace, and the model descriptor of the runtime C ABI.
+//! Output: an object file (cranelift-object) or in-memory code (cranelift-jit).
+//!
+//! Invariant: this crate depends on `kiln-ir` only (no front end, no file formats).
 
+mod header;
+mod kb;
+mod kernels;
+pub mod link;
+
+pub use header::generate_header;
+
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{types, AbiParam, Function, InstBuilder, MemFlagsData, Signature, UserFuncName};
+use cranelift_codegen::isa::{OwnedTargetIsa, TargetIsa};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_codegen::Context;
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{DataDescription, DataId, FuncId, Linkage, Module};
+use cranelift_object::{ObjectBuilder, ObjectModule};
+use kb::Kb;
+use kiln_ir::memplan::{self, MemPlan, Storage};
+use kiln_ir::{Graph, TensorType};
+use std::collections::HashMap;
+use target_lexicon::Triple;
+
+/// Version of the `kiln_model` descriptor layout (runtime/include/kiln.h).
+pub const ABI_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CpuError {
+    #[error("node '{node}' ({op}): {msg}")]
+    Unsupported { node: String, op: String, msg: String },
+    #[error("target '{0}': {1}")]
+    Target(String, String),
+    #[error("code generation: {0}")]
+    Codegen(String),
+}
+
+fn cg<E: std::fmt::Display>(e: E) -> CpuError {
+    CpuError::Codegen(e.to_string())
+}
+
+#[derive(Debug, Clone)]
+pub struct CpuOptions {
+    /// Symbol prefix: the artefact exports `<name>_model`.
+    pub name: String,
+    /// Also export `kiln_model_default` (shared libraries and executables).
+    pub export_default: bool,
+    /// Target triple; `None` = the host.
+    pub target: Option<String>,
+}
+
+/// What the back end decided, for reports and the header.
+#[derive(Debug, Clone)]
+pub struct CompileInfo {
+    pub workspace_size: usize,
+    pub workspace_align: usize,
+    pub naive_size: usize,
+    pub kernels: usize,
+}
+
+fn make_isa(target: Option<&str>, pic: bool) -> Result<OwnedTargetIsa, CpuError> {
+    let mut flags = settings::builder();
+    let set = |f: &mut settings::Builder, k: &str, v: &str| f.set(k, v).map_err(|e| CpuError::Codegen(format!("flag {k}: {e}")));
+    set(&mut flags, "opt_level", "speed")?;
+    set(&mut flags, "is_pic", if pic { "true" } else { "false" })?;
+    set(&mut flags, "log2_min_function_alignment", "4")?;
+    let flags = settings::Flags::new(flags);
+    match target {
+        None => cranelift_native::builder().map_err(|e| CpuError::Target("host".into(), e.to_string()))?.finish(flags).map_err(cg),
+        Some(t) => {
+            let triple: Triple = t.parse().map_err(|e| CpuError::Target(t.into(), format!("{e}")))?;
+            cranelift_codegen::isa::lookup(triple)
+                .map_err(|e| CpuError::Target(t.into(), e.to_string()))?
+                .finish(flags)
+                .map_err(|e| CpuError::Target(t.into(), e.to_string()))
+        }
+    }
+}
+
+/// Compile `g` (verified IR) to a relocatable object file.
+pub fn compile_object(g: &Graph, opts: &CpuOptions) -> Result<(Vec<u8>, CompileInfo), CpuError> {
+    let isa = make_isa(opts.target.as_deref(), true)?;
+    let builder = ObjectBuilder::new(isa, opts.name.as_bytes().to_vec(), cranelift_module::default_libcall_names()).map_err(cg)?;
+    let mut module = ObjectModule::new(builder);
+    let info = generate(&mut module, g, opts)?;
+    let product = module.finish();
+    Ok((product.emit().map_err(cg)?, info))
+}
+
+/// A model compiled into this process's memory. Keep it alive while using its descriptor.
+pub struct JitModel {
+    _module: JITModule,
+    descriptor: *const u8,
+    pub info: CompileInfo,
+}
+
+impl JitModel {
+    /// Pointer to the model's `kiln_model` descriptor (valid while `self` lives).
+    pub fn descriptor(&self) -> *const u8 {
+        self.descriptor
+    }
+}
+
+extern "C" fn k_expf(x: f32) -> f32 {
+    x.exp()
+}
+extern "C" fn k_logf(x: f32) -> f32 {
+    x.ln()
+}
+extern "C" fn k_tanhf(x: f32) -> f32 {
+    x.tanh()
+}
+unsafe extern "C" {
+    fn erff(x: f32) -> f32;
+}
+extern "C" fn k_erff(x: f32) -> f32 {
+    // SAFETY: libm's erff is a pure function.
+    unsafe { erff(x) }
+}
+extern "C" fn k_powf(x: f32, y: f32) -> f32 {
+    x.powf(y)
+}
+
+/// Compile `g` for the host into executable memory.
+pub fn compile_jit(g: &Graph, name: &str) -> Result<JitModel, CpuError> {
+    let isa = make_isa(None, false)?;
+    let mut builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
+    builder.symbol("expf", k_expf as *const u8);
+    builder.symbol("logf", k_logf as *const u8);
+    builder.symbol("tanhf", k_tanhf as *const u8);
+    builder.symbol("erff", k_erff as *const u8);
+    builder.symbol("powf", k_powf as *const u8);
+    let mut module = JITModule::new(builder);
+    let opts = CpuOptions { name: name.to_string(), export_default: false, target: None };
+    let info = generate(&mut module, g, &opts)?;
+    module.finalize_definitions().map_err(cg)?;
+    let id = match module.get_name(&format!("{}_model_desc", sym(name))) {
+        Some(cranelift_module::FuncOrDataId::Data(d)) => d,
+        _ => return Err(CpuError::Codegen("descriptor missing".into())),
+    };
+    let (ptr, _) = module.get_finalized_data(id);
+    Ok(JitModel { _module: module, descriptor: ptr, info })
+}
+
+/// A C identifier from a model name.
+pub fn sym(name: &str) -> String {
+    let mut s: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+    if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) {
+        s.insert(0, '_');
+    }
+    s
+}
+
+fn ptr_sig(module: &dyn ModuleLike, n: usize) -> Signature {
+    let mut s = module.sig();
+    for _ in 0..n {
+        s.params.push(AbiParam::new(types::I64));
+    }
+    s
+}
+
+/// The few `Module` methods we need without generics everywhere.
+trait ModuleLike {
+    fn sig(&self) -> Signature;
+}
+impl<M: Module> ModuleLike for M {
+    fn sig(&self) -> Signature {
+        self.make_signature()
+    }
+}
+
+fn generate<M: Module>(module: &mut M, g: &Graph, opts: &CpuOptions) -> Result<CompileInfo, CpuError> {
+    let isa_ptr = module.isa().pointer_type();
+    if isa_ptr != types::I64 {
+        return Err(CpuError::Target(module.isa().triple().to_string(), "only 64-bit targets are supported".into()));
+    }
+    let prefix = sym(&opts.name);
+    let fcfg = module.isa().frontend_config();
+    let plan: MemPlan = memplan::plan(g);
+    let mut fctx = FunctionBuilderContext::new();
+    let mut ctx = Context::new();
+
+    // libm imports
+    let mut libm_ids: Vec<(&'static str, FuncId)> = Vec::new();
+    for (f, arity) in kernels::LIBM {
+        let mut s = module.make_signature();
+        for _ in 0..arity {
+            s.params.push(AbiParam::new(types::F32));
+        }
+        s.returns.push(AbiParam::new(types::F32));
+        libm_ids.push((f, module.declare_function(f, Linkage::Import, &s).map_err(cg)?));
+    }
+
+    // constants: one read-only, 64-byte aligned data object each
+    let mut const_ids: HashMap<usize, DataId> = HashMap::new();
+    for v in g.live_consts() {
+        let id = module.declare_data(&format!("{prefix}_c{}", v.0), Linkage::Local, false, false).map_err(cg)?;
+        let mut d = DataDescription::new();
+        let bytes = g.const_data(v).unwrap().bytes();
+        d.define(if bytes.is_empty() { vec![0u8; 1].into_boxed_slice() } else { bytes.to_vec().into_boxed_slice() });
+        d.set_align(64);
+        module.define_data(id, &d).map_err(cg)?;
+        const_ids.insert(v.index(), id);
+    }
+
+    // one kernel per node
+    let mut kernel_ids = Vec::new();
+    let mut unsupported = Vec::new();
+    for (i, (_, node)) in g.iter_nodes().enumerate() {
+        if node.op.is_view() && same_storage(&plan, node.inputs[0], node.outputs[0]) {
+            kernel_ids.push(None);
+            continue;
+        }
+        let nparams = node.inputs.len() + node.outputs.len();
+        let sig = ptr_sig(module, nparams);
+        let id = module.declare_function(&format!("{prefix}_k{i}_{}", node.op.name()), Linkage::Local, &sig).map_err(cg)?;
+        ctx.func = Function::with_name_signature(UserFuncName::user(0, id.as_u32()), sig);
+        let ins: Vec<&TensorType> = node.inputs.iter().map(|v| g.ty(*v)).collect();
+        let outs: Vec<&TensorType> = node.outputs.iter().map(|v| g.ty(*v)).collect();
+        let res = {
+            let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            let entry = b.create_block();
+            b.append_block_params_for_function_params(entry);
+            b.switch_to_block(entry);
+            let params = b.block_params(entry).to_vec();
+            let mut libm = HashMap::new();
+            for (f, fid) in &libm_ids {
+                libm.insert(*f, module.declare_func_in_func(*fid, b.func));
+            }
+            let mut kb = Kb { b, params, libm };
+            let r = kernels::emit(&mut kb, node, &ins, &outs);
+            kb.b.ins().return_(&[]);
+            kb.b.seal_all_blocks();
+            kb.b.finalize(fcfg);
+            r
+        };
+        if let Err(msg) = res {
+            unsupported.push(CpuError::Unsupported { node: node.name.clone(), op: node.op.name().into(), msg });
+            ctx.clear();
+            kernel_ids.push(None);
+            continue;
+        }
+        module.define_function(id, &mut ctx).map_err(|e| CpuError::Codegen(format!("node '{}': {e:?}", node.name)))?;
+        ctx.clear();
+        kernel_ids.push(Some(id));
+    }
+    if let Some(e) = unsupported.into_iter().next() {
+        return Err(e);
+    }
+
+    // output copies (an output that is an input, a constant, or listed twice)
+    let mut copy_ids = Vec::new();
+    for (j, (_, v)) in plan.output_copies.iter().enumerate() {
+        let sig = ptr_sig(module, 2);
+        let id = module.declare_function(&format!("{prefix}_copy{j}"), Linkage::Local, &sig).map_err(cg)?;
+        ctx.func = Function::with_name_signature(UserFuncName::user(0, id.as_u32()), sig);
+        {
+            let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            let entry = b.create_block();
+            b.append_block_params_for_function_params(entry);
+            b.switch_to_block(entry);
+            let params = b.block_params(entry).to_vec();
+            let mut kb = Kb { b, params, libm: HashMap::new() };
+            kernels::copy(&mut kb, 0, 1, g.ty(*v).size_bytes());
+            kb.b.ins().return_(&[]);
+            kb.b.seal_all_blocks();
+            kb.b.finalize(fcfg);
+        }
+        module.define_function(id, &mut ctx).map_err(cg)?;
+        ctx.clear();
+        copy_ids.push(id);
+    }
+
+    // run(inputs, outputs, workspace) -> status
+    let mut run_sig = ptr_sig(module, 3);
+    run_sig.returns.push(AbiParam::new(types::I32));
+    let run_id = module.declare_function(&format!("{prefix}_run"), Linkage::Local, &run_sig).map_err(cg)?;
+    ctx.func = Function::with_name_signature(UserFuncName::user(0, run_id.as_u32()), run_sig);
+    {
+        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let p = b.block_params(entry).to_vec();
+        let (inp, outp, ws) = (p[0], p[1], p[2]);
+        let fail_null = b.create_block();
+        let fail_align = b.create_block();
+        let check_null = |b: &mut FunctionBuilder, v| {
+            let next = b.create_block();
+            b.ins().brif(v, next, &[], fail_null, &[]);
+            b.switch_to_block(next);
+        };
+        check_null(&mut b, inp);
+        check_null(&mut b, outp);
+        if plan.workspace_size > 0 {
+            check_null(&mut b, ws);
+            let low = b.ins().band_imm_u(ws, (memplan::ALIGN - 1) as i64);
+            let ok = b.create_block();
+            b.ins().brif(low, fail_align, &[], ok, &[]);
+            b.switch_to_block(ok);
+        }
+        let mut in_ptrs = Vec::new();
+        for i in 0..g.inputs.len() {
+            let v = b.ins().load(types::I64, MemFlagsData::trusted(), inp, (8 * i) as i32);
+            check_null(&mut b, v);
+            in_ptrs.push(v);
+        }
+        let mut out_ptrs = Vec::new();
+        for j in 0..g.outputs.len() {
+            let v = b.ins().load(types::I64, MemFlagsData::trusted(), outp, (8 * j) as i32);
+            check_null(&mut b, v);
+            out_ptrs.push(v);
+        }
+        let storage_ptr = |b: &mut FunctionBuilder, module: &mut M, v: kiln_ir::ValueId| -> cranelift_codegen::ir::Value {
+            match plan.storage[v.index()].expect("planned") {
+                Storage::Input(i) => in_ptrs[i],
+                Storage::Output(j) => out_ptrs[j],
+                Storage::Workspace(off) => b.ins().iadd_imm_u(ws, off as i64),
+                Storage::Const(c) => {
+                    let gv = module.declare_data_in_func(const_ids[&c.index()], b.func);
+                    b.ins().symbol_value(types::I64, gv)
+                }
+            }
+        };
+        for (k, (_, node)) in g.iter_nodes().enumerate() {
+            let Some(fid) = kernel_ids[k] else { continue };
+            let fref = module.declare_func_in_func(fid, b.func);
+            let args: Vec<_> = node.inputs.iter().chain(&node.outputs).map(|&v| storage_ptr(&mut b, module, v)).collect();
+            b.ins().call(fref, &args);
+        }
+        for (j, (oi, v)) in plan.output_copies.iter().enumerate() {
+            let fref = module.declare_func_in_func(copy_ids[j], b.func);
+            let src = storage_ptr(&mut b, module, *v);
+            b.ins().call(fref, &[src, out_ptrs[*oi]]);
+        }
+        let zero = b.ins().iconst(types::I32, 0);
+        b.ins().return_(&[zero]);
+        b.switch_to_block(fail_null);
+        let one = b.ins().iconst(types::I32, 1);
+        b.ins().return_(&[one]);
+        b.switch_to_block(fail_align);
+        let two = b.ins().iconst(types::I32, 2);
+        b.ins().return_(&[two]);
+        b.seal_all_blocks();
+        b.finalize(fcfg);
+    }
+    module.define_function(run_id, &mut ctx).map_err(cg)?;
+    ctx.clear();
+
+    // descriptor
+    let desc_id = emit_descriptor(module, g, &prefix, &opts.name, &plan, run_id)?;
+    let mut getters = vec![format!("{prefix}_model")];
+    if opts.export_default {
+        getters.push("kiln_model_default".into());
+    }
+    for gname in getters {
+        let mut s = module.make_signature();
+        s.returns.push(AbiParam::new(types::I64));
+        let id = module.declare_function(&gname, Linkage::Export, &s).map_err(cg)?;
+        ctx.func = Function::with_name_signature(UserFuncName::user(0, id.as_u32()), s);
+        {
+            let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            let e = b.create_block();
+            b.switch_to_block(e);
+            let gv = module.declare_data_in_func(desc_id, b.func);
+            let a = b.ins().symbol_value(types::I64, gv);
+            b.ins().return_(&[a]);
+            b.seal_all_blocks();
+            b.finalize(fcfg);
+        }
+        module.define_function(id, &mut ctx).map_err(cg)?;
+        ctx.clear();
+    }
+    let _ = IntCC::Equal;
+    Ok(CompileInfo {
+        workspace_size: plan.workspace_size,
+        workspace_align: memplan::ALIGN,
+        naive_size: plan.naive_size,
+        kernels: kernel_ids.iter().flatten().count(),
+    })
+}
+
+fn same_storage(plan: &MemPlan, a: kiln_ir::ValueId, b: kiln_ir::ValueId) -> bool {
+    plan.storage[a.index()] == plan.storage[b.index()]
+}
+
+/// Emit the `kiln_model` descriptor (layout in runtime/include/kiln.h) and its tables.
+fn emit_descriptor<M: Module>(module: &mut M, g: &Graph, prefix: &str, name: &str, plan: &MemPlan, run: FuncId) -> Result<DataId, CpuError> {
+    let mut n = 0usize;
+    let mut data = |module: &mut M, bytes: Vec<u8>, align: u64| -> Result<DataId, CpuError> {
+        n += 1;
+        let id = module.declare_data(&format!("{prefix}_d{n}"), Linkage::Local, false, false).map_err(cg)?;
+        let mut d = DataDescription::new();
+        d.define(bytes.into_boxed_slice());
+        d.set_align(align);
+        module.define_data(id, &d).map_err(cg)?;
+        Ok(id)
+    };
+    let cstr = |s: &str| {
+        let mut v = s.as_bytes().to_vec();
+        v.retain(|&c| c != 0);
+        v.push(0);
+        v
+    };
+    // tensor info tables
+    let mut tables = Vec::new();
+    for list in [&g.inputs, &g.outputs] {
+        let mut names = Vec::new();
+        let mut dims = Vec::new();
+        for &v in list.iter() {
+            let val = g.value(v);
+            names.push(data(module, cstr(&val.name), 1)?);
+            let dbytes: Vec<u8> = val.ty.shape.iter().flat_map(|&d| (d as i64).to_le_bytes()).chain(std::iter::once(0u8).take(if val.ty.shape.is_empty() { 8 } else { 0 })).collect();
+            dims.push(data(module, dbytes, 8)?);
+        }
+        let id = module.declare_data(&format!("{prefix}_t{}", tables.len()), Linkage::Local, false, false).map_err(cg)?;
+        let mut d = DataDescription::new();
+        let mut bytes = Vec::new();
+        for &v in list.iter() {
+            let ty = g.ty(v);
+            bytes.extend(0u64.to_le_bytes()); // name
+            bytes.extend(ty.dtype.abi_code().to_le_bytes());
+            bytes.extend((ty.rank() as i32).to_le_bytes());
+            bytes.extend(0u64.to_le_bytes()); // dims
+            bytes.extend((ty.size_bytes() as u64).to_le_bytes());
+        }
+        if bytes.is_empty() {
+            bytes.push(0);
+        }
+        d.define(bytes.into_boxed_slice());
+        d.set_align(8);
+        for (k, (nm, dm)) in names.iter().zip(&dims).enumerate() {
+            let gn = module.declare_data_in_data(*nm, &mut d);
+            d.write_data_addr((32 * k) as u32, gn, 0);
+            let gd = module.declare_data_in_data(*dm, &mut d);
+            d.write_data_addr((32 * k + 16) as u32, gd, 0);
+        }
+        module.define_data(id, &d).map_err(cg)?;
+        tables.push(id);
+    }
+    let name_id = data(module, cstr(name), 1)?;
+    let id = module.declare_data(&format!("{prefix}_model_desc"), Linkage::Local, false, false).map_err(cg)?;
+    let mut d = DataDescription::new();
+    let mut bytes = vec![0u8; 72];
+    bytes[0..4].copy_from_slice(&ABI_VERSION.to_le_bytes());
+    bytes[16..20].copy_from_slice(&(g.inputs.len() as u32).to_le_bytes());
+    bytes[32..36].copy_from_slice(&(g.outputs.len() as u32).to_le_bytes());
+    bytes[48..56].copy_from_slice(&(plan.workspace_size as u64).to_le_bytes());
+    bytes[56..60].copy_from_slice(&(memplan::ALIGN as u32).to_le_bytes());
+    d.define(bytes.into_boxed_slice());
+    d.set_align(8);
+    let gn = module.declare_data_in_data(name_id, &mut d);
+    d.write_data_addr(8, gn, 0);
+    let gi = module.declare_data_in_data(tables[0], &mut d);
+    d.write_data_addr(24, gi, 0);
+    let go = module.declare_data_in_data(tables[1], &mut d);
+    d.write_data_addr(40, go, 0);
+    let fr = module.declare_func_in_data(run, &mut d);
+    d.write_function_addr(64, fr);
+    module.define_data(id, &d).map_err(cg)?;
+    Ok(id)
+}
+
+/// The ISA for a target, for callers that want to check a triple early.
+pub fn check_target(target: Option<&str>) -> Result<String, CpuError> {
+    let isa = make_isa(target, true)?;
+    Ok(isa_name(&*isa))
+}
+
+fn isa_name(isa: &dyn TargetIsa) -> String {
+    isa.triple().to_string()
+}

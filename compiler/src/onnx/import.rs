@@ -1,0 +1,1637 @@
+//! ModelProto -> Graph translation.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+use kiln_ir::ops::{
+    BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordTransform, GemmAttrs, NearestMode, PoolAttrs,
+    ResizeAttrs, ResizeMode, SliceAttrs, UnaryOp,
+};
+use kiln_ir::{DType, Graph, IrError, Op, TensorType, ValueDef, ValueId};
+
+use super::consteval::{self as ce, BinOp, CT, FOLD_LIMIT};
+use super::proto::{
+    AttributeProto, ModelProto, NodeProto, TensorProto, tensor_shape_proto::dimension, type_proto,
+};
+use super::tensor::{ExternalFiles, decode_tensor, dtype_from_onnx};
+use super::{OnnxError, OnnxOptions};
+
+pub const MIN_OPSET: i64 = 7;
+pub const MAX_OPSET: i64 = 22;
+
+type R<T> = Result<T, String>;
+
+/// Every op type the importer knows (some only on constant inputs).
+const SUPPORTED: &[&str] = &[
+    "Conv",
+    "ConvTranspose",
+    "Gemm",
+    "MatMul",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Pow",
+    "Max",
+    "Min",
+    "Sum",
+    "Relu",
+    "Sigmoid",
+    "Tanh",
+    "Erf",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Neg",
+    "Abs",
+    "Reciprocal",
+    "Floor",
+    "Ceil",
+    "HardSwish",
+    "Clip",
+    "HardSigmoid",
+    "LeakyRelu",
+    "BatchNormalization",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "Transpose",
+    "Concat",
+    "Split",
+    "Slice",
+    "ReduceMean",
+    "Resize",
+    "Upsample",
+    "Cast",
+    "Constant",
+    "Identity",
+    "Dropout",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "Reshape",
+    "Softmax",
+    // Shape arithmetic (folded; constant inputs only where the IR has no op).
+    "Shape",
+    "Size",
+    "Gather",
+    "Range",
+    "ConstantOfShape",
+    "Equal",
+    "Less",
+    "Greater",
+    "Where",
+    "Expand",
+];
+
+fn unary_of(op: &str) -> Option<UnaryOp> {
+    Some(match op {
+        "Relu" => UnaryOp::Relu,
+        "Sigmoid" => UnaryOp::Sigmoid,
+        "Tanh" => UnaryOp::Tanh,
+        "Erf" => UnaryOp::Erf,
+        "Exp" => UnaryOp::Exp,
+        "Log" => UnaryOp::Log,
+        "Sqrt" => UnaryOp::Sqrt,
+        "Neg" => UnaryOp::Neg,
+        "Abs" => UnaryOp::Abs,
+        "Reciprocal" => UnaryOp::Reciprocal,
+        "Floor" => UnaryOp::Floor,
+        "Ceil" => UnaryOp::Ceil,
+        "HardSwish" => UnaryOp::HardSwish,
+        _ => return None,
+    })
+}
+
+fn binary_of(op: &str) -> Option<BinaryOp> {
+    Some(match op {
+        "Add" | "Sum" => BinaryOp::Add,
+        "Sub" => BinaryOp::Sub,
+        "Mul" => BinaryOp::Mul,
+        "Div" => BinaryOp::Div,
+        "Pow" => BinaryOp::Pow,
+        "Max" => BinaryOp::Max,
+        "Min" => BinaryOp::Min,
+        _ => return None,
+    })
+}
+
+fn fold_of(b: BinaryOp) -> BinOp {
+    match b {
+        BinaryOp::Add => BinOp::Add,
+        BinaryOp::Sub => BinOp::Sub,
+        BinaryOp::Mul => BinOp::Mul,
+        BinaryOp::Div => BinOp::Div,
+        BinaryOp::Pow => BinOp::Pow,
+        BinaryOp::Max => BinOp::Max,
+        BinaryOp::Min => BinOp::Min,
+    }
+}
+
+fn ir_msg(e: IrError) -> String {
+    match e {
+        IrError::Node { op, msg, .. } => format!("{op}: {msg}"),
+        e => e.to_string(),
+    }
+}
+
+/// Normalize a possibly negative axis against `rank`.
+fn norm_axis(axis: i64, rank: usize) -> R<usize> {
+    let r = rank as i64;
+    let a = if axis < 0 { axis + r } else { axis };
+    if a < 0 || a >= r.max(1) {
+        return Err(format!("axis {axis} out of range for rank {rank}"));
+    }
+    Ok(a as usize)
+}
+
+fn to_usizes(v: &[i64], what: &str) -> R<Vec<usize>> {
+    v.iter()
+        .map(|&x| usize::try_from(x).map_err(|_| format!("{what} has negative value {x}")))
+        .collect()
+}
+
+/// One node being translated, with attribute accessors.
+struct Ctx<'n> {
+    n: &'n NodeProto,
+    name: String,
+    op: &'n str,
+}
+
+impl Ctx<'_> {
+    fn attr(&self, k: &str) -> Option<&AttributeProto> {
+        self.n.attribute.iter().find(|a| a.name() == k)
+    }
+    fn i(&self, k: &str, def: i64) -> i64 {
+        self.attr(k).map(|a| a.i()).unwrap_or(def)
+    }
+    fn f(&self, k: &str, def: f32) -> f32 {
+        self.attr(k).map(|a| a.f()).unwrap_or(def)
+    }
+    fn ints(&self, k: &str) -> Option<Vec<i64>> {
+        self.attr(k).map(|a| a.ints.clone())
+    }
+    fn floats(&self, k: &str) -> Option<Vec<f32>> {
+        self.attr(k).map(|a| a.floats.clone())
+    }
+    fn s(&self, k: &str, def: &str) -> String {
+        self.attr(k)
+            .map(|a| String::from_utf8_lossy(a.s()).into_owned())
+            .unwrap_or_else(|| def.to_string())
+    }
+    fn out(&self, i: usize) -> Option<&str> {
+        self.n
+            .output
+            .get(i)
+            .map(|s| s.as_str())
+            .filter(|s| !s.is_empty())
+    }
+}
+
+struct Imp<'a> {
+    file: &'a str,
+    opset: i64,
+    g: Graph,
+    env: HashMap<String, ValueId>,
+    names: HashSet<String>,
+    ext: ExternalFiles,
+    base_dir: Option<&'a Path>,
+    /// Names read by some node or listed as graph outputs.
+    used: HashSet<String>,
+    cache: HashMap<ValueId, CT>,
+}
+
+impl<'a> Imp<'a> {
+    fn fresh(&mut self, base: &str) -> String {
+        let base = if base.is_empty() { "v" } else { base };
+        if self.names.insert(base.to_string()) {
+            return base.to_string();
+        }
+        let mut k = 1;
+        loop {
+            let n = format!("{base}_{k}");
+            if self.names.insert(n.clone()) {
+                return n;
+            }
+            k += 1;
+        }
+    }
+
+    fn ty(&self, v: ValueId) -> &TensorType {
+        self.g.ty(v)
+    }
+
+    fn is_const(&self, v: ValueId) -> bool {
+        matches!(self.g.value(v).def, ValueDef::Const(_))
+    }
+
+    /// The value of a constant (decoded), if `v` is a constant small enough to evaluate.
+    fn cval(&mut self, v: ValueId) -> Option<CT> {
+        if let Some(c) = self.cache.get(&v) {
+            return Some(c.clone());
+        }
+        let val = self.g.value(v);
+        let ValueDef::Const(d) = &val.def else {
+            return None;
+        };
+        if val.ty.numel() > FOLD_LIMIT {
+            return None;
+        }
+        let c = CT::from_bytes(&val.ty, d);
+        self.cache.insert(v, c.clone());
+        Some(c)
+    }
+
+    fn add_ct(&mut self, base: &str, ct: CT) -> R<ValueId> {
+        let name = self.fresh(base);
+        let (ty, data) = ct.to_bytes();
+        let v = self.g.add_const(name, ty, data).map_err(ir_msg)?;
+        self.cache.insert(v, ct);
+        Ok(v)
+    }
+
+    fn inp(&self, c: &Ctx, i: usize) -> R<Option<ValueId>> {
+        match c.n.input.get(i).map(|s| s.as_str()) {
+            None | Some("") => Ok(None),
+            Some(n) => self.env.get(n).copied().map(Some).ok_or_else(|| {
+                format!("input '{n}' is not defined by an earlier node, initializer or graph input")
+            }),
+        }
+    }
+
+    fn req(&self, c: &Ctx, i: usize) -> R<ValueId> {
+        self.inp(c, i)?
+            .ok_or_else(|| format!("missing required input {i}"))
+    }
+
+    /// A constant input's value (`None` when the input is absent).
+    fn const_in(&mut self, c: &Ctx, i: usize) -> R<Option<CT>> {
+        let Some(v) = self.inp(c, i)? else {
+            return Ok(None);
+        };
+        self.cval(v).map(Some).ok_or_else(|| {
+            format!(
+                "input {i} ('{}') must be a constant (after folding)",
+                c.n.input[i]
+            )
+        })
+    }
+
+    fn set_out(&mut self, c: &Ctx, i: usize, v: ValueId) {
+        if let Some(n) = c.out(i) {
+            self.env.insert(n.to_string(), v);
+        }
+    }
+
+    fn out_name(&self, c: &Ctx, i: usize) -> String {
+        c.out(i)
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{}/out{i}", c.name))
+    }
+
+    fn out_const(&mut self, c: &Ctx, i: usize, ct: CT) -> R<()> {
+        let name = self.out_name(c, i);
+        let v = self.add_ct(&name, ct)?;
+        self.set_out(c, i, v);
+        Ok(())
+    }
+
+    /// Add an IR node named after the ONNX node, with value names `names`.
+    fn node(&mut self, c: &Ctx, op: Op, inputs: Vec<ValueId>, names: &[String]) -> R<Vec<ValueId>> {
+        let names: Vec<String> = names.iter().map(|n| self.fresh(n)).collect();
+        self.g
+            .add_node(c.name.clone(), op, inputs, names)
+            .map_err(ir_msg)
+    }
+
+    /// Emit a node whose outputs are the ONNX node's outputs.
+    fn emit(&mut self, c: &Ctx, op: Op, inputs: Vec<ValueId>) -> R<()> {
+        let n_out = op
+            .infer(&inputs.iter().map(|v| self.g.ty(*v)).collect::<Vec<_>>())
+            .map_err(|e| format!("{}: {e}", op.name()))?
+            .len();
+        let names: Vec<String> = (0..n_out).map(|i| self.out_name(c, i)).collect();
+        let outs = self.node(c, op, inputs, &names)?;
+        for (i, v) in outs.into_iter().enumerate() {
+            self.set_out(c, i, v);
+        }
+        Ok(())
+    }
+
+    /// `x` reshaped to `shape`: a constant view, an alias, or a Reshape node.
+    fn reshape(&mut self, c: &Ctx, x: ValueId, shape: Vec<usize>, out: &str) -> R<ValueId> {
+        let ty = self.ty(x).clone();
+        if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) != Some(ty.numel()) {
+            return Err(format!("cannot reshape {ty} to {shape:?}"));
+        }
+        if ty.shape == shape {
+            return Ok(x);
+        }
+        if let Some(d) = self.g.const_data(x).cloned() {
+            let name = self.fresh(out);
+            let v = self
+                .g
+                .add_const(name, ty.with_shape(shape.clone()), d)
+                .map_err(ir_msg)?;
+            if let Some(ct) = self.cache.get(&x).cloned() {
+                self.cache.insert(v, ct.reshape(shape));
+            }
+            return Ok(v);
+        }
+        Ok(self.node(c, Op::Reshape { shape }, vec![x], &[out.to_string()])?[0])
+    }
+
+    fn reshape_out(&mut self, c: &Ctx, x: ValueId, shape: Vec<usize>) -> R<()> {
+        let name = self.out_name(c, 0);
+        let v = self.reshape(c, x, shape, &name)?;
+        self.set_out(c, 0, v);
+        Ok(())
+    }
+
+    /// `a op b`, folded when both are small constants. A constant operand of another element
+    /// type is converted to the other operand's type.
+    fn binary(&mut self, c: &Ctx, op: BinaryOp, a: ValueId, b: ValueId, out: &str) -> R<ValueId> {
+        let (mut a, mut b) = (a, b);
+        let (da, db) = (self.ty(a).dtype, self.ty(b).dtype);
+        if da != db {
+            if let Some(cb) = self.cval(b).filter(|_| !self.is_const(a)) {
+                b = self.add_ct(&format!("{}/cast_b", c.name), cb.cast(da))?;
+            } else if let Some(ca) = self.cval(a) {
+                a = self.add_ct(&format!("{}/cast_a", c.name), ca.cast(db))?;
+            } else {
+                return Err(format!("operand types differ: {da} vs {db}"));
+            }
+        }
+        if let (Some(x), Some(y)) = (self.cval(a), self.cval(b)) {
+            let r = ce::binary(fold_of(op), &x, &y)?;
+            if r.numel() <= FOLD_LIMIT {
+                return self.add_ct(out, r);
+            }
+        }
+        Ok(self.node(c, Op::Binary(op), vec![a, b], &[out.to_string()])?[0])
+    }
+
+    fn import_node(&mut self, n: &mut NodeProto, index: usize) -> Result<(), OnnxError> {
+        let name = if n.name().is_empty() {
+            format!("{}_{index}", n.op_type())
+        } else {
+            n.name().to_string()
+        };
+        // Constant nodes may carry large tensors: move them out instead of copying.
+        let mut value_t: Option<TensorProto> = None;
+        if n.op_type() == "Constant" {
+            value_t = n
+                .attribute
+                .iter_mut()
+                .find(|a| a.name() == "value")
+                .and_then(|a| a.t.take());
+        }
+        let c = Ctx {
+            n,
+            name: name.clone(),
+            op: n.op_type(),
+        };
+        self.translate(&c, value_t).map_err(|msg| OnnxError::Node {
+            file: self.file.to_string(),
+            node: name,
+            op_type: n.op_type().to_string(),
+            msg,
+        })
+    }
+
+    fn translate(&mut self, c: &Ctx, value_t: Option<TensorProto>) -> R<()> {
+        let op = c.op;
+        if let Some(u) = unary_of(op) {
+            let x = self.req(c, 0)?;
+            if u == UnaryOp::Neg
+                && let Some(cx) = self.cval(x)
+            {
+                return self.out_const(c, 0, ce::neg(&cx));
+            }
+            return self.emit(c, Op::Unary(u), vec![x]);
+        }
+        if let Some(b) = binary_of(op) {
+            let ins: Vec<ValueId> = (0..c.n.input.len())
+                .map(|i| self.req(c, i))
+                .collect::<R<_>>()?;
+            let variadic = matches!(op, "Max" | "Min" | "Sum");
+            if ins.is_empty() || (!variadic && ins.len() != 2) {
+                return Err(format!("expects 2 inputs, got {}", ins.len()));
+            }
+            let mut acc = ins[0];
+            for (k, &v) in ins.iter().enumerate().skip(1) {
+                let out = if k + 1 == ins.len() {
+                    self.out_name(c, 0)
+                } else {
+                    format!("{}/partial{k}", c.name)
+                };
+                acc = self.binary(c, b, acc, v, &out)?;
+            }
+            self.set_out(c, 0, acc);
+            return Ok(());
+        }
+        match op {
+            "Identity" => {
+                let x = self.req(c, 0)?;
+                self.set_out(c, 0, x);
+            }
+            "Dropout" => {
+                if let Some(m) = c.out(1)
+                    && self.used.contains(m)
+                {
+                    return Err("the mask output is not supported (inference only)".into());
+                }
+                if let Some(t) = self.inp(c, 2)? {
+                    let t = self.cval(t).ok_or("training_mode must be a constant")?;
+                    if t.as_i64().iter().any(|&x| x != 0) {
+                        return Err("training_mode=true is not supported".into());
+                    }
+                }
+                let x = self.req(c, 0)?;
+                self.set_out(c, 0, x);
+            }
+            "Constant" => {
+                let ct = self.constant_value(c, value_t)?;
+                match ct {
+                    Ok((ty, data)) => {
+                        let name = self.fresh(&self.out_name(c, 0));
+                        let v = self.g.add_const(name, ty, data).map_err(ir_msg)?;
+                        self.set_out(c, 0, v);
+                    }
+                    Err(ct) => self.out_const(c, 0, ct)?,
+                }
+            }
+            "Shape" => {
+                let x = self.req(c, 0)?;
+                let sh = self.ty(x).shape.clone();
+                let r = sh.len() as i64;
+                let clampi = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
+                let s = clampi(c.i("start", 0));
+                let e = clampi(c.i("end", r)).max(s);
+                let v: Vec<i64> = sh[s..e].iter().map(|&d| d as i64).collect();
+                self.out_const(c, 0, CT::i64s(vec![v.len()], v))?;
+            }
+            "Size" => {
+                let x = self.req(c, 0)?;
+                let n = self.ty(x).numel() as i64;
+                self.out_const(c, 0, CT::i64s(vec![], vec![n]))?;
+            }
+            "Gather" => {
+                let data = self.const_in(c, 0)?.ok_or("missing data")?;
+                let idx = self.const_in(c, 1)?.ok_or("missing indices")?;
+                let axis = norm_axis(c.i("axis", 0), data.shape.len())?;
+                let r = ce::gather(&data, &idx, axis)?;
+                self.out_const(c, 0, r)?;
+            }
+            "Equal" | "Less" | "Greater" => {
+                let a = self.const_in(c, 0)?.ok_or("missing input 0")?;
+                let b = self.const_in(c, 1)?.ok_or("missing input 1")?;
+                let b = if a.dtype != b.dtype {
+                    b.cast(a.dtype)
+                } else {
+                    b
+                };
+                let f = match op {
+                    "Equal" => BinOp::Equal,
+                    "Less" => BinOp::Less,
+                    _ => BinOp::Greater,
+                };
+                let r = ce::binary(f, &a, &b)?;
+                self.out_const(c, 0, r)?;
+            }
+            "Where" => {
+                let cond = self.const_in(c, 0)?.ok_or("missing condition")?;
+                let x = self.const_in(c, 1)?.ok_or("missing X")?;
+                let y = self.const_in(c, 2)?.ok_or("missing Y")?;
+                let r = ce::where_(&cond, &x, &y)?;
+                if r.numel() > FOLD_LIMIT {
+                    return Err("result too large to fold".into());
+                }
+                self.out_const(c, 0, r)?;
+            }
+            "Expand" => {
+                let x = self.const_in(c, 0)?.ok_or("missing input")?;
+                let s = self.const_in(c, 1)?.ok_or("missing shape")?;
+                let shape = to_usizes(&s.as_i64(), "shape")?;
+                let n = shape
+                    .iter()
+                    .try_fold(x.numel().max(1), |a, &d| a.checked_mul(d.max(1)));
+                if n.is_none_or(|n| n > FOLD_LIMIT) {
+                    return Err("result too large to fold".into());
+                }
+                let r = ce::expand(&x, &shape)?;
+                self.out_const(c, 0, r)?;
+            }
+            "Range" => {
+                let s = self.const_in(c, 0)?.ok_or("missing start")?;
+                let l = self.const_in(c, 1)?.ok_or("missing limit")?;
+                let d = self.const_in(c, 2)?.ok_or("missing delta")?;
+                if s.numel() != 1 || l.numel() != 1 || d.numel() != 1 {
+                    return Err("start, limit and delta must be scalars".into());
+                }
+                let r = if s.dtype.is_float() {
+                    let (s0, l0, d0) = (s.as_f64()[0], l.as_f64()[0], d.as_f64()[0]);
+                    let n = ((l0 - s0) / d0).ceil();
+                    if n.is_nan() || n == f64::INFINITY {
+                        return Err("range is infinite".into());
+                    }
+                    let n = n.max(0.0);
+                    if n > FOLD_LIMIT as f64 {
+                        return Err("range too long".into());
+                    }
+                    let v: Vec<f64> = (0..n as usize).map(|i| s0 + i as f64 * d0).collect();
+                    CT {
+                        dtype: s.dtype,
+                        shape: vec![v.len()],
+                        v: ce::Vals::F(v),
+                    }
+                    .cast(s.dtype)
+                } else {
+                    let (s0, l0, d0) = (
+                        s.as_i64()[0] as i128,
+                        l.as_i64()[0] as i128,
+                        d.as_i64()[0] as i128,
+                    );
+                    if d0 == 0 {
+                        return Err("delta is 0".into());
+                    }
+                    let span = l0 - s0;
+                    let n = if (span > 0) == (d0 > 0) && span != 0 {
+                        (span.abs() + d0.abs() - 1) / d0.abs()
+                    } else {
+                        0
+                    };
+                    if n > FOLD_LIMIT as i128 {
+                        return Err("range too long".into());
+                    }
+                    let v: Vec<i64> = (0..n).map(|i| (s0 + i * d0) as i64).collect();
+                    CT {
+                        dtype: s.dtype,
+                        shape: vec![v.len()],
+                        v: ce::Vals::I(v),
+                    }
+                };
+                self.out_const(c, 0, r)?;
+            }
+            "ConstantOfShape" => {
+                let s = self.const_in(c, 0)?.ok_or("missing shape")?;
+                let shape = to_usizes(&s.as_i64(), "shape")?;
+                let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+                let n = n
+                    .filter(|&n| n <= FOLD_LIMIT)
+                    .ok_or("result too large to fold")?;
+                let fill = match c.attr("value").and_then(|a| a.t.clone()) {
+                    Some(mut t) => {
+                        let (ty, d) = decode_tensor(&mut t, None, &mut self.ext)?;
+                        if ty.numel() != 1 {
+                            return Err("value must have one element".into());
+                        }
+                        CT::from_bytes(&ty, &d)
+                    }
+                    None => CT {
+                        dtype: DType::F32,
+                        shape: vec![1],
+                        v: ce::Vals::F(vec![0.0]),
+                    },
+                };
+                let v = match &fill.v {
+                    ce::Vals::I(v) => ce::Vals::I(vec![v[0]; n]),
+                    ce::Vals::F(v) => ce::Vals::F(vec![v[0]; n]),
+                };
+                self.out_const(
+                    c,
+                    0,
+                    CT {
+                        dtype: fill.dtype,
+                        shape,
+                        v,
+                    },
+                )?;
+            }
+            "Cast" => {
+                let x = self.req(c, 0)?;
+                let to = dtype_from_onnx(c.i("to", 0) as i32)?;
+                if self.ty(x).dtype == to {
+                    self.set_out(c, 0, x);
+                } else if let Some(cx) = self.cval(x) {
+                    self.out_const(c, 0, cx.cast(to))?;
+                } else {
+                    self.emit(c, Op::Cast { to }, vec![x])?;
+                }
+            }
+            "Reshape" => {
+                let x = self.req(c, 0)?;
+                let s = self.const_in(c, 1)?.ok_or("missing shape input")?;
+                let shape = reshape_target(
+                    &self.ty(x).shape,
+                    &s.as_i64(),
+                    self.opset >= 14 && c.i("allowzero", 0) != 0,
+                )?;
+                self.reshape_out(c, x, shape)?;
+            }
+            "Flatten" => {
+                let x = self.req(c, 0)?;
+                let sh = self.ty(x).shape.clone();
+                let r = sh.len() as i64;
+                let a = c.i("axis", 1);
+                let a = if a < 0 { a + r } else { a };
+                if a < 0 || a > r {
+                    return Err(format!("axis {} out of range for rank {r}", c.i("axis", 1)));
+                }
+                let a = a as usize;
+                let shape = vec![sh[..a].iter().product(), sh[a..].iter().product()];
+                self.reshape_out(c, x, shape)?;
+            }
+            "Unsqueeze" | "Squeeze" => {
+                let x = self.req(c, 0)?;
+                let axes = if self.opset >= 13 {
+                    self.const_in(c, 1)?.map(|a| a.as_i64())
+                } else {
+                    c.ints("axes")
+                };
+                let sh = self.ty(x).shape.clone();
+                let shape = if op == "Unsqueeze" {
+                    let axes = axes.ok_or("missing axes")?;
+                    let r = sh.len() + axes.len();
+                    let mut ax = axes
+                        .iter()
+                        .map(|&a| norm_axis(a, r))
+                        .collect::<R<Vec<_>>>()?;
+                    ax.sort_unstable();
+                    ax.dedup();
+                    if ax.len() != axes.len() {
+                        return Err(format!("repeated axes {axes:?}"));
+                    }
+                    let mut it = sh.iter();
+                    (0..r)
+                        .map(|d| {
+                            if ax.contains(&d) {
+                                1
+                            } else {
+                                *it.next().unwrap()
+                            }
+                        })
+                        .collect()
+                } else {
+                    match axes {
+                        Some(axes) if !axes.is_empty() => {
+                            let ax = axes
+                                .iter()
+                                .map(|&a| norm_axis(a, sh.len()))
+                                .collect::<R<Vec<_>>>()?;
+                            if let Some(&d) = ax.iter().find(|&&d| sh[d] != 1) {
+                                return Err(format!("cannot squeeze dim {d} of shape {sh:?}"));
+                            }
+                            (0..sh.len())
+                                .filter(|d| !ax.contains(d))
+                                .map(|d| sh[d])
+                                .collect()
+                        }
+                        _ => sh.iter().copied().filter(|&d| d != 1).collect(),
+                    }
+                };
+                self.reshape_out(c, x, shape)?;
+            }
+            "Concat" => {
+                let ins: Vec<ValueId> = (0..c.n.input.len())
+                    .map(|i| self.req(c, i))
+                    .collect::<R<_>>()?;
+                if ins.is_empty() {
+                    return Err("no inputs".into());
+                }
+                let axis = norm_axis(
+                    c.attr("axis").ok_or("missing attribute 'axis'")?.i(),
+                    self.ty(ins[0]).rank(),
+                )?;
+                let consts: Option<Vec<CT>> = ins.iter().map(|&v| self.cval(v)).collect();
+                if let Some(cs) = consts {
+                    let r = ce::concat(&cs, axis)?;
+                    return self.out_const(c, 0, r);
+                }
+                if ins.len() == 1 {
+                    self.set_out(c, 0, ins[0]);
+                    return Ok(());
+                }
+                self.emit(c, Op::Concat { axis }, ins)?;
+            }
+            "Slice" => self.slice(c)?,
+            "Transpose" => {
+                let x = self.req(c, 0)?;
+                let r = self.ty(x).rank();
+                let perm = match c.ints("perm") {
+                    Some(p) => to_usizes(&p, "perm")?,
+                    None => (0..r).rev().collect(),
+                };
+                let mut seen = vec![false; r];
+                if perm.len() != r
+                    || perm
+                        .iter()
+                        .any(|&p| p >= r || std::mem::replace(&mut seen[p], true))
+                {
+                    return Err(format!("perm {perm:?} is not a permutation of rank {r}"));
+                }
+                if perm.iter().enumerate().all(|(i, &p)| i == p) {
+                    self.set_out(c, 0, x);
+                } else if let Some(cx) = self.cval(x) {
+                    self.out_const(c, 0, ce::transpose(&cx, &perm))?;
+                } else {
+                    self.emit(c, Op::Transpose { perm }, vec![x])?;
+                }
+            }
+            "Clip" => {
+                let x = self.req(c, 0)?;
+                let (min, max) = if self.opset < 11 {
+                    (c.f("min", f32::MIN), c.f("max", f32::MAX))
+                } else {
+                    let scalar = |v: Option<CT>, def: f32| -> R<f32> {
+                        match v {
+                            None => Ok(def),
+                            Some(t) if t.numel() == 1 => Ok(t.as_f64()[0] as f32),
+                            Some(_) => Err("min/max must be scalars".into()),
+                        }
+                    };
+                    let lo = self.const_in(c, 1)?;
+                    let hi = self.const_in(c, 2)?;
+                    (scalar(lo, f32::NEG_INFINITY)?, scalar(hi, f32::INFINITY)?)
+                };
+                self.emit(c, Op::Clip { min, max }, vec![x])?;
+            }
+            "HardSigmoid" => {
+                let x = self.req(c, 0)?;
+                let (alpha, beta) = (c.f("alpha", 0.2), c.f("beta", 0.5));
+                self.emit(c, Op::HardSigmoid { alpha, beta }, vec![x])?;
+            }
+            "LeakyRelu" => {
+                let x = self.req(c, 0)?;
+                let alpha = c.f("alpha", 0.01);
+                self.emit(c, Op::LeakyRelu { alpha }, vec![x])?;
+            }
+            "MatMul" => {
+                let (a, b) = (self.req(c, 0)?, self.req(c, 1)?);
+                self.emit(c, Op::MatMul, vec![a, b])?;
+            }
+            "Gemm" => {
+                let mut ins = vec![self.req(c, 0)?, self.req(c, 1)?];
+                if let Some(b) = self.inp(c, 2)? {
+                    ins.push(b);
+                }
+                let a = GemmAttrs {
+                    alpha: c.f("alpha", 1.0),
+                    beta: c.f("beta", 1.0),
+                    trans_a: c.i("transA", 0) != 0,
+                    trans_b: c.i("transB", 0) != 0,
+                };
+                self.emit(c, Op::Gemm(a), ins)?;
+            }
+            "BatchNormalization" => {
+                for i in 1..c.n.output.len() {
+                    if let Some(o) = c.out(i)
+                        && self.used.contains(o)
+                    {
+                        return Err(format!(
+                            "output {i} ('{o}') is training-only and unsupported"
+                        ));
+                    }
+                }
+                if c.i("training_mode", 0) != 0 {
+                    return Err("training_mode=1 is not supported".into());
+                }
+                if self.opset < 9 && c.i("spatial", 1) == 0 {
+                    return Err("spatial=0 is not supported".into());
+                }
+                let ins = (0..5).map(|i| self.req(c, i)).collect::<R<Vec<_>>>()?;
+                let epsilon = c.f("epsilon", 1e-5);
+                let names = [self.out_name(c, 0)];
+                let v = self.node(c, Op::BatchNorm { epsilon }, ins, &names)?[0];
+                self.set_out(c, 0, v);
+            }
+            "Conv" => self.conv(c)?,
+            "ConvTranspose" => self.conv_transpose(c)?,
+            "MaxPool" | "AveragePool" => self.pool(c)?,
+            "GlobalAveragePool" => {
+                let x = self.req(c, 0)?;
+                self.emit(c, Op::GlobalAveragePool, vec![x])?;
+            }
+            "Split" => {
+                let x = self.req(c, 0)?;
+                let sh = self.ty(x).shape.clone();
+                let axis = norm_axis(c.i("axis", 0), sh.len())?;
+                let dim = sh[axis];
+                let given = if self.opset >= 13 {
+                    self.const_in(c, 1)?.map(|t| t.as_i64())
+                } else {
+                    c.ints("split")
+                };
+                let n_out = c.n.output.len();
+                let sizes = if let Some(s) = given {
+                    to_usizes(&s, "split")?
+                } else if self.opset >= 18 && c.attr("num_outputs").is_some() {
+                    let n = usize::try_from(c.i("num_outputs", 0))
+                        .ok()
+                        .filter(|&n| n > 0)
+                        .ok_or("num_outputs must be positive")?;
+                    let chunk = dim.div_ceil(n);
+                    (0..n)
+                        .map(|i| chunk.min(dim.saturating_sub(i * chunk)))
+                        .collect()
+                } else {
+                    if n_out == 0 || !dim.is_multiple_of(n_out) {
+                        return Err(format!("cannot split dim {dim} into {n_out} equal parts"));
+                    }
+                    vec![dim / n_out; n_out]
+                };
+                if sizes.len() != n_out {
+                    return Err(format!("{} split sizes for {n_out} outputs", sizes.len()));
+                }
+                self.emit(c, Op::Split { axis, sizes }, vec![x])?;
+            }
+            "Softmax" => {
+                let x = self.req(c, 0)?;
+                let sh = self.ty(x).shape.clone();
+                let r = sh.len();
+                let def = if self.opset >= 13 { -1 } else { 1 };
+                let axis = norm_axis(c.i("axis", def), r)?;
+                if self.opset >= 13 || axis + 1 == r {
+                    self.emit(c, Op::Softmax { axis }, vec![x])?;
+                } else {
+                    let flat = vec![sh[..axis].iter().product(), sh[axis..].iter().product()];
+                    let t = self.reshape(c, x, flat, &format!("{}/reshape_in", c.name))?;
+                    let names = [format!("{}/softmax", c.name)];
+                    let s = self.node(c, Op::Softmax { axis: 1 }, vec![t], &names)?[0];
+                    let out = self.out_name(c, 0);
+                    let o = self.reshape(c, s, sh, &out)?;
+                    self.set_out(c, 0, o);
+                }
+            }
+            "ReduceMean" => {
+                let x = self.req(c, 0)?;
+                let r = self.ty(x).rank();
+                let axes = if self.opset >= 18 {
+                    self.const_in(c, 1)?.map(|t| t.as_i64())
+                } else {
+                    c.ints("axes")
+                }
+                .unwrap_or_default();
+                let keepdims = c.i("keepdims", 1) != 0;
+                let mut ax = if axes.is_empty() {
+                    if c.i("noop_with_empty_axes", 0) != 0 {
+                        self.set_out(c, 0, x);
+                        return Ok(());
+                    }
+                    (0..r).collect()
+                } else {
+                    axes.iter()
+                        .map(|&a| norm_axis(a, r))
+                        .collect::<R<Vec<_>>>()?
+                };
+                ax.sort_unstable();
+                ax.dedup();
+                self.emit(c, Op::ReduceMean { axes: ax, keepdims }, vec![x])?;
+            }
+            "Resize" | "Upsample" => self.resize(c)?,
+            _ => return Err("unsupported op".into()),
+        }
+        Ok(())
+    }
+
+    /// A Constant node's value: decoded bytes (tensor) or an evaluated constant.
+    #[allow(clippy::type_complexity)]
+    fn constant_value(
+        &mut self,
+        c: &Ctx,
+        value_t: Option<TensorProto>,
+    ) -> R<Result<(TensorType, kiln_ir::ConstData), CT>> {
+        if let Some(mut t) = value_t {
+            return Ok(Ok(decode_tensor(&mut t, self.base_dir, &mut self.ext)?));
+        }
+        if let Some(a) = c.attr("value_float") {
+            return Ok(Err(CT {
+                dtype: DType::F32,
+                shape: vec![],
+                v: ce::Vals::F(vec![a.f() as f64]),
+            }));
+        }
+        if let Some(a) = c.attr("value_floats") {
+            return Ok(Err(CT {
+                dtype: DType::F32,
+                shape: vec![a.floats.len()],
+                v: ce::Vals::F(a.floats.iter().map(|&x| x as f64).collect()),
+            }));
+        }
+        if let Some(a) = c.attr("value_int") {
+            return Ok(Err(CT::i64s(vec![], vec![a.i()])));
+        }
+        if let Some(a) = c.attr("value_ints") {
+            return Ok(Err(CT::i64s(vec![a.ints.len()], a.ints.clone())));
+        }
+        Err("only value, value_float(s) and value_int(s) constants are supported".into())
+    }
+
+    fn slice(&mut self, c: &Ctx) -> R<()> {
+        let x = self.req(c, 0)?;
+        let sh = self.ty(x).shape.clone();
+        let r = sh.len();
+        let (starts, ends, axes, steps) = if self.opset < 10 {
+            (
+                c.ints("starts").ok_or("missing starts")?,
+                c.ints("ends").ok_or("missing ends")?,
+                c.ints("axes"),
+                None,
+            )
+        } else {
+            (
+                self.const_in(c, 1)?.ok_or("missing starts")?.as_i64(),
+                self.const_in(c, 2)?.ok_or("missing ends")?.as_i64(),
+                self.const_in(c, 3)?.map(|t| t.as_i64()),
+                self.const_in(c, 4)?.map(|t| t.as_i64()),
+            )
+        };
+        let axes = axes.unwrap_or_else(|| (0..starts.len() as i64).collect());
+        let steps = steps.unwrap_or_else(|| vec![1; starts.len()]);
+        if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len() {
+            return Err("starts, ends, axes and steps must have the same length".into());
+        }
+        let mut a = SliceAttrs {
+            starts: vec![0; r],
+            steps: vec![1; r],
+            sizes: sh.clone(),
+        };
+        let mut seen = vec![false; r];
+        for k in 0..starts.len() {
+            let d = norm_axis(axes[k], r)?;
+            if std::mem::replace(&mut seen[d], true) {
+                return Err(format!("axis {} repeated", axes[k]));
+            }
+            let (start, size) = slice_dim(sh[d], starts[k], ends[k], steps[k])?;
+            a.starts[d] = start;
+            a.steps[d] = steps[k];
+            a.sizes[d] = size;
+        }
+        if a.sizes == sh && a.starts.iter().all(|&s| s == 0) && a.steps.iter().all(|&s| s == 1) {
+            self.set_out(c, 0, x);
+        } else if let Some(cx) = self.cval(x) {
+            self.out_const(c, 0, ce::slice(&cx, &a))?;
+        } else {
+            self.emit(c, Op::Slice(a), vec![x])?;
+        }
+        Ok(())
+    }
+
+    /// Common conv/pool attributes: (kernel, strides, dilations, pads).
+    fn window(
+        &self,
+        c: &Ctx,
+        x: ValueId,
+        kernel: Vec<usize>,
+    ) -> R<(Vec<usize>, Vec<usize>, Vec<usize>)> {
+        let sp = kernel.len();
+        let xs = &self.ty(x).shape;
+        if xs.len() != sp + 2 {
+            return Err(format!(
+                "input {} must have rank {} for a {sp}-D kernel",
+                self.ty(x),
+                sp + 2
+            ));
+        }
+        let get = |k: &str, n: usize, def: usize| -> R<Vec<usize>> {
+            match c.ints(k) {
+                Some(v) => {
+                    if v.len() != n {
+                        return Err(format!("{k} must have {n} entries, got {v:?}"));
+                    }
+                    to_usizes(&v, k)
+                }
+                None => Ok(vec![def; n]),
+            }
+        };
+        let strides = get("strides", sp, 1)?;
+        let dilations = get("dilations", sp, 1)?;
+        if strides.contains(&0) || dilations.contains(&0) || kernel.contains(&0) {
+            return Err("kernel, strides and dilations must be positive".into());
+        }
+        let auto = c.s("auto_pad", "NOTSET");
+        let pads = match auto.as_str() {
+            "NOTSET" | "" => get("pads", 2 * sp, 0)?,
+            "VALID" => vec![0; 2 * sp],
+            "SAME_UPPER" | "SAME_LOWER" => {
+                let mut p = vec![0; 2 * sp];
+                for d in 0..sp {
+                    let i = xs[2 + d];
+                    let out = i.div_ceil(strides[d]);
+                    let ext = (kernel[d] - 1) * dilations[d] + 1;
+                    let total = ((out.max(1) - 1) * strides[d] + ext).saturating_sub(i);
+                    let small = total / 2;
+                    let (b, e) = if auto == "SAME_UPPER" {
+                        (small, total - small)
+                    } else {
+                        (total - small, small)
+                    };
+                    p[d] = b;
+                    p[sp + d] = e;
+                }
+                p
+            }
+            other => return Err(format!("unknown auto_pad '{other}'")),
+        };
+        Ok((strides, dilations, pads))
+    }
+
+    fn conv(&mut self, c: &Ctx) -> R<()> {
+        let x = self.req(c, 0)?;
+        let w = self.req(c, 1)?;
+        let ws = self.ty(w).shape.clone();
+        if ws.len() < 3 {
+            return Err(format!("weight {} must have rank >= 3", self.ty(w)));
+        }
+        let kernel = match c.ints("kernel_shape") {
+            Some(k) => to_usizes(&k, "kernel_shape")?,
+            None => ws[2..].to_vec(),
+        };
+        let (strides, dilations, pads) = self.window(c, x, kernel.clone())?;
+        let groups = usize::try_from(c.i("group", 1)).map_err(|_| "negative group")?;
+        let mut ins = vec![x, w];
+        if let Some(b) = self.inp(c, 2)? {
+            ins.push(b);
+        }
+        let a = ConvAttrs {
+            kernel,
+            strides,
+            pads,
+            dilations,
+            groups,
+        };
+        self.emit(c, Op::Conv(a), ins)
+    }
+
+    fn conv_transpose(&mut self, c: &Ctx) -> R<()> {
+        let x = self.req(c, 0)?;
+        let w = self.req(c, 1)?;
+        let ws = self.ty(w).shape.clone();
+        let xs = self.ty(x).shape.clone();
+        if ws.len() < 3 || xs.len() != ws.len() {
+            return Err(format!(
+                "input {} and weight {} must have the same rank >= 3",
+                self.ty(x),
+                self.ty(w)
+            ));
+        }
+        let sp = ws.len() - 2;
+        let kernel = match c.ints("kernel_shape") {
+            Some(k) => to_usizes(&k, "kernel_shape")?,
+            None => ws[2..].to_vec(),
+        };
+        if kernel.len() != sp {
+            return Err(format!(
+                "kernel_shape {kernel:?} does not match weight rank"
+            ));
+        }
+        let get = |k: &str, def: usize| -> R<Vec<usize>> {
+            match c.ints(k) {
+                Some(v) if v.len() == sp => to_usizes(&v, k),
+                Some(v) => Err(format!("{k} must have {sp} entries, got {v:?}")),
+                None => Ok(vec![def; sp]),
+            }
+        };
+        let strides = get("strides", 1)?;
+        let dilations = get("dilations", 1)?;
+        let output_padding = get("output_padding", 0)?;
+        if strides.contains(&0) || dilations.contains(&0) || kernel.contains(&0) {
+            return Err("kernel, strides and dilations must be positive".into());
+        }
+        let auto = c.s("auto_pad", "NOTSET");
+        let mut out_shape = match c.ints("output_shape") {
+            Some(o) => {
+                let o = to_usizes(&o, "output_shape")?;
+                Some(if o.len() == sp + 2 {
+                    o[2..].to_vec()
+                } else {
+                    o
+                })
+            }
+            None => None,
+        };
+        if out_shape.is_none() && matches!(auto.as_str(), "SAME_UPPER" | "SAME_LOWER") {
+            out_shape = Some((0..sp).map(|d| xs[2 + d] * strides[d]).collect());
+        }
+        let pads = if let Some(os) = out_shape {
+            if os.len() != sp {
+                return Err(format!("output_shape {os:?} must have {sp} entries"));
+            }
+            let mut p = vec![0; 2 * sp];
+            for d in 0..sp {
+                let full = strides[d] * (xs[2 + d].max(1) - 1)
+                    + output_padding[d]
+                    + (kernel[d] - 1) * dilations[d]
+                    + 1;
+                let total = full.checked_sub(os[d]).ok_or_else(|| {
+                    format!("output_shape {os:?} is larger than the full transposed output")
+                })?;
+                let (b, e) = if auto == "SAME_UPPER" {
+                    (total / 2, total - total / 2)
+                } else {
+                    (total - total / 2, total / 2)
+                };
+                p[d] = b;
+                p[sp + d] = e;
+            }
+            p
+        } else {
+            match auto.as_str() {
+                "NOTSET" | "" => match c.ints("pads") {
+                    Some(v) if v.len() == 2 * sp => to_usizes(&v, "pads")?,
+                    Some(v) => return Err(format!("pads must have {} entries, got {v:?}", 2 * sp)),
+                    None => vec![0; 2 * sp],
+                },
+                "VALID" => vec![0; 2 * sp],
+                other => return Err(format!("unknown auto_pad '{other}'")),
+            }
+        };
+        let groups = usize::try_from(c.i("group", 1)).map_err(|_| "negative group")?;
+        let mut ins = vec![x, w];
+        if let Some(b) = self.inp(c, 2)? {
+            ins.push(b);
+        }
+        let a = ConvTransposeAttrs {
+            kernel,
+            strides,
+            pads,
+            dilations,
+            groups,
+            output_padding,
+        };
+        self.emit(c, Op::ConvTranspose(a), ins)
+    }
+
+    fn pool(&mut self, c: &Ctx) -> R<()> {
+        if let Some(o) = c.out(1)
+            && self.used.contains(o)
+        {
+            return Err("the Indices output is not supported".into());
+        }
+        let x = self.req(c, 0)?;
+        let kernel = to_usizes(
+            &c.ints("kernel_shape").ok_or("missing kernel_shape")?,
+            "kernel_shape",
+        )?;
+        let max = c.op == "MaxPool";
+        if (max && self.opset < 10 || !max && self.opset < 19) && c.attr("dilations").is_some() {
+            return Err(format!(
+                "dilations are not defined for opset {}",
+                self.opset
+            ));
+        }
+        let (strides, dilations, pads) = self.window(c, x, kernel.clone())?;
+        let a = PoolAttrs {
+            kernel,
+            strides,
+            pads,
+            dilations,
+            ceil_mode: c.i("ceil_mode", 0) != 0,
+            count_include_pad: !max && c.i("count_include_pad", 0) != 0,
+        };
+        let op = if max {
+            Op::MaxPool(a)
+        } else {
+            Op::AveragePool(a)
+        };
+        let names = [self.out_name(c, 0)];
+        let v = self.node(c, op, vec![x], &names)?[0];
+        self.set_out(c, 0, v);
+        Ok(())
+    }
+
+    fn resize(&mut self, c: &Ctx) -> R<()> {
+        let x = self.req(c, 0)?;
+        let xs = self.ty(x).shape.clone();
+        let r = xs.len();
+        let mode_s = c.s("mode", "nearest");
+        let mode = match mode_s.as_str() {
+            "nearest" => ResizeMode::Nearest,
+            "linear" | "bilinear" => ResizeMode::Linear,
+            m => return Err(format!("mode '{m}' is not supported")),
+        };
+        let legacy = c.op == "Upsample" || self.opset < 11;
+        let (coord, nearest) = if legacy {
+            (CoordTransform::Asymmetric, NearestMode::Floor)
+        } else {
+            let ct = c.s("coordinate_transformation_mode", "half_pixel");
+            let coord = CoordTransform::from_name(&ct)
+                .ok_or_else(|| format!("coordinate_transformation_mode '{ct}' is not supported"))?;
+            let nm = c.s("nearest_mode", "round_prefer_floor");
+            let nearest = NearestMode::from_name(&nm)
+                .ok_or_else(|| format!("nearest_mode '{nm}' is not supported"))?;
+            (coord, nearest)
+        };
+        if c.i("antialias", 0) != 0 {
+            return Err("antialias is not supported".into());
+        }
+        let policy = c.s("keep_aspect_ratio_policy", "stretch");
+        if policy != "stretch" {
+            return Err(format!(
+                "keep_aspect_ratio_policy '{policy}' is not supported"
+            ));
+        }
+        // Scales / sizes, per listed axis.
+        let (scales_in, sizes_in): (Option<Vec<f64>>, Option<Vec<i64>>) =
+            if c.op == "Upsample" && self.opset < 9 {
+                let s = c.floats("scales").ok_or("missing scales")?;
+                (Some(s.iter().map(|&v| v as f64).collect()), None)
+            } else if legacy {
+                (
+                    Some(self.const_in(c, 1)?.ok_or("missing scales")?.as_f64()),
+                    None,
+                )
+            } else {
+                let s = self.const_in(c, 2)?.filter(|t| t.numel() > 0);
+                let z = self.const_in(c, 3)?.filter(|t| t.numel() > 0);
+                (s.map(|t| t.as_f64()), z.map(|t| t.as_i64()))
+            };
+        let axes: Vec<usize> = match c.ints("axes").filter(|_| self.opset >= 18) {
+            Some(a) => a.iter().map(|&a| norm_axis(a, r)).collect::<R<_>>()?,
+            None => (0..r).collect(),
+        };
+        let mut scales = vec![1f32; r];
+        let mut out_shape = xs.clone();
+        match (scales_in, sizes_in) {
+            (Some(_), Some(_)) => return Err("only one of scales and sizes may be given".into()),
+            (None, None) => return Err("one of scales and sizes is required".into()),
+            (Some(s), None) => {
+                if s.len() != axes.len() {
+                    return Err(format!("{} scales for {} axes", s.len(), axes.len()));
+                }
+                for (k, &d) in axes.iter().enumerate() {
+                    let sc = s[k] as f32;
+                    if !(sc > 0.0 && sc.is_finite()) {
+                        return Err(format!("invalid scale {sc}"));
+                    }
+                    scales[d] = sc;
+                    let o = (xs[d] as f64 * sc as f64).floor();
+                    if o > (1u64 << 40) as f64 {
+                        return Err(format!("scale {sc} gives an absurd output size"));
+                    }
+                    out_shape[d] = o as usize;
+                }
+            }
+            (None, Some(z)) => {
+                if z.len() != axes.len() {
+                    return Err(format!("{} sizes for {} axes", z.len(), axes.len()));
+                }
+                let z = to_usizes(&z, "sizes")?;
+                for (k, &d) in axes.iter().enumerate() {
+                    out_shape[d] = z[k];
+                    scales[d] = if xs[d] == 0 {
+                        1.0
+                    } else {
+                        z[k] as f32 / xs[d] as f32
+                    };
+                }
+            }
+        }
+        if out_shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .is_none_or(|n| n > (1 << 40))
+        {
+            return Err(format!("output shape {out_shape:?} is too large"));
+        }
+        let a = ResizeAttrs {
+            mode,
+            coord,
+            nearest,
+            scales,
+            out_shape,
+        };
+        let names = [self.out_name(c, 0)];
+        let v = self.node(c, Op::Resize(a), vec![x], &names)?[0];
+        self.set_out(c, 0, v);
+        Ok(())
+    }
+}
+
+/// ONNX Reshape target shape: 0 copies the input dim (unless `allowzero`), -1 is inferred.
+fn reshape_target(input: &[usize], spec: &[i64], allowzero: bool) -> R<Vec<usize>> {
+    let numel: usize = input.iter().product();
+    let mut out = Vec::with_capacity(spec.len());
+    let mut infer = None;
+    for (i, &s) in spec.iter().enumerate() {
+        out.push(match s {
+            -1 => {
+                if infer.replace(i).is_some() {
+                    return Err(format!("shape {spec:?} has more than one -1"));
+                }
+                1
+            }
+            0 if !allowzero => *input
+                .get(i)
+                .ok_or_else(|| format!("shape {spec:?}: 0 at {i} has no input dim"))?,
+            s if s >= 0 => s as usize,
+            s => return Err(format!("invalid dim {s} in shape {spec:?}")),
+        });
+    }
+    let known = out
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| format!("shape {spec:?} is too large"))?;
+    if let Some(i) = infer {
+        if known == 0 || !numel.is_multiple_of(known) {
+            return Err(format!("cannot infer -1 in {spec:?} for input {input:?}"));
+        }
+        out[i] = numel / known;
+    } else if known != numel {
+        return Err(format!("cannot reshape {input:?} to {spec:?}"));
+    }
+    Ok(out)
+}
+
+/// Normalized (start, size) of one sliced dim, clamped per the ONNX spec.
+fn slice_dim(dim: usize, start: i64, end: i64, step: i64) -> R<(usize, usize)> {
+    if step == 0 {
+        return Err("slice step 0".into());
+    }
+    let d = dim as i128;
+    let (mut s, mut e, st) = (start as i128, end as i128, step as i128);
+    if s < 0 {
+        s += d;
+    }
+    if e < 0 {
+        e += d;
+    }
+    let size = if st > 0 {
+        s = s.clamp(0, d);
+        e = e.clamp(0, d);
+        if e > s { (e - s + st - 1) / st } else { 0 }
+    } else {
+        if d == 0 {
+            return Ok((0, 0));
+        }
+        s = s.clamp(0, d - 1);
+        e = e.clamp(-1, d - 1);
+        if s > e {
+            (s - e + (-st) - 1) / (-st)
+        } else {
+            0
+        }
+    };
+    if size == 0 {
+        return Ok((0, 0));
+    }
+    Ok((s as usize, size as usize))
+}
+
+/// Op types (or op variants) the importer cannot translate, with their node names.
+fn unsupported(nodes: &[NodeProto], used: &HashSet<String>) -> BTreeMap<String, Vec<String>> {
+    let mut bad: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let op = n.op_type();
+        let domain = n.domain();
+        let label = if !(domain.is_empty() || domain == "ai.onnx") {
+            Some(format!("{domain}:{op}"))
+        } else if !SUPPORTED.contains(&op) {
+            Some(op.to_string())
+        } else {
+            let attr = |k: &str| {
+                n.attribute
+                    .iter()
+                    .find(|a| a.name() == k)
+                    .map(|a| String::from_utf8_lossy(a.s()).into_owned())
+            };
+            match op {
+                "MaxPool" if n.output.get(1).is_some_and(|o| used.contains(o)) => {
+                    Some("MaxPool (Indices output)".to_string())
+                }
+                "Resize" | "Upsample" => {
+                    let mode = attr("mode").unwrap_or_default();
+                    let ct = attr("coordinate_transformation_mode").unwrap_or_default();
+                    if mode == "cubic" {
+                        Some(format!("{op} (mode=cubic)"))
+                    } else if !ct.is_empty() && CoordTransform::from_name(&ct).is_none() {
+                        Some(format!("{op} (coordinate_transformation_mode={ct})"))
+                    } else {
+                        None
+                    }
+                }
+                _ => None,
+            }
+        };
+        if let Some(l) = label {
+            let name = if n.name().is_empty() {
+                format!("{op}_{i}")
+            } else {
+                n.name().to_string()
+            };
+            bad.entry(l).or_default().push(name);
+        }
+    }
+    bad
+}
+
+pub fn import_model(
+    mut model: ModelProto,
+    base_dir: Option<&Path>,
+    file: &str,
+    opts: &OnnxOptions,
+) -> Result<Graph, OnnxError> {
+    let merr = |msg: String| OnnxError::Model {
+        file: file.to_string(),
+        msg,
+    };
+    let opset = model
+        .opset_import
+        .iter()
+        .find(|o| o.domain().is_empty() || o.domain() == "ai.onnx")
+        .map(|o| o.version())
+        .ok_or_else(|| merr("no opset_import for the default ONNX domain".into()))?;
+    if !(MIN_OPSET..=MAX_OPSET).contains(&opset) {
+        return Err(merr(format!(
+            "opset {opset} is not supported (supported: {MIN_OPSET}..={MAX_OPSET})"
+        )));
+    }
+    let mut graph = model
+        .graph
+        .take()
+        .ok_or_else(|| merr("model has no graph".into()))?;
+
+    let mut used: HashSet<String> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter().cloned())
+        .collect();
+    used.extend(graph.output.iter().map(|o| o.name().to_string()));
+
+    let bad = unsupported(&graph.node, &used);
+    if !bad.is_empty() {
+        let list = bad
+            .iter()
+            .map(|(op, nodes)| format!("{op} (nodes: {})", nodes.join(", ")))
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(OnnxError::Unsupported {
+            file: file.to_string(),
+            list,
+        });
+    }
+    if !graph.sparse_initializer.is_empty() {
+        return Err(merr("sparse initializers are not supported".into()));
+    }
+
+    let gname = if graph.name().is_empty() {
+        Path::new(file)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into())
+    } else {
+        graph.name().to_string()
+    };
+    let mut imp = Imp {
+        file,
+        opset,
+        g: Graph::new(gname),
+        env: HashMap::new(),
+        names: HashSet::new(),
+        ext: ExternalFiles::default(),
+        base_dir,
+        used,
+        cache: HashMap::new(),
+    };
+
+    // Initializers.
+    let mut init_names = HashSet::new();
+    for t in graph.initializer.iter_mut() {
+        let tname = t.name().to_string();
+        let (ty, data) = decode_tensor(t, base_dir, &mut imp.ext)
+            .map_err(|e| merr(format!("initializer '{tname}': {e}")))?;
+        let name = imp.fresh(&tname);
+        let v = imp
+            .g
+            .add_const(name, ty, data)
+            .map_err(|e| merr(format!("initializer '{tname}': {e}")))?;
+        imp.env.insert(tname.clone(), v);
+        init_names.insert(tname);
+    }
+
+    // Graph inputs.
+    let mut overrides: HashMap<&str, &Vec<usize>> = HashMap::new();
+    for (n, s) in &opts.input_shapes {
+        if init_names.contains(n) || !graph.input.iter().any(|i| i.name() == n) {
+            return Err(merr(format!(
+                "--input-shape names '{n}', which is not a graph input"
+            )));
+        }
+        overrides.insert(n.as_str(), s);
+    }
+    for vi in &graph.input {
+        let iname = vi.name().to_string();
+        if init_names.contains(&iname) {
+            continue;
+        }
+        let Some(type_proto::Value::TensorType(tt)) =
+            vi.r#type.as_ref().and_then(|t| t.value.as_ref())
+        else {
+            return Err(merr(format!("input '{iname}' is not a tensor")));
+        };
+        let dtype =
+            dtype_from_onnx(tt.elem_type()).map_err(|e| merr(format!("input '{iname}': {e}")))?;
+        let over = overrides.remove(iname.as_str());
+        let shape: Vec<usize> = match (&tt.shape, over) {
+            (Some(s), Some(o)) => {
+                if s.dim.len() != o.len() {
+                    return Err(merr(format!(
+                        "--input-shape for '{iname}' has rank {}, the model says {}",
+                        o.len(),
+                        s.dim.len()
+                    )));
+                }
+                for (d, (dim, &ov)) in s.dim.iter().zip(o.iter()).enumerate() {
+                    if let Some(dimension::Value::DimValue(v)) = dim.value
+                        && v >= 0
+                        && v as usize != ov
+                    {
+                        return Err(merr(format!(
+                            "--input-shape for '{iname}' sets dim {d} to {ov}, the model fixes it to {v}"
+                        )));
+                    }
+                }
+                o.clone()
+            }
+            (None, Some(o)) => o.clone(),
+            (None, None) => {
+                return Err(OnnxError::DynamicInput {
+                    file: file.to_string(),
+                    input: iname,
+                    dim: 0,
+                    what: "the model gives no shape".into(),
+                });
+            }
+            (Some(s), None) => {
+                let mut out = Vec::with_capacity(s.dim.len());
+                for (d, dim) in s.dim.iter().enumerate() {
+                    match &dim.value {
+                        Some(dimension::Value::DimValue(v)) if *v >= 0 => out.push(*v as usize),
+                        other => {
+                            return Err(OnnxError::DynamicInput {
+                                file: file.to_string(),
+                                input: iname,
+                                dim: d,
+                                what: match other {
+                                    Some(dimension::Value::DimParam(p)) => format!("'{p}'"),
+                                    Some(dimension::Value::DimValue(v)) => format!("{v}"),
+                                    None => "unknown".into(),
+                                },
+                            });
+                        }
+                    }
+                }
+                out
+            }
+        };
+        let ty = TensorType::new(dtype, shape);
+        if ty
+            .shape
+            .iter()
+            .try_fold(dtype.size(), |a, &d| a.checked_mul(d))
+            .is_none()
+        {
+            return Err(merr(format!(
+                "input '{iname}' shape {:?} is too large",
+                ty.shape
+            )));
+        }
+        let name = imp.fresh(&iname);
+        let v = imp.g.add_input(name, ty);
+        imp.env.insert(iname, v);
+    }
+    // Reserve all node output names so generated names never take them.
+    for n in &graph.node {
+        for o in &n.output {
+            if !o.is_empty() && !imp.env.contains_key(o) {
+                imp.names.insert(o.clone());
+            }
+        }
+    }
+    // Release reserved names as they are bound: fresh() on a reserved name would rename it, so
+    // node outputs are named through `claim` below.
+    let nodes = std::mem::take(&mut graph.node);
+    let mut reserved: HashSet<String> = imp.names.clone();
+    for (i, mut n) in nodes.into_iter().enumerate() {
+        for o in &n.output {
+            if reserved.remove(o) {
+                imp.names.remove(o);
+            }
+        }
+        imp.import_node(&mut n, i)?;
+    }
+
+    for o in &graph.output {
+        let v = *imp.env.get(o.name()).ok_or_else(|| {
+            merr(format!(
+                "graph output '{}' is not produced by any node, initializer or input",
+                o.name()
+            ))
+        })?;
+        imp.g.outputs.push(v);
+    }
+    if imp.g.outputs.is_empty() {
+        return Err(merr("graph has no outputs".into()));
+    }
+    Ok(imp.g)
+}

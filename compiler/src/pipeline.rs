@@ -1,0 +1,117 @@
+//! Model loading (by file type), verification, and artefact emission.
+
+use kiln_ir::Graph;
+use kiln_target_cpu::{link, CpuOptions};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Onnx(#[from] crate::onnx::OnnxError),
+    #[error("{path}: {err}")]
+    Ir { path: String, err: kiln_ir::IrError },
+    #[error("{0}")]
+    Cpu(#[from] kiln_target_cpu::CpuError),
+    #[error("{0}")]
+    Link(#[from] link::LinkError),
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
+    #[error("{0}")]
+    Msg(String),
+}
+
+/// What `kiln build` produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Emit {
+    /// shared library (`.so`) exporting `<name>_model` and `kiln_model_default`
+    So,
+    /// relocatable object file
+    Obj,
+    /// static library (`.a`)
+    Staticlib,
+    /// standalone executable (`--input NAME=FILE.npy`, `--output-dir`, `--bench N`)
+    Exe,
+    /// C header for the compiled model
+    Header,
+    /// kiln IR, textual form
+    Ir,
+}
+
+impl Emit {
+    pub fn default_extension(self) -> &'static str {
+        match self {
+            Emit::So => "so",
+            Emit::Obj => "o",
+            Emit::Staticlib => "a",
+            Emit::Exe => "",
+            Emit::Header => "h",
+            Emit::Ir => "kir",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Fixes for dynamic input dims: `NAME=1,3,224,224`.
+    pub input_shapes: Vec<(String, Vec<usize>)>,
+}
+
+/// Parse `NAME=D0,D1,...`.
+pub fn parse_input_shape(s: &str) -> Result<(String, Vec<usize>), String> {
+    let (name, dims) = s.rsplit_once('=').ok_or_else(|| format!("expected NAME=D0,D1,..., got '{s}'"))?;
+    let dims = dims
+        .split(',')
+        .map(|d| d.trim().parse::<usize>().map_err(|_| format!("bad dimension '{d}' in '{s}'")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((name.to_string(), dims))
+}
+
+/// Load a model by its extension (`.onnx`, `.kir`) and verify it.
+pub fn load(path: &Path, opts: &LoadOptions) -> Result<Graph, Error> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let g = match ext.as_str() {
+        "onnx" => crate::onnx::load(path, &crate::onnx::OnnxOptions { input_shapes: opts.input_shapes.clone() })?,
+        "kir" => {
+            let text = std::fs::read_to_string(path).map_err(|err| Error::Io { path: path.into(), err })?;
+            kiln_ir::text::parse(&text).map_err(|err| Error::Ir { path: path.display().to_string(), err })?
+        }
+        _ => return Err(Error::Msg(format!("{}: unknown model type '.{ext}' (supported: .onnx, .kir)", path.display()))),
+    };
+    kiln_ir::verify::verify(&g).map_err(|err| Error::Ir { path: path.display().to_string(), err })?;
+    Ok(g)
+}
+
+/// Default artefact name from a model path (`models/resnet18.onnx` -> `resnet18`).
+pub fn default_name(path: &Path) -> String {
+    kiln_target_cpu::sym(&path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()))
+}
+
+/// Emit an artefact for `g` to `out`. Every file is written atomically.
+pub fn emit(g: &Graph, emit: Emit, out: &Path, name: &str, target: Option<&str>) -> Result<(), Error> {
+    match emit {
+        Emit::Ir => return Ok(link::write_atomic(out, kiln_ir::text::print(g).as_bytes())?),
+        Emit::Header => {
+            let plan = kiln_ir::memplan::plan(g);
+            let h = kiln_target_cpu::generate_header(name, g, plan.workspace_size, kiln_ir::memplan::ALIGN);
+            return Ok(link::write_atomic(out, h.as_bytes())?);
+        }
+        _ => {}
+    }
+    let export_default = matches!(emit, Emit::So | Emit::Exe);
+    let opts = CpuOptions { name: name.to_string(), export_default, target: target.map(str::to_string) };
+    let (obj, _info) = kiln_target_cpu::compile_object(g, &opts)?;
+    if emit == Emit::Obj {
+        return Ok(link::write_atomic(out, &obj)?);
+    }
+    // link steps read the object from a private temp file
+    let tmp = std::env::temp_dir().join(format!("kiln-{}-{name}.o", std::process::id()));
+    std::fs::write(&tmp, &obj).map_err(|err| Error::Io { path: tmp.clone(), err })?;
+    let r = match emit {
+        Emit::So => link::link_shared(&tmp, out),
+        Emit::Staticlib => link::link_static(&tmp, out),
+        Emit::Exe => link::link_exe(&tmp, out),
+        _ => unreachable!(),
+    };
+    let _ = std::fs::remove_file(&tmp);
+    Ok(r?)
+}

@@ -1,0 +1,591 @@
+//! ONNX front end tests: models are built from the prost structs and encoded in memory.
+
+use std::path::Path;
+
+use kiln_compiler::onnx::proto::{
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto,
+    TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    tensor_shape_proto::{Dimension, dimension},
+    type_proto,
+};
+use kiln_compiler::onnx::{OnnxError, OnnxOptions, load, load_bytes};
+use kiln_ir::ops::{ConvAttrs, Op};
+use kiln_ir::{DType, Graph, ValueDef};
+use prost::Message;
+
+const F32: i32 = 1;
+const I64: i32 = 7;
+
+fn vi(name: &str, elem: i32, dims: &[Dimension]) -> ValueInfoProto {
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(elem),
+                shape: Some(TensorShapeProto { dim: dims.to_vec() }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn d(v: i64) -> Dimension {
+    Dimension {
+        value: Some(dimension::Value::DimValue(v)),
+        ..Default::default()
+    }
+}
+
+fn dp(p: &str) -> Dimension {
+    Dimension {
+        value: Some(dimension::Value::DimParam(p.into())),
+        ..Default::default()
+    }
+}
+
+fn fixed(name: &str, dims: &[i64]) -> ValueInfoProto {
+    vi(name, F32, &dims.iter().map(|&x| d(x)).collect::<Vec<_>>())
+}
+
+fn out(name: &str) -> ValueInfoProto {
+    ValueInfoProto {
+        name: Some(name.into()),
+        ..Default::default()
+    }
+}
+
+fn tensor_f32(name: &str, dims: &[i64], vals: &[f32]) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        dims: dims.to_vec(),
+        data_type: Some(F32),
+        raw_data: Some(vals.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        ..Default::default()
+    }
+}
+
+fn tensor_i64(name: &str, dims: &[i64], vals: &[i64]) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        dims: dims.to_vec(),
+        data_type: Some(I64),
+        int64_data: vals.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn ramp(n: usize) -> Vec<f32> {
+    (0..n).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect()
+}
+
+fn ai(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        i: Some(v),
+        r#type: Some(2),
+        ..Default::default()
+    }
+}
+
+fn ais(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        ints: v.to_vec(),
+        r#type: Some(7),
+        ..Default::default()
+    }
+}
+
+fn astr(name: &str, v: &str) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        s: Some(v.as_bytes().to_vec()),
+        r#type: Some(3),
+        ..Default::default()
+    }
+}
+
+fn node(
+    op: &str,
+    name: &str,
+    ins: &[&str],
+    outs: &[&str],
+    attrs: Vec<AttributeProto>,
+) -> NodeProto {
+    NodeProto {
+        op_type: Some(op.into()),
+        name: Some(name.into()),
+        input: ins.iter().map(|s| s.to_string()).collect(),
+        output: outs.iter().map(|s| s.to_string()).collect(),
+        attribute: attrs,
+        ..Default::default()
+    }
+}
+
+fn model(g: GraphProto, opset: i64) -> ModelProto {
+    ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(opset),
+        }],
+        producer_name: Some("kiln-test".into()),
+        graph: Some(g),
+        ..Default::default()
+    }
+}
+
+fn load_model(m: &ModelProto, opts: &OnnxOptions) -> Result<Graph, OnnxError> {
+    let g = load_bytes(&m.encode_to_vec(), None, "test.onnx", opts)?;
+    kiln_ir::verify::verify(&g).expect("loaded graph verifies");
+    Ok(g)
+}
+
+fn ops(g: &Graph) -> Vec<&'static str> {
+    g.iter_nodes().map(|(_, n)| n.op.name()).collect()
+}
+
+fn out_shape(g: &Graph, i: usize) -> Vec<usize> {
+    g.ty(g.outputs[i]).shape.clone()
+}
+
+/// x[1,3,8,8] -> Conv(4,3,3x3,SAME_UPPER,stride 2) -> Relu -> Flatten -> Gemm(10)
+fn conv_net() -> ModelProto {
+    let g = GraphProto {
+        name: Some("convnet".into()),
+        node: vec![
+            node(
+                "Conv",
+                "conv1",
+                &["x", "w", "b"],
+                &["c1"],
+                vec![astr("auto_pad", "SAME_UPPER"), ais("strides", &[2, 2])],
+            ),
+            node("Relu", "relu1", &["c1"], &["r1"], vec![]),
+            node("Flatten", "flat", &["r1"], &["f"], vec![ai("axis", 1)]),
+            node(
+                "Gemm",
+                "fc",
+                &["f", "fw", "fb"],
+                &["y"],
+                vec![ai("transB", 1)],
+            ),
+        ],
+        initializer: vec![
+            tensor_f32("w", &[4, 3, 3, 3], &ramp(108)),
+            tensor_f32("b", &[4], &[0.1, 0.2, 0.3, 0.4]),
+            tensor_f32("fw", &[10, 64], &ramp(640)),
+            tensor_f32("fb", &[10], &ramp(10)),
+        ],
+        input: vec![fixed("x", &[1, 3, 8, 8]), fixed("w", &[4, 3, 3, 3])],
+        output: vec![out("y")],
+        ..Default::default()
+    };
+    model(g, 13)
+}
+
+#[test]
+fn conv_relu_gemm() {
+    let g = load_model(&conv_net(), &OnnxOptions::default()).unwrap();
+    assert_eq!(g.name, "convnet");
+    assert_eq!(ops(&g), ["conv", "relu", "reshape", "gemm"]);
+    // `w` is listed as an input but has an initializer: it is a constant.
+    assert_eq!(g.inputs.len(), 1);
+    assert_eq!(g.value(g.inputs[0]).name, "x");
+    let (_, conv) = g.iter_nodes().next().unwrap();
+    assert_eq!(conv.name, "conv1");
+    assert_eq!(
+        conv.op,
+        Op::Conv(ConvAttrs {
+            kernel: vec![3, 3],
+            strides: vec![2, 2],
+            pads: vec![0, 0, 1, 1],
+            dilations: vec![1, 1],
+            groups: 1,
+        })
+    );
+    assert_eq!(out_shape(&g, 0), [1, 10]);
+    let w = g.find_value("w").unwrap();
+    assert!(matches!(g.value(w).def, ValueDef::Const(_)));
+    assert_eq!(g.const_data(w).unwrap().to_f32(), ramp(108));
+}
+
+#[test]
+fn shape_arithmetic_folds() {
+    // y = Reshape(x, Concat(Unsqueeze(Gather(Shape(x), 0)), [-1]))  -> [2, 48]
+    let g = GraphProto {
+        node: vec![
+            node("Shape", "shape", &["x"], &["s"], vec![]),
+            node("Constant", "c0", &[], &["zero"], vec![ai("value_int", 0)]),
+            node(
+                "Gather",
+                "gather",
+                &["s", "zero"],
+                &["n"],
+                vec![ai("axis", 0)],
+            ),
+            node("Unsqueeze", "unsq", &["n", "ax0"], &["n1"], vec![]),
+            node(
+                "Constant",
+                "cm1",
+                &[],
+                &["minus1"],
+                vec![AttributeProto {
+                    name: Some("value".into()),
+                    t: Some(tensor_i64("", &[1], &[-1])),
+                    ..Default::default()
+                }],
+            ),
+            node(
+                "Concat",
+                "cat",
+                &["n1", "minus1"],
+                &["shape2"],
+                vec![ai("axis", 0)],
+            ),
+            node("Reshape", "reshape", &["x", "shape2"], &["r"], vec![]),
+            node("Relu", "relu", &["r"], &["y"], vec![]),
+            // Also exercise Slice + Mul + Cast folding on shapes.
+            node("Slice", "sl", &["s", "st", "en"], &["hw"], vec![]),
+            node("Cast", "castf", &["hw"], &["hwf"], vec![ai("to", 1)]),
+            node("Mul", "mul", &["hwf", "two"], &["hw2"], vec![]),
+            node("Identity", "id", &["hw2"], &["z"], vec![]),
+        ],
+        initializer: vec![
+            tensor_i64("ax0", &[1], &[0]),
+            tensor_i64("st", &[1], &[-2]),
+            tensor_i64("en", &[1], &[i64::MAX]),
+            tensor_f32("two", &[], &[2.0]),
+        ],
+        input: vec![fixed("x", &[2, 3, 4, 4])],
+        output: vec![out("y"), out("z")],
+        ..Default::default()
+    };
+    let g = load_model(&model(g, 13), &OnnxOptions::default()).unwrap();
+    assert_eq!(ops(&g), ["reshape", "relu"]);
+    assert_eq!(out_shape(&g, 0), [2, 48]);
+    let z = g.outputs[1];
+    assert_eq!(g.const_data(z).unwrap().to_f32(), vec![8.0, 8.0]);
+}
+
+#[test]
+fn softmax_opset11_coerces_to_2d() {
+    let g = GraphProto {
+        node: vec![node("Softmax", "sm", &["x"], &["y"], vec![ai("axis", 1)])],
+        input: vec![fixed("x", &[2, 3, 4])],
+        output: vec![out("y")],
+        ..Default::default()
+    };
+    let g = load_model(&model(g, 11), &OnnxOptions::default()).unwrap();
+    assert_eq!(ops(&g), ["reshape", "softmax", "reshape"]);
+    assert_eq!(out_shape(&g, 0), [2, 3, 4]);
+}
+
+#[test]
+fn misc_ops() {
+    let g = GraphProto {
+        node: vec![
+            node(
+                "Slice",
+                "sl",
+                &["x", "st", "en", "ax", "stp"],
+                &["s"],
+                vec![],
+            ),
+            node("Split", "sp", &["s"], &["a", "b"], vec![ai("axis", 1)]),
+            node("Max", "mx", &["a", "b", "a"], &["m"], vec![]),
+            node("Clip", "clip", &["m", "", "six"], &["c"], vec![]),
+            node(
+                "MaxPool",
+                "mp",
+                &["c"],
+                &["p"],
+                vec![ais("kernel_shape", &[2, 2]), ais("strides", &[2, 2])],
+            ),
+            node(
+                "Resize",
+                "rs",
+                &["p", "", "scales"],
+                &["u"],
+                vec![astr("mode", "nearest")],
+            ),
+            node(
+                "ReduceMean",
+                "rm",
+                &["u"],
+                &["y"],
+                vec![ais("axes", &[-1, -2]), ai("keepdims", 0)],
+            ),
+            node("Transpose", "tr", &["y"], &["t"], vec![]),
+            node("Dropout", "do", &["t"], &["o"], vec![]),
+        ],
+        initializer: vec![
+            tensor_i64("st", &[2], &[-1, 0]),
+            tensor_i64("en", &[2], &[i64::MIN, 4]),
+            tensor_i64("ax", &[2], &[3, 1]),
+            tensor_i64("stp", &[2], &[-1, 1]),
+            tensor_f32("six", &[], &[6.0]),
+            tensor_f32("scales", &[4], &[1.0, 1.0, 2.0, 2.0]),
+        ],
+        input: vec![fixed("x", &[1, 6, 8, 8])],
+        output: vec![out("o")],
+        ..Default::default()
+    };
+    let g = load_model(&model(g, 13), &OnnxOptions::default()).unwrap();
+    assert_eq!(
+        ops(&g),
+        [
+            "slice",
+            "split",
+            "max",
+            "max",
+            "clip",
+            "max_pool",
+            "resize",
+            "reduce_mean",
+            "transpose"
+        ]
+    );
+    let (_, sl) = g.iter_nodes().next().unwrap();
+    match &sl.op {
+        Op::Slice(a) => {
+            assert_eq!(a.starts, [0, 0, 0, 7]);
+            assert_eq!(a.steps, [1, 1, 1, -1]);
+            assert_eq!(a.sizes, [1, 4, 8, 8]);
+        }
+        o => panic!("{o:?}"),
+    }
+    assert_eq!(out_shape(&g, 0), [2, 1]);
+}
+
+#[test]
+fn dynamic_input_needs_override() {
+    let g = GraphProto {
+        node: vec![node("Relu", "r", &["x"], &["y"], vec![])],
+        input: vec![vi("x", F32, &[dp("batch"), d(3), d(4)])],
+        output: vec![out("y")],
+        ..Default::default()
+    };
+    let m = model(g, 17);
+    let e = load_model(&m, &OnnxOptions::default()).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, OnnxError::DynamicInput { .. }), "{msg}");
+    assert!(msg.contains("'x'") && msg.contains("batch"), "{msg}");
+    let opts = OnnxOptions {
+        input_shapes: vec![("x".into(), vec![5, 3, 4])],
+    };
+    let g = load_model(&m, &opts).unwrap();
+    assert_eq!(out_shape(&g, 0), [5, 3, 4]);
+    // An override that contradicts a fixed dim, or names no input, is an error.
+    let bad = OnnxOptions {
+        input_shapes: vec![("x".into(), vec![5, 2, 4])],
+    };
+    assert!(load_model(&m, &bad).is_err());
+    let bad = OnnxOptions {
+        input_shapes: vec![("nope".into(), vec![1])],
+    };
+    assert!(
+        load_model(&m, &bad)
+            .unwrap_err()
+            .to_string()
+            .contains("nope")
+    );
+}
+
+#[test]
+fn unsupported_ops_listed_together() {
+    let g = GraphProto {
+        node: vec![
+            node("Foo", "a", &["x"], &["t1"], vec![]),
+            node("Relu", "r", &["t1"], &["t2"], vec![]),
+            node("Foo", "b", &["t2"], &["t3"], vec![]),
+            node("Bar", "c", &["t3"], &["t4"], vec![]),
+            node(
+                "Resize",
+                "rs",
+                &["t4", "", "s"],
+                &["y"],
+                vec![astr("mode", "cubic")],
+            ),
+        ],
+        input: vec![fixed("x", &[1, 2])],
+        output: vec![out("y")],
+        ..Default::default()
+    };
+    let e = load_model(&model(g, 13), &OnnxOptions::default()).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, OnnxError::Unsupported { .. }));
+    assert!(msg.contains("test.onnx"), "{msg}");
+    assert!(msg.contains("Foo (nodes: a, b)"), "{msg}");
+    assert!(msg.contains("Bar (nodes: c)"), "{msg}");
+    assert!(msg.contains("Resize (mode=cubic) (nodes: rs)"), "{msg}");
+}
+
+#[test]
+fn node_errors_name_node_and_op() {
+    let g = GraphProto {
+        node: vec![node("Gather", "g1", &["x", "i"], &["y"], vec![])],
+        initializer: vec![tensor_i64("i", &[], &[0])],
+        input: vec![fixed("x", &[3, 2])],
+        output: vec![out("y")],
+        ..Default::default()
+    };
+    let msg = load_model(&model(g, 13), &OnnxOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("node 'g1' (Gather)"), "{msg}");
+}
+
+#[test]
+fn corrupt_and_truncated_bytes_are_errors() {
+    let bytes = conv_net().encode_to_vec();
+    let opts = OnnxOptions::default();
+    for cut in [1, 7, bytes.len() / 3, bytes.len() / 2, bytes.len() - 1] {
+        let r = load_bytes(&bytes[..cut], None, "cut.onnx", &opts);
+        assert!(r.is_err(), "truncated at {cut} loaded");
+    }
+    // Flip bytes all over the file: every outcome must be Ok (verified) or Err, never a panic.
+    for i in (0..bytes.len()).step_by(3) {
+        let mut b = bytes.clone();
+        b[i] ^= 0xa5;
+        if let Ok(g) = load_bytes(&b, None, "flip.onnx", &opts) {
+            kiln_ir::verify::verify(&g).unwrap();
+        }
+    }
+    assert!(load_bytes(b"\xff\xff\xff\xff", None, "junk.onnx", &opts).is_err());
+    // Absurd dims must be rejected before anything is allocated.
+    let mut m = conv_net();
+    for dims in [vec![i64::MAX, i64::MAX], vec![1 << 40], vec![-4]] {
+        m.graph.as_mut().unwrap().initializer[1].dims = dims;
+        assert!(load_model(&m, &opts).is_err());
+    }
+}
+
+fn external(name: &str, dims: &[i64], loc: &str, off: usize, len: usize) -> TensorProto {
+    let kv = |k: &str, v: String| StringStringEntryProto {
+        key: Some(k.into()),
+        value: Some(v),
+    };
+    TensorProto {
+        name: Some(name.into()),
+        dims: dims.to_vec(),
+        data_type: Some(F32),
+        data_location: Some(1),
+        external_data: vec![
+            kv("location", loc.into()),
+            kv("offset", off.to_string()),
+            kv("length", len.to_string()),
+        ],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn external_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let w: Vec<f32> = (0..24).map(|i| i as f32).collect();
+    let mut data = vec![0u8; 16]; // leading padding: the tensor lives at offset 16
+    data.extend(w.iter().flat_map(|x| x.to_le_bytes()));
+    std::fs::write(dir.path().join("weights.data"), &data).unwrap();
+    let build = |t: TensorProto| {
+        let g = GraphProto {
+            node: vec![node("MatMul", "mm", &["x", "w"], &["y"], vec![])],
+            initializer: vec![t],
+            input: vec![fixed("x", &[2, 4])],
+            output: vec![out("y")],
+            ..Default::default()
+        };
+        model(g, 13).encode_to_vec()
+    };
+    let path = dir.path().join("model.onnx");
+    std::fs::write(&path, build(external("w", &[4, 6], "weights.data", 16, 96))).unwrap();
+    let g = load(&path, &OnnxOptions::default()).unwrap();
+    kiln_ir::verify::verify(&g).unwrap();
+    assert_eq!(out_shape(&g, 0), [2, 6]);
+    let wv = g.find_value("w").unwrap();
+    assert_eq!(g.const_data(wv).unwrap().to_f32(), w);
+
+    let try_load = |t: TensorProto| {
+        std::fs::write(&path, build(t)).unwrap();
+        load(&path, &OnnxOptions::default())
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    // Out of range, wrong length, escaping paths, missing file.
+    let e = try_load(external("w", &[4, 6], "weights.data", 32, 96));
+    assert!(e.contains("outside"), "{e}");
+    let e = try_load(external("w", &[4, 6], "weights.data", 0, 64));
+    assert!(e.contains("length"), "{e}");
+    let e = try_load(external("w", &[4, 6], "../weights.data", 16, 96));
+    assert!(e.contains("relative path"), "{e}");
+    let e = try_load(external("w", &[4, 6], "/etc/passwd", 0, 96));
+    assert!(e.contains("relative path"), "{e}");
+    let e = try_load(external("w", &[4, 6], "missing.data", 0, 96));
+    assert!(e.contains("missing.data"), "{e}");
+    // Loading from bytes without a directory cannot resolve external data.
+    let e = load_bytes(
+        &build(external("w", &[4, 6], "weights.data", 16, 96)),
+        None,
+        "m.onnx",
+        &OnnxOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("directory"), "{e}");
+    let _ = Path::new("");
+}
+
+#[test]
+fn upsample_and_conv_transpose_opset9() {
+    let g = GraphProto {
+        node: vec![
+            node("Upsample", "up", &["x", "sc"], &["u"], vec![]),
+            node(
+                "ConvTranspose",
+                "ct",
+                &["u", "w"],
+                &["y"],
+                vec![ais("strides", &[2, 2]), ais("output_shape", &[16, 16])],
+            ),
+            node(
+                "BatchNormalization",
+                "bn",
+                &["y", "g", "bb", "mu", "var"],
+                &["z"],
+                vec![],
+            ),
+            node("Cast", "cast", &["z"], &["zz"], vec![ai("to", 10)]),
+        ],
+        initializer: vec![
+            tensor_f32("sc", &[4], &[1.0, 1.0, 2.0, 2.0]),
+            tensor_f32("w", &[2, 3, 3, 3], &ramp(54)),
+            tensor_f32("g", &[3], &[1.0; 3]),
+            tensor_f32("bb", &[3], &[0.0; 3]),
+            tensor_f32("mu", &[3], &[0.0; 3]),
+            tensor_f32("var", &[3], &[1.0; 3]),
+        ],
+        input: vec![fixed("x", &[1, 2, 4, 4])],
+        output: vec![out("zz")],
+        ..Default::default()
+    };
+    let g = load_model(&model(g, 9), &OnnxOptions::default()).unwrap();
+    assert_eq!(ops(&g), ["resize", "conv_transpose", "batch_norm", "cast"]);
+    assert_eq!(out_shape(&g, 0), [1, 3, 16, 16]);
+    assert_eq!(g.ty(g.outputs[0]).dtype, DType::F16);
+}
+
+#[test]
+fn bad_opset_and_missing_output() {
+    let g = GraphProto {
+        node: vec![node("Relu", "r", &["x"], &["y"], vec![])],
+        input: vec![fixed("x", &[2])],
+        output: vec![out("nope")],
+        ..Default::default()
+    };
+    let e = load_model(&model(g.clone(), 13), &OnnxOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("nope"));
+    let e = load_model(&model(g, 5), &OnnxOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("opset 5"));
+}

@@ -1,0 +1,118 @@
+/*
+ * kiln.h - the stable C ABI of models compiled by kiln.
+ *
+ * Every compiled artefact (object file, static library, shared library or
+ * executable) exports
+ *
+ *     const kiln_model *<name>_model(void);
+ *
+ * and shared libraries / executables also export
+ *
+ *     const kiln_model *kiln_model_default(void);
+ *
+ * The descriptor is immutable and lives for the whole program. `run` is
+ * reentrant as long as every concurrent call gets its own workspace.
+ */
+#ifndef KILN_H
+#define KILN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KILN_ABI_VERSION 1
+
+/* Status codes returned by kiln_model.run and kiln_run_checked. */
+#define KILN_OK 0
+#define KILN_ERR_NULL 1  /* null inputs/outputs/workspace array or element */
+#define KILN_ERR_ALIGN 2 /* workspace not aligned to workspace_align */
+#define KILN_ERR_ARITY 3 /* wrong number of inputs/outputs (checked helper) */
+#define KILN_ERR_SIZE 4  /* wrong buffer size (checked helper) */
+#define KILN_ERR_ABI 5   /* descriptor has an unsupported abi_version */
+
+/* Element type codes (ONNX TensorProto numbering). */
+#define KILN_DTYPE_F32 1
+#define KILN_DTYPE_U8 2
+#define KILN_DTYPE_I8 3
+#define KILN_DTYPE_U16 4
+#define KILN_DTYPE_I16 5
+#define KILN_DTYPE_I32 6
+#define KILN_DTYPE_I64 7
+#define KILN_DTYPE_BOOL 9
+#define KILN_DTYPE_F16 10
+#define KILN_DTYPE_F64 11
+#define KILN_DTYPE_U32 12
+#define KILN_DTYPE_U64 13
+#define KILN_DTYPE_BF16 16
+
+/* One input or output tensor: dense, row-major (C order). 32 bytes. */
+typedef struct kiln_tensor_info {
+  const char *name;     /* NUL-terminated, from the source model */
+  int32_t dtype;        /* KILN_DTYPE_* */
+  int32_t rank;         /* number of dims (0 = scalar) */
+  const int64_t *dims;  /* rank entries */
+  uint64_t nbytes;      /* product(dims) * element size */
+} kiln_tensor_info;
+
+/* The model descriptor. 72 bytes on LP64. */
+typedef struct kiln_model {
+  uint32_t abi_version; /* KILN_ABI_VERSION */
+  const char *name;
+  uint32_t n_inputs;
+  const kiln_tensor_info *inputs;
+  uint32_t n_outputs;
+  const kiln_tensor_info *outputs;
+  uint64_t workspace_size;  /* bytes of scratch memory run needs (may be 0) */
+  uint32_t workspace_align; /* required alignment of the workspace */
+  /* Returns KILN_OK or KILN_ERR_*. `workspace` may be NULL when
+   * workspace_size is 0. Buffers must not overlap. */
+  int32_t (*run)(const void *const *inputs, void *const *outputs,
+                 void *workspace);
+} kiln_model;
+
+#if defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L && \
+    UINTPTR_MAX == 0xffffffffffffffffu
+_Static_assert(sizeof(kiln_tensor_info) == 32, "kiln_tensor_info layout");
+_Static_assert(sizeof(kiln_model) == 72, "kiln_model layout");
+#endif
+
+/* Calls m->run after validating the ABI version, the number of buffers,
+ * their sizes in bytes, null pointers and the workspace alignment. */
+static inline int32_t kiln_run_checked(const kiln_model *m, uint32_t n_in,
+                                       const void *const *in,
+                                       const uint64_t *in_bytes,
+                                       uint32_t n_out, void *const *out,
+                                       const uint64_t *out_bytes,
+                                       void *workspace) {
+  uint32_t i;
+  if (m == NULL || m->run == NULL) return KILN_ERR_NULL;
+  if (m->abi_version != KILN_ABI_VERSION) return KILN_ERR_ABI;
+  if (n_in != m->n_inputs || n_out != m->n_outputs) return KILN_ERR_ARITY;
+  if ((n_in > 0 && (in == NULL || in_bytes == NULL || m->inputs == NULL)) ||
+      (n_out > 0 && (out == NULL || out_bytes == NULL || m->outputs == NULL)))
+    return KILN_ERR_NULL;
+  for (i = 0; i < n_in; i++) {
+    if (in[i] == NULL) return KILN_ERR_NULL;
+    if (in_bytes[i] != m->inputs[i].nbytes) return KILN_ERR_SIZE;
+  }
+  for (i = 0; i < n_out; i++) {
+    if (out[i] == NULL) return KILN_ERR_NULL;
+    if (out_bytes[i] != m->outputs[i].nbytes) return KILN_ERR_SIZE;
+  }
+  if (m->workspace_size > 0) {
+    if (workspace == NULL) return KILN_ERR_NULL;
+    if (m->workspace_align > 1 &&
+        ((uintptr_t)workspace % (uintptr_t)m->workspace_align) != 0)
+      return KILN_ERR_ALIGN;
+  }
+  return m->run(in, out, workspace);
+}
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KILN_H */

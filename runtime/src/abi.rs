@@ -1,0 +1,128 @@
+//! `#[repr(C)]` mirrors of the structs and constants in `kiln.h`.
+
+use std::ffi::c_char;
+
+/// Version of the descriptor layout; bumped on any incompatible change.
+pub const KILN_ABI_VERSION: u32 = 1;
+
+/// Success.
+pub const KILN_OK: i32 = 0;
+/// A null inputs/outputs/workspace array or element.
+pub const KILN_ERR_NULL: i32 = 1;
+/// The workspace is not aligned to `workspace_align`.
+pub const KILN_ERR_ALIGN: i32 = 2;
+/// Wrong number of inputs or outputs (checked helpers).
+pub const KILN_ERR_ARITY: i32 = 3;
+/// A buffer has the wrong size (checked helpers).
+pub const KILN_ERR_SIZE: i32 = 4;
+/// Unsupported `abi_version` (checked helpers).
+pub const KILN_ERR_ABI: i32 = 5;
+
+/// Element type codes (ONNX `TensorProto` numbering), as in `kiln_ir::DType::abi_code`.
+pub const KILN_DTYPE_F32: i32 = 1;
+pub const KILN_DTYPE_U8: i32 = 2;
+pub const KILN_DTYPE_I8: i32 = 3;
+pub const KILN_DTYPE_U16: i32 = 4;
+pub const KILN_DTYPE_I16: i32 = 5;
+pub const KILN_DTYPE_I32: i32 = 6;
+pub const KILN_DTYPE_I64: i32 = 7;
+pub const KILN_DTYPE_BOOL: i32 = 9;
+pub const KILN_DTYPE_F16: i32 = 10;
+pub const KILN_DTYPE_F64: i32 = 11;
+pub const KILN_DTYPE_U32: i32 = 12;
+pub const KILN_DTYPE_U64: i32 = 13;
+pub const KILN_DTYPE_BF16: i32 = 16;
+
+/// Size in bytes of one element of ABI dtype `code`, `None` for an unknown code.
+pub fn dtype_size(code: i32) -> Option<usize> {
+    Some(match code {
+        KILN_DTYPE_U8 | KILN_DTYPE_I8 | KILN_DTYPE_BOOL => 1,
+        KILN_DTYPE_U16 | KILN_DTYPE_I16 | KILN_DTYPE_F16 | KILN_DTYPE_BF16 => 2,
+        KILN_DTYPE_F32 | KILN_DTYPE_I32 | KILN_DTYPE_U32 => 4,
+        KILN_DTYPE_F64 | KILN_DTYPE_I64 | KILN_DTYPE_U64 => 8,
+        _ => return None,
+    })
+}
+
+/// Short name of ABI dtype `code` (`f32`, `i64`, ...), `None` for an unknown code.
+pub fn dtype_name(code: i32) -> Option<&'static str> {
+    Some(match code {
+        KILN_DTYPE_F32 => "f32",
+        KILN_DTYPE_U8 => "u8",
+        KILN_DTYPE_I8 => "i8",
+        KILN_DTYPE_U16 => "u16",
+        KILN_DTYPE_I16 => "i16",
+        KILN_DTYPE_I32 => "i32",
+        KILN_DTYPE_I64 => "i64",
+        KILN_DTYPE_BOOL => "bool",
+        KILN_DTYPE_F16 => "f16",
+        KILN_DTYPE_F64 => "f64",
+        KILN_DTYPE_U32 => "u32",
+        KILN_DTYPE_U64 => "u64",
+        KILN_DTYPE_BF16 => "bf16",
+        _ => return None,
+    })
+}
+
+/// The model's `run` entry point.
+pub type KilnRunFn = unsafe extern "C" fn(
+    inputs: *const *const u8,
+    outputs: *const *mut u8,
+    workspace: *mut u8,
+) -> i32;
+
+/// `kiln_tensor_info`: one input or output tensor (dense, row-major).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct KilnTensorInfo {
+    pub name: *const c_char,
+    pub dtype: i32,
+    pub rank: i32,
+    pub dims: *const i64,
+    pub nbytes: u64,
+}
+
+/// `kiln_model`: the descriptor returned by `<name>_model()` / `kiln_model_default()`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct KilnModel {
+    pub abi_version: u32,
+    pub name: *const c_char,
+    pub n_inputs: u32,
+    pub inputs: *const KilnTensorInfo,
+    pub n_outputs: u32,
+    pub outputs: *const KilnTensorInfo,
+    pub workspace_size: u64,
+    pub workspace_align: u32,
+    pub run: Option<KilnRunFn>,
+}
+
+// Descriptors are immutable, 'static data.
+unsafe impl Sync for KilnTensorInfo {}
+unsafe impl Send for KilnTensorInfo {}
+unsafe impl Sync for KilnModel {}
+unsafe impl Send for KilnModel {}
+
+/// Signature of `<name>_model` / `kiln_model_default`.
+pub type KilnModelFn = unsafe extern "C" fn() -> *const KilnModel;
+
+#[cfg(target_pointer_width = "64")]
+const _: () = {
+    use std::mem::{offset_of, size_of};
+    assert!(size_of::<KilnTensorInfo>() == 32);
+    assert!(offset_of!(KilnTensorInfo, name) == 0);
+    assert!(offset_of!(KilnTensorInfo, dtype) == 8);
+    assert!(offset_of!(KilnTensorInfo, rank) == 12);
+    assert!(offset_of!(KilnTensorInfo, dims) == 16);
+    assert!(offset_of!(KilnTensorInfo, nbytes) == 24);
+    assert!(size_of::<KilnModel>() == 72);
+    assert!(offset_of!(KilnModel, abi_version) == 0);
+    assert!(offset_of!(KilnModel, name) == 8);
+    assert!(offset_of!(KilnModel, n_inputs) == 16);
+    assert!(offset_of!(KilnModel, inputs) == 24);
+    assert!(offset_of!(KilnModel, n_outputs) == 32);
+    assert!(offset_of!(KilnModel, outputs) == 40);
+    assert!(offset_of!(KilnModel, workspace_size) == 48);
+    assert!(offset_of!(KilnModel, workspace_align) == 56);
+    assert!(offset_of!(KilnModel, run) == 64);
+};

@@ -1,0 +1,105 @@
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::ptr::NonNull;
+
+use crate::Error;
+
+/// An aligned scratch buffer for [`crate::Model::run`]. Allocate it once (for example with
+/// [`crate::Model::workspace`]) and reuse it: running allocates nothing.
+///
+/// A workspace is not shared between threads while a run is in progress (`run` takes it by
+/// `&mut`), so concurrent runs of one model each need their own.
+pub struct Workspace {
+    /// `None` for an empty workspace (no allocation).
+    ptr: Option<NonNull<u8>>,
+    size: usize,
+    align: usize,
+}
+
+// The buffer is plain bytes owned by this value.
+unsafe impl Send for Workspace {}
+unsafe impl Sync for Workspace {}
+
+impl Workspace {
+    /// An empty workspace (enough for models whose `workspace_size` is 0).
+    pub fn empty() -> Workspace {
+        Workspace {
+            ptr: None,
+            size: 0,
+            align: 1,
+        }
+    }
+
+    /// A zeroed buffer of `size` bytes aligned to `align` (rounded up to a power of two,
+    /// at least 1).
+    pub fn new(size: usize, align: usize) -> Result<Workspace, Error> {
+        let align = align
+            .max(1)
+            .checked_next_power_of_two()
+            .ok_or_else(|| Error::Workspace(format!("alignment {align} is too large")))?;
+        if size == 0 {
+            return Ok(Workspace {
+                ptr: None,
+                size: 0,
+                align,
+            });
+        }
+        let layout = Layout::from_size_align(size, align)
+            .map_err(|e| Error::Workspace(format!("{size} bytes aligned to {align}: {e}")))?;
+        // SAFETY: layout has a nonzero size.
+        let ptr = NonNull::new(unsafe { alloc_zeroed(layout) }).ok_or_else(|| {
+            Error::Workspace(format!("cannot allocate {size} bytes aligned to {align}"))
+        })?;
+        Ok(Workspace {
+            ptr: Some(ptr),
+            size,
+            align,
+        })
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Alignment of the buffer in bytes.
+    pub fn align(&self) -> usize {
+        self.align
+    }
+
+    /// Pointer to pass to `run`: null for an empty workspace.
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr.map_or(std::ptr::null_mut(), NonNull::as_ptr)
+    }
+
+    /// The buffer's bytes.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        match self.ptr {
+            // SAFETY: we own `size` initialized (zeroed) bytes at `p`.
+            Some(p) => unsafe { std::slice::from_raw_parts_mut(p.as_ptr(), self.size) },
+            None => &mut [],
+        }
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        if let Some(p) = self.ptr {
+            // SAFETY: allocated in `new` with exactly this layout.
+            unsafe {
+                dealloc(
+                    p.as_ptr(),
+                    Layout::from_size_align_unchecked(self.size, self.align),
+                )
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Workspace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workspace")
+            .field("size", &self.size)
+            .field("align", &self.align)
+            .finish()
+    }
+}

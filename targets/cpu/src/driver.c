@@ -1,0 +1,658 @@
+/*
+ * driver.c - main() of standalone executables built by `kiln build --emit exe`.
+ *
+ * Linked with a compiled model object that exports kiln_model_default():
+ *     cc -O2 driver.c model.o -lm
+ *
+ * Usage: prog [--input NAME=FILE.npy]... [FILE.npy]... [--output-dir DIR]
+ *             [--bench N] [--info]
+ *
+ * Self-contained on purpose: the ABI structs below mirror runtime/include/kiln.h.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
+
+#define KILN_ABI_VERSION 1
+
+typedef struct kiln_tensor_info {
+  const char *name;
+  int32_t dtype;
+  int32_t rank;
+  const int64_t *dims;
+  uint64_t nbytes;
+} kiln_tensor_info;
+
+typedef struct kiln_model {
+  uint32_t abi_version;
+  const char *name;
+  uint32_t n_inputs;
+  const kiln_tensor_info *inputs;
+  uint32_t n_outputs;
+  const kiln_tensor_info *outputs;
+  uint64_t workspace_size;
+  uint32_t workspace_align;
+  int32_t (*run)(const void *const *inputs, void *const *outputs,
+                 void *workspace);
+} kiln_model;
+
+extern const kiln_model *kiln_model_default(void);
+
+#define EXIT_RUN 1
+#define EXIT_USAGE 2
+#define MAX_HEADER_LEN (1u << 20)
+#define BUF_ALIGN 64
+
+static const char *prog = "model";
+
+/* ---- dtypes ------------------------------------------------------------ */
+
+/* npy type string (without byte order) and element size of an ABI dtype. */
+static const char *dtype_npy(int32_t code, size_t *size) {
+  switch (code) {
+  case 1: *size = 4; return "f4";
+  case 2: *size = 1; return "u1";
+  case 3: *size = 1; return "i1";
+  case 4: *size = 2; return "u2";
+  case 5: *size = 2; return "i2";
+  case 6: *size = 4; return "i4";
+  case 7: *size = 8; return "i8";
+  case 9: *size = 1; return "b1";
+  case 10: *size = 2; return "f2";
+  case 11: *size = 8; return "f8";
+  case 12: *size = 4; return "u4";
+  case 13: *size = 8; return "u8";
+  case 16: *size = 2; return "V2";
+  default: *size = 0; return NULL;
+  }
+}
+
+static const char *dtype_name(int32_t code) {
+  switch (code) {
+  case 1: return "f32";
+  case 2: return "u8";
+  case 3: return "i8";
+  case 4: return "u16";
+  case 5: return "i16";
+  case 6: return "i32";
+  case 7: return "i64";
+  case 9: return "bool";
+  case 10: return "f16";
+  case 11: return "f64";
+  case 12: return "u32";
+  case 13: return "u64";
+  case 16: return "bf16";
+  default: return "?";
+  }
+}
+
+/* Full descr written for an ABI dtype ("<f4", "|u1", ...). */
+static void dtype_descr(int32_t code, char out[8]) {
+  size_t size;
+  const char *t = dtype_npy(code, &size);
+  snprintf(out, 8, "%c%s", size == 1 ? '|' : '<', t ? t : "V0");
+}
+
+/* Does a file's descr match the model's dtype? */
+static int descr_matches(const char *descr, int32_t code) {
+  size_t size;
+  const char *t = dtype_npy(code, &size);
+  if (t == NULL || strlen(descr) != 3 || strcmp(descr + 1, t) != 0) return 0;
+  switch (descr[0]) {
+  case '<': case '|': return 1;
+  case '=': {
+    const uint16_t one = 1;
+    return *(const uint8_t *)&one == 1;
+  }
+  case '>': return size == 1;
+  default: return 0;
+  }
+}
+
+static void print_shape(FILE *f, int rank, const int64_t *dims) {
+  fputc('[', f);
+  for (int i = 0; i < rank; i++)
+    fprintf(f, "%s%lld", i ? ", " : "", (long long)dims[i]);
+  fputc(']', f);
+}
+
+/* ---- memory ------------------------------------------------------------ */
+
+/* Aligned allocation of at least `size` bytes (size may be 0). */
+static void *alloc_aligned(size_t size, size_t align) {
+  if (align < BUF_ALIGN) align = BUF_ALIGN;
+  size_t rounded = (size + align - 1) / align * align;
+  if (rounded == 0) rounded = align;
+  if (rounded < size) return NULL;
+  return aligned_alloc(align, rounded);
+}
+
+/* ---- .npy reading ------------------------------------------------------ */
+
+/* Returns a pointer just after `'key':` (and spaces) in a header dict. */
+static const char *find_key(const char *h, const char *key) {
+  char pat[32];
+  for (int q = 0; q < 2; q++) {
+    char c = q ? '"' : '\'';
+    snprintf(pat, sizeof pat, "%c%s%c", c, key, c);
+    const char *p = strstr(h, pat);
+    if (p == NULL) continue;
+    p += strlen(pat);
+    while (*p == ' ') p++;
+    if (*p != ':') return NULL;
+    p++;
+    while (*p == ' ') p++;
+    return p;
+  }
+  return NULL;
+}
+
+/* Reads FILE into a freshly allocated aligned buffer after checking it against the model's
+ * tensor `t`. Returns NULL after printing an error. */
+static void *read_npy(const char *path, const char *what,
+                      const kiln_tensor_info *t) {
+  void *data = NULL;
+  char *header = NULL;
+  FILE *f = fopen(path, "rb");
+  if (f == NULL) {
+    fprintf(stderr, "%s: %s '%s': cannot open %s: %s\n", prog, what, t->name,
+            path, strerror(errno));
+    return NULL;
+  }
+#define FAIL(...)                                                       \
+  do {                                                                  \
+    fprintf(stderr, "%s: %s '%s' (%s): ", prog, what, t->name, path);   \
+    fprintf(stderr, __VA_ARGS__);                                       \
+    fputc('\n', stderr);                                                \
+    goto fail;                                                          \
+  } while (0)
+  struct stat st;
+  if (fstat(fileno(f), &st) != 0) FAIL("cannot stat: %s", strerror(errno));
+  uint64_t file_len = (uint64_t)st.st_size;
+  unsigned char pre[12];
+  if (file_len < 10 || fread(pre, 1, 10, f) != 10)
+    FAIL("not a .npy file (too short)");
+  if (memcmp(pre, "\x93NUMPY", 6) != 0) FAIL("not a .npy file (bad magic)");
+  uint64_t hlen, start;
+  if (pre[6] == 1) {
+    hlen = (uint64_t)pre[8] | (uint64_t)pre[9] << 8;
+    start = 10;
+  } else if (pre[6] == 2 || pre[6] == 3) {
+    if (file_len < 12 || fread(pre + 10, 1, 2, f) != 2)
+      FAIL("truncated header");
+    hlen = (uint64_t)pre[8] | (uint64_t)pre[9] << 8 | (uint64_t)pre[10] << 16 |
+           (uint64_t)pre[11] << 24;
+    start = 12;
+  } else {
+    FAIL("unsupported .npy format version %d.%d", pre[6], pre[7]);
+  }
+  if (hlen > MAX_HEADER_LEN) FAIL("header too large");
+  if (start + hlen > file_len) FAIL("truncated header");
+  header = malloc(hlen + 1);
+  if (header == NULL) FAIL("out of memory");
+  if (fread(header, 1, hlen, f) != hlen) FAIL("truncated header");
+  header[hlen] = '\0';
+  if (strlen(header) != hlen) FAIL("malformed header (NUL byte)");
+
+  /* descr */
+  const char *p = find_key(header, "descr");
+  if (p == NULL || (*p != '\'' && *p != '"')) FAIL("header lacks a simple 'descr'");
+  char q = *p++;
+  const char *e = strchr(p, q);
+  if (e == NULL) FAIL("malformed header (descr)");
+  char descr[16];
+  size_t dl = (size_t)(e - p);
+  if (dl >= sizeof descr) dl = sizeof descr - 1;
+  memcpy(descr, p, dl);
+  descr[dl] = '\0';
+  if (!descr_matches(descr, t->dtype)) {
+    char want[8];
+    dtype_descr(t->dtype, want);
+    FAIL("dtype '%s' does not match the model's %s ('%s')", descr,
+         dtype_name(t->dtype), want);
+  }
+
+  /* fortran_order */
+  p = find_key(header, "fortran_order");
+  if (p == NULL) FAIL("header lacks 'fortran_order'");
+  if (strncmp(p, "True", 4) == 0)
+    FAIL("Fortran-order arrays are not supported (use np.ascontiguousarray)");
+  if (strncmp(p, "False", 5) != 0) FAIL("malformed header (fortran_order)");
+
+  /* shape */
+  p = find_key(header, "shape");
+  if (p == NULL || *p != '(') FAIL("header lacks 'shape'");
+  p++;
+  int rank = 0, shape_ok = 1;
+  int64_t dims[64];
+  for (;;) {
+    while (*p == ' ') p++;
+    if (*p == ')') break;
+    if (*p < '0' || *p > '9') FAIL("malformed header (shape)");
+    errno = 0;
+    char *end;
+    unsigned long long d = strtoull(p, &end, 10);
+    if (errno != 0 || d > INT64_MAX) FAIL("malformed header (shape)");
+    p = end;
+    if (*p == 'L') p++;
+    if (rank < 64) dims[rank] = (int64_t)d;
+    if (rank >= t->rank || t->dims[rank] != (int64_t)d) shape_ok = 0;
+    rank++;
+    while (*p == ' ') p++;
+    if (*p == ',') p++;
+    else if (*p != ')') FAIL("malformed header (shape)");
+  }
+  if (rank != t->rank) shape_ok = 0;
+  if (!shape_ok) {
+    fprintf(stderr, "%s: %s '%s' (%s): shape ", prog, what, t->name, path);
+    if (rank <= 64) print_shape(stderr, rank, dims);
+    else fprintf(stderr, "(rank %d)", rank);
+    fprintf(stderr, " does not match the model's ");
+    print_shape(stderr, t->rank, t->dims);
+    fputc('\n', stderr);
+    goto fail;
+  }
+  if (file_len - start - hlen != t->nbytes)
+    FAIL("expected %llu data bytes, file has %llu",
+         (unsigned long long)t->nbytes,
+         (unsigned long long)(file_len - start - hlen));
+  data = alloc_aligned((size_t)t->nbytes, BUF_ALIGN);
+  if (data == NULL) FAIL("out of memory");
+  if (t->nbytes > 0 && fread(data, 1, (size_t)t->nbytes, f) != t->nbytes)
+    FAIL("read error");
+  free(header);
+  fclose(f);
+  return data;
+#undef FAIL
+fail:
+  free(data);
+  free(header);
+  fclose(f);
+  return NULL;
+}
+
+/* ---- .npy writing ------------------------------------------------------ */
+
+static int write_all(int fd, const void *buf, size_t n) {
+  const char *p = buf;
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    p += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+/* Writes an output atomically: DIR/.FILE.tmpXXXXXX then rename to DIR/FILE. */
+static int write_npy(const char *dir, const char *file,
+                     const kiln_tensor_info *t, const void *data) {
+  char header[4096];
+  char descr[8];
+  dtype_descr(t->dtype, descr);
+  int n = snprintf(header, sizeof header,
+                   "{'descr': '%s', 'fortran_order': False, 'shape': (", descr);
+  for (int i = 0; i < t->rank && n < (int)sizeof header; i++)
+    n += snprintf(header + n, sizeof header - (size_t)n, "%s%lld%s",
+                  i ? ", " : "", (long long)t->dims[i],
+                  t->rank == 1 ? "," : "");
+  if (n < (int)sizeof header)
+    n += snprintf(header + n, sizeof header - (size_t)n, "), }");
+  if (n + 64 >= (int)sizeof header) {
+    fprintf(stderr, "%s: output '%s': rank too large for a .npy header\n",
+            prog, t->name);
+    return -1;
+  }
+  /* pad so the data starts at a multiple of 64 bytes */
+  size_t total = 10 + (size_t)n + 1;
+  size_t pad = (64 - total % 64) % 64;
+  memset(header + n, ' ', pad);
+  header[(size_t)n + pad] = '\n';
+  size_t hlen = (size_t)n + pad + 1;
+  unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0,
+                           (unsigned char)(hlen & 0xff),
+                           (unsigned char)(hlen >> 8)};
+
+  size_t plen = strlen(dir) + strlen(file) + 16;
+  char *final = malloc(plen), *tmp = malloc(plen);
+  if (final == NULL || tmp == NULL) {
+    free(final);
+    free(tmp);
+    fprintf(stderr, "%s: out of memory\n", prog);
+    return -1;
+  }
+  snprintf(final, plen, "%s/%s", dir, file);
+  snprintf(tmp, plen, "%s/.%s.tmpXXXXXX", dir, file);
+  int fd = mkstemp(tmp);
+  if (fd < 0) {
+    fprintf(stderr, "%s: output '%s': cannot create %s: %s\n", prog, t->name,
+            tmp, strerror(errno));
+    free(final);
+    free(tmp);
+    return -1;
+  }
+  mode_t mask = umask(0);
+  umask(mask);
+  int rc = 0;
+  if (fchmod(fd, 0666 & ~mask) != 0 || write_all(fd, pre, sizeof pre) != 0 ||
+      write_all(fd, header, hlen) != 0 ||
+      write_all(fd, data, (size_t)t->nbytes) != 0 || fsync(fd) != 0) {
+    fprintf(stderr, "%s: output '%s': cannot write %s: %s\n", prog, t->name,
+            tmp, strerror(errno));
+    rc = -1;
+  }
+  if (close(fd) != 0 && rc == 0) {
+    fprintf(stderr, "%s: output '%s': cannot write %s: %s\n", prog, t->name,
+            tmp, strerror(errno));
+    rc = -1;
+  }
+  if (rc == 0 && rename(tmp, final) != 0) {
+    fprintf(stderr, "%s: output '%s': cannot rename to %s: %s\n", prog,
+            t->name, final, strerror(errno));
+    rc = -1;
+  }
+  if (rc != 0) unlink(tmp);
+  free(final);
+  free(tmp);
+  return rc;
+}
+
+/* File name for output i: the name with unsafe characters replaced by '_'. */
+static char *output_file_name(const kiln_model *m, uint32_t i) {
+  const char *name = m->outputs[i].name;
+  size_t n = strlen(name);
+  char *s = malloc(n + 32);
+  if (s == NULL) return NULL;
+  for (size_t k = 0; k < n; k++) {
+    char c = name[k];
+    int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+             (c >= '0' && c <= '9') || c == '_' || c == '-' ||
+             (c == '.' && k > 0);
+    s[k] = ok ? c : '_';
+  }
+  if (n == 0) n = (size_t)sprintf(s, "output_%u", i);
+  else s[n] = '\0';
+  /* disambiguate names that collide after sanitizing */
+  for (uint32_t j = 0; j < i; j++) {
+    char *other = output_file_name(m, j);
+    int same = other != NULL && strcmp(other, s) == 0;
+    free(other);
+    if (same) {
+      sprintf(s + n, "_%u", i);
+      break;
+    }
+  }
+  strcat(s, ".npy");
+  return s;
+}
+
+/* ---- main -------------------------------------------------------------- */
+
+static double now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: %s [--input NAME=FILE.npy]... [FILE.npy]... [--output-dir DIR]\n"
+          "          [--bench N] [--info]\n"
+          "  --input NAME=FILE  input NAME from a .npy file (inputs may also be\n"
+          "                     given positionally, in the model's order)\n"
+          "  --output-dir DIR   where outputs are written as <name>.npy (default .)\n"
+          "  --bench N          run N times after one warm-up; print median/min\n"
+          "  --info             print the model's inputs and outputs\n",
+          prog);
+}
+
+static void print_info(const kiln_model *m) {
+  printf("model: %s\n", m->name);
+  printf("workspace: %llu bytes (align %u)\n",
+         (unsigned long long)m->workspace_size, m->workspace_align);
+  for (int k = 0; k < 2; k++) {
+    uint32_t n = k ? m->n_outputs : m->n_inputs;
+    const kiln_tensor_info *ts = k ? m->outputs : m->inputs;
+    for (uint32_t i = 0; i < n; i++) {
+      printf("%s %u: %s %s ", k ? "output" : "input", i, ts[i].name,
+             dtype_name(ts[i].dtype));
+      print_shape(stdout, ts[i].rank, ts[i].dims);
+      printf(" (%llu bytes)\n", (unsigned long long)ts[i].nbytes);
+    }
+  }
+}
+
+int main(int argc, char **argv) {
+  if (argc > 0 && argv[0] && argv[0][0]) {
+    const char *slash = strrchr(argv[0], '/');
+    prog = slash ? slash + 1 : argv[0];
+  }
+  const kiln_model *m = kiln_model_default();
+  if (m == NULL || m->abi_version != KILN_ABI_VERSION || m->run == NULL ||
+      (m->n_inputs && m->inputs == NULL) || (m->n_outputs && m->outputs == NULL)) {
+    fprintf(stderr, "%s: invalid model descriptor (ABI version %u, expected %d)\n",
+            prog, m ? m->abi_version : 0, KILN_ABI_VERSION);
+    return EXIT_RUN;
+  }
+  uint32_t n_in = m->n_inputs, n_out = m->n_outputs;
+  const char **files = calloc(n_in + 1, sizeof *files);
+  if (files == NULL) {
+    fprintf(stderr, "%s: out of memory\n", prog);
+    return EXIT_RUN;
+  }
+  const char *out_dir = ".";
+  long bench = 0;
+  int info = 0;
+  uint32_t next_pos = 0;
+
+  for (int a = 1; a < argc; a++) {
+    const char *arg = argv[a];
+    const char *val = NULL;
+    if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
+      usage(stdout);
+      return 0;
+    }
+    int is_input = strcmp(arg, "--input") == 0 || strcmp(arg, "-i") == 0;
+    int is_out = strcmp(arg, "--output-dir") == 0 || strcmp(arg, "-o") == 0;
+    int is_bench = strcmp(arg, "--bench") == 0;
+    if (strncmp(arg, "--input=", 8) == 0) {
+      is_input = 1;
+      val = arg + 8;
+    } else if (strncmp(arg, "--output-dir=", 13) == 0) {
+      is_out = 1;
+      val = arg + 13;
+    } else if (strncmp(arg, "--bench=", 8) == 0) {
+      is_bench = 1;
+      val = arg + 8;
+    }
+    if ((is_input || is_out || is_bench) && val == NULL) {
+      if (a + 1 >= argc) {
+        fprintf(stderr, "%s: %s needs a value\n", prog, arg);
+        usage(stderr);
+        return EXIT_USAGE;
+      }
+      val = argv[++a];
+    }
+    if (is_out) {
+      out_dir = val;
+    } else if (is_bench) {
+      char *end;
+      errno = 0;
+      bench = strtol(val, &end, 10);
+      if (errno || *end || end == val || bench < 1) {
+        fprintf(stderr, "%s: --bench needs a positive integer, got '%s'\n",
+                prog, val);
+        return EXIT_USAGE;
+      }
+    } else if (strcmp(arg, "--info") == 0) {
+      info = 1;
+    } else if (is_input) {
+      const char *eq = strchr(val, '=');
+      int found = 0;
+      if (eq != NULL) {
+        size_t nl = (size_t)(eq - val);
+        for (uint32_t i = 0; i < n_in; i++) {
+          if (strlen(m->inputs[i].name) == nl &&
+              strncmp(m->inputs[i].name, val, nl) == 0) {
+            if (files[i] != NULL) {
+              fprintf(stderr, "%s: input '%s' given twice\n", prog,
+                      m->inputs[i].name);
+              return EXIT_USAGE;
+            }
+            files[i] = eq + 1;
+            found = 1;
+            break;
+          }
+        }
+        if (!found) {
+          fprintf(stderr, "%s: the model has no input named '%.*s'\n", prog,
+                  (int)nl, val);
+          print_info(m);
+          return EXIT_USAGE;
+        }
+      } else {
+        arg = val;
+        goto positional;
+      }
+    } else if (arg[0] == '-' && arg[1] != '\0' && strcmp(arg, "--") != 0) {
+      fprintf(stderr, "%s: unknown option '%s'\n", prog, arg);
+      usage(stderr);
+      return EXIT_USAGE;
+    } else {
+      if (strcmp(arg, "--") == 0) continue;
+    positional:
+      while (next_pos < n_in && files[next_pos] != NULL) next_pos++;
+      if (next_pos >= n_in) {
+        fprintf(stderr, "%s: too many inputs ('%s'); the model takes %u\n",
+                prog, arg, n_in);
+        return EXIT_USAGE;
+      }
+      files[next_pos++] = arg;
+    }
+  }
+
+  if (info) {
+    print_info(m);
+    int any = 0;
+    for (uint32_t i = 0; i < n_in; i++) any |= files[i] != NULL;
+    if (!any && n_in > 0) return 0;
+  }
+  for (uint32_t i = 0; i < n_in; i++) {
+    if (files[i] == NULL) {
+      fprintf(stderr, "%s: missing input %u '%s' (--input %s=FILE.npy)\n",
+              prog, i, m->inputs[i].name, m->inputs[i].name);
+      usage(stderr);
+      return EXIT_USAGE;
+    }
+  }
+
+  struct stat st;
+  if (stat(out_dir, &st) != 0 && mkdir(out_dir, 0777) != 0 && errno != EEXIST) {
+    fprintf(stderr, "%s: cannot create output directory %s: %s\n", prog, out_dir, strerror(errno));
+    return EXIT_RUN;
+  }
+  if (stat(out_dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+    fprintf(stderr, "%s: output directory %s does not exist\n", prog, out_dir);
+    return EXIT_RUN;
+  }
+
+  const void **in = calloc(n_in + 1, sizeof *in);
+  void **out = calloc(n_out + 1, sizeof *out);
+  if (in == NULL || out == NULL) {
+    fprintf(stderr, "%s: out of memory\n", prog);
+    return EXIT_RUN;
+  }
+  for (uint32_t i = 0; i < n_in; i++) {
+    in[i] = read_npy(files[i], "input", &m->inputs[i]);
+    if (in[i] == NULL) return EXIT_RUN;
+  }
+  for (uint32_t i = 0; i < n_out; i++) {
+    out[i] = alloc_aligned((size_t)m->outputs[i].nbytes, BUF_ALIGN);
+    if (out[i] == NULL) {
+      fprintf(stderr, "%s: output '%s': cannot allocate %llu bytes\n", prog,
+              m->outputs[i].name, (unsigned long long)m->outputs[i].nbytes);
+      return EXIT_RUN;
+    }
+    memset(out[i], 0, (size_t)m->outputs[i].nbytes);
+  }
+  void *ws = NULL;
+  if (m->workspace_size > 0) {
+    size_t align = m->workspace_align ? m->workspace_align : 1;
+    if ((align & (align - 1)) != 0) {
+      fprintf(stderr, "%s: invalid workspace alignment %zu\n", prog, align);
+      return EXIT_RUN;
+    }
+    ws = alloc_aligned((size_t)m->workspace_size, align);
+    if (ws == NULL) {
+      fprintf(stderr, "%s: cannot allocate a %llu-byte workspace\n", prog,
+              (unsigned long long)m->workspace_size);
+      return EXIT_RUN;
+    }
+  }
+
+  int32_t status = m->run((const void *const *)in, (void *const *)out, ws);
+  if (status == 0 && bench > 0) {
+    double *times = malloc((size_t)bench * sizeof *times);
+    if (times == NULL) {
+      fprintf(stderr, "%s: out of memory\n", prog);
+      return EXIT_RUN;
+    }
+    for (long r = 0; r < bench && status == 0; r++) {
+      double t0 = now_ms();
+      status = m->run((const void *const *)in, (void *const *)out, ws);
+      times[r] = now_ms() - t0;
+    }
+    if (status == 0) {
+      qsort(times, (size_t)bench, sizeof *times, cmp_double);
+      double median = bench % 2 ? times[bench / 2]
+                                : (times[bench / 2 - 1] + times[bench / 2]) / 2;
+      printf("median: %.4f ms\n", median);
+      printf("min: %.4f ms\n", times[0]);
+      printf("runs: %ld\n", bench);
+    }
+    free(times);
+  }
+  if (status != 0) {
+    static const char *const names[] = {"ok", "null pointer",
+                                        "misaligned workspace"};
+    fprintf(stderr, "%s: model '%s' failed with status %d (%s)\n", prog,
+            m->name, status,
+            status > 0 && status < 3 ? names[status] : "error");
+    return EXIT_RUN;
+  }
+
+  for (uint32_t i = 0; i < n_out; i++) {
+    char *file = output_file_name(m, i);
+    if (file == NULL) {
+      fprintf(stderr, "%s: out of memory\n", prog);
+      return EXIT_RUN;
+    }
+    int rc = write_npy(out_dir, file, &m->outputs[i], out[i]);
+    free(file);
+    if (rc != 0) return EXIT_RUN;
+  }
+
+  for (uint32_t i = 0; i < n_in; i++) free((void *)in[i]);
+  for (uint32_t i = 0; i < n_out; i++) free(out[i]);
+  free(in);
+  free(out);
+  free(ws);
+  free(files);
+  return 0;
+}

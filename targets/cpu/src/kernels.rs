@@ -1,0 +1,1043 @@
+//! One generated function per op: the lowering of every IR op to Cranelift, with all shapes
+//! known at compile time (strides become immediates). Kernels take one pointer per input and
+//! then one per output.
+
+use crate::kb::{int_ty, Kb, F32, F32X4, I64};
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{types, InstBuilder, Value};
+use kiln_ir::ops::{
+    broadcast_shapes, BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordTransform, GemmAttrs, NearestMode, PoolAttrs,
+    ResizeAttrs, ResizeMode, SliceAttrs, UnaryOp,
+};
+use kiln_ir::types::strides_of;
+use kiln_ir::{DType, Node, Op, TensorType};
+
+/// libm functions kernels may call (resolved by the linker, or registered with the JIT).
+pub(crate) const LIBM: [(&str, usize); 5] = [("expf", 1), ("logf", 1), ("tanhf", 1), ("erff", 1), ("powf", 2)];
+
+/// Why an op cannot be lowered (names the op; the caller adds the node).
+pub(crate) type KResult = Result<(), String>;
+
+pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&TensorType]) -> KResult {
+    let float_only = |t: &TensorType| -> KResult {
+        if t.dtype == DType::F32 { Ok(()) } else { Err(format!("{} on {} is not supported by the CPU back end yet", node.op.name(), t.dtype)) }
+    };
+    match &node.op {
+        Op::Unary(_) | Op::Clip { .. } | Op::HardSigmoid { .. } | Op::LeakyRelu { .. } | Op::Binary(_) => {
+            float_only(outs[0])?;
+            elementwise(kb, &node.op, ins, outs[0]);
+            Ok(())
+        }
+        Op::Cast { to } => cast(kb, ins[0], *to),
+        Op::Conv(a) => {
+            float_only(ins[0])?;
+            conv(kb, a, ins, outs[0])
+        }
+        Op::ConvTranspose(a) => {
+            float_only(ins[0])?;
+            conv_transpose(kb, a, ins, outs[0])
+        }
+        Op::Gemm(a) => {
+            float_only(ins[0])?;
+            gemm(kb, a, ins, outs[0]);
+            Ok(())
+        }
+        Op::MatMul => {
+            float_only(ins[0])?;
+            matmul(kb, ins, outs[0]);
+            Ok(())
+        }
+        Op::BatchNorm { epsilon } => {
+            float_only(ins[0])?;
+            batch_norm(kb, *epsilon, ins[0]);
+            Ok(())
+        }
+        Op::MaxPool(a) => {
+            float_only(ins[0])?;
+            pool(kb, a, true, ins[0], outs[0])
+        }
+        Op::AveragePool(a) => {
+            float_only(ins[0])?;
+            pool(kb, a, false, ins[0], outs[0])
+        }
+        Op::GlobalAveragePool => {
+            float_only(ins[0])?;
+            let x = ins[0];
+            let (nc, hw) = (x.shape[0] * x.shape[1], x.shape[2..].iter().product::<usize>());
+            reduce_rows(kb, nc, hw, 1.0 / hw as f32);
+            Ok(())
+        }
+        Op::Reshape { .. } => {
+            // a view: the memory planner gives it its input's storage; only reached when the
+            // planner had to separate them (never today), so copy.
+            copy(kb, 0, 1, ins[0].size_bytes());
+            Ok(())
+        }
+        Op::Transpose { perm } => {
+            transpose(kb, perm, ins[0], outs[0]);
+            Ok(())
+        }
+        Op::Concat { axis } => {
+            concat(kb, *axis, ins, outs[0], true);
+            Ok(())
+        }
+        Op::Split { axis, .. } => {
+            concat(kb, *axis, outs, ins[0], false);
+            Ok(())
+        }
+        Op::Slice(a) => {
+            slice(kb, a, ins[0]);
+            Ok(())
+        }
+        Op::Softmax { axis } => {
+            float_only(ins[0])?;
+            softmax(kb, *axis, ins[0]);
+            Ok(())
+        }
+        Op::ReduceMean { axes, .. } => {
+            float_only(ins[0])?;
+            reduce_mean(kb, axes, ins[0]);
+            Ok(())
+        }
+        Op::Resize(a) => {
+            float_only(ins[0])?;
+            resize(kb, a, ins[0])
+        }
+    }
+}
+
+fn is_vector_op(op: &Op) -> bool {
+    match op {
+        Op::Unary(u) => matches!(u, UnaryOp::Relu | UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Sqrt | UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::HardSwish | UnaryOp::Reciprocal),
+        Op::Binary(b) => !matches!(b, BinaryOp::Pow),
+        Op::Clip { .. } | Op::HardSigmoid { .. } | Op::LeakyRelu { .. } => true,
+        _ => false,
+    }
+}
+
+/// A float constant of the same type as `like` (scalar or F32X4).
+fn fconst_like(kb: &mut Kb, v: f32, vec: bool) -> Value {
+    let c = kb.fc(v);
+    if vec { kb.b.ins().splat(F32X4, c) } else { c }
+}
+
+fn select_gt(kb: &mut Kb, a: Value, b: Value, vec: bool) -> Value {
+    // max(a, b) via compare+select (scalar) or compare+bitselect (vector)
+    let c = kb.b.ins().fcmp(FloatCC::GreaterThan, a, b);
+    if vec {
+        let m = kb.b.ins().bitcast(F32X4, cranelift_codegen::ir::MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little), c);
+        kb.b.ins().bitselect(m, a, b)
+    } else {
+        kb.b.ins().select(c, a, b)
+    }
+}
+fn select_lt(kb: &mut Kb, a: Value, b: Value, vec: bool) -> Value {
+    let c = kb.b.ins().fcmp(FloatCC::LessThan, a, b);
+    if vec {
+        let m = kb.b.ins().bitcast(F32X4, cranelift_codegen::ir::MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little), c);
+        kb.b.ins().bitselect(m, a, b)
+    } else {
+        kb.b.ins().select(c, a, b)
+    }
+}
+
+/// The scalar (or F32X4) body of an elementwise op.
+fn apply(kb: &mut Kb, op: &Op, x: Value, y: Option<Value>, vec: bool) -> Value {
+    match op {
+        Op::Unary(u) => match u {
+            UnaryOp::Relu => {
+                let z = fconst_like(kb, 0.0, vec);
+                select_gt(kb, x, z, vec)
+            }
+            UnaryOp::Neg => kb.b.ins().fneg(x),
+            UnaryOp::Abs => kb.b.ins().fabs(x),
+            UnaryOp::Sqrt => kb.b.ins().sqrt(x),
+            UnaryOp::Floor => kb.b.ins().floor(x),
+            UnaryOp::Ceil => kb.b.ins().ceil(x),
+            UnaryOp::Reciprocal => {
+                let one = fconst_like(kb, 1.0, vec);
+                kb.b.ins().fdiv(one, x)
+            }
+            UnaryOp::HardSwish => {
+                let a = fconst_like(kb, 1.0 / 6.0, vec);
+                let h = fconst_like(kb, 0.5, vec);
+                let t = kb.b.ins().fmul(x, a);
+                let t = kb.b.ins().fadd(t, h);
+                let t = clamp01(kb, t, vec);
+                kb.b.ins().fmul(x, t)
+            }
+            UnaryOp::Exp => kb.call1("expf", x),
+            UnaryOp::Log => kb.call1("logf", x),
+            UnaryOp::Tanh => kb.call1("tanhf", x),
+            UnaryOp::Erf => kb.call1("erff", x),
+            UnaryOp::Sigmoid => {
+                // 1 / (1 + exp(-x)), computed without overflow for large |x|
+                let nx = kb.b.ins().fneg(x);
+                let e = kb.call1("expf", nx);
+                let one = kb.fc(1.0);
+                let d = kb.b.ins().fadd(one, e);
+                kb.b.ins().fdiv(one, d)
+            }
+        },
+        Op::Binary(b) => {
+            let y = y.unwrap();
+            match b {
+                BinaryOp::Add => kb.b.ins().fadd(x, y),
+                BinaryOp::Sub => kb.b.ins().fsub(x, y),
+                BinaryOp::Mul => kb.b.ins().fmul(x, y),
+                BinaryOp::Div => kb.b.ins().fdiv(x, y),
+                BinaryOp::Max => select_gt(kb, x, y, vec),
+                BinaryOp::Min => select_lt(kb, x, y, vec),
+                BinaryOp::Pow => kb.call2("powf", x, y),
+            }
+        }
+        Op::Clip { min, max } => {
+            let lo = fconst_like(kb, *min, vec);
+            let hi = fconst_like(kb, *max, vec);
+            let t = select_gt(kb, x, lo, vec);
+            select_lt(kb, t, hi, vec)
+        }
+        Op::HardSigmoid { alpha, beta } => {
+            let a = fconst_like(kb, *alpha, vec);
+            let bb = fconst_like(kb, *beta, vec);
+            let t = kb.b.ins().fmul(x, a);
+            let t = kb.b.ins().fadd(t, bb);
+            clamp01(kb, t, vec)
+        }
+        Op::LeakyRelu { alpha } => {
+            let a = fconst_like(kb, *alpha, vec);
+            let z = fconst_like(kb, 0.0, vec);
+            let neg = kb.b.ins().fmul(x, a);
+            let c = kb.b.ins().fcmp(FloatCC::LessThan, x, z);
+            if vec {
+                let m = kb.b.ins().bitcast(F32X4, cranelift_codegen::ir::MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little), c);
+                kb.b.ins().bitselect(m, neg, x)
+            } else {
+                kb.b.ins().select(c, neg, x)
+            }
+        }
+        _ => unreachable!("not elementwise"),
+    }
+}
+
+fn clamp01(kb: &mut Kb, t: Value, vec: bool) -> Value {
+    let z = fconst_like(kb, 0.0, vec);
+    let o = fconst_like(kb, 1.0, vec);
+    let t = select_gt(kb, t, z, vec);
+    select_lt(kb, t, o, vec)
+}
+
+/// Strides of `t` broadcast to `out` (0 on broadcast dims), aligned to the right.
+fn bcast_strides(t: &[usize], out: &[usize]) -> Vec<usize> {
+    let st = strides_of(t);
+    let r = out.len();
+    (0..r)
+        .map(|d| {
+            if d + t.len() < r {
+                0
+            } else {
+                let k = d + t.len() - r;
+                if t[k] == 1 && out[d] != 1 { 0 } else { st[k] }
+            }
+        })
+        .collect()
+}
+
+fn elementwise(kb: &mut Kb, op: &Op, ins: &[&TensorType], out: &TensorType) {
+    let n = out.numel();
+    let same = ins.iter().all(|t| t.shape == out.shape);
+    let (xp, yp) = (kb.params[0], if ins.len() > 1 { Some(kb.params[1]) } else { None });
+    let op_ = kb.params[ins.len()];
+    if same {
+        let nv = if is_vector_op(op) { n / 4 * 4 } else { 0 };
+        kb.for_range(0, nv, 4, &mut |kb, i| {
+            let x = kb.load_f32x4(xp, i);
+            let y = yp.map(|p| kb.load_f32x4(p, i));
+            let r = apply(kb, op, x, y, true);
+            kb.store_f32x4(r, op_, i);
+        });
+        kb.for_range(nv, n, 1, &mut |kb, i| {
+            let x = kb.load_f32(xp, i);
+            let y = yp.map(|p| kb.load_f32(p, i));
+            let r = apply(kb, op, x, y, false);
+            kb.store_f32(r, op_, i);
+        });
+        return;
+    }
+    let sx = bcast_strides(&ins[0].shape, &out.shape);
+    let sy = bcast_strides(&ins[1].shape, &out.shape);
+    let so = strides_of(&out.shape);
+    kb.for_nd(&out.shape.clone(), &mut |kb, idx| {
+        let ox = kb.offset(idx, &sx);
+        let oy = kb.offset(idx, &sy);
+        let oo = kb.offset(idx, &so);
+        let x = kb.load_f32(xp, ox);
+        let y = kb.load_f32(yp.unwrap(), oy);
+        let r = apply(kb, op, x, Some(y), false);
+        kb.store_f32(r, op_, oo);
+    });
+}
+
+fn load_as(kb: &mut Kb, dt: DType, base: Value, i: Value) -> Value {
+    let a = kb.addr(base, i, dt.size());
+    let f = crate::kb::flags();
+    match dt {
+        DType::F32 => kb.b.ins().load(F32, f, a, 0),
+        DType::F64 => kb.b.ins().load(types::F64, f, a, 0),
+        _ => kb.b.ins().load(int_ty(dt.size()), f, a, 0),
+    }
+}
+
+fn cast(kb: &mut Kb, x: &TensorType, to: DType) -> KResult {
+    let ok = |d: DType| matches!(d, DType::F32 | DType::F64 | DType::I64 | DType::I32 | DType::I16 | DType::I8 | DType::U8 | DType::U16 | DType::U32 | DType::Bool);
+    if !ok(x.dtype) || !ok(to) {
+        return Err(format!("cast from {} to {to} is not supported by the CPU back end yet", x.dtype));
+    }
+    let (xp, op) = (kb.params[0], kb.params[1]);
+    let from = x.dtype;
+    kb.for_n(x.numel(), &mut |kb, i| {
+        let v = load_as(kb, from, xp, i);
+        // canonical: floats as f64, integers as i64
+        let (fv, iv) = match from {
+            DType::F32 => (Some(kb.b.ins().fpromote(types::F64, v)), None),
+            DType::F64 => (Some(v), None),
+            DType::I64 | DType::U64 => (None, Some(v)),
+            DType::U8 | DType::U16 | DType::U32 | DType::Bool => (None, Some(kb.b.ins().uextend(I64, v))),
+            _ => (None, Some(kb.b.ins().sextend(I64, v))),
+        };
+        let r = match to {
+            DType::F32 | DType::F64 => {
+                let f = match (fv, iv) {
+                    (Some(f), _) => f,
+                    (None, Some(i)) => kb.b.ins().fcvt_from_sint(types::F64, i),
+                    _ => unreachable!(),
+                };
+                if to == DType::F32 { kb.b.ins().fdemote(F32, f) } else { f }
+            }
+            DType::Bool => {
+                let c = match (fv, iv) {
+                    (Some(f), _) => {
+                        let z = kb.b.ins().f64const(0.0);
+                        kb.b.ins().fcmp(FloatCC::NotEqual, f, z)
+                    }
+                    (None, Some(i)) => kb.b.ins().icmp_imm_s(IntCC::NotEqual, i, 0),
+                    _ => unreachable!(),
+                };
+                c
+            }
+            _ => {
+                let i = match (fv, iv) {
+                    (Some(f), _) => kb.b.ins().fcvt_to_sint_sat(I64, f),
+                    (None, Some(i)) => i,
+                    _ => unreachable!(),
+                };
+                if to.size() == 8 { i } else { kb.b.ins().ireduce(int_ty(to.size()), i) }
+            }
+        };
+        let a = kb.addr(op, i, to.size());
+        kb.b.ins().store(crate::kb::flags(), r, a, 0);
+    });
+    Ok(())
+}
+
+/// View 1-D spatial attributes as 2-D (H = 1); error on other ranks.
+fn spatial2d(kernel: &[usize], strides: &[usize], pads: &[usize], dil: &[usize]) -> Result<([usize; 2], [usize; 2], [usize; 4], [usize; 2]), String> {
+    match kernel.len() {
+        2 => Ok(([kernel[0], kernel[1]], [strides[0], strides[1]], [pads[0], pads[1], pads[2], pads[3]], [dil[0], dil[1]])),
+        1 => Ok(([1, kernel[0]], [1, strides[0]], [0, pads[0], 0, pads[1]], [1, dil[0]])),
+        n => Err(format!("{n}-D spatial ops are not supported by the CPU back end yet")),
+    }
+}
+
+fn hw(shape: &[usize]) -> (usize, usize) {
+    if shape.len() == 4 { (shape[2], shape[3]) } else { (1, shape[2]) }
+}
+
+fn conv(kb: &mut Kb, a: &ConvAttrs, ins: &[&TensorType], out: &TensorType) -> KResult {
+    let (k, s, p, d) = spatial2d(&a.kernel, &a.strides, &a.pads, &a.dilations)?;
+    let x = ins[0];
+    let (n, c) = (x.shape[0], x.shape[1]);
+    let (h, w) = hw(&x.shape);
+    let m = out.shape[1];
+    let (oh, ow) = hw(&out.shape);
+    let (cg, mg) = (c / a.groups, m / a.groups);
+    let (xp, wp) = (kb.params[0], kb.params[1]);
+    let bp = if ins.len() == 3 { Some(kb.params[2]) } else { None };
+    let op = kb.params[ins.len()];
+    let wstride_m = cg * k[0] * k[1];
+    kb.for_n(n, &mut |kb, ni| {
+        kb.for_n(m, &mut |kb, mi| {
+            let g = kb.b.ins().udiv_imm_u(mi, mg as i64);
+            let cbase = kb.b.ins().imul_imm_u(g, cg as i64);
+            let bias = match bp {
+                Some(bp) => kb.load_f32(bp, mi),
+                None => kb.fc(0.0),
+            };
+            let nbase = kb.b.ins().imul_imm_u(ni, (c * h * w) as i64);
+            let obase = {
+                let t = kb.b.ins().imul_imm_u(ni, m as i64);
+                let t = kb.b.ins().iadd(t, mi);
+                kb.b.ins().imul_imm_u(t, (oh * ow) as i64)
+            };
+            let wbase = kb.b.ins().imul_imm_u(mi, wstride_m as i64);
+            kb.for_n(oh, &mut |kb, y| {
+                let ih0 = kb.b.ins().imul_imm_u(y, s[0] as i64);
+                let ih0 = kb.b.ins().iadd_imm_s(ih0, -(p[0] as i64));
+                kb.for_n(ow, &mut |kb, xo| {
+                    let iw0 = kb.b.ins().imul_imm_u(xo, s[1] as i64);
+                    let iw0 = kb.b.ins().iadd_imm_s(iw0, -(p[1] as i64));
+                    let acc = kb.var(F32, bias);
+                    kb.for_n(k[0], &mut |kb, khi| {
+                        let dh = kb.b.ins().imul_imm_u(khi, d[0] as i64);
+                        let ih = kb.b.ins().iadd(ih0, dh);
+                        kb.if_in_range(ih, h, &mut |kb| {
+                            kb.for_n(k[1], &mut |kb, kwi| {
+                                let dw = kb.b.ins().imul_imm_u(kwi, d[1] as i64);
+                                let iw = kb.b.ins().iadd(iw0, dw);
+                                kb.if_in_range(iw, w, &mut |kb| {
+                                    // x[n, cbase + ci, ih, iw], w[m, ci, kh, kw]
+                                    let xrow = kb.b.ins().imul_imm_u(ih, w as i64);
+                                    let xo0 = kb.b.ins().iadd(xrow, iw);
+                                    let xo0 = kb.b.ins().iadd(xo0, nbase);
+                                    let cb = kb.b.ins().imul_imm_u(cbase, (h * w) as i64);
+                                    let xo0 = kb.b.ins().iadd(xo0, cb);
+                                    let wk = kb.b.ins().imul_imm_u(khi, k[1] as i64);
+                                    let wk = kb.b.ins().iadd(wk, kwi);
+                                    let wo0 = kb.b.ins().iadd(wbase, wk);
+                                    kb.for_n(cg, &mut |kb, ci| {
+                                        let xo = kb.b.ins().imul_imm_u(ci, (h * w) as i64);
+                                        let xo = kb.b.ins().iadd(xo, xo0);
+                                        let wo = kb.b.ins().imul_imm_u(ci, (k[0] * k[1]) as i64);
+                                        let wo = kb.b.ins().iadd(wo, wo0);
+                                        let xv = kb.load_f32(xp, xo);
+                                        let wv = kb.load_f32(wp, wo);
+                                        let a0 = kb.b.use_var(acc);
+                                        let a1 = kb.b.ins().fma(xv, wv, a0);
+                                        kb.b.def_var(acc, a1);
+                                    });
+                                });
+                            });
+                        });
+                    });
+                    let r = kb.b.use_var(acc);
+                    let oo = kb.b.ins().imul_imm_u(y, ow as i64);
+                    let oo = kb.b.ins().iadd(oo, xo);
+                    let oo = kb.b.ins().iadd(oo, obase);
+                    kb.store_f32(r, op, oo);
+                });
+            });
+        });
+    });
+    Ok(())
+}
+
+fn conv_transpose(kb: &mut Kb, a: &ConvTransposeAttrs, ins: &[&TensorType], out: &TensorType) -> KResult {
+    let (k, s, p, d) = spatial2d(&a.kernel, &a.strides, &a.pads, &a.dilations)?;
+    let x = ins[0];
+    let (n, c) = (x.shape[0], x.shape[1]);
+    let (h, w) = hw(&x.shape);
+    let m = out.shape[1];
+    let (oh, ow) = hw(&out.shape);
+    let (cg, mg) = (c / a.groups, m / a.groups);
+    let (xp, wp) = (kb.params[0], kb.params[1]);
+    let bp = if ins.len() == 3 { Some(kb.params[2]) } else { None };
+    let op = kb.params[ins.len()];
+    // init with bias
+    kb.for_nd(&[n, m, oh * ow], &mut |kb, idx| {
+        let v = match bp {
+            Some(bp) => kb.load_f32(bp, idx[1]),
+            None => kb.fc(0.0),
+        };
+        let o = kb.offset(idx, &[m * oh * ow, oh * ow, 1]);
+        kb.store_f32(v, op, o);
+    });
+    // scatter: out[n, g*mg+mo, ih*s - p + kh*d, ...] += x[n, ci, ih, iw] * w[ci, mo, kh, kw]
+    kb.for_nd(&[n, c, h, w], &mut |kb, idx| {
+        let (ni, ci, ihv, iwv) = (idx[0], idx[1], idx[2], idx[3]);
+        let xo = kb.offset(idx, &[c * h * w, h * w, w, 1]);
+        let xv = kb.load_f32(xp, xo);
+        let g = kb.b.ins().udiv_imm_u(ci, cg as i64);
+        let mbase = kb.b.ins().imul_imm_u(g, mg as i64);
+        kb.for_n(k[0], &mut |kb, khi| {
+            let t = kb.b.ins().imul_imm_u(ihv, s[0] as i64);
+            let dh = kb.b.ins().imul_imm_u(khi, d[0] as i64);
+            let t = kb.b.ins().iadd(t, dh);
+            let ohv = kb.b.ins().iadd_imm_s(t, -(p[0] as i64));
+            kb.if_in_range(ohv, oh, &mut |kb| {
+                kb.for_n(k[1], &mut |kb, kwi| {
+                    let t = kb.b.ins().imul_imm_u(iwv, s[1] as i64);
+                    let dw = kb.b.ins().imul_imm_u(kwi, d[1] as i64);
+                    let t = kb.b.ins().iadd(t, dw);
+                    let owv = kb.b.ins().iadd_imm_s(t, -(p[1] as i64));
+                    kb.if_in_range(owv, ow, &mut |kb| {
+                        kb.for_n(mg, &mut |kb, mo| {
+                            let wo = kb.offset(&[ci, mo, khi, kwi], &[mg * k[0] * k[1], k[0] * k[1], k[1], 1]);
+                            let wv = kb.load_f32(wp, wo);
+                            let mi = kb.b.ins().iadd(mbase, mo);
+                            let oo = kb.offset(&[ni, mi, ohv, owv], &[m * oh * ow, oh * ow, ow, 1]);
+                            let ov = kb.load_f32(op, oo);
+                            let r = kb.b.ins().fma(xv, wv, ov);
+                            kb.store_f32(r, op, oo);
+                        });
+                    });
+                });
+            });
+        });
+    });
+    Ok(())
+}
+
+/// Generic strided matrix multiply core: for one (i, j) tile computes `sum_k a[i,k] b[k,j]`.
+/// `ab`/`bb` are base element offsets; `out[ob + i*n + j] = alpha*acc + epilogue`.
+struct Mm {
+    m: usize,
+    n: usize,
+    k: usize,
+    a_i: usize,
+    a_k: usize,
+    b_k: usize,
+    b_j: usize,
+}
+
+fn mm_core(kb: &mut Kb, mm: &Mm, ap: Value, ab: Value, bp: Value, bb: Value, store: &mut dyn FnMut(&mut Kb, Value, Value, Value, bool)) {
+    if mm.b_j == 1 && mm.n >= 4 {
+        // i-k-j with F32X4 accumulators over j (B rows contiguous)
+        let nv = mm.n / 4 * 4;
+        kb.for_n(mm.m, &mut |kb, i| {
+            let arow = kb.b.ins().imul_imm_u(i, mm.a_i as i64);
+            let arow = kb.b.ins().iadd(arow, ab);
+            kb.for_range(0, nv, 4, &mut |kb, j| {
+                let z = kb.fc(0.0);
+                let z = kb.b.ins().splat(F32X4, z);
+                let acc = kb.var(F32X4, z);
+                kb.for_n(mm.k, &mut |kb, kk| {
+                    let ao = kb.b.ins().imul_imm_u(kk, mm.a_k as i64);
+                    let ao = kb.b.ins().iadd(ao, arow);
+                    let av = kb.load_f32(ap, ao);
+                    let av = kb.b.ins().splat(F32X4, av);
+                    let bo = kb.b.ins().imul_imm_u(kk, mm.b_k as i64);
+                    let bo = kb.b.ins().iadd(bo, bb);
+                    let bo = kb.b.ins().iadd(bo, j);
+                    let bv = kb.load_f32x4(bp, bo);
+                    let a0 = kb.b.use_var(acc);
+                    let a1 = kb.b.ins().fma(av, bv, a0);
+                    kb.b.def_var(acc, a1);
+                });
+                let r = kb.b.use_var(acc);
+                store(kb, i, j, r, true);
+            });
+            kb.for_range(nv, mm.n, 1, &mut |kb, j| {
+                let r = mm_dot_scalar(kb, mm, ap, arow, bp, bb, j);
+                store(kb, i, j, r, false);
+            });
+        });
+    } else {
+        kb.for_n(mm.m, &mut |kb, i| {
+            let arow = kb.b.ins().imul_imm_u(i, mm.a_i as i64);
+            let arow = kb.b.ins().iadd(arow, ab);
+            kb.for_n(mm.n, &mut |kb, j| {
+                let r = if mm.a_k == 1 && mm.b_k == 1 && mm.k >= 8 {
+                    mm_dot_vec(kb, mm, ap, arow, bp, bb, j)
+                } else {
+                    mm_dot_scalar(kb, mm, ap, arow, bp, bb, j)
+                };
+                store(kb, i, j, r, false);
+            });
+        });
+    }
+}
+
+fn mm_dot_scalar(kb: &mut Kb, mm: &Mm, ap: Value, arow: Value, bp: Value, bb: Value, j: Value) -> Value {
+    let z = kb.fc(0.0);
+    let acc = kb.var(F32, z);
+    let bcol = kb.b.ins().imul_imm_u(j, mm.b_j as i64);
+    let bcol = kb.b.ins().iadd(bcol, bb);
+    kb.for_n(mm.k, &mut |kb, kk| {
+        let ao = kb.b.ins().imul_imm_u(kk, mm.a_k as i64);
+        let ao = kb.b.ins().iadd(ao, arow);
+        let bo = kb.b.ins().imul_imm_u(kk, mm.b_k as i64);
+        let bo = kb.b.ins().iadd(bo, bcol);
+        let av = kb.load_f32(ap, ao);
+        let bv = kb.load_f32(bp, bo);
+        let a0 = kb.b.use_var(acc);
+        let a1 = kb.b.ins().fma(av, bv, a0);
+        kb.b.def_var(acc, a1);
+    });
+    kb.b.use_var(acc)
+}
+
+/// Dot product with contiguous k in both operands: F32X4 accumulation + horizontal sum.
+fn mm_dot_vec(kb: &mut Kb, mm: &Mm, ap: Value, arow: Value, bp: Value, bb: Value, j: Value) -> Value {
+    let z = kb.fc(0.0);
+    let zv = kb.b.ins().splat(F32X4, z);
+    let acc = kb.var(F32X4, zv);
+    let bcol = kb.b.ins().imul_imm_u(j, mm.b_j as i64);
+    let bcol = kb.b.ins().iadd(bcol, bb);
+    let kv = mm.k / 4 * 4;
+    kb.for_range(0, kv, 4, &mut |kb, kk| {
+        let ao = kb.b.ins().iadd(kk, arow);
+        let bo = kb.b.ins().iadd(kk, bcol);
+        let av = kb.load_f32x4(ap, ao);
+        let bv = kb.load_f32x4(bp, bo);
+        let a0 = kb.b.use_var(acc);
+        let a1 = kb.b.ins().fma(av, bv, a0);
+        kb.b.def_var(acc, a1);
+    });
+    let v = kb.b.use_var(acc);
+    let l0 = kb.b.ins().extractlane(v, 0);
+    let l1 = kb.b.ins().extractlane(v, 1);
+    let l2 = kb.b.ins().extractlane(v, 2);
+    let l3 = kb.b.ins().extractlane(v, 3);
+    let s01 = kb.b.ins().fadd(l0, l1);
+    let s23 = kb.b.ins().fadd(l2, l3);
+    let s = kb.b.ins().fadd(s01, s23);
+    let sacc = kb.var(F32, s);
+    kb.for_range(kv, mm.k, 1, &mut |kb, kk| {
+        let ao = kb.b.ins().iadd(kk, arow);
+        let bo = kb.b.ins().iadd(kk, bcol);
+        let av = kb.load_f32(ap, ao);
+        let bv = kb.load_f32(bp, bo);
+        let a0 = kb.b.use_var(sacc);
+        let a1 = kb.b.ins().fma(av, bv, a0);
+        kb.b.def_var(sacc, a1);
+    });
+    kb.b.use_var(sacc)
+}
+
+fn gemm(kb: &mut Kb, a: &GemmAttrs, ins: &[&TensorType], out: &TensorType) {
+    let (m, n) = (out.shape[0], out.shape[1]);
+    let x = ins[0];
+    let k = if a.trans_a { x.shape[0] } else { x.shape[1] };
+    let (a_i, a_k) = if a.trans_a { (1, m) } else { (k, 1) };
+    let (b_k, b_j) = if a.trans_b { (1, k) } else { (n, 1) };
+    let mm = Mm { m, n, k, a_i, a_k, b_k, b_j };
+    let (ap, bp) = (kb.params[0], kb.params[1]);
+    let cp = if ins.len() == 3 { Some((kb.params[2], bcast_strides(&ins[2].shape, &out.shape))) } else { None };
+    let op = kb.params[ins.len()];
+    let (alpha, beta) = (a.alpha, a.beta);
+    let zero = kb.ic(0);
+    mm_core(kb, &mm, ap, zero, bp, zero, &mut |kb, i, j, acc, vec| {
+        let mut r = acc;
+        if alpha != 1.0 {
+            let al = fconst_like(kb, alpha, vec);
+            r = kb.b.ins().fmul(r, al);
+        }
+        if let Some((cp, cs)) = &cp {
+            if beta != 0.0 {
+                let co = kb.offset(&[i, j], cs);
+                let cv = if vec {
+                    if cs[1] == 1 {
+                        kb.load_f32x4(*cp, co)
+                    } else {
+                        let s = kb.load_f32(*cp, co);
+                        // cs[1] == 0: broadcast along j
+                        kb.b.ins().splat(F32X4, s)
+                    }
+                } else {
+                    kb.load_f32(*cp, co)
+                };
+                let cv = if beta != 1.0 {
+                    let be = fconst_like(kb, beta, vec);
+                    kb.b.ins().fmul(cv, be)
+                } else {
+                    cv
+                };
+                r = kb.b.ins().fadd(r, cv);
+            }
+        }
+        let oo = kb.offset(&[i, j], &[n, 1]);
+        if vec { kb.store_f32x4(r, op, oo) } else { kb.store_f32(r, op, oo) }
+    });
+}
+
+fn matmul(kb: &mut Kb, ins: &[&TensorType], _out: &TensorType) {
+    let a = &ins[0].shape;
+    let b = &ins[1].shape;
+    let a2: Vec<usize> = if a.len() == 1 { vec![1, a[0]] } else { a.clone() };
+    let b2: Vec<usize> = if b.len() == 1 { vec![b[0], 1] } else { b.clone() };
+    let (m, k) = (a2[a2.len() - 2], a2[a2.len() - 1]);
+    let n = b2[b2.len() - 1];
+    let batch = broadcast_shapes(&a2[..a2.len() - 2], &b2[..b2.len() - 2]).unwrap();
+    let sa: Vec<usize> = bcast_strides(&a2[..a2.len() - 2], &batch).iter().map(|s| s * m * k).collect();
+    let sb: Vec<usize> = bcast_strides(&b2[..b2.len() - 2], &batch).iter().map(|s| s * k * n).collect();
+    let so: Vec<usize> = strides_of(&batch).iter().map(|s| s * m * n).collect();
+    let mm = Mm { m, n, k, a_i: k, a_k: 1, b_k: n, b_j: 1 };
+    let (ap, bp, op) = (kb.params[0], kb.params[1], kb.params[2]);
+    kb.for_nd(&batch, &mut |kb, idx| {
+        let ab = kb.offset(idx, &sa);
+        let bb = kb.offset(idx, &sb);
+        let ob = kb.offset(idx, &so);
+        mm_core(kb, &mm, ap, ab, bp, bb, &mut |kb, i, j, r, vec| {
+            let oo = kb.offset(&[i, j], &[n, 1]);
+            let oo = kb.b.ins().iadd(oo, ob);
+            if vec { kb.store_f32x4(r, op, oo) } else { kb.store_f32(r, op, oo) }
+        });
+    });
+}
+
+fn batch_norm(kb: &mut Kb, eps: f32, x: &TensorType) {
+    let (n, c) = (x.shape[0], x.shape[1]);
+    let rest: usize = x.shape[2..].iter().product();
+    let p = kb.params.clone();
+    kb.for_n(c, &mut |kb, ci| {
+        let sc = kb.load_f32(p[1], ci);
+        let bi = kb.load_f32(p[2], ci);
+        let mean = kb.load_f32(p[3], ci);
+        let var = kb.load_f32(p[4], ci);
+        let e = kb.fc(eps);
+        let ve = kb.b.ins().fadd(var, e);
+        let sd = kb.b.ins().sqrt(ve);
+        let s = kb.b.ins().fdiv(sc, sd);
+        let ms = kb.b.ins().fmul(mean, s);
+        let t = kb.b.ins().fsub(bi, ms);
+        kb.for_nd(&[n, rest], &mut |kb, idx| {
+            let o = kb.offset(&[idx[0], ci, idx[1]], &[c * rest, rest, 1]);
+            let v = kb.load_f32(p[0], o);
+            let r = kb.b.ins().fma(v, s, t);
+            kb.store_f32(r, p[5], o);
+        });
+    });
+}
+
+fn pool(kb: &mut Kb, a: &PoolAttrs, is_max: bool, x: &TensorType, out: &TensorType) -> KResult {
+    let (k, s, p, d) = spatial2d(&a.kernel, &a.strides, &a.pads, &a.dilations)?;
+    let nc = x.shape[0] * x.shape[1];
+    let (h, w) = hw(&x.shape);
+    let (oh, ow) = hw(&out.shape);
+    let (xp, op) = (kb.params[0], kb.params[1]);
+    let include_pad = a.count_include_pad;
+    kb.for_nd(&[nc, oh, ow], &mut |kb, idx| {
+        let (ci, y, xo) = (idx[0], idx[1], idx[2]);
+        let init = kb.fc(if is_max { f32::NEG_INFINITY } else { 0.0 });
+        let acc = kb.var(F32, init);
+        let z = kb.ic(0);
+        let cnt = kb.var(I64, z);
+        let ih0 = kb.b.ins().imul_imm_u(y, s[0] as i64);
+        let ih0 = kb.b.ins().iadd_imm_s(ih0, -(p[0] as i64));
+        let iw0 = kb.b.ins().imul_imm_u(xo, s[1] as i64);
+        let iw0 = kb.b.ins().iadd_imm_s(iw0, -(p[1] as i64));
+        let xbase = kb.b.ins().imul_imm_u(ci, (h * w) as i64);
+        kb.for_n(k[0], &mut |kb, khi| {
+            let dh = kb.b.ins().imul_imm_u(khi, d[0] as i64);
+            let ih = kb.b.ins().iadd(ih0, dh);
+            kb.for_n(k[1], &mut |kb, kwi| {
+                let dw = kb.b.ins().imul_imm_u(kwi, d[1] as i64);
+                let iw = kb.b.ins().iadd(iw0, dw);
+                if include_pad {
+                    // count positions inside the padded input
+                    let ihp = kb.b.ins().iadd_imm_s(ih, p[0] as i64);
+                    let iwp = kb.b.ins().iadd_imm_s(iw, p[1] as i64);
+                    kb.if_in_range(ihp, h + p[0] + p[2], &mut |kb| {
+                        kb.if_in_range(iwp, w + p[1] + p[3], &mut |kb| {
+                            let c0 = kb.b.use_var(cnt);
+                            let c1 = kb.b.ins().iadd_imm_u(c0, 1);
+                            kb.b.def_var(cnt, c1);
+                        });
+                    });
+                }
+                kb.if_in_range(ih, h, &mut |kb| {
+                    kb.if_in_range(iw, w, &mut |kb| {
+                        let xo = kb.b.ins().imul_imm_u(ih, w as i64);
+                        let xo = kb.b.ins().iadd(xo, iw);
+                        let xo = kb.b.ins().iadd(xo, xbase);
+                        let v = kb.load_f32(xp, xo);
+                        let a0 = kb.b.use_var(acc);
+                        let a1 = if is_max { kb.fmax(v, a0) } else { kb.b.ins().fadd(a0, v) };
+                        kb.b.def_var(acc, a1);
+                        if !include_pad {
+                            let c0 = kb.b.use_var(cnt);
+                            let c1 = kb.b.ins().iadd_imm_u(c0, 1);
+                            kb.b.def_var(cnt, c1);
+                        }
+                    });
+                });
+            });
+        });
+        let mut r = kb.b.use_var(acc);
+        if !is_max {
+            let c = kb.b.use_var(cnt);
+            let one = kb.ic(1);
+            let cmax = kb.b.ins().smax(c, one);
+            let cf = kb.b.ins().fcvt_from_sint(F32, cmax);
+            r = kb.b.ins().fdiv(r, cf);
+        }
+        let oo = kb.offset(idx, &[oh * ow, ow, 1]);
+        kb.store_f32(r, op, oo);
+    });
+    Ok(())
+}
+
+/// out[r] = scale * sum_j x[r*len + j]
+fn reduce_rows(kb: &mut Kb, rows: usize, len: usize, scale: f32) {
+    let (xp, op) = (kb.params[0], kb.params[1]);
+    kb.for_n(rows, &mut |kb, r| {
+        let z = kb.fc(0.0);
+        let acc = kb.var(F32, z);
+        let base = kb.b.ins().imul_imm_u(r, len as i64);
+        kb.for_n(len, &mut |kb, j| {
+            let o = kb.b.ins().iadd(base, j);
+            let v = kb.load_f32(xp, o);
+            let a0 = kb.b.use_var(acc);
+            let a1 = kb.b.ins().fadd(a0, v);
+            kb.b.def_var(acc, a1);
+        });
+        let a = kb.b.use_var(acc);
+        let sc = kb.fc(scale);
+        let v = kb.b.ins().fmul(a, sc);
+        kb.store_f32(v, op, r);
+    });
+}
+
+fn reduce_mean(kb: &mut Kb, axes: &[usize], x: &TensorType) {
+    let (xp, op) = (kb.params[0], kb.params[1]);
+    let out_numel: usize = (0..x.rank()).filter(|d| !axes.contains(d)).map(|d| x.shape[d]).product();
+    let count: usize = axes.iter().map(|&a| x.shape[a]).product();
+    // strides of the output (with reduced dims collapsed to 0)
+    let kept: Vec<usize> = (0..x.rank()).map(|d| if axes.contains(&d) { 1 } else { x.shape[d] }).collect();
+    let ks = strides_of(&kept);
+    let os: Vec<usize> = (0..x.rank()).map(|d| if axes.contains(&d) { 0 } else { ks[d] }).collect();
+    let xs = strides_of(&x.shape);
+    kb.for_n(out_numel, &mut |kb, i| {
+        let z = kb.fc(0.0);
+        kb.store_f32(z, op, i);
+    });
+    kb.for_nd(&x.shape.clone(), &mut |kb, idx| {
+        let xo = kb.offset(idx, &xs);
+        let oo = kb.offset(idx, &os);
+        let v = kb.load_f32(xp, xo);
+        let a = kb.load_f32(op, oo);
+        let s = kb.b.ins().fadd(a, v);
+        kb.store_f32(s, op, oo);
+    });
+    let inv = 1.0 / count as f32;
+    kb.for_n(out_numel, &mut |kb, i| {
+        let a = kb.load_f32(op, i);
+        let c = kb.fc(inv);
+        let r = kb.b.ins().fmul(a, c);
+        kb.store_f32(r, op, i);
+    });
+}
+
+fn softmax(kb: &mut Kb, axis: usize, x: &TensorType) {
+    let outer: usize = x.shape[..axis].iter().product();
+    let len = x.shape[axis];
+    let inner: usize = x.shape[axis + 1..].iter().product();
+    let (xp, op) = (kb.params[0], kb.params[1]);
+    kb.for_nd(&[outer, inner], &mut |kb, idx| {
+        let base = kb.offset(idx, &[len * inner, 1]);
+        let ninf = kb.fc(f32::NEG_INFINITY);
+        let mx = kb.var(F32, ninf);
+        kb.for_n(len, &mut |kb, l| {
+            let o = kb.b.ins().imul_imm_u(l, inner as i64);
+            let o = kb.b.ins().iadd(o, base);
+            let v = kb.load_f32(xp, o);
+            let m0 = kb.b.use_var(mx);
+            let m1 = kb.fmax(v, m0);
+            kb.b.def_var(mx, m1);
+        });
+        let m = kb.b.use_var(mx);
+        let z = kb.fc(0.0);
+        let sum = kb.var(F32, z);
+        kb.for_n(len, &mut |kb, l| {
+            let o = kb.b.ins().imul_imm_u(l, inner as i64);
+            let o = kb.b.ins().iadd(o, base);
+            let v = kb.load_f32(xp, o);
+            let t = kb.b.ins().fsub(v, m);
+            let e = kb.call1("expf", t);
+            kb.store_f32(e, op, o);
+            let s0 = kb.b.use_var(sum);
+            let s1 = kb.b.ins().fadd(s0, e);
+            kb.b.def_var(sum, s1);
+        });
+        let s = kb.b.use_var(sum);
+        let one = kb.fc(1.0);
+        let inv = kb.b.ins().fdiv(one, s);
+        kb.for_n(len, &mut |kb, l| {
+            let o = kb.b.ins().imul_imm_u(l, inner as i64);
+            let o = kb.b.ins().iadd(o, base);
+            let v = kb.load_f32(op, o);
+            let r = kb.b.ins().fmul(v, inv);
+            kb.store_f32(r, op, o);
+        });
+    });
+}
+
+fn copy_elem(kb: &mut Kb, esize: usize, src: Value, si: Value, dst: Value, di: Value) {
+    let a = kb.addr(src, si, esize);
+    let v = kb.b.ins().load(int_ty(esize), crate::kb::flags(), a, 0);
+    let b = kb.addr(dst, di, esize);
+    kb.b.ins().store(crate::kb::flags(), v, b, 0);
+}
+
+/// Byte copy from param `from` to param `to`, 8 bytes at a time.
+pub(crate) fn copy(kb: &mut Kb, from: usize, to: usize, bytes: usize) {
+    let (s, d) = (kb.params[from], kb.params[to]);
+    let words = bytes / 8;
+    kb.for_n(words, &mut |kb, i| copy_elem(kb, 8, s, i, d, i));
+    kb.for_range(words * 8, bytes, 1, &mut |kb, i| copy_elem(kb, 1, s, i, d, i));
+}
+
+fn transpose(kb: &mut Kb, perm: &[usize], x: &TensorType, out: &TensorType) {
+    let xs = strides_of(&x.shape);
+    let ps: Vec<usize> = perm.iter().map(|&p| xs[p]).collect();
+    let os = strides_of(&out.shape);
+    let es = x.dtype.size();
+    let (xp, op) = (kb.params[0], kb.params[1]);
+    kb.for_nd(&out.shape.clone(), &mut |kb, idx| {
+        let xo = kb.offset(idx, &ps);
+        let oo = kb.offset(idx, &os);
+        copy_elem(kb, es, xp, xo, op, oo);
+    });
+}
+
+/// Concat (`gather == true`: parts are the inputs, whole is the output) or Split (the reverse).
+fn concat(kb: &mut Kb, axis: usize, parts: &[&TensorType], whole: &TensorType, gather: bool) {
+    let outer: usize = whole.shape[..axis].iter().product();
+    let rest: usize = whole.shape[axis + 1..].iter().product();
+    let whole_inner = whole.shape[axis] * rest;
+    let es = whole.dtype.size();
+    let np = parts.len();
+    let mut off = 0usize;
+    for (pi, t) in parts.iter().enumerate() {
+        let inner = t.shape[axis] * rest;
+        let (pp, wp) = if gather { (kb.params[pi], kb.params[np]) } else { (kb.params[1 + pi], kb.params[0]) };
+        kb.for_nd(&[outer, inner], &mut |kb, idx| {
+            let po = kb.offset(idx, &[inner, 1]);
+            let wo = kb.offset(idx, &[whole_inner, 1]);
+            let wo = kb.b.ins().iadd_imm_u(wo, off as i64);
+            if gather { copy_elem(kb, es, pp, po, wp, wo) } else { copy_elem(kb, es, wp, wo, pp, po) }
+        });
+        off += inner;
+    }
+}
+
+fn slice(kb: &mut Kb, a: &SliceAttrs, x: &TensorType) {
+    let xs = strides_of(&x.shape);
+    let os = strides_of(&a.sizes);
+    let es = x.dtype.size();
+    let base: usize = a.starts.iter().zip(&xs).map(|(s, st)| s * st).sum();
+    let (xp, op) = (kb.params[0], kb.params[1]);
+    kb.for_nd(&a.sizes.clone(), &mut |kb, idx| {
+        let mut xo = kb.ic(base as i64);
+        for d in 0..idx.len() {
+            let step = a.steps[d] * xs[d] as i64;
+            let t = kb.b.ins().imul_imm_s(idx[d], step);
+            xo = kb.b.ins().iadd(xo, t);
+        }
+        let oo = kb.offset(idx, &os);
+        copy_elem(kb, es, xp, xo, op, oo);
+    });
+}
+
+/// Source coordinate (f32) of output index `i` along one dim.
+fn src_coord(kb: &mut Kb, coord: CoordTransform, i: Value, scale: f32, in_len: usize, out_len: usize) -> Value {
+    let fi = kb.b.ins().fcvt_from_sint(F32, i);
+    match coord {
+        CoordTransform::Asymmetric => {
+            let s = kb.fc(1.0 / scale);
+            kb.b.ins().fmul(fi, s)
+        }
+        CoordTransform::AlignCorners => {
+            let r = if out_len > 1 { (in_len as f32 - 1.0) / (out_len as f32 - 1.0) } else { 0.0 };
+            let s = kb.fc(r);
+            kb.b.ins().fmul(fi, s)
+        }
+        CoordTransform::HalfPixel | CoordTransform::PytorchHalfPixel => {
+            if coord == CoordTransform::PytorchHalfPixel && out_len <= 1 {
+                return kb.fc(0.0);
+            }
+            let h = kb.fc(0.5);
+            let t = kb.b.ins().fadd(fi, h);
+            let s = kb.fc(1.0 / scale);
+            let t = kb.b.ins().fmul(t, s);
+            kb.b.ins().fsub(t, h)
+        }
+    }
+}
+
+fn clamp_idx(kb: &mut Kb, v: Value, len: usize) -> Value {
+    let z = kb.ic(0);
+    let hi = kb.ic(len as i64 - 1);
+    let t = kb.b.ins().smax(v, z);
+    kb.b.ins().smin(t, hi)
+}
+
+fn resize(kb: &mut Kb, a: &ResizeAttrs, x: &TensorType) -> KResult {
+    let r = x.rank();
+    let xs = strides_of(&x.shape);
+    let os = strides_of(&a.out_shape);
+    let interp: Vec<usize> = (0..r).filter(|&d| a.out_shape[d] != x.shape[d] || a.scales[d] != 1.0).collect();
+    if a.mode == ResizeMode::Linear && interp.len() > 3 {
+        return Err("linear resize over more than 3 dims is not supported".into());
+    }
+    let (xp, op) = (kb.params[0], kb.params[1]);
+    kb.for_nd(&a.out_shape.clone(), &mut |kb, idx| {
+        let oo = kb.offset(idx, &os);
+        match a.mode {
+            ResizeMode::Nearest => {
+                let mut src = idx.to_vec();
+                for &d in &interp {
+                    let c = src_coord(kb, a.coord, idx[d], a.scales[d], x.shape[d], a.out_shape[d]);
+                    let c = match a.nearest {
+                        NearestMode::Floor => kb.b.ins().floor(c),
+                        NearestMode::Ceil => kb.b.ins().ceil(c),
+                        NearestMode::RoundPreferFloor => {
+                            let h = kb.fc(0.5);
+                            let t = kb.b.ins().fsub(c, h);
+                            kb.b.ins().ceil(t)
+                        }
+                        NearestMode::RoundPreferCeil => {
+                            let h = kb.fc(0.5);
+                            let t = kb.b.ins().fadd(c, h);
+                            kb.b.ins().floor(t)
+                        }
+                    };
+                    let iv = kb.b.ins().fcvt_to_sint_sat(I64, c);
+                    src[d] = clamp_idx(kb, iv, x.shape[d]);
+                }
+                let xo = kb.offset(&src, &xs);
+                let v = kb.load_f32(xp, xo);
+                kb.store_f32(v, op, oo);
+            }
+            ResizeMode::Linear => {
+                // per interpolated dim: (i0, i1, w1)
+                let mut lo = Vec::new();
+                for &d in &interp {
+                    let c = src_coord(kb, a.coord, idx[d], a.scales[d], x.shape[d], a.out_shape[d]);
+                    let zero = kb.fc(0.0);
+                    let maxc = kb.fc(x.shape[d] as f32 - 1.0);
+                    let c = kb.fmax(c, zero);
+                    let c = kb.fmin(c, maxc);
+                    let f = kb.b.ins().floor(c);
+                    let w1 = kb.b.ins().fsub(c, f);
+                    let i0 = kb.b.ins().fcvt_to_sint_sat(I64, f);
+                    let i1 = kb.b.ins().iadd_imm_u(i0, 1);
+                    let i1 = clamp_idx(kb, i1, x.shape[d]);
+                    lo.push((d, i0, i1, w1));
+                }
+                let z = kb.fc(0.0);
+                let mut acc = z;
+                for corner in 0..(1usize << lo.len()) {
+                    let mut src = idx.to_vec();
+                    let mut wgt = kb.fc(1.0);
+                    for (bit, &(d, i0, i1, w1)) in lo.iter().enumerate() {
+                        if corner >> bit & 1 == 1 {
+                            src[d] = i1;
+                            wgt = kb.b.ins().fmul(wgt, w1);
+                        } else {
+                            src[d] = i0;
+                            let one = kb.fc(1.0);
+                            let w0 = kb.b.ins().fsub(one, w1);
+                            wgt = kb.b.ins().fmul(wgt, w0);
+                        }
+                    }
+                    let xo = kb.offset(&src, &xs);
+                    let v = kb.load_f32(xp, xo);
+                    acc = kb.b.ins().fma(v, wgt, acc);
+                }
+                kb.store_f32(acc, op, oo);
+            }
+        }
+    });
+    Ok(())
+}

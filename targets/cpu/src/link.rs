@@ -1,0 +1,83 @@
+//! Turning an object file into a shared library, static library or executable with the system
+//! C toolchain (`cc`, `ar`). Every output is written to a temporary file next to the destination
+//! and renamed into place, so a failed build leaves nothing half-written.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// C source of the `main` of standalone executables.
+pub const DRIVER_C: &str = include_str!("driver.c");
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("{tool}: {msg}")]
+    Tool { tool: String, msg: String },
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> LinkError + '_ {
+    move |err| LinkError::Io { path: path.to_path_buf(), err }
+}
+
+/// A temp path in the destination's directory.
+pub fn temp_beside(dest: &Path) -> PathBuf {
+    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = dest.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    dir.join(format!(".{name}.tmp{}", std::process::id()))
+}
+
+/// Write `bytes` to `dest` atomically.
+pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<(), LinkError> {
+    let tmp = temp_beside(dest);
+    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, dest).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        LinkError::Io { path: dest.to_path_buf(), err: e }
+    })
+}
+
+fn run(cmd: &mut Command, tool: &str) -> Result<(), LinkError> {
+    let out = cmd.output().map_err(|e| LinkError::Tool { tool: tool.into(), msg: format!("cannot run: {e}") })?;
+    if !out.status.success() {
+        return Err(LinkError::Tool { tool: tool.into(), msg: String::from_utf8_lossy(&out.stderr).into_owned() });
+    }
+    Ok(())
+}
+
+fn cc() -> String {
+    std::env::var("CC").unwrap_or_else(|_| "cc".into())
+}
+
+/// Produce `dest` from `obj` with a tool writing to a temp path, then rename.
+fn produce(dest: &Path, f: impl FnOnce(&Path) -> Result<(), LinkError>) -> Result<(), LinkError> {
+    let tmp = temp_beside(dest);
+    let r = f(&tmp).and_then(|_| std::fs::rename(&tmp, dest).map_err(io(dest)));
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
+}
+
+pub fn link_shared(obj: &Path, dest: &Path) -> Result<(), LinkError> {
+    produce(dest, |tmp| run(Command::new(cc()).arg("-shared").arg("-o").arg(tmp).arg(obj).arg("-lm"), "cc"))
+}
+
+pub fn link_static(obj: &Path, dest: &Path) -> Result<(), LinkError> {
+    produce(dest, |tmp| run(Command::new("ar").arg("rcs").arg(tmp).arg(obj), "ar"))
+}
+
+pub fn link_exe(obj: &Path, dest: &Path) -> Result<(), LinkError> {
+    let dir = tempdir_for(dest)?;
+    let driver = dir.join("kiln_driver.c");
+    std::fs::write(&driver, DRIVER_C).map_err(io(&driver))?;
+    let r = produce(dest, |tmp| run(Command::new(cc()).arg("-O2").arg("-o").arg(tmp).arg(&driver).arg(obj).arg("-lm"), "cc"));
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+fn tempdir_for(dest: &Path) -> Result<PathBuf, LinkError> {
+    let d = std::env::temp_dir().join(format!("kiln-{}-{}", std::process::id(), dest.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()));
+    std::fs::create_dir_all(&d).map_err(io(&d))?;
+    Ok(d)
+}

@@ -1,0 +1,218 @@
+//! Golden models: ONNX models built by `golden/make_golden.py` (standard CNN topologies with
+//! fixed random weights, and the real PaddleOCR models) compiled by kiln and compared with the
+//! ONNX Runtime outputs stored in `golden/data/`.
+//!
+//! The `.onnx` files are large and git-ignored; `.ci/run` regenerates them. Without them each
+//! case is skipped with a message, unless `KILN_REQUIRE_GOLDEN=1` (set by CI) makes that a failure.
+
+use kiln_compiler::pipeline::{self, LoadOptions};
+use kiln_runtime::{npy, Model};
+use std::path::{Path, PathBuf};
+
+const RTOL: f32 = 1e-4;
+const ATOL: f32 = 1e-5;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+struct Case {
+    name: String,
+    model: PathBuf,
+
+    shapes: Vec<(String, Vec<usize>)>,
+    inputs: Vec<PathBuf>,
+    outputs: Vec<PathBuf>,
+}
+
+fn case(name: &str) -> Option<Case> {
+    let dir = root().join("golden/data").join(name);
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).expect("meta.json")).unwrap();
+    let model = root().join("golden").join(meta["model"].as_str().unwrap());
+    if !model.exists() {
+        let msg = format!("golden model {} missing: run `.venv/bin/python golden/make_golden.py --only-models --paddleocr`", model.display());
+        if std::env::var("KILN_REQUIRE_GOLDEN").is_ok_and(|v| v == "1") {
+            panic!("{msg}");
+        }
+        eprintln!("SKIPPED {name}: {msg}");
+        return None;
+    }
+    let ios = |k: &str| -> Vec<serde_json::Value> { meta[k].as_array().unwrap().clone() };
+    let shapes = ios("inputs")
+        .iter()
+        .map(|i| (i["name"].as_str().unwrap().to_string(), i["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect()))
+        .collect();
+    let files = |k: &str| ios(k).iter().map(|i| dir.join(i["file"].as_str().unwrap())).collect();
+    Some(Case { name: name.into(), model, shapes, inputs: files("inputs"), outputs: files("outputs") })
+}
+
+fn compare(name: &str, k: usize, want: &[f32], got: &[f32]) {
+    assert_eq!(want.len(), got.len(), "{name}: output {k} length");
+    let mut worst = (0.0f32, 0usize);
+    for (i, (w, g)) in want.iter().zip(got).enumerate() {
+        let err = (w - g).abs();
+        assert!(err <= ATOL + RTOL * w.abs(), "{name}: output {k}[{i}]: ORT {w}, kiln {g} (|err| {err})");
+        if err > worst.0 {
+            worst = (err, i);
+        }
+    }
+    eprintln!("{name}: output {k}: {} values match ORT, max |err| {:.2e}", want.len(), worst.0);
+}
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+fn run_model(m: &Model, c: &Case) -> Vec<Vec<u8>> {
+    let ins: Vec<Vec<u8>> = c.inputs.iter().map(|p| npy::read(p).unwrap().data).collect();
+    let ins_ref: Vec<&[u8]> = ins.iter().map(|v| v.as_slice()).collect();
+    let mut outs: Vec<Vec<u8>> = m.outputs().iter().map(|o| vec![0u8; o.nbytes]).collect();
+    let mut ws = m.workspace().unwrap();
+    let mut refs: Vec<&mut [u8]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+    m.run(&ins_ref, &mut refs, &mut ws).unwrap();
+    outs
+}
+
+fn check_outputs(c: &Case, outs: &[Vec<u8>], how: &str) {
+    assert_eq!(outs.len(), c.outputs.len(), "{}: output count", c.name);
+    for (k, (o, p)) in outs.iter().zip(&c.outputs).enumerate() {
+        let want = npy::read(p).unwrap();
+        compare(&format!("{} ({how})", c.name), k, &f32s(&want.data), &f32s(o));
+    }
+}
+
+/// Compile in memory (JIT) and compare with ORT.
+fn jit(name: &str) {
+    let Some(c) = case(name) else { return };
+    let g = pipeline::load(&c.model, &LoadOptions { input_shapes: c.shapes.clone() }).unwrap();
+    let j = kiln_target_cpu::compile_jit(&g, name).unwrap();
+    let m = unsafe { Model::from_raw(j.descriptor() as *const kiln_runtime::KilnModel) }.unwrap();
+    let outs = run_model(&m, &c);
+    check_outputs(&c, &outs, "jit");
+}
+
+/// Build a `.so` (loaded from Rust) and an executable (run on the .npy files), compare both.
+fn artefacts(name: &str) {
+    let Some(c) = case(name) else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let g = pipeline::load(&c.model, &LoadOptions { input_shapes: c.shapes.clone() }).unwrap();
+    let so = tmp.path().join(format!("lib{name}.so"));
+    pipeline::emit(&g, pipeline::Emit::So, &so, name, None).unwrap();
+    let m = Model::load(&so).unwrap();
+    check_outputs(&c, &run_model(&m, &c), ".so from Rust");
+
+    let exe = tmp.path().join(name);
+    pipeline::emit(&g, pipeline::Emit::Exe, &exe, name, None).unwrap();
+    let outdir = tmp.path().join("out");
+    let mut cmd = std::process::Command::new(&exe);
+    for ((n, _), p) in c.shapes.iter().zip(&c.inputs) {
+        cmd.arg("--input").arg(format!("{n}={}", p.display()));
+    }
+    let st = cmd.arg("--output-dir").arg(&outdir).output().unwrap();
+    assert!(st.status.success(), "{}: exe failed: {}", c.name, String::from_utf8_lossy(&st.stderr));
+    let infos = m.outputs();
+    let outs: Vec<Vec<u8>> = infos
+        .iter()
+        .map(|o| {
+            let f: String = o.name.chars().map(|ch| if ch.is_ascii_alphanumeric() || ch == '_' || ch == '-' || ch == '.' { ch } else { '_' }).collect();
+            npy::read(&outdir.join(format!("{f}.npy"))).unwrap_or_else(|e| panic!("{}: output {f}.npy: {e}", c.name)).data
+        })
+        .collect();
+    check_outputs(&c, &outs, "executable");
+
+    // a C program against the generated header, linked with the .so
+    let hdr = tmp.path().join(format!("{name}.h"));
+    pipeline::emit(&g, pipeline::Emit::Header, &hdr, name, None).unwrap();
+    let n_in = c.inputs.len();
+    let n_out = c.outputs.len();
+    let csrc = format!(
+        r#"#include <stdio.h>
+#include <stdlib.h>
+#include "{name}.h"
+static void *slurp(const char *p, uint64_t n) {{
+  FILE *f = fopen(p, "rb"); if (!f) return NULL; void *b = malloc(n);
+  if (fread(b, 1, n, f) != n) {{ fclose(f); return NULL; }} fclose(f); return b;
+}}
+int main(int argc, char **argv) {{
+  const kiln_model *m = {name}_model();
+  if (m->n_inputs != {n_in} || m->n_outputs != {n_out} || argc != 1 + {n_in} + {n_out}) return 10;
+  const void *in[{n_in}]; uint64_t in_b[{n_in}]; void *out[{n_out}]; uint64_t out_b[{n_out}];
+  for (int i = 0; i < {n_in}; i++) {{ in_b[i] = m->inputs[i].nbytes; in[i] = slurp(argv[1 + i], in_b[i]); if (!in[i]) return 11; }}
+  for (int i = 0; i < {n_out}; i++) {{ out_b[i] = m->outputs[i].nbytes; out[i] = malloc(out_b[i]); }}
+  void *ws = {upper}_WORKSPACE_SIZE ? aligned_alloc({upper}_WORKSPACE_ALIGN, ({upper}_WORKSPACE_SIZE + 63) / 64 * 64) : NULL;
+  if (kiln_run_checked(m, {n_in} + 1, in, in_b, {n_out}, out, out_b, ws) != KILN_ERR_ARITY) return 12;
+  int32_t st = kiln_run_checked(m, {n_in}, in, in_b, {n_out}, out, out_b, ws);
+  if (st != KILN_OK) return 20 + st;
+  for (int i = 0; i < {n_out}; i++) {{ FILE *f = fopen(argv[1 + {n_in} + i], "wb"); fwrite(out[i], 1, out_b[i], f); fclose(f); }}
+  return 0;
+}}
+"#,
+        upper = name.to_uppercase()
+    );
+    let cfile = tmp.path().join("main.c");
+    std::fs::write(&cfile, csrc).unwrap();
+    let cexe = tmp.path().join("c_main");
+    let st = std::process::Command::new("cc")
+        .args(["-std=c11", "-Wall", "-Werror", "-o"])
+        .arg(&cexe)
+        .arg(&cfile)
+        .arg(format!("-I{}", tmp.path().display()))
+        .arg(format!("-L{}", tmp.path().display()))
+        .arg(format!("-l{name}"))
+        .arg(format!("-Wl,-rpath,{}", tmp.path().display()))
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "cc: {}", String::from_utf8_lossy(&st.stderr));
+    let mut cmd = std::process::Command::new(&cexe);
+    for (k, p) in c.inputs.iter().enumerate() {
+        let raw = tmp.path().join(format!("in{k}.bin"));
+        std::fs::write(&raw, npy::read(p).unwrap().data).unwrap();
+        cmd.arg(raw);
+    }
+    let outs: Vec<PathBuf> = (0..n_out).map(|k| tmp.path().join(format!("out{k}.bin"))).collect();
+    let st = cmd.args(&outs).status().unwrap();
+    assert!(st.success(), "{}: C program exited with {st}", c.name);
+    let outs: Vec<Vec<u8>> = outs.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    check_outputs(&c, &outs, "C program + .so");
+}
+
+#[test]
+fn lenet5_jit() {
+    jit("lenet5");
+}
+#[test]
+fn lenet5_so_and_exe() {
+    artefacts("lenet5");
+}
+#[test]
+fn tiny_ops_jit() {
+    jit("tiny_ops");
+}
+#[test]
+fn squeezenet_jit() {
+    jit("squeezenet1_1");
+}
+#[test]
+fn resnet18_jit() {
+    jit("resnet18");
+}
+#[test]
+fn mobilenetv2_jit() {
+    jit("mobilenetv2");
+}
+#[test]
+fn resnet18_so_and_exe() {
+    artefacts("resnet18");
+}
+#[test]
+fn ppocr_det_jit() {
+    jit("ppocr_det");
+}
+#[test]
+fn ppocr_rec_jit() {
+    jit("ppocr_rec");
+}
+#[test]
+fn ppocr_cls_so_and_exe() {
+    artefacts("ppocr_cls");
+}
