@@ -1,7 +1,7 @@
 //! Model loading (by file type), verification, and artefact emission.
 
 use kiln_ir::Graph;
-use kiln_target_cpu::{link, CpuOptions};
+use kiln_target_cpu::{CpuOptions, link};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -58,54 +58,106 @@ pub struct LoadOptions {
 
 /// Parse `NAME=D0,D1,...`.
 pub fn parse_input_shape(s: &str) -> Result<(String, Vec<usize>), String> {
-    let (name, dims) = s.rsplit_once('=').ok_or_else(|| format!("expected NAME=D0,D1,..., got '{s}'"))?;
+    let (name, dims) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("expected NAME=D0,D1,..., got '{s}'"))?;
     let dims = dims
         .split(',')
-        .map(|d| d.trim().parse::<usize>().map_err(|_| format!("bad dimension '{d}' in '{s}'")))
+        .map(|d| {
+            d.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("bad dimension '{d}' in '{s}'"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((name.to_string(), dims))
 }
 
 /// Load a model by its extension (`.onnx`, `.kir`) and verify it.
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<Graph, Error> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     let g = match ext.as_str() {
-        "onnx" => crate::onnx::load(path, &crate::onnx::OnnxOptions { input_shapes: opts.input_shapes.clone() })?,
+        "onnx" => crate::onnx::load(
+            path,
+            &crate::onnx::OnnxOptions {
+                input_shapes: opts.input_shapes.clone(),
+            },
+        )?,
         "kir" => {
-            let text = std::fs::read_to_string(path).map_err(|err| Error::Io { path: path.into(), err })?;
-            kiln_ir::text::parse(&text).map_err(|err| Error::Ir { path: path.display().to_string(), err })?
+            let text = std::fs::read_to_string(path).map_err(|err| Error::Io {
+                path: path.into(),
+                err,
+            })?;
+            kiln_ir::text::parse(&text).map_err(|err| Error::Ir {
+                path: path.display().to_string(),
+                err,
+            })?
         }
-        _ => return Err(Error::Msg(format!("{}: unknown model type '.{ext}' (supported: .onnx, .kir)", path.display()))),
+        _ => {
+            return Err(Error::Msg(format!(
+                "{}: unknown model type '.{ext}' (supported: .onnx, .kir)",
+                path.display()
+            )));
+        }
     };
-    kiln_ir::verify::verify(&g).map_err(|err| Error::Ir { path: path.display().to_string(), err })?;
+    kiln_ir::verify::verify(&g).map_err(|err| Error::Ir {
+        path: path.display().to_string(),
+        err,
+    })?;
     Ok(g)
 }
 
 /// Default artefact name from a model path (`models/resnet18.onnx` -> `resnet18`).
 pub fn default_name(path: &Path) -> String {
-    kiln_target_cpu::sym(&path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()))
+    kiln_target_cpu::sym(
+        &path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into()),
+    )
 }
 
 /// Emit an artefact for `g` to `out`. Every file is written atomically.
-pub fn emit(g: &Graph, emit: Emit, out: &Path, name: &str, target: Option<&str>) -> Result<(), Error> {
+pub fn emit(
+    g: &Graph,
+    emit: Emit,
+    out: &Path,
+    name: &str,
+    target: Option<&str>,
+) -> Result<(), Error> {
     match emit {
         Emit::Ir => return Ok(link::write_atomic(out, kiln_ir::text::print(g).as_bytes())?),
         Emit::Header => {
             let plan = kiln_ir::memplan::plan(g);
-            let h = kiln_target_cpu::generate_header(name, g, plan.workspace_size, kiln_ir::memplan::ALIGN);
+            let h = kiln_target_cpu::generate_header(
+                name,
+                g,
+                plan.workspace_size,
+                kiln_ir::memplan::ALIGN,
+            );
             return Ok(link::write_atomic(out, h.as_bytes())?);
         }
         _ => {}
     }
     let export_default = matches!(emit, Emit::So | Emit::Exe);
-    let opts = CpuOptions { name: name.to_string(), export_default, target: target.map(str::to_string) };
+    let opts = CpuOptions {
+        name: name.to_string(),
+        export_default,
+        target: target.map(str::to_string),
+    };
     let (obj, _info) = kiln_target_cpu::compile_object(g, &opts)?;
     if emit == Emit::Obj {
         return Ok(link::write_atomic(out, &obj)?);
     }
     // link steps read the object from a private temp file
     let tmp = std::env::temp_dir().join(format!("kiln-{}-{name}.o", std::process::id()));
-    std::fs::write(&tmp, &obj).map_err(|err| Error::Io { path: tmp.clone(), err })?;
+    std::fs::write(&tmp, &obj).map_err(|err| Error::Io {
+        path: tmp.clone(),
+        err,
+    })?;
     let r = match emit {
         Emit::So => link::link_shared(&tmp, out),
         Emit::Staticlib => link::link_static(&tmp, out),

@@ -6,14 +6,17 @@
 //! case is skipped with a message, unless `KILN_REQUIRE_GOLDEN=1` (set by CI) makes that a failure.
 
 use kiln_compiler::pipeline::{self, LoadOptions};
-use kiln_runtime::{npy, Model};
+use kiln_runtime::{Model, npy};
 use std::path::{Path, PathBuf};
 
 const RTOL: f32 = 1e-4;
 const ATOL: f32 = 1e-5;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 struct Case {
@@ -27,10 +30,15 @@ struct Case {
 
 fn case(name: &str) -> Option<Case> {
     let dir = root().join("golden/data").join(name);
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).expect("meta.json")).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).expect("meta.json"))
+            .unwrap();
     let model = root().join("golden").join(meta["model"].as_str().unwrap());
     if !model.exists() {
-        let msg = format!("golden model {} missing: run `.venv/bin/python golden/make_golden.py --only-models --paddleocr`", model.display());
+        let msg = format!(
+            "golden model {} missing: run `.venv/bin/python golden/make_golden.py --only-models --paddleocr`",
+            model.display()
+        );
         if std::env::var("KILN_REQUIRE_GOLDEN").is_ok_and(|v| v == "1") {
             panic!("{msg}");
         }
@@ -40,10 +48,31 @@ fn case(name: &str) -> Option<Case> {
     let ios = |k: &str| -> Vec<serde_json::Value> { meta[k].as_array().unwrap().clone() };
     let shapes = ios("inputs")
         .iter()
-        .map(|i| (i["name"].as_str().unwrap().to_string(), i["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect()))
+        .map(|i| {
+            (
+                i["name"].as_str().unwrap().to_string(),
+                i["shape"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.as_u64().unwrap() as usize)
+                    .collect(),
+            )
+        })
         .collect();
-    let files = |k: &str| ios(k).iter().map(|i| dir.join(i["file"].as_str().unwrap())).collect();
-    Some(Case { name: name.into(), model, shapes, inputs: files("inputs"), outputs: files("outputs") })
+    let files = |k: &str| {
+        ios(k)
+            .iter()
+            .map(|i| dir.join(i["file"].as_str().unwrap()))
+            .collect()
+    };
+    Some(Case {
+        name: name.into(),
+        model,
+        shapes,
+        inputs: files("inputs"),
+        outputs: files("outputs"),
+    })
 }
 
 fn compare(name: &str, k: usize, want: &[f32], got: &[f32]) {
@@ -51,20 +80,34 @@ fn compare(name: &str, k: usize, want: &[f32], got: &[f32]) {
     let mut worst = (0.0f32, 0usize);
     for (i, (w, g)) in want.iter().zip(got).enumerate() {
         let err = (w - g).abs();
-        assert!(err <= ATOL + RTOL * w.abs(), "{name}: output {k}[{i}]: ORT {w}, kiln {g} (|err| {err})");
+        assert!(
+            err <= ATOL + RTOL * w.abs(),
+            "{name}: output {k}[{i}]: ORT {w}, kiln {g} (|err| {err})"
+        );
         if err > worst.0 {
             worst = (err, i);
         }
     }
-    eprintln!("{name}: output {k}: {} values match ORT, max |err| {:.2e}", want.len(), worst.0);
+    eprintln!(
+        "{name}: output {k}: {} values match ORT, max |err| {:.2e}",
+        want.len(),
+        worst.0
+    );
 }
 
 fn f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 fn run_model(m: &Model, c: &Case) -> Vec<Vec<u8>> {
-    let ins: Vec<Vec<u8>> = c.inputs.iter().map(|p| npy::read(p).unwrap().data).collect();
+    let ins: Vec<Vec<u8>> = c
+        .inputs
+        .iter()
+        .map(|p| npy::read(p).unwrap().data)
+        .collect();
     let ins_ref: Vec<&[u8]> = ins.iter().map(|v| v.as_slice()).collect();
     let mut outs: Vec<Vec<u8>> = m.outputs().iter().map(|o| vec![0u8; o.nbytes]).collect();
     let mut ws = m.workspace().unwrap();
@@ -77,14 +120,25 @@ fn check_outputs(c: &Case, outs: &[Vec<u8>], how: &str) {
     assert_eq!(outs.len(), c.outputs.len(), "{}: output count", c.name);
     for (k, (o, p)) in outs.iter().zip(&c.outputs).enumerate() {
         let want = npy::read(p).unwrap();
-        compare(&format!("{} ({how})", c.name), k, &f32s(&want.data), &f32s(o));
+        compare(
+            &format!("{} ({how})", c.name),
+            k,
+            &f32s(&want.data),
+            &f32s(o),
+        );
     }
 }
 
 /// Compile in memory (JIT) and compare with ORT.
 fn jit(name: &str) {
     let Some(c) = case(name) else { return };
-    let g = pipeline::load(&c.model, &LoadOptions { input_shapes: c.shapes.clone() }).unwrap();
+    let g = pipeline::load(
+        &c.model,
+        &LoadOptions {
+            input_shapes: c.shapes.clone(),
+        },
+    )
+    .unwrap();
     let j = kiln_target_cpu::compile_jit(&g, name).unwrap();
     let m = unsafe { Model::from_raw(j.descriptor() as *const kiln_runtime::KilnModel) }.unwrap();
     let outs = run_model(&m, &c);
@@ -95,7 +149,13 @@ fn jit(name: &str) {
 fn artefacts(name: &str) {
     let Some(c) = case(name) else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let g = pipeline::load(&c.model, &LoadOptions { input_shapes: c.shapes.clone() }).unwrap();
+    let g = pipeline::load(
+        &c.model,
+        &LoadOptions {
+            input_shapes: c.shapes.clone(),
+        },
+    )
+    .unwrap();
     let so = tmp.path().join(format!("lib{name}.so"));
     pipeline::emit(&g, pipeline::Emit::So, &so, name, None).unwrap();
     let m = Model::load(&so).unwrap();
@@ -109,13 +169,30 @@ fn artefacts(name: &str) {
         cmd.arg("--input").arg(format!("{n}={}", p.display()));
     }
     let st = cmd.arg("--output-dir").arg(&outdir).output().unwrap();
-    assert!(st.status.success(), "{}: exe failed: {}", c.name, String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}: exe failed: {}",
+        c.name,
+        String::from_utf8_lossy(&st.stderr)
+    );
     let infos = m.outputs();
     let outs: Vec<Vec<u8>> = infos
         .iter()
         .map(|o| {
-            let f: String = o.name.chars().map(|ch| if ch.is_ascii_alphanumeric() || ch == '_' || ch == '-' || ch == '.' { ch } else { '_' }).collect();
-            npy::read(&outdir.join(format!("{f}.npy"))).unwrap_or_else(|e| panic!("{}: output {f}.npy: {e}", c.name)).data
+            let f: String = o
+                .name
+                .chars()
+                .map(|ch| {
+                    if ch.is_ascii_alphanumeric() || ch == '_' || ch == '-' || ch == '.' {
+                        ch
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            npy::read(&outdir.join(format!("{f}.npy")))
+                .unwrap_or_else(|e| panic!("{}: output {f}.npy: {e}", c.name))
+                .data
         })
         .collect();
     check_outputs(&c, &outs, "executable");
@@ -162,14 +239,20 @@ int main(int argc, char **argv) {{
         .arg(format!("-Wl,-rpath,{}", tmp.path().display()))
         .output()
         .unwrap();
-    assert!(st.status.success(), "cc: {}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "cc: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let mut cmd = std::process::Command::new(&cexe);
     for (k, p) in c.inputs.iter().enumerate() {
         let raw = tmp.path().join(format!("in{k}.bin"));
         std::fs::write(&raw, npy::read(p).unwrap().data).unwrap();
         cmd.arg(raw);
     }
-    let outs: Vec<PathBuf> = (0..n_out).map(|k| tmp.path().join(format!("out{k}.bin"))).collect();
+    let outs: Vec<PathBuf> = (0..n_out)
+        .map(|k| tmp.path().join(format!("out{k}.bin")))
+        .collect();
     let st = cmd.args(&outs).status().unwrap();
     assert!(st.success(), "{}: C program exited with {st}", c.name);
     let outs: Vec<Vec<u8>> = outs.iter().map(|p| std::fs::read(p).unwrap()).collect();

@@ -221,10 +221,6 @@ impl<'a> Imp<'a> {
         self.g.ty(v)
     }
 
-    fn is_const(&self, v: ValueId) -> bool {
-        matches!(self.g.value(v).def, ValueDef::Const(_))
-    }
-
     /// The value of a constant (decoded), if `v` is a constant small enough to evaluate.
     fn cval(&mut self, v: ValueId) -> Option<CT> {
         if let Some(c) = self.cache.get(&v) {
@@ -354,7 +350,7 @@ impl<'a> Imp<'a> {
         let (mut a, mut b) = (a, b);
         let (da, db) = (self.ty(a).dtype, self.ty(b).dtype);
         if da != db {
-            if let Some(cb) = self.cval(b).filter(|_| !self.is_const(a)) {
+            if let Some(cb) = self.cval(b) {
                 b = self.add_ct(&format!("{}/cast_b", c.name), cb.cast(da))?;
             } else if let Some(ca) = self.cval(a) {
                 a = self.add_ct(&format!("{}/cast_a", c.name), ca.cast(db))?;

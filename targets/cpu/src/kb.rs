@@ -2,7 +2,7 @@
 //! scalar float helpers. Every kernel generator in `kernels.rs` is written with these.
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{types, BlockArg, FuncRef, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_codegen::ir::{BlockArg, FuncRef, InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::{FunctionBuilder, Variable};
 use std::collections::HashMap;
 
@@ -36,7 +36,13 @@ impl<'a> Kb<'a> {
     }
 
     /// `for i in (start..end).step_by(step) { body(i) }`.
-    pub fn for_range(&mut self, start: usize, end: usize, step: usize, body: &mut dyn FnMut(&mut Self, Value)) {
+    pub fn for_range(
+        &mut self,
+        start: usize,
+        end: usize,
+        step: usize,
+        body: &mut dyn FnMut(&mut Self, Value),
+    ) {
         if start >= end {
             return;
         }
@@ -53,7 +59,10 @@ impl<'a> Kb<'a> {
         self.b.ins().jump(header, &[BlockArg::Value(z)]);
         self.b.switch_to_block(header);
         let i = self.b.block_params(header)[0];
-        let c = self.b.ins().icmp_imm_u(IntCC::UnsignedLessThan, i, end as i64);
+        let c = self
+            .b
+            .ins()
+            .icmp_imm_u(IntCC::UnsignedLessThan, i, end as i64);
         self.b.ins().brif(c, blk, &[], exit, &[]);
         self.b.switch_to_block(blk);
         body(self, i);
@@ -64,7 +73,12 @@ impl<'a> Kb<'a> {
 
     /// Nested loops over `dims` (row-major); `body` gets one index per dim.
     pub fn for_nd(&mut self, dims: &[usize], body: &mut dyn FnMut(&mut Kb<'a>, &[Value])) {
-        fn rec<'k>(kb: &mut Kb<'k>, dims: &[usize], idx: &mut Vec<Value>, body: &mut dyn FnMut(&mut Kb<'k>, &[Value])) {
+        fn rec<'k>(
+            kb: &mut Kb<'k>,
+            dims: &[usize],
+            idx: &mut Vec<Value>,
+            body: &mut dyn FnMut(&mut Kb<'k>, &[Value]),
+        ) {
             if idx.len() == dims.len() {
                 body(kb, idx);
                 return;
@@ -86,7 +100,11 @@ impl<'a> Kb<'a> {
             if s == 0 {
                 continue;
             }
-            let t = if s == 1 { i } else { self.b.ins().imul_imm_u(i, s as i64) };
+            let t = if s == 1 {
+                i
+            } else {
+                self.b.ins().imul_imm_u(i, s as i64)
+            };
             acc = Some(match acc {
                 None => t,
                 Some(a) => self.b.ins().iadd(a, t),
@@ -100,7 +118,11 @@ impl<'a> Kb<'a> {
 
     /// `base + elem * esize`.
     pub fn addr(&mut self, base: Value, elem: Value, esize: usize) -> Value {
-        let off = if esize == 1 { elem } else { self.b.ins().imul_imm_u(elem, esize as i64) };
+        let off = if esize == 1 {
+            elem
+        } else {
+            self.b.ins().imul_imm_u(elem, esize as i64)
+        };
         self.b.ins().iadd(base, off)
     }
 
@@ -130,7 +152,10 @@ impl<'a> Kb<'a> {
     /// Run `body` only when `0 <= v < bound` (v is a signed i64).
     pub fn if_in_range(&mut self, v: Value, bound: usize, body: &mut dyn FnMut(&mut Self)) {
         // unsigned compare folds the `v >= 0` test
-        let c = self.b.ins().icmp_imm_u(IntCC::UnsignedLessThan, v, bound as i64);
+        let c = self
+            .b
+            .ins()
+            .icmp_imm_u(IntCC::UnsignedLessThan, v, bound as i64);
         self.if_then(c, body);
     }
 

@@ -2,28 +2,46 @@
 //! known at compile time (strides become immediates). Kernels take one pointer per input and
 //! then one per output.
 
-use crate::kb::{int_ty, Kb, F32, F32X4, I64};
+use crate::kb::{F32, F32X4, I64, Kb, int_ty};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{types, InstBuilder, Value};
+use cranelift_codegen::ir::{InstBuilder, Value, types};
 use kiln_ir::ops::{
-    broadcast_shapes, BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordTransform, GemmAttrs, NearestMode, PoolAttrs,
-    ResizeAttrs, ResizeMode, SliceAttrs, UnaryOp,
+    BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordTransform, GemmAttrs, NearestMode, PoolAttrs,
+    ResizeAttrs, ResizeMode, SliceAttrs, UnaryOp, broadcast_shapes,
 };
 use kiln_ir::types::strides_of;
 use kiln_ir::{DType, Node, Op, TensorType};
 
 /// libm functions kernels may call (resolved by the linker, or registered with the JIT).
-pub(crate) const LIBM: [(&str, usize); 5] = [("expf", 1), ("logf", 1), ("tanhf", 1), ("erff", 1), ("powf", 2)];
+pub(crate) const LIBM: [(&str, usize); 5] = [
+    ("expf", 1),
+    ("logf", 1),
+    ("tanhf", 1),
+    ("erff", 1),
+    ("powf", 2),
+];
 
 /// Why an op cannot be lowered (names the op; the caller adds the node).
 pub(crate) type KResult = Result<(), String>;
 
 pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&TensorType]) -> KResult {
     let float_only = |t: &TensorType| -> KResult {
-        if t.dtype == DType::F32 { Ok(()) } else { Err(format!("{} on {} is not supported by the CPU back end yet", node.op.name(), t.dtype)) }
+        if t.dtype == DType::F32 {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} on {} is not supported by the CPU back end yet",
+                node.op.name(),
+                t.dtype
+            ))
+        }
     };
     match &node.op {
-        Op::Unary(_) | Op::Clip { .. } | Op::HardSigmoid { .. } | Op::LeakyRelu { .. } | Op::Binary(_) => {
+        Op::Unary(_)
+        | Op::Clip { .. }
+        | Op::HardSigmoid { .. }
+        | Op::LeakyRelu { .. }
+        | Op::Binary(_) => {
             float_only(outs[0])?;
             elementwise(kb, &node.op, ins, outs[0]);
             Ok(())
@@ -63,7 +81,10 @@ pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&Tenso
         Op::GlobalAveragePool => {
             float_only(ins[0])?;
             let x = ins[0];
-            let (nc, hw) = (x.shape[0] * x.shape[1], x.shape[2..].iter().product::<usize>());
+            let (nc, hw) = (
+                x.shape[0] * x.shape[1],
+                x.shape[2..].iter().product::<usize>(),
+            );
             reduce_rows(kb, nc, hw, 1.0 / hw as f32);
             Ok(())
         }
@@ -108,7 +129,17 @@ pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&Tenso
 
 fn is_vector_op(op: &Op) -> bool {
     match op {
-        Op::Unary(u) => matches!(u, UnaryOp::Relu | UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Sqrt | UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::HardSwish | UnaryOp::Reciprocal),
+        Op::Unary(u) => matches!(
+            u,
+            UnaryOp::Relu
+                | UnaryOp::Neg
+                | UnaryOp::Abs
+                | UnaryOp::Sqrt
+                | UnaryOp::Floor
+                | UnaryOp::Ceil
+                | UnaryOp::HardSwish
+                | UnaryOp::Reciprocal
+        ),
         Op::Binary(b) => !matches!(b, BinaryOp::Pow),
         Op::Clip { .. } | Op::HardSigmoid { .. } | Op::LeakyRelu { .. } => true,
         _ => false,
@@ -125,7 +156,12 @@ fn select_gt(kb: &mut Kb, a: Value, b: Value, vec: bool) -> Value {
     // max(a, b) via compare+select (scalar) or compare+bitselect (vector)
     let c = kb.b.ins().fcmp(FloatCC::GreaterThan, a, b);
     if vec {
-        let m = kb.b.ins().bitcast(F32X4, cranelift_codegen::ir::MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little), c);
+        let m = kb.b.ins().bitcast(
+            F32X4,
+            cranelift_codegen::ir::MemFlagsData::new()
+                .with_endianness(cranelift_codegen::ir::Endianness::Little),
+            c,
+        );
         kb.b.ins().bitselect(m, a, b)
     } else {
         kb.b.ins().select(c, a, b)
@@ -134,7 +170,12 @@ fn select_gt(kb: &mut Kb, a: Value, b: Value, vec: bool) -> Value {
 fn select_lt(kb: &mut Kb, a: Value, b: Value, vec: bool) -> Value {
     let c = kb.b.ins().fcmp(FloatCC::LessThan, a, b);
     if vec {
-        let m = kb.b.ins().bitcast(F32X4, cranelift_codegen::ir::MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little), c);
+        let m = kb.b.ins().bitcast(
+            F32X4,
+            cranelift_codegen::ir::MemFlagsData::new()
+                .with_endianness(cranelift_codegen::ir::Endianness::Little),
+            c,
+        );
         kb.b.ins().bitselect(m, a, b)
     } else {
         kb.b.ins().select(c, a, b)
@@ -210,7 +251,12 @@ fn apply(kb: &mut Kb, op: &Op, x: Value, y: Option<Value>, vec: bool) -> Value {
             let neg = kb.b.ins().fmul(x, a);
             let c = kb.b.ins().fcmp(FloatCC::LessThan, x, z);
             if vec {
-                let m = kb.b.ins().bitcast(F32X4, cranelift_codegen::ir::MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little), c);
+                let m = kb.b.ins().bitcast(
+                    F32X4,
+                    cranelift_codegen::ir::MemFlagsData::new()
+                        .with_endianness(cranelift_codegen::ir::Endianness::Little),
+                    c,
+                );
                 kb.b.ins().bitselect(m, neg, x)
             } else {
                 kb.b.ins().select(c, neg, x)
@@ -246,7 +292,14 @@ fn bcast_strides(t: &[usize], out: &[usize]) -> Vec<usize> {
 fn elementwise(kb: &mut Kb, op: &Op, ins: &[&TensorType], out: &TensorType) {
     let n = out.numel();
     let same = ins.iter().all(|t| t.shape == out.shape);
-    let (xp, yp) = (kb.params[0], if ins.len() > 1 { Some(kb.params[1]) } else { None });
+    let (xp, yp) = (
+        kb.params[0],
+        if ins.len() > 1 {
+            Some(kb.params[1])
+        } else {
+            None
+        },
+    );
     let op_ = kb.params[ins.len()];
     if same {
         let nv = if is_vector_op(op) { n / 4 * 4 } else { 0 };
@@ -289,9 +342,26 @@ fn load_as(kb: &mut Kb, dt: DType, base: Value, i: Value) -> Value {
 }
 
 fn cast(kb: &mut Kb, x: &TensorType, to: DType) -> KResult {
-    let ok = |d: DType| matches!(d, DType::F32 | DType::F64 | DType::I64 | DType::I32 | DType::I16 | DType::I8 | DType::U8 | DType::U16 | DType::U32 | DType::Bool);
+    let ok = |d: DType| {
+        matches!(
+            d,
+            DType::F32
+                | DType::F64
+                | DType::I64
+                | DType::I32
+                | DType::I16
+                | DType::I8
+                | DType::U8
+                | DType::U16
+                | DType::U32
+                | DType::Bool
+        )
+    };
     if !ok(x.dtype) || !ok(to) {
-        return Err(format!("cast from {} to {to} is not supported by the CPU back end yet", x.dtype));
+        return Err(format!(
+            "cast from {} to {to} is not supported by the CPU back end yet",
+            x.dtype
+        ));
     }
     let (xp, op) = (kb.params[0], kb.params[1]);
     let from = x.dtype;
@@ -302,7 +372,9 @@ fn cast(kb: &mut Kb, x: &TensorType, to: DType) -> KResult {
             DType::F32 => (Some(kb.b.ins().fpromote(types::F64, v)), None),
             DType::F64 => (Some(v), None),
             DType::I64 | DType::U64 => (None, Some(v)),
-            DType::U8 | DType::U16 | DType::U32 | DType::Bool => (None, Some(kb.b.ins().uextend(I64, v))),
+            DType::U8 | DType::U16 | DType::U32 | DType::Bool => {
+                (None, Some(kb.b.ins().uextend(I64, v)))
+            }
             _ => (None, Some(kb.b.ins().sextend(I64, v))),
         };
         let r = match to {
@@ -312,26 +384,31 @@ fn cast(kb: &mut Kb, x: &TensorType, to: DType) -> KResult {
                     (None, Some(i)) => kb.b.ins().fcvt_from_sint(types::F64, i),
                     _ => unreachable!(),
                 };
-                if to == DType::F32 { kb.b.ins().fdemote(F32, f) } else { f }
+                if to == DType::F32 {
+                    kb.b.ins().fdemote(F32, f)
+                } else {
+                    f
+                }
             }
-            DType::Bool => {
-                let c = match (fv, iv) {
-                    (Some(f), _) => {
-                        let z = kb.b.ins().f64const(0.0);
-                        kb.b.ins().fcmp(FloatCC::NotEqual, f, z)
-                    }
-                    (None, Some(i)) => kb.b.ins().icmp_imm_s(IntCC::NotEqual, i, 0),
-                    _ => unreachable!(),
-                };
-                c
-            }
+            DType::Bool => match (fv, iv) {
+                (Some(f), _) => {
+                    let z = kb.b.ins().f64const(0.0);
+                    kb.b.ins().fcmp(FloatCC::NotEqual, f, z)
+                }
+                (None, Some(i)) => kb.b.ins().icmp_imm_s(IntCC::NotEqual, i, 0),
+                _ => unreachable!(),
+            },
             _ => {
                 let i = match (fv, iv) {
                     (Some(f), _) => kb.b.ins().fcvt_to_sint_sat(I64, f),
                     (None, Some(i)) => i,
                     _ => unreachable!(),
                 };
-                if to.size() == 8 { i } else { kb.b.ins().ireduce(int_ty(to.size()), i) }
+                if to.size() == 8 {
+                    i
+                } else {
+                    kb.b.ins().ireduce(int_ty(to.size()), i)
+                }
             }
         };
         let a = kb.addr(op, i, to.size());
@@ -340,20 +417,120 @@ fn cast(kb: &mut Kb, x: &TensorType, to: DType) -> KResult {
     Ok(())
 }
 
+/// kernel, strides, pads (top, left, bottom, right), dilations of a 2-D window.
+type Spatial2d = ([usize; 2], [usize; 2], [usize; 4], [usize; 2]);
+
 /// View 1-D spatial attributes as 2-D (H = 1); error on other ranks.
-fn spatial2d(kernel: &[usize], strides: &[usize], pads: &[usize], dil: &[usize]) -> Result<([usize; 2], [usize; 2], [usize; 4], [usize; 2]), String> {
+fn spatial2d(
+    kernel: &[usize],
+    strides: &[usize],
+    pads: &[usize],
+    dil: &[usize],
+) -> Result<Spatial2d, String> {
     match kernel.len() {
-        2 => Ok(([kernel[0], kernel[1]], [strides[0], strides[1]], [pads[0], pads[1], pads[2], pads[3]], [dil[0], dil[1]])),
-        1 => Ok(([1, kernel[0]], [1, strides[0]], [0, pads[0], 0, pads[1]], [1, dil[0]])),
-        n => Err(format!("{n}-D spatial ops are not supported by the CPU back end yet")),
+        2 => Ok((
+            [kernel[0], kernel[1]],
+            [strides[0], strides[1]],
+            [pads[0], pads[1], pads[2], pads[3]],
+            [dil[0], dil[1]],
+        )),
+        1 => Ok((
+            [1, kernel[0]],
+            [1, strides[0]],
+            [0, pads[0], 0, pads[1]],
+            [1, dil[0]],
+        )),
+        n => Err(format!(
+            "{n}-D spatial ops are not supported by the CPU back end yet"
+        )),
     }
 }
 
 fn hw(shape: &[usize]) -> (usize, usize) {
-    if shape.len() == 4 { (shape[2], shape[3]) } else { (1, shape[2]) }
+    if shape.len() == 4 {
+        (shape[2], shape[3])
+    } else {
+        (1, shape[2])
+    }
 }
 
 fn conv(kb: &mut Kb, a: &ConvAttrs, ins: &[&TensorType], out: &TensorType) -> KResult {
+    let (k, s, p, _) = spatial2d(&a.kernel, &a.strides, &a.pads, &a.dilations)?;
+    if k == [1, 1] && s == [1, 1] && p == [0, 0, 0, 0] {
+        conv_1x1(kb, a, ins, out);
+        return Ok(());
+    }
+    conv_rows(kb, a, ins, out)
+}
+
+/// 1x1, stride 1, no padding: per (batch, group) a GEMM `W[mg, cg] x X[cg, h*w]`.
+fn conv_1x1(kb: &mut Kb, a: &ConvAttrs, ins: &[&TensorType], out: &TensorType) {
+    let x = ins[0];
+    let (n, c) = (x.shape[0], x.shape[1]);
+    let hw: usize = x.shape[2..].iter().product();
+    let m = out.shape[1];
+    let (cg, mg) = (c / a.groups, m / a.groups);
+    let mm = Mm {
+        m: mg,
+        n: hw,
+        k: cg,
+        a_i: cg,
+        a_k: 1,
+        b_k: hw,
+        b_j: 1,
+    };
+    let (xp, wp) = (kb.params[0], kb.params[1]);
+    let bp = if ins.len() == 3 {
+        Some(kb.params[2])
+    } else {
+        None
+    };
+    let op = kb.params[ins.len()];
+    kb.for_nd(&[n, a.groups], &mut |kb, idx| {
+        let xb = kb.offset(idx, &[c * hw, cg * hw]);
+        let wb = kb.offset(&idx[1..], &[mg * cg]);
+        let ob = kb.offset(idx, &[m * hw, mg * hw]);
+        let mbase = kb.b.ins().imul_imm_u(idx[1], mg as i64);
+        mm_core(kb, &mm, wp, wb, xp, xb, &mut |kb, i, j, r, vec| {
+            let r = match bp {
+                Some(bp) => {
+                    let mi = kb.b.ins().iadd(mbase, i);
+                    let bv = kb.load_f32(bp, mi);
+                    let bv = if vec { kb.b.ins().splat(F32X4, bv) } else { bv };
+                    kb.b.ins().fadd(r, bv)
+                }
+                None => r,
+            };
+            let oo = kb.offset(&[i, j], &[hw, 1]);
+            let oo = kb.b.ins().iadd(oo, ob);
+            if vec {
+                kb.store_f32x4(r, op, oo)
+            } else {
+                kb.store_f32(r, op, oo)
+            }
+        });
+    });
+}
+
+/// Valid output range `[lo, hi)` along one dim for kernel tap `t`: those `o` with
+/// `0 <= o*s - p + t*d < len`.
+fn tap_range(len: usize, out_len: usize, s: usize, p: usize, t: usize, d: usize) -> (usize, usize) {
+    let off = t as i64 * d as i64 - p as i64; // input index = o*s + off
+    let s = s as i64;
+    let lo = if off >= 0 { 0 } else { (-off + s - 1) / s };
+    let hi = if (len as i64 - 1 - off) < 0 {
+        0
+    } else {
+        (len as i64 - 1 - off) / s + 1
+    };
+    let hi = hi.min(out_len as i64).max(0) as usize;
+    (lo.max(0) as usize, hi)
+}
+
+/// Direct convolution accumulating into output rows: for every input channel and kernel tap
+/// (taps unrolled at compile time, so the valid output ranges are constants), the output plane
+/// gets `w * x` added, F32X4 along the row when the stride is 1. No bounds checks at run time.
+fn conv_rows(kb: &mut Kb, a: &ConvAttrs, ins: &[&TensorType], out: &TensorType) -> KResult {
     let (k, s, p, d) = spatial2d(&a.kernel, &a.strides, &a.pads, &a.dilations)?;
     let x = ins[0];
     let (n, c) = (x.shape[0], x.shape[1]);
@@ -362,76 +539,97 @@ fn conv(kb: &mut Kb, a: &ConvAttrs, ins: &[&TensorType], out: &TensorType) -> KR
     let (oh, ow) = hw(&out.shape);
     let (cg, mg) = (c / a.groups, m / a.groups);
     let (xp, wp) = (kb.params[0], kb.params[1]);
-    let bp = if ins.len() == 3 { Some(kb.params[2]) } else { None };
+    let bp = if ins.len() == 3 {
+        Some(kb.params[2])
+    } else {
+        None
+    };
     let op = kb.params[ins.len()];
-    let wstride_m = cg * k[0] * k[1];
-    kb.for_n(n, &mut |kb, ni| {
-        kb.for_n(m, &mut |kb, mi| {
-            let g = kb.b.ins().udiv_imm_u(mi, mg as i64);
-            let cbase = kb.b.ins().imul_imm_u(g, cg as i64);
-            let bias = match bp {
-                Some(bp) => kb.load_f32(bp, mi),
-                None => kb.fc(0.0),
-            };
-            let nbase = kb.b.ins().imul_imm_u(ni, (c * h * w) as i64);
-            let obase = {
-                let t = kb.b.ins().imul_imm_u(ni, m as i64);
-                let t = kb.b.ins().iadd(t, mi);
-                kb.b.ins().imul_imm_u(t, (oh * ow) as i64)
-            };
-            let wbase = kb.b.ins().imul_imm_u(mi, wstride_m as i64);
-            kb.for_n(oh, &mut |kb, y| {
-                let ih0 = kb.b.ins().imul_imm_u(y, s[0] as i64);
-                let ih0 = kb.b.ins().iadd_imm_s(ih0, -(p[0] as i64));
-                kb.for_n(ow, &mut |kb, xo| {
-                    let iw0 = kb.b.ins().imul_imm_u(xo, s[1] as i64);
-                    let iw0 = kb.b.ins().iadd_imm_s(iw0, -(p[1] as i64));
-                    let acc = kb.var(F32, bias);
-                    kb.for_n(k[0], &mut |kb, khi| {
-                        let dh = kb.b.ins().imul_imm_u(khi, d[0] as i64);
-                        let ih = kb.b.ins().iadd(ih0, dh);
-                        kb.if_in_range(ih, h, &mut |kb| {
-                            kb.for_n(k[1], &mut |kb, kwi| {
-                                let dw = kb.b.ins().imul_imm_u(kwi, d[1] as i64);
-                                let iw = kb.b.ins().iadd(iw0, dw);
-                                kb.if_in_range(iw, w, &mut |kb| {
-                                    // x[n, cbase + ci, ih, iw], w[m, ci, kh, kw]
-                                    let xrow = kb.b.ins().imul_imm_u(ih, w as i64);
-                                    let xo0 = kb.b.ins().iadd(xrow, iw);
-                                    let xo0 = kb.b.ins().iadd(xo0, nbase);
-                                    let cb = kb.b.ins().imul_imm_u(cbase, (h * w) as i64);
-                                    let xo0 = kb.b.ins().iadd(xo0, cb);
-                                    let wk = kb.b.ins().imul_imm_u(khi, k[1] as i64);
-                                    let wk = kb.b.ins().iadd(wk, kwi);
-                                    let wo0 = kb.b.ins().iadd(wbase, wk);
-                                    kb.for_n(cg, &mut |kb, ci| {
-                                        let xo = kb.b.ins().imul_imm_u(ci, (h * w) as i64);
-                                        let xo = kb.b.ins().iadd(xo, xo0);
-                                        let wo = kb.b.ins().imul_imm_u(ci, (k[0] * k[1]) as i64);
-                                        let wo = kb.b.ins().iadd(wo, wo0);
-                                        let xv = kb.load_f32(xp, xo);
-                                        let wv = kb.load_f32(wp, wo);
-                                        let a0 = kb.b.use_var(acc);
-                                        let a1 = kb.b.ins().fma(xv, wv, a0);
-                                        kb.b.def_var(acc, a1);
-                                    });
-                                });
-                            });
+    let plane = oh * ow;
+    kb.for_nd(&[n, m], &mut |kb, idx| {
+        let (ni, mi) = (idx[0], idx[1]);
+        let obase = kb.offset(idx, &[m * plane, plane]);
+        let bias = match bp {
+            Some(bp) => kb.load_f32(bp, mi),
+            None => kb.fc(0.0),
+        };
+        let bv = kb.b.ins().splat(F32X4, bias);
+        let nv = plane / 4 * 4;
+        kb.for_range(0, nv, 4, &mut |kb, i| {
+            let o = kb.b.ins().iadd(obase, i);
+            kb.store_f32x4(bv, op, o);
+        });
+        kb.for_range(nv, plane, 1, &mut |kb, i| {
+            let o = kb.b.ins().iadd(obase, i);
+            kb.store_f32(bias, op, o);
+        });
+        let g = kb.b.ins().udiv_imm_u(mi, mg as i64);
+        let cb = kb.b.ins().imul_imm_u(g, cg as i64);
+        let nb = kb.b.ins().imul_imm_u(ni, c as i64);
+        let cfirst = kb.b.ins().iadd(nb, cb);
+        let wbase = kb.b.ins().imul_imm_u(mi, (cg * k[0] * k[1]) as i64);
+        kb.for_n(cg, &mut |kb, ci| {
+            let xc = kb.b.ins().iadd(cfirst, ci);
+            let xbase = kb.b.ins().imul_imm_u(xc, (h * w) as i64);
+            let wc = kb.b.ins().imul_imm_u(ci, (k[0] * k[1]) as i64);
+            let wc = kb.b.ins().iadd(wc, wbase);
+            for th in 0..k[0] {
+                let (ylo, yhi) = tap_range(h, oh, s[0], p[0], th, d[0]);
+                for tw in 0..k[1] {
+                    let (xlo, xhi) = tap_range(w, ow, s[1], p[1], tw, d[1]);
+                    if ylo >= yhi || xlo >= xhi {
+                        continue;
+                    }
+                    let wo = kb.b.ins().iadd_imm_u(wc, (th * k[1] + tw) as i64);
+                    let wv = kb.load_f32(wp, wo);
+                    let wvv = kb.b.ins().splat(F32X4, wv);
+                    let xoff = tw as i64 * d[1] as i64 - p[1] as i64;
+                    let yoff = th as i64 * d[0] as i64 - p[0] as i64;
+                    kb.for_range(ylo, yhi, 1, &mut |kb, y| {
+                        // input row index = y*s0 + yoff
+                        let iy = kb.b.ins().imul_imm_u(y, s[0] as i64);
+                        let iy = kb.b.ins().iadd_imm_s(iy, yoff);
+                        let xrow = kb.b.ins().imul_imm_u(iy, w as i64);
+                        let xrow = kb.b.ins().iadd(xrow, xbase);
+                        let xrow = kb.b.ins().iadd_imm_s(xrow, xoff);
+                        let orow = kb.b.ins().imul_imm_u(y, ow as i64);
+                        let orow = kb.b.ins().iadd(orow, obase);
+                        let vend = if s[1] == 1 {
+                            xlo + (xhi - xlo) / 4 * 4
+                        } else {
+                            xlo
+                        };
+                        kb.for_range(xlo, vend, 4, &mut |kb, xo| {
+                            let xi = kb.b.ins().iadd(xrow, xo);
+                            let oi = kb.b.ins().iadd(orow, xo);
+                            let xv = kb.load_f32x4(xp, xi);
+                            let ov = kb.load_f32x4(op, oi);
+                            let r = kb.b.ins().fma(xv, wvv, ov);
+                            kb.store_f32x4(r, op, oi);
+                        });
+                        kb.for_range(vend, xhi, 1, &mut |kb, xo| {
+                            let xi = kb.b.ins().imul_imm_u(xo, s[1] as i64);
+                            let xi = kb.b.ins().iadd(xrow, xi);
+                            let oi = kb.b.ins().iadd(orow, xo);
+                            let xv = kb.load_f32(xp, xi);
+                            let ov = kb.load_f32(op, oi);
+                            let r = kb.b.ins().fma(xv, wv, ov);
+                            kb.store_f32(r, op, oi);
                         });
                     });
-                    let r = kb.b.use_var(acc);
-                    let oo = kb.b.ins().imul_imm_u(y, ow as i64);
-                    let oo = kb.b.ins().iadd(oo, xo);
-                    let oo = kb.b.ins().iadd(oo, obase);
-                    kb.store_f32(r, op, oo);
-                });
-            });
+                }
+            }
         });
     });
     Ok(())
 }
 
-fn conv_transpose(kb: &mut Kb, a: &ConvTransposeAttrs, ins: &[&TensorType], out: &TensorType) -> KResult {
+fn conv_transpose(
+    kb: &mut Kb,
+    a: &ConvTransposeAttrs,
+    ins: &[&TensorType],
+    out: &TensorType,
+) -> KResult {
     let (k, s, p, d) = spatial2d(&a.kernel, &a.strides, &a.pads, &a.dilations)?;
     let x = ins[0];
     let (n, c) = (x.shape[0], x.shape[1]);
@@ -440,7 +638,11 @@ fn conv_transpose(kb: &mut Kb, a: &ConvTransposeAttrs, ins: &[&TensorType], out:
     let (oh, ow) = hw(&out.shape);
     let (cg, mg) = (c / a.groups, m / a.groups);
     let (xp, wp) = (kb.params[0], kb.params[1]);
-    let bp = if ins.len() == 3 { Some(kb.params[2]) } else { None };
+    let bp = if ins.len() == 3 {
+        Some(kb.params[2])
+    } else {
+        None
+    };
     let op = kb.params[ins.len()];
     // init with bias
     kb.for_nd(&[n, m, oh * ow], &mut |kb, idx| {
@@ -471,7 +673,10 @@ fn conv_transpose(kb: &mut Kb, a: &ConvTransposeAttrs, ins: &[&TensorType], out:
                     let owv = kb.b.ins().iadd_imm_s(t, -(p[1] as i64));
                     kb.if_in_range(owv, ow, &mut |kb| {
                         kb.for_n(mg, &mut |kb, mo| {
-                            let wo = kb.offset(&[ci, mo, khi, kwi], &[mg * k[0] * k[1], k[0] * k[1], k[1], 1]);
+                            let wo = kb.offset(
+                                &[ci, mo, khi, kwi],
+                                &[mg * k[0] * k[1], k[0] * k[1], k[1], 1],
+                            );
                             let wv = kb.load_f32(wp, wo);
                             let mi = kb.b.ins().iadd(mbase, mo);
                             let oo = kb.offset(&[ni, mi, ohv, owv], &[m * oh * ow, oh * ow, ow, 1]);
@@ -499,7 +704,15 @@ struct Mm {
     b_j: usize,
 }
 
-fn mm_core(kb: &mut Kb, mm: &Mm, ap: Value, ab: Value, bp: Value, bb: Value, store: &mut dyn FnMut(&mut Kb, Value, Value, Value, bool)) {
+fn mm_core(
+    kb: &mut Kb,
+    mm: &Mm,
+    ap: Value,
+    ab: Value,
+    bp: Value,
+    bb: Value,
+    store: &mut dyn FnMut(&mut Kb, Value, Value, Value, bool),
+) {
     if mm.b_j == 1 && mm.n >= 4 {
         // i-k-j with F32X4 accumulators over j (B rows contiguous)
         let nv = mm.n / 4 * 4;
@@ -547,7 +760,15 @@ fn mm_core(kb: &mut Kb, mm: &Mm, ap: Value, ab: Value, bp: Value, bb: Value, sto
     }
 }
 
-fn mm_dot_scalar(kb: &mut Kb, mm: &Mm, ap: Value, arow: Value, bp: Value, bb: Value, j: Value) -> Value {
+fn mm_dot_scalar(
+    kb: &mut Kb,
+    mm: &Mm,
+    ap: Value,
+    arow: Value,
+    bp: Value,
+    bb: Value,
+    j: Value,
+) -> Value {
     let z = kb.fc(0.0);
     let acc = kb.var(F32, z);
     let bcol = kb.b.ins().imul_imm_u(j, mm.b_j as i64);
@@ -567,7 +788,15 @@ fn mm_dot_scalar(kb: &mut Kb, mm: &Mm, ap: Value, arow: Value, bp: Value, bb: Va
 }
 
 /// Dot product with contiguous k in both operands: F32X4 accumulation + horizontal sum.
-fn mm_dot_vec(kb: &mut Kb, mm: &Mm, ap: Value, arow: Value, bp: Value, bb: Value, j: Value) -> Value {
+fn mm_dot_vec(
+    kb: &mut Kb,
+    mm: &Mm,
+    ap: Value,
+    arow: Value,
+    bp: Value,
+    bb: Value,
+    j: Value,
+) -> Value {
     let z = kb.fc(0.0);
     let zv = kb.b.ins().splat(F32X4, z);
     let acc = kb.var(F32X4, zv);
@@ -610,9 +839,21 @@ fn gemm(kb: &mut Kb, a: &GemmAttrs, ins: &[&TensorType], out: &TensorType) {
     let k = if a.trans_a { x.shape[0] } else { x.shape[1] };
     let (a_i, a_k) = if a.trans_a { (1, m) } else { (k, 1) };
     let (b_k, b_j) = if a.trans_b { (1, k) } else { (n, 1) };
-    let mm = Mm { m, n, k, a_i, a_k, b_k, b_j };
+    let mm = Mm {
+        m,
+        n,
+        k,
+        a_i,
+        a_k,
+        b_k,
+        b_j,
+    };
     let (ap, bp) = (kb.params[0], kb.params[1]);
-    let cp = if ins.len() == 3 { Some((kb.params[2], bcast_strides(&ins[2].shape, &out.shape))) } else { None };
+    let cp = if ins.len() == 3 {
+        Some((kb.params[2], bcast_strides(&ins[2].shape, &out.shape)))
+    } else {
+        None
+    };
     let op = kb.params[ins.len()];
     let (alpha, beta) = (a.alpha, a.beta);
     let zero = kb.ic(0);
@@ -622,46 +863,72 @@ fn gemm(kb: &mut Kb, a: &GemmAttrs, ins: &[&TensorType], out: &TensorType) {
             let al = fconst_like(kb, alpha, vec);
             r = kb.b.ins().fmul(r, al);
         }
-        if let Some((cp, cs)) = &cp {
-            if beta != 0.0 {
-                let co = kb.offset(&[i, j], cs);
-                let cv = if vec {
-                    if cs[1] == 1 {
-                        kb.load_f32x4(*cp, co)
-                    } else {
-                        let s = kb.load_f32(*cp, co);
-                        // cs[1] == 0: broadcast along j
-                        kb.b.ins().splat(F32X4, s)
-                    }
+        if let Some((cp, cs)) = &cp
+            && beta != 0.0
+        {
+            let co = kb.offset(&[i, j], cs);
+            let cv = if vec {
+                if cs[1] == 1 {
+                    kb.load_f32x4(*cp, co)
                 } else {
-                    kb.load_f32(*cp, co)
-                };
-                let cv = if beta != 1.0 {
-                    let be = fconst_like(kb, beta, vec);
-                    kb.b.ins().fmul(cv, be)
-                } else {
-                    cv
-                };
-                r = kb.b.ins().fadd(r, cv);
-            }
+                    let s = kb.load_f32(*cp, co);
+                    // cs[1] == 0: broadcast along j
+                    kb.b.ins().splat(F32X4, s)
+                }
+            } else {
+                kb.load_f32(*cp, co)
+            };
+            let cv = if beta != 1.0 {
+                let be = fconst_like(kb, beta, vec);
+                kb.b.ins().fmul(cv, be)
+            } else {
+                cv
+            };
+            r = kb.b.ins().fadd(r, cv);
         }
         let oo = kb.offset(&[i, j], &[n, 1]);
-        if vec { kb.store_f32x4(r, op, oo) } else { kb.store_f32(r, op, oo) }
+        if vec {
+            kb.store_f32x4(r, op, oo)
+        } else {
+            kb.store_f32(r, op, oo)
+        }
     });
 }
 
 fn matmul(kb: &mut Kb, ins: &[&TensorType], _out: &TensorType) {
     let a = &ins[0].shape;
     let b = &ins[1].shape;
-    let a2: Vec<usize> = if a.len() == 1 { vec![1, a[0]] } else { a.clone() };
-    let b2: Vec<usize> = if b.len() == 1 { vec![b[0], 1] } else { b.clone() };
+    let a2: Vec<usize> = if a.len() == 1 {
+        vec![1, a[0]]
+    } else {
+        a.clone()
+    };
+    let b2: Vec<usize> = if b.len() == 1 {
+        vec![b[0], 1]
+    } else {
+        b.clone()
+    };
     let (m, k) = (a2[a2.len() - 2], a2[a2.len() - 1]);
     let n = b2[b2.len() - 1];
     let batch = broadcast_shapes(&a2[..a2.len() - 2], &b2[..b2.len() - 2]).unwrap();
-    let sa: Vec<usize> = bcast_strides(&a2[..a2.len() - 2], &batch).iter().map(|s| s * m * k).collect();
-    let sb: Vec<usize> = bcast_strides(&b2[..b2.len() - 2], &batch).iter().map(|s| s * k * n).collect();
+    let sa: Vec<usize> = bcast_strides(&a2[..a2.len() - 2], &batch)
+        .iter()
+        .map(|s| s * m * k)
+        .collect();
+    let sb: Vec<usize> = bcast_strides(&b2[..b2.len() - 2], &batch)
+        .iter()
+        .map(|s| s * k * n)
+        .collect();
     let so: Vec<usize> = strides_of(&batch).iter().map(|s| s * m * n).collect();
-    let mm = Mm { m, n, k, a_i: k, a_k: 1, b_k: n, b_j: 1 };
+    let mm = Mm {
+        m,
+        n,
+        k,
+        a_i: k,
+        a_k: 1,
+        b_k: n,
+        b_j: 1,
+    };
     let (ap, bp, op) = (kb.params[0], kb.params[1], kb.params[2]);
     kb.for_nd(&batch, &mut |kb, idx| {
         let ab = kb.offset(idx, &sa);
@@ -670,7 +937,11 @@ fn matmul(kb: &mut Kb, ins: &[&TensorType], _out: &TensorType) {
         mm_core(kb, &mm, ap, ab, bp, bb, &mut |kb, i, j, r, vec| {
             let oo = kb.offset(&[i, j], &[n, 1]);
             let oo = kb.b.ins().iadd(oo, ob);
-            if vec { kb.store_f32x4(r, op, oo) } else { kb.store_f32(r, op, oo) }
+            if vec {
+                kb.store_f32x4(r, op, oo)
+            } else {
+                kb.store_f32(r, op, oo)
+            }
         });
     });
 }
@@ -742,7 +1013,11 @@ fn pool(kb: &mut Kb, a: &PoolAttrs, is_max: bool, x: &TensorType, out: &TensorTy
                         let xo = kb.b.ins().iadd(xo, xbase);
                         let v = kb.load_f32(xp, xo);
                         let a0 = kb.b.use_var(acc);
-                        let a1 = if is_max { kb.fmax(v, a0) } else { kb.b.ins().fadd(a0, v) };
+                        let a1 = if is_max {
+                            kb.fmax(v, a0)
+                        } else {
+                            kb.b.ins().fadd(a0, v)
+                        };
                         kb.b.def_var(acc, a1);
                         if !include_pad {
                             let c0 = kb.b.use_var(cnt);
@@ -790,12 +1065,19 @@ fn reduce_rows(kb: &mut Kb, rows: usize, len: usize, scale: f32) {
 
 fn reduce_mean(kb: &mut Kb, axes: &[usize], x: &TensorType) {
     let (xp, op) = (kb.params[0], kb.params[1]);
-    let out_numel: usize = (0..x.rank()).filter(|d| !axes.contains(d)).map(|d| x.shape[d]).product();
+    let out_numel: usize = (0..x.rank())
+        .filter(|d| !axes.contains(d))
+        .map(|d| x.shape[d])
+        .product();
     let count: usize = axes.iter().map(|&a| x.shape[a]).product();
     // strides of the output (with reduced dims collapsed to 0)
-    let kept: Vec<usize> = (0..x.rank()).map(|d| if axes.contains(&d) { 1 } else { x.shape[d] }).collect();
+    let kept: Vec<usize> = (0..x.rank())
+        .map(|d| if axes.contains(&d) { 1 } else { x.shape[d] })
+        .collect();
     let ks = strides_of(&kept);
-    let os: Vec<usize> = (0..x.rank()).map(|d| if axes.contains(&d) { 0 } else { ks[d] }).collect();
+    let os: Vec<usize> = (0..x.rank())
+        .map(|d| if axes.contains(&d) { 0 } else { ks[d] })
+        .collect();
     let xs = strides_of(&x.shape);
     kb.for_n(out_numel, &mut |kb, i| {
         let z = kb.fc(0.0);
@@ -874,7 +1156,9 @@ pub(crate) fn copy(kb: &mut Kb, from: usize, to: usize, bytes: usize) {
     let (s, d) = (kb.params[from], kb.params[to]);
     let words = bytes / 8;
     kb.for_n(words, &mut |kb, i| copy_elem(kb, 8, s, i, d, i));
-    kb.for_range(words * 8, bytes, 1, &mut |kb, i| copy_elem(kb, 1, s, i, d, i));
+    kb.for_range(words * 8, bytes, 1, &mut |kb, i| {
+        copy_elem(kb, 1, s, i, d, i)
+    });
 }
 
 fn transpose(kb: &mut Kb, perm: &[usize], x: &TensorType, out: &TensorType) {
@@ -900,12 +1184,20 @@ fn concat(kb: &mut Kb, axis: usize, parts: &[&TensorType], whole: &TensorType, g
     let mut off = 0usize;
     for (pi, t) in parts.iter().enumerate() {
         let inner = t.shape[axis] * rest;
-        let (pp, wp) = if gather { (kb.params[pi], kb.params[np]) } else { (kb.params[1 + pi], kb.params[0]) };
+        let (pp, wp) = if gather {
+            (kb.params[pi], kb.params[np])
+        } else {
+            (kb.params[1 + pi], kb.params[0])
+        };
         kb.for_nd(&[outer, inner], &mut |kb, idx| {
             let po = kb.offset(idx, &[inner, 1]);
             let wo = kb.offset(idx, &[whole_inner, 1]);
             let wo = kb.b.ins().iadd_imm_u(wo, off as i64);
-            if gather { copy_elem(kb, es, pp, po, wp, wo) } else { copy_elem(kb, es, wp, wo, pp, po) }
+            if gather {
+                copy_elem(kb, es, pp, po, wp, wo)
+            } else {
+                copy_elem(kb, es, wp, wo, pp, po)
+            }
         });
         off += inner;
     }
@@ -930,7 +1222,14 @@ fn slice(kb: &mut Kb, a: &SliceAttrs, x: &TensorType) {
 }
 
 /// Source coordinate (f32) of output index `i` along one dim.
-fn src_coord(kb: &mut Kb, coord: CoordTransform, i: Value, scale: f32, in_len: usize, out_len: usize) -> Value {
+fn src_coord(
+    kb: &mut Kb,
+    coord: CoordTransform,
+    i: Value,
+    scale: f32,
+    in_len: usize,
+    out_len: usize,
+) -> Value {
     let fi = kb.b.ins().fcvt_from_sint(F32, i);
     match coord {
         CoordTransform::Asymmetric => {
@@ -938,7 +1237,11 @@ fn src_coord(kb: &mut Kb, coord: CoordTransform, i: Value, scale: f32, in_len: u
             kb.b.ins().fmul(fi, s)
         }
         CoordTransform::AlignCorners => {
-            let r = if out_len > 1 { (in_len as f32 - 1.0) / (out_len as f32 - 1.0) } else { 0.0 };
+            let r = if out_len > 1 {
+                (in_len as f32 - 1.0) / (out_len as f32 - 1.0)
+            } else {
+                0.0
+            };
             let s = kb.fc(r);
             kb.b.ins().fmul(fi, s)
         }
@@ -966,7 +1269,9 @@ fn resize(kb: &mut Kb, a: &ResizeAttrs, x: &TensorType) -> KResult {
     let r = x.rank();
     let xs = strides_of(&x.shape);
     let os = strides_of(&a.out_shape);
-    let interp: Vec<usize> = (0..r).filter(|&d| a.out_shape[d] != x.shape[d] || a.scales[d] != 1.0).collect();
+    let interp: Vec<usize> = (0..r)
+        .filter(|&d| a.out_shape[d] != x.shape[d] || a.scales[d] != 1.0)
+        .collect();
     if a.mode == ResizeMode::Linear && interp.len() > 3 {
         return Err("linear resize over more than 3 dims is not supported".into());
     }

@@ -11,11 +11,13 @@ pub mod link;
 
 pub use header::generate_header;
 
+use cranelift_codegen::Context;
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::{types, AbiParam, Function, InstBuilder, MemFlagsData, Signature, UserFuncName};
+use cranelift_codegen::ir::{
+    AbiParam, Function, InstBuilder, MemFlagsData, Signature, UserFuncName, types,
+};
 use cranelift_codegen::isa::{OwnedTargetIsa, TargetIsa};
 use cranelift_codegen::settings::{self, Configurable};
-use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{DataDescription, DataId, FuncId, Linkage, Module};
@@ -32,7 +34,11 @@ pub const ABI_VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum CpuError {
     #[error("node '{node}' ({op}): {msg}")]
-    Unsupported { node: String, op: String, msg: String },
+    Unsupported {
+        node: String,
+        op: String,
+        msg: String,
+    },
     #[error("target '{0}': {1}")]
     Target(String, String),
     #[error("code generation: {0}")]
@@ -64,15 +70,23 @@ pub struct CompileInfo {
 
 fn make_isa(target: Option<&str>, pic: bool) -> Result<OwnedTargetIsa, CpuError> {
     let mut flags = settings::builder();
-    let set = |f: &mut settings::Builder, k: &str, v: &str| f.set(k, v).map_err(|e| CpuError::Codegen(format!("flag {k}: {e}")));
+    let set = |f: &mut settings::Builder, k: &str, v: &str| {
+        f.set(k, v)
+            .map_err(|e| CpuError::Codegen(format!("flag {k}: {e}")))
+    };
     set(&mut flags, "opt_level", "speed")?;
     set(&mut flags, "is_pic", if pic { "true" } else { "false" })?;
     set(&mut flags, "log2_min_function_alignment", "4")?;
     let flags = settings::Flags::new(flags);
     match target {
-        None => cranelift_native::builder().map_err(|e| CpuError::Target("host".into(), e.to_string()))?.finish(flags).map_err(cg),
+        None => cranelift_native::builder()
+            .map_err(|e| CpuError::Target("host".into(), e.to_string()))?
+            .finish(flags)
+            .map_err(cg),
         Some(t) => {
-            let triple: Triple = t.parse().map_err(|e| CpuError::Target(t.into(), format!("{e}")))?;
+            let triple: Triple = t
+                .parse()
+                .map_err(|e| CpuError::Target(t.into(), format!("{e}")))?;
             cranelift_codegen::isa::lookup(triple)
                 .map_err(|e| CpuError::Target(t.into(), e.to_string()))?
                 .finish(flags)
@@ -84,7 +98,12 @@ fn make_isa(target: Option<&str>, pic: bool) -> Result<OwnedTargetIsa, CpuError>
 /// Compile `g` (verified IR) to a relocatable object file.
 pub fn compile_object(g: &Graph, opts: &CpuOptions) -> Result<(Vec<u8>, CompileInfo), CpuError> {
     let isa = make_isa(opts.target.as_deref(), true)?;
-    let builder = ObjectBuilder::new(isa, opts.name.as_bytes().to_vec(), cranelift_module::default_libcall_names()).map_err(cg)?;
+    let builder = ObjectBuilder::new(
+        isa,
+        opts.name.as_bytes().to_vec(),
+        cranelift_module::default_libcall_names(),
+    )
+    .map_err(cg)?;
     let mut module = ObjectModule::new(builder);
     let info = generate(&mut module, g, opts)?;
     let product = module.finish();
@@ -135,7 +154,11 @@ pub fn compile_jit(g: &Graph, name: &str) -> Result<JitModel, CpuError> {
     builder.symbol("erff", k_erff as *const u8);
     builder.symbol("powf", k_powf as *const u8);
     let mut module = JITModule::new(builder);
-    let opts = CpuOptions { name: name.to_string(), export_default: false, target: None };
+    let opts = CpuOptions {
+        name: name.to_string(),
+        export_default: false,
+        target: None,
+    };
     let info = generate(&mut module, g, &opts)?;
     module.finalize_definitions().map_err(cg)?;
     let id = match module.get_name(&format!("{}_model_desc", sym(name))) {
@@ -143,12 +166,25 @@ pub fn compile_jit(g: &Graph, name: &str) -> Result<JitModel, CpuError> {
         _ => return Err(CpuError::Codegen("descriptor missing".into())),
     };
     let (ptr, _) = module.get_finalized_data(id);
-    Ok(JitModel { _module: module, descriptor: ptr, info })
+    Ok(JitModel {
+        _module: module,
+        descriptor: ptr,
+        info,
+    })
 }
 
 /// A C identifier from a model name.
 pub fn sym(name: &str) -> String {
-    let mut s: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+    let mut s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) {
         s.insert(0, '_');
     }
@@ -173,10 +209,17 @@ impl<M: Module> ModuleLike for M {
     }
 }
 
-fn generate<M: Module>(module: &mut M, g: &Graph, opts: &CpuOptions) -> Result<CompileInfo, CpuError> {
+fn generate<M: Module>(
+    module: &mut M,
+    g: &Graph,
+    opts: &CpuOptions,
+) -> Result<CompileInfo, CpuError> {
     let isa_ptr = module.isa().pointer_type();
     if isa_ptr != types::I64 {
-        return Err(CpuError::Target(module.isa().triple().to_string(), "only 64-bit targets are supported".into()));
+        return Err(CpuError::Target(
+            module.isa().triple().to_string(),
+            "only 64-bit targets are supported".into(),
+        ));
     }
     let prefix = sym(&opts.name);
     let fcfg = module.isa().frontend_config();
@@ -192,16 +235,27 @@ fn generate<M: Module>(module: &mut M, g: &Graph, opts: &CpuOptions) -> Result<C
             s.params.push(AbiParam::new(types::F32));
         }
         s.returns.push(AbiParam::new(types::F32));
-        libm_ids.push((f, module.declare_function(f, Linkage::Import, &s).map_err(cg)?));
+        libm_ids.push((
+            f,
+            module
+                .declare_function(f, Linkage::Import, &s)
+                .map_err(cg)?,
+        ));
     }
 
     // constants: one read-only, 64-byte aligned data object each
     let mut const_ids: HashMap<usize, DataId> = HashMap::new();
     for v in g.live_consts() {
-        let id = module.declare_data(&format!("{prefix}_c{}", v.0), Linkage::Local, false, false).map_err(cg)?;
+        let id = module
+            .declare_data(&format!("{prefix}_c{}", v.0), Linkage::Local, false, false)
+            .map_err(cg)?;
         let mut d = DataDescription::new();
         let bytes = g.const_data(v).unwrap().bytes();
-        d.define(if bytes.is_empty() { vec![0u8; 1].into_boxed_slice() } else { bytes.to_vec().into_boxed_slice() });
+        d.define(if bytes.is_empty() {
+            vec![0u8; 1].into_boxed_slice()
+        } else {
+            bytes.to_vec().into_boxed_slice()
+        });
         d.set_align(64);
         module.define_data(id, &d).map_err(cg)?;
         const_ids.insert(v.index(), id);
@@ -217,7 +271,13 @@ fn generate<M: Module>(module: &mut M, g: &Graph, opts: &CpuOptions) -> Result<C
         }
         let nparams = node.inputs.len() + node.outputs.len();
         let sig = ptr_sig(module, nparams);
-        let id = module.declare_function(&format!("{prefix}_k{i}_{}", node.op.name()), Linkage::Local, &sig).map_err(cg)?;
+        let id = module
+            .declare_function(
+                &format!("{prefix}_k{i}_{}", node.op.name()),
+                Linkage::Local,
+                &sig,
+            )
+            .map_err(cg)?;
         ctx.func = Function::with_name_signature(UserFuncName::user(0, id.as_u32()), sig);
         let ins: Vec<&TensorType> = node.inputs.iter().map(|v| g.ty(*v)).collect();
         let outs: Vec<&TensorType> = node.outputs.iter().map(|v| g.ty(*v)).collect();
@@ -239,12 +299,18 @@ fn generate<M: Module>(module: &mut M, g: &Graph, opts: &CpuOptions) -> Result<C
             r
         };
         if let Err(msg) = res {
-            unsupported.push(CpuError::Unsupported { node: node.name.clone(), op: node.op.name().into(), msg });
+            unsupported.push(CpuError::Unsupported {
+                node: node.name.clone(),
+                op: node.op.name().into(),
+                msg,
+            });
             ctx.clear();
             kernel_ids.push(None);
             continue;
         }
-        module.define_function(id, &mut ctx).map_err(|e| CpuError::Codegen(format!("node '{}': {e:?}", node.name)))?;
+        module
+            .define_function(id, &mut ctx)
+            .map_err(|e| CpuError::Codegen(format!("node '{}': {e:?}", node.name)))?;
         ctx.clear();
         kernel_ids.push(Some(id));
     }
@@ -256,7 +322,9 @@ fn generate<M: Module>(module: &mut M, g: &Graph, opts: &CpuOptions) -> Result<C
     let mut copy_ids = Vec::new();
     for (j, (_, v)) in plan.output_copies.iter().enumerate() {
         let sig = ptr_sig(module, 2);
-        let id = module.declare_function(&format!("{prefix}_copy{j}"), Linkage::Local, &sig).map_err(cg)?;
+        let id = module
+            .declare_function(&format!("{prefix}_copy{j}"), Linkage::Local, &sig)
+            .map_err(cg)?;
         ctx.func = Function::with_name_signature(UserFuncName::user(0, id.as_u32()), sig);
         {
             let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
@@ -264,7 +332,11 @@ fn generate<M: Module>(module: &mut M, g: &Graph, opts: &CpuOptions) -> Result<C
             b.append_block_params_for_function_params(entry);
             b.switch_to_block(entry);
             let params = b.block_params(entry).to_vec();
-            let mut kb = Kb { b, params, libm: HashMap::new() };
+            let mut kb = Kb {
+                b,
+                params,
+                libm: HashMap::new(),
+            };
             kernels::copy(&mut kb, 0, 1, g.ty(*v).size_bytes());
             kb.b.ins().return_(&[]);
             kb.b.seal_all_blocks();
@@ -278,7 +350,9 @@ fn generate<M: Module>(module: &mut M, g: &Graph, opts: &CpuOptions) -> Result<C
     // run(inputs, outputs, workspace) -> status
     let mut run_sig = ptr_sig(module, 3);
     run_sig.returns.push(AbiParam::new(types::I32));
-    let run_id = module.declare_function(&format!("{prefix}_run"), Linkage::Local, &run_sig).map_err(cg)?;
+    let run_id = module
+        .declare_function(&format!("{prefix}_run"), Linkage::Local, &run_sig)
+        .map_err(cg)?;
     ctx.func = Function::with_name_signature(UserFuncName::user(0, run_id.as_u32()), run_sig);
     {
         let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
@@ -305,17 +379,24 @@ fn generate<M: Module>(module: &mut M, g: &Graph, opts: &CpuOptions) -> Result<C
         }
         let mut in_ptrs = Vec::new();
         for i in 0..g.inputs.len() {
-            let v = b.ins().load(types::I64, MemFlagsData::trusted(), inp, (8 * i) as i32);
+            let v = b
+                .ins()
+                .load(types::I64, MemFlagsData::trusted(), inp, (8 * i) as i32);
             check_null(&mut b, v);
             in_ptrs.push(v);
         }
         let mut out_ptrs = Vec::new();
         for j in 0..g.outputs.len() {
-            let v = b.ins().load(types::I64, MemFlagsData::trusted(), outp, (8 * j) as i32);
+            let v = b
+                .ins()
+                .load(types::I64, MemFlagsData::trusted(), outp, (8 * j) as i32);
             check_null(&mut b, v);
             out_ptrs.push(v);
         }
-        let storage_ptr = |b: &mut FunctionBuilder, module: &mut M, v: kiln_ir::ValueId| -> cranelift_codegen::ir::Value {
+        let storage_ptr = |b: &mut FunctionBuilder,
+                           module: &mut M,
+                           v: kiln_ir::ValueId|
+         -> cranelift_codegen::ir::Value {
             match plan.storage[v.index()].expect("planned") {
                 Storage::Input(i) => in_ptrs[i],
                 Storage::Output(j) => out_ptrs[j],
@@ -329,7 +410,12 @@ fn generate<M: Module>(module: &mut M, g: &Graph, opts: &CpuOptions) -> Result<C
         for (k, (_, node)) in g.iter_nodes().enumerate() {
             let Some(fid) = kernel_ids[k] else { continue };
             let fref = module.declare_func_in_func(fid, b.func);
-            let args: Vec<_> = node.inputs.iter().chain(&node.outputs).map(|&v| storage_ptr(&mut b, module, v)).collect();
+            let args: Vec<_> = node
+                .inputs
+                .iter()
+                .chain(&node.outputs)
+                .map(|&v| storage_ptr(&mut b, module, v))
+                .collect();
             b.ins().call(fref, &args);
         }
         for (j, (oi, v)) in plan.output_copies.iter().enumerate() {
@@ -360,7 +446,9 @@ fn generate<M: Module>(module: &mut M, g: &Graph, opts: &CpuOptions) -> Result<C
     for gname in getters {
         let mut s = module.make_signature();
         s.returns.push(AbiParam::new(types::I64));
-        let id = module.declare_function(&gname, Linkage::Export, &s).map_err(cg)?;
+        let id = module
+            .declare_function(&gname, Linkage::Export, &s)
+            .map_err(cg)?;
         ctx.func = Function::with_name_signature(UserFuncName::user(0, id.as_u32()), s);
         {
             let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
@@ -389,11 +477,20 @@ fn same_storage(plan: &MemPlan, a: kiln_ir::ValueId, b: kiln_ir::ValueId) -> boo
 }
 
 /// Emit the `kiln_model` descriptor (layout in runtime/include/kiln.h) and its tables.
-fn emit_descriptor<M: Module>(module: &mut M, g: &Graph, prefix: &str, name: &str, plan: &MemPlan, run: FuncId) -> Result<DataId, CpuError> {
+fn emit_descriptor<M: Module>(
+    module: &mut M,
+    g: &Graph,
+    prefix: &str,
+    name: &str,
+    plan: &MemPlan,
+    run: FuncId,
+) -> Result<DataId, CpuError> {
     let mut n = 0usize;
     let mut data = |module: &mut M, bytes: Vec<u8>, align: u64| -> Result<DataId, CpuError> {
         n += 1;
-        let id = module.declare_data(&format!("{prefix}_d{n}"), Linkage::Local, false, false).map_err(cg)?;
+        let id = module
+            .declare_data(&format!("{prefix}_d{n}"), Linkage::Local, false, false)
+            .map_err(cg)?;
         let mut d = DataDescription::new();
         d.define(bytes.into_boxed_slice());
         d.set_align(align);
@@ -414,10 +511,23 @@ fn emit_descriptor<M: Module>(module: &mut M, g: &Graph, prefix: &str, name: &st
         for &v in list.iter() {
             let val = g.value(v);
             names.push(data(module, cstr(&val.name), 1)?);
-            let dbytes: Vec<u8> = val.ty.shape.iter().flat_map(|&d| (d as i64).to_le_bytes()).chain(std::iter::once(0u8).take(if val.ty.shape.is_empty() { 8 } else { 0 })).collect();
+            let dbytes: Vec<u8> = val
+                .ty
+                .shape
+                .iter()
+                .flat_map(|&d| (d as i64).to_le_bytes())
+                .chain(std::iter::once(0u8).take(if val.ty.shape.is_empty() { 8 } else { 0 }))
+                .collect();
             dims.push(data(module, dbytes, 8)?);
         }
-        let id = module.declare_data(&format!("{prefix}_t{}", tables.len()), Linkage::Local, false, false).map_err(cg)?;
+        let id = module
+            .declare_data(
+                &format!("{prefix}_t{}", tables.len()),
+                Linkage::Local,
+                false,
+                false,
+            )
+            .map_err(cg)?;
         let mut d = DataDescription::new();
         let mut bytes = Vec::new();
         for &v in list.iter() {
@@ -443,7 +553,14 @@ fn emit_descriptor<M: Module>(module: &mut M, g: &Graph, prefix: &str, name: &st
         tables.push(id);
     }
     let name_id = data(module, cstr(name), 1)?;
-    let id = module.declare_data(&format!("{prefix}_model_desc"), Linkage::Local, false, false).map_err(cg)?;
+    let id = module
+        .declare_data(
+            &format!("{prefix}_model_desc"),
+            Linkage::Local,
+            false,
+            false,
+        )
+        .map_err(cg)?;
     let mut d = DataDescription::new();
     let mut bytes = vec![0u8; 72];
     bytes[0..4].copy_from_slice(&ABI_VERSION.to_le_bytes());

@@ -17,13 +17,22 @@ pub enum LinkError {
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> LinkError + '_ {
-    move |err| LinkError::Io { path: path.to_path_buf(), err }
+    move |err| LinkError::Io {
+        path: path.to_path_buf(),
+        err,
+    }
 }
 
 /// A temp path in the destination's directory.
 pub fn temp_beside(dest: &Path) -> PathBuf {
-    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = dest.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = dest
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     dir.join(format!(".{name}.tmp{}", std::process::id()))
 }
 
@@ -33,14 +42,23 @@ pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<(), LinkError> {
     std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
     std::fs::rename(&tmp, dest).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        LinkError::Io { path: dest.to_path_buf(), err: e }
+        LinkError::Io {
+            path: dest.to_path_buf(),
+            err: e,
+        }
     })
 }
 
 fn run(cmd: &mut Command, tool: &str) -> Result<(), LinkError> {
-    let out = cmd.output().map_err(|e| LinkError::Tool { tool: tool.into(), msg: format!("cannot run: {e}") })?;
+    let out = cmd.output().map_err(|e| LinkError::Tool {
+        tool: tool.into(),
+        msg: format!("cannot run: {e}"),
+    })?;
     if !out.status.success() {
-        return Err(LinkError::Tool { tool: tool.into(), msg: String::from_utf8_lossy(&out.stderr).into_owned() });
+        return Err(LinkError::Tool {
+            tool: tool.into(),
+            msg: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
     }
     Ok(())
 }
@@ -60,24 +78,53 @@ fn produce(dest: &Path, f: impl FnOnce(&Path) -> Result<(), LinkError>) -> Resul
 }
 
 pub fn link_shared(obj: &Path, dest: &Path) -> Result<(), LinkError> {
-    produce(dest, |tmp| run(Command::new(cc()).arg("-shared").arg("-o").arg(tmp).arg(obj).arg("-lm"), "cc"))
+    produce(dest, |tmp| {
+        run(
+            Command::new(cc())
+                .arg("-shared")
+                .arg("-o")
+                .arg(tmp)
+                .arg(obj)
+                .arg("-lm"),
+            "cc",
+        )
+    })
 }
 
 pub fn link_static(obj: &Path, dest: &Path) -> Result<(), LinkError> {
-    produce(dest, |tmp| run(Command::new("ar").arg("rcs").arg(tmp).arg(obj), "ar"))
+    produce(dest, |tmp| {
+        run(Command::new("ar").arg("rcs").arg(tmp).arg(obj), "ar")
+    })
 }
 
 pub fn link_exe(obj: &Path, dest: &Path) -> Result<(), LinkError> {
     let dir = tempdir_for(dest)?;
     let driver = dir.join("kiln_driver.c");
     std::fs::write(&driver, DRIVER_C).map_err(io(&driver))?;
-    let r = produce(dest, |tmp| run(Command::new(cc()).arg("-O2").arg("-o").arg(tmp).arg(&driver).arg(obj).arg("-lm"), "cc"));
+    let r = produce(dest, |tmp| {
+        run(
+            Command::new(cc())
+                .arg("-O2")
+                .arg("-o")
+                .arg(tmp)
+                .arg(&driver)
+                .arg(obj)
+                .arg("-lm"),
+            "cc",
+        )
+    });
     let _ = std::fs::remove_dir_all(&dir);
     r
 }
 
 fn tempdir_for(dest: &Path) -> Result<PathBuf, LinkError> {
-    let d = std::env::temp_dir().join(format!("kiln-{}-{}", std::process::id(), dest.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()));
+    let d = std::env::temp_dir().join(format!(
+        "kiln-{}-{}",
+        std::process::id(),
+        dest.file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
     std::fs::create_dir_all(&d).map_err(io(&d))?;
     Ok(d)
 }

@@ -24,7 +24,10 @@ fn check(g: &Graph, inputs: &[Tensor]) {
     kiln_ir::verify::verify(g).expect("valid graph");
     let want = interp::run(g, inputs).expect("interpreter");
     let jit = kiln_target_cpu::compile_jit(g, "t").expect("compile");
-    let m = unsafe { kiln_runtime::Model::from_raw(jit.descriptor() as *const kiln_runtime::KilnModel) }.unwrap();
+    let m = unsafe {
+        kiln_runtime::Model::from_raw(jit.descriptor() as *const kiln_runtime::KilnModel)
+    }
+    .unwrap();
     let mut ws = m.workspace().unwrap();
     let ins: Vec<Vec<u8>> = inputs.iter().map(|t| t.to_bytes()).collect();
     let ins_ref: Vec<&[u8]> = ins.iter().map(|b| b.as_slice()).collect();
@@ -33,14 +36,22 @@ fn check(g: &Graph, inputs: &[Tensor]) {
         let mut outs_ref: Vec<&mut [u8]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
         m.run(&ins_ref, &mut outs_ref, &mut ws).expect("run");
     }
-    assert!(!want.is_empty() && want.len() == outs.len(), "{}: output count", g.name);
+    assert!(
+        !want.is_empty() && want.len() == outs.len(),
+        "{}: output count",
+        g.name
+    );
     for (k, (w, got)) in want.iter().zip(&outs).enumerate() {
         let got = Tensor::from_bytes(&w.ty(), got).unwrap();
         match (w.as_f32(), got.as_f32()) {
             (Some(a), Some(b)) => {
                 for (i, (x, y)) in a.iter().zip(b).enumerate() {
                     let tol = 1e-5 + 1e-4 * x.abs();
-                    assert!((x - y).abs() <= tol || (x.is_nan() && y.is_nan()), "{}: output {k}[{i}]: interp {x} vs compiled {y}", g.name);
+                    assert!(
+                        (x - y).abs() <= tol || (x.is_nan() && y.is_nan()),
+                        "{}: output {k}[{i}]: interp {x} vs compiled {y}",
+                        g.name
+                    );
                 }
             }
             _ => assert_eq!(w, &got, "{}: output {k}", g.name),
@@ -67,35 +78,109 @@ fn run_unary(name: &str, op: Op, shape: &[usize], map: impl Fn(f32) -> f32) {
 #[test]
 fn unary_ops() {
     use UnaryOp::*;
-    for (u, shape) in [(Relu, vec![2, 3, 5]), (Sigmoid, vec![17]), (Tanh, vec![8]), (Erf, vec![9]), (Exp, vec![16]), (Neg, vec![7]), (Abs, vec![12]), (Floor, vec![5]), (Ceil, vec![5]), (HardSwish, vec![4, 5])] {
+    for (u, shape) in [
+        (Relu, vec![2, 3, 5]),
+        (Sigmoid, vec![17]),
+        (Tanh, vec![8]),
+        (Erf, vec![9]),
+        (Exp, vec![16]),
+        (Neg, vec![7]),
+        (Abs, vec![12]),
+        (Floor, vec![5]),
+        (Ceil, vec![5]),
+        (HardSwish, vec![4, 5]),
+    ] {
         run_unary(u.name(), Op::Unary(u), &shape, |x| x * 4.0);
     }
     run_unary("sqrt", Op::Unary(Sqrt), &[10], |x| x.abs() + 0.1);
     run_unary("log", Op::Unary(Log), &[10], |x| x.abs() + 0.1);
     run_unary("recip", Op::Unary(Reciprocal), &[10], |x| x.abs() + 0.5);
     run_unary("clip", Op::Clip { min: 0.0, max: 0.5 }, &[3, 7], |x| x);
-    run_unary("hsig", Op::HardSigmoid { alpha: 0.2, beta: 0.5 }, &[3, 7], |x| x * 5.0);
+    run_unary(
+        "hsig",
+        Op::HardSigmoid {
+            alpha: 0.2,
+            beta: 0.5,
+        },
+        &[3, 7],
+        |x| x * 5.0,
+    );
     run_unary("leaky", Op::LeakyRelu { alpha: 0.1 }, &[9], |x| x);
     run_unary("cast_i64", Op::Cast { to: DType::I64 }, &[9], |x| x * 10.0);
     run_unary("softmax", Op::Softmax { axis: 1 }, &[2, 5, 3], |x| x * 3.0);
-    run_unary("reduce_mean", Op::ReduceMean { axes: vec![1, 3], keepdims: true }, &[2, 3, 4, 5], |x| x);
-    run_unary("reduce_mean2", Op::ReduceMean { axes: vec![2], keepdims: false }, &[2, 3, 4], |x| x);
+    run_unary(
+        "reduce_mean",
+        Op::ReduceMean {
+            axes: vec![1, 3],
+            keepdims: true,
+        },
+        &[2, 3, 4, 5],
+        |x| x,
+    );
+    run_unary(
+        "reduce_mean2",
+        Op::ReduceMean {
+            axes: vec![2],
+            keepdims: false,
+        },
+        &[2, 3, 4],
+        |x| x,
+    );
     run_unary("gap", Op::GlobalAveragePool, &[1, 3, 5, 4], |x| x);
-    run_unary("transpose", Op::Transpose { perm: vec![0, 2, 3, 1] }, &[2, 3, 4, 5], |x| x);
-    run_unary("slice", Op::Slice(SliceAttrs { starts: vec![1, 4, 0], steps: vec![1, -2, 2], sizes: vec![1, 3, 2] }), &[2, 5, 4], |x| x);
+    run_unary(
+        "transpose",
+        Op::Transpose {
+            perm: vec![0, 2, 3, 1],
+        },
+        &[2, 3, 4, 5],
+        |x| x,
+    );
+    run_unary(
+        "slice",
+        Op::Slice(SliceAttrs {
+            starts: vec![1, 4, 0],
+            steps: vec![1, -2, 2],
+            sizes: vec![1, 3, 2],
+        }),
+        &[2, 5, 4],
+        |x| x,
+    );
 }
 
 #[test]
 fn binary_broadcast() {
-    for b in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Max, BinaryOp::Min, BinaryOp::Pow] {
-        for (sa, sb) in [(vec![2, 3, 4], vec![2, 3, 4]), (vec![1, 3, 4, 4], vec![1, 3, 1, 1]), (vec![3, 1], vec![1, 4]), (vec![5], vec![2, 1, 5])] {
+    for b in [
+        BinaryOp::Add,
+        BinaryOp::Sub,
+        BinaryOp::Mul,
+        BinaryOp::Div,
+        BinaryOp::Max,
+        BinaryOp::Min,
+        BinaryOp::Pow,
+    ] {
+        for (sa, sb) in [
+            (vec![2, 3, 4], vec![2, 3, 4]),
+            (vec![1, 3, 4, 4], vec![1, 3, 1, 1]),
+            (vec![3, 1], vec![1, 4]),
+            (vec![5], vec![2, 1, 5]),
+        ] {
             let mut g = Graph::new(b.name());
             let x = g.add_input("a", TensorType::f32(sa.clone()));
             let y = g.add_input("b", TensorType::f32(sb.clone()));
-            g.outputs = g.add_node("n", Op::Binary(b), vec![x, y], vec!["y".into()]).unwrap();
+            g.outputs = g
+                .add_node("n", Op::Binary(b), vec![x, y], vec!["y".into()])
+                .unwrap();
             let mut r = Rng(99);
             let pos = matches!(b, BinaryOp::Pow | BinaryOp::Div);
-            let mk = |r: &mut Rng, s: &Vec<usize>| Tensor::f32(s.clone(), r.vec(s.iter().product()).into_iter().map(|v| if pos { v.abs() + 0.5 } else { v }).collect());
+            let mk = |r: &mut Rng, s: &Vec<usize>| {
+                Tensor::f32(
+                    s.clone(),
+                    r.vec(s.iter().product())
+                        .into_iter()
+                        .map(|v| if pos { v.abs() + 0.5 } else { v })
+                        .collect(),
+                )
+            };
             let (ta, tb) = (mk(&mut r, &sa), mk(&mut r, &sb));
             check(&g, &[ta, tb]);
         }
@@ -106,11 +191,24 @@ fn conv_case(x: &[usize], w: &[usize], a: ConvAttrs, bias: bool) {
     let mut r = Rng(7);
     let mut g = Graph::new("conv");
     let xi = g.add_input("x", TensorType::f32(x));
-    let wv = g.add_const("w", TensorType::f32(w), ConstData::from_f32(&r.vec(w.iter().product()))).unwrap();
+    let wv = g
+        .add_const(
+            "w",
+            TensorType::f32(w),
+            ConstData::from_f32(&r.vec(w.iter().product())),
+        )
+        .unwrap();
     let mut ins = vec![xi, wv];
     if bias {
-        let n = if matches!(a, ConvAttrs { .. }) { w[0] } else { 0 };
-        ins.push(g.add_const("b", TensorType::f32([n]), ConstData::from_f32(&r.vec(n))).unwrap());
+        let n = if matches!(a, ConvAttrs { .. }) {
+            w[0]
+        } else {
+            0
+        };
+        ins.push(
+            g.add_const("b", TensorType::f32([n]), ConstData::from_f32(&r.vec(n)))
+                .unwrap(),
+        );
     }
     g.outputs = g.add_node("c", Op::Conv(a), ins, vec!["y".into()]).unwrap();
     let xt = Tensor::f32(x, r.vec(x.iter().product()));
@@ -119,11 +217,75 @@ fn conv_case(x: &[usize], w: &[usize], a: ConvAttrs, bias: bool) {
 
 #[test]
 fn conv_variants() {
-    let c = |k: Vec<usize>, s: Vec<usize>, p: Vec<usize>, d: Vec<usize>, groups| ConvAttrs { kernel: k, strides: s, pads: p, dilations: d, groups };
-    conv_case(&[1, 3, 8, 8], &[4, 3, 3, 3], c(vec![3, 3], vec![1, 1], vec![1, 1, 1, 1], vec![1, 1], 1), true);
-    conv_case(&[2, 4, 9, 7], &[6, 2, 3, 2], c(vec![3, 2], vec![2, 1], vec![1, 0, 2, 1], vec![1, 2], 2), true);
-    conv_case(&[1, 4, 6, 6], &[4, 1, 3, 3], c(vec![3, 3], vec![2, 2], vec![1, 1, 1, 1], vec![1, 1], 4), false);
-    conv_case(&[1, 2, 10], &[3, 2, 3], c(vec![3], vec![2], vec![1, 1], vec![1], 1), true);
+    let c = |k: Vec<usize>, s: Vec<usize>, p: Vec<usize>, d: Vec<usize>, groups| ConvAttrs {
+        kernel: k,
+        strides: s,
+        pads: p,
+        dilations: d,
+        groups,
+    };
+    conv_case(
+        &[1, 3, 8, 8],
+        &[4, 3, 3, 3],
+        c(vec![3, 3], vec![1, 1], vec![1, 1, 1, 1], vec![1, 1], 1),
+        true,
+    );
+    conv_case(
+        &[2, 4, 9, 7],
+        &[6, 2, 3, 2],
+        c(vec![3, 2], vec![2, 1], vec![1, 0, 2, 1], vec![1, 2], 2),
+        true,
+    );
+    conv_case(
+        &[1, 4, 6, 6],
+        &[4, 1, 3, 3],
+        c(vec![3, 3], vec![2, 2], vec![1, 1, 1, 1], vec![1, 1], 4),
+        false,
+    );
+    conv_case(
+        &[1, 2, 10],
+        &[3, 2, 3],
+        c(vec![3], vec![2], vec![1, 1], vec![1], 1),
+        true,
+    );
+    // 1x1 (GEMM path), grouped and not, with and without bias, odd plane sizes
+    conv_case(
+        &[2, 6, 5, 7],
+        &[8, 6, 1, 1],
+        c(vec![1, 1], vec![1, 1], vec![0, 0, 0, 0], vec![1, 1], 1),
+        true,
+    );
+    conv_case(
+        &[1, 6, 4, 4],
+        &[4, 3, 1, 1],
+        c(vec![1, 1], vec![1, 1], vec![0, 0, 0, 0], vec![1, 1], 2),
+        false,
+    );
+    // large pads (taps that never hit the input), 7x7 stride 2, depthwise with dilation
+    conv_case(
+        &[1, 3, 13, 11],
+        &[5, 3, 7, 7],
+        c(vec![7, 7], vec![2, 2], vec![3, 3, 3, 3], vec![1, 1], 1),
+        true,
+    );
+    conv_case(
+        &[1, 2, 3, 3],
+        &[2, 2, 3, 3],
+        c(vec![3, 3], vec![1, 1], vec![4, 4, 4, 4], vec![1, 1], 1),
+        true,
+    );
+    conv_case(
+        &[1, 8, 12, 12],
+        &[8, 1, 3, 3],
+        c(vec![3, 3], vec![1, 1], vec![2, 2, 2, 2], vec![2, 2], 8),
+        true,
+    );
+    conv_case(
+        &[1, 3, 9, 10],
+        &[4, 3, 1, 1],
+        c(vec![1, 1], vec![2, 2], vec![0, 0, 0, 0], vec![1, 1], 1),
+        true,
+    );
 }
 
 #[test]
@@ -131,15 +293,49 @@ fn conv_transpose_and_pools() {
     let mut r = Rng(5);
     let mut g = Graph::new("convt");
     let x = g.add_input("x", TensorType::f32([1, 4, 5, 5]));
-    let w = g.add_const("w", TensorType::f32([4, 3, 3, 3]), ConstData::from_f32(&r.vec(108))).unwrap();
-    let b = g.add_const("b", TensorType::f32([6]), ConstData::from_f32(&r.vec(6))).unwrap();
-    let a = ConvTransposeAttrs { kernel: vec![3, 3], strides: vec![2, 2], pads: vec![1, 1, 0, 0], dilations: vec![1, 1], groups: 2, output_padding: vec![1, 1] };
-    g.outputs = g.add_node("ct", Op::ConvTranspose(a), vec![x, w, b], vec!["y".into()]).unwrap();
+    let w = g
+        .add_const(
+            "w",
+            TensorType::f32([4, 3, 3, 3]),
+            ConstData::from_f32(&r.vec(108)),
+        )
+        .unwrap();
+    let b = g
+        .add_const("b", TensorType::f32([6]), ConstData::from_f32(&r.vec(6)))
+        .unwrap();
+    let a = ConvTransposeAttrs {
+        kernel: vec![3, 3],
+        strides: vec![2, 2],
+        pads: vec![1, 1, 0, 0],
+        dilations: vec![1, 1],
+        groups: 2,
+        output_padding: vec![1, 1],
+    };
+    g.outputs = g
+        .add_node("ct", Op::ConvTranspose(a), vec![x, w, b], vec!["y".into()])
+        .unwrap();
     check(&g, &[Tensor::f32([1, 4, 5, 5], r.vec(100))]);
 
-    for (max, ceil, inc) in [(true, false, false), (true, true, false), (false, false, false), (false, true, true), (false, false, true)] {
-        let a = PoolAttrs { kernel: vec![3, 3], strides: vec![2, 2], pads: vec![1, 1, 1, 1], dilations: vec![1, 1], ceil_mode: ceil, count_include_pad: inc };
-        let op = if max { Op::MaxPool(a) } else { Op::AveragePool(a) };
+    for (max, ceil, inc) in [
+        (true, false, false),
+        (true, true, false),
+        (false, false, false),
+        (false, true, true),
+        (false, false, true),
+    ] {
+        let a = PoolAttrs {
+            kernel: vec![3, 3],
+            strides: vec![2, 2],
+            pads: vec![1, 1, 1, 1],
+            dilations: vec![1, 1],
+            ceil_mode: ceil,
+            count_include_pad: inc,
+        };
+        let op = if max {
+            Op::MaxPool(a)
+        } else {
+            Op::AveragePool(a)
+        };
         run_unary("pool", op, &[1, 2, 8, 7], |x| x);
     }
 }
@@ -147,27 +343,67 @@ fn conv_transpose_and_pools() {
 #[test]
 fn gemm_and_matmul() {
     let mut r = Rng(11);
-    for (ta, tb, m, k, n, cshape) in [(false, false, 3, 5, 8, vec![8]), (false, true, 2, 12, 7, vec![2, 7]), (true, false, 4, 3, 5, vec![4, 1]), (true, true, 1, 9, 6, vec![])] {
+    for (ta, tb, m, k, n, cshape) in [
+        (false, false, 3, 5, 8, vec![8]),
+        (false, true, 2, 12, 7, vec![2, 7]),
+        (true, false, 4, 3, 5, vec![4, 1]),
+        (true, true, 1, 9, 6, vec![]),
+    ] {
         let mut g = Graph::new("gemm");
         let sa = if ta { vec![k, m] } else { vec![m, k] };
         let sb = if tb { vec![n, k] } else { vec![k, n] };
         let a = g.add_input("a", TensorType::f32(sa.clone()));
-        let b = g.add_const("b", TensorType::f32(sb.clone()), ConstData::from_f32(&r.vec(k * n))).unwrap();
+        let b = g
+            .add_const(
+                "b",
+                TensorType::f32(sb.clone()),
+                ConstData::from_f32(&r.vec(k * n)),
+            )
+            .unwrap();
         let mut ins = vec![a, b];
         if !cshape.is_empty() {
             let cn: usize = cshape.iter().product();
-            ins.push(g.add_const("c", TensorType::f32(cshape.clone()), ConstData::from_f32(&r.vec(cn))).unwrap());
+            ins.push(
+                g.add_const(
+                    "c",
+                    TensorType::f32(cshape.clone()),
+                    ConstData::from_f32(&r.vec(cn)),
+                )
+                .unwrap(),
+            );
         }
-        g.outputs = g.add_node("g", Op::Gemm(GemmAttrs { alpha: 0.5, beta: 2.0, trans_a: ta, trans_b: tb }), ins, vec!["y".into()]).unwrap();
+        g.outputs = g
+            .add_node(
+                "g",
+                Op::Gemm(GemmAttrs {
+                    alpha: 0.5,
+                    beta: 2.0,
+                    trans_a: ta,
+                    trans_b: tb,
+                }),
+                ins,
+                vec!["y".into()],
+            )
+            .unwrap();
         check(&g, &[Tensor::f32(sa, r.vec(m * k))]);
     }
-    for (sa, sb) in [(vec![2, 3, 4], vec![4, 5]), (vec![4], vec![2, 4, 3]), (vec![2, 1, 3, 16], vec![1, 3, 16, 8]), (vec![5, 6], vec![6])] {
+    for (sa, sb) in [
+        (vec![2, 3, 4], vec![4, 5]),
+        (vec![4], vec![2, 4, 3]),
+        (vec![2, 1, 3, 16], vec![1, 3, 16, 8]),
+        (vec![5, 6], vec![6]),
+    ] {
         let mut g = Graph::new("matmul");
         let a = g.add_input("a", TensorType::f32(sa.clone()));
         let b = g.add_input("b", TensorType::f32(sb.clone()));
-        g.outputs = g.add_node("m", Op::MatMul, vec![a, b], vec!["y".into()]).unwrap();
+        g.outputs = g
+            .add_node("m", Op::MatMul, vec![a, b], vec!["y".into()])
+            .unwrap();
         let (na, nb) = (sa.iter().product(), sb.iter().product());
-        check(&g, &[Tensor::f32(sa, r.vec(na)), Tensor::f32(sb, r.vec(nb))]);
+        check(
+            &g,
+            &[Tensor::f32(sa, r.vec(na)), Tensor::f32(sb, r.vec(nb))],
+        );
     }
 }
 
@@ -178,27 +414,107 @@ fn data_movement_and_norm() {
     let mut g = Graph::new("move");
     let x = g.add_input("x", TensorType::f32([1, 2, 3, 3]));
     let y = g.add_input("y", TensorType::f32([1, 3, 3, 3]));
-    let c = g.add_node("cat", Op::Concat { axis: 1 }, vec![x, y], vec!["c".into()]).unwrap()[0];
-    let p: Vec<_> = (0..4).map(|i| g.add_const(format!("p{i}"), TensorType::f32([5]), ConstData::from_f32(&r.vec(5).iter().map(|v| if i == 3 { v.abs() + 0.5 } else { *v }).collect::<Vec<_>>())).unwrap()).collect();
-    let bn = g.add_node("bn", Op::BatchNorm { epsilon: 1e-5 }, vec![c, p[0], p[1], p[2], p[3]], vec!["bn".into()]).unwrap()[0];
-    let parts = g.add_node("split", Op::Split { axis: 1, sizes: vec![1, 4] }, vec![bn], vec!["s0".into(), "s1".into()]).unwrap();
-    let rs = g.add_node("rs", Op::Reshape { shape: vec![4, 9] }, vec![parts[1]], vec!["rs".into()]).unwrap()[0];
+    let c = g
+        .add_node("cat", Op::Concat { axis: 1 }, vec![x, y], vec!["c".into()])
+        .unwrap()[0];
+    let p: Vec<_> = (0..4)
+        .map(|i| {
+            g.add_const(
+                format!("p{i}"),
+                TensorType::f32([5]),
+                ConstData::from_f32(
+                    &r.vec(5)
+                        .iter()
+                        .map(|v| if i == 3 { v.abs() + 0.5 } else { *v })
+                        .collect::<Vec<_>>(),
+                ),
+            )
+            .unwrap()
+        })
+        .collect();
+    let bn = g
+        .add_node(
+            "bn",
+            Op::BatchNorm { epsilon: 1e-5 },
+            vec![c, p[0], p[1], p[2], p[3]],
+            vec!["bn".into()],
+        )
+        .unwrap()[0];
+    let parts = g
+        .add_node(
+            "split",
+            Op::Split {
+                axis: 1,
+                sizes: vec![1, 4],
+            },
+            vec![bn],
+            vec!["s0".into(), "s1".into()],
+        )
+        .unwrap();
+    let rs = g
+        .add_node(
+            "rs",
+            Op::Reshape { shape: vec![4, 9] },
+            vec![parts[1]],
+            vec!["rs".into()],
+        )
+        .unwrap()[0];
     g.outputs = vec![parts[0], rs, x];
-    check(&g, &[Tensor::f32([1, 2, 3, 3], r.vec(18)), Tensor::f32([1, 3, 3, 3], r.vec(27))]);
+    check(
+        &g,
+        &[
+            Tensor::f32([1, 2, 3, 3], r.vec(18)),
+            Tensor::f32([1, 3, 3, 3], r.vec(27)),
+        ],
+    );
 }
 
 #[test]
 fn resize_modes() {
     for (mode, coord, nearest) in [
-        (ResizeMode::Nearest, CoordTransform::Asymmetric, NearestMode::Floor),
-        (ResizeMode::Nearest, CoordTransform::HalfPixel, NearestMode::RoundPreferFloor),
-        (ResizeMode::Nearest, CoordTransform::AlignCorners, NearestMode::RoundPreferCeil),
-        (ResizeMode::Linear, CoordTransform::HalfPixel, NearestMode::Floor),
-        (ResizeMode::Linear, CoordTransform::AlignCorners, NearestMode::Floor),
-        (ResizeMode::Linear, CoordTransform::PytorchHalfPixel, NearestMode::Floor),
-        (ResizeMode::Linear, CoordTransform::Asymmetric, NearestMode::Floor),
+        (
+            ResizeMode::Nearest,
+            CoordTransform::Asymmetric,
+            NearestMode::Floor,
+        ),
+        (
+            ResizeMode::Nearest,
+            CoordTransform::HalfPixel,
+            NearestMode::RoundPreferFloor,
+        ),
+        (
+            ResizeMode::Nearest,
+            CoordTransform::AlignCorners,
+            NearestMode::RoundPreferCeil,
+        ),
+        (
+            ResizeMode::Linear,
+            CoordTransform::HalfPixel,
+            NearestMode::Floor,
+        ),
+        (
+            ResizeMode::Linear,
+            CoordTransform::AlignCorners,
+            NearestMode::Floor,
+        ),
+        (
+            ResizeMode::Linear,
+            CoordTransform::PytorchHalfPixel,
+            NearestMode::Floor,
+        ),
+        (
+            ResizeMode::Linear,
+            CoordTransform::Asymmetric,
+            NearestMode::Floor,
+        ),
     ] {
-        let a = ResizeAttrs { mode, coord, nearest, scales: vec![1.0, 1.0, 2.0, 1.5], out_shape: vec![1, 2, 8, 9] };
+        let a = ResizeAttrs {
+            mode,
+            coord,
+            nearest,
+            scales: vec![1.0, 1.0, 2.0, 1.5],
+            out_shape: vec![1, 2, 8, 9],
+        };
         run_unary("resize", Op::Resize(a), &[1, 2, 4, 6], |x| x);
     }
 }
