@@ -7,4 +7,11 @@ cd "$ROOT"
 PY="$(scripts/setup-python.sh | tail -n 1)"
 "$PY" golden/make_golden.py --only-models --paddleocr
 export KILN_REQUIRE_GOLDEN=1
-cargo test --workspace --locked 2>&1
+LOG="$(mktemp)"
+trap 'rm -f "$LOG"' EXIT
+status=0
+cargo test --workspace --all-targets --locked 2>&1 | tee "$LOG" || status=$?
+echo
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "summary: %d passed, %d failed\n", p, f }' "$LOG"
+exit "$status"
