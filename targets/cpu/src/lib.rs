@@ -39,6 +39,9 @@ pub enum CpuError {
         op: String,
         msg: String,
     },
+    /// Several nodes the back end cannot lower, all listed at once.
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    UnsupportedMany(Vec<CpuError>),
     #[error("target '{0}': {1}")]
     Target(String, String),
     #[error("code generation: {0}")]
@@ -314,8 +317,11 @@ fn generate<M: Module>(
         ctx.clear();
         kernel_ids.push(Some(id));
     }
-    if let Some(e) = unsupported.into_iter().next() {
-        return Err(e);
+    if unsupported.len() == 1 {
+        return Err(unsupported.pop().unwrap());
+    }
+    if !unsupported.is_empty() {
+        return Err(CpuError::UnsupportedMany(unsupported));
     }
 
     // output copies (an output that is an input, a constant, or listed twice)

@@ -518,3 +518,30 @@ fn resize_modes() {
         run_unary("resize", Op::Resize(a), &[1, 2, 4, 6], |x| x);
     }
 }
+
+#[test]
+fn unsupported_nodes_are_all_listed() {
+    // f16 arithmetic is not lowered yet: both nodes must be named in one error
+    let mut g = Graph::new("f16");
+    let x = g.add_input("x", TensorType::new(DType::F16, [4]));
+    let a = g
+        .add_node("first", Op::Unary(UnaryOp::Relu), vec![x], vec!["a".into()])
+        .unwrap();
+    let b = g
+        .add_node(
+            "second",
+            Op::Unary(UnaryOp::Abs),
+            vec![a[0]],
+            vec!["b".into()],
+        )
+        .unwrap();
+    g.outputs = b;
+    let err = kiln_target_cpu::compile_jit(&g, "f16")
+        .err()
+        .expect("must fail")
+        .to_string();
+    assert!(
+        err.contains("'first'") && err.contains("'second'") && err.contains("f16"),
+        "{err}"
+    );
+}
