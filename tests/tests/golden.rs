@@ -259,43 +259,27 @@ int main(int argc, char **argv) {{
     check_outputs(&c, &outs, "C program + .so");
 }
 
-#[test]
-fn lenet5_jit() {
-    jit("lenet5");
+/// Each golden model: compiled in memory, and as `.so` (Rust + C) and executable.
+macro_rules! golden {
+    ($($jit:ident, $art:ident => $name:literal;)*) => {$(
+        #[test]
+        fn $jit() {
+            jit($name);
+        }
+        #[test]
+        fn $art() {
+            artefacts($name);
+        }
+    )*};
 }
-#[test]
-fn lenet5_so_and_exe() {
-    artefacts("lenet5");
-}
-#[test]
-fn tiny_ops_jit() {
-    jit("tiny_ops");
-}
-#[test]
-fn squeezenet_jit() {
-    jit("squeezenet1_1");
-}
-#[test]
-fn resnet18_jit() {
-    jit("resnet18");
-}
-#[test]
-fn mobilenetv2_jit() {
-    jit("mobilenetv2");
-}
-#[test]
-fn resnet18_so_and_exe() {
-    artefacts("resnet18");
-}
-#[test]
-fn ppocr_det_jit() {
-    jit("ppocr_det");
-}
-#[test]
-fn ppocr_rec_jit() {
-    jit("ppocr_rec");
-}
-#[test]
-fn ppocr_cls_so_and_exe() {
-    artefacts("ppocr_cls");
+
+golden! {
+    lenet5_jit, lenet5_artefacts => "lenet5";
+    tiny_ops_jit, tiny_ops_artefacts => "tiny_ops";
+    squeezenet_jit, squeezenet_artefacts => "squeezenet1_1";
+    resnet18_jit, resnet18_artefacts => "resnet18";
+    mobilenetv2_jit, mobilenetv2_artefacts => "mobilenetv2";
+    ppocr_det_jit, ppocr_det_artefacts => "ppocr_det";
+    ppocr_rec_jit, ppocr_rec_artefacts => "ppocr_rec";
+    ppocr_cls_jit, ppocr_cls_artefacts => "ppocr_cls";
 }
