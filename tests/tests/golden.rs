@@ -26,6 +26,7 @@ struct Case {
     shapes: Vec<(String, Vec<usize>)>,
     inputs: Vec<PathBuf>,
     outputs: Vec<PathBuf>,
+    output_names: Vec<String>,
 }
 
 fn case(name: &str) -> Option<Case> {
@@ -71,6 +72,10 @@ fn case(name: &str) -> Option<Case> {
         model,
         shapes,
         inputs: files("inputs"),
+        output_names: ios("outputs")
+            .iter()
+            .map(|o| o["name"].as_str().unwrap().to_string())
+            .collect(),
         outputs: files("outputs"),
     })
 }
@@ -116,6 +121,15 @@ fn run_model(m: &Model, c: &Case) -> Vec<Vec<u8>> {
     outs
 }
 
+/// The compiled model keeps the ONNX model's input and output names.
+fn check_names(m: &Model, c: &Case) {
+    let ins: Vec<String> = m.inputs().into_iter().map(|i| i.name).collect();
+    let want: Vec<String> = c.shapes.iter().map(|(n, _)| n.clone()).collect();
+    assert_eq!(ins, want, "{}: input names", c.name);
+    let outs: Vec<String> = m.outputs().into_iter().map(|o| o.name).collect();
+    assert_eq!(outs, c.output_names, "{}: output names", c.name);
+}
+
 fn check_outputs(c: &Case, outs: &[Vec<u8>], how: &str) {
     assert_eq!(outs.len(), c.outputs.len(), "{}: output count", c.name);
     for (k, (o, p)) in outs.iter().zip(&c.outputs).enumerate() {
@@ -141,6 +155,7 @@ fn jit(name: &str) {
     .unwrap();
     let j = kiln_target_cpu::compile_jit(&g, name).unwrap();
     let m = unsafe { Model::from_raw(j.descriptor() as *const kiln_runtime::KilnModel) }.unwrap();
+    check_names(&m, &c);
     let outs = run_model(&m, &c);
     check_outputs(&c, &outs, "jit");
 }

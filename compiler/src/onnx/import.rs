@@ -1624,6 +1624,22 @@ pub fn import_model(
                 o.name()
             ))
         })?;
+        // An output that aliases another value (Identity, Dropout, no-op Cast...) keeps its
+        // ONNX name through a same-shape view; the memory planner makes it free.
+        let v = if imp.g.value(v).name != o.name() {
+            let name = imp.fresh(o.name());
+            let shape = imp.g.ty(v).shape.clone();
+            imp.g
+                .add_node(
+                    name.clone(),
+                    kiln_ir::Op::Reshape { shape },
+                    vec![v],
+                    vec![name],
+                )
+                .map_err(|e| merr(e.to_string()))?[0]
+        } else {
+            v
+        };
         imp.g.outputs.push(v);
     }
     if imp.g.outputs.is_empty() {
