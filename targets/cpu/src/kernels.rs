@@ -417,6 +417,58 @@ fn cast(kb: &mut Kb, x: &TensorType, to: DType) -> KResult {
     Ok(())
 }
 
+/// Shapes of a 2-D (or 1-D as 2-D) convolution: window, batch, channels, input and output planes.
+struct Geom {
+    k: [usize; 2],
+    s: [usize; 2],
+    p: [usize; 4],
+    d: [usize; 2],
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    m: usize,
+    oh: usize,
+    ow: usize,
+    cg: usize,
+    mg: usize,
+}
+
+impl Geom {
+    fn new(
+        (kernel, strides, pads, dil): (&[usize], &[usize], &[usize], &[usize]),
+        groups: usize,
+        x: &TensorType,
+        out: &TensorType,
+    ) -> Result<Geom, String> {
+        let (k, s, p, d) = spatial2d(kernel, strides, pads, dil)?;
+        let (n, c, m) = (x.shape[0], x.shape[1], out.shape[1]);
+        let ((h, w), (oh, ow)) = (hw(&x.shape), hw(&out.shape));
+        let (cg, mg) = (c / groups, m / groups);
+        Ok(Geom {
+            k,
+            s,
+            p,
+            d,
+            n,
+            c,
+            h,
+            w,
+            m,
+            oh,
+            ow,
+            cg,
+            mg,
+        })
+    }
+}
+
+/// Kernel parameters of conv-like ops: input, weight, optional bias, output.
+fn conv_params(kb: &Kb, n_in: usize) -> (Value, Value, Option<Value>, Value) {
+    let bias = if n_in == 3 { Some(kb.params[2]) } else { None };
+    (kb.params[0], kb.params[1], bias, kb.params[n_in])
+}
+
 /// kernel, strides, pads (top, left, bottom, right), dilations of a 2-D window.
 type Spatial2d = ([usize; 2], [usize; 2], [usize; 4], [usize; 2]);
 
@@ -531,20 +583,27 @@ fn tap_range(len: usize, out_len: usize, s: usize, p: usize, t: usize, d: usize)
 /// (taps unrolled at compile time, so the valid output ranges are constants), the output plane
 /// gets `w * x` added, F32X4 along the row when the stride is 1. No bounds checks at run time.
 fn conv_rows(kb: &mut Kb, a: &ConvAttrs, ins: &[&TensorType], out: &TensorType) -> KResult {
-    let (k, s, p, d) = spatial2d(&a.kernel, &a.strides, &a.pads, &a.dilations)?;
-    let x = ins[0];
-    let (n, c) = (x.shape[0], x.shape[1]);
-    let (h, w) = hw(&x.shape);
-    let m = out.shape[1];
-    let (oh, ow) = hw(&out.shape);
-    let (cg, mg) = (c / a.groups, m / a.groups);
-    let (xp, wp) = (kb.params[0], kb.params[1]);
-    let bp = if ins.len() == 3 {
-        Some(kb.params[2])
-    } else {
-        None
-    };
-    let op = kb.params[ins.len()];
+    let Geom {
+        k,
+        s,
+        p,
+        d,
+        n,
+        c,
+        h,
+        w,
+        m,
+        oh,
+        ow,
+        cg,
+        mg,
+    } = Geom::new(
+        (&a.kernel, &a.strides, &a.pads, &a.dilations),
+        a.groups,
+        ins[0],
+        out,
+    )?;
+    let (xp, wp, bp, op) = conv_params(kb, ins.len());
     let plane = oh * ow;
     kb.for_nd(&[n, m], &mut |kb, idx| {
         let (ni, mi) = (idx[0], idx[1]);
@@ -630,20 +689,27 @@ fn conv_transpose(
     ins: &[&TensorType],
     out: &TensorType,
 ) -> KResult {
-    let (k, s, p, d) = spatial2d(&a.kernel, &a.strides, &a.pads, &a.dilations)?;
-    let x = ins[0];
-    let (n, c) = (x.shape[0], x.shape[1]);
-    let (h, w) = hw(&x.shape);
-    let m = out.shape[1];
-    let (oh, ow) = hw(&out.shape);
-    let (cg, mg) = (c / a.groups, m / a.groups);
-    let (xp, wp) = (kb.params[0], kb.params[1]);
-    let bp = if ins.len() == 3 {
-        Some(kb.params[2])
-    } else {
-        None
-    };
-    let op = kb.params[ins.len()];
+    let Geom {
+        k,
+        s,
+        p,
+        d,
+        n,
+        c,
+        h,
+        w,
+        m,
+        oh,
+        ow,
+        cg,
+        mg,
+    } = Geom::new(
+        (&a.kernel, &a.strides, &a.pads, &a.dilations),
+        a.groups,
+        ins[0],
+        out,
+    )?;
+    let (xp, wp, bp, op) = conv_params(kb, ins.len());
     // init with bias
     kb.for_nd(&[n, m, oh * ow], &mut |kb, idx| {
         let v = match bp {

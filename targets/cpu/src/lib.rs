@@ -272,50 +272,27 @@ fn generate<M: Module>(
             kernel_ids.push(None);
             continue;
         }
-        let nparams = node.inputs.len() + node.outputs.len();
-        let sig = ptr_sig(module, nparams);
-        let id = module
-            .declare_function(
-                &format!("{prefix}_k{i}_{}", node.op.name()),
-                Linkage::Local,
-                &sig,
-            )
-            .map_err(cg)?;
-        ctx.func = Function::with_name_signature(UserFuncName::user(0, id.as_u32()), sig);
         let ins: Vec<&TensorType> = node.inputs.iter().map(|v| g.ty(*v)).collect();
         let outs: Vec<&TensorType> = node.outputs.iter().map(|v| g.ty(*v)).collect();
-        let res = {
-            let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-            let entry = b.create_block();
-            b.append_block_params_for_function_params(entry);
-            b.switch_to_block(entry);
-            let params = b.block_params(entry).to_vec();
-            let mut libm = HashMap::new();
-            for (f, fid) in &libm_ids {
-                libm.insert(*f, module.declare_func_in_func(*fid, b.func));
-            }
-            let mut kb = Kb { b, params, libm };
-            let r = kernels::emit(&mut kb, node, &ins, &outs);
-            kb.b.ins().return_(&[]);
-            kb.b.seal_all_blocks();
-            kb.b.finalize(fcfg);
-            r
+        let name = format!("{prefix}_k{i}_{}", node.op.name());
+        let nparams = node.inputs.len() + node.outputs.len();
+        let mut kd = KernelDef {
+            module: &mut *module,
+            ctx: &mut ctx,
+            fctx: &mut fctx,
+            libm: &libm_ids,
         };
-        if let Err(msg) = res {
-            unsupported.push(CpuError::Unsupported {
-                node: node.name.clone(),
-                op: node.op.name().into(),
-                msg,
-            });
-            ctx.clear();
-            kernel_ids.push(None);
-            continue;
+        match kd.define(&name, nparams, |kb| kernels::emit(kb, node, &ins, &outs))? {
+            Ok(id) => kernel_ids.push(Some(id)),
+            Err(msg) => {
+                unsupported.push(CpuError::Unsupported {
+                    node: node.name.clone(),
+                    op: node.op.name().into(),
+                    msg,
+                });
+                kernel_ids.push(None);
+            }
         }
-        module
-            .define_function(id, &mut ctx)
-            .map_err(|e| CpuError::Codegen(format!("node '{}': {e:?}", node.name)))?;
-        ctx.clear();
-        kernel_ids.push(Some(id));
     }
     if unsupported.len() == 1 {
         return Err(unsupported.pop().unwrap());
@@ -327,30 +304,18 @@ fn generate<M: Module>(
     // output copies (an output that is an input, a constant, or listed twice)
     let mut copy_ids = Vec::new();
     for (j, (_, v)) in plan.output_copies.iter().enumerate() {
-        let sig = ptr_sig(module, 2);
-        let id = module
-            .declare_function(&format!("{prefix}_copy{j}"), Linkage::Local, &sig)
-            .map_err(cg)?;
-        ctx.func = Function::with_name_signature(UserFuncName::user(0, id.as_u32()), sig);
-        {
-            let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-            let entry = b.create_block();
-            b.append_block_params_for_function_params(entry);
-            b.switch_to_block(entry);
-            let params = b.block_params(entry).to_vec();
-            let mut kb = Kb {
-                b,
-                params,
-                libm: HashMap::new(),
-            };
-            kernels::copy(&mut kb, 0, 1, g.ty(*v).size_bytes());
-            kb.b.ins().return_(&[]);
-            kb.b.seal_all_blocks();
-            kb.b.finalize(fcfg);
-        }
-        module.define_function(id, &mut ctx).map_err(cg)?;
-        ctx.clear();
-        copy_ids.push(id);
+        let bytes = g.ty(*v).size_bytes();
+        let mut kd = KernelDef {
+            module: &mut *module,
+            ctx: &mut ctx,
+            fctx: &mut fctx,
+            libm: &libm_ids,
+        };
+        let id = kd.define(&format!("{prefix}_copy{j}"), 2, |kb| {
+            kernels::copy(kb, 0, 1, bytes);
+            Ok(())
+        })?;
+        copy_ids.push(id.map_err(CpuError::Codegen)?);
     }
 
     // run(inputs, outputs, workspace) -> status
@@ -476,6 +441,58 @@ fn generate<M: Module>(
         naive_size: plan.naive_size,
         kernels: kernel_ids.iter().flatten().count(),
     })
+}
+
+/// Declares and defines one kernel function taking `nparams` pointers, with the libm imports.
+struct KernelDef<'m, M: Module> {
+    module: &'m mut M,
+    ctx: &'m mut Context,
+    fctx: &'m mut FunctionBuilderContext,
+    libm: &'m [(&'static str, FuncId)],
+}
+
+impl<M: Module> KernelDef<'_, M> {
+    /// `Ok(Err(msg))` when `body` cannot lower the op (nothing is defined then).
+    fn define(
+        &mut self,
+        name: &str,
+        nparams: usize,
+        body: impl FnOnce(&mut Kb) -> kernels::KResult,
+    ) -> Result<Result<FuncId, String>, CpuError> {
+        let sig = ptr_sig(&*self.module, nparams);
+        let id = self
+            .module
+            .declare_function(name, Linkage::Local, &sig)
+            .map_err(cg)?;
+        self.ctx.func = Function::with_name_signature(UserFuncName::user(0, id.as_u32()), sig);
+        let fcfg = self.module.isa().frontend_config();
+        let res = {
+            let mut b = FunctionBuilder::new(&mut self.ctx.func, self.fctx);
+            let entry = b.create_block();
+            b.append_block_params_for_function_params(entry);
+            b.switch_to_block(entry);
+            let params = b.block_params(entry).to_vec();
+            let mut libm = HashMap::new();
+            for (f, fid) in self.libm {
+                libm.insert(*f, self.module.declare_func_in_func(*fid, b.func));
+            }
+            let mut kb = Kb { b, params, libm };
+            let r = body(&mut kb);
+            kb.b.ins().return_(&[]);
+            kb.b.seal_all_blocks();
+            kb.b.finalize(fcfg);
+            r
+        };
+        if let Err(msg) = res {
+            self.ctx.clear();
+            return Ok(Err(msg));
+        }
+        self.module
+            .define_function(id, self.ctx)
+            .map_err(|e| CpuError::Codegen(format!("{name}: {e:?}")))?;
+        self.ctx.clear();
+        Ok(Ok(id))
+    }
 }
 
 fn same_storage(plan: &MemPlan, a: kiln_ir::ValueId, b: kiln_ir::ValueId) -> bool {
