@@ -32,6 +32,9 @@ pub struct MemPlan {
     pub output_copies: Vec<(usize, ValueId)>,
     /// Sum of all intermediate tensor sizes, for reports (what a planner-less runtime would allocate).
     pub naive_size: usize,
+    /// Per node (indexed by `NodeId`): workspace offset of the scratch buffer a back end asked
+    /// for, live only while that node runs.
+    pub scratch: Vec<Option<usize>>,
 }
 
 fn align(x: usize) -> usize {
@@ -40,6 +43,12 @@ fn align(x: usize) -> usize {
 
 /// Plan memory for a verified graph.
 pub fn plan(g: &Graph) -> MemPlan {
+    plan_with_scratch(g, &|_| 0)
+}
+
+/// Plan memory; `scratch(node)` is the number of temporary bytes a back end's kernel for that
+/// node needs (0 for none).
+pub fn plan_with_scratch(g: &Graph, scratch: &dyn Fn(&crate::Node) -> usize) -> MemPlan {
     let nv = g.values.len();
     // 1. alias roots through views
     let mut root: Vec<ValueId> = (0..nv).map(|i| ValueId(i as u32)).collect();
@@ -81,8 +90,27 @@ pub fn plan(g: &Graph) -> MemPlan {
     let mut top = 0usize;
     let mut naive = 0usize;
     let mut release_at: Vec<Vec<(usize, usize)>> = vec![Vec::new(); order.len() + 1];
+    let mut scratch_at: Vec<Option<usize>> = vec![None; g.nodes.len()];
     for (pos, &nid) in order.iter().enumerate() {
         let n = g.node(nid);
+        let alloc = |size: usize, free: &mut Vec<(usize, usize)>, top: &mut usize| match free
+            .iter()
+            .position(|&(_, s)| s >= size)
+        {
+            Some(k) => {
+                let (off, s) = free[k];
+                if s == size {
+                    free.remove(k);
+                } else {
+                    free[k] = (off + size, s - size);
+                }
+                off
+            }
+            None => {
+                *top += size;
+                *top - size
+            }
+        };
         for &o in &n.outputs {
             let r = root[o.index()];
             if r != o || storage[o.index()].is_some() {
@@ -90,25 +118,18 @@ pub fn plan(g: &Graph) -> MemPlan {
             }
             let size = align(g.ty(o).size_bytes().max(1));
             naive += size;
-            let off = match free.iter().position(|&(_, s)| s >= size) {
-                Some(k) => {
-                    let (off, s) = free[k];
-                    if s == size {
-                        free.remove(k);
-                    } else {
-                        free[k] = (off + size, s - size);
-                    }
-                    off
-                }
-                None => {
-                    top += size;
-                    top - size
-                }
-            };
+            let off = alloc(size, &mut free, &mut top);
             storage[o.index()] = Some(Storage::Workspace(off));
             // a value nobody reads dies right after its producer
             let die = last_use[o.index()].max(pos);
             release_at[die].push((off, size));
+        }
+        let sb = scratch(n);
+        if sb > 0 {
+            let size = align(sb);
+            let off = alloc(size, &mut free, &mut top);
+            scratch_at[nid.index()] = Some(off);
+            release_at[pos].push((off, size));
         }
         for (off, size) in std::mem::take(&mut release_at[pos]) {
             free.push((off, size));
@@ -135,5 +156,6 @@ pub fn plan(g: &Graph) -> MemPlan {
         workspace_size: align(top),
         output_copies,
         naive_size: naive,
+        scratch: scratch_at,
     }
 }

@@ -507,180 +507,264 @@ fn hw(shape: &[usize]) -> (usize, usize) {
 }
 
 fn conv(kb: &mut Kb, a: &ConvAttrs, ins: &[&TensorType], out: &TensorType) -> KResult {
-    let (k, s, p, _) = spatial2d(&a.kernel, &a.strides, &a.pads, &a.dilations)?;
-    if k == [1, 1] && s == [1, 1] && p == [0, 0, 0, 0] {
-        conv_1x1(kb, a, ins, out);
-        return Ok(());
-    }
-    conv_rows(kb, a, ins, out)
-}
-
-/// 1x1, stride 1, no padding: per (batch, group) a GEMM `W[mg, cg] x X[cg, h*w]`.
-fn conv_1x1(kb: &mut Kb, a: &ConvAttrs, ins: &[&TensorType], out: &TensorType) {
-    let x = ins[0];
-    let (n, c) = (x.shape[0], x.shape[1]);
-    let hw: usize = x.shape[2..].iter().product();
-    let m = out.shape[1];
-    let (cg, mg) = (c / a.groups, m / a.groups);
-    let mm = Mm {
-        m: mg,
-        n: hw,
-        k: cg,
-        a_i: cg,
-        a_k: 1,
-        b_k: hw,
-        b_j: 1,
-    };
-    let (xp, wp) = (kb.params[0], kb.params[1]);
-    let bp = if ins.len() == 3 {
-        Some(kb.params[2])
-    } else {
-        None
-    };
-    let op = kb.params[ins.len()];
-    kb.for_nd(&[n, a.groups], &mut |kb, idx| {
-        let xb = kb.offset(idx, &[c * hw, cg * hw]);
-        let wb = kb.offset(&idx[1..], &[mg * cg]);
-        let ob = kb.offset(idx, &[m * hw, mg * hw]);
-        let mbase = kb.b.ins().imul_imm_u(idx[1], mg as i64);
-        mm_core(kb, &mm, wp, wb, xp, xb, &mut |kb, i, j, r, vec| {
-            let r = match bp {
-                Some(bp) => {
-                    let mi = kb.b.ins().iadd(mbase, i);
-                    let bv = kb.load_f32(bp, mi);
-                    let bv = if vec { kb.b.ins().splat(F32X4, bv) } else { bv };
-                    kb.b.ins().fadd(r, bv)
-                }
-                None => r,
-            };
-            let oo = kb.offset(&[i, j], &[hw, 1]);
-            let oo = kb.b.ins().iadd(oo, ob);
-            if vec {
-                kb.store_f32x4(r, op, oo)
-            } else {
-                kb.store_f32(r, op, oo)
-            }
-        });
-    });
-}
-
-/// Valid output range `[lo, hi)` along one dim for kernel tap `t`: those `o` with
-/// `0 <= o*s - p + t*d < len`.
-fn tap_range(len: usize, out_len: usize, s: usize, p: usize, t: usize, d: usize) -> (usize, usize) {
-    let off = t as i64 * d as i64 - p as i64; // input index = o*s + off
-    let s = s as i64;
-    let lo = if off >= 0 { 0 } else { (-off + s - 1) / s };
-    let hi = if (len as i64 - 1 - off) < 0 {
-        0
-    } else {
-        (len as i64 - 1 - off) / s + 1
-    };
-    let hi = hi.min(out_len as i64).max(0) as usize;
-    (lo.max(0) as usize, hi)
-}
-
-/// Direct convolution accumulating into output rows: for every input channel and kernel tap
-/// (taps unrolled at compile time, so the valid output ranges are constants), the output plane
-/// gets `w * x` added, F32X4 along the row when the stride is 1. No bounds checks at run time.
-fn conv_rows(kb: &mut Kb, a: &ConvAttrs, ins: &[&TensorType], out: &TensorType) -> KResult {
-    let Geom {
-        k,
-        s,
-        p,
-        d,
-        n,
-        c,
-        h,
-        w,
-        m,
-        oh,
-        ow,
-        cg,
-        mg,
-    } = Geom::new(
+    let g = Geom::new(
         (&a.kernel, &a.strides, &a.pads, &a.dilations),
         a.groups,
         ins[0],
         out,
     )?;
     let (xp, wp, bp, op) = conv_params(kb, ins.len());
-    let plane = oh * ow;
-    kb.for_nd(&[n, m], &mut |kb, idx| {
-        let (ni, mi) = (idx[0], idx[1]);
-        let obase = kb.offset(idx, &[m * plane, plane]);
-        let bias = match bp {
-            Some(bp) => kb.load_f32(bp, mi),
-            None => kb.fc(0.0),
+    let pk = Packing::of(&g);
+    let tile = Tile {
+        g: &g,
+        pk: &pk,
+        wp,
+        bp,
+        op,
+    };
+    kb.for_n(g.n, &mut |kb, ni| {
+        let q = if pk.needed {
+            let sp = kb.params[ins.len() + 1];
+            pack_input(kb, &g, &pk, xp, ni, sp);
+            sp
+        } else {
+            let off = kb.b.ins().imul_imm_u(ni, (g.c * g.h * g.w * 4) as i64);
+            kb.b.ins().iadd(xp, off)
         };
-        let bv = kb.b.ins().splat(F32X4, bias);
-        let nv = plane / 4 * 4;
-        kb.for_range(0, nv, 4, &mut |kb, i| {
-            let o = kb.b.ins().iadd(obase, i);
-            kb.store_f32x4(bv, op, o);
-        });
-        kb.for_range(nv, plane, 1, &mut |kb, i| {
-            let o = kb.b.ins().iadd(obase, i);
-            kb.store_f32(bias, op, o);
-        });
-        let g = kb.b.ins().udiv_imm_u(mi, mg as i64);
-        let cb = kb.b.ins().imul_imm_u(g, cg as i64);
-        let nb = kb.b.ins().imul_imm_u(ni, c as i64);
-        let cfirst = kb.b.ins().iadd(nb, cb);
-        let wbase = kb.b.ins().imul_imm_u(mi, (cg * k[0] * k[1]) as i64);
-        kb.for_n(cg, &mut |kb, ci| {
-            let xc = kb.b.ins().iadd(cfirst, ci);
-            let xbase = kb.b.ins().imul_imm_u(xc, (h * w) as i64);
-            let wc = kb.b.ins().imul_imm_u(ci, (k[0] * k[1]) as i64);
-            let wc = kb.b.ins().iadd(wc, wbase);
-            for th in 0..k[0] {
-                let (ylo, yhi) = tap_range(h, oh, s[0], p[0], th, d[0]);
-                for tw in 0..k[1] {
-                    let (xlo, xhi) = tap_range(w, ow, s[1], p[1], tw, d[1]);
-                    if ylo >= yhi || xlo >= xhi {
-                        continue;
-                    }
-                    let wo = kb.b.ins().iadd_imm_u(wc, (th * k[1] + tw) as i64);
-                    let wv = kb.load_f32(wp, wo);
-                    let wvv = kb.b.ins().splat(F32X4, wv);
-                    let xoff = tw as i64 * d[1] as i64 - p[1] as i64;
-                    let yoff = th as i64 * d[0] as i64 - p[0] as i64;
-                    kb.for_range(ylo, yhi, 1, &mut |kb, y| {
-                        // input row index = y*s0 + yoff
-                        let iy = kb.b.ins().imul_imm_u(y, s[0] as i64);
-                        let iy = kb.b.ins().iadd_imm_s(iy, yoff);
-                        let xrow = kb.b.ins().imul_imm_u(iy, w as i64);
-                        let xrow = kb.b.ins().iadd(xrow, xbase);
-                        let xrow = kb.b.ins().iadd_imm_s(xrow, xoff);
-                        let orow = kb.b.ins().imul_imm_u(y, ow as i64);
-                        let orow = kb.b.ins().iadd(orow, obase);
-                        let vend = if s[1] == 1 {
-                            xlo + (xhi - xlo) / 4 * 4
-                        } else {
-                            xlo
-                        };
-                        kb.for_range(xlo, vend, 4, &mut |kb, xo| {
-                            let xi = kb.b.ins().iadd(xrow, xo);
-                            let oi = kb.b.ins().iadd(orow, xo);
-                            let xv = kb.load_f32x4(xp, xi);
-                            let ov = kb.load_f32x4(op, oi);
-                            let r = kb.b.ins().fma(xv, wvv, ov);
-                            kb.store_f32x4(r, op, oi);
-                        });
-                        kb.for_range(vend, xhi, 1, &mut |kb, xo| {
-                            let xi = kb.b.ins().imul_imm_u(xo, s[1] as i64);
-                            let xi = kb.b.ins().iadd(xrow, xi);
-                            let oi = kb.b.ins().iadd(orow, xo);
-                            let xv = kb.load_f32(xp, xi);
-                            let ov = kb.load_f32(op, oi);
-                            let r = kb.b.ins().fma(xv, wv, ov);
-                            kb.store_f32(r, op, oi);
-                        });
-                    });
-                }
+        let mblocks = g.mg / 4;
+        let mtail = g.mg % 4;
+        kb.for_n(a.groups, &mut |kb, gi| {
+            let mfirst = kb.b.ins().imul_imm_u(gi, g.mg as i64);
+            let cfirst = kb.b.ins().imul_imm_u(gi, g.cg as i64);
+            kb.for_n(mblocks, &mut |kb, mb| {
+                let m0 = kb.b.ins().imul_imm_u(mb, 4);
+                let m0 = kb.b.ins().iadd(m0, mfirst);
+                tile.rows(kb, q, ni, m0, cfirst, 4);
+            });
+            if mtail > 0 {
+                let m0 = kb.b.ins().iadd_imm_u(mfirst, (mblocks * 4) as i64);
+                tile.rows(kb, q, ni, m0, cfirst, mtail);
             }
         });
     });
     Ok(())
+}
+
+/// Scratch bytes a node's CPU kernel needs (a padded, stride-phase-split copy of the input).
+pub(crate) fn scratch_bytes(node: &Node, ins: &[&TensorType], outs: &[&TensorType]) -> usize {
+    match &node.op {
+        Op::Conv(a) if ins[0].dtype == DType::F32 => {
+            match Geom::new(
+                (&a.kernel, &a.strides, &a.pads, &a.dilations),
+                a.groups,
+                ins[0],
+                outs[0],
+            ) {
+                Ok(g) => {
+                    let pk = Packing::of(&g);
+                    if pk.needed {
+                        g.c * pk.s1 * pk.hp * pk.wq * 4
+                    } else {
+                        0
+                    }
+                }
+                Err(_) => 0,
+            }
+        }
+        _ => 0,
+    }
+}
+
+/// The convolution input as the tiled kernel reads it: per channel, `s1` column phases of the
+/// zero-padded input, so that every kernel tap reads contiguous columns for any stride:
+/// `q[c][r][row][xq] = padded[c][row][xq * s1 + r]`.
+struct Packing {
+    needed: bool,
+    s1: usize,
+    hp: usize,
+    wq: usize,
+}
+
+impl Packing {
+    fn of(g: &Geom) -> Packing {
+        let needed = g.p != [0, 0, 0, 0] || g.s[1] != 1;
+        let hp = g.h + g.p[0] + g.p[2];
+        let wp = g.w + g.p[1] + g.p[3];
+        let s1 = if needed { g.s[1] } else { 1 };
+        Packing {
+            needed,
+            s1,
+            hp,
+            wq: wp.div_ceil(s1),
+        }
+    }
+    /// Element offset of (channel 0, phase r, row, column xq).
+    fn at(&self, r: usize, row: usize, xq: usize) -> usize {
+        (r * self.hp + row) * self.wq + xq
+    }
+}
+
+fn pack_input(kb: &mut Kb, g: &Geom, pk: &Packing, xp: Value, ni: Value, sp: Value) {
+    let total = g.c * pk.s1 * pk.hp * pk.wq;
+    let z = kb.fc(0.0);
+    let zv = kb.b.ins().splat(F32X4, z);
+    let nv = total / 4 * 4;
+    kb.for_range(0, nv, 4, &mut |kb, i| kb.store_f32x4(zv, sp, i));
+    kb.for_range(nv, total, 1, &mut |kb, i| kb.store_f32(z, sp, i));
+    let per_c = pk.s1 * pk.hp * pk.wq;
+    let xb = kb.b.ins().imul_imm_u(ni, (g.c * g.h * g.w) as i64);
+    kb.for_nd(&[g.c, g.h], &mut |kb, idx| {
+        let src_row = kb.offset(idx, &[g.h * g.w, g.w]);
+        let src_row = kb.b.ins().iadd(src_row, xb);
+        let dst_c = kb.b.ins().imul_imm_u(idx[0], per_c as i64);
+        let dst_row = kb.b.ins().imul_imm_u(idx[1], pk.wq as i64);
+        let dst = kb.b.ins().iadd(dst_c, dst_row);
+        for r in 0..pk.s1 {
+            // input columns `col` with (col + pl) % s1 == r
+            let first = (r + pk.s1 * g.w - g.p[1] % pk.s1) % pk.s1;
+            if first >= g.w {
+                continue;
+            }
+            let count = (g.w - first).div_ceil(pk.s1);
+            let dst0 = pk.at(r, g.p[0], (first + g.p[1]) / pk.s1);
+            kb.for_n(count, &mut |kb, t| {
+                let si = kb.b.ins().imul_imm_u(t, pk.s1 as i64);
+                let si = kb.b.ins().iadd_imm_u(si, first as i64);
+                let si = kb.b.ins().iadd(si, src_row);
+                let di = kb.b.ins().iadd_imm_u(t, dst0 as i64);
+                let di = kb.b.ins().iadd(di, dst);
+                let v = kb.load_f32(xp, si);
+                kb.store_f32(v, sp, di);
+            });
+        }
+    });
+}
+
+/// Register-blocked convolution tiles: `mrows` output channels x 8/4/1 output columns kept in
+/// F32X4 accumulators across all input channels and kernel taps (taps unrolled, their offsets
+/// immediates).
+struct Tile<'g> {
+    g: &'g Geom,
+    pk: &'g Packing,
+    wp: Value,
+    bp: Option<Value>,
+    op: Value,
+}
+
+impl Tile<'_> {
+    /// All output rows and columns of channels `m0..m0+mrows`.
+    fn rows(&self, kb: &mut Kb, q: Value, ni: Value, m0: Value, cfirst: Value, mrows: usize) {
+        let g = self.g;
+        let (x8, rem) = (g.ow / 8, g.ow % 8);
+        kb.for_n(g.oh, &mut |kb, y| {
+            kb.for_n(x8, &mut |kb, xb| {
+                let x = kb.b.ins().imul_imm_u(xb, 8);
+                self.tile(kb, q, ni, m0, cfirst, y, x, mrows, 8);
+            });
+            let mut x0 = x8 * 8;
+            if rem >= 4 {
+                let x = kb.ic(x0 as i64);
+                self.tile(kb, q, ni, m0, cfirst, y, x, mrows, 4);
+                x0 += 4;
+            }
+            kb.for_range(x0, g.ow, 1, &mut |kb, x| {
+                self.tile(kb, q, ni, m0, cfirst, y, x, mrows, 1)
+            });
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn tile(
+        &self,
+        kb: &mut Kb,
+        q: Value,
+        ni: Value,
+        m0: Value,
+        cfirst: Value,
+        y: Value,
+        x: Value,
+        mrows: usize,
+        width: usize,
+    ) {
+        let (g, pk) = (self.g, self.pk);
+        let flags = crate::kb::flags();
+        let nvec = width / 4;
+        let kk = g.k[0] * g.k[1];
+        let (vty, lanes) = if nvec > 0 { (F32X4, nvec) } else { (F32, 1) };
+        // accumulators start at the bias
+        let mut acc = Vec::new();
+        for mi in 0..mrows {
+            let b = match self.bp {
+                Some(bp) => {
+                    let m = kb.b.ins().iadd_imm_u(m0, mi as i64);
+                    kb.load_f32(bp, m)
+                }
+                None => kb.fc(0.0),
+            };
+            let b = if nvec > 0 {
+                kb.b.ins().splat(F32X4, b)
+            } else {
+                b
+            };
+            for _ in 0..lanes {
+                acc.push(kb.var(vty, b));
+            }
+        }
+        // q + (y*s0*wq + x) for the tile's first input row/column, per input channel below
+        let ys = kb.b.ins().imul_imm_u(y, (g.s[0] * pk.wq) as i64);
+        let yx = kb.b.ins().iadd(ys, x);
+        let wrow = kb.b.ins().imul_imm_u(m0, (g.cg * kk) as i64);
+        let per_c = pk.s1 * pk.hp * pk.wq;
+        kb.for_n(g.cg, &mut |kb, ci| {
+            let c = kb.b.ins().iadd(cfirst, ci);
+            let cq = kb.b.ins().imul_imm_u(c, per_c as i64);
+            let e = kb.b.ins().iadd(cq, yx);
+            let xa = kb.addr(q, e, 4);
+            let wc = kb.b.ins().imul_imm_u(ci, kk as i64);
+            let we = kb.b.ins().iadd(wc, wrow);
+            let wa = kb.addr(self.wp, we, 4);
+            for th in 0..g.k[0] {
+                for tw in 0..g.k[1] {
+                    let col = tw * g.d[1];
+                    let off = pk.at(col % pk.s1, th * g.d[0], col / pk.s1) * 4;
+                    let xs: Vec<Value> = (0..lanes)
+                        .map(|l| kb.b.ins().load(vty, flags, xa, (off + 16 * l) as i32))
+                        .collect();
+                    for mi in 0..mrows {
+                        let woff = ((mi * g.cg * kk) + th * g.k[1] + tw) * 4;
+                        let wv = kb.b.ins().load(F32, flags, wa, woff as i32);
+                        let wv = if nvec > 0 {
+                            kb.b.ins().splat(F32X4, wv)
+                        } else {
+                            wv
+                        };
+                        for (l, xv) in xs.iter().enumerate() {
+                            let v = acc[mi * lanes + l];
+                            let a0 = kb.b.use_var(v);
+                            let a1 = kb.b.ins().fma(*xv, wv, a0);
+                            kb.b.def_var(v, a1);
+                        }
+                    }
+                }
+            }
+        });
+        // out[n, m0+mi, y, x..]
+        let plane = g.oh * g.ow;
+        let nm = kb.b.ins().imul_imm_u(ni, g.m as i64);
+        let nm = kb.b.ins().iadd(nm, m0);
+        let ob = kb.b.ins().imul_imm_u(nm, plane as i64);
+        let yo = kb.b.ins().imul_imm_u(y, g.ow as i64);
+        let ob = kb.b.ins().iadd(ob, yo);
+        let ob = kb.b.ins().iadd(ob, x);
+        let oa = kb.addr(self.op, ob, 4);
+        for mi in 0..mrows {
+            for l in 0..lanes {
+                let v = kb.b.use_var(acc[mi * lanes + l]);
+                kb.b.ins()
+                    .store(flags, v, oa, ((mi * plane + 4 * l) * 4) as i32);
+            }
+        }
+    }
 }
 
 fn conv_transpose(

@@ -226,7 +226,7 @@ fn generate<M: Module>(
     }
     let prefix = sym(&opts.name);
     let fcfg = module.isa().frontend_config();
-    let plan: MemPlan = memplan::plan(g);
+    let plan: MemPlan = plan(g);
     let mut fctx = FunctionBuilderContext::new();
     let mut ctx = Context::new();
 
@@ -267,7 +267,7 @@ fn generate<M: Module>(
     // one kernel per node
     let mut kernel_ids = Vec::new();
     let mut unsupported = Vec::new();
-    for (i, (_, node)) in g.iter_nodes().enumerate() {
+    for (i, (nid, node)) in g.iter_nodes().enumerate() {
         if node.op.is_view() && same_storage(&plan, node.inputs[0], node.outputs[0]) {
             kernel_ids.push(None);
             continue;
@@ -275,7 +275,8 @@ fn generate<M: Module>(
         let ins: Vec<&TensorType> = node.inputs.iter().map(|v| g.ty(*v)).collect();
         let outs: Vec<&TensorType> = node.outputs.iter().map(|v| g.ty(*v)).collect();
         let name = format!("{prefix}_k{i}_{}", node.op.name());
-        let nparams = node.inputs.len() + node.outputs.len();
+        let has_scratch = plan.scratch[nid.index()].is_some();
+        let nparams = node.inputs.len() + node.outputs.len() + has_scratch as usize;
         let mut kd = KernelDef {
             module: &mut *module,
             ctx: &mut ctx,
@@ -378,15 +379,18 @@ fn generate<M: Module>(
                 }
             }
         };
-        for (k, (_, node)) in g.iter_nodes().enumerate() {
+        for (k, (nid, node)) in g.iter_nodes().enumerate() {
             let Some(fid) = kernel_ids[k] else { continue };
             let fref = module.declare_func_in_func(fid, b.func);
-            let args: Vec<_> = node
+            let mut args: Vec<_> = node
                 .inputs
                 .iter()
                 .chain(&node.outputs)
                 .map(|&v| storage_ptr(&mut b, module, v))
                 .collect();
+            if let Some(off) = plan.scratch[nid.index()] {
+                args.push(b.ins().iadd_imm_u(ws, off as i64));
+            }
             b.ins().call(fref, &args);
         }
         for (j, (oi, v)) in plan.output_copies.iter().enumerate() {
@@ -493,6 +497,15 @@ impl<M: Module> KernelDef<'_, M> {
         self.ctx.clear();
         Ok(Ok(id))
     }
+}
+
+/// The memory plan the CPU back end uses: intermediates plus per-kernel scratch.
+pub fn plan(g: &Graph) -> MemPlan {
+    memplan::plan_with_scratch(g, &|n| {
+        let ins: Vec<&TensorType> = n.inputs.iter().map(|v| g.ty(*v)).collect();
+        let outs: Vec<&TensorType> = n.outputs.iter().map(|v| g.ty(*v)).collect();
+        kernels::scratch_bytes(n, &ins, &outs)
+    })
 }
 
 fn same_storage(plan: &MemPlan, a: kiln_ir::ValueId, b: kiln_ir::ValueId) -> bool {
