@@ -152,34 +152,25 @@ fn fconst_like(kb: &mut Kb, v: f32, vec: bool) -> Value {
     if vec { kb.b.ins().splat(F32X4, c) } else { c }
 }
 
-fn select_gt(kb: &mut Kb, a: Value, b: Value, vec: bool) -> Value {
-    // max(a, b) via compare+select (scalar) or compare+bitselect (vector)
-    let c = kb.b.ins().fcmp(FloatCC::GreaterThan, a, b);
+/// `if x <cc> y { a } else { b }` on scalars (select) or F32X4 lanes (bitselect on the mask).
+fn select_if(kb: &mut Kb, cc: FloatCC, x: Value, y: Value, a: Value, b: Value, vec: bool) -> Value {
+    let c = kb.b.ins().fcmp(cc, x, y);
     if vec {
-        let m = kb.b.ins().bitcast(
-            F32X4,
-            cranelift_codegen::ir::MemFlagsData::new()
-                .with_endianness(cranelift_codegen::ir::Endianness::Little),
-            c,
-        );
+        let le = cranelift_codegen::ir::MemFlagsData::new()
+            .with_endianness(cranelift_codegen::ir::Endianness::Little);
+        let m = kb.b.ins().bitcast(F32X4, le, c);
         kb.b.ins().bitselect(m, a, b)
     } else {
         kb.b.ins().select(c, a, b)
     }
 }
+
+/// max(a, b), written as compare + select (x64: one `maxps`), not IEEE `fmax`.
+fn select_gt(kb: &mut Kb, a: Value, b: Value, vec: bool) -> Value {
+    select_if(kb, FloatCC::GreaterThan, a, b, a, b, vec)
+}
 fn select_lt(kb: &mut Kb, a: Value, b: Value, vec: bool) -> Value {
-    let c = kb.b.ins().fcmp(FloatCC::LessThan, a, b);
-    if vec {
-        let m = kb.b.ins().bitcast(
-            F32X4,
-            cranelift_codegen::ir::MemFlagsData::new()
-                .with_endianness(cranelift_codegen::ir::Endianness::Little),
-            c,
-        );
-        kb.b.ins().bitselect(m, a, b)
-    } else {
-        kb.b.ins().select(c, a, b)
-    }
+    select_if(kb, FloatCC::LessThan, a, b, a, b, vec)
 }
 
 /// The scalar (or F32X4) body of an elementwise op.
@@ -249,18 +240,7 @@ fn apply(kb: &mut Kb, op: &Op, x: Value, y: Option<Value>, vec: bool) -> Value {
             let a = fconst_like(kb, *alpha, vec);
             let z = fconst_like(kb, 0.0, vec);
             let neg = kb.b.ins().fmul(x, a);
-            let c = kb.b.ins().fcmp(FloatCC::LessThan, x, z);
-            if vec {
-                let m = kb.b.ins().bitcast(
-                    F32X4,
-                    cranelift_codegen::ir::MemFlagsData::new()
-                        .with_endianness(cranelift_codegen::ir::Endianness::Little),
-                    c,
-                );
-                kb.b.ins().bitselect(m, neg, x)
-            } else {
-                kb.b.ins().select(c, neg, x)
-            }
+            select_if(kb, FloatCC::LessThan, x, z, neg, x, vec)
         }
         _ => unreachable!("not elementwise"),
     }
