@@ -17,7 +17,7 @@ use super::tensor::{ExternalFiles, decode_tensor, dtype_from_onnx};
 use super::{OnnxError, OnnxOptions};
 
 pub const MIN_OPSET: i64 = 7;
-pub const MAX_OPSET: i64 = 22;
+pub const MAX_OPSET: i64 = 27;
 
 type R<T> = Result<T, String>;
 

@@ -97,3 +97,19 @@ pub fn load_bytes(
     })?;
     import::import_model(model, base_dir, name, opts)
 }
+
+/// Read a serialized `TensorProto` file (the ONNX test-data format `input_0.pb`).
+pub fn read_tensor(path: &Path) -> Result<(kiln_ir::TensorType, kiln_ir::ConstData), OnnxError> {
+    let file = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|source| OnnxError::Io {
+        file: file.clone(),
+        source,
+    })?;
+    let mut t =
+        proto::TensorProto::decode(bytes.as_slice()).map_err(|source| OnnxError::Decode {
+            file: file.clone(),
+            source,
+        })?;
+    let mut ext = tensor::ExternalFiles::default();
+    tensor::decode_tensor(&mut t, None, &mut ext).map_err(|msg| OnnxError::Model { file, msg })
+}
