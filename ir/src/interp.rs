@@ -7,7 +7,7 @@
 
 use crate::ops::{
     BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordTransform, GemmAttrs, NearestMode, PoolAttrs,
-    ResizeAttrs, ResizeMode, SliceAttrs, UnaryOp, broadcast_shapes,
+    ReduceKind, ResizeAttrs, ResizeMode, SliceAttrs, UnaryOp, broadcast_shapes,
 };
 use crate::types::strides_of;
 use crate::{ConstData, DType, Graph, IrError, Op, TensorType, ValueDef};
@@ -447,7 +447,7 @@ pub fn eval_op(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
             }
             one(from_f64(x.dtype(), out_shape, out)?)
         }
-        Op::ReduceMean { axes, .. } => {
+        Op::Reduce { kind, axes, .. } => {
             let v = x.floats()?;
             let kept: Vec<usize> = x
                 .shape
@@ -462,7 +462,7 @@ pub fn eval_op(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
                 .filter(|(i, a)| !axes[..*i].contains(a))
                 .map(|(_, &a)| x.shape[a])
                 .product();
-            let mut out = vec![0f64; kept.iter().product()];
+            let mut out = vec![kind.init(); kept.iter().product()];
             let mut idx = vec![0; x.shape.len()];
             for (i, &val) in v.iter().enumerate() {
                 unravel(i, &x.shape, &mut idx);
@@ -475,10 +475,23 @@ pub fn eval_op(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
                         }
                     })
                     .sum();
-                out[o] += val;
+                out[o] = match kind {
+                    ReduceKind::Max => out[o].max(val),
+                    ReduceKind::Min => out[o].min(val),
+                    ReduceKind::Prod => out[o] * val,
+                    ReduceKind::SumSquare | ReduceKind::L2 => out[o] + val * val,
+                    ReduceKind::L1 => out[o] + val.abs(),
+                    ReduceKind::LogSumExp => out[o] + val.exp(),
+                    _ => out[o] + val,
+                };
             }
             for o in out.iter_mut() {
-                *o /= count.max(1) as f64;
+                *o = match kind {
+                    ReduceKind::Mean => *o / count.max(1) as f64,
+                    ReduceKind::L2 => o.sqrt(),
+                    ReduceKind::LogSum | ReduceKind::LogSumExp => o.ln(),
+                    _ => *o,
+                };
             }
             one(from_f64(x.dtype(), out_shape, out)?)
         }

@@ -72,6 +72,51 @@ pub enum UnaryOp {
     HardSwish,
 }
 
+/// The ONNX Reduce* family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReduceKind {
+    Sum,
+    Mean,
+    Max,
+    Min,
+    Prod,
+    SumSquare,
+    L1,
+    L2,
+    LogSum,
+    LogSumExp,
+}
+
+impl ReduceKind {
+    pub const ALL: [(ReduceKind, &'static str); 10] = [
+        (ReduceKind::Sum, "reduce_sum"),
+        (ReduceKind::Mean, "reduce_mean"),
+        (ReduceKind::Max, "reduce_max"),
+        (ReduceKind::Min, "reduce_min"),
+        (ReduceKind::Prod, "reduce_prod"),
+        (ReduceKind::SumSquare, "reduce_sum_square"),
+        (ReduceKind::L1, "reduce_l1"),
+        (ReduceKind::L2, "reduce_l2"),
+        (ReduceKind::LogSum, "reduce_log_sum"),
+        (ReduceKind::LogSumExp, "reduce_log_sum_exp"),
+    ];
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(k, _)| *k == self).unwrap().1
+    }
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(_, n)| *n == s).map(|(k, _)| *k)
+    }
+    /// Accumulator start value.
+    pub fn init(self) -> f64 {
+        match self {
+            ReduceKind::Max => f64::NEG_INFINITY,
+            ReduceKind::Min => f64::INFINITY,
+            ReduceKind::Prod => 1.0,
+            _ => 0.0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResizeMode {
     Nearest,
@@ -163,7 +208,9 @@ pub enum Op {
     Softmax {
         axis: usize,
     },
-    ReduceMean {
+    /// Reduction over `axes` (sorted, unique; may be empty = identity-like copy).
+    Reduce {
+        kind: ReduceKind,
         axes: Vec<usize>,
         keepdims: bool,
     },
@@ -328,7 +375,7 @@ impl Op {
             Op::Split { .. } => "split",
             Op::Slice(_) => "slice",
             Op::Softmax { .. } => "softmax",
-            Op::ReduceMean { .. } => "reduce_mean",
+            Op::Reduce { kind, .. } => kind.name(),
             Op::Resize(_) => "resize",
             Op::Cast { .. } => "cast",
         }
@@ -394,7 +441,7 @@ impl Op {
                 ("sizes", us(&a.sizes)),
             ],
             Op::Softmax { axis } => vec![("axis", Attr::Int(*axis as i64))],
-            Op::ReduceMean { axes, keepdims } => vec![
+            Op::Reduce { axes, keepdims, .. } => vec![
                 ("axes", us(axes)),
                 ("keepdims", Attr::Int(*keepdims as i64)),
             ],
@@ -501,7 +548,8 @@ impl Op {
             "softmax" => Op::Softmax {
                 axis: get("axis")?.uint()?,
             },
-            "reduce_mean" => Op::ReduceMean {
+            _ if ReduceKind::from_name(name).is_some() => Op::Reduce {
+                kind: ReduceKind::from_name(name).unwrap(),
                 axes: get("axes")?.uints()?,
                 keepdims: flag("keepdims")?,
             },
@@ -813,7 +861,7 @@ impl Op {
                 }
                 Ok(vec![ins[0].clone()])
             }
-            Op::ReduceMean { axes, keepdims } => {
+            Op::Reduce { axes, keepdims, .. } => {
                 arity(1, 1)?;
                 let x = ins[0];
                 if axes.iter().any(|&a| a >= x.rank()) {

@@ -349,7 +349,8 @@ fn softmax() {
 fn reduce_mean() {
     let x = seq(&[2, 3]);
     let y = eval1(
-        Op::ReduceMean {
+        Op::Reduce {
+            kind: ReduceKind::Mean,
             axes: vec![1],
             keepdims: true,
         },
@@ -357,13 +358,42 @@ fn reduce_mean() {
     );
     close(&y, &[2, 1], &[2.0, 5.0]);
     let y = eval1(
-        Op::ReduceMean {
+        Op::Reduce {
+            kind: ReduceKind::Mean,
             axes: vec![0, 1],
             keepdims: false,
         },
         &[&x],
     );
     close(&y, &[], &[3.5]);
+    // the rest of the family on [[1,2,3],[4,5,6]] over axis 1
+    for (kind, want) in [
+        (ReduceKind::Sum, [6.0, 15.0]),
+        (ReduceKind::Max, [3.0, 6.0]),
+        (ReduceKind::Min, [1.0, 4.0]),
+        (ReduceKind::Prod, [6.0, 120.0]),
+        (ReduceKind::SumSquare, [14.0, 77.0]),
+        (ReduceKind::L1, [6.0, 15.0]),
+        (ReduceKind::L2, [14f32.sqrt(), 77f32.sqrt()]),
+        (ReduceKind::LogSum, [6f32.ln(), 15f32.ln()]),
+        (
+            ReduceKind::LogSumExp,
+            [
+                (1f32.exp() + 2f32.exp() + 3f32.exp()).ln(),
+                (4f32.exp() + 5f32.exp() + 6f32.exp()).ln(),
+            ],
+        ),
+    ] {
+        let y = eval1(
+            Op::Reduce {
+                kind,
+                axes: vec![1],
+                keepdims: false,
+            },
+            &[&x],
+        );
+        close(&y, &[2], &want);
+    }
 }
 
 fn resize(

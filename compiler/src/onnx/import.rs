@@ -5,7 +5,7 @@ use std::path::Path;
 
 use kiln_ir::ops::{
     BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordTransform, GemmAttrs, NearestMode, PoolAttrs,
-    ResizeAttrs, ResizeMode, SliceAttrs, UnaryOp,
+    ReduceKind, ResizeAttrs, ResizeMode, SliceAttrs, UnaryOp,
 };
 use kiln_ir::{DType, Graph, IrError, Op, TensorType, ValueDef, ValueId};
 
@@ -60,6 +60,15 @@ const SUPPORTED: &[&str] = &[
     "Split",
     "Slice",
     "ReduceMean",
+    "ReduceSum",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceSumSquare",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
     "Resize",
     "Upsample",
     "Cast",
@@ -859,10 +868,25 @@ impl<'a> Imp<'a> {
                     self.set_out(c, 0, o);
                 }
             }
-            "ReduceMean" => {
+            "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd"
+            | "ReduceSumSquare" | "ReduceL1" | "ReduceL2" | "ReduceLogSum" | "ReduceLogSumExp" => {
+                let kind = match op {
+                    "ReduceMean" => ReduceKind::Mean,
+                    "ReduceSum" => ReduceKind::Sum,
+                    "ReduceMax" => ReduceKind::Max,
+                    "ReduceMin" => ReduceKind::Min,
+                    "ReduceProd" => ReduceKind::Prod,
+                    "ReduceSumSquare" => ReduceKind::SumSquare,
+                    "ReduceL1" => ReduceKind::L1,
+                    "ReduceL2" => ReduceKind::L2,
+                    "ReduceLogSum" => ReduceKind::LogSum,
+                    _ => ReduceKind::LogSumExp,
+                };
                 let x = self.req(c, 0)?;
                 let r = self.ty(x).rank();
-                let axes = if self.opset >= 18 {
+                // axes moved from an attribute to an input in opset 13 (ReduceSum) / 18 (others)
+                let axes_as_input = if op == "ReduceSum" { 13 } else { 18 };
+                let axes = if self.opset >= axes_as_input {
                     self.const_in(c, 1)?.map(|t| t.as_i64())
                 } else {
                     c.ints("axes")
@@ -882,7 +906,15 @@ impl<'a> Imp<'a> {
                 };
                 ax.sort_unstable();
                 ax.dedup();
-                self.emit(c, Op::ReduceMean { axes: ax, keepdims }, vec![x])?;
+                self.emit(
+                    c,
+                    Op::Reduce {
+                        kind,
+                        axes: ax,
+                        keepdims,
+                    },
+                    vec![x],
+                )?;
             }
             "Resize" | "Upsample" => self.resize(c)?,
             _ => return Err("unsupported op".into()),

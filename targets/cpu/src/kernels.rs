@@ -7,7 +7,7 @@ use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{InstBuilder, Value, types};
 use kiln_ir::ops::{
     BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordTransform, GemmAttrs, NearestMode, PoolAttrs,
-    ResizeAttrs, ResizeMode, SliceAttrs, UnaryOp, broadcast_shapes,
+    ReduceKind, ResizeAttrs, ResizeMode, SliceAttrs, UnaryOp, broadcast_shapes,
 };
 use kiln_ir::types::strides_of;
 use kiln_ir::{DType, Node, Op, TensorType};
@@ -115,9 +115,9 @@ pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&Tenso
             softmax(kb, *axis, ins[0]);
             Ok(())
         }
-        Op::ReduceMean { axes, .. } => {
+        Op::Reduce { kind, axes, .. } => {
             float_only(ins[0])?;
-            reduce_mean(kb, axes, ins[0]);
+            reduce(kb, *kind, axes, ins[0]);
             Ok(())
         }
         Op::Resize(a) => {
@@ -1193,7 +1193,8 @@ fn reduce_rows(kb: &mut Kb, rows: usize, len: usize, scale: f32) {
     });
 }
 
-fn reduce_mean(kb: &mut Kb, axes: &[usize], x: &TensorType) {
+/// Reduce* over `axes`: the output buffer is the accumulator (init, combine, finalize).
+fn reduce(kb: &mut Kb, kind: ReduceKind, axes: &[usize], x: &TensorType) {
     let (xp, op) = (kb.params[0], kb.params[1]);
     let out_numel: usize = (0..x.rank())
         .filter(|d| !axes.contains(d))
@@ -1209,8 +1210,9 @@ fn reduce_mean(kb: &mut Kb, axes: &[usize], x: &TensorType) {
         .map(|d| if axes.contains(&d) { 0 } else { ks[d] })
         .collect();
     let xs = strides_of(&x.shape);
+    let init = kind.init() as f32;
     kb.for_n(out_numel, &mut |kb, i| {
-        let z = kb.fc(0.0);
+        let z = kb.fc(init);
         kb.store_f32(z, op, i);
     });
     kb.for_nd(&x.shape.clone(), &mut |kb, idx| {
@@ -1218,16 +1220,41 @@ fn reduce_mean(kb: &mut Kb, axes: &[usize], x: &TensorType) {
         let oo = kb.offset(idx, &os);
         let v = kb.load_f32(xp, xo);
         let a = kb.load_f32(op, oo);
-        let s = kb.b.ins().fadd(a, v);
-        kb.store_f32(s, op, oo);
+        let r = match kind {
+            ReduceKind::Max => kb.fmax(v, a),
+            ReduceKind::Min => kb.fmin(v, a),
+            ReduceKind::Prod => kb.b.ins().fmul(a, v),
+            ReduceKind::SumSquare | ReduceKind::L2 => kb.b.ins().fma(v, v, a),
+            ReduceKind::L1 => {
+                let t = kb.b.ins().fabs(v);
+                kb.b.ins().fadd(a, t)
+            }
+            ReduceKind::LogSumExp => {
+                let t = kb.call1("expf", v);
+                kb.b.ins().fadd(a, t)
+            }
+            ReduceKind::Sum | ReduceKind::Mean | ReduceKind::LogSum => kb.b.ins().fadd(a, v),
+        };
+        kb.store_f32(r, op, oo);
     });
-    let inv = 1.0 / count as f32;
-    kb.for_n(out_numel, &mut |kb, i| {
-        let a = kb.load_f32(op, i);
-        let c = kb.fc(inv);
-        let r = kb.b.ins().fmul(a, c);
-        kb.store_f32(r, op, i);
-    });
+    let inv = 1.0 / count.max(1) as f32;
+    if matches!(
+        kind,
+        ReduceKind::Mean | ReduceKind::L2 | ReduceKind::LogSum | ReduceKind::LogSumExp
+    ) {
+        kb.for_n(out_numel, &mut |kb, i| {
+            let a = kb.load_f32(op, i);
+            let r = match kind {
+                ReduceKind::Mean => {
+                    let c = kb.fc(inv);
+                    kb.b.ins().fmul(a, c)
+                }
+                ReduceKind::L2 => kb.b.ins().sqrt(a),
+                _ => kb.call1("logf", a),
+            };
+            kb.store_f32(r, op, i);
+        });
+    }
 }
 
 fn softmax(kb: &mut Kb, axis: usize, x: &TensorType) {

@@ -108,24 +108,25 @@ fn unary_ops() {
     run_unary("leaky", Op::LeakyRelu { alpha: 0.1 }, &[9], |x| x);
     run_unary("cast_i64", Op::Cast { to: DType::I64 }, &[9], |x| x * 10.0);
     run_unary("softmax", Op::Softmax { axis: 1 }, &[2, 5, 3], |x| x * 3.0);
-    run_unary(
-        "reduce_mean",
-        Op::ReduceMean {
-            axes: vec![1, 3],
-            keepdims: true,
-        },
-        &[2, 3, 4, 5],
-        |x| x,
-    );
-    run_unary(
-        "reduce_mean2",
-        Op::ReduceMean {
-            axes: vec![2],
-            keepdims: false,
-        },
-        &[2, 3, 4],
-        |x| x,
-    );
+    for (kind, _) in ReduceKind::ALL {
+        let pos = matches!(kind, ReduceKind::LogSum | ReduceKind::Prod);
+        for (axes, keepdims, shape) in [
+            (vec![1, 3], true, vec![2, 3, 4, 5]),
+            (vec![2], false, vec![2, 3, 4]),
+            (vec![0, 1], false, vec![3, 2]),
+        ] {
+            run_unary(
+                kind.name(),
+                Op::Reduce {
+                    kind,
+                    axes,
+                    keepdims,
+                },
+                &shape,
+                move |x| if pos { x.abs() + 0.5 } else { x },
+            );
+        }
+    }
     run_unary("gap", Op::GlobalAveragePool, &[1, 3, 5, 4], |x| x);
     run_unary(
         "transpose",
