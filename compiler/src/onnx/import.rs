@@ -72,6 +72,7 @@ const SUPPORTED: &[&str] = &[
     "Resize",
     "Upsample",
     "Cast",
+    "CastLike",
     "Constant",
     "Identity",
     "Dropout",
@@ -613,9 +614,14 @@ impl<'a> Imp<'a> {
                     },
                 )?;
             }
-            "Cast" => {
+            "Cast" | "CastLike" => {
                 let x = self.req(c, 0)?;
-                let to = dtype_from_onnx(c.i("to", 0) as i32)?;
+                let to = if op == "CastLike" {
+                    // the target type is the type of input 1
+                    self.ty(self.req(c, 1)?).dtype
+                } else {
+                    dtype_from_onnx(c.i("to", 0) as i32)?
+                };
                 if self.ty(x).dtype == to {
                     self.set_out(c, 0, x);
                 } else if let Some(cx) = self.cval(x) {
