@@ -331,6 +331,111 @@ pub fn eval_op(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
         Op::Gemm(a) => one(gemm(a, inputs, out_shape)?),
         Op::MatMul => one(matmul(inputs[0], inputs[1], out_shape)?),
         Op::Binary(b) => one(binary(*b, inputs[0], inputs[1], out_shape)?),
+        Op::Compare(c) => {
+            let (ia, ib) = (
+                broadcast_index(&out_shape, &x.shape),
+                broadcast_index(&out_shape, &inputs[1].shape),
+            );
+            let out: Vec<bool> = match (&x.data, &inputs[1].data) {
+                (TensorData::I64(p), TensorData::I64(q)) => ia
+                    .iter()
+                    .zip(&ib)
+                    .map(|(&i, &j)| c.eval(p[i], q[j]))
+                    .collect(),
+                (TensorData::I32(p), TensorData::I32(q)) => ia
+                    .iter()
+                    .zip(&ib)
+                    .map(|(&i, &j)| c.eval(p[i], q[j]))
+                    .collect(),
+                (TensorData::I8(p), TensorData::I8(q)) => ia
+                    .iter()
+                    .zip(&ib)
+                    .map(|(&i, &j)| c.eval(p[i], q[j]))
+                    .collect(),
+                (TensorData::U8(p), TensorData::U8(q)) => ia
+                    .iter()
+                    .zip(&ib)
+                    .map(|(&i, &j)| c.eval(p[i], q[j]))
+                    .collect(),
+                (TensorData::Bool(p), TensorData::Bool(q)) => ia
+                    .iter()
+                    .zip(&ib)
+                    .map(|(&i, &j)| c.eval(p[i], q[j]))
+                    .collect(),
+                _ => {
+                    let (p, q) = (x.floats()?, inputs[1].floats()?);
+                    ia.iter()
+                        .zip(&ib)
+                        .map(|(&i, &j)| c.eval(p[i], q[j]))
+                        .collect()
+                }
+            };
+            one(Tensor {
+                shape: out_shape,
+                data: TensorData::Bool(out),
+            })
+        }
+        Op::Logical(l) => {
+            let (ia, ib) = (
+                broadcast_index(&out_shape, &x.shape),
+                broadcast_index(&out_shape, &inputs[1].shape),
+            );
+            let (TensorData::Bool(p), TensorData::Bool(q)) = (&x.data, &inputs[1].data) else {
+                return Err("logical ops need bool operands".into());
+            };
+            let out = ia
+                .iter()
+                .zip(&ib)
+                .map(|(&i, &j)| l.eval(p[i], q[j]))
+                .collect();
+            one(Tensor {
+                shape: out_shape,
+                data: TensorData::Bool(out),
+            })
+        }
+        Op::Not => {
+            let TensorData::Bool(p) = &x.data else {
+                return Err("not needs a bool operand".into());
+            };
+            one(Tensor {
+                shape: out_shape,
+                data: TensorData::Bool(p.iter().map(|b| !b).collect()),
+            })
+        }
+        Op::Where => {
+            let TensorData::Bool(cond) = &x.data else {
+                return Err("where needs a bool condition".into());
+            };
+            let ic = broadcast_index(&out_shape, &x.shape);
+            let ia = broadcast_index(&out_shape, &inputs[1].shape);
+            let ib = broadcast_index(&out_shape, &inputs[2].shape);
+            let yd = &inputs[2].data;
+            macro_rules! pick {
+                ($a:ident, $var:ident) => {{
+                    let TensorData::$var(b) = yd else {
+                        return Err("where: x and y types differ".into());
+                    };
+                    TensorData::$var(
+                        (0..ic.len())
+                            .map(|k| if cond[ic[k]] { $a[ia[k]] } else { b[ib[k]] })
+                            .collect(),
+                    )
+                }};
+            }
+            let data = match &inputs[1].data {
+                TensorData::F32(a) => pick!(a, F32),
+                TensorData::F64(a) => pick!(a, F64),
+                TensorData::I64(a) => pick!(a, I64),
+                TensorData::I32(a) => pick!(a, I32),
+                TensorData::I8(a) => pick!(a, I8),
+                TensorData::U8(a) => pick!(a, U8),
+                TensorData::Bool(a) => pick!(a, Bool),
+            };
+            one(Tensor {
+                shape: out_shape,
+                data,
+            })
+        }
         Op::Unary(u) => one(unary(*u, x)?),
         Op::Clip { min, max } => {
             let (lo, hi) = (*min as f64, *max as f64);

@@ -72,6 +72,65 @@ pub enum UnaryOp {
     HardSwish,
 }
 
+/// Elementwise comparisons (broadcasting; boolean result).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Equal,
+    Less,
+    Greater,
+    LessOrEqual,
+    GreaterOrEqual,
+}
+
+/// Elementwise boolean logic (broadcasting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogicOp {
+    And,
+    Or,
+    Xor,
+}
+
+const CMP: [(CmpOp, &str); 5] = [
+    (CmpOp::Equal, "equal"),
+    (CmpOp::Less, "less"),
+    (CmpOp::Greater, "greater"),
+    (CmpOp::LessOrEqual, "less_or_equal"),
+    (CmpOp::GreaterOrEqual, "greater_or_equal"),
+];
+const LOGIC: [(LogicOp, &str); 3] = [
+    (LogicOp::And, "and"),
+    (LogicOp::Or, "or"),
+    (LogicOp::Xor, "xor"),
+];
+
+impl CmpOp {
+    pub fn name(self) -> &'static str {
+        CMP.iter().find(|(o, _)| *o == self).unwrap().1
+    }
+    /// Apply to two ordered values.
+    pub fn eval<T: PartialOrd>(self, a: T, b: T) -> bool {
+        match self {
+            CmpOp::Equal => a == b,
+            CmpOp::Less => a < b,
+            CmpOp::Greater => a > b,
+            CmpOp::LessOrEqual => a <= b,
+            CmpOp::GreaterOrEqual => a >= b,
+        }
+    }
+}
+impl LogicOp {
+    pub fn name(self) -> &'static str {
+        LOGIC.iter().find(|(o, _)| *o == self).unwrap().1
+    }
+    pub fn eval(self, a: bool, b: bool) -> bool {
+        match self {
+            LogicOp::And => a && b,
+            LogicOp::Or => a || b,
+            LogicOp::Xor => a != b,
+        }
+    }
+}
+
 /// The ONNX Reduce* family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReduceKind {
@@ -208,6 +267,14 @@ pub enum Op {
     Softmax {
         axis: usize,
     },
+    /// Comparison with broadcasting; output is `bool`.
+    Compare(CmpOp),
+    /// Boolean logic with broadcasting.
+    Logical(LogicOp),
+    /// Boolean negation.
+    Not,
+    /// `cond ? x : y` with three-way broadcasting; inputs: cond (bool), x, y.
+    Where,
     /// Reduction over `axes` (sorted, unique; may be empty = identity-like copy).
     Reduce {
         kind: ReduceKind,
@@ -376,6 +443,10 @@ impl Op {
             Op::Slice(_) => "slice",
             Op::Softmax { .. } => "softmax",
             Op::Reduce { kind, .. } => kind.name(),
+            Op::Compare(c) => c.name(),
+            Op::Logical(l) => l.name(),
+            Op::Not => "not",
+            Op::Where => "where",
             Op::Resize(_) => "resize",
             Op::Cast { .. } => "cast",
         }
@@ -453,7 +524,14 @@ impl Op {
                 ("out_shape", us(&a.out_shape)),
             ],
             Op::Cast { to } => vec![("to", Attr::Str(to.name().into()))],
-            Op::MatMul | Op::Binary(_) | Op::Unary(_) | Op::GlobalAveragePool => vec![],
+            Op::MatMul
+            | Op::Binary(_)
+            | Op::Unary(_)
+            | Op::GlobalAveragePool
+            | Op::Compare(_)
+            | Op::Logical(_)
+            | Op::Not
+            | Op::Where => vec![],
         }
     }
 
@@ -472,6 +550,17 @@ impl Op {
         }
         if let Some((b, _)) = BINARY.iter().find(|(_, n)| *n == name) {
             return Ok(Op::Binary(*b));
+        }
+        if let Some((c, _)) = CMP.iter().find(|(_, n)| *n == name) {
+            return Ok(Op::Compare(*c));
+        }
+        if let Some((l, _)) = LOGIC.iter().find(|(_, n)| *n == name) {
+            return Ok(Op::Logical(*l));
+        }
+        match name {
+            "not" => return Ok(Op::Not),
+            "where" => return Ok(Op::Where),
+            _ => {}
         }
         let pool = || -> Result<PoolAttrs, String> {
             Ok(PoolAttrs {
@@ -711,6 +800,36 @@ impl Op {
                     &ins[0].shape,
                     &ins[1].shape,
                 )?)])
+            }
+            Op::Compare(_) | Op::Logical(_) => {
+                arity(2, 2)?;
+                if ins[0].dtype != ins[1].dtype {
+                    return Err(format!("operand types differ: {} vs {}", ins[0], ins[1]));
+                }
+                if matches!(self, Op::Logical(_)) && ins[0].dtype != DType::Bool {
+                    return Err(format!("logical ops need bool operands, got {}", ins[0]));
+                }
+                let shape = broadcast_shapes(&ins[0].shape, &ins[1].shape)?;
+                Ok(vec![TensorType::new(DType::Bool, shape)])
+            }
+            Op::Not => {
+                arity(1, 1)?;
+                if ins[0].dtype != DType::Bool {
+                    return Err(format!("not needs a bool operand, got {}", ins[0]));
+                }
+                Ok(vec![ins[0].clone()])
+            }
+            Op::Where => {
+                arity(3, 3)?;
+                if ins[0].dtype != DType::Bool || ins[1].dtype != ins[2].dtype {
+                    return Err(format!(
+                        "where needs (bool, T, T), got ({}, {}, {})",
+                        ins[0], ins[1], ins[2]
+                    ));
+                }
+                let s = broadcast_shapes(&ins[0].shape, &ins[1].shape)?;
+                let s = broadcast_shapes(&s, &ins[2].shape)?;
+                Ok(vec![ins[1].with_shape(s)])
             }
             Op::Unary(_) | Op::Clip { .. } | Op::HardSigmoid { .. } | Op::LeakyRelu { .. } => {
                 arity(1, 1)?;

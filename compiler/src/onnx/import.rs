@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use kiln_ir::ops::{
-    BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordTransform, GemmAttrs, NearestMode, PoolAttrs,
-    ReduceKind, ResizeAttrs, ResizeMode, SliceAttrs, UnaryOp,
+    BinaryOp, CmpOp, ConvAttrs, ConvTransposeAttrs, CoordTransform, GemmAttrs, LogicOp,
+    NearestMode, PoolAttrs, ReduceKind, ResizeAttrs, ResizeMode, SliceAttrs, UnaryOp,
 };
 use kiln_ir::{DType, Graph, IrError, Op, TensorType, ValueDef, ValueId};
 
@@ -90,6 +90,12 @@ const SUPPORTED: &[&str] = &[
     "Equal",
     "Less",
     "Greater",
+    "LessOrEqual",
+    "GreaterOrEqual",
+    "And",
+    "Or",
+    "Xor",
+    "Not",
     "Where",
     "Expand",
 ];
@@ -489,31 +495,62 @@ impl<'a> Imp<'a> {
                 let r = ce::gather(&data, &idx, axis)?;
                 self.out_const(c, 0, r)?;
             }
-            "Equal" | "Less" | "Greater" => {
-                let a = self.const_in(c, 0)?.ok_or("missing input 0")?;
-                let b = self.const_in(c, 1)?.ok_or("missing input 1")?;
-                let b = if a.dtype != b.dtype {
-                    b.cast(a.dtype)
+            "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" => {
+                let (a, b) = (self.req(c, 0)?, self.req(c, 1)?);
+                let folded = match (self.cval(a), self.cval(b), op) {
+                    (Some(ca), Some(cb), "Equal" | "Less" | "Greater") => {
+                        let cb = if ca.dtype != cb.dtype {
+                            cb.cast(ca.dtype)
+                        } else {
+                            cb
+                        };
+                        let f = match op {
+                            "Equal" => BinOp::Equal,
+                            "Less" => BinOp::Less,
+                            _ => BinOp::Greater,
+                        };
+                        Some(ce::binary(f, &ca, &cb)?)
+                    }
+                    _ => None,
+                };
+                if let Some(r) = folded {
+                    self.out_const(c, 0, r)?;
                 } else {
-                    b
+                    let cmp = match op {
+                        "Equal" => CmpOp::Equal,
+                        "Less" => CmpOp::Less,
+                        "Greater" => CmpOp::Greater,
+                        "LessOrEqual" => CmpOp::LessOrEqual,
+                        _ => CmpOp::GreaterOrEqual,
+                    };
+                    self.emit(c, Op::Compare(cmp), vec![a, b])?;
+                }
+            }
+            "And" | "Or" | "Xor" => {
+                let (a, b) = (self.req(c, 0)?, self.req(c, 1)?);
+                let l = match op {
+                    "And" => LogicOp::And,
+                    "Or" => LogicOp::Or,
+                    _ => LogicOp::Xor,
                 };
-                let f = match op {
-                    "Equal" => BinOp::Equal,
-                    "Less" => BinOp::Less,
-                    _ => BinOp::Greater,
-                };
-                let r = ce::binary(f, &a, &b)?;
-                self.out_const(c, 0, r)?;
+                self.emit(c, Op::Logical(l), vec![a, b])?;
+            }
+            "Not" => {
+                let a = self.req(c, 0)?;
+                self.emit(c, Op::Not, vec![a])?;
             }
             "Where" => {
-                let cond = self.const_in(c, 0)?.ok_or("missing condition")?;
-                let x = self.const_in(c, 1)?.ok_or("missing X")?;
-                let y = self.const_in(c, 2)?.ok_or("missing Y")?;
-                let r = ce::where_(&cond, &x, &y)?;
-                if r.numel() > FOLD_LIMIT {
-                    return Err("result too large to fold".into());
+                let (cv, xv, yv) = (self.req(c, 0)?, self.req(c, 1)?, self.req(c, 2)?);
+                if let (Some(cond), Some(x), Some(y)) =
+                    (self.cval(cv), self.cval(xv), self.cval(yv))
+                {
+                    let r = ce::where_(&cond, &x, &y)?;
+                    if r.numel() <= FOLD_LIMIT {
+                        self.out_const(c, 0, r)?;
+                        return Ok(());
+                    }
                 }
-                self.out_const(c, 0, r)?;
+                self.emit(c, Op::Where, vec![cv, xv, yv])?;
             }
             "Expand" => {
                 let x = self.const_in(c, 0)?.ok_or("missing input")?;

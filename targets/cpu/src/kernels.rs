@@ -6,8 +6,9 @@ use crate::kb::{F32, F32X4, I64, Kb, int_ty};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{InstBuilder, Value, types};
 use kiln_ir::ops::{
-    BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordTransform, GemmAttrs, NearestMode, PoolAttrs,
-    ReduceKind, ResizeAttrs, ResizeMode, SliceAttrs, UnaryOp, broadcast_shapes,
+    BinaryOp, CmpOp, ConvAttrs, ConvTransposeAttrs, CoordTransform, GemmAttrs, LogicOp,
+    NearestMode, PoolAttrs, ReduceKind, ResizeAttrs, ResizeMode, SliceAttrs, UnaryOp,
+    broadcast_shapes,
 };
 use kiln_ir::types::strides_of;
 use kiln_ir::{DType, Node, Op, TensorType};
@@ -47,6 +48,11 @@ pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&Tenso
             Ok(())
         }
         Op::Cast { to } => cast(kb, ins[0], *to),
+        Op::Compare(c) => compare(kb, *c, ins, outs[0]),
+        Op::Logical(_) | Op::Not | Op::Where => {
+            logic_where(kb, &node.op, ins, outs[0]);
+            Ok(())
+        }
         Op::Conv(a) => {
             float_only(ins[0])?;
             conv(kb, a, ins, outs[0])
@@ -308,6 +314,116 @@ fn elementwise(kb: &mut Kb, op: &Op, ins: &[&TensorType], out: &TensorType) {
         let y = kb.load_f32(yp.unwrap(), oy);
         let r = apply(kb, op, x, Some(y), false);
         kb.store_f32(r, op_, oo);
+    });
+}
+
+/// Nested loops over `out` with each input's broadcast element offset.
+fn broadcast_loop(
+    kb: &mut Kb,
+    ins: &[&TensorType],
+    out: &TensorType,
+    body: &mut dyn FnMut(&mut Kb, &[Value], Value),
+) {
+    let strides: Vec<Vec<usize>> = ins
+        .iter()
+        .map(|t| bcast_strides(&t.shape, &out.shape))
+        .collect();
+    let so = strides_of(&out.shape);
+    kb.for_nd(&out.shape.clone(), &mut |kb, idx| {
+        let offs: Vec<Value> = strides.iter().map(|s| kb.offset(idx, s)).collect();
+        let oo = kb.offset(idx, &so);
+        body(kb, &offs, oo);
+    });
+}
+
+fn compare(kb: &mut Kb, c: CmpOp, ins: &[&TensorType], out: &TensorType) -> KResult {
+    let dt = ins[0].dtype;
+    let float = match dt {
+        DType::F32 | DType::F64 => true,
+        DType::I8
+        | DType::I16
+        | DType::I32
+        | DType::I64
+        | DType::U8
+        | DType::U16
+        | DType::U32
+        | DType::U64
+        | DType::Bool => false,
+        _ => {
+            return Err(format!(
+                "{} on {dt} is not supported by the CPU back end yet",
+                c.name()
+            ));
+        }
+    };
+    let signed = matches!(dt, DType::I8 | DType::I16 | DType::I32 | DType::I64);
+    let (ap, bp, op) = (kb.params[0], kb.params[1], kb.params[2]);
+    broadcast_loop(kb, ins, out, &mut |kb, offs, oo| {
+        let a = load_as(kb, dt, ap, offs[0]);
+        let b = load_as(kb, dt, bp, offs[1]);
+        let r = if float {
+            let cc = match c {
+                CmpOp::Equal => FloatCC::Equal,
+                CmpOp::Less => FloatCC::LessThan,
+                CmpOp::Greater => FloatCC::GreaterThan,
+                CmpOp::LessOrEqual => FloatCC::LessThanOrEqual,
+                CmpOp::GreaterOrEqual => FloatCC::GreaterThanOrEqual,
+            };
+            kb.b.ins().fcmp(cc, a, b)
+        } else {
+            let cc = match (c, signed) {
+                (CmpOp::Equal, _) => IntCC::Equal,
+                (CmpOp::Less, true) => IntCC::SignedLessThan,
+                (CmpOp::Less, false) => IntCC::UnsignedLessThan,
+                (CmpOp::Greater, true) => IntCC::SignedGreaterThan,
+                (CmpOp::Greater, false) => IntCC::UnsignedGreaterThan,
+                (CmpOp::LessOrEqual, true) => IntCC::SignedLessThanOrEqual,
+                (CmpOp::LessOrEqual, false) => IntCC::UnsignedLessThanOrEqual,
+                (CmpOp::GreaterOrEqual, true) => IntCC::SignedGreaterThanOrEqual,
+                (CmpOp::GreaterOrEqual, false) => IntCC::UnsignedGreaterThanOrEqual,
+            };
+            kb.b.ins().icmp(cc, a, b)
+        };
+        let oa = kb.addr(op, oo, 1);
+        kb.b.ins().store(crate::kb::flags(), r, oa, 0);
+    });
+    Ok(())
+}
+
+/// And/Or/Xor/Not on bytes holding 0/1, and Where (a bit copy of either operand, any dtype).
+fn logic_where(kb: &mut Kb, op: &Op, ins: &[&TensorType], out: &TensorType) {
+    let ps = kb.params.clone();
+    let es = out.dtype.size();
+    let flags = crate::kb::flags();
+    broadcast_loop(kb, ins, out, &mut |kb, offs, oo| {
+        let byte = |kb: &mut Kb, k: usize| {
+            let a = kb.addr(ps[k], offs[k], 1);
+            kb.b.ins().load(types::I8, flags, a, 0)
+        };
+        let r = match op {
+            Op::Logical(l) => {
+                let (a, b) = (byte(kb, 0), byte(kb, 1));
+                match l {
+                    LogicOp::And => kb.b.ins().band(a, b),
+                    LogicOp::Or => kb.b.ins().bor(a, b),
+                    LogicOp::Xor => kb.b.ins().bxor(a, b),
+                }
+            }
+            Op::Not => {
+                let a = byte(kb, 0);
+                kb.b.ins().bxor_imm_u(a, 1)
+            }
+            _ => {
+                let c = byte(kb, 0);
+                let xa = kb.addr(ps[1], offs[1], es);
+                let x = kb.b.ins().load(int_ty(es), flags, xa, 0);
+                let ya = kb.addr(ps[2], offs[2], es);
+                let y = kb.b.ins().load(int_ty(es), flags, ya, 0);
+                kb.b.ins().select(c, x, y)
+            }
+        };
+        let oa = kb.addr(ps[ins.len()], oo, es);
+        kb.b.ins().store(flags, r, oa, 0);
     });
 }
 

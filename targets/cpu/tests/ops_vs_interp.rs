@@ -546,3 +546,58 @@ fn unsupported_nodes_are_all_listed() {
         "{err}"
     );
 }
+
+#[test]
+fn compare_logic_where() {
+    let mut r = Rng(21);
+    // float comparisons with broadcasting, combined with logic and used by Where on i64 data
+    for c in [
+        CmpOp::Equal,
+        CmpOp::Less,
+        CmpOp::Greater,
+        CmpOp::LessOrEqual,
+        CmpOp::GreaterOrEqual,
+    ] {
+        for l in [LogicOp::And, LogicOp::Or, LogicOp::Xor] {
+            let mut g = Graph::new(c.name());
+            let a = g.add_input("a", TensorType::f32([2, 3, 4]));
+            let b = g.add_input("b", TensorType::f32([3, 1]));
+            let x = g.add_input("x", TensorType::new(DType::I64, [4]));
+            let y = g.add_input("y", TensorType::new(DType::I64, [2, 1, 1]));
+            let m = g
+                .add_node("cmp", Op::Compare(c), vec![a, b], vec!["m".into()])
+                .unwrap()[0];
+            let n = g
+                .add_node("not", Op::Not, vec![m], vec!["n".into()])
+                .unwrap()[0];
+            let k = g
+                .add_node(
+                    "cmp2",
+                    Op::Compare(CmpOp::Greater),
+                    vec![a, a],
+                    vec!["k".into()],
+                )
+                .unwrap()[0];
+            let lg = g
+                .add_node("logic", Op::Logical(l), vec![n, k], vec!["lg".into()])
+                .unwrap()[0];
+            let w = g
+                .add_node("where", Op::Where, vec![lg, x, y], vec!["w".into()])
+                .unwrap()[0];
+            g.outputs = vec![m, lg, w];
+            // quantize to a coarse grid so Equal sees ties
+            let q = |v: Vec<f32>| {
+                v.into_iter()
+                    .map(|x| (x * 2.0).round() / 2.0)
+                    .collect::<Vec<_>>()
+            };
+            let inputs = [
+                Tensor::f32([2, 3, 4], q(r.vec(24))),
+                Tensor::f32([3, 1], q(r.vec(3))),
+                Tensor::i64([4], vec![1, -2, 3, i64::MAX]),
+                Tensor::i64([2, 1, 1], vec![-7, 8]),
+            ];
+            check(&g, &inputs);
+        }
+    }
+}
