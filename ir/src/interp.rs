@@ -393,6 +393,40 @@ pub fn eval_op(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
                 data: TensorData::Bool(out),
             })
         }
+        Op::ArgExtreme {
+            max,
+            axis,
+            select_last,
+            ..
+        } => {
+            let v = x.floats()?;
+            let outer: usize = x.shape[..*axis].iter().product();
+            let len = x.shape[*axis];
+            let inner: usize = x.shape[*axis + 1..].iter().product();
+            let mut out = Vec::with_capacity(outer * inner);
+            for o in 0..outer {
+                for i in 0..inner {
+                    let at = |l: usize| v[(o * len + l) * inner + i];
+                    let mut best = 0usize;
+                    for l in 1..len {
+                        let (a, b) = (at(l), at(best));
+                        let better = if *max {
+                            a > b || (*select_last && a == b)
+                        } else {
+                            a < b || (*select_last && a == b)
+                        };
+                        if better {
+                            best = l;
+                        }
+                    }
+                    out.push(best as i64);
+                }
+            }
+            one(Tensor {
+                shape: out_shape,
+                data: TensorData::I64(out),
+            })
+        }
         Op::Not => {
             let TensorData::Bool(p) = &x.data else {
                 return Err("not needs a bool operand".into());

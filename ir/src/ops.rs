@@ -275,6 +275,14 @@ pub enum Op {
     Not,
     /// `cond ? x : y` with three-way broadcasting; inputs: cond (bool), x, y.
     Where,
+    /// Index of the max (or min) along `axis` as i64; ties pick the first index unless
+    /// `select_last`.
+    ArgExtreme {
+        max: bool,
+        axis: usize,
+        keepdims: bool,
+        select_last: bool,
+    },
     /// Reduction over `axes` (sorted, unique; may be empty = identity-like copy).
     Reduce {
         kind: ReduceKind,
@@ -446,6 +454,8 @@ impl Op {
             Op::Compare(c) => c.name(),
             Op::Logical(l) => l.name(),
             Op::Not => "not",
+            Op::ArgExtreme { max: true, .. } => "arg_max",
+            Op::ArgExtreme { max: false, .. } => "arg_min",
             Op::Where => "where",
             Op::Resize(_) => "resize",
             Op::Cast { .. } => "cast",
@@ -512,6 +522,16 @@ impl Op {
                 ("sizes", us(&a.sizes)),
             ],
             Op::Softmax { axis } => vec![("axis", Attr::Int(*axis as i64))],
+            Op::ArgExtreme {
+                axis,
+                keepdims,
+                select_last,
+                ..
+            } => vec![
+                ("axis", Attr::Int(*axis as i64)),
+                ("keepdims", Attr::Int(*keepdims as i64)),
+                ("select_last", Attr::Int(*select_last as i64)),
+            ],
             Op::Reduce { axes, keepdims, .. } => vec![
                 ("axes", us(axes)),
                 ("keepdims", Attr::Int(*keepdims as i64)),
@@ -559,6 +579,14 @@ impl Op {
         }
         match name {
             "not" => return Ok(Op::Not),
+            "arg_max" | "arg_min" => {
+                return Ok(Op::ArgExtreme {
+                    max: name == "arg_max",
+                    axis: get("axis")?.uint()?,
+                    keepdims: flag("keepdims")?,
+                    select_last: flag("select_last")?,
+                });
+            }
             "where" => return Ok(Op::Where),
             _ => {}
         }
@@ -811,6 +839,20 @@ impl Op {
                 }
                 let shape = broadcast_shapes(&ins[0].shape, &ins[1].shape)?;
                 Ok(vec![TensorType::new(DType::Bool, shape)])
+            }
+            Op::ArgExtreme { axis, keepdims, .. } => {
+                arity(1, 1)?;
+                let x = ins[0];
+                if *axis >= x.rank() || x.shape[*axis] == 0 {
+                    return Err(format!("axis {axis} out of range (or empty) for {x}"));
+                }
+                let mut shape = x.shape.clone();
+                if *keepdims {
+                    shape[*axis] = 1;
+                } else {
+                    shape.remove(*axis);
+                }
+                Ok(vec![TensorType::new(DType::I64, shape)])
             }
             Op::Not => {
                 arity(1, 1)?;

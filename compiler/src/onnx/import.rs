@@ -96,6 +96,8 @@ const SUPPORTED: &[&str] = &[
     "Or",
     "Xor",
     "Not",
+    "ArgMax",
+    "ArgMin",
     "Where",
     "Expand",
 ];
@@ -534,6 +536,17 @@ impl<'a> Imp<'a> {
                     _ => LogicOp::Xor,
                 };
                 self.emit(c, Op::Logical(l), vec![a, b])?;
+            }
+            "ArgMax" | "ArgMin" => {
+                let x = self.req(c, 0)?;
+                let axis = norm_axis(c.i("axis", 0), self.ty(x).rank())?;
+                let op = Op::ArgExtreme {
+                    max: op == "ArgMax",
+                    axis,
+                    keepdims: c.i("keepdims", 1) != 0,
+                    select_last: c.i("select_last_index", 0) != 0,
+                };
+                self.emit(c, op, vec![x])?;
             }
             "Not" => {
                 let a = self.req(c, 0)?;

@@ -49,6 +49,16 @@ pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&Tenso
         }
         Op::Cast { to } => cast(kb, ins[0], *to),
         Op::Compare(c) => compare(kb, *c, ins, outs[0]),
+        Op::ArgExtreme {
+            max,
+            axis,
+            select_last,
+            ..
+        } => {
+            float_only(ins[0])?;
+            arg_extreme(kb, *max, *axis, *select_last, ins[0]);
+            Ok(())
+        }
         Op::Logical(_) | Op::Not | Op::Where => {
             logic_where(kb, &node.op, ins, outs[0]);
             Ok(())
@@ -314,6 +324,43 @@ fn elementwise(kb: &mut Kb, op: &Op, ins: &[&TensorType], out: &TensorType) {
         let y = kb.load_f32(yp.unwrap(), oy);
         let r = apply(kb, op, x, Some(y), false);
         kb.store_f32(r, op_, oo);
+    });
+}
+
+/// ArgMax / ArgMin along one axis: i64 indices.
+fn arg_extreme(kb: &mut Kb, max: bool, axis: usize, select_last: bool, x: &TensorType) {
+    let outer: usize = x.shape[..axis].iter().product();
+    let len = x.shape[axis];
+    let inner: usize = x.shape[axis + 1..].iter().product();
+    let (xp, op) = (kb.params[0], kb.params[1]);
+    let cc = match (max, select_last) {
+        (true, false) => FloatCC::GreaterThan,
+        (true, true) => FloatCC::GreaterThanOrEqual,
+        (false, false) => FloatCC::LessThan,
+        (false, true) => FloatCC::LessThanOrEqual,
+    };
+    kb.for_nd(&[outer, inner], &mut |kb, idx| {
+        let base = kb.offset(idx, &[len * inner, 1]);
+        let first = kb.load_f32(xp, base);
+        let best = kb.var(F32, first);
+        let z = kb.ic(0);
+        let at = kb.var(I64, z);
+        kb.for_range(1, len, 1, &mut |kb, l| {
+            let o = kb.b.ins().imul_imm_u(l, inner as i64);
+            let o = kb.b.ins().iadd(o, base);
+            let v = kb.load_f32(xp, o);
+            let b0 = kb.b.use_var(best);
+            let better = kb.b.ins().fcmp(cc, v, b0);
+            let b1 = kb.b.ins().select(better, v, b0);
+            kb.b.def_var(best, b1);
+            let a0 = kb.b.use_var(at);
+            let a1 = kb.b.ins().select(better, l, a0);
+            kb.b.def_var(at, a1);
+        });
+        let oo = kb.offset(idx, &[inner, 1]);
+        let a = kb.b.use_var(at);
+        let oa = kb.addr(op, oo, 8);
+        kb.b.ins().store(crate::kb::flags(), a, oa, 0);
     });
 }
 

@@ -127,6 +127,18 @@ fn unary_ops() {
             );
         }
     }
+    for (max, last) in [(true, false), (true, true), (false, false), (false, true)] {
+        for (axis, keepdims) in [(0, true), (1, false), (2, true)] {
+            // coarse values so ties happen and select_last matters
+            let op = Op::ArgExtreme {
+                max,
+                axis,
+                keepdims,
+                select_last: last,
+            };
+            run_unary("arg", op, &[3, 4, 5], |x| (x * 2.0).round());
+        }
+    }
     run_unary("gap", Op::GlobalAveragePool, &[1, 3, 5, 4], |x| x);
     run_unary(
         "transpose",
