@@ -98,6 +98,8 @@ const SUPPORTED: &[&str] = &[
     "Not",
     "ArgMax",
     "ArgMin",
+    "LayerNormalization",
+    "RMSNormalization",
     "Where",
     "Expand",
 ];
@@ -332,6 +334,85 @@ impl<'a> Imp<'a> {
         Ok(())
     }
 
+    /// LayerNormalization / RMSNormalization, lowered to primitive IR ops over the axes from
+    /// `axis` to the last: `(x - mean) / sqrt(var + eps) * scale + bias` (RMS: no centring, no
+    /// bias). LayerNormalization's optional Mean and InvStdDev outputs are those intermediates.
+    fn normalization(&mut self, c: &Ctx, op: &str) -> R<()> {
+        let layer = op == "LayerNormalization";
+        let x = self.req(c, 0)?;
+        let scale = self.req(c, 1)?;
+        let bias = if layer { self.inp(c, 2)? } else { None };
+        let r = self.ty(x).rank();
+        let axis = norm_axis(c.i("axis", -1), r)?;
+        let axes: Vec<usize> = (axis..r).collect();
+        let mean_op = Op::Reduce {
+            kind: ReduceKind::Mean,
+            axes,
+            keepdims: true,
+        };
+        let base = c.name.clone();
+        let step = |s: &mut Self, what: &str, op: Op, ins: Vec<ValueId>| -> R<ValueId> {
+            Ok(s.node(c, op, ins, &[format!("{base}/{what}")])?[0])
+        };
+        let (centred, mean) = if layer {
+            let mean = step(self, "mean", mean_op.clone(), vec![x])?;
+            (
+                step(self, "centred", Op::Binary(BinaryOp::Sub), vec![x, mean])?,
+                Some(mean),
+            )
+        } else {
+            (x, None)
+        };
+        let sq = step(
+            self,
+            "square",
+            Op::Binary(BinaryOp::Mul),
+            vec![centred, centred],
+        )?;
+        let var = step(self, "var", mean_op, vec![sq])?;
+        let eps_name = self.fresh(&format!("{base}/epsilon"));
+        let eps_ty = TensorType::new(self.ty(x).dtype, Vec::<usize>::new());
+        if eps_ty.dtype != DType::F32 {
+            return Err(format!("{op} on {} is not supported", eps_ty.dtype));
+        }
+        let eps = self
+            .g
+            .add_const(
+                eps_name,
+                eps_ty,
+                kiln_ir::ConstData::from_f32(&[c.f("epsilon", 1e-5)]),
+            )
+            .map_err(ir_msg)?;
+        let ve = step(self, "var_eps", Op::Binary(BinaryOp::Add), vec![var, eps])?;
+        let sd = step(self, "std", Op::Unary(UnaryOp::Sqrt), vec![ve])?;
+        let inv = step(self, "inv_std", Op::Unary(UnaryOp::Reciprocal), vec![sd])?;
+        let normed = step(
+            self,
+            "normed",
+            Op::Binary(BinaryOp::Mul),
+            vec![centred, inv],
+        )?;
+        let y_name = self.out_name(c, 0);
+        let y = match bias {
+            Some(b) => {
+                let scaled = step(
+                    self,
+                    "scaled",
+                    Op::Binary(BinaryOp::Mul),
+                    vec![normed, scale],
+                )?;
+                self.node(c, Op::Binary(BinaryOp::Add), vec![scaled, b], &[y_name])?[0]
+            }
+            None => self.node(c, Op::Binary(BinaryOp::Mul), vec![normed, scale], &[y_name])?[0],
+        };
+        self.set_out(c, 0, y);
+        if let Some(m) = mean {
+            self.set_out(c, 1, m);
+            self.set_out(c, 2, inv);
+        }
+        Ok(())
+    }
+
     /// `x` reshaped to `shape`: a constant view, an alias, or a Reshape node.
     fn reshape(&mut self, c: &Ctx, x: ValueId, shape: Vec<usize>, out: &str) -> R<ValueId> {
         let ty = self.ty(x).clone();
@@ -537,6 +618,7 @@ impl<'a> Imp<'a> {
                 };
                 self.emit(c, Op::Logical(l), vec![a, b])?;
             }
+            "LayerNormalization" | "RMSNormalization" => self.normalization(c, op)?,
             "ArgMax" | "ArgMin" => {
                 let x = self.req(c, 0)?;
                 let axis = norm_axis(c.i("axis", 0), self.ty(x).rank())?;
