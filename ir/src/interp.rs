@@ -336,38 +336,18 @@ pub fn eval_op(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
                 broadcast_index(&out_shape, &x.shape),
                 broadcast_index(&out_shape, &inputs[1].shape),
             );
+            let cmp = |p: &dyn Fn(usize, usize) -> bool| -> Vec<bool> {
+                ia.iter().zip(&ib).map(|(&i, &j)| p(i, j)).collect()
+            };
             let out: Vec<bool> = match (&x.data, &inputs[1].data) {
-                (TensorData::I64(p), TensorData::I64(q)) => ia
-                    .iter()
-                    .zip(&ib)
-                    .map(|(&i, &j)| c.eval(p[i], q[j]))
-                    .collect(),
-                (TensorData::I32(p), TensorData::I32(q)) => ia
-                    .iter()
-                    .zip(&ib)
-                    .map(|(&i, &j)| c.eval(p[i], q[j]))
-                    .collect(),
-                (TensorData::I8(p), TensorData::I8(q)) => ia
-                    .iter()
-                    .zip(&ib)
-                    .map(|(&i, &j)| c.eval(p[i], q[j]))
-                    .collect(),
-                (TensorData::U8(p), TensorData::U8(q)) => ia
-                    .iter()
-                    .zip(&ib)
-                    .map(|(&i, &j)| c.eval(p[i], q[j]))
-                    .collect(),
-                (TensorData::Bool(p), TensorData::Bool(q)) => ia
-                    .iter()
-                    .zip(&ib)
-                    .map(|(&i, &j)| c.eval(p[i], q[j]))
-                    .collect(),
+                (TensorData::I64(p), TensorData::I64(q)) => cmp(&|i, j| c.eval(p[i], q[j])),
+                (TensorData::I32(p), TensorData::I32(q)) => cmp(&|i, j| c.eval(p[i], q[j])),
+                (TensorData::I8(p), TensorData::I8(q)) => cmp(&|i, j| c.eval(p[i], q[j])),
+                (TensorData::U8(p), TensorData::U8(q)) => cmp(&|i, j| c.eval(p[i], q[j])),
+                (TensorData::Bool(p), TensorData::Bool(q)) => cmp(&|i, j| c.eval(p[i], q[j])),
                 _ => {
                     let (p, q) = (x.floats()?, inputs[1].floats()?);
-                    ia.iter()
-                        .zip(&ib)
-                        .map(|(&i, &j)| c.eval(p[i], q[j]))
-                        .collect()
+                    cmp(&|i, j| c.eval(p[i], q[j]))
                 }
             };
             one(Tensor {

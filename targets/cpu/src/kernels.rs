@@ -5,6 +5,7 @@
 use crate::kb::{F32, F32X4, I64, Kb, int_ty};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{InstBuilder, Value, types};
+use cranelift_frontend::Variable;
 use kiln_ir::ops::{
     BinaryOp, CmpOp, ConvAttrs, ConvTransposeAttrs, CoordTransform, GemmAttrs, LogicOp,
     NearestMode, PoolAttrs, ReduceKind, ResizeAttrs, ResizeMode, SliceAttrs, UnaryOp,
@@ -1053,6 +1054,34 @@ fn mm_core(
     }
 }
 
+/// `acc += a[arow + kk*a_k] * b[bcol + kk*b_k]` for `kk` in `start..end`; with `vec` the
+/// accumulator is F32X4 and `kk` steps by 4 over contiguous (stride 1) operands.
+#[allow(clippy::too_many_arguments)]
+fn fma_dot(
+    kb: &mut Kb,
+    acc: Variable,
+    vec: bool,
+    (start, end): (usize, usize),
+    (ap, arow, a_k): (Value, Value, usize),
+    (bp, bcol, b_k): (Value, Value, usize),
+) {
+    let step = if vec { 4 } else { 1 };
+    kb.for_range(start, end, step, &mut |kb, kk| {
+        let ao = kb.offset(&[kk], &[a_k]);
+        let ao = kb.b.ins().iadd(ao, arow);
+        let bo = kb.offset(&[kk], &[b_k]);
+        let bo = kb.b.ins().iadd(bo, bcol);
+        let (av, bv) = if vec {
+            (kb.load_f32x4(ap, ao), kb.load_f32x4(bp, bo))
+        } else {
+            (kb.load_f32(ap, ao), kb.load_f32(bp, bo))
+        };
+        let a0 = kb.b.use_var(acc);
+        let a1 = kb.b.ins().fma(av, bv, a0);
+        kb.b.def_var(acc, a1);
+    });
+}
+
 fn mm_dot_scalar(
     kb: &mut Kb,
     mm: &Mm,
@@ -1066,17 +1095,14 @@ fn mm_dot_scalar(
     let acc = kb.var(F32, z);
     let bcol = kb.b.ins().imul_imm_u(j, mm.b_j as i64);
     let bcol = kb.b.ins().iadd(bcol, bb);
-    kb.for_n(mm.k, &mut |kb, kk| {
-        let ao = kb.b.ins().imul_imm_u(kk, mm.a_k as i64);
-        let ao = kb.b.ins().iadd(ao, arow);
-        let bo = kb.b.ins().imul_imm_u(kk, mm.b_k as i64);
-        let bo = kb.b.ins().iadd(bo, bcol);
-        let av = kb.load_f32(ap, ao);
-        let bv = kb.load_f32(bp, bo);
-        let a0 = kb.b.use_var(acc);
-        let a1 = kb.b.ins().fma(av, bv, a0);
-        kb.b.def_var(acc, a1);
-    });
+    fma_dot(
+        kb,
+        acc,
+        false,
+        (0, mm.k),
+        (ap, arow, mm.a_k),
+        (bp, bcol, mm.b_k),
+    );
     kb.b.use_var(acc)
 }
 
@@ -1096,15 +1122,7 @@ fn mm_dot_vec(
     let bcol = kb.b.ins().imul_imm_u(j, mm.b_j as i64);
     let bcol = kb.b.ins().iadd(bcol, bb);
     let kv = mm.k / 4 * 4;
-    kb.for_range(0, kv, 4, &mut |kb, kk| {
-        let ao = kb.b.ins().iadd(kk, arow);
-        let bo = kb.b.ins().iadd(kk, bcol);
-        let av = kb.load_f32x4(ap, ao);
-        let bv = kb.load_f32x4(bp, bo);
-        let a0 = kb.b.use_var(acc);
-        let a1 = kb.b.ins().fma(av, bv, a0);
-        kb.b.def_var(acc, a1);
-    });
+    fma_dot(kb, acc, true, (0, kv), (ap, arow, 1), (bp, bcol, 1));
     let v = kb.b.use_var(acc);
     let l0 = kb.b.ins().extractlane(v, 0);
     let l1 = kb.b.ins().extractlane(v, 1);
@@ -1114,15 +1132,7 @@ fn mm_dot_vec(
     let s23 = kb.b.ins().fadd(l2, l3);
     let s = kb.b.ins().fadd(s01, s23);
     let sacc = kb.var(F32, s);
-    kb.for_range(kv, mm.k, 1, &mut |kb, kk| {
-        let ao = kb.b.ins().iadd(kk, arow);
-        let bo = kb.b.ins().iadd(kk, bcol);
-        let av = kb.load_f32(ap, ao);
-        let bv = kb.load_f32(bp, bo);
-        let a0 = kb.b.use_var(sacc);
-        let a1 = kb.b.ins().fma(av, bv, a0);
-        kb.b.def_var(sacc, a1);
-    });
+    fma_dot(kb, sacc, false, (kv, mm.k), (ap, arow, 1), (bp, bcol, 1));
     kb.b.use_var(sacc)
 }
 
