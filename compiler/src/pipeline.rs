@@ -54,6 +54,25 @@ impl Emit {
 pub struct LoadOptions {
     /// Fixes for dynamic input dims: `NAME=1,3,224,224`.
     pub input_shapes: Vec<(String, Vec<usize>)>,
+    /// Graph inputs fixed to constant values at compile time: `NAME=FILE.npy`.
+    pub frozen_inputs: Vec<(String, kiln_ir::TensorType, kiln_ir::ConstData)>,
+}
+
+/// Parse `NAME=FILE.npy` for `--freeze`: the named input becomes a constant.
+pub fn parse_freeze(s: &str) -> Result<(String, kiln_ir::TensorType, kiln_ir::ConstData), String> {
+    let (name, file) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=FILE.npy, got '{s}'"))?;
+    let arr = kiln_runtime::npy::read(Path::new(file)).map_err(|e| format!("{file}: {e}"))?;
+    let dtype = kiln_ir::DType::ALL
+        .into_iter()
+        .find(|d| d.abi_code() == arr.dtype)
+        .ok_or_else(|| format!("{file}: unsupported dtype code {}", arr.dtype))?;
+    Ok((
+        name.to_string(),
+        kiln_ir::TensorType::new(dtype, arr.shape),
+        kiln_ir::ConstData::from_vec(arr.data),
+    ))
 }
 
 /// Parse `NAME=D0,D1,...`.
@@ -84,6 +103,7 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Graph, Error> {
             path,
             &crate::onnx::OnnxOptions {
                 input_shapes: opts.input_shapes.clone(),
+                frozen_inputs: opts.frozen_inputs.clone(),
             },
         )?,
         "kir" => {

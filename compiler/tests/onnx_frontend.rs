@@ -377,16 +377,19 @@ fn dynamic_input_needs_override() {
     assert!(msg.contains("'x'") && msg.contains("batch"), "{msg}");
     let opts = OnnxOptions {
         input_shapes: vec![("x".into(), vec![5, 3, 4])],
+        ..Default::default()
     };
     let g = load_model(&m, &opts).unwrap();
     assert_eq!(out_shape(&g, 0), [5, 3, 4]);
     // An override that contradicts a fixed dim, or names no input, is an error.
     let bad = OnnxOptions {
         input_shapes: vec![("x".into(), vec![5, 2, 4])],
+        ..Default::default()
     };
     assert!(load_model(&m, &bad).is_err());
     let bad = OnnxOptions {
         input_shapes: vec![("nope".into(), vec![1])],
+        ..Default::default()
     };
     assert!(
         load_model(&m, &bad)

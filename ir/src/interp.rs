@@ -6,8 +6,8 @@
 //! row-major order.
 
 use crate::ops::{
-    BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordTransform, GemmAttrs, NearestMode, PoolAttrs,
-    ReduceKind, ResizeAttrs, ResizeMode, SliceAttrs, UnaryOp, broadcast_shapes,
+    ActKind, BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordTransform, GemmAttrs, NearestMode,
+    PoolAttrs, ReduceKind, ResizeAttrs, ResizeMode, SliceAttrs, UnaryOp, broadcast_shapes,
 };
 use crate::types::strides_of;
 use crate::{ConstData, DType, Graph, IrError, Op, TensorType, ValueDef};
@@ -451,17 +451,56 @@ pub fn eval_op(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
             })
         }
         Op::Unary(u) => one(unary(*u, x)?),
+        Op::Clip { min, max } if !x.dtype().is_float() => {
+            let (lo, hi) = (*min as f64, *max as f64);
+            macro_rules! clampi {
+                ($v:expr, $t:ty) => {
+                    $v.iter()
+                        .map(|&a| {
+                            let f = a as f64;
+                            if f < lo {
+                                lo as $t
+                            } else if f > hi {
+                                hi as $t
+                            } else {
+                                a
+                            }
+                        })
+                        .collect()
+                };
+            }
+            let data = match &x.data {
+                TensorData::I64(v) => TensorData::I64(clampi!(v, i64)),
+                TensorData::I32(v) => TensorData::I32(clampi!(v, i32)),
+                TensorData::I8(v) => TensorData::I8(clampi!(v, i8)),
+                TensorData::U8(v) => TensorData::U8(clampi!(v, u8)),
+                _ => return Err(format!("clip is not defined on {}", x.dtype())),
+            };
+            one(Tensor {
+                shape: out_shape,
+                data,
+            })
+        }
         Op::Clip { min, max } => {
             let (lo, hi) = (*min as f64, *max as f64);
             one(float_map(x, |v| v.max(lo).min(hi))?)
         }
-        Op::HardSigmoid { alpha, beta } => {
+        Op::Act { kind, alpha, beta } => {
             let (a, b) = (*alpha as f64, *beta as f64);
-            one(float_map(x, |v| (a * v + b).clamp(0.0, 1.0))?)
+            one(float_map(x, |v| act(*kind, a, b, v))?)
         }
-        Op::LeakyRelu { alpha } => {
-            let a = *alpha as f64;
-            one(float_map(x, |v| if v < 0.0 { a * v } else { v })?)
+        Op::IsNaN | Op::IsInf { .. } => {
+            let v = x.floats()?;
+            let f = |e: f64| match op {
+                Op::IsInf { pos, neg } => {
+                    (*pos && e == f64::INFINITY) || (*neg && e == f64::NEG_INFINITY)
+                }
+                _ => e.is_nan(),
+            };
+            one(Tensor {
+                shape: out_shape,
+                data: TensorData::Bool(v.into_iter().map(f).collect()),
+            })
         }
         Op::BatchNorm { epsilon } => one(batch_norm(*epsilon, inputs)?),
         Op::MaxPool(a) => one(pool(a, x, out_shape, true)?),
@@ -482,6 +521,13 @@ pub fn eval_op(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
             shape: out_shape,
             data: x.data.clone(),
         }),
+        Op::Expand { .. } => {
+            let map = broadcast_index(&out_shape, &x.shape);
+            one(Tensor {
+                shape: out_shape,
+                data: x.data.gather(&map),
+            })
+        }
         Op::Transpose { perm } => {
             let in_strides = strides_of(&x.shape);
             let n: usize = out_shape.iter().product();
@@ -656,6 +702,50 @@ pub fn erf(x: f64) -> f64 {
     r.min(1.0).copysign(x)
 }
 
+/// A parameterized activation on one value (see [`ActKind`]).
+pub fn act(kind: ActKind, a: f64, b: f64, v: f64) -> f64 {
+    match kind {
+        ActKind::HardSigmoid => (a * v + b).clamp(0.0, 1.0),
+        ActKind::LeakyRelu => {
+            if v < 0.0 {
+                a * v
+            } else {
+                v
+            }
+        }
+        ActKind::Elu => {
+            if v < 0.0 {
+                a * (v.exp() - 1.0)
+            } else {
+                v
+            }
+        }
+        ActKind::Selu => b * if v <= 0.0 { a * (v.exp() - 1.0) } else { v },
+        ActKind::Celu => v.max(0.0) + (a * ((v / a).exp() - 1.0)).min(0.0),
+        ActKind::ThresholdedRelu => {
+            if v > a {
+                v
+            } else {
+                0.0
+            }
+        }
+        ActKind::Shrink => {
+            if v < -b {
+                v + a
+            } else if v > b {
+                v - a
+            } else {
+                0.0
+            }
+        }
+        ActKind::Swish => v / (1.0 + (-a * v).exp()),
+    }
+}
+
+fn softplus(v: f64) -> f64 {
+    (v.exp() + 1.0).ln()
+}
+
 fn unary(u: UnaryOp, x: &Tensor) -> Result<Tensor, String> {
     // A few ops are also defined on integers.
     macro_rules! ints {
@@ -664,6 +754,8 @@ fn unary(u: UnaryOp, x: &Tensor) -> Result<Tensor, String> {
                 UnaryOp::Neg => |a: $t| a.wrapping_neg(),
                 UnaryOp::Abs => |a: $t| a.wrapping_abs(),
                 UnaryOp::Relu => |a: $t| a.max(0),
+                UnaryOp::Sign => |a: $t| a.signum(),
+                UnaryOp::BitNot => |a: $t| !a,
                 _ => return Err(format!("{} is not defined on {}", u.name(), x.dtype())),
             };
             return Ok(Tensor {
@@ -676,6 +768,19 @@ fn unary(u: UnaryOp, x: &Tensor) -> Result<Tensor, String> {
         TensorData::I64(v) => ints!(v, I64, i64),
         TensorData::I32(v) => ints!(v, I32, i32),
         TensorData::I8(v) => ints!(v, I8, i8),
+        TensorData::U8(v) => {
+            let f: fn(u8) -> u8 = match u {
+                UnaryOp::Neg => |a| a.wrapping_neg(),
+                UnaryOp::Abs | UnaryOp::Relu => |a| a,
+                UnaryOp::Sign => |a| (a != 0) as u8,
+                UnaryOp::BitNot => |a| !a,
+                _ => return Err(format!("{} is not defined on {}", u.name(), x.dtype())),
+            };
+            return Ok(Tensor {
+                shape: x.shape.clone(),
+                data: TensorData::U8(v.iter().map(|&a| f(a)).collect()),
+            });
+        }
         _ => {}
     }
     let f: fn(f64) -> f64 = match u {
@@ -692,6 +797,36 @@ fn unary(u: UnaryOp, x: &Tensor) -> Result<Tensor, String> {
         UnaryOp::Floor => f64::floor,
         UnaryOp::Ceil => f64::ceil,
         UnaryOp::HardSwish => |v| v * (v / 6.0 + 0.5).clamp(0.0, 1.0),
+        UnaryOp::Sin => f64::sin,
+        UnaryOp::Cos => f64::cos,
+        UnaryOp::Tan => f64::tan,
+        UnaryOp::Asin => f64::asin,
+        UnaryOp::Acos => f64::acos,
+        UnaryOp::Atan => f64::atan,
+        UnaryOp::Sinh => f64::sinh,
+        UnaryOp::Cosh => f64::cosh,
+        UnaryOp::Asinh => f64::asinh,
+        UnaryOp::Acosh => f64::acosh,
+        UnaryOp::Atanh => f64::atanh,
+        UnaryOp::Round => f64::round_ties_even,
+        UnaryOp::Sign => |v| {
+            if v > 0.0 {
+                1.0
+            } else if v < 0.0 {
+                -1.0
+            } else {
+                v
+            }
+        },
+        UnaryOp::Softplus => softplus,
+        UnaryOp::Softsign => |v| v / (1.0 + v.abs()),
+        UnaryOp::Mish => |v| v * softplus(v).tanh(),
+        UnaryOp::Gelu => |v| 0.5 * v * (1.0 + erf(v / std::f64::consts::SQRT_2)),
+        UnaryOp::GeluTanh => |v| {
+            let k = (2.0 / std::f64::consts::PI).sqrt();
+            0.5 * v * (1.0 + (k * (v + 0.044715 * v * v * v)).tanh())
+        },
+        UnaryOp::BitNot => return Err(format!("bit_not is not defined on {}", x.dtype())),
     };
     float_map(x, f)
 }
@@ -715,20 +850,43 @@ fn binary(b: BinaryOp, x: &Tensor, y: &Tensor, out_shape: Vec<usize>) -> Result<
                         a.wrapping_div(c)
                     }
                     BinaryOp::Pow => {
-                        if c >= 0 {
-                            a.wrapping_pow(u32::try_from(c).unwrap_or(u32::MAX))
-                        } else if a == 1 {
+                        let (ai, ci) = (a as i64, c as i64);
+                        if ci >= 0 {
+                            a.wrapping_pow(u32::try_from(ci).unwrap_or(u32::MAX))
+                        } else if ai == 1 {
                             1
-                        } else if a == 0 {
+                        } else if ai == 0 {
                             return Err("integer zero to a negative power".into());
-                        } else if a == -1 {
-                            if c % 2 == 0 { 1 } else { -1 }
+                        } else if ai == -1 {
+                            (if ci % 2 == 0 { 1i64 } else { -1i64 }) as $t
                         } else {
                             0
                         }
                     }
                     BinaryOp::Max => a.max(c),
                     BinaryOp::Min => a.min(c),
+                    BinaryOp::Mod | BinaryOp::Fmod => {
+                        if c == 0 {
+                            return Err("integer division by zero".into());
+                        }
+                        let r = a.wrapping_rem(c);
+                        #[allow(unused_comparisons)]
+                        let wrong_sign = b == BinaryOp::Mod && r != 0 && ((r < 0) != (c < 0));
+                        if wrong_sign { r.wrapping_add(c) } else { r }
+                    }
+                    BinaryOp::BitAnd => a & c,
+                    BinaryOp::BitOr => a | c,
+                    BinaryOp::BitXor => a ^ c,
+                    BinaryOp::Shl => a.checked_shl(c as u32).unwrap_or(0),
+                    BinaryOp::Shr => a.checked_shr(c as u32).unwrap_or(0),
+                    #[allow(unused_comparisons)]
+                    BinaryOp::PRelu => {
+                        if a < 0 {
+                            a.wrapping_mul(c)
+                        } else {
+                            a
+                        }
+                    }
                 });
             }
             return Ok(Tensor {
@@ -741,6 +899,7 @@ fn binary(b: BinaryOp, x: &Tensor, y: &Tensor, out_shape: Vec<usize>) -> Result<
         (TensorData::I64(p), TensorData::I64(q)) => ints!(p, q, I64, i64),
         (TensorData::I32(p), TensorData::I32(q)) => ints!(p, q, I32, i32),
         (TensorData::I8(p), TensorData::I8(q)) => ints!(p, q, I8, i8),
+        (TensorData::U8(p), TensorData::U8(q)) => ints!(p, q, U8, u8),
         _ => {}
     }
     let (p, q) = (x.floats()?, y.floats()?);
@@ -764,6 +923,19 @@ fn binary(b: BinaryOp, x: &Tensor, y: &Tensor, out_shape: Vec<usize>) -> Result<
                 a.min(c)
             }
         },
+        BinaryOp::Fmod => |a, c| a % c,
+        BinaryOp::Mod => |a, c| {
+            let r = a % c;
+            if r != 0.0 && ((r < 0.0) != (c < 0.0)) {
+                r + c
+            } else {
+                r
+            }
+        },
+        BinaryOp::PRelu => |a, c| if a < 0.0 { a * c } else { a },
+        BinaryOp::BitAnd | BinaryOp::BitOr | BinaryOp::BitXor | BinaryOp::Shl | BinaryOp::Shr => {
+            return Err(format!("{} is not defined on {}", b.name(), x.dtype()));
+        }
     };
     let out = ia.iter().zip(&ib).map(|(&i, &j)| f(p[i], q[j])).collect();
     from_f64(x.dtype(), out_shape, out)
@@ -1090,7 +1262,8 @@ fn resize_coord(ct: CoordTransform, x: usize, scale: f32, in_len: usize, out_len
             if out_len == 1 {
                 0.0
             } else {
-                xf * (in_len as f32 - 1.0) / (out_len as f32 - 1.0)
+                // The resized length is `in * scale` before flooring (ONNX reference).
+                xf * (in_len as f32 - 1.0) / (in_len as f32 * scale - 1.0)
             }
         }
         CoordTransform::Asymmetric => xf / scale,

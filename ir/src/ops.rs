@@ -53,6 +53,18 @@ pub enum BinaryOp {
     Pow,
     Max,
     Min,
+    /// Remainder with the sign of the divisor (Python `%`, ONNX Mod fmod=0).
+    Mod,
+    /// Remainder with the sign of the dividend (C `fmod`, ONNX Mod fmod=1).
+    Fmod,
+    BitAnd,
+    BitOr,
+    BitXor,
+    /// Integer shifts (ONNX BitShift); the shift amount is the second operand.
+    Shl,
+    Shr,
+    /// `x < 0 ? slope * x : x` with a broadcast slope.
+    PRelu,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +82,70 @@ pub enum UnaryOp {
     Floor,
     Ceil,
     HardSwish,
+    Sin,
+    Cos,
+    Tan,
+    Asin,
+    Acos,
+    Atan,
+    Sinh,
+    Cosh,
+    Asinh,
+    Acosh,
+    Atanh,
+    /// Round half to even.
+    Round,
+    Sign,
+    /// `ln(1 + e^x)`.
+    Softplus,
+    /// `x / (1 + |x|)`.
+    Softsign,
+    /// `x * tanh(softplus(x))`.
+    Mish,
+    /// `0.5 x (1 + erf(x / sqrt 2))`.
+    Gelu,
+    /// `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
+    GeluTanh,
+    /// Bitwise complement (integers).
+    BitNot,
+}
+
+/// Activations with up to two float parameters (`alpha`, `beta`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActKind {
+    /// `clamp(alpha x + beta, 0, 1)`
+    HardSigmoid,
+    /// `x < 0 ? alpha x : x`
+    LeakyRelu,
+    /// `x < 0 ? alpha (e^x - 1) : x`
+    Elu,
+    /// `beta * (x <= 0 ? alpha (e^x - 1) : x)` (beta = gamma)
+    Selu,
+    /// `max(0, x) + min(0, alpha (e^(x/alpha) - 1))`
+    Celu,
+    /// `x > alpha ? x : 0`
+    ThresholdedRelu,
+    /// `x < -beta ? x + alpha : x > beta ? x - alpha : 0` (alpha = bias, beta = lambd)
+    Shrink,
+    /// `x * sigmoid(alpha x)`
+    Swish,
+}
+
+pub const ACTS: [(ActKind, &str); 8] = [
+    (ActKind::HardSigmoid, "hard_sigmoid"),
+    (ActKind::LeakyRelu, "leaky_relu"),
+    (ActKind::Elu, "elu"),
+    (ActKind::Selu, "selu"),
+    (ActKind::Celu, "celu"),
+    (ActKind::ThresholdedRelu, "thresholded_relu"),
+    (ActKind::Shrink, "shrink"),
+    (ActKind::Swish, "swish"),
+];
+
+impl ActKind {
+    pub fn name(self) -> &'static str {
+        ACTS.iter().find(|(o, _)| *o == self).unwrap().1
+    }
 }
 
 /// Elementwise comparisons (broadcasting; boolean result).
@@ -234,12 +310,17 @@ pub enum Op {
         min: f32,
         max: f32,
     },
-    HardSigmoid {
+    /// A parameterized activation (elementwise).
+    Act {
+        kind: ActKind,
         alpha: f32,
         beta: f32,
     },
-    LeakyRelu {
-        alpha: f32,
+    /// Elementwise float classification; output is `bool`.
+    IsNaN,
+    IsInf {
+        pos: bool,
+        neg: bool,
     },
     /// Inference batch norm; inputs: x, scale, bias, mean, var (all params `[C]`).
     BatchNorm {
@@ -254,6 +335,11 @@ pub enum Op {
     },
     Transpose {
         perm: Vec<usize>,
+    },
+    /// Broadcast copy to `shape` (ONNX Expand: the result shape is the broadcast of the input's
+    /// shape and `shape`).
+    Expand {
+        shape: Vec<usize>,
     },
     Concat {
         axis: usize,
@@ -354,7 +440,7 @@ fn us(v: &[usize]) -> Attr {
     Attr::Ints(v.iter().map(|&x| x as i64).collect())
 }
 
-const UNARY: [(UnaryOp, &str); 13] = [
+const UNARY: [(UnaryOp, &str); 32] = [
     (UnaryOp::Relu, "relu"),
     (UnaryOp::Sigmoid, "sigmoid"),
     (UnaryOp::Tanh, "tanh"),
@@ -368,8 +454,27 @@ const UNARY: [(UnaryOp, &str); 13] = [
     (UnaryOp::Floor, "floor"),
     (UnaryOp::Ceil, "ceil"),
     (UnaryOp::HardSwish, "hard_swish"),
+    (UnaryOp::Sin, "sin"),
+    (UnaryOp::Cos, "cos"),
+    (UnaryOp::Tan, "tan"),
+    (UnaryOp::Asin, "asin"),
+    (UnaryOp::Acos, "acos"),
+    (UnaryOp::Atan, "atan"),
+    (UnaryOp::Sinh, "sinh"),
+    (UnaryOp::Cosh, "cosh"),
+    (UnaryOp::Asinh, "asinh"),
+    (UnaryOp::Acosh, "acosh"),
+    (UnaryOp::Atanh, "atanh"),
+    (UnaryOp::Round, "round"),
+    (UnaryOp::Sign, "sign"),
+    (UnaryOp::Softplus, "softplus"),
+    (UnaryOp::Softsign, "softsign"),
+    (UnaryOp::Mish, "mish"),
+    (UnaryOp::Gelu, "gelu"),
+    (UnaryOp::GeluTanh, "gelu_tanh"),
+    (UnaryOp::BitNot, "bit_not"),
 ];
-const BINARY: [(BinaryOp, &str); 7] = [
+const BINARY: [(BinaryOp, &str); 15] = [
     (BinaryOp::Add, "add"),
     (BinaryOp::Sub, "sub"),
     (BinaryOp::Mul, "mul"),
@@ -377,6 +482,14 @@ const BINARY: [(BinaryOp, &str); 7] = [
     (BinaryOp::Pow, "pow"),
     (BinaryOp::Max, "max"),
     (BinaryOp::Min, "min"),
+    (BinaryOp::Mod, "mod"),
+    (BinaryOp::Fmod, "fmod"),
+    (BinaryOp::BitAnd, "bit_and"),
+    (BinaryOp::BitOr, "bit_or"),
+    (BinaryOp::BitXor, "bit_xor"),
+    (BinaryOp::Shl, "shl"),
+    (BinaryOp::Shr, "shr"),
+    (BinaryOp::PRelu, "prelu"),
 ];
 
 impl UnaryOp {
@@ -438,14 +551,16 @@ impl Op {
             Op::Binary(b) => b.name(),
             Op::Unary(u) => u.name(),
             Op::Clip { .. } => "clip",
-            Op::HardSigmoid { .. } => "hard_sigmoid",
-            Op::LeakyRelu { .. } => "leaky_relu",
+            Op::Act { kind, .. } => kind.name(),
+            Op::IsNaN => "is_nan",
+            Op::IsInf { .. } => "is_inf",
             Op::BatchNorm { .. } => "batch_norm",
             Op::MaxPool(_) => "max_pool",
             Op::AveragePool(_) => "average_pool",
             Op::GlobalAveragePool => "global_average_pool",
             Op::Reshape { .. } => "reshape",
             Op::Transpose { .. } => "transpose",
+            Op::Expand { .. } => "expand",
             Op::Concat { .. } => "concat",
             Op::Split { .. } => "split",
             Op::Slice(_) => "slice",
@@ -492,10 +607,13 @@ impl Op {
                 ("trans_b", Attr::Int(a.trans_b as i64)),
             ],
             Op::Clip { min, max } => vec![("min", Attr::Float(*min)), ("max", Attr::Float(*max))],
-            Op::HardSigmoid { alpha, beta } => {
+            Op::Act { alpha, beta, .. } => {
                 vec![("alpha", Attr::Float(*alpha)), ("beta", Attr::Float(*beta))]
             }
-            Op::LeakyRelu { alpha } => vec![("alpha", Attr::Float(*alpha))],
+            Op::IsInf { pos, neg } => vec![
+                ("pos", Attr::Int(*pos as i64)),
+                ("neg", Attr::Int(*neg as i64)),
+            ],
             Op::BatchNorm { epsilon } => vec![("epsilon", Attr::Float(*epsilon))],
             Op::MaxPool(a) | Op::AveragePool(a) => {
                 let mut v = vec![
@@ -512,6 +630,7 @@ impl Op {
             }
             Op::Reshape { shape } => vec![("shape", us(shape))],
             Op::Transpose { perm } => vec![("perm", us(perm))],
+            Op::Expand { shape } => vec![("shape", us(shape))],
             Op::Concat { axis } => vec![("axis", Attr::Int(*axis as i64))],
             Op::Split { axis, sizes } => {
                 vec![("axis", Attr::Int(*axis as i64)), ("sizes", us(sizes))]
@@ -551,6 +670,7 @@ impl Op {
             | Op::Compare(_)
             | Op::Logical(_)
             | Op::Not
+            | Op::IsNaN
             | Op::Where => vec![],
         }
     }
@@ -577,8 +697,22 @@ impl Op {
         if let Some((l, _)) = LOGIC.iter().find(|(_, n)| *n == name) {
             return Ok(Op::Logical(*l));
         }
+        if let Some((kind, _)) = ACTS.iter().find(|(_, n)| *n == name) {
+            return Ok(Op::Act {
+                kind: *kind,
+                alpha: get("alpha")?.float()?,
+                beta: get("beta")?.float()?,
+            });
+        }
         match name {
             "not" => return Ok(Op::Not),
+            "is_nan" => return Ok(Op::IsNaN),
+            "is_inf" => {
+                return Ok(Op::IsInf {
+                    pos: flag("pos")?,
+                    neg: flag("neg")?,
+                });
+            }
             "arg_max" | "arg_min" => {
                 return Ok(Op::ArgExtreme {
                     max: name == "arg_max",
@@ -631,13 +765,6 @@ impl Op {
                 min: get("min")?.float()?,
                 max: get("max")?.float()?,
             },
-            "hard_sigmoid" => Op::HardSigmoid {
-                alpha: get("alpha")?.float()?,
-                beta: get("beta")?.float()?,
-            },
-            "leaky_relu" => Op::LeakyRelu {
-                alpha: get("alpha")?.float()?,
-            },
             "batch_norm" => Op::BatchNorm {
                 epsilon: get("epsilon")?.float()?,
             },
@@ -649,6 +776,9 @@ impl Op {
             },
             "transpose" => Op::Transpose {
                 perm: get("perm")?.uints()?,
+            },
+            "expand" => Op::Expand {
+                shape: get("shape")?.uints()?,
             },
             "concat" => Op::Concat {
                 axis: get("axis")?.uint()?,
@@ -873,9 +1003,14 @@ impl Op {
                 let s = broadcast_shapes(&s, &ins[2].shape)?;
                 Ok(vec![ins[1].with_shape(s)])
             }
-            Op::Unary(_) | Op::Clip { .. } | Op::HardSigmoid { .. } | Op::LeakyRelu { .. } => {
+            Op::Unary(_) | Op::Clip { .. } | Op::Act { .. } => {
                 arity(1, 1)?;
                 Ok(vec![ins[0].clone()])
+            }
+            Op::IsNaN | Op::IsInf { .. } => {
+                arity(1, 1)?;
+                float_in(0)?;
+                Ok(vec![ins[0].with_dtype(DType::Bool)])
             }
             Op::BatchNorm { .. } => {
                 arity(5, 5)?;
@@ -930,6 +1065,12 @@ impl Op {
                     return Err(format!("cannot reshape {} to {shape:?}", ins[0]));
                 }
                 Ok(vec![ins[0].with_shape(shape.clone())])
+            }
+            Op::Expand { shape } => {
+                arity(1, 1)?;
+                Ok(vec![
+                    ins[0].with_shape(broadcast_shapes(&ins[0].shape, shape)?),
+                ])
             }
             Op::Transpose { perm } => {
                 arity(1, 1)?;

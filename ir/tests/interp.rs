@@ -281,7 +281,8 @@ fn binary_broadcast_and_ints() {
 fn activations() {
     let x = t(&[5], &[-4.0, -1.0, 0.0, 1.0, 4.0]);
     let y = eval1(
-        Op::HardSigmoid {
+        Op::Act {
+            kind: ActKind::HardSigmoid,
             alpha: 0.2,
             beta: 0.5,
         },
@@ -290,8 +291,44 @@ fn activations() {
     close(&y, &[5], &[0.0, 0.3, 0.5, 0.7, 1.0]);
     let y = eval1(Op::Unary(UnaryOp::HardSwish), &[&x]);
     close(&y, &[5], &[-0.0, -1.0 / 3.0, 0.0, 2.0 / 3.0, 4.0]);
-    let y = eval1(Op::LeakyRelu { alpha: 0.1 }, &[&x]);
+    let act = |kind, alpha, beta| Op::Act { kind, alpha, beta };
+    let y = eval1(act(ActKind::LeakyRelu, 0.1, 0.0), &[&x]);
     close(&y, &[5], &[-0.4, -0.1, 0.0, 1.0, 4.0]);
+    // hand-computed values of the other parameterized activations
+    let e = |v: f64| v.exp() - 1.0;
+    let y = eval1(act(ActKind::Elu, 2.0, 0.0), &[&x]);
+    close(
+        &y,
+        &[5],
+        &[
+            (2.0 * e(-4.0)) as f32,
+            (2.0 * e(-1.0)) as f32,
+            0.0,
+            1.0,
+            4.0,
+        ],
+    );
+    let y = eval1(act(ActKind::ThresholdedRelu, 1.0, 0.0), &[&x]);
+    close(&y, &[5], &[0.0, 0.0, 0.0, 0.0, 4.0]);
+    let y = eval1(act(ActKind::Shrink, 0.5, 1.0), &[&x]);
+    close(&y, &[5], &[-3.5, 0.0, 0.0, 0.0, 3.5]);
+    let y = eval1(act(ActKind::Celu, 2.0, 0.0), &[&x]);
+    close(
+        &y,
+        &[5],
+        &[
+            (2.0 * e(-2.0)) as f32,
+            (2.0 * e(-0.5)) as f32,
+            0.0,
+            1.0,
+            4.0,
+        ],
+    );
+    let y = eval1(
+        Op::Unary(UnaryOp::Round),
+        &[&t(&[4], &[0.5, 1.5, 2.5, -0.5])],
+    );
+    close(&y, &[4], &[0.0, 2.0, 2.0, -0.0]);
     let y = eval1(
         Op::Clip {
             min: -1.5,

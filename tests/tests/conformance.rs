@@ -93,14 +93,38 @@ fn close(want: &Tensor, got: &Tensor) -> Result<(), String> {
     }
 }
 
+/// Name of the graph input that the front end needs as a compile-time constant, from its
+/// "input N ('NAME') must be a constant" diagnostic.
+fn needs_constant(msg: &str) -> Option<String> {
+    let rest = msg.split_once("('")?.1;
+    let (name, tail) = rest.split_once("')")?;
+    tail.contains("must be a constant")
+        .then(|| name.to_string())
+}
+
 fn run_case(dir: &Path) -> Outcome {
     let model = dir.join("model.onnx");
-    let g = match kiln_compiler::pipeline::load(&model, &Default::default()) {
-        Ok(g) => g,
-        Err(e) => {
-            return Outcome::Unsupported(one_line(
-                &e.to_string().replace(&model.display().to_string(), "model"),
-            ));
+    let data = dir.join("test_data_set_0");
+    // Inputs the static compiler must know (axes, shapes, pads given as graph inputs) are frozen
+    // to the test's values, as `kiln build --freeze NAME=FILE` does; they then leave the
+    // compiled signature.
+    let mut opts = kiln_compiler::pipeline::LoadOptions::default();
+    let g = loop {
+        match kiln_compiler::pipeline::load(&model, &opts) {
+            Ok(g) => break g,
+            Err(e) => {
+                let msg = e.to_string();
+                if let Some(name) = needs_constant(&msg)
+                    && !opts.frozen_inputs.iter().any(|f| f.0 == name)
+                    && let Some(t) = input_by_name(&model, &data, &name)
+                {
+                    opts.frozen_inputs.push((name, t.0, t.1));
+                    continue;
+                }
+                return Outcome::Unsupported(one_line(
+                    &msg.replace(&model.display().to_string(), "model"),
+                ));
+            }
         }
     };
     let jit = match kiln_target_cpu::compile_jit(&g, "case") {
@@ -111,7 +135,6 @@ fn run_case(dir: &Path) -> Outcome {
         kiln_runtime::Model::from_raw(jit.descriptor() as *const kiln_runtime::KilnModel)
     }
     .unwrap();
-    let data = dir.join("test_data_set_0");
     let read =
         |p: &PathBuf| kiln_compiler::onnx::read_tensor(p).map_err(|e| one_line(&e.to_string()));
     let ins: Vec<_> = match sorted_pb(&data, "input_")
@@ -122,6 +145,18 @@ fn run_case(dir: &Path) -> Outcome {
         Ok(v) => v,
         Err(e) => return Outcome::Unsupported(format!("test data: {e}")),
     };
+    // Frozen inputs are no longer model inputs.
+    let names = graph_input_names(&model);
+    let ins: Vec<_> = ins
+        .into_iter()
+        .enumerate()
+        .filter(|(k, _)| {
+            names
+                .get(*k)
+                .is_none_or(|n| !opts.frozen_inputs.iter().any(|f| &f.0 == n))
+        })
+        .map(|(_, t)| t)
+        .collect();
     let want: Vec<_> = match sorted_pb(&data, "output_")
         .iter()
         .map(read)
@@ -149,6 +184,35 @@ fn run_case(dir: &Path) -> Outcome {
         }
     }
     for (k, ((ty, d), got)) in want.iter().zip(&outs).enumerate() {
+        if !ty.dtype.is_float() {
+            // integers and booleans: exact
+            if d.bytes() != got.as_slice() {
+                return Outcome::Fail(format!("output {k}: values differ"));
+            }
+            continue;
+        }
+        if matches!(ty.dtype, kiln_ir::DType::F16 | kiln_ir::DType::BF16) {
+            let f = |b: &[u8]| -> Vec<f32> {
+                b.chunks_exact(2)
+                    .map(|c| {
+                        let u = u16::from_le_bytes([c[0], c[1]]);
+                        if ty.dtype == kiln_ir::DType::F16 {
+                            half::f16::from_bits(u).to_f32()
+                        } else {
+                            half::bf16::from_bits(u).to_f32()
+                        }
+                    })
+                    .collect()
+            };
+            let (w, g) = (
+                Tensor::f32(ty.shape.clone(), f(d.bytes())),
+                Tensor::f32(ty.shape.clone(), f(got)),
+            );
+            if let Err(e) = close(&w, &g) {
+                return Outcome::Fail(format!("output {k}: {e}"));
+            }
+            continue;
+        }
         let (Ok(w), Ok(g)) = (Tensor::from_const(ty, d), Tensor::from_bytes(ty, got)) else {
             return Outcome::Unsupported(format!("output {k}: dtype {} not comparable", ty.dtype));
         };
@@ -157,6 +221,35 @@ fn run_case(dir: &Path) -> Outcome {
         }
     }
     Outcome::Pass
+}
+
+/// Names of the ONNX graph's inputs (initializers excluded), in order.
+fn graph_input_names(model: &Path) -> Vec<String> {
+    use prost::Message;
+    let Ok(bytes) = std::fs::read(model) else {
+        return Vec::new();
+    };
+    let Ok(m) = kiln_compiler::onnx::proto::ModelProto::decode(bytes.as_slice()) else {
+        return Vec::new();
+    };
+    let g = m.graph.unwrap_or_default();
+    let inits: Vec<&str> = g.initializer.iter().map(|t| t.name()).collect();
+    g.input
+        .iter()
+        .map(|i| i.name().to_string())
+        .filter(|n| !inits.contains(&n.as_str()))
+        .collect()
+}
+
+/// The test data for graph input `name`.
+fn input_by_name(
+    model: &Path,
+    data: &Path,
+    name: &str,
+) -> Option<(kiln_ir::TensorType, kiln_ir::ConstData)> {
+    let k = graph_input_names(model).iter().position(|n| n == name)?;
+    let p = sorted_pb(data, "input_").into_iter().nth(k)?;
+    kiln_compiler::onnx::read_tensor(&p).ok()
 }
 
 #[test]

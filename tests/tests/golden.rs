@@ -150,6 +150,7 @@ fn jit(name: &str) {
         &c.model,
         &LoadOptions {
             input_shapes: c.shapes.clone(),
+            ..Default::default()
         },
     )
     .unwrap();
@@ -168,6 +169,7 @@ fn artefacts(name: &str) {
         &c.model,
         &LoadOptions {
             input_shapes: c.shapes.clone(),
+            ..Default::default()
         },
     )
     .unwrap();

@@ -4,10 +4,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use kiln_ir::ops::{
-    BinaryOp, CmpOp, ConvAttrs, ConvTransposeAttrs, CoordTransform, GemmAttrs, LogicOp,
+    ActKind, BinaryOp, CmpOp, ConvAttrs, ConvTransposeAttrs, CoordTransform, GemmAttrs, LogicOp,
     NearestMode, PoolAttrs, ReduceKind, ResizeAttrs, ResizeMode, SliceAttrs, UnaryOp,
 };
-use kiln_ir::{DType, Graph, IrError, Op, TensorType, ValueDef, ValueId};
+use kiln_ir::{ConstData, DType, Graph, IrError, Op, TensorType, ValueDef, ValueId};
 
 use super::consteval::{self as ce, BinOp, CT, FOLD_LIMIT};
 use super::proto::{
@@ -51,6 +51,39 @@ const SUPPORTED: &[&str] = &[
     "Clip",
     "HardSigmoid",
     "LeakyRelu",
+    "Elu",
+    "Selu",
+    "Celu",
+    "ThresholdedRelu",
+    "Shrink",
+    "Swish",
+    "Gelu",
+    "IsNaN",
+    "IsInf",
+    "Mod",
+    "BitShift",
+    "Mean",
+    "Sin",
+    "Cos",
+    "Tan",
+    "Asin",
+    "Acos",
+    "Atan",
+    "Sinh",
+    "Cosh",
+    "Asinh",
+    "Acosh",
+    "Atanh",
+    "Round",
+    "Sign",
+    "Softplus",
+    "Softsign",
+    "Mish",
+    "BitwiseNot",
+    "BitwiseAnd",
+    "BitwiseOr",
+    "BitwiseXor",
+    "PRelu",
     "BatchNormalization",
     "MaxPool",
     "AveragePool",
@@ -119,6 +152,23 @@ fn unary_of(op: &str) -> Option<UnaryOp> {
         "Floor" => UnaryOp::Floor,
         "Ceil" => UnaryOp::Ceil,
         "HardSwish" => UnaryOp::HardSwish,
+        "Sin" => UnaryOp::Sin,
+        "Cos" => UnaryOp::Cos,
+        "Tan" => UnaryOp::Tan,
+        "Asin" => UnaryOp::Asin,
+        "Acos" => UnaryOp::Acos,
+        "Atan" => UnaryOp::Atan,
+        "Sinh" => UnaryOp::Sinh,
+        "Cosh" => UnaryOp::Cosh,
+        "Asinh" => UnaryOp::Asinh,
+        "Acosh" => UnaryOp::Acosh,
+        "Atanh" => UnaryOp::Atanh,
+        "Round" => UnaryOp::Round,
+        "Sign" => UnaryOp::Sign,
+        "Softplus" => UnaryOp::Softplus,
+        "Softsign" => UnaryOp::Softsign,
+        "Mish" => UnaryOp::Mish,
+        "BitwiseNot" => UnaryOp::BitNot,
         _ => return None,
     })
 }
@@ -132,12 +182,16 @@ fn binary_of(op: &str) -> Option<BinaryOp> {
         "Pow" => BinaryOp::Pow,
         "Max" => BinaryOp::Max,
         "Min" => BinaryOp::Min,
+        "BitwiseAnd" => BinaryOp::BitAnd,
+        "BitwiseOr" => BinaryOp::BitOr,
+        "BitwiseXor" => BinaryOp::BitXor,
+        "PRelu" => BinaryOp::PRelu,
         _ => return None,
     })
 }
 
-fn fold_of(b: BinaryOp) -> BinOp {
-    match b {
+fn fold_of(b: BinaryOp) -> Option<BinOp> {
+    Some(match b {
         BinaryOp::Add => BinOp::Add,
         BinaryOp::Sub => BinOp::Sub,
         BinaryOp::Mul => BinOp::Mul,
@@ -145,7 +199,8 @@ fn fold_of(b: BinaryOp) -> BinOp {
         BinaryOp::Pow => BinOp::Pow,
         BinaryOp::Max => BinOp::Max,
         BinaryOp::Min => BinOp::Min,
-    }
+        _ => return None,
+    })
 }
 
 fn ir_msg(e: IrError) -> String {
@@ -314,10 +369,70 @@ impl<'a> Imp<'a> {
 
     /// Add an IR node named after the ONNX node, with value names `names`.
     fn node(&mut self, c: &Ctx, op: Op, inputs: Vec<ValueId>, names: &[String]) -> R<Vec<ValueId>> {
+        if let Some(outs) = self.try_fold(&op, &inputs, names)? {
+            return Ok(outs);
+        }
         let names: Vec<String> = names.iter().map(|n| self.fresh(n)).collect();
         self.g
             .add_node(c.name.clone(), op, inputs, names)
             .map_err(ir_msg)
+    }
+
+    /// Constant folding through the reference interpreter: an op whose inputs are all small
+    /// constants becomes constants (shape arithmetic, masks and index tables built from
+    /// constants). `None` when the op must stay a node.
+    fn try_fold(
+        &mut self,
+        op: &Op,
+        inputs: &[ValueId],
+        names: &[String],
+    ) -> R<Option<Vec<ValueId>>> {
+        const LIMIT: usize = 1 << 16;
+        if inputs.is_empty()
+            || inputs.iter().any(|v| {
+                !matches!(self.g.value(*v).def, ValueDef::Const(_)) || self.ty(*v).numel() > LIMIT
+            })
+        {
+            return Ok(None);
+        }
+        let tys: Vec<TensorType> = inputs.iter().map(|v| self.ty(*v).clone()).collect();
+        let Ok(out_tys) = op.infer(&tys.iter().collect::<Vec<_>>()) else {
+            return Ok(None);
+        };
+        if out_tys.iter().map(|t| t.numel()).sum::<usize>() > LIMIT {
+            return Ok(None);
+        }
+        let mut ts = Vec::with_capacity(inputs.len());
+        for v in inputs {
+            let ValueDef::Const(d) = &self.g.value(*v).def else {
+                return Ok(None);
+            };
+            match kiln_ir::interp::Tensor::from_const(self.ty(*v), d) {
+                Ok(t) => ts.push(t),
+                Err(_) => return Ok(None),
+            }
+        }
+        let Ok(res) = kiln_ir::interp::eval_op(op, &ts.iter().collect::<Vec<_>>()) else {
+            return Ok(None);
+        };
+        if res.len() != out_tys.len()
+            || res
+                .iter()
+                .zip(&out_tys)
+                .any(|(t, ty)| t.dtype() != ty.dtype || t.shape != ty.shape)
+        {
+            return Ok(None);
+        }
+        let mut outs = Vec::with_capacity(res.len());
+        for ((t, ty), name) in res.into_iter().zip(out_tys).zip(names) {
+            let name = self.fresh(name);
+            let v = self
+                .g
+                .add_const(name, ty, ConstData::from_vec(t.to_bytes()))
+                .map_err(ir_msg)?;
+            outs.push(v);
+        }
+        Ok(Some(outs))
     }
 
     /// Emit a node whose outputs are the ONNX node's outputs.
@@ -457,8 +572,8 @@ impl<'a> Imp<'a> {
                 return Err(format!("operand types differ: {da} vs {db}"));
             }
         }
-        if let (Some(x), Some(y)) = (self.cval(a), self.cval(b)) {
-            let r = ce::binary(fold_of(op), &x, &y)?;
+        if let (Some(f), Some(x), Some(y)) = (fold_of(op), self.cval(a), self.cval(b)) {
+            let r = ce::binary(f, &x, &y)?;
             if r.numel() <= FOLD_LIMIT {
                 return self.add_ct(out, r);
             }
@@ -648,9 +763,13 @@ impl<'a> Imp<'a> {
                 self.emit(c, Op::Where, vec![cv, xv, yv])?;
             }
             "Expand" => {
-                let x = self.const_in(c, 0)?.ok_or("missing input")?;
+                let xv = self.req(c, 0)?;
                 let s = self.const_in(c, 1)?.ok_or("missing shape")?;
                 let shape = to_usizes(&s.as_i64(), "shape")?;
+                let Some(x) = self.cval(xv) else {
+                    self.emit(c, Op::Expand { shape }, vec![xv])?;
+                    return Ok(());
+                };
                 let n = shape
                     .iter()
                     .try_fold(x.numel().max(1), |a, &d| a.checked_mul(d.max(1)));
@@ -899,15 +1018,88 @@ impl<'a> Imp<'a> {
                 };
                 self.emit(c, Op::Clip { min, max }, vec![x])?;
             }
-            "HardSigmoid" => {
+            "HardSigmoid" | "LeakyRelu" | "Elu" | "Selu" | "Celu" | "ThresholdedRelu"
+            | "Shrink" | "Swish" => {
                 let x = self.req(c, 0)?;
-                let (alpha, beta) = (c.f("alpha", 0.2), c.f("beta", 0.5));
-                self.emit(c, Op::HardSigmoid { alpha, beta }, vec![x])?;
+                let (kind, alpha, beta) = match op {
+                    "HardSigmoid" => (ActKind::HardSigmoid, c.f("alpha", 0.2), c.f("beta", 0.5)),
+                    "LeakyRelu" => (ActKind::LeakyRelu, c.f("alpha", 0.01), 0.0),
+                    "Elu" => (ActKind::Elu, c.f("alpha", 1.0), 0.0),
+                    "Selu" => (
+                        ActKind::Selu,
+                        c.f("alpha", 1.673_263_2),
+                        c.f("gamma", 1.050_701),
+                    ),
+                    "Celu" => (ActKind::Celu, c.f("alpha", 1.0), 0.0),
+                    "ThresholdedRelu" => (ActKind::ThresholdedRelu, c.f("alpha", 1.0), 0.0),
+                    "Shrink" => (ActKind::Shrink, c.f("bias", 0.0), c.f("lambd", 0.5)),
+                    _ => (ActKind::Swish, c.f("alpha", 1.0), 0.0),
+                };
+                self.emit(c, Op::Act { kind, alpha, beta }, vec![x])?;
             }
-            "LeakyRelu" => {
+            "Gelu" => {
                 let x = self.req(c, 0)?;
-                let alpha = c.f("alpha", 0.01);
-                self.emit(c, Op::LeakyRelu { alpha }, vec![x])?;
+                let u = match c.s("approximate", "none").as_str() {
+                    "none" => UnaryOp::Gelu,
+                    "tanh" => UnaryOp::GeluTanh,
+                    a => return Err(format!("unknown approximate='{a}'")),
+                };
+                self.emit(c, Op::Unary(u), vec![x])?;
+            }
+            "IsNaN" => {
+                let x = self.req(c, 0)?;
+                self.emit(c, Op::IsNaN, vec![x])?;
+            }
+            "IsInf" => {
+                let x = self.req(c, 0)?;
+                let (pos, neg) = (
+                    c.i("detect_positive", 1) != 0,
+                    c.i("detect_negative", 1) != 0,
+                );
+                self.emit(c, Op::IsInf { pos, neg }, vec![x])?;
+            }
+            "Mod" | "BitShift" => {
+                let (a, b) = (self.req(c, 0)?, self.req(c, 1)?);
+                let f = if op == "Mod" {
+                    if c.i("fmod", 0) != 0 {
+                        BinaryOp::Fmod
+                    } else if self.ty(a).dtype.is_float() {
+                        return Err("fmod=0 is only defined for integers".into());
+                    } else {
+                        BinaryOp::Mod
+                    }
+                } else {
+                    match c.s("direction", "").as_str() {
+                        "LEFT" => BinaryOp::Shl,
+                        "RIGHT" => BinaryOp::Shr,
+                        d => return Err(format!("direction must be LEFT or RIGHT, got '{d}'")),
+                    }
+                };
+                let out = self.out_name(c, 0);
+                let v = self.binary(c, f, a, b, &out)?;
+                self.set_out(c, 0, v);
+            }
+            "Mean" => {
+                let ins: Vec<ValueId> = (0..c.n.input.len())
+                    .map(|i| self.req(c, i))
+                    .collect::<R<_>>()?;
+                let mut acc = *ins.first().ok_or("expects at least one input")?;
+                for (k, &v) in ins.iter().enumerate().skip(1) {
+                    acc = self.binary(c, BinaryOp::Add, acc, v, &format!("{}/sum{k}", c.name))?;
+                }
+                let dt = self.ty(acc).dtype;
+                let n = self.add_ct(
+                    &format!("{}/count", c.name),
+                    CT {
+                        dtype: DType::F64,
+                        shape: vec![],
+                        v: ce::Vals::F(vec![ins.len() as f64]),
+                    }
+                    .cast(dt),
+                )?;
+                let out = self.out_name(c, 0);
+                let v = self.binary(c, BinaryOp::Div, acc, n, &out)?;
+                self.set_out(c, 0, v);
             }
             "MatMul" => {
                 let (a, b) = (self.req(c, 0)?, self.req(c, 1)?);
@@ -1685,6 +1877,16 @@ pub fn import_model(
         }
         overrides.insert(n.as_str(), s);
     }
+    let mut frozen: HashMap<&str, (&TensorType, &ConstData)> = HashMap::new();
+    for (n, ty, d) in &opts.frozen_inputs {
+        if init_names.contains(n) || !graph.input.iter().any(|i| i.name() == n) {
+            return Err(merr(format!(
+                "--freeze names '{n}', which is not a graph input"
+            )));
+        }
+        frozen.insert(n.as_str(), (ty, d));
+        overrides.entry(n.as_str()).or_insert(&ty.shape);
+    }
     for vi in &graph.input {
         let iname = vi.name().to_string();
         if init_names.contains(&iname) {
@@ -1763,7 +1965,18 @@ pub fn import_model(
             )));
         }
         let name = imp.fresh(&iname);
-        let v = imp.g.add_input(name, ty);
+        let v = if let Some((fty, data)) = frozen.remove(iname.as_str()) {
+            if fty.dtype != ty.dtype || fty.shape != ty.shape {
+                return Err(merr(format!(
+                    "--freeze for '{iname}' gives {fty}, the model's input is {ty}"
+                )));
+            }
+            imp.g
+                .add_const(name, ty, data.clone())
+                .map_err(|e| merr(format!("--freeze for '{iname}': {e}")))?
+        } else {
+            imp.g.add_input(name, ty)
+        };
         imp.env.insert(iname, v);
     }
     // Reserve all node output names so generated names never take them.

@@ -26,6 +26,10 @@ pub struct OnnxOptions {
     /// Full static shapes for graph inputs, by name (`--input-shape NAME=1,3,224,224`). Required
     /// for every input with a symbolic or unknown dimension.
     pub input_shapes: Vec<(String, Vec<usize>)>,
+    /// Graph inputs replaced by constants at compile time (`--freeze NAME=FILE.npy`): the
+    /// input disappears from the compiled model's signature. This is how values the static
+    /// compiler must know (axes, target shapes, pads, ...) that a model takes as inputs are fixed.
+    pub frozen_inputs: Vec<(String, kiln_ir::TensorType, kiln_ir::ConstData)>,
 }
 
 /// Errors from the ONNX front end. Every message names the model file; node errors also name the

@@ -174,11 +174,6 @@ impl<'a> Kb<'a> {
         let c = self.b.ins().call(fr, &[x]);
         self.b.inst_results(c)[0]
     }
-    pub fn call2(&mut self, f: &'static str, x: Value, y: Value) -> Value {
-        let fr = self.libm[f];
-        let c = self.b.ins().call(fr, &[x, y]);
-        self.b.inst_results(c)[0]
-    }
 
     /// max(a, b) for floats, written as the select pattern x64 lowers to one `maxss`.
     pub fn fmax(&mut self, a: Value, b: Value) -> Value {

@@ -2,26 +2,17 @@
 //! known at compile time (strides become immediates). Kernels take one pointer per input and
 //! then one per output.
 
+use crate::ew::fconst_like;
 use crate::kb::{F32, F32X4, I64, Kb, int_ty};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{InstBuilder, Value, types};
 use cranelift_frontend::Variable;
 use kiln_ir::ops::{
-    BinaryOp, CmpOp, ConvAttrs, ConvTransposeAttrs, CoordTransform, GemmAttrs, LogicOp,
-    NearestMode, PoolAttrs, ReduceKind, ResizeAttrs, ResizeMode, SliceAttrs, UnaryOp,
-    broadcast_shapes,
+    CmpOp, ConvAttrs, ConvTransposeAttrs, CoordTransform, GemmAttrs, LogicOp, NearestMode,
+    PoolAttrs, ReduceKind, ResizeAttrs, ResizeMode, SliceAttrs, broadcast_shapes,
 };
 use kiln_ir::types::strides_of;
 use kiln_ir::{DType, Node, Op, TensorType};
-
-/// libm functions kernels may call (resolved by the linker, or registered with the JIT).
-pub(crate) const LIBM: [(&str, usize); 5] = [
-    ("expf", 1),
-    ("logf", 1),
-    ("tanhf", 1),
-    ("erff", 1),
-    ("powf", 2),
-];
 
 /// Why an op cannot be lowered (names the op; the caller adds the node).
 pub(crate) type KResult = Result<(), String>;
@@ -41,13 +32,10 @@ pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&Tenso
     match &node.op {
         Op::Unary(_)
         | Op::Clip { .. }
-        | Op::HardSigmoid { .. }
-        | Op::LeakyRelu { .. }
-        | Op::Binary(_) => {
-            float_only(outs[0])?;
-            elementwise(kb, &node.op, ins, outs[0]);
-            Ok(())
-        }
+        | Op::Act { .. }
+        | Op::Binary(_)
+        | Op::IsNaN
+        | Op::IsInf { .. } => crate::ew::elementwise(kb, &node.op, ins, outs[0]),
         Op::Cast { to } => cast(kb, ins[0], *to),
         Op::Compare(c) => compare(kb, *c, ins, outs[0]),
         Op::ArgExtreme {
@@ -111,6 +99,14 @@ pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&Tenso
             copy(kb, 0, 1, ins[0].size_bytes());
             Ok(())
         }
+        Op::Expand { .. } => {
+            let es = outs[0].dtype.size();
+            let (xp, op) = (kb.params[0], kb.params[1]);
+            broadcast_loop(kb, ins, outs[0], &mut |kb, offs, oo| {
+                copy_elem(kb, es, xp, offs[0], op, oo);
+            });
+            Ok(())
+        }
         Op::Transpose { perm } => {
             transpose(kb, perm, ins[0], outs[0]);
             Ok(())
@@ -144,134 +140,8 @@ pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&Tenso
     }
 }
 
-fn is_vector_op(op: &Op) -> bool {
-    match op {
-        Op::Unary(u) => matches!(
-            u,
-            UnaryOp::Relu
-                | UnaryOp::Neg
-                | UnaryOp::Abs
-                | UnaryOp::Sqrt
-                | UnaryOp::Floor
-                | UnaryOp::Ceil
-                | UnaryOp::HardSwish
-                | UnaryOp::Reciprocal
-        ),
-        Op::Binary(b) => !matches!(b, BinaryOp::Pow),
-        Op::Clip { .. } | Op::HardSigmoid { .. } | Op::LeakyRelu { .. } => true,
-        _ => false,
-    }
-}
-
-/// A float constant of the same type as `like` (scalar or F32X4).
-fn fconst_like(kb: &mut Kb, v: f32, vec: bool) -> Value {
-    let c = kb.fc(v);
-    if vec { kb.b.ins().splat(F32X4, c) } else { c }
-}
-
-/// `if x <cc> y { a } else { b }` on scalars (select) or F32X4 lanes (bitselect on the mask).
-fn select_if(kb: &mut Kb, cc: FloatCC, x: Value, y: Value, a: Value, b: Value, vec: bool) -> Value {
-    let c = kb.b.ins().fcmp(cc, x, y);
-    if vec {
-        let le = cranelift_codegen::ir::MemFlagsData::new()
-            .with_endianness(cranelift_codegen::ir::Endianness::Little);
-        let m = kb.b.ins().bitcast(F32X4, le, c);
-        kb.b.ins().bitselect(m, a, b)
-    } else {
-        kb.b.ins().select(c, a, b)
-    }
-}
-
-/// max(a, b), written as compare + select (x64: one `maxps`), not IEEE `fmax`.
-fn select_gt(kb: &mut Kb, a: Value, b: Value, vec: bool) -> Value {
-    select_if(kb, FloatCC::GreaterThan, a, b, a, b, vec)
-}
-fn select_lt(kb: &mut Kb, a: Value, b: Value, vec: bool) -> Value {
-    select_if(kb, FloatCC::LessThan, a, b, a, b, vec)
-}
-
-/// The scalar (or F32X4) body of an elementwise op.
-fn apply(kb: &mut Kb, op: &Op, x: Value, y: Option<Value>, vec: bool) -> Value {
-    match op {
-        Op::Unary(u) => match u {
-            UnaryOp::Relu => {
-                let z = fconst_like(kb, 0.0, vec);
-                select_gt(kb, x, z, vec)
-            }
-            UnaryOp::Neg => kb.b.ins().fneg(x),
-            UnaryOp::Abs => kb.b.ins().fabs(x),
-            UnaryOp::Sqrt => kb.b.ins().sqrt(x),
-            UnaryOp::Floor => kb.b.ins().floor(x),
-            UnaryOp::Ceil => kb.b.ins().ceil(x),
-            UnaryOp::Reciprocal => {
-                let one = fconst_like(kb, 1.0, vec);
-                kb.b.ins().fdiv(one, x)
-            }
-            UnaryOp::HardSwish => {
-                let a = fconst_like(kb, 1.0 / 6.0, vec);
-                let h = fconst_like(kb, 0.5, vec);
-                let t = kb.b.ins().fmul(x, a);
-                let t = kb.b.ins().fadd(t, h);
-                let t = clamp01(kb, t, vec);
-                kb.b.ins().fmul(x, t)
-            }
-            UnaryOp::Exp => kb.call1("expf", x),
-            UnaryOp::Log => kb.call1("logf", x),
-            UnaryOp::Tanh => kb.call1("tanhf", x),
-            UnaryOp::Erf => kb.call1("erff", x),
-            UnaryOp::Sigmoid => {
-                // 1 / (1 + exp(-x)), computed without overflow for large |x|
-                let nx = kb.b.ins().fneg(x);
-                let e = kb.call1("expf", nx);
-                let one = kb.fc(1.0);
-                let d = kb.b.ins().fadd(one, e);
-                kb.b.ins().fdiv(one, d)
-            }
-        },
-        Op::Binary(b) => {
-            let y = y.unwrap();
-            match b {
-                BinaryOp::Add => kb.b.ins().fadd(x, y),
-                BinaryOp::Sub => kb.b.ins().fsub(x, y),
-                BinaryOp::Mul => kb.b.ins().fmul(x, y),
-                BinaryOp::Div => kb.b.ins().fdiv(x, y),
-                BinaryOp::Max => select_gt(kb, x, y, vec),
-                BinaryOp::Min => select_lt(kb, x, y, vec),
-                BinaryOp::Pow => kb.call2("powf", x, y),
-            }
-        }
-        Op::Clip { min, max } => {
-            let lo = fconst_like(kb, *min, vec);
-            let hi = fconst_like(kb, *max, vec);
-            let t = select_gt(kb, x, lo, vec);
-            select_lt(kb, t, hi, vec)
-        }
-        Op::HardSigmoid { alpha, beta } => {
-            let a = fconst_like(kb, *alpha, vec);
-            let bb = fconst_like(kb, *beta, vec);
-            let t = kb.b.ins().fmul(x, a);
-            let t = kb.b.ins().fadd(t, bb);
-            clamp01(kb, t, vec)
-        }
-        Op::LeakyRelu { alpha } => {
-            let a = fconst_like(kb, *alpha, vec);
-            let z = fconst_like(kb, 0.0, vec);
-            let neg = kb.b.ins().fmul(x, a);
-            select_if(kb, FloatCC::LessThan, x, z, neg, x, vec)
-        }
-        _ => unreachable!("not elementwise"),
-    }
-}
-
-fn clamp01(kb: &mut Kb, t: Value, vec: bool) -> Value {
-    let z = fconst_like(kb, 0.0, vec);
-    let o = fconst_like(kb, 1.0, vec);
-    let t = select_gt(kb, t, z, vec);
-    select_lt(kb, t, o, vec)
-}
-
 /// Strides of `t` broadcast to `out` (0 on broadcast dims), aligned to the right.
-fn bcast_strides(t: &[usize], out: &[usize]) -> Vec<usize> {
+pub(crate) fn bcast_strides(t: &[usize], out: &[usize]) -> Vec<usize> {
     let st = strides_of(t);
     let r = out.len();
     (0..r)
@@ -284,48 +154,6 @@ fn bcast_strides(t: &[usize], out: &[usize]) -> Vec<usize> {
             }
         })
         .collect()
-}
-
-fn elementwise(kb: &mut Kb, op: &Op, ins: &[&TensorType], out: &TensorType) {
-    let n = out.numel();
-    let same = ins.iter().all(|t| t.shape == out.shape);
-    let (xp, yp) = (
-        kb.params[0],
-        if ins.len() > 1 {
-            Some(kb.params[1])
-        } else {
-            None
-        },
-    );
-    let op_ = kb.params[ins.len()];
-    if same {
-        let nv = if is_vector_op(op) { n / 4 * 4 } else { 0 };
-        kb.for_range(0, nv, 4, &mut |kb, i| {
-            let x = kb.load_f32x4(xp, i);
-            let y = yp.map(|p| kb.load_f32x4(p, i));
-            let r = apply(kb, op, x, y, true);
-            kb.store_f32x4(r, op_, i);
-        });
-        kb.for_range(nv, n, 1, &mut |kb, i| {
-            let x = kb.load_f32(xp, i);
-            let y = yp.map(|p| kb.load_f32(p, i));
-            let r = apply(kb, op, x, y, false);
-            kb.store_f32(r, op_, i);
-        });
-        return;
-    }
-    let sx = bcast_strides(&ins[0].shape, &out.shape);
-    let sy = bcast_strides(&ins[1].shape, &out.shape);
-    let so = strides_of(&out.shape);
-    kb.for_nd(&out.shape.clone(), &mut |kb, idx| {
-        let ox = kb.offset(idx, &sx);
-        let oy = kb.offset(idx, &sy);
-        let oo = kb.offset(idx, &so);
-        let x = kb.load_f32(xp, ox);
-        let y = kb.load_f32(yp.unwrap(), oy);
-        let r = apply(kb, op, x, Some(y), false);
-        kb.store_f32(r, op_, oo);
-    });
 }
 
 /// ArgMax / ArgMin along one axis: i64 indices.
@@ -1568,7 +1396,7 @@ fn src_coord(
         }
         CoordTransform::AlignCorners => {
             let r = if out_len > 1 {
-                (in_len as f32 - 1.0) / (out_len as f32 - 1.0)
+                (in_len as f32 - 1.0) / (in_len as f32 * scale - 1.0)
             } else {
                 0.0
             };

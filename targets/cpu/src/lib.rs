@@ -4,6 +4,7 @@
 //!
 //! Invariant: this crate depends on `kiln-ir` only (no front end, no file formats).
 
+mod ew;
 mod header;
 mod kb;
 mod kernels;
@@ -127,35 +128,35 @@ impl JitModel {
     }
 }
 
-extern "C" fn k_expf(x: f32) -> f32 {
-    x.exp()
+macro_rules! libm_symbols {
+    ($($f:ident($($a:ident),+) -> $t:ty;)+) => {
+        unsafe extern "C" {
+            $(fn $f($($a: $t),+) -> $t;)+
+        }
+        /// Addresses of this process's libm functions, for the JIT.
+        fn libm_symbols() -> Vec<(&'static str, *const u8)> {
+            vec![$((stringify!($f), $f as *const u8)),+]
+        }
+    };
 }
-extern "C" fn k_logf(x: f32) -> f32 {
-    x.ln()
-}
-extern "C" fn k_tanhf(x: f32) -> f32 {
-    x.tanh()
-}
-unsafe extern "C" {
-    fn erff(x: f32) -> f32;
-}
-extern "C" fn k_erff(x: f32) -> f32 {
-    // SAFETY: libm's erff is a pure function.
-    unsafe { erff(x) }
-}
-extern "C" fn k_powf(x: f32, y: f32) -> f32 {
-    x.powf(y)
+libm_symbols! {
+    expf(x) -> f32; logf(x) -> f32; tanhf(x) -> f32; erff(x) -> f32; powf(x, y) -> f32;
+    sinf(x) -> f32; cosf(x) -> f32; tanf(x) -> f32; asinf(x) -> f32; acosf(x) -> f32;
+    atanf(x) -> f32; sinhf(x) -> f32; coshf(x) -> f32; asinhf(x) -> f32; acoshf(x) -> f32;
+    atanhf(x) -> f32; fmodf(x, y) -> f32; log1pf(x) -> f32;
+    exp(x) -> f64; log(x) -> f64; tanh(x) -> f64; erf(x) -> f64; pow(x, y) -> f64;
+    sin(x) -> f64; cos(x) -> f64; tan(x) -> f64; asin(x) -> f64; acos(x) -> f64;
+    atan(x) -> f64; sinh(x) -> f64; cosh(x) -> f64; asinh(x) -> f64; acosh(x) -> f64;
+    atanh(x) -> f64; fmod(x, y) -> f64; log1p(x) -> f64;
 }
 
 /// Compile `g` for the host into executable memory.
 pub fn compile_jit(g: &Graph, name: &str) -> Result<JitModel, CpuError> {
     let isa = make_isa(None, false)?;
     let mut builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
-    builder.symbol("expf", k_expf as *const u8);
-    builder.symbol("logf", k_logf as *const u8);
-    builder.symbol("tanhf", k_tanhf as *const u8);
-    builder.symbol("erff", k_erff as *const u8);
-    builder.symbol("powf", k_powf as *const u8);
+    for (name, addr) in libm_symbols() {
+        builder.symbol(name, addr);
+    }
     let mut module = JITModule::new(builder);
     let opts = CpuOptions {
         name: name.to_string(),
@@ -232,12 +233,13 @@ fn generate<M: Module>(
 
     // libm imports
     let mut libm_ids: Vec<(&'static str, FuncId)> = Vec::new();
-    for (f, arity) in kernels::LIBM {
+    for (f, arity, is_f64) in ew::LIBM {
+        let t = if is_f64 { types::F64 } else { types::F32 };
         let mut s = module.make_signature();
         for _ in 0..arity {
-            s.params.push(AbiParam::new(types::F32));
+            s.params.push(AbiParam::new(t));
         }
-        s.returns.push(AbiParam::new(types::F32));
+        s.returns.push(AbiParam::new(t));
         libm_ids.push((
             f,
             module

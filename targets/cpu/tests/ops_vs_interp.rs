@@ -96,16 +96,47 @@ fn unary_ops() {
     run_unary("log", Op::Unary(Log), &[10], |x| x.abs() + 0.1);
     run_unary("recip", Op::Unary(Reciprocal), &[10], |x| x.abs() + 0.5);
     run_unary("clip", Op::Clip { min: 0.0, max: 0.5 }, &[3, 7], |x| x);
-    run_unary(
-        "hsig",
-        Op::HardSigmoid {
-            alpha: 0.2,
-            beta: 0.5,
-        },
-        &[3, 7],
-        |x| x * 5.0,
-    );
-    run_unary("leaky", Op::LeakyRelu { alpha: 0.1 }, &[9], |x| x);
+    for (kind, name) in ACTS {
+        let (alpha, beta) = match kind {
+            ActKind::Selu => (1.67, 1.05),
+            ActKind::Shrink => (0.3, 0.5),
+            ActKind::HardSigmoid => (0.2, 0.5),
+            _ => (0.7, 0.0),
+        };
+        // 11 elements: the F32X4 body and the scalar tail
+        run_unary(name, Op::Act { kind, alpha, beta }, &[11], |x| x * 3.0);
+    }
+    for (u, shape) in [
+        (Sin, vec![9]),
+        (Cos, vec![9]),
+        (Tan, vec![9]),
+        (Asin, vec![9]),
+        (Acos, vec![9]),
+        (Atan, vec![9]),
+        (Sinh, vec![9]),
+        (Cosh, vec![9]),
+        (Asinh, vec![9]),
+        (Atanh, vec![9]),
+        (Round, vec![13]),
+        (Sign, vec![13]),
+        (Softplus, vec![9]),
+        (Softsign, vec![13]),
+        (Mish, vec![9]),
+        (Gelu, vec![9]),
+        (GeluTanh, vec![9]),
+    ] {
+        // |x| < 1 keeps asin/acos/atanh in their domains; Round sees exact halves
+        let round = u == Round;
+        run_unary(u.name(), Op::Unary(u), &shape, move |x| {
+            if round {
+                (x * 8.0).round() / 2.0
+            } else {
+                x * 0.99
+            }
+        });
+    }
+    run_unary("acosh", Op::Unary(Acosh), &[9], |x| x.abs() * 3.0 + 1.0);
+    run_unary("softplus_big", Op::Unary(Softplus), &[9], |x| x * 100.0);
     run_unary("cast_i64", Op::Cast { to: DType::I64 }, &[9], |x| x * 10.0);
     run_unary("softmax", Op::Softmax { axis: 1 }, &[2, 5, 3], |x| x * 3.0);
     for (kind, _) in ReduceKind::ALL {
@@ -160,6 +191,146 @@ fn unary_ops() {
     );
 }
 
+/// Integer elementwise ops (every width the interpreter models) against the interpreter,
+/// including negative operands for the remainder sign rules, zero and -1 divisors, and shifts.
+#[test]
+fn integer_elementwise() {
+    use BinaryOp::*;
+    let a: Vec<i64> = vec![7, -7, 7, -7, 0, 5, -128, 127, 3, -1, 100, -100];
+    let b: Vec<i64> = vec![3, 3, -3, -3, 5, 1, -1, 2, 4, 7, 9, -9];
+    for dt in [DType::I64, DType::I32, DType::I8, DType::U8] {
+        let t = |v: &[i64]| -> Tensor {
+            let tt = TensorType::new(dt, vec![v.len()]);
+            let bytes: Vec<u8> = v
+                .iter()
+                .flat_map(|&x| x.to_le_bytes()[..dt.size()].to_vec())
+                .collect();
+            Tensor::from_bytes(&tt, &bytes).unwrap()
+        };
+        let unsigned = dt == DType::U8;
+        for op in [
+            Add, Sub, Mul, Div, Max, Min, Mod, Fmod, BitAnd, BitOr, BitXor, PRelu,
+        ] {
+            let mut g = Graph::new(format!("{}_{dt}", op.name()));
+            let x = g.add_input("a", TensorType::new(dt, vec![a.len()]));
+            let y = g.add_input("b", TensorType::new(dt, vec![b.len()]));
+            g.outputs = g
+                .add_node("n", Op::Binary(op), vec![x, y], vec!["y".into()])
+                .unwrap();
+            check(&g, &[t(&a), t(&b)]);
+        }
+        let shifts: Vec<i64> = vec![0, 1, 2, 3, 7, 1, 2, 3, 4, 5, 6, 0];
+        for op in [Shl, Shr] {
+            let mut g = Graph::new(format!("{}_{dt}", op.name()));
+            let x = g.add_input("a", TensorType::new(dt, vec![a.len()]));
+            let y = g.add_input("b", TensorType::new(dt, vec![a.len()]));
+            g.outputs = g
+                .add_node("n", Op::Binary(op), vec![x, y], vec!["y".into()])
+                .unwrap();
+            let pos: Vec<i64> = a.iter().map(|v| v.abs()).collect();
+            check(&g, &[t(if unsigned { &a } else { &pos }), t(&shifts)]);
+        }
+        for u in [
+            UnaryOp::Neg,
+            UnaryOp::Relu,
+            UnaryOp::BitNot,
+            UnaryOp::Abs,
+            UnaryOp::Sign,
+        ] {
+            let mut g = Graph::new(format!("{}_{dt}", u.name()));
+            let x = g.add_input("a", TensorType::new(dt, vec![a.len()]));
+            g.outputs = g
+                .add_node("n", Op::Unary(u), vec![x], vec!["y".into()])
+                .unwrap();
+            check(&g, &[t(&a)]);
+        }
+        let mut g = Graph::new(format!("clip_{dt}"));
+        let x = g.add_input("a", TensorType::new(dt, vec![a.len()]));
+        g.outputs = g
+            .add_node(
+                "n",
+                Op::Clip {
+                    min: 2.0,
+                    max: f32::INFINITY,
+                },
+                vec![x],
+                vec!["y".into()],
+            )
+            .unwrap();
+        check(&g, &[t(&a)]);
+    }
+}
+
+/// f64 elementwise (scalar path, f64 libm), IsNaN/IsInf, Expand.
+#[test]
+fn f64_classify_expand() {
+    for op in [
+        Op::Unary(UnaryOp::Exp),
+        Op::Unary(UnaryOp::Tanh),
+        Op::Unary(UnaryOp::Round),
+        Op::Act {
+            kind: ActKind::Elu,
+            alpha: 0.5,
+            beta: 0.0,
+        },
+    ] {
+        let mut g = Graph::new(op.name());
+        let x = g.add_input("x", TensorType::new(DType::F64, vec![6]));
+        g.outputs = g.add_node("n", op, vec![x], vec!["y".into()]).unwrap();
+        check(
+            &g,
+            &[Tensor::f64([6], vec![-2.5, -0.5, 0.0, 0.5, 1.5, 3.25])],
+        );
+    }
+    let mut g = Graph::new("fmod64");
+    let x = g.add_input("a", TensorType::new(DType::F64, vec![4]));
+    let y = g.add_input("b", TensorType::new(DType::F64, vec![4]));
+    g.outputs = g
+        .add_node(
+            "n",
+            Op::Binary(BinaryOp::Fmod),
+            vec![x, y],
+            vec!["y".into()],
+        )
+        .unwrap();
+    check(
+        &g,
+        &[
+            Tensor::f64([4], vec![5.5, -5.5, 5.5, -5.5]),
+            Tensor::f64([4], vec![2.0, 2.0, -2.0, -2.0]),
+        ],
+    );
+    let vals = vec![1.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0];
+    for op in [
+        Op::IsNaN,
+        Op::IsInf {
+            pos: true,
+            neg: true,
+        },
+        Op::IsInf {
+            pos: false,
+            neg: true,
+        },
+        Op::IsInf {
+            pos: true,
+            neg: false,
+        },
+    ] {
+        let g = unary_graph(op.name(), op, &[5]);
+        check(&g, &[Tensor::f32([5], vals.clone())]);
+    }
+    for (xs, shape) in [
+        (vec![3, 1], vec![2, 3, 4]),
+        (vec![1], vec![5]),
+        (vec![2, 1, 3], vec![1, 4, 1]),
+    ] {
+        let g = unary_graph("expand", Op::Expand { shape }, &xs);
+        let mut r = Rng(5);
+        let n = xs.iter().product();
+        check(&g, &[Tensor::f32(xs.clone(), r.vec(n))]);
+    }
+}
+
 #[test]
 fn binary_broadcast() {
     for b in [
@@ -170,6 +341,8 @@ fn binary_broadcast() {
         BinaryOp::Max,
         BinaryOp::Min,
         BinaryOp::Pow,
+        BinaryOp::PRelu,
+        BinaryOp::Fmod,
     ] {
         for (sa, sb) in [
             (vec![2, 3, 4], vec![2, 3, 4]),
