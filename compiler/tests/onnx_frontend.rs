@@ -431,8 +431,9 @@ fn unsupported_ops_listed_together() {
 #[test]
 fn node_errors_name_node_and_op() {
     let g = GraphProto {
+        // float indices: the node is supported, its inputs are not
         node: vec![node("Gather", "g1", &["x", "i"], &["y"], vec![])],
-        initializer: vec![tensor_i64("i", &[], &[0])],
+        initializer: vec![tensor_f32("i", &[], &[0.0])],
         input: vec![fixed("x", &[3, 2])],
         output: vec![out("y")],
         ..Default::default()
@@ -441,6 +442,7 @@ fn node_errors_name_node_and_op() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains("node 'g1' (Gather)"), "{msg}");
+    assert!(msg.contains("indices must be i32 or i64"), "{msg}");
 }
 
 #[test]

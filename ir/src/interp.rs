@@ -7,7 +7,8 @@
 
 use crate::ops::{
     ActKind, BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordTransform, GemmAttrs, NearestMode,
-    PoolAttrs, ReduceKind, ResizeAttrs, ResizeMode, SliceAttrs, UnaryOp, broadcast_shapes,
+    PoolAttrs, ReduceKind, ResizeAttrs, ResizeMode, ScatterReduction, SliceAttrs, SoftmaxKind,
+    UnaryOp, broadcast_shapes,
 };
 use crate::types::strides_of;
 use crate::{ConstData, DType, Graph, IrError, Op, TensorType, ValueDef};
@@ -589,7 +590,7 @@ pub fn eval_op(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
             Ok(outs)
         }
         Op::Slice(a) => one(slice(a, x, out_shape)),
-        Op::Softmax { axis } => {
+        Op::Softmax { axis, kind } => {
             let v = x.floats()?;
             let outer: usize = x.shape[..*axis].iter().product();
             let len = x.shape[*axis];
@@ -599,18 +600,86 @@ pub fn eval_op(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
                 for i in 0..inner {
                     let at = |k: usize| (o * len + k) * inner + i;
                     let m = (0..len).map(|k| v[at(k)]).fold(f64::NEG_INFINITY, f64::max);
-                    let mut s = 0.0;
-                    for k in 0..len {
-                        let e = (v[at(k)] - m).exp();
-                        out[at(k)] = e;
-                        s += e;
+                    if *kind == SoftmaxKind::Hardmax {
+                        if let Some(k) = (0..len).find(|&k| v[at(k)] == m) {
+                            out[at(k)] = 1.0;
+                        }
+                        continue;
                     }
+                    let s: f64 = (0..len).map(|k| (v[at(k)] - m).exp()).sum();
                     for k in 0..len {
-                        out[at(k)] /= s;
+                        out[at(k)] = if *kind == SoftmaxKind::LogSoftmax {
+                            v[at(k)] - m - s.ln()
+                        } else {
+                            (v[at(k)] - m).exp() / s
+                        };
                     }
                 }
             }
             one(from_f64(x.dtype(), out_shape, out)?)
+        }
+        Op::Gather { axis } => {
+            let idx = indices(inputs[1], x.shape[*axis])?;
+            let outer: usize = x.shape[..*axis].iter().product();
+            let len = x.shape[*axis];
+            let inner: usize = x.shape[axis + 1..].iter().product();
+            let mut map = Vec::with_capacity(outer * idx.len() * inner);
+            for o in 0..outer {
+                for &k in &idx {
+                    for i in 0..inner {
+                        map.push((o * len + k) * inner + i);
+                    }
+                }
+            }
+            one(Tensor {
+                shape: out_shape,
+                data: x.data.gather(&map),
+            })
+        }
+        Op::GatherElements { axis } => {
+            let it = inputs[1];
+            let idx = indices(it, x.shape[*axis])?;
+            let xs = strides_of(&x.shape);
+            let mut pos = vec![0; it.shape.len()];
+            let map = (0..idx.len())
+                .map(|n| {
+                    unravel(n, &it.shape, &mut pos);
+                    pos[*axis] = idx[n];
+                    pos.iter().zip(&xs).map(|(a, b)| a * b).sum()
+                })
+                .collect::<Vec<usize>>();
+            one(Tensor {
+                shape: out_shape,
+                data: x.data.gather(&map),
+            })
+        }
+        Op::ScatterElements { axis, reduction } => {
+            let (it, upd) = (inputs[1], inputs[2]);
+            let idx = indices(it, x.shape[*axis])?;
+            let xs = strides_of(&x.shape);
+            let mut pos = vec![0; it.shape.len()];
+            let pairs: Vec<(usize, usize)> = (0..idx.len())
+                .map(|n| {
+                    unravel(n, &it.shape, &mut pos);
+                    pos[*axis] = idx[n];
+                    (pos.iter().zip(&xs).map(|(a, b)| a * b).sum(), n)
+                })
+                .collect();
+            one(scatter(x, upd, &pairs, *reduction)?)
+        }
+        Op::GatherND { batch_dims } => {
+            let (map, _) = nd_index_map(x, inputs[1], *batch_dims)?;
+            one(Tensor {
+                shape: out_shape,
+                data: x.data.gather(&map),
+            })
+        }
+        Op::ScatterND { reduction } => {
+            let (map, slice) = nd_index_map(x, inputs[1], 0)?;
+            let pairs: Vec<(usize, usize)> =
+                map.into_iter().enumerate().map(|(n, d)| (d, n)).collect();
+            let _ = slice;
+            one(scatter(x, inputs[2], &pairs, *reduction)?)
         }
         Op::Reduce { kind, axes, .. } => {
             let v = x.floats()?;
@@ -666,6 +735,93 @@ pub fn eval_op(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
             data: cast(&x.data, *to)?,
         }),
     }
+}
+
+/// Index tensor values (i32/i64) normalized against `len` (negative = from the end).
+fn indices(t: &Tensor, len: usize) -> Result<Vec<usize>, String> {
+    let raw: Vec<i64> = match &t.data {
+        TensorData::I64(v) => v.clone(),
+        TensorData::I32(v) => v.iter().map(|&i| i as i64).collect(),
+        _ => return Err(format!("indices must be i32/i64, got {}", t.dtype())),
+    };
+    raw.into_iter()
+        .map(|i| {
+            let j = if i < 0 { i + len as i64 } else { i };
+            if j < 0 || j >= len as i64 {
+                Err(format!("index {i} out of range for a dimension of {len}"))
+            } else {
+                Ok(j as usize)
+            }
+        })
+        .collect()
+}
+
+/// GatherND/ScatterND addressing: for every element of the result (gather) or of the updates
+/// (scatter), its flat offset in `data`. Also returns the size of one addressed slice.
+fn nd_index_map(x: &Tensor, it: &Tensor, b: usize) -> Result<(Vec<usize>, usize), String> {
+    let q = it.shape.len();
+    let k = it.shape[q - 1];
+    let raw: Vec<i64> = match &it.data {
+        TensorData::I64(v) => v.clone(),
+        TensorData::I32(v) => v.iter().map(|&i| i as i64).collect(),
+        _ => return Err("indices must be i32/i64".into()),
+    };
+    let xs = strides_of(&x.shape);
+    let slice: usize = x.shape[b + k..].iter().product();
+    let batch: usize = x.shape[..b].iter().product();
+    let per_batch: usize = x.shape[b..].iter().product();
+    let tuples = raw.len() / k.max(1);
+    let tuples_per_batch = tuples / batch.max(1);
+    let mut map = Vec::with_capacity(tuples * slice);
+    for t in 0..tuples {
+        let bi = t / tuples_per_batch.max(1);
+        let mut off = bi * per_batch;
+        for d in 0..k {
+            let len = x.shape[b + d] as i64;
+            let i = raw[t * k + d];
+            let j = if i < 0 { i + len } else { i };
+            if j < 0 || j >= len {
+                return Err(format!("index {i} out of range for a dimension of {len}"));
+            }
+            off += j as usize * xs[b + d];
+        }
+        map.extend((0..slice).map(|s| off + s));
+    }
+    Ok((map, slice))
+}
+
+/// A copy of `x` with `x[dst] (op)= upd[src]` for every `(dst, src)` pair, in order.
+fn scatter(
+    x: &Tensor,
+    upd: &Tensor,
+    pairs: &[(usize, usize)],
+    red: ScatterReduction,
+) -> Result<Tensor, String> {
+    if red == ScatterReduction::None {
+        // gather from [data ++ updates]
+        let n = x.numel();
+        let mut map: Vec<usize> = (0..n).collect();
+        for &(d, u) in pairs {
+            map[d] = n + u;
+        }
+        let all = TensorData::concat(&[&x.data, &upd.data])?;
+        return Ok(Tensor {
+            shape: x.shape.clone(),
+            data: all.gather(&map),
+        });
+    }
+    let mut v = x.floats()?;
+    let u = upd.floats()?;
+    for &(d, s) in pairs {
+        v[d] = match red {
+            ScatterReduction::Add => v[d] + u[s],
+            ScatterReduction::Mul => v[d] * u[s],
+            ScatterReduction::Max => v[d].max(u[s]),
+            ScatterReduction::Min => v[d].min(u[s]),
+            ScatterReduction::None => u[s],
+        };
+    }
+    from_f64(x.dtype(), x.shape.clone(), v)
 }
 
 fn float_map(x: &Tensor, f: impl Fn(f64) -> f64) -> Result<Tensor, String> {

@@ -110,6 +110,40 @@ pub enum UnaryOp {
     BitNot,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SoftmaxKind {
+    Softmax,
+    LogSoftmax,
+    /// 1 at the first maximum along the axis, 0 elsewhere.
+    Hardmax,
+}
+
+/// How ScatterElements / ScatterND combine an update with the existing value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScatterReduction {
+    None,
+    Add,
+    Mul,
+    Max,
+    Min,
+}
+
+impl ScatterReduction {
+    pub const ALL: [(ScatterReduction, &'static str); 5] = [
+        (ScatterReduction::None, "none"),
+        (ScatterReduction::Add, "add"),
+        (ScatterReduction::Mul, "mul"),
+        (ScatterReduction::Max, "max"),
+        (ScatterReduction::Min, "min"),
+    ];
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(o, _)| *o == self).unwrap().1
+    }
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(_, n)| *n == s).map(|(o, _)| *o)
+    }
+}
+
 /// Activations with up to two float parameters (`alpha`, `beta`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ActKind {
@@ -349,9 +383,32 @@ pub enum Op {
         sizes: Vec<usize>,
     },
     Slice(SliceAttrs),
-    /// Softmax along one axis (opset-13 semantics).
+    /// Softmax / LogSoftmax / Hardmax along one axis (opset-13 semantics).
     Softmax {
         axis: usize,
+        kind: SoftmaxKind,
+    },
+    /// `out[.., i, ..] = data[.., idx[.., i, ..], ..]`: ONNX Gather along `axis` (indices i32/i64,
+    /// negative = from the end); out shape = data[..axis] + idx + data[axis+1..].
+    Gather {
+        axis: usize,
+    },
+    /// ONNX GatherElements: `out[i][j][k] = data[i][idx[i][j][k]][k]` (axis 1); out shape = idx.
+    GatherElements {
+        axis: usize,
+    },
+    /// ONNX ScatterElements: a copy of data with `data[.., idx[..], ..] (op)= updates[..]`.
+    ScatterElements {
+        axis: usize,
+        reduction: ScatterReduction,
+    },
+    /// ONNX GatherND with `batch_dims`.
+    GatherND {
+        batch_dims: usize,
+    },
+    /// ONNX ScatterND: a copy of data with slices at `idx` replaced (or reduced) by updates.
+    ScatterND {
+        reduction: ScatterReduction,
     },
     /// Comparison with broadcasting; output is `bool`.
     Compare(CmpOp),
@@ -379,6 +436,14 @@ pub enum Op {
     Cast {
         to: DType,
     },
+}
+
+fn index_type(t: &TensorType) -> Result<(), String> {
+    if matches!(t.dtype, DType::I64 | DType::I32) {
+        Ok(())
+    } else {
+        Err(format!("indices must be i32 or i64, got {t}"))
+    }
 }
 
 /// A scalar or list attribute, for the text form.
@@ -564,7 +629,16 @@ impl Op {
             Op::Concat { .. } => "concat",
             Op::Split { .. } => "split",
             Op::Slice(_) => "slice",
-            Op::Softmax { .. } => "softmax",
+            Op::Softmax { kind, .. } => match kind {
+                SoftmaxKind::Softmax => "softmax",
+                SoftmaxKind::LogSoftmax => "log_softmax",
+                SoftmaxKind::Hardmax => "hardmax",
+            },
+            Op::Gather { .. } => "gather",
+            Op::GatherElements { .. } => "gather_elements",
+            Op::ScatterElements { .. } => "scatter_elements",
+            Op::GatherND { .. } => "gather_nd",
+            Op::ScatterND { .. } => "scatter_nd",
             Op::Reduce { kind, .. } => kind.name(),
             Op::Compare(c) => c.name(),
             Op::Logical(l) => l.name(),
@@ -640,7 +714,17 @@ impl Op {
                 ("steps", Attr::Ints(a.steps.clone())),
                 ("sizes", us(&a.sizes)),
             ],
-            Op::Softmax { axis } => vec![("axis", Attr::Int(*axis as i64))],
+            Op::Softmax { axis, .. } | Op::Gather { axis } | Op::GatherElements { axis } => {
+                vec![("axis", Attr::Int(*axis as i64))]
+            }
+            Op::ScatterElements { axis, reduction } => vec![
+                ("axis", Attr::Int(*axis as i64)),
+                ("reduction", Attr::Str(reduction.name().into())),
+            ],
+            Op::GatherND { batch_dims } => vec![("batch_dims", Attr::Int(*batch_dims as i64))],
+            Op::ScatterND { reduction } => {
+                vec![("reduction", Attr::Str(reduction.name().into()))]
+            }
             Op::ArgExtreme {
                 axis,
                 keepdims,
@@ -792,8 +876,35 @@ impl Op {
                 steps: get("steps")?.ints()?,
                 sizes: get("sizes")?.uints()?,
             }),
-            "softmax" => Op::Softmax {
+            "softmax" | "log_softmax" | "hardmax" => Op::Softmax {
                 axis: get("axis")?.uint()?,
+                kind: match name {
+                    "softmax" => SoftmaxKind::Softmax,
+                    "log_softmax" => SoftmaxKind::LogSoftmax,
+                    _ => SoftmaxKind::Hardmax,
+                },
+            },
+            "gather" => Op::Gather {
+                axis: get("axis")?.uint()?,
+            },
+            "gather_elements" => Op::GatherElements {
+                axis: get("axis")?.uint()?,
+            },
+            "scatter_elements" | "scatter_nd" => {
+                let r = get("reduction")?.str()?;
+                let reduction = ScatterReduction::from_name(r)
+                    .ok_or_else(|| format!("unknown reduction '{r}'"))?;
+                if name == "scatter_nd" {
+                    Op::ScatterND { reduction }
+                } else {
+                    Op::ScatterElements {
+                        axis: get("axis")?.uint()?,
+                        reduction,
+                    }
+                }
+            }
+            "gather_nd" => Op::GatherND {
+                batch_dims: get("batch_dims")?.uint()?,
             },
             _ if ReduceKind::from_name(name).is_some() => Op::Reduce {
                 kind: ReduceKind::from_name(name).unwrap(),
@@ -1155,13 +1266,82 @@ impl Op {
                 }
                 Ok(vec![x.with_shape(a.sizes.clone())])
             }
-            Op::Softmax { axis } => {
+            Op::Softmax { axis, .. } => {
                 arity(1, 1)?;
                 float_in(0)?;
                 if *axis >= ins[0].rank() {
                     return Err(format!("axis {axis} out of range for {}", ins[0]));
                 }
                 Ok(vec![ins[0].clone()])
+            }
+            Op::Gather { axis } => {
+                arity(2, 2)?;
+                let (x, idx) = (ins[0], ins[1]);
+                index_type(idx)?;
+                if *axis >= x.rank() {
+                    return Err(format!("axis {axis} out of range for {x}"));
+                }
+                let mut shape = x.shape[..*axis].to_vec();
+                shape.extend_from_slice(&idx.shape);
+                shape.extend_from_slice(&x.shape[axis + 1..]);
+                Ok(vec![x.with_shape(shape)])
+            }
+            Op::GatherElements { axis } => {
+                arity(2, 2)?;
+                let (x, idx) = (ins[0], ins[1]);
+                index_type(idx)?;
+                if *axis >= x.rank() || idx.rank() != x.rank() {
+                    return Err(format!("indices {idx} do not match data {x} (axis {axis})"));
+                }
+                Ok(vec![x.with_shape(idx.shape.clone())])
+            }
+            Op::ScatterElements { axis, .. } => {
+                arity(3, 3)?;
+                let (x, idx, upd) = (ins[0], ins[1], ins[2]);
+                index_type(idx)?;
+                if *axis >= x.rank()
+                    || idx.rank() != x.rank()
+                    || upd.shape != idx.shape
+                    || upd.dtype != x.dtype
+                {
+                    return Err(format!(
+                        "scatter_elements: data {x}, indices {idx}, updates {upd}"
+                    ));
+                }
+                Ok(vec![x.clone()])
+            }
+            Op::GatherND { batch_dims } => {
+                arity(2, 2)?;
+                let (x, idx) = (ins[0], ins[1]);
+                index_type(idx)?;
+                let b = *batch_dims;
+                let q = idx.rank();
+                let k = *idx.shape.last().unwrap_or(&0);
+                if q == 0 || b >= q || b + k > x.rank() || x.shape[..b] != idx.shape[..b] {
+                    return Err(format!(
+                        "gather_nd: data {x}, indices {idx}, batch_dims {b}"
+                    ));
+                }
+                let mut shape = idx.shape[..q - 1].to_vec();
+                shape.extend_from_slice(&x.shape[b + k..]);
+                Ok(vec![x.with_shape(shape)])
+            }
+            Op::ScatterND { .. } => {
+                arity(3, 3)?;
+                let (x, idx, upd) = (ins[0], ins[1], ins[2]);
+                index_type(idx)?;
+                let q = idx.rank();
+                let k = *idx.shape.last().unwrap_or(&0);
+                let mut want = idx.shape[..q.max(1) - 1].to_vec();
+                if k <= x.rank() {
+                    want.extend_from_slice(&x.shape[k..]);
+                }
+                if q == 0 || k > x.rank() || upd.shape != want || upd.dtype != x.dtype {
+                    return Err(format!(
+                        "scatter_nd: data {x}, indices {idx}, updates {upd}"
+                    ));
+                }
+                Ok(vec![x.clone()])
             }
             Op::Reduce { axes, keepdims, .. } => {
                 arity(1, 1)?;

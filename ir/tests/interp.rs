@@ -362,7 +362,8 @@ fn batch_norm() {
 #[test]
 fn softmax() {
     let x = t(&[2, 3], &[1.0, 2.0, 3.0, 1000.0, 1000.0, 1000.0]);
-    let y = eval1(Op::Softmax { axis: 1 }, &[&x]);
+    let sm = |axis, kind| Op::Softmax { axis, kind };
+    let y = eval1(sm(1, SoftmaxKind::Softmax), &[&x]);
     let e: Vec<f64> = [1f64, 2.0, 3.0].iter().map(|v| v.exp()).collect();
     let s: f64 = e.iter().sum();
     let third = 1.0 / 3.0;
@@ -378,8 +379,46 @@ fn softmax() {
             third,
         ],
     );
-    let y = eval1(Op::Softmax { axis: 0 }, &[&x]);
+    let y = eval1(sm(0, SoftmaxKind::Softmax), &[&x]);
     close(&y, &[2, 3], &[0.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
+    let y = eval1(sm(1, SoftmaxKind::LogSoftmax), &[&x]);
+    let l = |v: f64| (v - s.ln()) as f32;
+    let ln3 = -(3f64.ln()) as f32;
+    close(&y, &[2, 3], &[l(1.0), l(2.0), l(3.0), ln3, ln3, ln3]);
+    // Hardmax: the first maximum wins
+    let y = eval1(sm(1, SoftmaxKind::Hardmax), &[&x]);
+    close(&y, &[2, 3], &[0.0, 0.0, 1.0, 1.0, 0.0, 0.0]);
+}
+
+#[test]
+fn gather_scatter() {
+    let x = seq(&[2, 3]);
+    let i = Tensor::i64([2], vec![-1, 0]);
+    let y = eval1(Op::Gather { axis: 1 }, &[&x, &i]);
+    close(&y, &[2, 2], &[3.0, 1.0, 6.0, 4.0]);
+    let i = Tensor::i64([2, 1], vec![2, 0]);
+    let y = eval1(Op::GatherElements { axis: 1 }, &[&x, &i]);
+    close(&y, &[2, 1], &[3.0, 4.0]);
+    let u = t(&[2, 1], &[10.0, 20.0]);
+    let y = eval1(
+        Op::ScatterElements {
+            axis: 1,
+            reduction: ScatterReduction::Add,
+        },
+        &[&x, &i, &u],
+    );
+    close(&y, &[2, 3], &[1.0, 2.0, 13.0, 24.0, 5.0, 6.0]);
+    let i = Tensor::i64([1, 2], vec![1, 1]);
+    let y = eval1(Op::GatherND { batch_dims: 0 }, &[&x, &i]);
+    close(&y, &[1], &[5.0]);
+    let u = t(&[1], &[-1.0]);
+    let y = eval1(
+        Op::ScatterND {
+            reduction: ScatterReduction::None,
+        },
+        &[&x, &i, &u],
+    );
+    close(&y, &[2, 3], &[1.0, 2.0, 3.0, 4.0, -1.0, 6.0]);
 }
 
 #[test]

@@ -5,7 +5,8 @@ use std::path::Path;
 
 use kiln_ir::ops::{
     ActKind, BinaryOp, CmpOp, ConvAttrs, ConvTransposeAttrs, CoordTransform, GemmAttrs, LogicOp,
-    NearestMode, PoolAttrs, ReduceKind, ResizeAttrs, ResizeMode, SliceAttrs, UnaryOp,
+    NearestMode, PoolAttrs, ReduceKind, ResizeAttrs, ResizeMode, ScatterReduction, SliceAttrs,
+    SoftmaxKind, UnaryOp,
 };
 use kiln_ir::{ConstData, DType, Graph, IrError, Op, TensorType, ValueDef, ValueId};
 
@@ -18,6 +19,8 @@ use super::{OnnxError, OnnxOptions};
 
 pub const MIN_OPSET: i64 = 7;
 pub const MAX_OPSET: i64 = 27;
+
+mod lower;
 
 type R<T> = Result<T, String>;
 
@@ -114,6 +117,16 @@ const SUPPORTED: &[&str] = &[
     "Unsqueeze",
     "Reshape",
     "Softmax",
+    "NegativeLogLikelihoodLoss",
+    "SoftmaxCrossEntropyLoss",
+    "Trilu",
+    "LogSoftmax",
+    "Hardmax",
+    "GatherElements",
+    "GatherND",
+    "ScatterElements",
+    "Scatter",
+    "ScatterND",
     // Shape arithmetic (folded; constant inputs only where the IR has no op).
     "Shape",
     "Size",
@@ -687,11 +700,44 @@ impl<'a> Imp<'a> {
                 self.out_const(c, 0, CT::i64s(vec![], vec![n]))?;
             }
             "Gather" => {
-                let data = self.const_in(c, 0)?.ok_or("missing data")?;
-                let idx = self.const_in(c, 1)?.ok_or("missing indices")?;
-                let axis = norm_axis(c.i("axis", 0), data.shape.len())?;
-                let r = ce::gather(&data, &idx, axis)?;
-                self.out_const(c, 0, r)?;
+                let (dv, iv) = (self.req(c, 0)?, self.req(c, 1)?);
+                if let (Some(data), Some(idx)) = (self.cval(dv), self.cval(iv)) {
+                    let axis = norm_axis(c.i("axis", 0), data.shape.len())?;
+                    let r = ce::gather(&data, &idx, axis)?;
+                    self.out_const(c, 0, r)?;
+                } else {
+                    let axis = norm_axis(c.i("axis", 0), self.ty(dv).rank())?;
+                    self.emit(c, Op::Gather { axis }, vec![dv, iv])?;
+                }
+            }
+            "GatherElements" | "GatherND" => {
+                let (dv, iv) = (self.req(c, 0)?, self.req(c, 1)?);
+                let o = if op == "GatherND" {
+                    Op::GatherND {
+                        batch_dims: usize::try_from(c.i("batch_dims", 0))
+                            .map_err(|_| "negative batch_dims")?,
+                    }
+                } else {
+                    Op::GatherElements {
+                        axis: norm_axis(c.i("axis", 0), self.ty(dv).rank())?,
+                    }
+                };
+                self.emit(c, o, vec![dv, iv])?;
+            }
+            "ScatterElements" | "Scatter" | "ScatterND" => {
+                let ins = vec![self.req(c, 0)?, self.req(c, 1)?, self.req(c, 2)?];
+                let r = c.s("reduction", "none");
+                let reduction = ScatterReduction::from_name(&r)
+                    .ok_or_else(|| format!("unknown reduction '{r}'"))?;
+                let o = if op == "ScatterND" {
+                    Op::ScatterND { reduction }
+                } else {
+                    Op::ScatterElements {
+                        axis: norm_axis(c.i("axis", 0), self.ty(ins[0]).rank())?,
+                        reduction,
+                    }
+                };
+                self.emit(c, o, ins)?;
             }
             "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" => {
                 let (a, b) = (self.req(c, 0)?, self.req(c, 1)?);
@@ -734,6 +780,9 @@ impl<'a> Imp<'a> {
                 self.emit(c, Op::Logical(l), vec![a, b])?;
             }
             "LayerNormalization" | "RMSNormalization" => self.normalization(c, op)?,
+            "NegativeLogLikelihoodLoss" => self.nll_loss(c)?,
+            "SoftmaxCrossEntropyLoss" => self.softmax_cross_entropy(c)?,
+            "Trilu" => self.trilu(c)?,
             "ArgMax" | "ArgMin" => {
                 let x = self.req(c, 0)?;
                 let axis = norm_axis(c.i("axis", 0), self.ty(x).rank())?;
@@ -1180,19 +1229,24 @@ impl<'a> Imp<'a> {
                 }
                 self.emit(c, Op::Split { axis, sizes }, vec![x])?;
             }
-            "Softmax" => {
+            "Softmax" | "LogSoftmax" | "Hardmax" => {
+                let kind = match op {
+                    "Softmax" => SoftmaxKind::Softmax,
+                    "LogSoftmax" => SoftmaxKind::LogSoftmax,
+                    _ => SoftmaxKind::Hardmax,
+                };
                 let x = self.req(c, 0)?;
                 let sh = self.ty(x).shape.clone();
                 let r = sh.len();
                 let def = if self.opset >= 13 { -1 } else { 1 };
                 let axis = norm_axis(c.i("axis", def), r)?;
                 if self.opset >= 13 || axis + 1 == r {
-                    self.emit(c, Op::Softmax { axis }, vec![x])?;
+                    self.emit(c, Op::Softmax { axis, kind }, vec![x])?;
                 } else {
                     let flat = vec![sh[..axis].iter().product(), sh[axis..].iter().product()];
                     let t = self.reshape(c, x, flat, &format!("{}/reshape_in", c.name))?;
                     let names = [format!("{}/softmax", c.name)];
-                    let s = self.node(c, Op::Softmax { axis: 1 }, vec![t], &names)?[0];
+                    let s = self.node(c, Op::Softmax { axis: 1, kind }, vec![t], &names)?[0];
                     let out = self.out_name(c, 0);
                     let o = self.reshape(c, s, sh, &out)?;
                     self.set_out(c, 0, o);

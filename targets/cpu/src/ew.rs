@@ -636,7 +636,13 @@ fn apply_int(
     })
 }
 
-fn apply(kb: &mut Kb, op: &Op, num: Num, x: Value, y: Option<Value>) -> Result<Value, String> {
+pub(crate) fn apply(
+    kb: &mut Kb,
+    op: &Op,
+    num: Num,
+    x: Value,
+    y: Option<Value>,
+) -> Result<Value, String> {
     match num {
         Num::F32 | Num::F64 => apply_float(kb, op, x, y, num.ty()),
         Num::Int { ty, signed } => apply_int(kb, op, x, y, ty, signed),

@@ -9,7 +9,7 @@ use cranelift_codegen::ir::{InstBuilder, Value, types};
 use cranelift_frontend::Variable;
 use kiln_ir::ops::{
     CmpOp, ConvAttrs, ConvTransposeAttrs, CoordTransform, GemmAttrs, LogicOp, NearestMode,
-    PoolAttrs, ReduceKind, ResizeAttrs, ResizeMode, SliceAttrs, broadcast_shapes,
+    PoolAttrs, ReduceKind, ResizeAttrs, ResizeMode, SliceAttrs, SoftmaxKind, broadcast_shapes,
 };
 use kiln_ir::types::strides_of;
 use kiln_ir::{DType, Node, Op, TensorType};
@@ -123,11 +123,16 @@ pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&Tenso
             slice(kb, a, ins[0]);
             Ok(())
         }
-        Op::Softmax { axis } => {
+        Op::Softmax { axis, kind } => {
             float_only(ins[0])?;
-            softmax(kb, *axis, ins[0]);
+            softmax(kb, *axis, *kind, ins[0]);
             Ok(())
         }
+        Op::Gather { .. }
+        | Op::GatherElements { .. }
+        | Op::ScatterElements { .. }
+        | Op::GatherND { .. }
+        | Op::ScatterND { .. } => crate::index::emit(kb, &node.op, ins, outs[0]),
         Op::Reduce { kind, axes, .. } => {
             float_only(ins[0])?;
             reduce(kb, *kind, axes, ins[0]);
@@ -1258,43 +1263,76 @@ fn reduce(kb: &mut Kb, kind: ReduceKind, axes: &[usize], x: &TensorType) {
     }
 }
 
-fn softmax(kb: &mut Kb, axis: usize, x: &TensorType) {
+fn softmax(kb: &mut Kb, axis: usize, kind: SoftmaxKind, x: &TensorType) {
     let outer: usize = x.shape[..axis].iter().product();
     let len = x.shape[axis];
     let inner: usize = x.shape[axis + 1..].iter().product();
     let (xp, op) = (kb.params[0], kb.params[1]);
     kb.for_nd(&[outer, inner], &mut |kb, idx| {
         let base = kb.offset(idx, &[len * inner, 1]);
+        let at = |kb: &mut Kb, l: Value| {
+            let o = kb.b.ins().imul_imm_u(l, inner as i64);
+            kb.b.ins().iadd(o, base)
+        };
         let ninf = kb.fc(f32::NEG_INFINITY);
         let mx = kb.var(F32, ninf);
+        let z = kb.ic(0);
+        let arg = kb.var(I64, z);
         kb.for_n(len, &mut |kb, l| {
-            let o = kb.b.ins().imul_imm_u(l, inner as i64);
-            let o = kb.b.ins().iadd(o, base);
+            let o = at(kb, l);
             let v = kb.load_f32(xp, o);
             let m0 = kb.b.use_var(mx);
-            let m1 = kb.fmax(v, m0);
+            // first maximum: only a strictly greater value moves it
+            let gt = kb.b.ins().fcmp(FloatCC::GreaterThan, v, m0);
+            let m1 = kb.b.ins().select(gt, v, m0);
             kb.b.def_var(mx, m1);
+            let a0 = kb.b.use_var(arg);
+            let a1 = kb.b.ins().select(gt, l, a0);
+            kb.b.def_var(arg, a1);
         });
+        if kind == SoftmaxKind::Hardmax {
+            let a = kb.b.use_var(arg);
+            kb.for_n(len, &mut |kb, l| {
+                let o = at(kb, l);
+                let hit = kb.b.ins().icmp(IntCC::Equal, l, a);
+                let (one, zero) = (kb.fc(1.0), kb.fc(0.0));
+                let r = kb.b.ins().select(hit, one, zero);
+                kb.store_f32(r, op, o);
+            });
+            return;
+        }
         let m = kb.b.use_var(mx);
         let z = kb.fc(0.0);
         let sum = kb.var(F32, z);
         kb.for_n(len, &mut |kb, l| {
-            let o = kb.b.ins().imul_imm_u(l, inner as i64);
-            let o = kb.b.ins().iadd(o, base);
+            let o = at(kb, l);
             let v = kb.load_f32(xp, o);
             let t = kb.b.ins().fsub(v, m);
             let e = kb.call1("expf", t);
-            kb.store_f32(e, op, o);
+            if kind == SoftmaxKind::Softmax {
+                kb.store_f32(e, op, o);
+            }
             let s0 = kb.b.use_var(sum);
             let s1 = kb.b.ins().fadd(s0, e);
             kb.b.def_var(sum, s1);
         });
         let s = kb.b.use_var(sum);
+        if kind == SoftmaxKind::LogSoftmax {
+            // x - max - ln(sum)
+            let ls = kb.call1("logf", s);
+            let sh = kb.b.ins().fadd(m, ls);
+            kb.for_n(len, &mut |kb, l| {
+                let o = at(kb, l);
+                let v = kb.load_f32(xp, o);
+                let r = kb.b.ins().fsub(v, sh);
+                kb.store_f32(r, op, o);
+            });
+            return;
+        }
         let one = kb.fc(1.0);
         let inv = kb.b.ins().fdiv(one, s);
         kb.for_n(len, &mut |kb, l| {
-            let o = kb.b.ins().imul_imm_u(l, inner as i64);
-            let o = kb.b.ins().iadd(o, base);
+            let o = at(kb, l);
             let v = kb.load_f32(op, o);
             let r = kb.b.ins().fmul(v, inv);
             kb.store_f32(r, op, o);
@@ -1302,7 +1340,7 @@ fn softmax(kb: &mut Kb, axis: usize, x: &TensorType) {
     });
 }
 
-fn copy_elem(kb: &mut Kb, esize: usize, src: Value, si: Value, dst: Value, di: Value) {
+pub(crate) fn copy_elem(kb: &mut Kb, esize: usize, src: Value, si: Value, dst: Value, di: Value) {
     let a = kb.addr(src, si, esize);
     let v = kb.b.ins().load(int_ty(esize), crate::kb::flags(), a, 0);
     let b = kb.addr(dst, di, esize);

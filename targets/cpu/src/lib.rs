@@ -6,6 +6,7 @@
 
 mod ew;
 mod header;
+mod index;
 mod kb;
 mod kernels;
 pub mod link;

@@ -138,7 +138,25 @@ fn unary_ops() {
     run_unary("acosh", Op::Unary(Acosh), &[9], |x| x.abs() * 3.0 + 1.0);
     run_unary("softplus_big", Op::Unary(Softplus), &[9], |x| x * 100.0);
     run_unary("cast_i64", Op::Cast { to: DType::I64 }, &[9], |x| x * 10.0);
-    run_unary("softmax", Op::Softmax { axis: 1 }, &[2, 5, 3], |x| x * 3.0);
+    for kind in [
+        SoftmaxKind::Softmax,
+        SoftmaxKind::LogSoftmax,
+        SoftmaxKind::Hardmax,
+    ] {
+        run_unary("softmax", Op::Softmax { axis: 1, kind }, &[2, 5, 3], |x| {
+            x * 3.0
+        });
+    }
+    // Hardmax picks the first of equal maxima
+    run_unary(
+        "hardmax_ties",
+        Op::Softmax {
+            axis: 1,
+            kind: SoftmaxKind::Hardmax,
+        },
+        &[3, 4],
+        |x| (x * 2.0).round(),
+    );
     for (kind, _) in ReduceKind::ALL {
         let pos = matches!(kind, ReduceKind::LogSum | ReduceKind::Prod);
         for (axes, keepdims, shape) in [
@@ -328,6 +346,78 @@ fn f64_classify_expand() {
         let mut r = Rng(5);
         let n = xs.iter().product();
         check(&g, &[Tensor::f32(xs.clone(), r.vec(n))]);
+    }
+}
+
+/// Gather / GatherElements / ScatterElements / GatherND / ScatterND with negative and
+/// repeated indices, every reduction, against the interpreter.
+#[test]
+fn index_ops() {
+    let mut r = Rng(11);
+    let data = Tensor::f32([3, 4, 2], r.vec(24));
+    let run = |op: Op, ins: Vec<Tensor>| {
+        let mut g = Graph::new(op.name());
+        let ids: Vec<_> = ins
+            .iter()
+            .enumerate()
+            .map(|(k, t)| g.add_input(format!("i{k}"), t.ty()))
+            .collect();
+        g.outputs = g.add_node("n", op, ids, vec!["y".into()]).unwrap();
+        check(&g, &ins);
+    };
+    for axis in 0..3 {
+        let idx = Tensor::i64([2, 2], vec![0, -1, 1, 0]);
+        run(Op::Gather { axis }, vec![data.clone(), idx]);
+    }
+    let idx32 = Tensor::i32([3], vec![2, 0, -2]);
+    run(Op::Gather { axis: 1 }, vec![data.clone(), idx32]);
+    // GatherElements / ScatterElements along each axis with indices shaped like data but smaller
+    for axis in 0..3 {
+        let len = [3i64, 4, 2][axis];
+        let iv: Vec<i64> = (0..12).map(|k| (k * 5 % len) - (k % 2) * len).collect();
+        let idx = Tensor::i64([3, 2, 2], iv);
+        run(Op::GatherElements { axis }, vec![data.clone(), idx.clone()]);
+        let upd = Tensor::f32([3, 2, 2], r.vec(12));
+        for (reduction, _) in ScatterReduction::ALL {
+            // duplicates only where a reduction makes the order irrelevant
+            let idx = if reduction == ScatterReduction::None {
+                Tensor::i64([3, 2, 2], (0..12).map(|k| (k / 4) % len).collect())
+            } else {
+                idx.clone()
+            };
+            let idx = if reduction == ScatterReduction::None && axis != 0 {
+                Tensor::i64([3, 2, 2], (0..12).map(|k| (k % 2) as i64).collect())
+            } else {
+                idx
+            };
+            run(
+                Op::ScatterElements { axis, reduction },
+                vec![data.clone(), idx, upd.clone()],
+            );
+        }
+    }
+    // GatherND: full tuples, partial tuples (slices), batch_dims = 1
+    run(
+        Op::GatherND { batch_dims: 0 },
+        vec![data.clone(), Tensor::i64([2, 3], vec![0, 1, 1, 2, -1, 0])],
+    );
+    run(
+        Op::GatherND { batch_dims: 0 },
+        vec![data.clone(), Tensor::i64([2, 1], vec![2, 0])],
+    );
+    run(
+        Op::GatherND { batch_dims: 1 },
+        vec![data.clone(), Tensor::i64([3, 1], vec![1, 3, 0])],
+    );
+    for (reduction, _) in ScatterReduction::ALL {
+        run(
+            Op::ScatterND { reduction },
+            vec![
+                data.clone(),
+                Tensor::i64([2, 2], vec![0, 1, 2, 3]),
+                Tensor::f32([2, 2], r.vec(4)),
+            ],
+        );
     }
 }
 

@@ -1,0 +1,180 @@
+//! Indexed data movement: Gather, GatherElements, ScatterElements, GatherND, ScatterND.
+//!
+//! Indices are read at run time (i32 or i64), negative ones count from the end, and an index
+//! still outside its dimension is clamped into it, so a bad index can never address memory
+//! outside the tensors.
+
+use crate::ew::{Num, apply, load_num, store_num};
+use crate::kb::{I64, Kb};
+use crate::kernels::{KResult, copy, copy_elem};
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{InstBuilder, Value};
+use kiln_ir::ops::{BinaryOp, ScatterReduction};
+use kiln_ir::types::strides_of;
+use kiln_ir::{DType, Op, TensorType};
+
+/// Element `i` of an index tensor, as i64 in `0..len` (negative wraps once, then clamped).
+fn load_index(kb: &mut Kb, it: &TensorType, base: Value, i: Value, len: usize) -> Value {
+    let raw = load_num(kb, it.dtype, base, i);
+    let v = if it.dtype == DType::I32 {
+        kb.b.ins().sextend(I64, raw)
+    } else {
+        raw
+    };
+    let wrapped = kb.b.ins().iadd_imm_s(v, len as i64);
+    let neg = kb.b.ins().icmp_imm_s(IntCC::SignedLessThan, v, 0);
+    let v = kb.b.ins().select(neg, wrapped, v);
+    let zero = kb.ic(0);
+    let hi = kb.ic(len.saturating_sub(1) as i64);
+    let lo_c = kb.b.ins().icmp_imm_s(IntCC::SignedLessThan, v, 0);
+    let v = kb.b.ins().select(lo_c, zero, v);
+    let hi_c = kb.b.ins().icmp(IntCC::SignedGreaterThan, v, hi);
+    kb.b.ins().select(hi_c, hi, v)
+}
+
+fn reduction_op(r: ScatterReduction) -> Option<Op> {
+    Some(Op::Binary(match r {
+        ScatterReduction::None => return None,
+        ScatterReduction::Add => BinaryOp::Add,
+        ScatterReduction::Mul => BinaryOp::Mul,
+        ScatterReduction::Max => BinaryOp::Max,
+        ScatterReduction::Min => BinaryOp::Min,
+    }))
+}
+
+/// `out[d] = upd[u]` or `out[d] = out[d] (op) upd[u]`.
+fn scatter_one(
+    kb: &mut Kb,
+    dt: DType,
+    red: &Option<Op>,
+    (out, d): (Value, Value),
+    (upd, u): (Value, Value),
+) -> KResult {
+    match red {
+        None => {
+            copy_elem(kb, dt.size(), upd, u, out, d);
+            Ok(())
+        }
+        Some(op) => {
+            let num = Num::of(dt).ok_or_else(|| format!("scatter reduction on {dt}"))?;
+            let a = load_num(kb, dt, out, d);
+            let b = load_num(kb, dt, upd, u);
+            let r = apply(kb, op, num, a, Some(b))?;
+            store_num(kb, dt, r, out, d);
+            Ok(())
+        }
+    }
+}
+
+pub(crate) fn emit(kb: &mut Kb, op: &Op, ins: &[&TensorType], out: &TensorType) -> KResult {
+    let x = ins[0];
+    let it = ins[1];
+    let es = x.dtype.size();
+    let ps = kb.params.clone();
+    let mut err: Option<String> = None;
+    match op {
+        Op::Gather { axis } => {
+            let outer: usize = x.shape[..*axis].iter().product();
+            let len = x.shape[*axis];
+            let inner: usize = x.shape[axis + 1..].iter().product();
+            let nidx = it.numel();
+            let op_ = ps[2];
+            kb.for_nd(&[outer, nidx], &mut |kb, ix| {
+                let (o, n) = (ix[0], ix[1]);
+                let k = load_index(kb, it, ps[1], n, len);
+                // src = (o*len + k)*inner, dst = (o*nidx + n)*inner
+                let s = kb.b.ins().imul_imm_u(o, len as i64);
+                let s = kb.b.ins().iadd(s, k);
+                let s = kb.b.ins().imul_imm_u(s, inner as i64);
+                let d = kb.b.ins().imul_imm_u(o, nidx as i64);
+                let d = kb.b.ins().iadd(d, n);
+                let d = kb.b.ins().imul_imm_u(d, inner as i64);
+                kb.for_n(inner, &mut |kb, i| {
+                    let si = kb.b.ins().iadd(s, i);
+                    let di = kb.b.ins().iadd(d, i);
+                    copy_elem(kb, es, ps[0], si, op_, di);
+                });
+            });
+        }
+        Op::GatherElements { axis } | Op::ScatterElements { axis, .. } => {
+            let xs = strides_of(&x.shape);
+            let is = strides_of(&it.shape);
+            let len = x.shape[*axis];
+            let red = match op {
+                Op::ScatterElements { reduction, .. } => Some(reduction_op(*reduction)),
+                _ => None,
+            };
+            let op_ = ps[ins.len()];
+            if red.is_some() {
+                copy(kb, 0, ins.len(), x.size_bytes());
+            }
+            let mut xs_wo = xs.clone();
+            xs_wo[*axis] = 0;
+            kb.for_nd(&it.shape.clone(), &mut |kb, ix| {
+                let io = kb.offset(ix, &is);
+                let k = load_index(kb, it, ps[1], io, len);
+                let base = kb.offset(ix, &xs_wo);
+                let kk = kb.b.ins().imul_imm_u(k, xs[*axis] as i64);
+                let xo = kb.b.ins().iadd(base, kk);
+                match &red {
+                    None => copy_elem(kb, es, ps[0], xo, op_, io),
+                    Some(r) => {
+                        if let Err(e) = scatter_one(kb, x.dtype, r, (op_, xo), (ps[2], io)) {
+                            err = Some(e);
+                        }
+                    }
+                }
+            });
+        }
+        Op::GatherND { .. } | Op::ScatterND { .. } => {
+            let b = match op {
+                Op::GatherND { batch_dims } => *batch_dims,
+                _ => 0,
+            };
+            let q = it.rank();
+            let k = it.shape[q - 1];
+            let xs = strides_of(&x.shape);
+            let slice: usize = x.shape[b + k..].iter().product();
+            let batch: usize = x.shape[..b].iter().product();
+            let per_batch: usize = x.shape[b..].iter().product();
+            let tuples = it.numel() / k.max(1);
+            let per = (tuples / batch.max(1)).max(1);
+            let red = match op {
+                Op::ScatterND { reduction } => {
+                    copy(kb, 0, 3, x.size_bytes());
+                    Some(reduction_op(*reduction))
+                }
+                _ => None,
+            };
+            let op_ = ps[ins.len()];
+            kb.for_n(tuples, &mut |kb, t| {
+                // batch offset + sum of index * stride
+                let bi = kb.b.ins().udiv_imm_u(t, per as i64);
+                let mut off = kb.b.ins().imul_imm_u(bi, per_batch as i64);
+                let tk = kb.b.ins().imul_imm_u(t, k as i64);
+                for d in 0..k {
+                    let ii = kb.b.ins().iadd_imm_u(tk, d as i64);
+                    let v = load_index(kb, it, ps[1], ii, x.shape[b + d]);
+                    let v = kb.b.ins().imul_imm_u(v, xs[b + d] as i64);
+                    off = kb.b.ins().iadd(off, v);
+                }
+                let ts = kb.b.ins().imul_imm_u(t, slice as i64);
+                kb.for_n(slice, &mut |kb, s| {
+                    let xo = kb.b.ins().iadd(off, s);
+                    let uo = kb.b.ins().iadd(ts, s);
+                    match &red {
+                        None => copy_elem(kb, es, ps[0], xo, op_, uo),
+                        Some(r) => {
+                            if let Err(e) = scatter_one(kb, x.dtype, r, (op_, xo), (ps[2], uo)) {
+                                err = Some(e);
+                            }
+                        }
+                    }
+                });
+            });
+        }
+        _ => return Err(format!("{} is not an index op", op.name())),
+    }
+    let _ = out;
+    err.map_or(Ok(()), Err)
+}
