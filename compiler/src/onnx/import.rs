@@ -10,6 +10,8 @@ use kiln_ir::ops::{
 use kiln_ir::{DType, Graph, IrError, Op, TensorType, ValueDef, ValueId};
 
 use super::consteval::{self as ce, BinOp, CT, FOLD_LIMIT};
+#[path = "attention.rs"]
+mod attention;
 use super::proto::{
     AttributeProto, ModelProto, NodeProto, TensorProto, tensor_shape_proto::dimension, type_proto,
 };
@@ -102,6 +104,9 @@ const SUPPORTED: &[&str] = &[
     "RMSNormalization",
     "Where",
     "Expand",
+    "Attention",
+    "RotaryEmbedding",
+    "LinearAttention",
 ];
 
 fn unary_of(op: &str) -> Option<UnaryOp> {
@@ -1055,6 +1060,9 @@ impl<'a> Imp<'a> {
                 )?;
             }
             "Resize" | "Upsample" => self.resize(c)?,
+            "Attention" => self.attention(c)?,
+            "RotaryEmbedding" => self.rotary_embedding(c)?,
+            "LinearAttention" => self.linear_attention(c)?,
             _ => return Err("unsupported op".into()),
         }
         Ok(())
