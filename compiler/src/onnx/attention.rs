@@ -19,7 +19,7 @@ use kiln_ir::ops::{BinaryOp, CmpOp, UnaryOp};
 use kiln_ir::{DType, Op, ValueId};
 
 use super::{CT, ce};
-use super::{Ctx, Imp, R, dtype_from_onnx, to_usizes};
+use super::{Ctx, GraphProto, Imp, R, decode_tensor, dtype_from_onnx, ir_msg, to_usizes};
 
 /// A float constant of `dtype` with `shape`.
 fn fconst(dtype: DType, shape: Vec<usize>, v: Vec<f64>) -> CT {
@@ -796,5 +796,160 @@ impl Imp<'_> {
         }
         self.set_out(c, 1, st);
         Ok(())
+    }
+
+    /// `ai.onnx.preview:FlexAttention`: scaled dot-product attention on 4-D inputs with optional
+    /// `score_mod` / `prob_mod` subgraphs, which are inlined (their single input bound to the
+    /// scores / probabilities). As in the function body, Q and Kᵀ are scaled by `sqrt(scale)`,
+    /// and the scores are cast to `softmax_precision` (default f32, f64 for f64 inputs).
+    pub(super) fn flex_attention(&mut self, c: &Ctx) -> R<()> {
+        let q = self.req(c, 0)?;
+        let k = self.req(c, 1)?;
+        let v = self.req(c, 2)?;
+        let dt = self.ty(q).dtype;
+        for x in [q, k, v] {
+            let t = self.ty(x);
+            if t.rank() != 4 || t.dtype != dt || !dt.is_float() {
+                return Err(format!(
+                    "Q, K and V must be 4-D tensors of one float type, got {t}"
+                ));
+            }
+        }
+        let (qs, ks, vs) = (
+            self.ty(q).shape.clone(),
+            self.ty(k).shape.clone(),
+            self.ty(v).shape.clone(),
+        );
+        let (b, hq, s, d) = (qs[0], qs[1], qs[2], qs[3]);
+        let (hkv, t) = (ks[1], ks[2]);
+        if ks[0] != b || vs[0] != b || vs[1] != hkv || ks[3] != d || vs[2] != t {
+            return Err(format!("inconsistent shapes: Q {qs:?}, K {ks:?}, V {vs:?}"));
+        }
+        if hkv == 0 || !hq.is_multiple_of(hkv) {
+            return Err(format!(
+                "q_num_heads {hq} is not a multiple of kv_num_heads {hkv}"
+            ));
+        }
+        let g = hq / hkv;
+        let dv = vs[3];
+        let name = |w: &str| format!("{}/{w}", c.name);
+        let scale = match c.attr("scale") {
+            Some(a) => a.f() as f64,
+            None => 1.0 / (d as f64).sqrt(),
+        };
+        let sf = self.attn_const(c, "scale_sqrt", fconst(dt, vec![], vec![scale.sqrt()]))?;
+        let q_sc = self.binary(c, BinaryOp::Mul, q, sf, &name("q_scaled"))?;
+        let k_sc = self.binary(c, BinaryOp::Mul, k, sf, &name("k_scaled"))?;
+        let perm = vec![0, 1, 3, 2];
+        let kt = self.step1(c, Op::Transpose { perm }, vec![k_sc], &name("k_t"))?;
+        let scores = if g == 1 {
+            self.step1(c, Op::MatMul, vec![q_sc, kt], &name("scores"))?
+        } else {
+            let q5 = self.reshape(c, q_sc, vec![b, hkv, g, s, d], &name("q_groups"))?;
+            let k5 = self.reshape(c, kt, vec![b, hkv, 1, d, t], &name("k_t_groups"))?;
+            let qk5 = self.step1(c, Op::MatMul, vec![q5, k5], &name("scores_groups"))?;
+            self.reshape(c, qk5, vec![b, hq, s, t], &name("scores"))?
+        };
+        let sm_dt = match c.attr("softmax_precision") {
+            Some(a) => dtype_from_onnx(a.i() as i32)
+                .ok()
+                .filter(|p| p.is_float())
+                .ok_or_else(|| {
+                    format!("FlexAttention: softmax_precision={} not supported", a.i())
+                })?,
+            None if dt == DType::F64 => DType::F64,
+            None => DType::F32,
+        };
+        let mut scores = if sm_dt == dt {
+            scores
+        } else {
+            let to = sm_dt;
+            self.step1(c, Op::Cast { to }, vec![scores], &name("scores_cast"))?
+        };
+        if let Some(a) = c.attr("score_mod") {
+            let sg = a.g.as_ref().ok_or("score_mod is not a graph")?;
+            scores = self.inline_modifier(c, "score_mod", sg, scores)?;
+        }
+        let mut probs = self.step1(c, Op::Softmax { axis: 3 }, vec![scores], &name("probs"))?;
+        if let Some(a) = c.attr("prob_mod") {
+            let pg = a.g.as_ref().ok_or("prob_mod is not a graph")?;
+            probs = self.inline_modifier(c, "prob_mod", pg, probs)?;
+        }
+        if self.ty(probs).dtype != dt {
+            let to = dt;
+            probs = self.step1(c, Op::Cast { to }, vec![probs], &name("probs_cast"))?;
+        }
+        let y_name = self.out_name(c, 0);
+        let y = if g == 1 {
+            self.step1(c, Op::MatMul, vec![probs, v], &y_name)?
+        } else {
+            let p5 = self.reshape(c, probs, vec![b, hkv, g, s, t], &name("probs_groups"))?;
+            let v5 = self.reshape(c, v, vec![b, hkv, 1, t, dv], &name("v_groups"))?;
+            let y5 = self.step1(c, Op::MatMul, vec![p5, v5], &name("y_groups"))?;
+            self.reshape(c, y5, vec![b, hq, s, dv], &y_name)?
+        };
+        self.set_out(c, 0, y);
+        Ok(())
+    }
+
+    /// Inline a one-input, one-output modifier subgraph applied to `x`; returns its output.
+    fn inline_modifier(&mut self, c: &Ctx, what: &str, sg: &GraphProto, x: ValueId) -> R<ValueId> {
+        let inits: std::collections::HashSet<&str> =
+            sg.initializer.iter().map(|t| t.name()).collect();
+        let ins: Vec<&str> = sg
+            .input
+            .iter()
+            .map(|i| i.name())
+            .filter(|n| !inits.contains(n))
+            .collect();
+        if ins.len() != 1 || sg.output.len() != 1 {
+            return Err(format!(
+                "{what} must have one input and one output, got {} and {}",
+                ins.len(),
+                sg.output.len()
+            ));
+        }
+        if !sg.sparse_initializer.is_empty() {
+            return Err(format!("{what}: sparse initializers are not supported"));
+        }
+        // The subgraph sees the outer scope; its own names shadow it only while inlining.
+        let saved = self.env.clone();
+        let res = (|| -> R<ValueId> {
+            for t in &sg.initializer {
+                let mut t = t.clone();
+                let (ty, data) = decode_tensor(&mut t, self.base_dir, &mut self.ext)
+                    .map_err(|e| format!("{what} initializer '{}': {e}", t.name()))?;
+                let n = self.fresh(&format!("{}/{what}/{}", c.name, t.name()));
+                let v = self.g.add_const(n, ty, data).map_err(ir_msg)?;
+                self.env.insert(t.name().to_string(), v);
+            }
+            self.env.insert(ins[0].to_string(), x);
+            for (i, n) in sg.node.iter().enumerate() {
+                let mut n = n.clone();
+                let label = if n.name().is_empty() {
+                    format!("{}_{i}", n.op_type())
+                } else {
+                    n.name().to_string()
+                };
+                n.name = Some(format!("{}/{what}/{label}", c.name));
+                self.import_node(&mut n, i)
+                    .map_err(|e| format!("{what}: {e}"))?;
+            }
+            let o = sg.output[0].name();
+            let y = *self
+                .env
+                .get(o)
+                .ok_or_else(|| format!("{what}: output '{o}' is not produced"))?;
+            if self.ty(y) != self.ty(x) {
+                return Err(format!(
+                    "{what} changes its input {} to {}",
+                    self.ty(x),
+                    self.ty(y)
+                ));
+            }
+            Ok(y)
+        })();
+        self.env = saved;
+        res
     }
 }
