@@ -11,8 +11,11 @@ use kiln_ir::ops::{
 use kiln_ir::{ConstData, DType, Graph, IrError, Op, TensorType, ValueDef, ValueId};
 
 use super::consteval::{self as ce, BinOp, CT, FOLD_LIMIT};
+#[path = "attention.rs"]
+mod attention;
 use super::proto::{
-    AttributeProto, ModelProto, NodeProto, TensorProto, tensor_shape_proto::dimension, type_proto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, tensor_shape_proto::dimension,
+    type_proto,
 };
 use super::tensor::{ExternalFiles, decode_tensor, dtype_from_onnx};
 use super::{OnnxError, OnnxOptions};
@@ -148,6 +151,9 @@ const SUPPORTED: &[&str] = &[
     "RMSNormalization",
     "Where",
     "Expand",
+    "Attention",
+    "RotaryEmbedding",
+    "LinearAttention",
 ];
 
 fn unary_of(op: &str) -> Option<UnaryOp> {
@@ -1301,6 +1307,10 @@ impl<'a> Imp<'a> {
                 )?;
             }
             "Resize" | "Upsample" => self.resize(c)?,
+            "Attention" => self.attention(c)?,
+            "RotaryEmbedding" => self.rotary_embedding(c)?,
+            "LinearAttention" => self.linear_attention(c)?,
+            "FlexAttention" if c.n.domain() == "ai.onnx.preview" => self.flex_attention(c)?,
             _ => return Err("unsupported op".into()),
         }
         Ok(())
@@ -1796,7 +1806,9 @@ fn unsupported(nodes: &[NodeProto], used: &HashSet<String>) -> BTreeMap<String, 
     for (i, n) in nodes.iter().enumerate() {
         let op = n.op_type();
         let domain = n.domain();
-        let label = if !(domain.is_empty() || domain == "ai.onnx") {
+        let label = if domain == "ai.onnx.preview" && op == "FlexAttention" {
+            None
+        } else if !(domain.is_empty() || domain == "ai.onnx") {
             Some(format!("{domain}:{op}"))
         } else if !SUPPORTED.contains(&op) {
             Some(op.to_string())
