@@ -41,6 +41,22 @@ enum Cmd {
         #[arg(long = "freeze", value_parser = pipeline::parse_freeze)]
         frozen: Vec<Frozen>,
     },
+    /// Run the ONNX backend test suites through the compiled CPU path and print the per-op
+    /// coverage table (needs onnx==1.22.0's test data: scripts/setup-python.sh).
+    Conformance {
+        /// `onnx/backend/test/data` (default: the project's .venv, or $KILN_ONNX_DATA_DIR).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Suites to run (default: all): node, pytorch-converted, pytorch-operator, simple, light.
+        #[arg(long = "suite")]
+        suites: Vec<String>,
+        /// Run one case directory (or light_*.onnx file) and print its result.
+        #[arg(long)]
+        case: Option<PathBuf>,
+        /// Also write the coverage as Markdown (docs/ops.md).
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+    },
     /// Compile a model in memory and run it on .npy inputs; writes <output>.npy files.
     Run {
         model: PathBuf,
@@ -102,6 +118,12 @@ fn real_main(cli: Cli) -> Result<(), String> {
             eprintln!("wrote {}", out.display());
             Ok(())
         }
+        Cmd::Conformance {
+            data,
+            suites,
+            case,
+            markdown,
+        } => conformance(data, suites, case, markdown),
         Cmd::Run {
             model,
             inputs,
@@ -116,6 +138,65 @@ fn real_main(cli: Cli) -> Result<(), String> {
             run(&model, &inputs, &output_dir, &opts)
         }
     }
+}
+
+fn conformance(
+    data: Option<PathBuf>,
+    suites: Vec<String>,
+    case: Option<PathBuf>,
+    markdown: Option<PathBuf>,
+) -> Result<(), String> {
+    use kiln_compiler::conformance as cf;
+    if let Some(c) = case {
+        let r = if c.is_dir() {
+            cf::run_dir_case(&c)
+        } else {
+            cf::run_light_case(&c)
+        };
+        println!("{}\t{}", r.name, r.outcome.line());
+        return Ok(());
+    }
+    let data = match data {
+        Some(d) => d,
+        None => std::env::current_dir()
+            .ok()
+            .and_then(|d| cf::data_dir(&d))
+            .ok_or("ONNX backend test data not found: pass --data DIR (onnx/backend/test/data)")?,
+    };
+    let suites: Vec<String> = if suites.is_empty() {
+        cf::SUITES.iter().map(|s| s.to_string()).collect()
+    } else {
+        suites
+    };
+    let mut all = Vec::new();
+    for s in &suites {
+        if !cf::SUITES.contains(&s.as_str()) {
+            return Err(format!(
+                "unknown suite '{s}' (known: {})",
+                cf::SUITES.join(", ")
+            ));
+        }
+        let res = cf::run_suite(&data, s);
+        all.push((s.clone(), res));
+    }
+    if let Some((_, node)) = all.iter().find(|(n, _)| n == "node") {
+        print!("{}", cf::coverage_table(&cf::coverage(node)));
+        println!();
+    }
+    println!(
+        "{:<18} {:>6} {:>6} {:>6} {:>12}",
+        "suite", "cases", "pass", "fail", "unsupported"
+    );
+    for (name, res) in &all {
+        let (n, p, f, u) = cf::totals(res);
+        println!("{name:<18} {n:>6} {p:>6} {f:>6} {u:>12}");
+    }
+    if let Some(md) = markdown {
+        kiln_target_cpu::link::write_atomic(&md, cf::ops_markdown(&all).as_bytes())
+            .map_err(|e| format!("{}: {e}", md.display()))?;
+        eprintln!("wrote {}", md.display());
+    }
+    Ok(())
 }
 
 fn run(model: &Path, inputs: &[String], out_dir: &Path, opts: &LoadOptions) -> Result<(), String> {

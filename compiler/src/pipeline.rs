@@ -111,10 +111,18 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Graph, Error> {
                 path: path.into(),
                 err,
             })?;
-            kiln_ir::text::parse(&text).map_err(|err| Error::Ir {
+            let mut g = kiln_ir::text::parse(&text).map_err(|err| Error::Ir {
                 path: path.display().to_string(),
                 err,
-            })?
+            })?;
+            for (name, ty, data) in &opts.frozen_inputs {
+                g.freeze_input(name, ty, data.clone())
+                    .map_err(|err| Error::Ir {
+                        path: path.display().to_string(),
+                        err,
+                    })?;
+            }
+            g
         }
         _ => {
             return Err(Error::Msg(format!(

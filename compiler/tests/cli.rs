@@ -135,6 +135,41 @@ fn every_emit_kind() {
     }
 }
 
+/// `--freeze NAME=FILE.npy` turns an input into a compile-time constant: the model then runs
+/// with no inputs and computes the same result; a mismatched value is a clear error.
+#[test]
+fn freeze_makes_an_input_constant() {
+    let (d, m) = setup();
+    let x: Vec<f32> = (0..32).map(|i| (i as f32 - 9.0) * 0.07).collect();
+    let xf = d.path().join("x.npy");
+    npy::write(&xf, &Npy::from_f32(&[1, 2, 4, 4], &x)).unwrap();
+    let out = d.path().join("out");
+    ok(kiln()
+        .args(["run"])
+        .arg(&m)
+        .arg("--freeze")
+        .arg(format!("x={}", xf.display()))
+        .arg("--output-dir")
+        .arg(&out));
+    let y = npy::read(&out.join("y.npy")).unwrap().to_f32().unwrap();
+    for (a, b) in y.iter().zip(expected(&x)) {
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
+    let bad = d.path().join("bad.npy");
+    npy::write(&bad, &Npy::from_f32(&[2, 2], &[0.0; 4])).unwrap();
+    fails(
+        kiln()
+            .args(["build"])
+            .arg(&m)
+            .arg("--freeze")
+            .arg(format!("x={}", bad.display()))
+            .arg("-o")
+            .arg(d.path().join("never.so")),
+        "the frozen value is",
+    );
+    assert!(!d.path().join("never.so").exists());
+}
+
 #[test]
 fn cross_compiles_for_aarch64() {
     let (d, m) = setup();

@@ -66,6 +66,27 @@ impl Graph {
         }
     }
 
+    /// Turn graph input `name` into a constant holding `data` (same type required).
+    pub fn freeze_input(&mut self, name: &str, ty: &TensorType, data: ConstData) -> Result<()> {
+        let Some(pos) = self
+            .inputs
+            .iter()
+            .position(|&v| self.values[v.index()].name == name)
+        else {
+            return Err(IrError::Msg(format!("'{name}' is not a graph input")));
+        };
+        let v = self.inputs[pos];
+        let have = &self.values[v.index()].ty;
+        if have.dtype != ty.dtype || have.shape != ty.shape || data.len() != have.size_bytes() {
+            return Err(IrError::Msg(format!(
+                "input '{name}' is {have}, the frozen value is {ty}"
+            )));
+        }
+        self.values[v.index()].def = ValueDef::Const(data);
+        self.inputs.remove(pos);
+        Ok(())
+    }
+
     pub fn value(&self, v: ValueId) -> &Value {
         &self.values[v.index()]
     }

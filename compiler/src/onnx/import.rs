@@ -20,10 +20,13 @@ use super::proto::{
 use super::tensor::{ExternalFiles, decode_tensor, dtype_from_onnx};
 use super::{OnnxError, OnnxOptions};
 
-pub const MIN_OPSET: i64 = 7;
+pub const MIN_OPSET: i64 = 6;
 pub const MAX_OPSET: i64 = 27;
 
 mod lower;
+
+/// Largest constant the importer materializes (ConstantOfShape splats): 4 GiB.
+const MAX_CONST_BYTES: usize = 1 << 32;
 
 type R<T> = Result<T, String>;
 
@@ -123,6 +126,7 @@ const SUPPORTED: &[&str] = &[
     "NegativeLogLikelihoodLoss",
     "SoftmaxCrossEntropyLoss",
     "Trilu",
+    "LRN",
     "LogSoftmax",
     "Hardmax",
     "GatherElements",
@@ -647,6 +651,35 @@ impl<'a> Imp<'a> {
             if ins.is_empty() || (!variadic && ins.len() != 2) {
                 return Err(format!("expects 2 inputs, got {}", ins.len()));
             }
+            let mut ins = ins;
+            if self.opset < 7 && !variadic && c.i("broadcast", 0) != 0 {
+                // legacy broadcasting: B's dims line up with A's from `axis` (default: suffix)
+                let (ra, sb) = (self.ty(ins[0]).rank(), self.ty(ins[1]).shape.clone());
+                let axis = match c.attr("axis") {
+                    Some(a) => norm_axis(a.i(), ra)?,
+                    None => ra
+                        .checked_sub(sb.len())
+                        .ok_or("B has a higher rank than A")?,
+                };
+                if axis + sb.len() > ra {
+                    return Err(format!(
+                        "B {sb:?} does not fit A's rank {ra} at axis {axis}"
+                    ));
+                }
+                let mut shape = vec![1; axis];
+                shape.extend_from_slice(&sb);
+                shape.resize(ra, 1);
+                ins[1] = self.reshape(c, ins[1], shape, &format!("{}/legacy_broadcast", c.name))?;
+            }
+            if op == "PRelu" && self.opset < 7 {
+                // legacy PRelu: a 1-D slope of length C applies per channel (axis 1)
+                let (xs, ss) = (self.ty(ins[0]).shape.clone(), self.ty(ins[1]).shape.clone());
+                if ss.len() == 1 && xs.len() >= 2 && ss[0] == xs[1] && ss[0] != 1 {
+                    let mut shape = vec![ss[0]];
+                    shape.resize(xs.len() - 1, 1);
+                    ins[1] = self.reshape(c, ins[1], shape, &format!("{}/slope", c.name))?;
+                }
+            }
             let mut acc = ins[0];
             for (k, &v) in ins.iter().enumerate().skip(1) {
                 let out = if k + 1 == ins.len() {
@@ -789,6 +822,7 @@ impl<'a> Imp<'a> {
             "NegativeLogLikelihoodLoss" => self.nll_loss(c)?,
             "SoftmaxCrossEntropyLoss" => self.softmax_cross_entropy(c)?,
             "Trilu" => self.trilu(c)?,
+            "LRN" => self.lrn(c)?,
             "ArgMax" | "ArgMin" => {
                 let x = self.req(c, 0)?;
                 let axis = norm_axis(c.i("axis", 0), self.ty(x).rank())?;
@@ -888,10 +922,10 @@ impl<'a> Imp<'a> {
             "ConstantOfShape" => {
                 let s = self.const_in(c, 0)?.ok_or("missing shape")?;
                 let shape = to_usizes(&s.as_i64(), "shape")?;
-                let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-                let n = n
-                    .filter(|&n| n <= FOLD_LIMIT)
-                    .ok_or("result too large to fold")?;
+                let n = shape
+                    .iter()
+                    .try_fold(1usize, |a, &d| a.checked_mul(d))
+                    .ok_or("shape overflows")?;
                 let fill = match c.attr("value").and_then(|a| a.t.clone()) {
                     Some(mut t) => {
                         let (ty, d) = decode_tensor(&mut t, None, &mut self.ext)?;
@@ -906,6 +940,27 @@ impl<'a> Imp<'a> {
                         v: ce::Vals::F(vec![0.0]),
                     },
                 };
+                if n > FOLD_LIMIT {
+                    // a large splat (weights of test models): build the bytes directly
+                    let (ty, one) = CT {
+                        shape: vec![],
+                        ..fill
+                    }
+                    .to_bytes();
+                    if n.checked_mul(ty.dtype.size())
+                        .is_none_or(|b| b > MAX_CONST_BYTES)
+                    {
+                        return Err(format!("a constant of shape {shape:?} is too large"));
+                    }
+                    let data = ConstData::from_vec(one.bytes().repeat(n));
+                    let name = self.fresh(&self.out_name(c, 0));
+                    let v = self
+                        .g
+                        .add_const(name, ty.with_shape(shape), data)
+                        .map_err(ir_msg)?;
+                    self.set_out(c, 0, v);
+                    return Ok(());
+                }
                 let v = match &fill.v {
                     ce::Vals::I(v) => ce::Vals::I(vec![v[0]; n]),
                     ce::Vals::F(v) => ce::Vals::F(vec![v[0]; n]),

@@ -7,7 +7,7 @@
 
 mod consteval;
 mod import;
-mod tensor;
+pub(crate) mod tensor;
 
 #[allow(clippy::all, missing_docs)]
 pub mod proto {

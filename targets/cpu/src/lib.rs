@@ -117,9 +117,18 @@ pub fn compile_object(g: &Graph, opts: &CpuOptions) -> Result<(Vec<u8>, CompileI
 
 /// A model compiled into this process's memory. Keep it alive while using its descriptor.
 pub struct JitModel {
-    _module: JITModule,
+    module: Option<JITModule>,
     descriptor: *const u8,
     pub info: CompileInfo,
+}
+
+impl Drop for JitModel {
+    fn drop(&mut self) {
+        if let Some(m) = self.module.take() {
+            // SAFETY: the descriptor and code are only reachable through `self`, which is going away.
+            unsafe { m.free_memory() };
+        }
+    }
 }
 
 impl JitModel {
@@ -158,6 +167,25 @@ pub fn compile_jit(g: &Graph, name: &str) -> Result<JitModel, CpuError> {
     for (name, addr) in libm_symbols() {
         builder.symbol(name, addr);
     }
+    // Code and constants in one reserved region, so 32-bit PC-relative references always reach
+    // (separate mappings can land more than 2 GiB apart once a model has large weights).
+    let const_bytes: usize = g
+        .values
+        .iter()
+        .filter_map(|v| match &v.def {
+            kiln_ir::ValueDef::Const(d) => Some(d.len() + memplan::ALIGN),
+            _ => None,
+        })
+        .sum();
+    const JIT_LIMIT: usize = 1536 << 20;
+    if const_bytes > JIT_LIMIT {
+        return Err(CpuError::Codegen(format!(
+            "{const_bytes} bytes of constants exceed the in-memory JIT's {JIT_LIMIT}; build an artefact (.so) instead"
+        )));
+    }
+    let arena = cranelift_jit::ArenaMemoryProvider::new_with_size(const_bytes + (512 << 20))
+        .map_err(|e| CpuError::Codegen(format!("JIT memory: {e}")))?;
+    builder.memory_provider(Box::new(arena));
     let mut module = JITModule::new(builder);
     let opts = CpuOptions {
         name: name.to_string(),
@@ -172,7 +200,7 @@ pub fn compile_jit(g: &Graph, name: &str) -> Result<JitModel, CpuError> {
     };
     let (ptr, _) = module.get_finalized_data(id);
     Ok(JitModel {
-        _module: module,
+        module: Some(module),
         descriptor: ptr,
         info,
     })

@@ -190,4 +190,50 @@ impl Imp<'_> {
         self.op_out(c, 0, Op::Where, vec![m, x, z])?;
         Ok(())
     }
+
+    /// LRN: `x / (bias + alpha/size * sum of x^2 over a channel window)^beta`; the window sum
+    /// is an average pool (count_include_pad) over channels of `[N, 1, C, spatial]`.
+    pub(super) fn lrn(&mut self, c: &Ctx) -> R<()> {
+        let x = self.req(c, 0)?;
+        let ty = self.ty(x).clone();
+        if ty.rank() < 3 {
+            return Err(format!("input {ty} needs [N, C, spatial..]"));
+        }
+        let size = usize::try_from(c.i("size", 0))
+            .ok()
+            .filter(|&s| s > 0)
+            .ok_or("size must be positive")?;
+        let (alpha, beta, bias) = (
+            c.f("alpha", 1e-4) as f64,
+            c.f("beta", 0.75) as f64,
+            c.f("bias", 1.0) as f64,
+        );
+        let (n, ch) = (ty.shape[0], ty.shape[1]);
+        let sp: usize = ty.shape[2..].iter().product();
+        let sq = self.op1(c, "square", Op::Binary(BinaryOp::Mul), vec![x, x])?;
+        let sq = self.reshape(c, sq, vec![n, 1, ch, sp], &format!("{}/square_4d", c.name))?;
+        let pool = Op::AveragePool(PoolAttrs {
+            kernel: vec![size, 1],
+            strides: vec![1, 1],
+            pads: vec![(size - 1) / 2, 0, size / 2, 0],
+            dilations: vec![1, 1],
+            ceil_mode: false,
+            count_include_pad: true,
+        });
+        let avg = self.op1(c, "window_mean", pool, vec![sq])?;
+        let avg = self.reshape(
+            c,
+            avg,
+            ty.shape.clone(),
+            &format!("{}/window_mean_nd", c.name),
+        )?;
+        let a = self.const_of(c, "alpha", ty.dtype, vec![], vec![alpha])?;
+        let t = self.op1(c, "scaled", Op::Binary(BinaryOp::Mul), vec![avg, a])?;
+        let b = self.const_of(c, "bias", ty.dtype, vec![], vec![bias])?;
+        let t = self.op1(c, "biased", Op::Binary(BinaryOp::Add), vec![t, b])?;
+        let e = self.const_of(c, "beta", ty.dtype, vec![], vec![beta])?;
+        let d = self.op1(c, "denominator", Op::Binary(BinaryOp::Pow), vec![t, e])?;
+        self.op_out(c, 0, Op::Binary(BinaryOp::Div), vec![x, d])?;
+        Ok(())
+    }
 }
