@@ -7,8 +7,8 @@
 
 use crate::ops::{
     ActKind, BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordTransform, GemmAttrs, NearestMode,
-    PoolAttrs, ReduceKind, ResizeAttrs, ResizeMode, ScatterReduction, SliceAttrs, SoftmaxKind,
-    UnaryOp, broadcast_shapes,
+    PadMode, PoolAttrs, ReduceKind, ResizeAttrs, ResizeMode, ScatterReduction, SliceAttrs,
+    SoftmaxKind, UnaryOp, broadcast_shapes,
 };
 use crate::types::strides_of;
 use crate::{ConstData, DType, Graph, IrError, Op, TensorType, ValueDef};
@@ -730,11 +730,171 @@ pub fn eval_op(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
             one(from_f64(x.dtype(), out_shape, out)?)
         }
         Op::Resize(a) => one(resize(a, x, out_shape)?),
+        Op::Pad { pads, mode, value } => {
+            let r = x.shape.len();
+            let n = x.numel();
+            let xs = strides_of(&x.shape);
+            let total: usize = out_shape.iter().product();
+            let mut idx = vec![0; r];
+            let mut map = Vec::with_capacity(total);
+            for o in 0..total {
+                unravel(o, &out_shape, &mut idx);
+                let mut off = Some(0usize);
+                for d in 0..r {
+                    let len = x.shape[d] as i64;
+                    let j = idx[d] as i64 - pads[d];
+                    let j = match mode {
+                        _ if (0..len).contains(&j) => Some(j),
+                        PadMode::Constant => None,
+                        _ if len == 0 => None,
+                        PadMode::Edge => Some(j.clamp(0, len - 1)),
+                        PadMode::Wrap => Some(j.rem_euclid(len)),
+                        PadMode::Reflect => {
+                            // reflect without repeating the edge; period 2(len-1)
+                            if len == 1 {
+                                Some(0)
+                            } else {
+                                let p = 2 * (len - 1);
+                                let m = j.rem_euclid(p);
+                                Some(if m < len { m } else { p - m })
+                            }
+                        }
+                    };
+                    off = match (off, j) {
+                        (Some(o), Some(j)) => Some(o + j as usize * xs[d]),
+                        _ => None,
+                    };
+                }
+                map.push(off.unwrap_or(n));
+            }
+            let fill = fill_of(x.dtype(), *value)?;
+            let all = TensorData::concat(&[&x.data, &fill])?;
+            one(Tensor {
+                shape: out_shape,
+                data: all.gather(&map),
+            })
+        }
+        Op::CumSum {
+            axis,
+            exclusive,
+            reverse,
+            prod,
+        } => {
+            let outer: usize = x.shape[..*axis].iter().product();
+            let len = x.shape[*axis];
+            let inner: usize = x.shape[axis + 1..].iter().product();
+            macro_rules! scan {
+                ($v:expr, $zero:expr, $one:expr, $add:expr, $mul:expr) => {{
+                    let v = $v;
+                    let mut out = v.clone();
+                    for o in 0..outer {
+                        for i in 0..inner {
+                            let mut acc = if *prod { $one } else { $zero };
+                            for s in 0..len {
+                                let k = if *reverse { len - 1 - s } else { s };
+                                let at = (o * len + k) * inner + i;
+                                let before = acc;
+                                acc = if *prod {
+                                    $mul(acc, v[at])
+                                } else {
+                                    $add(acc, v[at])
+                                };
+                                out[at] = if *exclusive { before } else { acc };
+                            }
+                        }
+                    }
+                    out
+                }};
+            }
+            let data = match &x.data {
+                TensorData::F32(v) => {
+                    TensorData::F32(scan!(v, 0f32, 1f32, |a: f32, b| a + b, |a: f32, b| a * b))
+                }
+                TensorData::F64(v) => {
+                    TensorData::F64(scan!(v, 0f64, 1f64, |a: f64, b| a + b, |a: f64, b| a * b))
+                }
+                TensorData::I64(v) => TensorData::I64(scan!(
+                    v,
+                    0i64,
+                    1i64,
+                    |a: i64, b| a.wrapping_add(b),
+                    |a: i64, b| a.wrapping_mul(b)
+                )),
+                TensorData::I32(v) => TensorData::I32(scan!(
+                    v,
+                    0i32,
+                    1i32,
+                    |a: i32, b| a.wrapping_add(b),
+                    |a: i32, b| a.wrapping_mul(b)
+                )),
+                _ => return Err(format!("cum_sum is not defined on {}", x.dtype())),
+            };
+            one(Tensor {
+                shape: out_shape,
+                data,
+            })
+        }
+        Op::TopK { axis, k, largest } => {
+            let keys: Vec<f64> = match &x.data {
+                TensorData::F32(v) => v.iter().map(|&a| a as f64).collect(),
+                TensorData::F64(v) => v.clone(),
+                TensorData::I64(v) => v.iter().map(|&a| a as f64).collect(),
+                TensorData::I32(v) => v.iter().map(|&a| a as f64).collect(),
+                TensorData::I8(v) => v.iter().map(|&a| a as f64).collect(),
+                TensorData::U8(v) => v.iter().map(|&a| a as f64).collect(),
+                TensorData::Bool(_) => return Err("top_k is not defined on bool".into()),
+            };
+            let outer: usize = x.shape[..*axis].iter().product();
+            let len = x.shape[*axis];
+            let inner: usize = x.shape[axis + 1..].iter().product();
+            let mut map = vec![0usize; outer * k * inner];
+            let mut ids = vec![0i64; outer * k * inner];
+            for o in 0..outer {
+                for i in 0..inner {
+                    let at = |j: usize| (o * len + j) * inner + i;
+                    let mut order: Vec<usize> = (0..len).collect();
+                    // stable: equal keys keep index order
+                    order.sort_by(|&a, &b| {
+                        let (ka, kb) = (keys[at(a)], keys[at(b)]);
+                        let c = ka.partial_cmp(&kb).unwrap_or(std::cmp::Ordering::Equal);
+                        if *largest { c.reverse() } else { c }
+                    });
+                    for (r, &j) in order.iter().take(*k).enumerate() {
+                        let dst = (o * k + r) * inner + i;
+                        map[dst] = at(j);
+                        ids[dst] = j as i64;
+                    }
+                }
+            }
+            let mut shape = x.shape.clone();
+            shape[*axis] = *k;
+            Ok(vec![
+                Tensor {
+                    shape: shape.clone(),
+                    data: x.data.gather(&map),
+                },
+                Tensor::i64(shape, ids),
+            ])
+        }
         Op::Cast { to } => one(Tensor {
             shape: out_shape,
             data: cast(&x.data, *to)?,
         }),
     }
+}
+
+/// A one-element tensor of `dtype` holding `v` (the Pad fill).
+fn fill_of(dtype: DType, v: f64) -> Result<TensorData, String> {
+    Ok(match dtype {
+        DType::F32 => TensorData::F32(vec![v as f32]),
+        DType::F64 => TensorData::F64(vec![v]),
+        DType::I64 => TensorData::I64(vec![v as i64]),
+        DType::I32 => TensorData::I32(vec![v as i32]),
+        DType::I8 => TensorData::I8(vec![v as i8]),
+        DType::U8 => TensorData::U8(vec![v as u8]),
+        DType::Bool => TensorData::Bool(vec![v != 0.0]),
+        d => return Err(format!("no {d} tensors in the interpreter")),
+    })
 }
 
 /// Index tensor values (i32/i64) normalized against `len` (negative = from the end).

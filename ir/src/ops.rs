@@ -436,6 +436,50 @@ pub enum Op {
     Cast {
         to: DType,
     },
+    /// Pad (or crop, for negative pads) every dim: `pads` = begins then ends, like ONNX.
+    Pad {
+        pads: Vec<i64>,
+        mode: PadMode,
+        /// Fill for `PadMode::Constant` (converted to the element type).
+        value: f64,
+    },
+    /// Running sum (or product) along `axis`.
+    CumSum {
+        axis: usize,
+        exclusive: bool,
+        reverse: bool,
+        prod: bool,
+    },
+    /// The `k` largest (or smallest) elements along `axis`, sorted, ties by lower index;
+    /// outputs values and i64 indices.
+    TopK {
+        axis: usize,
+        k: usize,
+        largest: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PadMode {
+    Constant,
+    Reflect,
+    Edge,
+    Wrap,
+}
+
+impl PadMode {
+    pub const ALL: [(PadMode, &'static str); 4] = [
+        (PadMode::Constant, "constant"),
+        (PadMode::Reflect, "reflect"),
+        (PadMode::Edge, "edge"),
+        (PadMode::Wrap, "wrap"),
+    ];
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(o, _)| *o == self).unwrap().1
+    }
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(_, n)| *n == s).map(|(o, _)| *o)
+    }
 }
 
 fn index_type(t: &TensorType) -> Result<(), String> {
@@ -648,6 +692,10 @@ impl Op {
             Op::Where => "where",
             Op::Resize(_) => "resize",
             Op::Cast { .. } => "cast",
+            Op::Pad { .. } => "pad",
+            Op::CumSum { prod: false, .. } => "cum_sum",
+            Op::CumSum { prod: true, .. } => "cum_prod",
+            Op::TopK { .. } => "top_k",
         }
     }
 
@@ -747,6 +795,26 @@ impl Op {
                 ("out_shape", us(&a.out_shape)),
             ],
             Op::Cast { to } => vec![("to", Attr::Str(to.name().into()))],
+            Op::Pad { pads, mode, value } => vec![
+                ("pads", Attr::Ints(pads.clone())),
+                ("mode", Attr::Str(mode.name().into())),
+                ("value", Attr::Float(*value as f32)),
+            ],
+            Op::CumSum {
+                axis,
+                exclusive,
+                reverse,
+                ..
+            } => vec![
+                ("axis", Attr::Int(*axis as i64)),
+                ("exclusive", Attr::Int(*exclusive as i64)),
+                ("reverse", Attr::Int(*reverse as i64)),
+            ],
+            Op::TopK { axis, k, largest } => vec![
+                ("axis", Attr::Int(*axis as i64)),
+                ("k", Attr::Int(*k as i64)),
+                ("largest", Attr::Int(*largest as i64)),
+            ],
             Op::MatMul
             | Op::Binary(_)
             | Op::Unary(_)
@@ -924,6 +992,25 @@ impl Op {
                 scales: get("scales")?.floats()?,
                 out_shape: get("out_shape")?.uints()?,
             }),
+            "pad" => {
+                let m = get("mode")?.str()?;
+                Op::Pad {
+                    pads: get("pads")?.ints()?,
+                    mode: PadMode::from_name(m).ok_or_else(|| format!("unknown pad mode '{m}'"))?,
+                    value: get("value")?.float()? as f64,
+                }
+            }
+            "cum_sum" | "cum_prod" => Op::CumSum {
+                axis: get("axis")?.uint()?,
+                exclusive: flag("exclusive")?,
+                reverse: flag("reverse")?,
+                prod: name == "cum_prod",
+            },
+            "top_k" => Op::TopK {
+                axis: get("axis")?.uint()?,
+                k: get("k")?.uint()?,
+                largest: flag("largest")?,
+            },
             "cast" => {
                 let s = get("to")?.str()?;
                 Op::Cast {
@@ -1376,6 +1463,43 @@ impl Op {
             Op::Cast { to } => {
                 arity(1, 1)?;
                 Ok(vec![ins[0].with_dtype(*to)])
+            }
+            Op::Pad { pads, .. } => {
+                arity(1, 1)?;
+                let x = ins[0];
+                let r = x.rank();
+                if pads.len() != 2 * r {
+                    return Err(format!("pads must have {} entries for {x}", 2 * r));
+                }
+                let mut shape = Vec::with_capacity(r);
+                for d in 0..r {
+                    let n = x.shape[d] as i64 + pads[d] + pads[r + d];
+                    if n < 0 {
+                        return Err(format!("pads {pads:?} remove more than dim {d} of {x}"));
+                    }
+                    shape.push(n as usize);
+                }
+                Ok(vec![x.with_shape(shape)])
+            }
+            Op::CumSum { axis, .. } => {
+                arity(1, 1)?;
+                if *axis >= ins[0].rank() {
+                    return Err(format!("axis {axis} out of range for {}", ins[0]));
+                }
+                Ok(vec![ins[0].clone()])
+            }
+            Op::TopK { axis, k, .. } => {
+                arity(1, 1)?;
+                let x = ins[0];
+                if *axis >= x.rank() || *k > x.shape[*axis] {
+                    return Err(format!("top_k: k={k} along axis {axis} of {x}"));
+                }
+                let mut shape = x.shape.clone();
+                shape[*axis] = *k;
+                Ok(vec![
+                    x.with_shape(shape.clone()),
+                    TensorType::new(DType::I64, shape),
+                ])
             }
         }
     }

@@ -127,6 +127,21 @@ const SUPPORTED: &[&str] = &[
     "SoftmaxCrossEntropyLoss",
     "Trilu",
     "LRN",
+    "Pad",
+    "Tile",
+    "DepthToSpace",
+    "SpaceToDepth",
+    "InstanceNormalization",
+    "GroupNormalization",
+    "MeanVarianceNormalization",
+    "LpNormalization",
+    "GlobalMaxPool",
+    "GlobalLpPool",
+    "EyeLike",
+    "OneHot",
+    "CumSum",
+    "CumProd",
+    "TopK",
     "LogSoftmax",
     "Hardmax",
     "GatherElements",
@@ -823,6 +838,50 @@ impl<'a> Imp<'a> {
             "SoftmaxCrossEntropyLoss" => self.softmax_cross_entropy(c)?,
             "Trilu" => self.trilu(c)?,
             "LRN" => self.lrn(c)?,
+            "Pad" => self.pad(c)?,
+            "Tile" => self.tile(c)?,
+            "DepthToSpace" => self.depth_space(c, true)?,
+            "SpaceToDepth" => self.depth_space(c, false)?,
+            "InstanceNormalization" => self.instance_norm(c)?,
+            "GroupNormalization" => self.group_norm(c)?,
+            "MeanVarianceNormalization" => self.mean_variance_norm(c)?,
+            "LpNormalization" => self.lp_norm(c)?,
+            "GlobalMaxPool" => self.global_pool(c, true)?,
+            "GlobalLpPool" => self.global_pool(c, false)?,
+            "EyeLike" => self.eye_like(c)?,
+            "OneHot" => self.one_hot(c)?,
+            "CumSum" | "CumProd" => {
+                let x = self.req(c, 0)?;
+                let axis = self.const_in(c, 1)?.ok_or("missing axis")?;
+                let axis = norm_axis(
+                    *axis.as_i64().first().ok_or("axis must be a scalar")?,
+                    self.ty(x).rank(),
+                )?;
+                let o = Op::CumSum {
+                    axis,
+                    exclusive: c.i("exclusive", 0) != 0,
+                    reverse: c.i("reverse", 0) != 0,
+                    prod: op == "CumProd",
+                };
+                self.emit(c, o, vec![x])?;
+            }
+            "TopK" => {
+                let x = self.req(c, 0)?;
+                let k = if self.opset < 10 {
+                    c.i("k", -1)
+                } else {
+                    *self
+                        .const_in(c, 1)?
+                        .ok_or("missing K")?
+                        .as_i64()
+                        .first()
+                        .ok_or("K must have one element")?
+                };
+                let k = usize::try_from(k).map_err(|_| format!("k={k} must be non-negative"))?;
+                let axis = norm_axis(c.i("axis", -1), self.ty(x).rank())?;
+                let largest = c.i("largest", 1) != 0;
+                self.emit(c, Op::TopK { axis, k, largest }, vec![x])?;
+            }
             "ArgMax" | "ArgMin" => {
                 let x = self.req(c, 0)?;
                 let axis = norm_axis(c.i("axis", 0), self.ty(x).rank())?;

@@ -5,11 +5,11 @@
 //! outside the tensors.
 
 use crate::ew::{Num, apply, load_num, store_num};
-use crate::kb::{I64, Kb};
+use crate::kb::{I64, Kb, flags, int_ty};
 use crate::kernels::{KResult, copy, copy_elem};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, Value};
-use kiln_ir::ops::{BinaryOp, ScatterReduction};
+use kiln_ir::ops::{BinaryOp, PadMode, ScatterReduction};
 use kiln_ir::types::strides_of;
 use kiln_ir::{DType, Op, TensorType};
 
@@ -177,4 +177,108 @@ pub(crate) fn emit(kb: &mut Kb, op: &Op, ins: &[&TensorType], out: &TensorType) 
     }
     let _ = out;
     err.map_or(Ok(()), Err)
+}
+
+/// The fill value's bytes in `dt` (as the integer of the same width).
+fn fill_bits(dt: DType, v: f64) -> i64 {
+    match dt {
+        DType::F32 => (v as f32).to_bits() as i64,
+        DType::F64 => v.to_bits() as i64,
+        DType::F16 => half::f16::from_f64(v).to_bits() as i64,
+        DType::BF16 => half::bf16::from_f64(v).to_bits() as i64,
+        DType::Bool => (v != 0.0) as i64,
+        DType::U8 | DType::U16 | DType::U32 | DType::U64 => v as u64 as i64,
+        _ => v as i64,
+    }
+}
+
+/// Pad: every output element reads one input element (edge/wrap/reflect) or the fill (constant).
+pub(crate) fn pad(
+    kb: &mut Kb,
+    pads: &[i64],
+    mode: PadMode,
+    value: f64,
+    x: &TensorType,
+    out: &TensorType,
+) {
+    let r = x.rank();
+    let es = x.dtype.size();
+    let it = int_ty(es);
+    let xs = strides_of(&x.shape);
+    let os = strides_of(&out.shape);
+    let (xp, op) = (kb.params[0], kb.params[1]);
+    let fill = fill_bits(x.dtype, value);
+    if x.numel() == 0 {
+        // nothing to read: every element is the fill
+        kb.for_n(out.numel(), &mut |kb, i| {
+            let f = kb.b.ins().iconst(it, fill);
+            let oa = kb.addr(op, i, es);
+            kb.b.ins().store(flags(), f, oa, 0);
+        });
+        return;
+    }
+    kb.for_nd(&out.shape.clone(), &mut |kb, ix| {
+        let mut off = kb.ic(0);
+        let mut valid: Option<Value> = None;
+        for d in 0..r {
+            let len = x.shape[d] as i64;
+            let j = kb.b.ins().iadd_imm_s(ix[d], -pads[d]);
+            let jj = match mode {
+                PadMode::Constant => {
+                    let ok = kb.b.ins().icmp_imm_u(IntCC::UnsignedLessThan, j, len);
+                    valid = Some(match valid {
+                        Some(v) => kb.b.ins().band(v, ok),
+                        None => ok,
+                    });
+                    let z = kb.ic(0);
+                    kb.b.ins().select(ok, j, z)
+                }
+                _ if len <= 1 => kb.ic(0),
+                PadMode::Edge => {
+                    let z = kb.ic(0);
+                    let hi = kb.ic(len - 1);
+                    let lo = kb.b.ins().icmp_imm_s(IntCC::SignedLessThan, j, 0);
+                    let v = kb.b.ins().select(lo, z, j);
+                    let big = kb.b.ins().icmp(IntCC::SignedGreaterThan, v, hi);
+                    kb.b.ins().select(big, hi, v)
+                }
+                PadMode::Wrap | PadMode::Reflect => {
+                    let p = if mode == PadMode::Wrap {
+                        len
+                    } else {
+                        2 * (len - 1)
+                    };
+                    let pv = kb.ic(p);
+                    let m = kb.b.ins().srem(j, pv);
+                    let neg = kb.b.ins().icmp_imm_s(IntCC::SignedLessThan, m, 0);
+                    let mp = kb.b.ins().iadd(m, pv);
+                    let m = kb.b.ins().select(neg, mp, m);
+                    if mode == PadMode::Wrap {
+                        m
+                    } else {
+                        // m in [0, p): reflect the upper half back
+                        let back = kb.b.ins().isub(pv, m);
+                        let up =
+                            kb.b.ins()
+                                .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, m, len);
+                        kb.b.ins().select(up, back, m)
+                    }
+                }
+            };
+            let t = kb.b.ins().imul_imm_u(jj, xs[d] as i64);
+            off = kb.b.ins().iadd(off, t);
+        }
+        let a = kb.addr(xp, off, es);
+        let v = kb.b.ins().load(it, flags(), a, 0);
+        let v = match valid {
+            Some(ok) => {
+                let f = kb.b.ins().iconst(it, fill);
+                kb.b.ins().select(ok, v, f)
+            }
+            None => v,
+        };
+        let oo = kb.offset(ix, &os);
+        let oa = kb.addr(op, oo, es);
+        kb.b.ins().store(flags(), v, oa, 0);
+    });
 }

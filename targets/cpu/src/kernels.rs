@@ -2,14 +2,15 @@
 //! known at compile time (strides become immediates). Kernels take one pointer per input and
 //! then one per output.
 
-use crate::ew::fconst_like;
+use crate::ew::{Num, apply, fconst_like, load_num, store_num};
 use crate::kb::{F32, F32X4, I64, Kb, int_ty};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{InstBuilder, Value, types};
 use cranelift_frontend::Variable;
 use kiln_ir::ops::{
-    CmpOp, ConvAttrs, ConvTransposeAttrs, CoordTransform, GemmAttrs, LogicOp, NearestMode,
-    PoolAttrs, ReduceKind, ResizeAttrs, ResizeMode, SliceAttrs, SoftmaxKind, broadcast_shapes,
+    BinaryOp, CmpOp, ConvAttrs, ConvTransposeAttrs, CoordTransform, GemmAttrs, LogicOp,
+    NearestMode, PoolAttrs, ReduceKind, ResizeAttrs, ResizeMode, SliceAttrs, SoftmaxKind, UnaryOp,
+    broadcast_shapes,
 };
 use kiln_ir::types::strides_of;
 use kiln_ir::{DType, Node, Op, TensorType};
@@ -128,16 +129,23 @@ pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&Tenso
             softmax(kb, *axis, *kind, ins[0]);
             Ok(())
         }
+        Op::Pad { pads, mode, value } => {
+            crate::index::pad(kb, pads, *mode, *value, ins[0], outs[0]);
+            Ok(())
+        }
+        Op::CumSum {
+            axis,
+            exclusive,
+            reverse,
+            prod,
+        } => crate::scan::cum(kb, *axis, *exclusive, *reverse, *prod, ins[0]),
+        Op::TopK { axis, k, largest } => crate::scan::top_k(kb, *axis, *k, *largest, ins[0]),
         Op::Gather { .. }
         | Op::GatherElements { .. }
         | Op::ScatterElements { .. }
         | Op::GatherND { .. }
         | Op::ScatterND { .. } => crate::index::emit(kb, &node.op, ins, outs[0]),
-        Op::Reduce { kind, axes, .. } => {
-            float_only(ins[0])?;
-            reduce(kb, *kind, axes, ins[0]);
-            Ok(())
-        }
+        Op::Reduce { kind, axes, .. } => reduce(kb, *kind, axes, ins[0]),
         Op::Resize(a) => {
             float_only(ins[0])?;
             resize(kb, a, ins[0])
@@ -1199,8 +1207,61 @@ fn reduce_rows(kb: &mut Kb, rows: usize, len: usize, scale: f32) {
     });
 }
 
+/// The identity of a reduction's combine step in `dt` (integers: the type's extremes).
+fn reduce_init(kb: &mut Kb, kind: ReduceKind, num: Num, dt: DType) -> Value {
+    match num {
+        Num::F32 | Num::F64 => crate::ew::fconst(kb, kind.init(), num.ty()),
+        Num::Int { ty, .. } => {
+            let (lo, hi): (i64, i64) = match dt {
+                DType::Bool => (0, 1),
+                DType::I8 => (i8::MIN as i64, i8::MAX as i64),
+                DType::U8 => (0, u8::MAX as i64),
+                DType::I16 => (i16::MIN as i64, i16::MAX as i64),
+                DType::U16 => (0, u16::MAX as i64),
+                DType::I32 => (i32::MIN as i64, i32::MAX as i64),
+                DType::U32 => (0, u32::MAX as i64),
+                DType::I64 => (i64::MIN, i64::MAX),
+                _ => (0, -1),
+            };
+            let v = match kind {
+                ReduceKind::Max => lo,
+                ReduceKind::Min => hi,
+                ReduceKind::Prod => 1,
+                _ => 0,
+            };
+            kb.b.ins().iconst(ty, v)
+        }
+    }
+}
+
 /// Reduce* over `axes`: the output buffer is the accumulator (init, combine, finalize).
-fn reduce(kb: &mut Kb, kind: ReduceKind, axes: &[usize], x: &TensorType) {
+/// Floats (f32/f64) support every kind; integers Sum/Prod/Max/Min/SumSquare/L1; bool Max/Min.
+fn reduce(kb: &mut Kb, kind: ReduceKind, axes: &[usize], x: &TensorType) -> KResult {
+    let dt = x.dtype;
+    let num = Num::of(dt).ok_or_else(|| {
+        format!(
+            "{} on {dt} is not supported by the CPU back end yet",
+            kind.name()
+        )
+    })?;
+    let float = matches!(num, Num::F32 | Num::F64);
+    let int_ok = matches!(
+        kind,
+        ReduceKind::Sum
+            | ReduceKind::Prod
+            | ReduceKind::Max
+            | ReduceKind::Min
+            | ReduceKind::SumSquare
+            | ReduceKind::L1
+    );
+    if !float
+        && (!int_ok || (dt == DType::Bool && !matches!(kind, ReduceKind::Max | ReduceKind::Min)))
+    {
+        return Err(format!(
+            "{} on {dt} is not supported by the CPU back end yet",
+            kind.name()
+        ));
+    }
     let (xp, op) = (kb.params[0], kb.params[1]);
     let out_numel: usize = (0..x.rank())
         .filter(|d| !axes.contains(d))
@@ -1216,51 +1277,72 @@ fn reduce(kb: &mut Kb, kind: ReduceKind, axes: &[usize], x: &TensorType) {
         .map(|d| if axes.contains(&d) { 0 } else { ks[d] })
         .collect();
     let xs = strides_of(&x.shape);
-    let init = kind.init() as f32;
     kb.for_n(out_numel, &mut |kb, i| {
-        let z = kb.fc(init);
-        kb.store_f32(z, op, i);
+        let z = reduce_init(kb, kind, num, dt);
+        store_num(kb, dt, z, op, i);
     });
+    let bin = |b| Op::Binary(b);
+    let un = |u| Op::Unary(u);
+    let mut err = None;
     kb.for_nd(&x.shape.clone(), &mut |kb, idx| {
         let xo = kb.offset(idx, &xs);
         let oo = kb.offset(idx, &os);
-        let v = kb.load_f32(xp, xo);
-        let a = kb.load_f32(op, oo);
-        let r = match kind {
-            ReduceKind::Max => kb.fmax(v, a),
-            ReduceKind::Min => kb.fmin(v, a),
-            ReduceKind::Prod => kb.b.ins().fmul(a, v),
-            ReduceKind::SumSquare | ReduceKind::L2 => kb.b.ins().fma(v, v, a),
-            ReduceKind::L1 => {
-                let t = kb.b.ins().fabs(v);
-                kb.b.ins().fadd(a, t)
-            }
-            ReduceKind::LogSumExp => {
-                let t = kb.call1("expf", v);
-                kb.b.ins().fadd(a, t)
-            }
-            ReduceKind::Sum | ReduceKind::Mean | ReduceKind::LogSum => kb.b.ins().fadd(a, v),
-        };
-        kb.store_f32(r, op, oo);
+        let v = load_num(kb, dt, xp, xo);
+        let a = load_num(kb, dt, op, oo);
+        let r = (|| -> Result<Value, String> {
+            Ok(match kind {
+                ReduceKind::Max => apply(kb, &bin(BinaryOp::Max), num, v, Some(a))?,
+                ReduceKind::Min => apply(kb, &bin(BinaryOp::Min), num, v, Some(a))?,
+                ReduceKind::Prod => apply(kb, &bin(BinaryOp::Mul), num, a, Some(v))?,
+                ReduceKind::SumSquare | ReduceKind::L2 if num == Num::F32 => {
+                    kb.b.ins().fma(v, v, a)
+                }
+                ReduceKind::SumSquare | ReduceKind::L2 => {
+                    let sq = apply(kb, &bin(BinaryOp::Mul), num, v, Some(v))?;
+                    apply(kb, &bin(BinaryOp::Add), num, a, Some(sq))?
+                }
+                ReduceKind::L1 => {
+                    let t = apply(kb, &un(UnaryOp::Abs), num, v, None)?;
+                    apply(kb, &bin(BinaryOp::Add), num, a, Some(t))?
+                }
+                ReduceKind::LogSumExp => {
+                    let t = apply(kb, &un(UnaryOp::Exp), num, v, None)?;
+                    apply(kb, &bin(BinaryOp::Add), num, a, Some(t))?
+                }
+                ReduceKind::Sum | ReduceKind::Mean | ReduceKind::LogSum => {
+                    apply(kb, &bin(BinaryOp::Add), num, a, Some(v))?
+                }
+            })
+        })();
+        match r {
+            Ok(r) => store_num(kb, dt, r, op, oo),
+            Err(e) => err = Some(e),
+        }
     });
-    let inv = 1.0 / count.max(1) as f32;
-    if matches!(
-        kind,
-        ReduceKind::Mean | ReduceKind::L2 | ReduceKind::LogSum | ReduceKind::LogSumExp
-    ) {
+    let inv = 1.0 / count.max(1) as f64;
+    if float
+        && matches!(
+            kind,
+            ReduceKind::Mean | ReduceKind::L2 | ReduceKind::LogSum | ReduceKind::LogSumExp
+        )
+    {
         kb.for_n(out_numel, &mut |kb, i| {
-            let a = kb.load_f32(op, i);
+            let a = load_num(kb, dt, op, i);
             let r = match kind {
                 ReduceKind::Mean => {
-                    let c = kb.fc(inv);
-                    kb.b.ins().fmul(a, c)
+                    let c = crate::ew::fconst(kb, inv, num.ty());
+                    Ok(kb.b.ins().fmul(a, c))
                 }
-                ReduceKind::L2 => kb.b.ins().sqrt(a),
-                _ => kb.call1("logf", a),
+                ReduceKind::L2 => Ok(kb.b.ins().sqrt(a)),
+                _ => apply(kb, &un(UnaryOp::Log), num, a, None),
             };
-            kb.store_f32(r, op, i);
+            match r {
+                Ok(r) => store_num(kb, dt, r, op, i),
+                Err(e) => err = Some(e),
+            }
         });
     }
+    err.map_or(Ok(()), Err)
 }
 
 fn softmax(kb: &mut Kb, axis: usize, kind: SoftmaxKind, x: &TensorType) {

@@ -10,6 +10,7 @@ mod index;
 mod kb;
 mod kernels;
 pub mod link;
+mod scan;
 
 pub use header::generate_header;
 

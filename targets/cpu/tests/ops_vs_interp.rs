@@ -421,6 +421,85 @@ fn index_ops() {
     }
 }
 
+/// Pad in every mode (incl. negative pads = crop), CumSum/CumProd variants, TopK with ties.
+#[test]
+fn pad_scan_topk() {
+    let mut r = Rng(21);
+    let x = Tensor::f32([2, 3, 4], r.vec(24));
+    for (mode, _) in PadMode::ALL {
+        for pads in [
+            vec![0, 1, 2, 1, 2, 1],
+            vec![1, 0, 3, 0, 2, 3],
+            vec![0, -1, 1, 0, 1, -2],
+        ] {
+            let g = unary_graph(
+                "pad",
+                Op::Pad {
+                    pads,
+                    mode,
+                    value: 1.5,
+                },
+                &[2, 3, 4],
+            );
+            check(&g, std::slice::from_ref(&x));
+        }
+    }
+    for prod in [false, true] {
+        for exclusive in [false, true] {
+            for reverse in [false, true] {
+                for axis in 0..3 {
+                    let g = unary_graph(
+                        "cum",
+                        Op::CumSum {
+                            axis,
+                            exclusive,
+                            reverse,
+                            prod,
+                        },
+                        &[2, 3, 4],
+                    );
+                    check(&g, std::slice::from_ref(&x));
+                }
+            }
+        }
+    }
+    // ties: values rounded to a few levels
+    let tied = Tensor::f32(
+        [2, 3, 4],
+        r.vec(24).iter().map(|v| (v * 2.0).round()).collect(),
+    );
+    for largest in [true, false] {
+        for (axis, k) in [(2, 3), (1, 2), (0, 1), (2, 4)] {
+            let mut g = Graph::new("topk");
+            let xi = g.add_input("x", TensorType::f32([2, 3, 4]));
+            g.outputs = g
+                .add_node(
+                    "n",
+                    Op::TopK { axis, k, largest },
+                    vec![xi],
+                    vec!["v".into(), "i".into()],
+                )
+                .unwrap();
+            check(&g, std::slice::from_ref(&tied));
+        }
+    }
+    let mut g = Graph::new("topk_i64");
+    let xi = g.add_input("x", TensorType::new(DType::I64, vec![6]));
+    g.outputs = g
+        .add_node(
+            "n",
+            Op::TopK {
+                axis: 0,
+                k: 4,
+                largest: true,
+            },
+            vec![xi],
+            vec!["v".into(), "i".into()],
+        )
+        .unwrap();
+    check(&g, &[Tensor::i64([6], vec![3, -9, 3, 7, i64::MAX, 0])]);
+}
+
 #[test]
 fn binary_broadcast() {
     for b in [

@@ -3,6 +3,7 @@
 //! Each lowering produces exactly the ONNX semantics; passes may later fuse the pieces.
 
 use super::*;
+use kiln_ir::ops::PadMode;
 
 impl Imp<'_> {
     /// One IR node named `<onnx node>/<what>`, returning its first output.
@@ -234,6 +235,360 @@ impl Imp<'_> {
         let e = self.const_of(c, "beta", ty.dtype, vec![], vec![beta])?;
         let d = self.op1(c, "denominator", Op::Binary(BinaryOp::Pow), vec![t, e])?;
         self.op_out(c, 0, Op::Binary(BinaryOp::Div), vec![x, d])?;
+        Ok(())
+    }
+
+    /// Pad: opset < 11 takes `pads`/`mode`/`value` attributes, later opsets inputs (`pads`,
+    /// `constant_value`, `axes`).
+    pub(super) fn pad(&mut self, c: &Ctx) -> R<()> {
+        let x = self.req(c, 0)?;
+        let r = self.ty(x).rank();
+        let dt = self.ty(x).dtype;
+        let mode_s = c.s("mode", "constant");
+        let mode = PadMode::from_name(&mode_s).ok_or_else(|| format!("unknown mode '{mode_s}'"))?;
+        let (pads, value) = if self.opset < 11 {
+            let p = c.ints("pads").ok_or("missing pads")?;
+            (p, c.f("value", 0.0) as f64)
+        } else {
+            let p = self.const_in(c, 1)?.ok_or("missing pads")?.as_i64();
+            let v = match self.const_in(c, 2)? {
+                Some(v) => *v.as_f64().first().unwrap_or(&0.0),
+                None => 0.0,
+            };
+            let p = match self.const_in(c, 3)? {
+                None => p,
+                Some(axes) => {
+                    // pads for the listed axes only
+                    let axes = axes.as_i64();
+                    if p.len() != 2 * axes.len() {
+                        return Err(format!("{} pads for {} axes", p.len(), axes.len()));
+                    }
+                    let mut full = vec![0i64; 2 * r];
+                    for (k, &a) in axes.iter().enumerate() {
+                        let a = norm_axis(a, r)?;
+                        full[a] = p[k];
+                        full[r + a] = p[axes.len() + k];
+                    }
+                    full
+                }
+            };
+            (p, v)
+        };
+        if pads.len() != 2 * r {
+            return Err(format!("{} pads for rank {r}", pads.len()));
+        }
+        if mode == PadMode::Reflect {
+            let sh = self.ty(x).shape.clone();
+            for d in 0..r {
+                if pads[d].max(pads[r + d]) >= sh[d] as i64 && sh[d] > 1 {
+                    return Err(format!(
+                        "reflect pads {pads:?} must be smaller than dim {d} of {sh:?}"
+                    ));
+                }
+            }
+        }
+        let _ = dt;
+        self.op_out(c, 0, Op::Pad { pads, mode, value }, vec![x])?;
+        Ok(())
+    }
+
+    /// Tile as Reshape [1,d0,1,d1,..] -> Expand [r0,d0,r1,d1,..] -> Reshape [r0*d0,..].
+    pub(super) fn tile(&mut self, c: &Ctx) -> R<()> {
+        let x = self.req(c, 0)?;
+        let reps = self.const_in(c, 1)?.ok_or("missing repeats")?.as_i64();
+        let sh = self.ty(x).shape.clone();
+        if reps.len() != sh.len() || reps.iter().any(|&r| r < 0) {
+            return Err(format!("repeats {reps:?} do not fit shape {sh:?}"));
+        }
+        let mut inter = Vec::new();
+        let mut big = Vec::new();
+        let mut out = Vec::new();
+        for (&d, &r) in sh.iter().zip(&reps) {
+            inter.extend([1, d]);
+            big.extend([r as usize, d]);
+            out.push(r as usize * d);
+        }
+        let t = self.reshape(c, x, inter, &format!("{}/interleaved", c.name))?;
+        let e = self.op1(c, "expanded", Op::Expand { shape: big }, vec![t])?;
+        let name = self.out_name(c, 0);
+        let v = self.reshape(c, e, out, &name)?;
+        self.set_out(c, 0, v);
+        Ok(())
+    }
+
+    /// DepthToSpace (DCR / CRD) and SpaceToDepth as Reshape -> Transpose -> Reshape.
+    pub(super) fn depth_space(&mut self, c: &Ctx, to_space: bool) -> R<()> {
+        let x = self.req(c, 0)?;
+        let sh = self.ty(x).shape.clone();
+        let b = usize::try_from(c.i("blocksize", 0))
+            .ok()
+            .filter(|&b| b > 0)
+            .ok_or("blocksize must be positive")?;
+        let [n, ch, h, w] = sh[..] else {
+            return Err(format!("input {sh:?} must be 4-D"));
+        };
+        let (inner, perm, out) = if to_space {
+            if ch % (b * b) != 0 {
+                return Err(format!("channels {ch} not divisible by blocksize^2"));
+            }
+            let co = ch / (b * b);
+            if c.s("mode", "DCR") == "CRD" {
+                (
+                    vec![n, co, b, b, h, w],
+                    vec![0, 1, 4, 2, 5, 3],
+                    vec![n, co, h * b, w * b],
+                )
+            } else {
+                (
+                    vec![n, b, b, co, h, w],
+                    vec![0, 3, 4, 1, 5, 2],
+                    vec![n, co, h * b, w * b],
+                )
+            }
+        } else {
+            if h % b != 0 || w % b != 0 {
+                return Err(format!("spatial {h}x{w} not divisible by blocksize {b}"));
+            }
+            (
+                vec![n, ch, h / b, b, w / b, b],
+                vec![0, 3, 5, 1, 2, 4],
+                vec![n, ch * b * b, h / b, w / b],
+            )
+        };
+        let t = self.reshape(c, x, inner, &format!("{}/split", c.name))?;
+        let t = self.op1(c, "permuted", Op::Transpose { perm }, vec![t])?;
+        let name = self.out_name(c, 0);
+        let v = self.reshape(c, t, out, &name)?;
+        self.set_out(c, 0, v);
+        Ok(())
+    }
+
+    /// Normalize over `axes` (keepdims): `(x - mean) / sqrt(var + eps)`.
+    fn normalize(&mut self, c: &Ctx, x: ValueId, axes: Vec<usize>, eps: f64) -> R<ValueId> {
+        let dt = self.ty(x).dtype;
+        let mean_op = Op::Reduce {
+            kind: ReduceKind::Mean,
+            axes,
+            keepdims: true,
+        };
+        let mean = self.op1(c, "mean", mean_op.clone(), vec![x])?;
+        let d = self.op1(c, "centred", Op::Binary(BinaryOp::Sub), vec![x, mean])?;
+        let sq = self.op1(c, "square", Op::Binary(BinaryOp::Mul), vec![d, d])?;
+        let var = self.op1(c, "var", mean_op, vec![sq])?;
+        let e = self.const_of(c, "epsilon", dt, vec![], vec![eps])?;
+        let ve = self.op1(c, "var_eps", Op::Binary(BinaryOp::Add), vec![var, e])?;
+        let sd = self.op1(c, "std", Op::Unary(UnaryOp::Sqrt), vec![ve])?;
+        self.op1(c, "normed", Op::Binary(BinaryOp::Div), vec![d, sd])
+    }
+
+    /// `y * scale + bias` with per-channel `[C]` parameters broadcast over `[N, C, ...]`.
+    fn channel_affine(&mut self, c: &Ctx, y: ValueId, scale: ValueId, bias: ValueId) -> R<()> {
+        let r = self.ty(y).rank();
+        let ch = self.ty(y).shape[1];
+        let mut ps = vec![ch];
+        ps.resize(r - 1, 1);
+        let s = self.reshape(c, scale, ps.clone(), &format!("{}/scale_c", c.name))?;
+        let b = self.reshape(c, bias, ps, &format!("{}/bias_c", c.name))?;
+        let t = self.op1(c, "scaled", Op::Binary(BinaryOp::Mul), vec![y, s])?;
+        self.op_out(c, 0, Op::Binary(BinaryOp::Add), vec![t, b])?;
+        Ok(())
+    }
+
+    pub(super) fn instance_norm(&mut self, c: &Ctx) -> R<()> {
+        let (x, s, b) = (self.req(c, 0)?, self.req(c, 1)?, self.req(c, 2)?);
+        let r = self.ty(x).rank();
+        if r < 3 {
+            return Err(format!("input {} needs spatial dims", self.ty(x)));
+        }
+        let y = self.normalize(c, x, (2..r).collect(), c.f("epsilon", 1e-5) as f64)?;
+        self.channel_affine(c, y, s, b)
+    }
+
+    /// GroupNormalization: statistics per (n, group); scale/bias per channel (opset 21) or per
+    /// group (opset 18, repeated over the group's channels).
+    pub(super) fn group_norm(&mut self, c: &Ctx) -> R<()> {
+        let (x, s, b) = (self.req(c, 0)?, self.req(c, 1)?, self.req(c, 2)?);
+        let sh = self.ty(x).shape.clone();
+        let g = usize::try_from(c.i("num_groups", 0))
+            .ok()
+            .filter(|&g| g > 0 && sh.len() >= 2 && sh[1].is_multiple_of(g))
+            .ok_or("num_groups must divide the channels")?;
+        let (n, ch) = (sh[0], sh[1]);
+        let rest: usize = sh[1..].iter().product::<usize>() / g;
+        let t = self.reshape(c, x, vec![n, g, rest], &format!("{}/grouped", c.name))?;
+        let y = self.normalize(c, t, vec![2], c.f("epsilon", 1e-5) as f64)?;
+        let y = self.reshape(c, y, sh.clone(), &format!("{}/ungrouped", c.name))?;
+        let (s, b) = if self.ty(s).numel() == g && g != ch {
+            let per = ch / g;
+            let mut out = Vec::new();
+            for (k, p) in [s, b].into_iter().enumerate() {
+                let p2 = self.reshape(c, p, vec![g, 1], &format!("{}/param{k}_g", c.name))?;
+                let e = self.op1(
+                    c,
+                    &format!("param{k}_rep"),
+                    Op::Expand {
+                        shape: vec![g, per],
+                    },
+                    vec![p2],
+                )?;
+                out.push(self.reshape(c, e, vec![ch], &format!("{}/param{k}_c", c.name))?);
+            }
+            (out[0], out[1])
+        } else {
+            (s, b)
+        };
+        self.channel_affine(c, y, s, b)
+    }
+
+    pub(super) fn mean_variance_norm(&mut self, c: &Ctx) -> R<()> {
+        let x = self.req(c, 0)?;
+        let r = self.ty(x).rank();
+        let axes = match c.ints("axes") {
+            Some(a) => a.iter().map(|&a| norm_axis(a, r)).collect::<R<Vec<_>>>()?,
+            None => vec![0, 2, 3],
+        };
+        let mut axes = axes;
+        axes.sort_unstable();
+        axes.dedup();
+        let y = self.normalize(c, x, axes, 1e-9)?;
+        let name = self.out_name(c, 0);
+        let shape = self.ty(y).shape.clone();
+        let v = self.node(c, Op::Reshape { shape }, vec![y], &[name])?[0];
+        self.set_out(c, 0, v);
+        Ok(())
+    }
+
+    /// LpNormalization: `x / ||x||_p` along `axis` (p = 1 or 2).
+    pub(super) fn lp_norm(&mut self, c: &Ctx) -> R<()> {
+        let x = self.req(c, 0)?;
+        let axis = norm_axis(c.i("axis", -1), self.ty(x).rank())?;
+        let kind = match c.i("p", 2) {
+            1 => ReduceKind::L1,
+            2 => ReduceKind::L2,
+            p => return Err(format!("p={p} (only 1 and 2 are defined)")),
+        };
+        let n = self.op1(
+            c,
+            "norm",
+            Op::Reduce {
+                kind,
+                axes: vec![axis],
+                keepdims: true,
+            },
+            vec![x],
+        )?;
+        // a zero vector stays zero (0 / 1, not 0 / 0)
+        let dt = self.ty(x).dtype;
+        let z = self.const_of(c, "zero", dt, vec![], vec![0.0])?;
+        let one = self.const_of(c, "one", dt, vec![], vec![1.0])?;
+        let is0 = self.op1(c, "is_zero", Op::Compare(CmpOp::Equal), vec![n, z])?;
+        let n = self.op1(c, "safe_norm", Op::Where, vec![is0, one, n])?;
+        self.op_out(c, 0, Op::Binary(BinaryOp::Div), vec![x, n])?;
+        Ok(())
+    }
+
+    /// GlobalMaxPool / GlobalLpPool as reductions over the spatial axes.
+    pub(super) fn global_pool(&mut self, c: &Ctx, max: bool) -> R<()> {
+        let x = self.req(c, 0)?;
+        let r = self.ty(x).rank();
+        if r < 3 {
+            return Err(format!("input {} needs spatial dims", self.ty(x)));
+        }
+        let axes: Vec<usize> = (2..r).collect();
+        let kind = if max {
+            ReduceKind::Max
+        } else {
+            match c.i("p", 2) {
+                1 => ReduceKind::L1,
+                2 => ReduceKind::L2,
+                p => return Err(format!("p={p} (1 and 2 are supported)")),
+            }
+        };
+        self.op_out(
+            c,
+            0,
+            Op::Reduce {
+                kind,
+                axes,
+                keepdims: true,
+            },
+            vec![x],
+        )?;
+        Ok(())
+    }
+
+    /// EyeLike: a constant (the shape is static).
+    pub(super) fn eye_like(&mut self, c: &Ctx) -> R<()> {
+        let x = self.req(c, 0)?;
+        let sh = self.ty(x).shape.clone();
+        let [rows, cols] = sh[..] else {
+            return Err(format!("input {sh:?} must be 2-D"));
+        };
+        let dt = match c.attr("dtype") {
+            Some(a) => dtype_from_onnx(a.i() as i32)?,
+            None => self.ty(x).dtype,
+        };
+        let k = c.i("k", 0);
+        let v: Vec<f64> = (0..rows * cols)
+            .map(|n| ((n % cols) as i64 - (n / cols) as i64 == k) as u8 as f64)
+            .collect();
+        let ct = CT {
+            dtype: DType::F64,
+            shape: sh,
+            v: ce::Vals::F(v),
+        }
+        .cast(dt);
+        self.out_const(c, 0, ct)
+    }
+
+    /// OneHot: `indices` (negative = from the end) against `0..depth` on a new `axis`;
+    /// `values` = [off, on].
+    pub(super) fn one_hot(&mut self, c: &Ctx) -> R<()> {
+        let (idx, vals) = (self.req(c, 0)?, self.req(c, 2)?);
+        let depth = self.const_in(c, 1)?.ok_or("missing depth")?;
+        let depth = *depth.as_f64().first().ok_or("depth must be a scalar")? as i64;
+        if depth <= 0 {
+            return Err(format!("depth {depth} must be positive"));
+        }
+        let ish = self.ty(idx).shape.clone();
+        let r = ish.len() + 1;
+        let axis = norm_axis(c.i("axis", -1), r)?;
+        let idt = self.ty(idx).dtype;
+        // normalize negatives: i < 0 ? i + depth : i
+        let z = self.const_of(c, "zero", idt, vec![], vec![0.0])?;
+        let dv = self.const_of(c, "depth", idt, vec![], vec![depth as f64])?;
+        let neg = self.op1(c, "negative", Op::Compare(CmpOp::Less), vec![idx, z])?;
+        let wrapped = self.op1(c, "wrapped", Op::Binary(BinaryOp::Add), vec![idx, dv])?;
+        let i = self.op1(c, "index", Op::Where, vec![neg, wrapped, idx])?;
+        let mut ushape = ish.clone();
+        ushape.insert(axis, 1);
+        let i = self.reshape(c, i, ushape, &format!("{}/index_axis", c.name))?;
+        let mut iota_shape = vec![1; r];
+        iota_shape[axis] = depth as usize;
+        let iota = self.const_of(
+            c,
+            "iota",
+            idt,
+            iota_shape,
+            (0..depth).map(|v| v as f64).collect(),
+        )?;
+        let hit = self.op1(c, "hit", Op::Compare(CmpOp::Equal), vec![i, iota])?;
+        let vdt = self.ty(vals).dtype;
+        if self.ty(vals).numel() != 2 {
+            return Err("values must hold [off, on]".into());
+        }
+        let vals = self.reshape(c, vals, vec![2], &format!("{}/values", c.name))?;
+        let slice = |k: usize| {
+            Op::Slice(SliceAttrs {
+                starts: vec![k],
+                steps: vec![1],
+                sizes: vec![1],
+            })
+        };
+        let off = self.op1(c, "off", slice(0), vec![vals])?;
+        let on = self.op1(c, "on", slice(1), vec![vals])?;
+        let _ = vdt;
+        self.op_out(c, 0, Op::Where, vec![hit, on, off])?;
         Ok(())
     }
 }
