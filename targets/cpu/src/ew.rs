@@ -48,7 +48,8 @@ impl Num {
                 ty: types::I64,
                 signed: false,
             },
-            DType::F16 | DType::BF16 => return None,
+            // 16-bit floats are computed in f32 (converted on load and store)
+            DType::F16 | DType::BF16 => Num::F32,
         })
     }
     /// The scalar register type.
@@ -64,6 +65,14 @@ impl Num {
 /// Load element `i` of a `dt` tensor at `base`, widened to its [`Num`] register type.
 pub(crate) fn load_num(kb: &mut Kb, dt: DType, base: Value, i: Value) -> Value {
     let a = kb.addr(base, i, dt.size());
+    if matches!(dt, DType::F16 | DType::BF16) {
+        let h = kb.b.ins().load(types::I16, flags(), a, 0);
+        return if dt == DType::F16 {
+            crate::fp16::f16_to_f32(kb, h)
+        } else {
+            crate::fp16::bf16_to_f32(kb, h)
+        };
+    }
     match Num::of(dt) {
         Some(Num::F32) => kb.b.ins().load(F32, flags(), a, 0),
         Some(Num::F64) => kb.b.ins().load(types::F64, flags(), a, 0),
@@ -84,6 +93,15 @@ pub(crate) fn load_num(kb: &mut Kb, dt: DType, base: Value, i: Value) -> Value {
 /// Store a [`Num`] register value as element `i` of a `dt` tensor (narrow ints truncate).
 pub(crate) fn store_num(kb: &mut Kb, dt: DType, v: Value, base: Value, i: Value) {
     let a = kb.addr(base, i, dt.size());
+    if matches!(dt, DType::F16 | DType::BF16) && kb.b.func.dfg.value_type(v) == F32 {
+        let h = if dt == DType::F16 {
+            crate::fp16::f32_to_f16(kb, v)
+        } else {
+            crate::fp16::f32_to_bf16(kb, v)
+        };
+        kb.b.ins().store(flags(), h, a, 0);
+        return;
+    }
     let v = match Num::of(dt) {
         Some(Num::Int { .. }) if kb.b.func.dfg.value_type(v) != int_ty(dt.size()) => {
             kb.b.ins().ireduce(int_ty(dt.size()), v)
@@ -666,7 +684,7 @@ pub(crate) fn elementwise(kb: &mut Kb, op: &Op, ins: &[&TensorType], out: &Tenso
     let ps = kb.params.clone();
     let op_ = ps[ins.len()];
     if ins.iter().all(|t| t.shape == out.shape) {
-        let nv = if num == Num::F32 && is_vector_op(op) {
+        let nv = if dt == DType::F32 && is_vector_op(op) {
             n / 4 * 4
         } else {
             0

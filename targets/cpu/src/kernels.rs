@@ -227,51 +227,41 @@ fn broadcast_loop(
 
 fn compare(kb: &mut Kb, c: CmpOp, ins: &[&TensorType], out: &TensorType) -> KResult {
     let dt = ins[0].dtype;
-    let float = match dt {
-        DType::F32 | DType::F64 => true,
-        DType::I8
-        | DType::I16
-        | DType::I32
-        | DType::I64
-        | DType::U8
-        | DType::U16
-        | DType::U32
-        | DType::U64
-        | DType::Bool => false,
-        _ => {
-            return Err(format!(
-                "{} on {dt} is not supported by the CPU back end yet",
-                c.name()
-            ));
-        }
-    };
-    let signed = matches!(dt, DType::I8 | DType::I16 | DType::I32 | DType::I64);
+    let num = Num::of(dt).ok_or_else(|| {
+        format!(
+            "{} on {dt} is not supported by the CPU back end yet",
+            c.name()
+        )
+    })?;
     let (ap, bp, op) = (kb.params[0], kb.params[1], kb.params[2]);
     broadcast_loop(kb, ins, out, &mut |kb, offs, oo| {
-        let a = load_as(kb, dt, ap, offs[0]);
-        let b = load_as(kb, dt, bp, offs[1]);
-        let r = if float {
-            let cc = match c {
-                CmpOp::Equal => FloatCC::Equal,
-                CmpOp::Less => FloatCC::LessThan,
-                CmpOp::Greater => FloatCC::GreaterThan,
-                CmpOp::LessOrEqual => FloatCC::LessThanOrEqual,
-                CmpOp::GreaterOrEqual => FloatCC::GreaterThanOrEqual,
-            };
-            kb.b.ins().fcmp(cc, a, b)
-        } else {
-            let cc = match (c, signed) {
-                (CmpOp::Equal, _) => IntCC::Equal,
-                (CmpOp::Less, true) => IntCC::SignedLessThan,
-                (CmpOp::Less, false) => IntCC::UnsignedLessThan,
-                (CmpOp::Greater, true) => IntCC::SignedGreaterThan,
-                (CmpOp::Greater, false) => IntCC::UnsignedGreaterThan,
-                (CmpOp::LessOrEqual, true) => IntCC::SignedLessThanOrEqual,
-                (CmpOp::LessOrEqual, false) => IntCC::UnsignedLessThanOrEqual,
-                (CmpOp::GreaterOrEqual, true) => IntCC::SignedGreaterThanOrEqual,
-                (CmpOp::GreaterOrEqual, false) => IntCC::UnsignedGreaterThanOrEqual,
-            };
-            kb.b.ins().icmp(cc, a, b)
+        let a = load_num(kb, dt, ap, offs[0]);
+        let b = load_num(kb, dt, bp, offs[1]);
+        let r = match num {
+            Num::F32 | Num::F64 => {
+                let cc = match c {
+                    CmpOp::Equal => FloatCC::Equal,
+                    CmpOp::Less => FloatCC::LessThan,
+                    CmpOp::Greater => FloatCC::GreaterThan,
+                    CmpOp::LessOrEqual => FloatCC::LessThanOrEqual,
+                    CmpOp::GreaterOrEqual => FloatCC::GreaterThanOrEqual,
+                };
+                kb.b.ins().fcmp(cc, a, b)
+            }
+            Num::Int { signed, .. } => {
+                let cc = match (c, signed) {
+                    (CmpOp::Equal, _) => IntCC::Equal,
+                    (CmpOp::Less, true) => IntCC::SignedLessThan,
+                    (CmpOp::Less, false) => IntCC::UnsignedLessThan,
+                    (CmpOp::Greater, true) => IntCC::SignedGreaterThan,
+                    (CmpOp::Greater, false) => IntCC::UnsignedGreaterThan,
+                    (CmpOp::LessOrEqual, true) => IntCC::SignedLessThanOrEqual,
+                    (CmpOp::LessOrEqual, false) => IntCC::UnsignedLessThanOrEqual,
+                    (CmpOp::GreaterOrEqual, true) => IntCC::SignedGreaterThanOrEqual,
+                    (CmpOp::GreaterOrEqual, false) => IntCC::UnsignedGreaterThanOrEqual,
+                };
+                kb.b.ins().icmp(cc, a, b)
+            }
         };
         let oa = kb.addr(op, oo, 1);
         kb.b.ins().store(crate::kb::flags(), r, oa, 0);
@@ -327,52 +317,44 @@ fn load_as(kb: &mut Kb, dt: DType, base: Value, i: Value) -> Value {
 }
 
 fn cast(kb: &mut Kb, x: &TensorType, to: DType) -> KResult {
-    let ok = |d: DType| {
-        matches!(
-            d,
-            DType::F32
-                | DType::F64
-                | DType::I64
-                | DType::I32
-                | DType::I16
-                | DType::I8
-                | DType::U8
-                | DType::U16
-                | DType::U32
-                | DType::Bool
-        )
-    };
-    if !ok(x.dtype) || !ok(to) {
-        return Err(format!(
-            "cast from {} to {to} is not supported by the CPU back end yet",
-            x.dtype
-        ));
-    }
     let (xp, op) = (kb.params[0], kb.params[1]);
     let from = x.dtype;
     kb.for_n(x.numel(), &mut |kb, i| {
-        let v = load_as(kb, from, xp, i);
-        // canonical: floats as f64, integers as i64
+        // canonical: floats as f64, integers as i64 (16-bit floats load as f32)
         let (fv, iv) = match from {
-            DType::F32 => (Some(kb.b.ins().fpromote(types::F64, v)), None),
-            DType::F64 => (Some(v), None),
-            DType::I64 | DType::U64 => (None, Some(v)),
+            DType::F32 | DType::F16 | DType::BF16 => {
+                let v = load_num(kb, from, xp, i);
+                (Some(kb.b.ins().fpromote(types::F64, v)), None)
+            }
+            DType::F64 => (Some(load_num(kb, from, xp, i)), None),
+            DType::I64 | DType::U64 => (None, Some(load_as(kb, from, xp, i))),
             DType::U8 | DType::U16 | DType::U32 | DType::Bool => {
+                let v = load_as(kb, from, xp, i);
                 (None, Some(kb.b.ins().uextend(I64, v)))
             }
-            _ => (None, Some(kb.b.ins().sextend(I64, v))),
+            _ => {
+                let v = load_as(kb, from, xp, i);
+                (None, Some(kb.b.ins().sextend(I64, v)))
+            }
         };
+        let unsigned_src = from == DType::U64;
         let r = match to {
-            DType::F32 | DType::F64 => {
+            DType::F32 | DType::F64 | DType::F16 | DType::BF16 => {
                 let f = match (fv, iv) {
                     (Some(f), _) => f,
+                    (None, Some(i)) if unsigned_src => kb.b.ins().fcvt_from_uint(types::F64, i),
                     (None, Some(i)) => kb.b.ins().fcvt_from_sint(types::F64, i),
                     _ => unreachable!(),
                 };
-                if to == DType::F32 {
-                    kb.b.ins().fdemote(F32, f)
-                } else {
+                if to == DType::F64 {
                     f
+                } else {
+                    let f = kb.b.ins().fdemote(F32, f);
+                    match to {
+                        DType::F16 => crate::fp16::f32_to_f16(kb, f),
+                        DType::BF16 => crate::fp16::f32_to_bf16(kb, f),
+                        _ => f,
+                    }
                 }
             }
             DType::Bool => match (fv, iv) {
@@ -385,6 +367,7 @@ fn cast(kb: &mut Kb, x: &TensorType, to: DType) -> KResult {
             },
             _ => {
                 let i = match (fv, iv) {
+                    (Some(f), _) if to == DType::U64 => kb.b.ins().fcvt_to_uint_sat(I64, f),
                     (Some(f), _) => kb.b.ins().fcvt_to_sint_sat(I64, f),
                     (None, Some(i)) => i,
                     _ => unreachable!(),

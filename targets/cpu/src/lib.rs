@@ -5,6 +5,7 @@
 //! Invariant: this crate depends on `kiln-ir` only (no front end, no file formats).
 
 mod ew;
+mod fp16;
 mod header;
 mod index;
 mod kb;

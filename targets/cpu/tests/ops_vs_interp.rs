@@ -876,27 +876,27 @@ fn resize_modes() {
 
 #[test]
 fn unsupported_nodes_are_all_listed() {
-    // f16 arithmetic is not lowered yet: both nodes must be named in one error
-    let mut g = Graph::new("f16");
-    let x = g.add_input("x", TensorType::new(DType::F16, [4]));
+    // trigonometry is not defined on integers: both nodes must be named in one error
+    let mut g = Graph::new("ints");
+    let x = g.add_input("x", TensorType::new(DType::I64, [4]));
     let a = g
-        .add_node("first", Op::Unary(UnaryOp::Relu), vec![x], vec!["a".into()])
+        .add_node("first", Op::Unary(UnaryOp::Sin), vec![x], vec!["a".into()])
         .unwrap();
     let b = g
         .add_node(
             "second",
-            Op::Unary(UnaryOp::Abs),
+            Op::Unary(UnaryOp::Cos),
             vec![a[0]],
             vec!["b".into()],
         )
         .unwrap();
     g.outputs = b;
-    let err = kiln_target_cpu::compile_jit(&g, "f16")
+    let err = kiln_target_cpu::compile_jit(&g, "ints")
         .err()
         .expect("must fail")
         .to_string();
     assert!(
-        err.contains("'first'") && err.contains("'second'") && err.contains("f16"),
+        err.contains("'first'") && err.contains("'second'") && err.contains("i64"),
         "{err}"
     );
 }
@@ -952,6 +952,94 @@ fn compare_logic_where() {
                 Tensor::i64([2, 1, 1], vec![-7, 8]),
             ];
             check(&g, &inputs);
+        }
+    }
+}
+
+/// f32 <-> f16/bf16 casts bit-exact against the `half` crate: normals, ties (round to nearest
+/// even), subnormals, overflow to infinity, infinities and NaN.
+#[test]
+fn half_float_casts() {
+    let mut vals: Vec<f32> = vec![
+        0.0,
+        -0.0,
+        1.0,
+        -2.5,
+        65504.0,
+        65519.0,
+        65520.0,
+        1e9,
+        -1e9,
+        6.1e-5,
+        5.96e-8,
+        2.98e-8,
+        1e-10,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        1.0 + 1.0 / 2048.0,
+        1.0 + 3.0 / 2048.0,
+        3.0e38,
+        1.003_906_2,
+        1.011_718_8,
+    ];
+    let mut r = Rng(3);
+    vals.extend((0..200).map(|_| {
+        let v = r.f();
+        v * 10f32.powi((r.f() * 12.0) as i32)
+    }));
+    let n = vals.len();
+    for (dt, to16, from16) in [
+        (
+            DType::F16,
+            (|v: f32| half::f16::from_f32(v).to_bits()) as fn(f32) -> u16,
+            (|b: u16| half::f16::from_bits(b).to_f32()) as fn(u16) -> f32,
+        ),
+        (
+            DType::BF16,
+            |v: f32| half::bf16::from_f32(v).to_bits(),
+            |b: u16| half::bf16::from_bits(b).to_f32(),
+        ),
+    ] {
+        // f32 -> 16-bit -> f32 in one graph; check both the 16-bit bits and the way back
+        let mut g = Graph::new("half");
+        let x = g.add_input("x", TensorType::f32([n]));
+        let h = g
+            .add_node("to", Op::Cast { to: dt }, vec![x], vec!["h".into()])
+            .unwrap()[0];
+        let back = g
+            .add_node(
+                "back",
+                Op::Cast { to: DType::F32 },
+                vec![h],
+                vec!["y".into()],
+            )
+            .unwrap()[0];
+        g.outputs = vec![h, back];
+        let jit = kiln_target_cpu::compile_jit(&g, "half").unwrap();
+        let m = unsafe {
+            kiln_runtime::Model::from_raw(jit.descriptor() as *const kiln_runtime::KilnModel)
+        }
+        .unwrap();
+        let mut ws = m.workspace().unwrap();
+        let xb: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut hb = vec![0u8; 2 * n];
+        let mut yb = vec![0u8; 4 * n];
+        m.run(&[&xb], &mut [&mut hb, &mut yb], &mut ws).unwrap();
+        for (i, &v) in vals.iter().enumerate() {
+            let got = u16::from_le_bytes([hb[2 * i], hb[2 * i + 1]]);
+            let want = to16(v);
+            if v.is_nan() {
+                assert!(from16(got).is_nan(), "{dt}: NaN -> {got:#x}");
+                continue;
+            }
+            assert_eq!(got, want, "{dt}: {v:e} -> {got:#x}, want {want:#x}");
+            let y = f32::from_le_bytes(yb[4 * i..4 * i + 4].try_into().unwrap());
+            assert_eq!(
+                y.to_bits(),
+                from16(want).to_bits(),
+                "{dt}: {want:#x} -> {y:e}"
+            );
         }
     }
 }
