@@ -139,6 +139,11 @@ const SUPPORTED: &[&str] = &[
     "GlobalLpPool",
     "EyeLike",
     "OneHot",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "MatMulInteger",
+    "QLinearMatMul",
     "CumSum",
     "CumProd",
     "TopK",
@@ -850,6 +855,11 @@ impl<'a> Imp<'a> {
             "GlobalLpPool" => self.global_pool(c, false)?,
             "EyeLike" => self.eye_like(c)?,
             "OneHot" => self.one_hot(c)?,
+            "QuantizeLinear" => self.quantize_linear(c)?,
+            "DequantizeLinear" => self.dequantize_linear(c)?,
+            "DynamicQuantizeLinear" => self.dynamic_quantize_linear(c)?,
+            "MatMulInteger" => self.matmul_integer(c)?,
+            "QLinearMatMul" => self.qlinear_matmul(c)?,
             "CumSum" | "CumProd" => {
                 let x = self.req(c, 0)?;
                 let axis = self.const_in(c, 1)?.ok_or("missing axis")?;

@@ -66,11 +66,7 @@ pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&Tenso
             gemm(kb, a, ins, outs[0]);
             Ok(())
         }
-        Op::MatMul => {
-            float_only(ins[0])?;
-            matmul(kb, ins, outs[0]);
-            Ok(())
-        }
+        Op::MatMul => matmul(kb, ins, outs[0]),
         Op::BatchNorm { epsilon } => {
             float_only(ins[0])?;
             batch_norm(kb, *epsilon, ins[0]);
@@ -1022,7 +1018,7 @@ fn gemm(kb: &mut Kb, a: &GemmAttrs, ins: &[&TensorType], out: &TensorType) {
     });
 }
 
-fn matmul(kb: &mut Kb, ins: &[&TensorType], _out: &TensorType) {
+fn matmul(kb: &mut Kb, ins: &[&TensorType], _out: &TensorType) -> KResult {
     let a = &ins[0].shape;
     let b = &ins[1].shape;
     let a2: Vec<usize> = if a.len() == 1 {
@@ -1057,6 +1053,53 @@ fn matmul(kb: &mut Kb, ins: &[&TensorType], _out: &TensorType) {
         b_j: 1,
     };
     let (ap, bp, op) = (kb.params[0], kb.params[1], kb.params[2]);
+    let dt = ins[0].dtype;
+    if dt != DType::F32 {
+        // other element types (f64, integers, 16-bit floats): a plain scalar triple loop with
+        // the accumulator in the type's register form (integers wrap like the interpreter)
+        let Some(num) = Num::of(dt).filter(|_| dt != DType::Bool) else {
+            return Err(format!(
+                "matmul on {dt} is not supported by the CPU back end yet"
+            ));
+        };
+        let (add, mul) = (Op::Binary(BinaryOp::Add), Op::Binary(BinaryOp::Mul));
+        let mut err = None;
+        kb.for_nd(&batch, &mut |kb, idx| {
+            let ab = kb.offset(idx, &sa);
+            let bb = kb.offset(idx, &sb);
+            let ob = kb.offset(idx, &so);
+            kb.for_nd(&[m, n], &mut |kb, ij| {
+                let z = match num {
+                    Num::F32 | Num::F64 => crate::ew::fconst(kb, 0.0, num.ty()),
+                    Num::Int { ty, .. } => kb.b.ins().iconst(ty, 0),
+                };
+                let acc = kb.var(num.ty(), z);
+                let ar = kb.b.ins().imul_imm_u(ij[0], k as i64);
+                let ar = kb.b.ins().iadd(ar, ab);
+                let bc = kb.b.ins().iadd(ij[1], bb);
+                kb.for_n(k, &mut |kb, l| {
+                    let ai = kb.b.ins().iadd(ar, l);
+                    let bi = kb.b.ins().imul_imm_u(l, n as i64);
+                    let bi = kb.b.ins().iadd(bi, bc);
+                    let x = load_num(kb, dt, ap, ai);
+                    let y = load_num(kb, dt, bp, bi);
+                    let a0 = kb.b.use_var(acc);
+                    let r = apply(kb, &mul, num, x, Some(y))
+                        .and_then(|p| apply(kb, &add, num, a0, Some(p)));
+                    match r {
+                        Ok(a1) => kb.b.def_var(acc, a1),
+                        Err(e) => err = Some(e),
+                    }
+                });
+                let oo = kb.b.ins().imul_imm_u(ij[0], n as i64);
+                let oo = kb.b.ins().iadd(oo, ij[1]);
+                let oo = kb.b.ins().iadd(oo, ob);
+                let a = kb.b.use_var(acc);
+                store_num(kb, dt, a, op, oo);
+            });
+        });
+        return err.map_or(Ok(()), Err);
+    }
     kb.for_nd(&batch, &mut |kb, idx| {
         let ab = kb.offset(idx, &sa);
         let bb = kb.offset(idx, &sb);
@@ -1071,6 +1114,7 @@ fn matmul(kb: &mut Kb, ins: &[&TensorType], _out: &TensorType) {
             }
         });
     });
+    Ok(())
 }
 
 fn batch_norm(kb: &mut Kb, eps: f32, x: &TensorType) {

@@ -591,4 +591,283 @@ impl Imp<'_> {
         self.op_out(c, 0, Op::Where, vec![hit, on, off])?;
         Ok(())
     }
+
+    /// A quantization parameter (scale or zero point) made broadcastable to `x_shape`:
+    /// per-tensor (scalar / one element), per-axis (1-D along `axis`) or blocked (`block` > 0:
+    /// x's shape with `axis` divided into blocks, each block's value repeated).
+    fn quant_param(
+        &mut self,
+        c: &Ctx,
+        p: ValueId,
+        xs: &[usize],
+        axis: i64,
+        block: i64,
+        what: &str,
+    ) -> R<ValueId> {
+        let ps = self.ty(p).shape.clone();
+        let numel: usize = ps.iter().product();
+        if numel == 1 {
+            return self.reshape(c, p, vec![], &format!("{}/{what}_scalar", c.name));
+        }
+        let r = xs.len();
+        let axis = norm_axis(axis, r)?;
+        if block <= 0 {
+            if ps.len() != 1 || ps[0] != xs[axis] {
+                return Err(format!(
+                    "{what} {ps:?} is not per-axis along {axis} of {xs:?}"
+                ));
+            }
+            let mut shape = vec![1; r];
+            shape[axis] = ps[0];
+            return self.reshape(c, p, shape, &format!("{}/{what}_axis", c.name));
+        }
+        let b = block as usize;
+        let nb = xs[axis].div_ceil(b);
+        let mut want = xs.to_vec();
+        want[axis] = nb;
+        if ps != want {
+            return Err(format!(
+                "blocked {what} {ps:?} must be {want:?} (block_size {b})"
+            ));
+        }
+        let mut split = ps.clone();
+        split.insert(axis + 1, 1);
+        let t = self.reshape(c, p, split.clone(), &format!("{}/{what}_blocks", c.name))?;
+        let mut big = split;
+        big[axis + 1] = b;
+        let t = self.op1(
+            c,
+            &format!("{what}_repeat"),
+            Op::Expand { shape: big.clone() },
+            vec![t],
+        )?;
+        let mut flat = ps.clone();
+        flat[axis] = nb * b;
+        let t = self.reshape(c, t, flat.clone(), &format!("{}/{what}_flat", c.name))?;
+        if nb * b == xs[axis] {
+            return Ok(t);
+        }
+        let sl = SliceAttrs {
+            starts: vec![0; r],
+            steps: vec![1; r],
+            sizes: xs.to_vec(),
+        };
+        self.op1(c, &format!("{what}_trim"), Op::Slice(sl), vec![t])
+    }
+
+    fn as_f32(&mut self, c: &Ctx, v: ValueId, what: &str) -> R<ValueId> {
+        if self.ty(v).dtype == DType::F32 {
+            return Ok(v);
+        }
+        self.op1(c, what, Op::Cast { to: DType::F32 }, vec![v])
+    }
+
+    /// `saturate(round(v) + zp)` into `dt` (v f32 or f64), bound to output `out`.
+    fn requantize(
+        &mut self,
+        c: &Ctx,
+        v: ValueId,
+        zp: Option<ValueId>,
+        dt: DType,
+        out: usize,
+    ) -> R<ValueId> {
+        let (lo, hi) = match dt {
+            DType::U8 => (0.0, 255.0),
+            DType::I8 => (-128.0, 127.0),
+            DType::U16 => (0.0, 65535.0),
+            DType::I16 => (-32768.0, 32767.0),
+            DType::I32 => (i32::MIN as f32, i32::MAX as f32),
+            d => return Err(format!("quantization to {d} is not supported")),
+        };
+        let r = self.op1(
+            c,
+            &format!("rounded{out}"),
+            Op::Unary(UnaryOp::Round),
+            vec![v],
+        )?;
+        let r = match zp {
+            Some(z) => {
+                let vt = self.ty(v).dtype;
+                let zf = if self.ty(z).dtype == vt {
+                    z
+                } else {
+                    self.op1(
+                        c,
+                        &format!("zero_point{out}_float"),
+                        Op::Cast { to: vt },
+                        vec![z],
+                    )?
+                };
+                self.op1(
+                    c,
+                    &format!("shifted{out}"),
+                    Op::Binary(BinaryOp::Add),
+                    vec![r, zf],
+                )?
+            }
+            None => r,
+        };
+        let r = self.op1(
+            c,
+            &format!("saturated{out}"),
+            Op::Clip { min: lo, max: hi },
+            vec![r],
+        )?;
+        self.op_out(c, out, Op::Cast { to: dt }, vec![r])
+    }
+
+    /// QuantizeLinear: `saturate(round(x / scale) + zero_point)`, per tensor, axis or block.
+    pub(super) fn quantize_linear(&mut self, c: &Ctx) -> R<()> {
+        let (x, scale) = (self.req(c, 0)?, self.req(c, 1)?);
+        let zp = self.inp(c, 2)?;
+        let xs = self.ty(x).shape.clone();
+        let dt = match (zp, c.attr("output_dtype")) {
+            (Some(z), _) => self.ty(z).dtype,
+            (None, Some(a)) if a.i() != 0 => dtype_from_onnx(a.i() as i32)?,
+            _ => DType::U8,
+        };
+        let (axis, block) = (c.i("axis", 1), c.i("block_size", 0));
+        let xf = self.as_f32(c, x, "x_f32")?;
+        let s = self.quant_param(c, scale, &xs, axis, block, "scale")?;
+        let s = self.as_f32(c, s, "scale_f32")?;
+        let z = match zp {
+            Some(z) => Some(self.quant_param(c, z, &xs, axis, block, "zero_point")?),
+            None => None,
+        };
+        let v = self.op1(c, "scaled", Op::Binary(BinaryOp::Div), vec![xf, s])?;
+        self.requantize(c, v, z, dt, 0)?;
+        Ok(())
+    }
+
+    /// DequantizeLinear: `(x - zero_point) * scale` in the scale's type.
+    pub(super) fn dequantize_linear(&mut self, c: &Ctx) -> R<()> {
+        let (x, scale) = (self.req(c, 0)?, self.req(c, 1)?);
+        let zp = self.inp(c, 2)?;
+        let xs = self.ty(x).shape.clone();
+        let out_dt = match c.attr("output_dtype") {
+            Some(a) if a.i() != 0 => dtype_from_onnx(a.i() as i32)?,
+            _ => self.ty(scale).dtype,
+        };
+        let (axis, block) = (c.i("axis", 1), c.i("block_size", 0));
+        let xf = self.as_f32(c, x, "x_f32")?;
+        let xf = match zp {
+            Some(z) => {
+                let z = self.quant_param(c, z, &xs, axis, block, "zero_point")?;
+                let zf = self.as_f32(c, z, "zero_point_f32")?;
+                self.op1(c, "centred", Op::Binary(BinaryOp::Sub), vec![xf, zf])?
+            }
+            None => xf,
+        };
+        let s = self.quant_param(c, scale, &xs, axis, block, "scale")?;
+        let s = self.as_f32(c, s, "scale_f32")?;
+        if out_dt == DType::F32 {
+            self.op_out(c, 0, Op::Binary(BinaryOp::Mul), vec![xf, s])?;
+        } else {
+            let y = self.op1(c, "dequantized", Op::Binary(BinaryOp::Mul), vec![xf, s])?;
+            self.op_out(c, 0, Op::Cast { to: out_dt }, vec![y])?;
+        }
+        Ok(())
+    }
+
+    /// DynamicQuantizeLinear: u8 with scale = (max(0, max x) - min(0, min x)) / 255 and
+    /// zero point = saturate(round(-min / scale)); outputs y, scale, zero point.
+    pub(super) fn dynamic_quantize_linear(&mut self, c: &Ctx) -> R<()> {
+        let x = self.req(c, 0)?;
+        let x = self.as_f32(c, x, "x_f32")?;
+        let r = self.ty(x).rank();
+        let all: Vec<usize> = (0..r).collect();
+        let red = |kind| Op::Reduce {
+            kind,
+            axes: all.clone(),
+            keepdims: false,
+        };
+        let z = self.const_of(c, "zero", DType::F32, vec![], vec![0.0])?;
+        let mx = self.op1(c, "max", red(ReduceKind::Max), vec![x])?;
+        let mx = self.op1(c, "max0", Op::Binary(BinaryOp::Max), vec![mx, z])?;
+        let mn = self.op1(c, "min", red(ReduceKind::Min), vec![x])?;
+        let mn = self.op1(c, "min0", Op::Binary(BinaryOp::Min), vec![mn, z])?;
+        let range = self.op1(c, "range", Op::Binary(BinaryOp::Sub), vec![mx, mn])?;
+        let q = self.const_of(c, "qmax", DType::F32, vec![], vec![255.0])?;
+        let scale = self.op_out(c, 1, Op::Binary(BinaryOp::Div), vec![range, q])?;
+        let zr = self.op1(c, "min_scaled", Op::Binary(BinaryOp::Div), vec![mn, scale])?;
+        let zr = self.op1(c, "neg_min_scaled", Op::Unary(UnaryOp::Neg), vec![zr])?;
+        let zp = self.requantize(c, zr, None, DType::U8, 2)?;
+        let v = self.op1(c, "scaled", Op::Binary(BinaryOp::Div), vec![x, scale])?;
+        self.requantize(c, v, Some(zp), DType::U8, 0)?;
+        Ok(())
+    }
+
+    /// `x - zero_point` in i32, the zero point per tensor or per row (`[M]` for the left
+    /// operand) / per column (`[N]` for the right one).
+    fn int_centred(
+        &mut self,
+        c: &Ctx,
+        x: ValueId,
+        zp: Option<ValueId>,
+        left: bool,
+        what: &str,
+    ) -> R<ValueId> {
+        let xi = self.op1(
+            c,
+            &format!("{what}_i32"),
+            Op::Cast { to: DType::I32 },
+            vec![x],
+        )?;
+        let Some(z) = zp else { return Ok(xi) };
+        let zs = self.ty(z).shape.clone();
+        let zi = self.op1(
+            c,
+            &format!("{what}_zp_i32"),
+            Op::Cast { to: DType::I32 },
+            vec![z],
+        )?;
+        let zi = if left && zs.len() == 1 && zs[0] != 1 {
+            self.reshape(c, zi, vec![zs[0], 1], &format!("{}/{what}_zp_rows", c.name))?
+        } else {
+            zi
+        };
+        self.op1(
+            c,
+            &format!("{what}_centred"),
+            Op::Binary(BinaryOp::Sub),
+            vec![xi, zi],
+        )
+    }
+
+    /// MatMulInteger: exact i32 product of zero-point-centred 8-bit operands.
+    pub(super) fn matmul_integer(&mut self, c: &Ctx) -> R<()> {
+        let (a, b) = (self.req(c, 0)?, self.req(c, 1)?);
+        let (az, bz) = (self.inp(c, 2)?, self.inp(c, 3)?);
+        let ai = self.int_centred(c, a, az, true, "a")?;
+        let bi = self.int_centred(c, b, bz, false, "b")?;
+        self.op_out(c, 0, Op::MatMul, vec![ai, bi])?;
+        Ok(())
+    }
+
+    /// QLinearMatMul: exact i32 product, then `saturate(round(acc * a_s * b_s / y_s) + y_zp)`.
+    pub(super) fn qlinear_matmul(&mut self, c: &Ctx) -> R<()> {
+        let (a, a_s, a_z) = (self.req(c, 0)?, self.req(c, 1)?, self.inp(c, 2)?);
+        let (b, b_s, b_z) = (self.req(c, 3)?, self.req(c, 4)?, self.inp(c, 5)?);
+        let (y_s, y_z) = (self.req(c, 6)?, self.inp(c, 7)?);
+        let dt = match y_z {
+            Some(z) => self.ty(z).dtype,
+            None => self.ty(a).dtype,
+        };
+        let ai = self.int_centred(c, a, a_z, true, "a")?;
+        let bi = self.int_centred(c, b, b_z, false, "b")?;
+        let acc = self.op1(c, "acc", Op::MatMul, vec![ai, bi])?;
+        let acc = self.op1(c, "acc_f64", Op::Cast { to: DType::F64 }, vec![acc])?;
+        // the combined scale in f32, applied in f64 (numpy's promotion in the reference)
+        let (a_s, b_s, y_s) = (
+            self.as_f32(c, a_s, "a_scale_f32")?,
+            self.as_f32(c, b_s, "b_scale_f32")?,
+            self.as_f32(c, y_s, "y_scale_f32")?,
+        );
+        let s = self.op1(c, "ab_scale", Op::Binary(BinaryOp::Mul), vec![a_s, b_s])?;
+        let s = self.op1(c, "scale", Op::Binary(BinaryOp::Div), vec![s, y_s])?;
+        let s = self.op1(c, "scale_f64", Op::Cast { to: DType::F64 }, vec![s])?;
+        let v = self.op1(c, "scaled", Op::Binary(BinaryOp::Mul), vec![acc, s])?;
+        self.requantize(c, v, y_z, dt, 0)?;
+        Ok(())
+    }
 }
