@@ -140,6 +140,9 @@ const SUPPORTED: &[&str] = &[
     "EyeLike",
     "OneHot",
     "QuantizeLinear",
+    "LpPool",
+    "NonZero",
+    "Einsum",
     "DequantizeLinear",
     "DynamicQuantizeLinear",
     "MatMulInteger",
@@ -718,11 +721,6 @@ impl<'a> Imp<'a> {
                 self.set_out(c, 0, x);
             }
             "Dropout" => {
-                if let Some(m) = c.out(1)
-                    && self.used.contains(m)
-                {
-                    return Err("the mask output is not supported (inference only)".into());
-                }
                 if let Some(t) = self.inp(c, 2)? {
                     let t = self.cval(t).ok_or("training_mode must be a constant")?;
                     if t.as_i64().iter().any(|&x| x != 0) {
@@ -731,6 +729,19 @@ impl<'a> Imp<'a> {
                 }
                 let x = self.req(c, 0)?;
                 self.set_out(c, 0, x);
+                if let Some(m) = c.out(1)
+                    && self.used.contains(m)
+                {
+                    // inference keeps every element: the mask is all true
+                    let n = self.ty(x).numel();
+                    let shape = self.ty(x).shape.clone();
+                    let ones = CT {
+                        dtype: DType::Bool,
+                        shape,
+                        v: ce::Vals::I(vec![1; n]),
+                    };
+                    self.out_const(c, 1, ones)?;
+                }
             }
             "Constant" => {
                 let ct = self.constant_value(c, value_t)?;
@@ -856,6 +867,9 @@ impl<'a> Imp<'a> {
             "EyeLike" => self.eye_like(c)?,
             "OneHot" => self.one_hot(c)?,
             "QuantizeLinear" => self.quantize_linear(c)?,
+            "LpPool" => self.lp_pool(c)?,
+            "NonZero" => self.non_zero(c)?,
+            "Einsum" => self.einsum(c)?,
             "DequantizeLinear" => self.dequantize_linear(c)?,
             "DynamicQuantizeLinear" => self.dynamic_quantize_linear(c)?,
             "MatMulInteger" => self.matmul_integer(c)?,

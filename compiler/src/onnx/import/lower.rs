@@ -870,4 +870,333 @@ impl Imp<'_> {
         self.requantize(c, v, y_z, dt, 0)?;
         Ok(())
     }
+
+    /// LpPool: `(sum over the window of |x|^p)^(1/p)` as Pow -> AveragePool (padding counted) ->
+    /// times the window size -> Pow.
+    pub(super) fn lp_pool(&mut self, c: &Ctx) -> R<()> {
+        let x = self.req(c, 0)?;
+        let dt = self.ty(x).dtype;
+        let kernel = to_usizes(
+            &c.ints("kernel_shape").ok_or("missing kernel_shape")?,
+            "kernel_shape",
+        )?;
+        let p = c.i("p", 2);
+        if p < 1 {
+            return Err(format!("p={p} must be positive"));
+        }
+        let (strides, dilations, pads) = self.window(c, x, kernel.clone())?;
+        let n: usize = kernel.iter().product();
+        let a = PoolAttrs {
+            kernel,
+            strides,
+            pads,
+            dilations,
+            ceil_mode: c.i("ceil_mode", 0) != 0,
+            count_include_pad: true,
+        };
+        let ax = self.op1(c, "abs", Op::Unary(UnaryOp::Abs), vec![x])?;
+        let pv = self.const_of(c, "p", dt, vec![], vec![p as f64])?;
+        let xp = if p == 1 {
+            ax
+        } else if p == 2 {
+            self.op1(c, "pow", Op::Binary(BinaryOp::Mul), vec![ax, ax])?
+        } else {
+            self.op1(c, "pow", Op::Binary(BinaryOp::Pow), vec![ax, pv])?
+        };
+        let m = self.op1(c, "window_mean", Op::AveragePool(a), vec![xp])?;
+        let nv = self.const_of(c, "window", dt, vec![], vec![n as f64])?;
+        let sum = self.op1(c, "window_sum", Op::Binary(BinaryOp::Mul), vec![m, nv])?;
+        if p == 1 {
+            let shape = self.ty(sum).shape.clone();
+            self.op_out(c, 0, Op::Reshape { shape }, vec![sum])?;
+        } else if p == 2 {
+            self.op_out(c, 0, Op::Unary(UnaryOp::Sqrt), vec![sum])?;
+        } else {
+            let inv = self.const_of(c, "inv_p", dt, vec![], vec![1.0 / p as f64])?;
+            self.op_out(c, 0, Op::Binary(BinaryOp::Pow), vec![sum, inv])?;
+        }
+        Ok(())
+    }
+
+    /// NonZero of a constant (its output shape depends on the values, so only a compile-time
+    /// constant has a static shape): the i64 indices, one row per input dim.
+    pub(super) fn non_zero(&mut self, c: &Ctx) -> R<()> {
+        let x = self.const_in(c, 0)?.ok_or("missing input")?;
+        let vals = x.as_f64();
+        let sh = x.shape.clone();
+        let st = kiln_ir::types::strides_of(&sh);
+        let hits: Vec<usize> = (0..vals.len()).filter(|&i| vals[i] != 0.0).collect();
+        let mut out = vec![0i64; sh.len() * hits.len()];
+        for (k, &i) in hits.iter().enumerate() {
+            for d in 0..sh.len() {
+                out[d * hits.len() + k] = ((i / st[d]) % sh[d].max(1)) as i64;
+            }
+        }
+        self.out_const(c, 0, CT::i64s(vec![sh.len(), hits.len()], out))
+    }
+
+    /// Einsum for one or two operands (with `...` and repeated labels = diagonals): diagonals
+    /// via an identity mask and a sum, labels of one operand only are summed first, then one
+    /// batched MatMul over [batch, left, contracted] x [batch, contracted, right] and a final
+    /// transpose into the output's label order.
+    pub(super) fn einsum(&mut self, c: &Ctx) -> R<()> {
+        let eq: String = c
+            .s("equation", "")
+            .chars()
+            .filter(|ch| !ch.is_whitespace())
+            .collect();
+        let (lhs, rhs) = match eq.split_once("->") {
+            Some((l, r)) => (l.to_string(), Some(r.to_string())),
+            None => (eq.clone(), None),
+        };
+        let terms: Vec<&str> = lhs.split(',').collect();
+        if terms.is_empty() || terms.len() > 2 || terms.len() != c.n.input.len() {
+            return Err(format!(
+                "equation '{eq}': {} operands (1 or 2 supported)",
+                c.n.input.len()
+            ));
+        }
+        let ins: Vec<ValueId> = (0..terms.len()).map(|i| self.req(c, i)).collect::<R<_>>()?;
+        // expand "..." into fresh upper-case labels, right-aligned across operands
+        let ell = terms
+            .iter()
+            .zip(&ins)
+            .map(|(t, &v)| {
+                if t.contains("...") {
+                    self.ty(v).rank() + 3 - t.len()
+                } else {
+                    0
+                }
+            })
+            .max()
+            .unwrap_or(0);
+        let ell_labels: Vec<char> = (0..ell).map(|i| (b'A' + i as u8) as char).collect();
+        let expand = |t: &str, rank: usize| -> R<Vec<char>> {
+            let v: Vec<char> = if let Some((a, b)) = t.split_once("...") {
+                let n = rank + 3 - t.len();
+                let mut v: Vec<char> = a.chars().collect();
+                v.extend(&ell_labels[ell - n..]);
+                v.extend(b.chars());
+                v
+            } else {
+                t.chars().collect()
+            };
+            if v.len() != rank || v.iter().any(|ch| !ch.is_ascii_alphabetic()) {
+                return Err(format!("term '{t}' does not match rank {rank}"));
+            }
+            Ok(v)
+        };
+        let mut labels: Vec<Vec<char>> = Vec::new();
+        for (t, &v) in terms.iter().zip(&ins) {
+            labels.push(expand(t, self.ty(v).rank())?);
+        }
+        let out: Vec<char> = match &rhs {
+            Some(r) => {
+                if let Some((a, b)) = r.split_once("...") {
+                    let mut v: Vec<char> = a.chars().collect();
+                    v.extend(&ell_labels);
+                    v.extend(b.chars());
+                    v
+                } else {
+                    r.chars().collect()
+                }
+            }
+            None => {
+                // implicit: ellipsis labels, then labels seen once, alphabetically
+                let mut all: Vec<char> = labels
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .filter(|ch| ch.is_ascii_lowercase())
+                    .collect();
+                all.sort_unstable();
+                let once: Vec<char> = all
+                    .iter()
+                    .copied()
+                    .filter(|ch| all.iter().filter(|x| *x == ch).count() == 1)
+                    .collect();
+                let mut v = ell_labels.clone();
+                v.extend(once);
+                v
+            }
+        };
+        let mut ops: Vec<(ValueId, Vec<char>)> = Vec::new();
+        for (k, (&v, ls)) in ins.iter().zip(&labels).enumerate() {
+            let (v, ls) = self.einsum_diagonals(c, v, ls.clone(), k)?;
+            // sum labels that appear nowhere else
+            let others: Vec<char> = labels
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != k)
+                .flat_map(|(_, l)| l.clone())
+                .chain(out.iter().copied())
+                .collect();
+            let sum_axes: Vec<usize> = (0..ls.len())
+                .filter(|&d| !others.contains(&ls[d]))
+                .collect();
+            let (v, ls) = if sum_axes.is_empty() {
+                (v, ls)
+            } else {
+                let r = self.op1(
+                    c,
+                    &format!("sum{k}"),
+                    Op::Reduce {
+                        kind: ReduceKind::Sum,
+                        axes: sum_axes.clone(),
+                        keepdims: false,
+                    },
+                    vec![v],
+                )?;
+                let ls: Vec<char> = (0..ls.len())
+                    .filter(|d| !sum_axes.contains(d))
+                    .map(|d| ls[d])
+                    .collect();
+                (r, ls)
+            };
+            ops.push((v, ls));
+        }
+        let (res, rl) = if ops.len() == 1 {
+            ops.remove(0)
+        } else {
+            let (b, bl) = ops.pop().unwrap();
+            let (a, al) = ops.pop().unwrap();
+            let dim = |s: &Self, v: ValueId, ls: &[char], ch: char| {
+                s.ty(v).shape[ls.iter().position(|x| *x == ch).unwrap()]
+            };
+            let batch: Vec<char> = al
+                .iter()
+                .copied()
+                .filter(|ch| bl.contains(ch) && out.contains(ch))
+                .collect();
+            let contr: Vec<char> = al
+                .iter()
+                .copied()
+                .filter(|ch| bl.contains(ch) && !out.contains(ch))
+                .collect();
+            let left: Vec<char> = al.iter().copied().filter(|ch| !bl.contains(ch)).collect();
+            let right: Vec<char> = bl.iter().copied().filter(|ch| !al.contains(ch)).collect();
+            for &ch in batch.iter().chain(&contr) {
+                if dim(self, a, &al, ch) != dim(self, b, &bl, ch) {
+                    return Err(format!("label '{ch}' has different sizes"));
+                }
+            }
+            let perm_of = |ls: &[char], order: &[char]| -> Vec<usize> {
+                order
+                    .iter()
+                    .map(|ch| ls.iter().position(|x| x == ch).unwrap())
+                    .collect()
+            };
+            let prod = |s: &Self, v: ValueId, ls: &[char], set: &[char]| -> usize {
+                set.iter().map(|&ch| dim(s, v, ls, ch)).product()
+            };
+            let (nb, nl, nk, nr) = (
+                prod(self, a, &al, &batch),
+                prod(self, a, &al, &left),
+                prod(self, a, &al, &contr),
+                prod(self, b, &bl, &right),
+            );
+            let a_order: Vec<char> = batch.iter().chain(&left).chain(&contr).copied().collect();
+            let b_order: Vec<char> = batch.iter().chain(&contr).chain(&right).copied().collect();
+            let at = self.op1(
+                c,
+                "a_t",
+                Op::Transpose {
+                    perm: perm_of(&al, &a_order),
+                },
+                vec![a],
+            )?;
+            let bt = self.op1(
+                c,
+                "b_t",
+                Op::Transpose {
+                    perm: perm_of(&bl, &b_order),
+                },
+                vec![b],
+            )?;
+            let a3 = self.reshape(c, at, vec![nb, nl, nk], &format!("{}/a3", c.name))?;
+            let b3 = self.reshape(c, bt, vec![nb, nk, nr], &format!("{}/b3", c.name))?;
+            let mm = self.op1(c, "matmul", Op::MatMul, vec![a3, b3])?;
+            let mut shape = Vec::new();
+            for &ch in &batch {
+                shape.push(dim(self, a, &al, ch));
+            }
+            for &ch in &left {
+                shape.push(dim(self, a, &al, ch));
+            }
+            for &ch in &right {
+                shape.push(dim(self, b, &bl, ch));
+            }
+            let r = self.reshape(c, mm, shape, &format!("{}/unflat", c.name))?;
+            let rl: Vec<char> = batch.iter().chain(&left).chain(&right).copied().collect();
+            (r, rl)
+        };
+        if rl.len() != out.len() || out.iter().any(|ch| !rl.contains(ch)) {
+            return Err(format!(
+                "equation '{eq}': output labels {out:?} do not match {rl:?}"
+            ));
+        }
+        let perm: Vec<usize> = out
+            .iter()
+            .map(|ch| rl.iter().position(|x| x == ch).unwrap())
+            .collect();
+        if perm.iter().enumerate().all(|(i, &p)| i == p) {
+            let shape = self.ty(res).shape.clone();
+            self.op_out(c, 0, Op::Reshape { shape }, vec![res])?;
+        } else {
+            self.op_out(c, 0, Op::Transpose { perm }, vec![res])?;
+        }
+        Ok(())
+    }
+
+    /// Repeated labels within one operand (`ii`): multiply by an identity mask over the two
+    /// axes and sum one of them away, until every label is unique.
+    fn einsum_diagonals(
+        &mut self,
+        c: &Ctx,
+        mut v: ValueId,
+        mut ls: Vec<char>,
+        k: usize,
+    ) -> R<(ValueId, Vec<char>)> {
+        let mut step = 0;
+        loop {
+            let Some((i, j)) = (0..ls.len())
+                .flat_map(|i| (i + 1..ls.len()).map(move |j| (i, j)))
+                .find(|&(i, j)| ls[i] == ls[j])
+            else {
+                return Ok((v, ls));
+            };
+            let sh = self.ty(v).shape.clone();
+            if sh[i] != sh[j] {
+                return Err(format!(
+                    "repeated label '{}' with sizes {} and {}",
+                    ls[i], sh[i], sh[j]
+                ));
+            }
+            let n = sh[i];
+            let mut mshape = vec![1; sh.len()];
+            mshape[i] = n;
+            mshape[j] = n;
+            let dt = self.ty(v).dtype;
+            let eye: Vec<f64> = (0..n * n).map(|q| (q / n == q % n) as u8 as f64).collect();
+            let m = self.const_of(c, &format!("eye{k}_{step}"), dt, mshape, eye)?;
+            let prod = self.op1(
+                c,
+                &format!("diag{k}_{step}"),
+                Op::Binary(BinaryOp::Mul),
+                vec![v, m],
+            )?;
+            v = self.op1(
+                c,
+                &format!("diag_sum{k}_{step}"),
+                Op::Reduce {
+                    kind: ReduceKind::Sum,
+                    axes: vec![j],
+                    keepdims: false,
+                },
+                vec![prod],
+            )?;
+            ls.remove(j);
+            step += 1;
+        }
+    }
 }
