@@ -4,5 +4,6 @@
 //! Front ends return structured errors naming the file, node and op; everything below them works
 //! on verified IR.
 
+pub mod mindspore;
 pub mod onnx;
 pub mod pipeline;

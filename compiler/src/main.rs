@@ -1,7 +1,8 @@
 //! The `kiln` command line.
 
 use clap::{Parser, Subcommand};
-use kiln_compiler::pipeline::{self, Emit, LoadOptions};
+use kiln_compiler::mindspore::{self, DecryptKey};
+use kiln_compiler::pipeline::{self, Emit, ExtraOptions, LoadOptions};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -35,6 +36,14 @@ enum Cmd {
         /// Fix a dynamic input shape: NAME=1,3,224,224 (repeatable).
         #[arg(long = "input-shape", value_parser = pipeline::parse_input_shape)]
         input_shapes: Vec<(String, Vec<usize>)>,
+        /// Bind a MindSpore checkpoint (.ckpt or .safetensors): its tensors replace the model's
+        /// parameters (MindIR parameters, ONNX initializers) of the same names.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// File holding the key of an encrypted .mindir/.ckpt (hex, or the raw key bytes; see
+        /// README). Without it the key is read from $KILN_DECRYPT_KEY.
+        #[arg(long = "decrypt-key-file")]
+        decrypt_key_file: Option<PathBuf>,
     },
     /// Compile a model in memory and run it on .npy inputs; writes <output>.npy files.
     Run {
@@ -46,6 +55,21 @@ enum Cmd {
         output_dir: PathBuf,
         #[arg(long = "input-shape", value_parser = pipeline::parse_input_shape)]
         input_shapes: Vec<(String, Vec<usize>)>,
+        /// Bind a MindSpore checkpoint (.ckpt or .safetensors): its tensors replace the model's
+        /// parameters (MindIR parameters, ONNX initializers) of the same names.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// File holding the key of an encrypted .mindir/.ckpt (hex, or the raw key bytes; see
+        /// README). Without it the key is read from $KILN_DECRYPT_KEY.
+        #[arg(long = "decrypt-key-file")]
+        decrypt_key_file: Option<PathBuf>,
+    },
+    /// Describe a file: a checkpoint (.ckpt, .safetensors) lists its parameters (name, dtype,
+    /// shape, bytes) and totals; a .mindir model its inputs, outputs and op histogram.
+    Inspect {
+        file: PathBuf,
+        #[arg(long = "decrypt-key-file")]
+        decrypt_key_file: Option<PathBuf>,
     },
 }
 
@@ -69,9 +93,10 @@ fn real_main(cli: Cli) -> Result<(), String> {
             target,
             name,
             input_shapes,
+            weights,
+            decrypt_key_file,
         } => {
-            let g =
-                pipeline::load(&model, &LoadOptions { input_shapes }).map_err(|e| e.to_string())?;
+            let g = load(&model, input_shapes, weights, decrypt_key_file.as_deref())?;
             let name = name.unwrap_or_else(|| pipeline::default_name(&model));
             let out = output.unwrap_or_else(|| {
                 let ext = emit.default_extension();
@@ -95,17 +120,69 @@ fn real_main(cli: Cli) -> Result<(), String> {
             inputs,
             output_dir,
             input_shapes,
-        } => run(&model, &inputs, &output_dir, input_shapes),
+            weights,
+            decrypt_key_file,
+        } => {
+            let g = load(&model, input_shapes, weights, decrypt_key_file.as_deref())?;
+            run(&model, g, &inputs, &output_dir)
+        }
+        Cmd::Inspect {
+            file,
+            decrypt_key_file,
+        } => inspect(&file, decrypt_key_file.as_deref()),
     }
 }
 
-fn run(
+/// Load, bind `--weights`, print the binding's notes and warnings.
+fn load(
     model: &Path,
-    inputs: &[String],
-    out_dir: &Path,
     input_shapes: Vec<(String, Vec<usize>)>,
-) -> Result<(), String> {
-    let g = pipeline::load(model, &LoadOptions { input_shapes }).map_err(|e| e.to_string())?;
+    weights: Option<PathBuf>,
+    key_file: Option<&Path>,
+) -> Result<kiln_ir::Graph, String> {
+    let key = DecryptKey::from_file_or_env(key_file)?;
+    let l = pipeline::load_with(
+        model,
+        &LoadOptions { input_shapes },
+        &ExtraOptions { weights, key },
+    )
+    .map_err(|e| e.to_string())?;
+    for m in &l.messages {
+        eprintln!("{m}");
+    }
+    Ok(l.graph)
+}
+
+fn inspect(file: &Path, key_file: Option<&Path>) -> Result<(), String> {
+    let key = DecryptKey::from_file_or_env(key_file)?;
+    let ext = file
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let text = match ext.as_str() {
+        "ckpt" | "safetensors" => mindspore::ckpt::read(file, key.as_ref())
+            .map_err(|e| e.to_string())?
+            .summary(),
+        "mindir" => {
+            let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let m =
+                mindspore::mindir::decode(bytes.into(), &file.display().to_string(), key.as_ref())
+                    .map_err(|e| e.to_string())?;
+            mindspore::mindir::describe(&m)
+        }
+        _ => {
+            return Err(format!(
+                "{}: inspect supports .ckpt, .safetensors and .mindir files",
+                file.display()
+            ));
+        }
+    };
+    print!("{text}");
+    Ok(())
+}
+
+fn run(model: &Path, g: kiln_ir::Graph, inputs: &[String], out_dir: &Path) -> Result<(), String> {
     let name = pipeline::default_name(model);
     let jit = kiln_target_cpu::compile_jit(&g, &name).map_err(|e| e.to_string())?;
     // SAFETY: the descriptor was just generated by the back end and lives as long as `jit`.

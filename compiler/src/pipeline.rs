@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 pub enum Error {
     #[error("{0}")]
     Onnx(#[from] crate::onnx::OnnxError),
+    #[error("{0}")]
+    MindSpore(#[from] crate::mindspore::MsError),
     #[error("{path}: {err}")]
     Ir { path: String, err: kiln_ir::IrError },
     #[error("{0}")]
@@ -72,8 +74,50 @@ pub fn parse_input_shape(s: &str) -> Result<(String, Vec<usize>), String> {
     Ok((name.to_string(), dims))
 }
 
-/// Load a model by its extension (`.onnx`, `.kir`) and verify it.
+/// Inputs beyond [`LoadOptions`]: a checkpoint to bind and a decryption key.
+#[derive(Debug, Clone, Default)]
+pub struct ExtraOptions {
+    /// `--weights FILE`: a MindSpore checkpoint (`.ckpt` or `.safetensors`) whose tensors replace
+    /// the model's constants of the same names.
+    pub weights: Option<PathBuf>,
+    /// Key for encrypted `.mindir` / `.ckpt` files.
+    pub key: Option<crate::mindspore::DecryptKey>,
+}
+
+/// A loaded model and the notes/warnings for the user (from binding weights).
+#[derive(Debug)]
+pub struct Loaded {
+    pub graph: Graph,
+    pub messages: Vec<String>,
+}
+
+/// Load a model by its extension (`.onnx`, `.mindir`, `.kir`) and verify it.
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<Graph, Error> {
+    Ok(load_with(path, opts, &ExtraOptions::default())?.graph)
+}
+
+/// Load a model, bind `extra.weights` (if any) and verify the result.
+pub fn load_with(path: &Path, opts: &LoadOptions, extra: &ExtraOptions) -> Result<Loaded, Error> {
+    let mut g = load_model(path, opts, extra)?;
+    let mut messages = Vec::new();
+    if let Some(w) = &extra.weights {
+        let ck = crate::mindspore::ckpt::read(w, extra.key.as_ref())?;
+        let report = crate::mindspore::bind::bind(&mut g, &ck)
+            .map_err(|m| Error::Msg(format!("{}: {m}", w.display())))?;
+        messages = report
+            .messages()
+            .into_iter()
+            .map(|m| format!("{}: {m}", w.display()))
+            .collect();
+    }
+    kiln_ir::verify::verify(&g).map_err(|err| Error::Ir {
+        path: path.display().to_string(),
+        err,
+    })?;
+    Ok(Loaded { graph: g, messages })
+}
+
+fn load_model(path: &Path, opts: &LoadOptions, extra: &ExtraOptions) -> Result<Graph, Error> {
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
@@ -84,6 +128,13 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Graph, Error> {
             path,
             &crate::onnx::OnnxOptions {
                 input_shapes: opts.input_shapes.clone(),
+            },
+        )?,
+        "mindir" => crate::mindspore::mindir::load(
+            path,
+            &crate::mindspore::mindir::MindirOptions {
+                input_shapes: opts.input_shapes.clone(),
+                key: extra.key.clone(),
             },
         )?,
         "kir" => {
@@ -98,15 +149,11 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Graph, Error> {
         }
         _ => {
             return Err(Error::Msg(format!(
-                "{}: unknown model type '.{ext}' (supported: .onnx, .kir)",
+                "{}: unknown model type '.{ext}' (supported: .onnx, .mindir, .kir)",
                 path.display()
             )));
         }
     };
-    kiln_ir::verify::verify(&g).map_err(|err| Error::Ir {
-        path: path.display().to_string(),
-        err,
-    })?;
     Ok(g)
 }
 
