@@ -294,6 +294,7 @@ fn read_protobuf(bytes: Bytes, file: &str) -> Result<Checkpoint, MsError> {
         msg,
     };
     let (body, crc) = strip_crc(bytes, file)?;
+    let non_empty = !body.is_empty();
     let ck = pb::Checkpoint::decode(body).map_err(|source| MsError::Decode {
         file: file.to_string(),
         what: "MindSpore checkpoint",
@@ -382,6 +383,11 @@ fn read_protobuf(bytes: Bytes, file: &str) -> Result<Checkpoint, MsError> {
             data,
             pieces: tensors.len(),
         });
+    }
+    if non_empty && out.entries.is_empty() && out.skipped.is_empty() {
+        return Err(err(
+            "no parameters found (not a MindSpore checkpoint?)".into()
+        ));
     }
     Ok(out)
 }
