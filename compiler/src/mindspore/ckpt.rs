@@ -362,7 +362,7 @@ fn read_protobuf(bytes: Bytes, file: &str) -> Result<Checkpoint, MsError> {
                     shape
                 )));
             }
-        } else if total % 4 != 0 {
+        } else if !total.is_multiple_of(4) {
             return Err(err(format!(
                 "parameter '{tag}': a str tensor holds UTF-32 text, {total} bytes is not a multiple of 4"
             )));

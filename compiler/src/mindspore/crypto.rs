@@ -88,7 +88,7 @@ impl DecryptKey {
 }
 
 fn unhex(h: &[u8]) -> Option<Vec<u8>> {
-    if h.is_empty() || h.len() % 2 != 0 {
+    if h.is_empty() || !h.len().is_multiple_of(2) {
         return None;
     }
     let d = |c: u8| (c as char).to_digit(16).map(|v| v as u8);

@@ -552,7 +552,7 @@ impl<'a> Imp<'a> {
         let outs = self
             .g
             .add_node(c.name.clone(), op, inputs, vec![out])
-            .map_err(|e| ir_msg(e))?;
+            .map_err(ir_msg)?;
         Ok(outs[0])
     }
 
@@ -1266,7 +1266,7 @@ fn reshape_target(numel: usize, spec: &[i64]) -> R<Vec<usize>> {
         }
     }
     if let Some(i) = infer {
-        if known == 0 || numel % known != 0 {
+        if known == 0 || !numel.is_multiple_of(known) {
             return Err(format!("cannot reshape {numel} elements to {spec:?}"));
         }
         out[i] = numel / known;
