@@ -428,8 +428,10 @@ fn ckpt_split_tensor_crc_and_types() {
         .to_string();
     assert!(e.contains("unknown tensor_type 'Complex64'"), "{e}");
     // absurd dims are rejected before anything is allocated
-    let bad = ckpt::write_protobuf(&[("w", "Float32", &[1 << 40, 1 << 40], &[])], 1, false);
-    assert!(ckpt::read_bytes(Bytes::from(bad), "t.ckpt", None).is_err());
+    for dims in [[1i64 << 40, 1 << 40], [1 << 31, 1 << 31], [-1, 4]] {
+        let bad = ckpt::write_protobuf(&[("w", "Float32", &dims, &[0u8; 16])], 1, false);
+        assert!(ckpt::read_bytes(Bytes::from(bad), "t.ckpt", None).is_err());
+    }
 }
 
 #[test]

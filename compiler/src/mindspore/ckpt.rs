@@ -75,14 +75,34 @@ impl ElemType {
             },
         }
     }
+}
 
-    /// Bytes needed for `numel` elements (`None` for strings, whose length is free).
-    fn bytes_for(self, numel: usize) -> Option<usize> {
-        match self {
-            ElemType::Num(d) => numel.checked_mul(d.size()),
-            ElemType::Int4 => Some(numel.div_ceil(2)),
-            ElemType::Str => None,
+/// The stored byte count must be what the type and shape need (strings: any UTF-32 length).
+fn check_size(elem: ElemType, shape: &[usize], total: usize) -> Result<(), String> {
+    let numel = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| format!("shape {shape:?} is too large"))?;
+    let need = match elem {
+        ElemType::Num(d) => numel.checked_mul(d.size()),
+        ElemType::Int4 => Some(numel.div_ceil(2)),
+        ElemType::Str => {
+            return if total.is_multiple_of(4) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "a str tensor holds UTF-32 text, {total} bytes is not a multiple of 4"
+                ))
+            };
         }
+    };
+    match need {
+        Some(n) if n == total => Ok(()),
+        Some(n) => Err(format!(
+            "{} {shape:?} needs {n} bytes, the file holds {total}",
+            elem.ms_name()
+        )),
+        None => Err(format!("shape {shape:?} is too large")),
     }
 }
 
@@ -353,20 +373,7 @@ fn read_protobuf(bytes: Bytes, file: &str) -> Result<Checkpoint, MsError> {
         let total: usize = tensors.iter().map(|t| t.tensor_content.len()).sum();
         let shape = ckpt_shape(&t0.dims, elem, total)
             .map_err(|m| err(format!("parameter '{tag}': {m}")))?;
-        let numel: usize = shape.iter().product();
-        if let Some(need) = elem.bytes_for(numel) {
-            if need != total {
-                return Err(err(format!(
-                    "parameter '{tag}' ({} {:?}) needs {need} bytes, the file holds {total}",
-                    elem.ms_name(),
-                    shape
-                )));
-            }
-        } else if !total.is_multiple_of(4) {
-            return Err(err(format!(
-                "parameter '{tag}': a str tensor holds UTF-32 text, {total} bytes is not a multiple of 4"
-            )));
-        }
+        check_size(elem, &shape, total).map_err(|m| err(format!("parameter '{tag}': {m}")))?;
         let data = if tensors.len() == 1 {
             bytes_data(t0.tensor_content.clone())
         } else {
@@ -489,15 +496,7 @@ fn read_safetensors(bytes: Bytes, file: &str) -> Result<Checkpoint, MsError> {
             )));
         }
         let shape = ckpt_shape(&dims, elem, en - b).map_err(|m| e(&m))?;
-        let need = elem.bytes_for(shape.iter().product()).unwrap_or(en - b);
-        if need != en - b {
-            return Err(e(&format!(
-                "{} {:?} needs {need} bytes, data_offsets give {}",
-                elem.ms_name(),
-                shape,
-                en - b
-            )));
-        }
+        check_size(elem, &shape, en - b).map_err(|m| e(&m))?;
         let bytes = data.slice(b..en);
         hasher.update(name.as_bytes());
         hasher.update(&bytes);

@@ -576,7 +576,11 @@ impl<'a> Imp<'a> {
     }
 
     fn check_nchw(&self, c: &Ctx, idx: Option<usize>) -> R<()> {
-        match self.arg(c, idx, "format")? {
+        let f = match self.arg(c, idx, "format")? {
+            Some(f) => Some(f),
+            None => self.arg(c, None, "data_format")?,
+        };
+        match f {
             None => Ok(()),
             Some(V::S(s)) if s.eq_ignore_ascii_case("NCHW") => Ok(()),
             Some(V::I(0)) => Ok(()),
@@ -1083,6 +1087,9 @@ impl<'a> Imp<'a> {
             ));
         }
         let kernel = vec![wt.shape[2], wt.shape[3]];
+        if kernel.contains(&0) {
+            return Err(format!("weight {wt} has an empty kernel"));
+        }
         let stride = hw(
             &self
                 .arg(c, None, "stride")?
