@@ -700,6 +700,40 @@ fn mindir_external_data_and_ref_prims() {
     );
 }
 
+/// An encrypted (AES-256-CBC) MindIR with a dynamic batch dim fixed by `--input-shape`.
+#[test]
+fn mindir_encrypted_cbc_and_dynamic_input() {
+    let mut m = external_model();
+    let g = m.graph.as_mut().unwrap();
+    g.input[0].tensor[0].dims = vec![-1, 3];
+    let p = &mut g.parameter[0];
+    p.external_data = None;
+    p.raw_data = Some(Bytes::from(f32_bytes(&[1.0; 6])));
+    let key = DecryptKey::from_bytes(&[5u8; 32]).unwrap();
+    let enc = crypto::encrypt(&m.encode_to_vec(), &key, false, [1u8; 16], 64).unwrap();
+    let opts = |shapes: Vec<(String, Vec<usize>)>, key: Option<DecryptKey>| MindirOptions {
+        input_shapes: shapes,
+        key,
+    };
+    let load =
+        |o: MindirOptions| mindir::load_bytes(Bytes::from(enc.clone()), None, "e.mindir", &o);
+    let e = load(opts(vec![], Some(key.clone())))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--input-shape x="), "{e}");
+    let e = load(opts(vec![("x".into(), vec![2, 4])], Some(key.clone())))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not fit"), "{e}");
+    let e = load(opts(vec![("x".into(), vec![2, 3])], None))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("encrypted (AES-CBC)"), "{e}");
+    let g = load(opts(vec![("x".into(), vec![2, 3])], Some(key))).unwrap();
+    let y = jit_run(&g, &[vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]]);
+    assert_eq!(y, vec![vec![1.0, 3.0, 5.0, 2.0, 4.0, 6.0]]);
+}
+
 #[test]
 fn mindir_unsupported_listed_together() {
     let mut m = external_model();
