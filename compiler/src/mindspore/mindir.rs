@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 
 use bytes::Bytes;
-use kiln_ir::ops::{BinaryOp, ConvAttrs, GemmAttrs, PoolAttrs, ReduceKind, UnaryOp};
+use kiln_ir::ops::{BinaryOp, ConvAttrs, GemmAttrs, PoolAttrs, ReduceKind, SliceAttrs, UnaryOp};
 use kiln_ir::{ConstData, DType, Graph, IrError, Op, TensorType, ValueId};
 use prost::Message;
 
@@ -90,6 +90,7 @@ const SUPPORTED: &[&str] = &[
     "ReduceMax",
     "ReduceMin",
     "Cast",
+    "StridedSlice",
     "Identity",
     "StopGradient",
 ];
@@ -922,6 +923,40 @@ impl<'a> Imp<'a> {
                     "",
                 )?))
             }
+            "StridedSlice" => {
+                let x = self.tensor(c, 0)?;
+                let shape = self.ty(x).shape.clone();
+                let begin = self.arg_req(c, Some(1), "begin")?.ints()?;
+                let end = self.arg_req(c, Some(2), "end")?.ints()?;
+                let strides = self.arg_req(c, Some(3), "strides")?.ints()?;
+                let mut masks = [0i64; 5];
+                for (k, name) in [
+                    "begin_mask",
+                    "end_mask",
+                    "ellipsis_mask",
+                    "new_axis_mask",
+                    "shrink_axis_mask",
+                ]
+                .iter()
+                .enumerate()
+                {
+                    masks[k] = self
+                        .arg(c, Some(4 + k), name)?
+                        .map(|v| v.int())
+                        .transpose()?
+                        .unwrap_or(0);
+                }
+                let (a, out) = strided_slice(&shape, &begin, &end, &strides, masks)?;
+                let y = if a.starts.iter().all(|&s| s == 0)
+                    && a.steps.iter().all(|&s| s == 1)
+                    && a.sizes == shape
+                {
+                    x
+                } else {
+                    self.node(c, Op::Slice(a), vec![x], "/slice")?
+                };
+                Ok(V::T(self.reshape(c, y, out, "")?))
+            }
             "Cast" => {
                 let x = self.tensor(c, 0)?;
                 let to = match self.arg(c, Some(1), "dst_type")? {
@@ -1254,6 +1289,89 @@ fn same_pads(input: &[usize], k: &[usize], s: &[usize], d: &[usize]) -> Vec<usiz
     }
     begin.extend(end);
     begin
+}
+
+/// MindSpore/TensorFlow `StridedSlice` on a static shape: the IR slice and the final shape (after
+/// `shrink_axis_mask`). `ellipsis_mask` and `new_axis_mask` are not supported.
+fn strided_slice(
+    shape: &[usize],
+    begin: &[i64],
+    end: &[i64],
+    strides: &[i64],
+    masks: [i64; 5],
+) -> R<(SliceAttrs, Vec<usize>)> {
+    let [bm, em, ellipsis, new_axis, shrink] = masks;
+    if ellipsis != 0 || new_axis != 0 {
+        return Err("ellipsis_mask and new_axis_mask are not supported".into());
+    }
+    let n = begin.len();
+    if end.len() != n || strides.len() != n || n > shape.len() {
+        return Err(format!(
+            "begin {begin:?}, end {end:?}, strides {strides:?} do not fit shape {shape:?}"
+        ));
+    }
+    let mut a = SliceAttrs {
+        starts: vec![0; shape.len()],
+        steps: vec![1; shape.len()],
+        sizes: shape.to_vec(),
+    };
+    let mut out = vec![];
+    for (d, &dim) in shape.iter().enumerate() {
+        if d >= n {
+            out.push(dim);
+            continue;
+        }
+        let dim_i = dim as i64;
+        let s = strides[d];
+        if s == 0 {
+            return Err("stride 0".into());
+        }
+        let bit = |m: i64| (m >> d) & 1 == 1;
+        let norm = |v: i64| if v < 0 { v + dim_i } else { v };
+        if bit(shrink) {
+            let b = norm(begin[d]);
+            if b < 0 || b >= dim_i {
+                return Err(format!(
+                    "index {} out of range for dim {d} of {shape:?}",
+                    begin[d]
+                ));
+            }
+            a.starts[d] = b as usize;
+            a.sizes[d] = 1;
+            continue;
+        }
+        let (b, e, size) = if s > 0 {
+            let b = if bit(bm) {
+                0
+            } else {
+                norm(begin[d]).clamp(0, dim_i)
+            };
+            let e = if bit(em) {
+                dim_i
+            } else {
+                norm(end[d]).clamp(0, dim_i)
+            };
+            (b, e, if e > b { (e - b + s - 1) / s } else { 0 })
+        } else {
+            let b = if bit(bm) {
+                dim_i - 1
+            } else {
+                norm(begin[d]).clamp(-1, dim_i - 1)
+            };
+            let e = if bit(em) {
+                -1
+            } else {
+                norm(end[d]).clamp(-1, dim_i - 1)
+            };
+            (b, e, if b > e { (b - e + (-s) - 1) / (-s) } else { 0 })
+        };
+        let _ = e;
+        a.starts[d] = if size > 0 { b as usize } else { 0 };
+        a.steps[d] = s;
+        a.sizes[d] = size as usize;
+        out.push(size as usize);
+    }
+    Ok((a, out))
 }
 
 /// Reshape target with one `-1` allowed.
