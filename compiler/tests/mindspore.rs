@@ -275,21 +275,58 @@ fn lenet_like_v2_0_matches_interpreter() {
     );
 }
 
+/// The MindSpore 1.6 LSTM export, unrolled, against MindSpore 2.7.1's own output for it
+/// (`golden/mindspore/lstm_v1.6/`, from `make_golden.py --shared-lstm`).
 #[test]
-fn lstm_v1_6_rejected_with_node_names() {
+fn lstm_v1_6_matches_mindspore() {
     let Some(p) = shared("lstm_v1.6.mindir") else {
         return;
     };
-    let e = load_mindir(&p, None).unwrap_err().to_string();
-    assert!(
-        e.contains("unsupported ops: LSTM (nodes: [CNode]41:17)"),
-        "{e}"
+    let g = load_mindir(&p, None).unwrap();
+    let dir = golden("lstm_v1.6");
+    let ins: Vec<Vec<f32>> = (0..3)
+        .map(|i| {
+            npy::read(&dir.join(format!("input_{i}.npy")))
+                .unwrap()
+                .to_f32()
+                .unwrap()
+        })
+        .collect();
+    let got = jit_run(&g, &ins);
+    let want = npy::read(&dir.join("output_0.npy"))
+        .unwrap()
+        .to_f32()
+        .unwrap();
+    let err = close("lstm_v1.6", &want, &got[0]);
+    eprintln!(
+        "lstm_v1.6: {} values match MindSpore, max |err| {err:.2e}",
+        want.len()
     );
-    assert!(!e.contains("StridedSlice"), "{e}");
     let (out, _) = run_ok(kiln().arg("inspect").arg(&p));
     assert!(
         out.contains("1  LSTM") && out.contains("6 parameters"),
         "{out}"
+    );
+    // a two-layer LSTM is rejected naming the node and op
+    let mut m = mi::ModelProto::decode(std::fs::read(&p).unwrap().as_slice()).unwrap();
+    for n in m.graph.as_mut().unwrap().node.iter_mut() {
+        for a in n.attribute.iter_mut() {
+            if a.name() == "num_layers" {
+                a.i = Some(2);
+            }
+        }
+    }
+    let e = mindir::load_bytes(
+        Bytes::from(m.encode_to_vec()),
+        None,
+        "lstm2.mindir",
+        &MindirOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("lstm2.mindir: node '[CNode]41:17' (LSTM): only num_layers=1"),
+        "{e}"
     );
 }
 

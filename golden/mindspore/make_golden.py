@@ -234,9 +234,46 @@ def make(name):
     print(f"{name}: output {list(y.shape)}; {sizes}")
 
 
+def make_shared_lstm():
+    """Reference data for ../shared/testdata/mindspore/lstm_v1.6.mindir (a MindSpore 1.6.1 export,
+    not committed here): MindSpore's own output for fixed inputs, via mindspore.load + GraphCell."""
+    src = os.path.join(HERE, "..", "..", "..", "shared", "testdata", "mindspore", "lstm_v1.6.mindir")
+    out_dir = os.path.join(HERE, "lstm_v1.6")
+    os.makedirs(out_dir, exist_ok=True)
+    net = nn.GraphCell(ms.load(src))
+    rng = np.random.default_rng(0)
+    ins = [
+        rng.standard_normal((1, 9, 10)).astype(np.float32),
+        (0.5 * rng.standard_normal((1, 1, 50))).astype(np.float32),
+        (0.5 * rng.standard_normal((1, 1, 50))).astype(np.float32),
+    ]
+    y = net(*[Tensor(a) for a in ins]).asnumpy().astype(np.float32)
+    files = []
+    for i, a in enumerate(ins):
+        np.save(os.path.join(out_dir, f"input_{i}.npy"), a)
+        files.append(f"input_{i}.npy")
+    np.save(os.path.join(out_dir, "output_0.npy"), y)
+    files.append("output_0.npy")
+    meta = {
+        "net": "lstm_v1.6",
+        "model": "../shared/testdata/mindspore/lstm_v1.6.mindir",
+        "model_sha256": sha256(src),
+        "producer": "mindspore " + ms.__version__ + " (mindspore.load + nn.GraphCell)",
+        "inputs": [{"file": f"input_{i}.npy", "shape": list(a.shape)} for i, a in enumerate(ins)],
+        "outputs": [{"file": "output_0.npy", "shape": list(y.shape)}],
+        "sha256": {f: sha256(os.path.join(out_dir, f)) for f in files},
+    }
+    with open(os.path.join(out_dir, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=1, sort_keys=True)
+        f.write("\n")
+    print(f"lstm_v1.6: output {y.tolist()}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--nets", default=",".join(NETS), help="comma-separated subset of " + ",".join(NETS))
+    ap.add_argument("--shared-lstm", action="store_true",
+                    help="also write lstm_v1.6/ (MindSpore's outputs for ../shared/testdata/mindspore/lstm_v1.6.mindir)")
     args = ap.parse_args()
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
@@ -244,6 +281,8 @@ def main():
         if n not in NETS:
             sys.exit(f"unknown net '{n}' (known: {', '.join(NETS)})")
         make(n)
+    if args.shared_lstm:
+        make_shared_lstm()
 
 
 if __name__ == "__main__":

@@ -91,6 +91,7 @@ const SUPPORTED: &[&str] = &[
     "ReduceMin",
     "Cast",
     "StridedSlice",
+    "LSTM",
     "Identity",
     "StopGradient",
 ];
@@ -766,6 +767,7 @@ impl<'a> Imp<'a> {
                 Ok(V::Seq(out))
             }
             "LayerNorm" => self.layer_norm(c),
+            "LSTM" => self.lstm(c),
             "Flatten" => {
                 let x = self.tensor(c, 0)?;
                 let s = &self.ty(x).shape;
@@ -1108,6 +1110,151 @@ impl<'a> Imp<'a> {
             V::T(y),
             V::Unavailable(format!("output 1 of LayerNorm '{}' (mean)", c.name)),
             V::Unavailable(format!("output 2 of LayerNorm '{}' (rstd)", c.name)),
+        ]))
+    }
+
+    /// MindSpore's `LSTM` primitive (one layer, one direction, inference), unrolled over the
+    /// sequence into primitive ops. Inputs: x `[seq, batch, I]`, h0/c0 `[1, batch, H]` and one
+    /// flat weight `[W_ih (4H x I), W_hh (4H x H), b (4H)]` (+ a second bias when its size says
+    /// so). Gates in the order i, f, g, o. Outputs: (y, hy, cy, reserve, state).
+    fn lstm(&mut self, c: &Ctx) -> R<V> {
+        let x = self.tensor(c, 0)?;
+        let h0 = self.tensor(c, 1)?;
+        let c0 = self.tensor(c, 2)?;
+        let w = self.tensor(c, 3)?;
+        let int = |imp: &Self, k: &str| -> R<i64> { imp.arg_req(c, None, k)?.int() };
+        let flag = |imp: &Self, k: &str| -> R<bool> {
+            Ok(imp
+                .arg(c, None, k)?
+                .map(|v| v.bool())
+                .transpose()?
+                .unwrap_or(false))
+        };
+        if int(self, "num_layers")? != 1 || flag(self, "bidirectional")? {
+            return Err("only num_layers=1, bidirectional=False is supported".into());
+        }
+        let xt = self.ty(x).clone();
+        if xt.rank() != 3 {
+            return Err(format!("input {xt} must be [seq, batch, input_size]"));
+        }
+        let (seq, batch, isz) = (xt.shape[0], xt.shape[1], xt.shape[2]);
+        let hsz = usize::try_from(int(self, "hidden_size")?).map_err(|_| "bad hidden_size")?;
+        if int(self, "input_size")? != isz as i64 || hsz == 0 || seq == 0 {
+            return Err(format!("input_size/hidden_size do not match input {xt}"));
+        }
+        for v in [h0, c0] {
+            if self.ty(v).shape != [1, batch, hsz] {
+                return Err(format!("state {} must be [1, {batch}, {hsz}]", self.ty(v)));
+            }
+        }
+        let g4 = 4 * hsz;
+        let wn = self.ty(w).numel();
+        let base = g4 * isz + g4 * hsz;
+        let n_bias = match (flag(self, "has_bias")?, wn) {
+            (false, n) if n == base => 0,
+            (true, n) if n == base + g4 => 1,
+            (true, n) if n == base + 2 * g4 => 2,
+            _ => {
+                return Err(format!(
+                    "weight {} does not fit input_size {isz}, hidden_size {hsz}",
+                    self.ty(w)
+                ));
+            }
+        };
+        let flat = self.reshape(c, w, vec![wn], "/w")?;
+        let piece = |imp: &mut Self, off: usize, shape: Vec<usize>, sfx: &str| -> R<ValueId> {
+            let len = shape.iter().product();
+            let s = imp.node(
+                c,
+                Op::Slice(SliceAttrs {
+                    starts: vec![off],
+                    steps: vec![1],
+                    sizes: vec![len],
+                }),
+                vec![flat],
+                &format!("{sfx}_flat"),
+            )?;
+            imp.reshape(c, s, shape, sfx)
+        };
+        let w_ih = piece(self, 0, vec![g4, isz], "/w_ih")?;
+        let w_hh = piece(self, g4 * isz, vec![g4, hsz], "/w_hh")?;
+        let mut bias = None;
+        for k in 0..n_bias {
+            let b = piece(self, base + k * g4, vec![g4], &format!("/b{k}"))?;
+            bias = Some(match bias {
+                None => b,
+                Some(a) => self.bin(c, BinaryOp::Add, a, b, "/b")?,
+            });
+        }
+        let gemm = Op::Gemm(GemmAttrs {
+            alpha: 1.0,
+            beta: 1.0,
+            trans_a: false,
+            trans_b: true,
+        });
+        let mut h = self.reshape(c, h0, vec![batch, hsz], "/h0")?;
+        let mut cs = self.reshape(c, c0, vec![batch, hsz], "/c0")?;
+        let mut ys = vec![];
+        for t in 0..seq {
+            let s = format!("/t{t}");
+            let xs = self.node(
+                c,
+                Op::Slice(SliceAttrs {
+                    starts: vec![t, 0, 0],
+                    steps: vec![1, 1, 1],
+                    sizes: vec![1, batch, isz],
+                }),
+                vec![x],
+                &format!("{s}/x3"),
+            )?;
+            let xs = self.reshape(c, xs, vec![batch, isz], &format!("{s}/x"))?;
+            let mut ins = vec![xs, w_ih];
+            ins.extend(bias);
+            let gx = self.node(c, gemm.clone(), ins, &format!("{s}/gx"))?;
+            let gh = self.node(c, gemm.clone(), vec![h, w_hh], &format!("{s}/gh"))?;
+            let gates = self.bin(c, BinaryOp::Add, gx, gh, &format!("{s}/gates"))?;
+            let names = (0..4)
+                .map(|k| self.fresh(&format!("{}{s}/gate{k}", c.name)))
+                .collect();
+            let parts = self
+                .g
+                .add_node(
+                    c.name.clone(),
+                    Op::Split {
+                        axis: 1,
+                        sizes: vec![hsz; 4],
+                    },
+                    vec![gates],
+                    names,
+                )
+                .map_err(ir_msg)?;
+            let act = |imp: &mut Self, u: UnaryOp, v: ValueId, n: &str| {
+                imp.node(c, Op::Unary(u), vec![v], &format!("{s}/{n}"))
+            };
+            let i = act(self, UnaryOp::Sigmoid, parts[0], "i")?;
+            let f = act(self, UnaryOp::Sigmoid, parts[1], "f")?;
+            let g = act(self, UnaryOp::Tanh, parts[2], "g")?;
+            let o = act(self, UnaryOp::Sigmoid, parts[3], "o")?;
+            let fc = self.bin(c, BinaryOp::Mul, f, cs, &format!("{s}/fc"))?;
+            let ig = self.bin(c, BinaryOp::Mul, i, g, &format!("{s}/ig"))?;
+            cs = self.bin(c, BinaryOp::Add, fc, ig, &format!("{s}/c"))?;
+            let tc = act(self, UnaryOp::Tanh, cs, "tc")?;
+            h = self.bin(c, BinaryOp::Mul, o, tc, &format!("{s}/h"))?;
+            ys.push(self.reshape(c, h, vec![1, batch, hsz], &format!("{s}/y"))?);
+        }
+        let y = if ys.len() == 1 {
+            ys[0]
+        } else {
+            self.node(c, Op::Concat { axis: 0 }, ys, "/y")?
+        };
+        let hy = self.reshape(c, h, vec![1, batch, hsz], "/hy")?;
+        let cy = self.reshape(c, cs, vec![1, batch, hsz], "/cy")?;
+        Ok(V::Seq(vec![
+            V::T(y),
+            V::T(hy),
+            V::T(cy),
+            V::Unavailable(format!("output 3 of LSTM '{}' (reserve)", c.name)),
+            V::Unavailable(format!("output 4 of LSTM '{}' (state)", c.name)),
         ]))
     }
 
