@@ -792,7 +792,9 @@ fn mindir_strided_slice() {
         ..Default::default()
     };
     // x[a:, ::-2] and x[1, 1:4] (shrink axis 0), with x = a + w = a
-    let cases: Vec<(Vec<i64>, Vec<i64>, Vec<i64>, [i64; 5], Vec<f32>)> = vec![
+    /// begin, end, strides, masks, expected output
+    type Case = (Vec<i64>, Vec<i64>, Vec<i64>, [i64; 5], Vec<f32>);
+    let cases: Vec<Case> = vec![
         (
             vec![2, 0],
             vec![4, 0],
