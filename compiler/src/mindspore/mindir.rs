@@ -408,6 +408,12 @@ impl<'a> Imp<'a> {
     fn tensor_const(&mut self, t: &TensorProto, name: &str) -> R<ValueId> {
         let dtype = dtype_of(t.data_type())?;
         let (shape, nbytes) = checked_shape(&t.dims, dtype)?;
+        if t.compression_type.is_some_and(|c| c != 0) || !t.quant_params.is_empty() {
+            return Err(format!(
+                "compressed or quantized parameters (compression_type {}) are not supported",
+                t.compression_type.unwrap_or(0)
+            ));
+        }
         let data = if let Some(ext) = &t.external_data {
             let base = self
                 .base_dir
