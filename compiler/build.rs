@@ -1,8 +1,22 @@
 fn main() {
-    println!("cargo:rerun-if-changed=proto/onnx.proto");
-    println!("cargo:rerun-if-changed=build.rs");
+    for p in [
+        "proto/onnx.proto",
+        "proto/ms_checkpoint.proto",
+        "proto/mind_ir.proto",
+        "build.rs",
+    ] {
+        println!("cargo:rerun-if-changed={p}");
+    }
     let fds = protox::compile(["onnx.proto"], ["proto"]).expect("compile proto/onnx.proto");
     prost_build::Config::new()
         .compile_fds(fds)
         .expect("generate onnx.rs from proto/onnx.proto");
+    // MindSpore messages: `bytes` fields become `bytes::Bytes`, so decoding from a memory map
+    // hands out windows into the map instead of copies.
+    let fds = protox::compile(["ms_checkpoint.proto", "mind_ir.proto"], ["proto"])
+        .expect("compile proto/ms_checkpoint.proto and proto/mind_ir.proto");
+    prost_build::Config::new()
+        .bytes(["."])
+        .compile_fds(fds)
+        .expect("generate MindSpore types from proto/*.proto");
 }

@@ -5,5 +5,6 @@
 //! on verified IR.
 
 pub mod conformance;
+pub mod mindspore;
 pub mod onnx;
 pub mod pipeline;

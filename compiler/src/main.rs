@@ -1,7 +1,8 @@
 //! The `kiln` command line.
 
 use clap::{Parser, Subcommand};
-use kiln_compiler::pipeline::{self, Emit, LoadOptions};
+use kiln_compiler::mindspore::{self, DecryptKey};
+use kiln_compiler::pipeline::{self, Emit, ExtraOptions, LoadOptions};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -40,6 +41,14 @@ enum Cmd {
         /// Replace an input by a constant at compile time: NAME=FILE.npy (repeatable).
         #[arg(long = "freeze", value_parser = pipeline::parse_freeze)]
         frozen: Vec<Frozen>,
+        /// Bind a MindSpore checkpoint (.ckpt or .safetensors): its tensors replace the model's
+        /// parameters (MindIR parameters, ONNX initializers) of the same names.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// File holding the key of an encrypted .mindir/.ckpt (hex, or the raw key bytes; see
+        /// README). Without it the key is read from $KILN_DECRYPT_KEY.
+        #[arg(long = "decrypt-key-file")]
+        decrypt_key_file: Option<PathBuf>,
     },
     /// Run the ONNX backend test suites through the compiled CPU path and print the per-op
     /// coverage table (needs onnx==1.22.0's test data: scripts/setup-python.sh).
@@ -70,6 +79,21 @@ enum Cmd {
         /// Replace an input by a constant at compile time: NAME=FILE.npy (repeatable).
         #[arg(long = "freeze", value_parser = pipeline::parse_freeze)]
         frozen: Vec<Frozen>,
+        /// Bind a MindSpore checkpoint (.ckpt or .safetensors): its tensors replace the model's
+        /// parameters (MindIR parameters, ONNX initializers) of the same names.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// File holding the key of an encrypted .mindir/.ckpt (hex, or the raw key bytes; see
+        /// README). Without it the key is read from $KILN_DECRYPT_KEY.
+        #[arg(long = "decrypt-key-file")]
+        decrypt_key_file: Option<PathBuf>,
+    },
+    /// Describe a file: a checkpoint (.ckpt, .safetensors) lists its parameters (name, dtype,
+    /// shape, bytes) and totals; a .mindir model its inputs, outputs and op histogram.
+    Inspect {
+        file: PathBuf,
+        #[arg(long = "decrypt-key-file")]
+        decrypt_key_file: Option<PathBuf>,
     },
 }
 
@@ -94,12 +118,16 @@ fn real_main(cli: Cli) -> Result<(), String> {
             name,
             input_shapes,
             frozen,
+            weights,
+            decrypt_key_file,
         } => {
-            let opts = LoadOptions {
+            let g = load(
+                &model,
                 input_shapes,
-                frozen_inputs: frozen,
-            };
-            let g = pipeline::load(&model, &opts).map_err(|e| e.to_string())?;
+                frozen,
+                weights,
+                decrypt_key_file.as_deref(),
+            )?;
             let name = name.unwrap_or_else(|| pipeline::default_name(&model));
             let out = output.unwrap_or_else(|| {
                 let ext = emit.default_extension();
@@ -130,14 +158,76 @@ fn real_main(cli: Cli) -> Result<(), String> {
             output_dir,
             input_shapes,
             frozen,
+            weights,
+            decrypt_key_file,
         } => {
-            let opts = LoadOptions {
+            let g = load(
+                &model,
                 input_shapes,
-                frozen_inputs: frozen,
-            };
-            run(&model, &inputs, &output_dir, &opts)
+                frozen,
+                weights,
+                decrypt_key_file.as_deref(),
+            )?;
+            run(&model, g, &inputs, &output_dir)
         }
+        Cmd::Inspect {
+            file,
+            decrypt_key_file,
+        } => inspect(&file, decrypt_key_file.as_deref()),
     }
+}
+
+/// Load, bind `--weights`, print the binding's notes and warnings.
+fn load(
+    model: &Path,
+    input_shapes: Vec<(String, Vec<usize>)>,
+    frozen_inputs: Vec<Frozen>,
+    weights: Option<PathBuf>,
+    key_file: Option<&Path>,
+) -> Result<kiln_ir::Graph, String> {
+    let key = DecryptKey::from_file_or_env(key_file)?;
+    let l = pipeline::load_with(
+        model,
+        &LoadOptions {
+            input_shapes,
+            frozen_inputs,
+        },
+        &ExtraOptions { weights, key },
+    )
+    .map_err(|e| e.to_string())?;
+    for m in &l.messages {
+        eprintln!("{m}");
+    }
+    Ok(l.graph)
+}
+
+fn inspect(file: &Path, key_file: Option<&Path>) -> Result<(), String> {
+    let key = DecryptKey::from_file_or_env(key_file)?;
+    let ext = file
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let text = match ext.as_str() {
+        "ckpt" | "safetensors" => mindspore::ckpt::read(file, key.as_ref())
+            .map_err(|e| e.to_string())?
+            .summary(),
+        "mindir" => {
+            let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let m =
+                mindspore::mindir::decode(bytes.into(), &file.display().to_string(), key.as_ref())
+                    .map_err(|e| e.to_string())?;
+            mindspore::mindir::describe(&m)
+        }
+        _ => {
+            return Err(format!(
+                "{}: inspect supports .ckpt, .safetensors and .mindir files",
+                file.display()
+            ));
+        }
+    };
+    print!("{text}");
+    Ok(())
 }
 
 fn conformance(
@@ -199,8 +289,7 @@ fn conformance(
     Ok(())
 }
 
-fn run(model: &Path, inputs: &[String], out_dir: &Path, opts: &LoadOptions) -> Result<(), String> {
-    let g = pipeline::load(model, opts).map_err(|e| e.to_string())?;
+fn run(model: &Path, g: kiln_ir::Graph, inputs: &[String], out_dir: &Path) -> Result<(), String> {
     let name = pipeline::default_name(model);
     let jit = kiln_target_cpu::compile_jit(&g, &name).map_err(|e| e.to_string())?;
     // SAFETY: the descriptor was just generated by the back end and lives as long as `jit`.

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 pub enum Error {
     #[error("{0}")]
     Onnx(#[from] crate::onnx::OnnxError),
+    #[error("{0}")]
+    MindSpore(#[from] crate::mindspore::MsError),
     #[error("{path}: {err}")]
     Ir { path: String, err: kiln_ir::IrError },
     #[error("{0}")]
@@ -91,8 +93,63 @@ pub fn parse_input_shape(s: &str) -> Result<(String, Vec<usize>), String> {
     Ok((name.to_string(), dims))
 }
 
-/// Load a model by its extension (`.onnx`, `.kir`) and verify it.
+/// Inputs beyond [`LoadOptions`]: a checkpoint to bind and a decryption key.
+#[derive(Debug, Clone, Default)]
+pub struct ExtraOptions {
+    /// `--weights FILE`: a MindSpore checkpoint (`.ckpt` or `.safetensors`) whose tensors replace
+    /// the model's constants of the same names.
+    pub weights: Option<PathBuf>,
+    /// Key for encrypted `.mindir` / `.ckpt` files.
+    pub key: Option<crate::mindspore::DecryptKey>,
+}
+
+/// A loaded model and the notes/warnings for the user (from binding weights).
+#[derive(Debug)]
+pub struct Loaded {
+    pub graph: Graph,
+    pub messages: Vec<String>,
+}
+
+/// Load a model by its extension (`.onnx`, `.mindir`, `.kir`) and verify it.
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<Graph, Error> {
+    Ok(load_with(path, opts, &ExtraOptions::default())?.graph)
+}
+
+/// Load a model, bind `extra.weights` (if any) and verify the result.
+pub fn load_with(path: &Path, opts: &LoadOptions, extra: &ExtraOptions) -> Result<Loaded, Error> {
+    let mut g = load_model(path, opts, extra)?;
+    let mut messages = Vec::new();
+    if let Some(w) = &extra.weights {
+        let ck = crate::mindspore::ckpt::read(w, extra.key.as_ref())?;
+        let report = crate::mindspore::bind::bind(&mut g, &ck)
+            .map_err(|m| Error::Msg(format!("{}: {m}", w.display())))?;
+        messages = report
+            .messages()
+            .into_iter()
+            .map(|m| format!("{}: {m}", w.display()))
+            .collect();
+    }
+    kiln_ir::verify::verify(&g).map_err(|err| Error::Ir {
+        path: path.display().to_string(),
+        err,
+    })?;
+    Ok(Loaded { graph: g, messages })
+}
+
+/// `--freeze` for front ends that do not fold through inputs (the ONNX importer freezes while
+/// importing, so frozen values feed its shape folding).
+fn freeze(mut g: Graph, path: &Path, opts: &LoadOptions) -> Result<Graph, Error> {
+    for (name, ty, data) in &opts.frozen_inputs {
+        g.freeze_input(name, ty, data.clone())
+            .map_err(|err| Error::Ir {
+                path: path.display().to_string(),
+                err,
+            })?;
+    }
+    Ok(g)
+}
+
+fn load_model(path: &Path, opts: &LoadOptions, extra: &ExtraOptions) -> Result<Graph, Error> {
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
@@ -106,35 +163,35 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Graph, Error> {
                 frozen_inputs: opts.frozen_inputs.clone(),
             },
         )?,
+        "mindir" => freeze(
+            crate::mindspore::mindir::load(
+                path,
+                &crate::mindspore::mindir::MindirOptions {
+                    input_shapes: opts.input_shapes.clone(),
+                    key: extra.key.clone(),
+                },
+            )?,
+            path,
+            opts,
+        )?,
         "kir" => {
             let text = std::fs::read_to_string(path).map_err(|err| Error::Io {
                 path: path.into(),
                 err,
             })?;
-            let mut g = kiln_ir::text::parse(&text).map_err(|err| Error::Ir {
+            let g = kiln_ir::text::parse(&text).map_err(|err| Error::Ir {
                 path: path.display().to_string(),
                 err,
             })?;
-            for (name, ty, data) in &opts.frozen_inputs {
-                g.freeze_input(name, ty, data.clone())
-                    .map_err(|err| Error::Ir {
-                        path: path.display().to_string(),
-                        err,
-                    })?;
-            }
-            g
+            freeze(g, path, opts)?
         }
         _ => {
             return Err(Error::Msg(format!(
-                "{}: unknown model type '.{ext}' (supported: .onnx, .kir)",
+                "{}: unknown model type '.{ext}' (supported: .onnx, .mindir, .kir)",
                 path.display()
             )));
         }
     };
-    kiln_ir::verify::verify(&g).map_err(|err| Error::Ir {
-        path: path.display().to_string(),
-        err,
-    })?;
     Ok(g)
 }
 
