@@ -1041,7 +1041,13 @@ impl Op {
         match self {
             Op::Conv(a) => {
                 arity(2, 3)?;
-                float_in(0)?;
+                // floats, or integers for exact integer convolution (ConvInteger)
+                if ins[0].dtype == DType::Bool || ins[1].dtype != ins[0].dtype {
+                    return Err(format!(
+                        "conv operands {} and {} must share a numeric type",
+                        ins[0], ins[1]
+                    ));
+                }
                 let (x, w) = (ins[0], ins[1]);
                 let sp = a.kernel.len();
                 check_spatial(x, sp, &a.strides, &a.pads, &a.dilations)?;

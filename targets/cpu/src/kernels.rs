@@ -53,10 +53,10 @@ pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&Tenso
             logic_where(kb, &node.op, ins, outs[0]);
             Ok(())
         }
-        Op::Conv(a) => {
-            float_only(ins[0])?;
-            conv(kb, a, ins, outs[0])
+        Op::Conv(a) if a.kernel.len() > 2 || ins[0].dtype != DType::F32 => {
+            crate::direct::conv(kb, a, ins, outs[0])
         }
+        Op::Conv(a) => conv(kb, a, ins, outs[0]),
         Op::ConvTranspose(a) => {
             float_only(ins[0])?;
             conv_transpose(kb, a, ins, outs[0])
@@ -72,14 +72,11 @@ pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&Tenso
             batch_norm(kb, *epsilon, ins[0]);
             Ok(())
         }
-        Op::MaxPool(a) => {
-            float_only(ins[0])?;
-            pool(kb, a, true, ins[0], outs[0])
+        Op::MaxPool(a) | Op::AveragePool(a) if a.kernel.len() > 2 || ins[0].dtype != DType::F32 => {
+            crate::direct::pool(kb, a, matches!(node.op, Op::MaxPool(_)), ins[0], outs[0])
         }
-        Op::AveragePool(a) => {
-            float_only(ins[0])?;
-            pool(kb, a, false, ins[0], outs[0])
-        }
+        Op::MaxPool(a) => pool(kb, a, true, ins[0], outs[0]),
+        Op::AveragePool(a) => pool(kb, a, false, ins[0], outs[0]),
         Op::GlobalAveragePool => {
             float_only(ins[0])?;
             let x = ins[0];

@@ -4,6 +4,7 @@
 //!
 //! Invariant: this crate depends on `kiln-ir` only (no front end, no file formats).
 
+mod direct;
 mod ew;
 mod fp16;
 mod header;

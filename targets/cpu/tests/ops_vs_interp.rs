@@ -1043,3 +1043,74 @@ fn half_float_casts() {
         }
     }
 }
+
+/// The direct N-D path: 3-D convolution (groups, strides, pads, dilations, bias) and 3-D
+/// max/average pooling (pads, ceil mode, count_include_pad), f64 2-D convolution.
+#[test]
+fn direct_nd_conv_and_pools() {
+    let conv3 = |groups, strides: [usize; 3], pads: [usize; 6], dil: [usize; 3]| ConvAttrs {
+        kernel: vec![2, 3, 2],
+        strides: strides.to_vec(),
+        pads: pads.to_vec(),
+        dilations: dil.to_vec(),
+        groups,
+    };
+    conv_case(
+        &[1, 4, 5, 6, 4],
+        &[6, 2, 2, 3, 2],
+        conv3(2, [1, 1, 1], [0; 6], [1, 1, 1]),
+        true,
+    );
+    conv_case(
+        &[2, 3, 6, 7, 5],
+        &[4, 3, 2, 3, 2],
+        conv3(1, [2, 1, 2], [1, 0, 1, 0, 2, 1], [1, 2, 1]),
+        false,
+    );
+    for is_max in [true, false] {
+        for (ceil_mode, count_include_pad, pads) in [
+            (false, false, vec![0; 6]),
+            (true, false, vec![1, 0, 1, 1, 1, 0]),
+            (false, true, vec![1, 1, 0, 0, 1, 1]),
+        ] {
+            let a = PoolAttrs {
+                kernel: vec![2, 3, 2],
+                strides: vec![2, 1, 2],
+                pads,
+                dilations: vec![1, 1, 1],
+                ceil_mode,
+                count_include_pad,
+            };
+            let op = if is_max {
+                Op::MaxPool(a)
+            } else {
+                Op::AveragePool(a)
+            };
+            run_unary("pool3d", op, &[1, 2, 5, 6, 5], |x| x);
+        }
+    }
+    // f64 convolution takes the direct path too
+    let mut r = Rng(8);
+    let mut g = Graph::new("conv_f64");
+    let x = g.add_input("x", TensorType::new(DType::F64, vec![1, 2, 5, 5]));
+    let wv: Vec<f64> = r.vec(2 * 2 * 3 * 3).into_iter().map(|v| v as f64).collect();
+    let w = g
+        .add_const(
+            "w",
+            TensorType::new(DType::F64, vec![2, 2, 3, 3]),
+            ConstData::from_vec(wv.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        )
+        .unwrap();
+    let a = ConvAttrs {
+        kernel: vec![3, 3],
+        strides: vec![1, 2],
+        pads: vec![1, 1, 1, 0],
+        dilations: vec![1, 1],
+        groups: 1,
+    };
+    g.outputs = g
+        .add_node("c", Op::Conv(a), vec![x, w], vec!["y".into()])
+        .unwrap();
+    let xv: Vec<f64> = r.vec(50).into_iter().map(|v| v as f64).collect();
+    check(&g, &[Tensor::f64([1, 2, 5, 5], xv)]);
+}

@@ -1199,4 +1199,97 @@ impl Imp<'_> {
             step += 1;
         }
     }
+
+    /// ConvInteger / QLinearConv: exact i32 convolution of zero-point-centred operands (the
+    /// weight zero point per tensor or per output channel); QLinearConv then adds the i32 bias
+    /// and requantizes with `x_scale * w_scale / y_scale` (per tensor or per channel).
+    pub(super) fn conv_integer(&mut self, c: &Ctx, qlinear: bool) -> R<()> {
+        let (x, xz, w, wz) = if qlinear {
+            (
+                self.req(c, 0)?,
+                self.inp(c, 2)?,
+                self.req(c, 3)?,
+                self.inp(c, 5)?,
+            )
+        } else {
+            (
+                self.req(c, 0)?,
+                self.inp(c, 2)?,
+                self.req(c, 1)?,
+                self.inp(c, 3)?,
+            )
+        };
+        let xi = self.op1(c, "x_i32", Op::Cast { to: DType::I32 }, vec![x])?;
+        let xi = match xz {
+            Some(z) => {
+                let zi = self.op1(c, "x_zp_i32", Op::Cast { to: DType::I32 }, vec![z])?;
+                let zi = self.reshape(c, zi, vec![], &format!("{}/x_zp", c.name))?;
+                self.op1(c, "x_centred", Op::Binary(BinaryOp::Sub), vec![xi, zi])?
+            }
+            None => xi,
+        };
+        let wr = self.ty(w).rank();
+        let wi = self.op1(c, "w_i32", Op::Cast { to: DType::I32 }, vec![w])?;
+        let wi = match wz {
+            Some(z) => {
+                let zi = self.op1(c, "w_zp_i32", Op::Cast { to: DType::I32 }, vec![z])?;
+                let n = self.ty(zi).numel();
+                let mut shape = vec![n];
+                shape.resize(wr, 1);
+                let zi = if n == 1 {
+                    self.reshape(c, zi, vec![], &format!("{}/w_zp", c.name))?
+                } else {
+                    self.reshape(c, zi, shape, &format!("{}/w_zp", c.name))?
+                };
+                self.op1(c, "w_centred", Op::Binary(BinaryOp::Sub), vec![wi, zi])?
+            }
+            None => wi,
+        };
+        let ws = self.ty(w).shape.clone();
+        let kernel = ws[2..].to_vec();
+        let (strides, dilations, pads) = self.window(c, x, kernel.clone())?;
+        let a = ConvAttrs {
+            kernel,
+            strides,
+            pads,
+            dilations,
+            groups: usize::try_from(c.i("group", 1)).map_err(|_| "bad group")?,
+        };
+        let mut ins = vec![xi, wi];
+        if qlinear && let Some(b) = self.inp(c, 8)? {
+            ins.push(self.op1(c, "bias_i32", Op::Cast { to: DType::I32 }, vec![b])?);
+        }
+        if !qlinear {
+            self.op_out(c, 0, Op::Conv(a), ins)?;
+            return Ok(());
+        }
+        let acc = self.op1(c, "acc", Op::Conv(a), ins)?;
+        let acc = self.op1(c, "acc_f64", Op::Cast { to: DType::F64 }, vec![acc])?;
+        let (x_s, w_s, y_s) = (self.req(c, 1)?, self.req(c, 4)?, self.req(c, 6)?);
+        let (x_s, w_s, y_s) = (
+            self.as_f32(c, x_s, "x_scale_f32")?,
+            self.as_f32(c, w_s, "w_scale_f32")?,
+            self.as_f32(c, y_s, "y_scale_f32")?,
+        );
+        let r = self.ty(acc).rank();
+        let nw = self.ty(w_s).numel();
+        let w_s = if nw == 1 {
+            self.reshape(c, w_s, vec![], &format!("{}/w_scale_t", c.name))?
+        } else {
+            let mut shape = vec![1, nw];
+            shape.resize(r, 1);
+            self.reshape(c, w_s, shape, &format!("{}/w_scale_c", c.name))?
+        };
+        let s = self.op1(c, "xw_scale", Op::Binary(BinaryOp::Mul), vec![x_s, w_s])?;
+        let s = self.op1(c, "scale", Op::Binary(BinaryOp::Div), vec![s, y_s])?;
+        let s = self.op1(c, "scale_f64", Op::Cast { to: DType::F64 }, vec![s])?;
+        let v = self.op1(c, "scaled", Op::Binary(BinaryOp::Mul), vec![acc, s])?;
+        let yz = self.inp(c, 7)?;
+        let dt = match yz {
+            Some(z) => self.ty(z).dtype,
+            None => self.ty(x).dtype,
+        };
+        self.requantize(c, v, yz, dt, 0)?;
+        Ok(())
+    }
 }
