@@ -412,7 +412,7 @@ fn unsupported_ops_listed_together() {
                 "rs",
                 &["t4", "", "s"],
                 &["y"],
-                vec![astr("mode", "cubic")],
+                vec![astr("mode", "quintic")],
             ),
         ],
         input: vec![fixed("x", &[1, 2])],
@@ -425,7 +425,7 @@ fn unsupported_ops_listed_together() {
     assert!(msg.contains("test.onnx"), "{msg}");
     assert!(msg.contains("Foo (nodes: a, b)"), "{msg}");
     assert!(msg.contains("Bar (nodes: c)"), "{msg}");
-    assert!(msg.contains("Resize (mode=cubic) (nodes: rs)"), "{msg}");
+    assert!(msg.contains("Resize (mode=quintic) (nodes: rs)"), "{msg}");
 }
 
 #[test]

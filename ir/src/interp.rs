@@ -774,6 +774,37 @@ pub fn eval_op(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
                 data: all.gather(&map),
             })
         }
+        Op::Resample { axis, fill } => {
+            let v = x.floats()?;
+            let (it, wt) = (inputs[1], inputs[2]);
+            let TensorData::I32(idx) = &it.data else {
+                return Err("resample indices must be i32".into());
+            };
+            let w = wt.floats()?;
+            let (out_len, taps) = (it.shape[0], it.shape[1]);
+            let outer: usize = x.shape[..*axis].iter().product();
+            let len = x.shape[*axis];
+            let inner: usize = x.shape[axis + 1..].iter().product();
+            let mut out = vec![0f64; outer * out_len * inner];
+            for o in 0..outer {
+                for j in 0..out_len {
+                    for i in 0..inner {
+                        let dst = (o * out_len + j) * inner + i;
+                        if idx[j * taps] < 0 {
+                            out[dst] = *fill as f64;
+                            continue;
+                        }
+                        let mut acc = 0.0;
+                        for t in 0..taps {
+                            let k = (idx[j * taps + t].max(0) as usize).min(len.saturating_sub(1));
+                            acc += w[j * taps + t] * v[(o * len + k) * inner + i];
+                        }
+                        out[dst] = acc;
+                    }
+                }
+            }
+            one(from_f64(x.dtype(), out_shape, out)?)
+        }
         Op::CumSum {
             axis,
             exclusive,

@@ -443,6 +443,14 @@ pub enum Op {
         /// Fill for `PadMode::Constant` (converted to the element type).
         value: f64,
     },
+    /// Separable resampling along one axis through weight tables: inputs x, `idx` (i32
+    /// `[out, taps]`) and `w` (f32 `[out, taps]`); `out[.., o, ..] = sum_t w[o,t] *
+    /// x[.., idx[o,t], ..]`, or `fill` where `idx[o,0] < 0` (extrapolated positions). Every
+    /// Resize mode (cubic, antialias, tf_crop_and_resize, ...) is a chain of these.
+    Resample {
+        axis: usize,
+        fill: f32,
+    },
     /// Running sum (or product) along `axis`.
     CumSum {
         axis: usize,
@@ -693,6 +701,7 @@ impl Op {
             Op::Resize(_) => "resize",
             Op::Cast { .. } => "cast",
             Op::Pad { .. } => "pad",
+            Op::Resample { .. } => "resample",
             Op::CumSum { prod: false, .. } => "cum_sum",
             Op::CumSum { prod: true, .. } => "cum_prod",
             Op::TopK { .. } => "top_k",
@@ -795,6 +804,10 @@ impl Op {
                 ("out_shape", us(&a.out_shape)),
             ],
             Op::Cast { to } => vec![("to", Attr::Str(to.name().into()))],
+            Op::Resample { axis, fill } => vec![
+                ("axis", Attr::Int(*axis as i64)),
+                ("fill", Attr::Float(*fill)),
+            ],
             Op::Pad { pads, mode, value } => vec![
                 ("pads", Attr::Ints(pads.clone())),
                 ("mode", Attr::Str(mode.name().into())),
@@ -1000,6 +1013,10 @@ impl Op {
                     value: get("value")?.float()? as f64,
                 }
             }
+            "resample" => Op::Resample {
+                axis: get("axis")?.uint()?,
+                fill: get("fill")?.float()?,
+            },
             "cum_sum" | "cum_prod" => Op::CumSum {
                 axis: get("axis")?.uint()?,
                 exclusive: flag("exclusive")?,
@@ -1485,6 +1502,22 @@ impl Op {
                     }
                     shape.push(n as usize);
                 }
+                Ok(vec![x.with_shape(shape)])
+            }
+            Op::Resample { axis, .. } => {
+                arity(3, 3)?;
+                float_in(0)?;
+                let (x, idx, w) = (ins[0], ins[1], ins[2]);
+                if *axis >= x.rank()
+                    || idx.dtype != DType::I32
+                    || w.dtype != DType::F32
+                    || idx.rank() != 2
+                    || w.shape != idx.shape
+                {
+                    return Err(format!("resample: data {x}, indices {idx}, weights {w}"));
+                }
+                let mut shape = x.shape.clone();
+                shape[*axis] = idx.shape[0];
                 Ok(vec![x.with_shape(shape)])
             }
             Op::CumSum { axis, .. } => {

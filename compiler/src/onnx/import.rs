@@ -1764,38 +1764,14 @@ impl<'a> Imp<'a> {
         Ok(())
     }
 
-    fn resize(&mut self, c: &Ctx) -> R<()> {
-        let x = self.req(c, 0)?;
-        let xs = self.ty(x).shape.clone();
-        let r = xs.len();
-        let mode_s = c.s("mode", "nearest");
-        let mode = match mode_s.as_str() {
-            "nearest" => ResizeMode::Nearest,
-            "linear" | "bilinear" => ResizeMode::Linear,
-            m => return Err(format!("mode '{m}' is not supported")),
-        };
-        let legacy = c.op == "Upsample" || self.opset < 11;
-        let (coord, nearest) = if legacy {
-            (CoordTransform::Asymmetric, NearestMode::Floor)
-        } else {
-            let ct = c.s("coordinate_transformation_mode", "half_pixel");
-            let coord = CoordTransform::from_name(&ct)
-                .ok_or_else(|| format!("coordinate_transformation_mode '{ct}' is not supported"))?;
-            let nm = c.s("nearest_mode", "round_prefer_floor");
-            let nearest = NearestMode::from_name(&nm)
-                .ok_or_else(|| format!("nearest_mode '{nm}' is not supported"))?;
-            (coord, nearest)
-        };
-        if c.i("antialias", 0) != 0 {
-            return Err("antialias is not supported".into());
-        }
-        let policy = c.s("keep_aspect_ratio_policy", "stretch");
-        if policy != "stretch" {
-            return Err(format!(
-                "keep_aspect_ratio_policy '{policy}' is not supported"
-            ));
-        }
-        // Scales / sizes, per listed axis.
+    /// Resize/Upsample scales or sizes (per listed axis) and the axes they apply to.
+    #[allow(clippy::type_complexity)]
+    fn resize_params(
+        &mut self,
+        c: &Ctx,
+        legacy: bool,
+        r: usize,
+    ) -> R<(Option<Vec<f64>>, Option<Vec<i64>>, Vec<usize>)> {
         let (scales_in, sizes_in): (Option<Vec<f64>>, Option<Vec<i64>>) =
             if c.op == "Upsample" && self.opset < 9 {
                 let s = c.floats("scales").ok_or("missing scales")?;
@@ -1814,6 +1790,42 @@ impl<'a> Imp<'a> {
             Some(a) => a.iter().map(|&a| norm_axis(a, r)).collect::<R<_>>()?,
             None => (0..r).collect(),
         };
+        Ok((scales_in, sizes_in, axes))
+    }
+
+    fn resize(&mut self, c: &Ctx) -> R<()> {
+        let x = self.req(c, 0)?;
+        let xs = self.ty(x).shape.clone();
+        let r = xs.len();
+        let mode_s = c.s("mode", "nearest");
+        let legacy = c.op == "Upsample" || self.opset < 11;
+        // cubic, antialiasing, cropping and aspect-ratio policies: separable weight tables
+        let ct = c.s("coordinate_transformation_mode", "half_pixel");
+        if !legacy
+            && (mode_s == "cubic"
+                || c.i("antialias", 0) != 0
+                || matches!(ct.as_str(), "tf_crop_and_resize" | "half_pixel_symmetric")
+                || c.s("keep_aspect_ratio_policy", "stretch") != "stretch")
+        {
+            return self.resize_general(c);
+        }
+        let mode = match mode_s.as_str() {
+            "nearest" => ResizeMode::Nearest,
+            "linear" | "bilinear" => ResizeMode::Linear,
+            m => return Err(format!("mode '{m}' is not supported")),
+        };
+        let (coord, nearest) = if legacy {
+            (CoordTransform::Asymmetric, NearestMode::Floor)
+        } else {
+            let ct = c.s("coordinate_transformation_mode", "half_pixel");
+            let coord = CoordTransform::from_name(&ct)
+                .ok_or_else(|| format!("coordinate_transformation_mode '{ct}' is not supported"))?;
+            let nm = c.s("nearest_mode", "round_prefer_floor");
+            let nearest = NearestMode::from_name(&nm)
+                .ok_or_else(|| format!("nearest_mode '{nm}' is not supported"))?;
+            (coord, nearest)
+        };
+        let (scales_in, sizes_in, axes) = self.resize_params(c, legacy, r)?;
         let mut scales = vec![1f32; r];
         let mut out_shape = xs.clone();
         match (scales_in, sizes_in) {
@@ -1968,9 +1980,15 @@ fn unsupported(nodes: &[NodeProto], used: &HashSet<String>) -> BTreeMap<String, 
                 "Resize" | "Upsample" => {
                     let mode = attr("mode").unwrap_or_default();
                     let ct = attr("coordinate_transformation_mode").unwrap_or_default();
-                    if mode == "cubic" {
-                        Some(format!("{op} (mode=cubic)"))
-                    } else if !ct.is_empty() && CoordTransform::from_name(&ct).is_none() {
+                    let known = ["tf_crop_and_resize", "half_pixel_symmetric"];
+                    if !mode.is_empty()
+                        && !["nearest", "linear", "bilinear", "cubic"].contains(&mode.as_str())
+                    {
+                        Some(format!("{op} (mode={mode})"))
+                    } else if !ct.is_empty()
+                        && CoordTransform::from_name(&ct).is_none()
+                        && !known.contains(&ct.as_str())
+                    {
                         Some(format!("{op} (coordinate_transformation_mode={ct})"))
                     } else {
                         None

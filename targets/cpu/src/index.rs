@@ -282,3 +282,61 @@ pub(crate) fn pad(
         kb.b.ins().store(flags(), v, oa, 0);
     });
 }
+
+/// Resample along `axis` through the (i32 index, f32 weight) tables: each output element is a
+/// weighted sum of `taps` input elements, or `fill` where the first index is negative.
+pub(crate) fn resample(
+    kb: &mut Kb,
+    axis: usize,
+    fill: f32,
+    ins: &[&TensorType],
+    out: &TensorType,
+) -> KResult {
+    let x = ins[0];
+    let dt = x.dtype;
+    let num = Num::of(dt)
+        .filter(|n| matches!(n, Num::F32 | Num::F64))
+        .ok_or_else(|| format!("resample on {dt} is not supported by the CPU back end yet"))?;
+    let (out_len, taps) = (ins[1].shape[0], ins[1].shape[1]);
+    let outer: usize = x.shape[..axis].iter().product();
+    let len = x.shape[axis];
+    let inner: usize = x.shape[axis + 1..].iter().product();
+    let ps = kb.params.clone();
+    let (xp, ip, wp, op) = (ps[0], ps[1], ps[2], ps[3]);
+    let _ = out;
+    kb.for_nd(&[outer, out_len, inner], &mut |kb, ix| {
+        let (o, j, i) = (ix[0], ix[1], ix[2]);
+        let xb = kb.b.ins().imul_imm_u(o, (len * inner) as i64);
+        let xb = kb.b.ins().iadd(xb, i);
+        let tb = kb.b.ins().imul_imm_u(j, taps as i64);
+        let z = crate::ew::fconst(kb, 0.0, num.ty());
+        let acc = kb.var(num.ty(), z);
+        kb.for_n(taps, &mut |kb, t| {
+            let ti = kb.b.ins().iadd(tb, t);
+            let k = load_index(kb, ins[1], ip, ti, len);
+            let wv = load_num(kb, DType::F32, wp, ti);
+            let wv = if num == Num::F64 {
+                kb.b.ins().fpromote(cranelift_codegen::ir::types::F64, wv)
+            } else {
+                wv
+            };
+            let xo = kb.b.ins().imul_imm_u(k, inner as i64);
+            let xo = kb.b.ins().iadd(xo, xb);
+            let v = load_num(kb, dt, xp, xo);
+            let a0 = kb.b.use_var(acc);
+            let a1 = kb.b.ins().fma(v, wv, a0);
+            kb.b.def_var(acc, a1);
+        });
+        let first = load_num(kb, DType::I32, ip, tb);
+        let outside = kb.b.ins().icmp_imm_s(IntCC::SignedLessThan, first, 0);
+        let f = crate::ew::fconst(kb, fill as f64, num.ty());
+        let a = kb.b.use_var(acc);
+        let r = kb.b.ins().select(outside, f, a);
+        let oo = kb.b.ins().imul_imm_u(o, (out_len * inner) as i64);
+        let jj = kb.b.ins().imul_imm_u(j, inner as i64);
+        let oo = kb.b.ins().iadd(oo, jj);
+        let oo = kb.b.ins().iadd(oo, i);
+        store_num(kb, dt, r, op, oo);
+    });
+    Ok(())
+}

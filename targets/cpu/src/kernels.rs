@@ -126,6 +126,7 @@ pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&Tenso
             crate::index::pad(kb, pads, *mode, *value, ins[0], outs[0]);
             Ok(())
         }
+        Op::Resample { axis, fill } => crate::index::resample(kb, *axis, *fill, ins, outs[0]),
         Op::CumSum {
             axis,
             exclusive,

@@ -1114,3 +1114,39 @@ fn direct_nd_conv_and_pools() {
     let xv: Vec<f64> = r.vec(50).into_iter().map(|v| v as f64).collect();
     check(&g, &[Tensor::f64([1, 2, 5, 5], xv)]);
 }
+
+/// Resample (the general Resize path) on each axis, with extrapolated rows.
+#[test]
+fn resample_tables() {
+    let mut r = Rng(31);
+    let x = Tensor::f32([2, 5, 3], r.vec(30));
+    for axis in 0..3 {
+        let len = [2, 5, 3][axis];
+        let (out, taps) = (4usize, 3usize);
+        let idx: Vec<i32> = (0..out * taps)
+            .map(|k| if k == taps { -1 } else { (k * 7 % len) as i32 })
+            .collect();
+        let w = r.vec(out * taps);
+        let mut g = Graph::new("resample");
+        let xi = g.add_input("x", x.ty());
+        let iv = g
+            .add_const(
+                "idx",
+                TensorType::new(DType::I32, vec![out, taps]),
+                ConstData::from_vec(idx.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            )
+            .unwrap();
+        let wv = g
+            .add_const("w", TensorType::f32([out, taps]), ConstData::from_f32(&w))
+            .unwrap();
+        g.outputs = g
+            .add_node(
+                "n",
+                Op::Resample { axis, fill: -7.5 },
+                vec![xi, iv, wv],
+                vec!["y".into()],
+            )
+            .unwrap();
+        check(&g, std::slice::from_ref(&x));
+    }
+}

@@ -1292,4 +1292,323 @@ impl Imp<'_> {
         self.requantize(c, v, yz, dt, 0)?;
         Ok(())
     }
+
+    /// Resize through per-axis weight tables, computed exactly as the ONNX reference does
+    /// (`onnx/reference/ops/op_resize.py`): nearest/linear/cubic coefficients (antialiased when
+    /// downsampling with `antialias`), `cubic_coeff_a`, `exclude_outside`, every coordinate
+    /// transform incl. `tf_crop_and_resize` (roi, extrapolation value) and
+    /// `half_pixel_symmetric`, and `keep_aspect_ratio_policy`. One Resample node per resized axis.
+    pub(super) fn resize_general(&mut self, c: &Ctx) -> R<()> {
+        let x = self.req(c, 0)?;
+        let xs = self.ty(x).shape.clone();
+        let r = xs.len();
+        let (scales_in, sizes_in, axes) = self.resize_params(c, false, r)?;
+        let mode = c.s("mode", "nearest");
+        let coord = c.s("coordinate_transformation_mode", "half_pixel");
+        let nearest = c.s("nearest_mode", "round_prefer_floor");
+        let antialias = c.i("antialias", 0) != 0;
+        let a_cubic = c.f("cubic_coeff_a", -0.75) as f64;
+        let exclude = c.i("exclude_outside", 0) != 0;
+        let extrap = c.f("extrapolation_value", 0.0);
+        let policy = c.s("keep_aspect_ratio_policy", "stretch");
+        if mode == "nearest" && antialias {
+            return Err("antialias is not defined for mode=nearest".into());
+        }
+        // per-dim scale factors and output sizes
+        let mut scale = vec![1f64; r];
+        let mut out = xs.clone();
+        match (scales_in, sizes_in) {
+            (Some(s), None) => {
+                if s.len() != axes.len() {
+                    return Err(format!("{} scales for {} axes", s.len(), axes.len()));
+                }
+                for (k, &d) in axes.iter().enumerate() {
+                    let f = s[k] as f32 as f64;
+                    if !(f > 0.0 && f.is_finite()) || xs[d] as f64 * f > (1u64 << 40) as f64 {
+                        return Err(format!("invalid scale {f}"));
+                    }
+                    scale[d] = f;
+                    out[d] = (f * xs[d] as f64) as usize;
+                }
+            }
+            (None, Some(z)) => {
+                if z.len() != axes.len() {
+                    return Err(format!("{} sizes for {} axes", z.len(), axes.len()));
+                }
+                let z = to_usizes(&z, "sizes")?;
+                for (k, &d) in axes.iter().enumerate() {
+                    out[d] = z[k];
+                    scale[d] = if xs[d] == 0 {
+                        1.0
+                    } else {
+                        z[k] as f64 / xs[d] as f64
+                    };
+                }
+                if policy != "stretch" {
+                    let it = axes.iter().map(|&d| scale[d]);
+                    let s = match policy.as_str() {
+                        "not_larger" => it.fold(f64::INFINITY, f64::min),
+                        "not_smaller" => it.fold(0.0, f64::max),
+                        p => return Err(format!("unknown keep_aspect_ratio_policy '{p}'")),
+                    };
+                    for &d in &axes {
+                        scale[d] = s;
+                        out[d] = (s * xs[d] as f64 + 0.5) as usize;
+                    }
+                }
+            }
+            (Some(_), Some(_)) => return Err("only one of scales and sizes may be given".into()),
+            (None, None) => return Err("one of scales and sizes is required".into()),
+        }
+        if out
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .is_none_or(|n| n > 1 << 40)
+        {
+            return Err(format!("output shape {out:?} is too large"));
+        }
+        // roi: [starts.., ends..] over the listed axes (tf_crop_and_resize only)
+        let mut roi = vec![(0f64, 1f64); r];
+        if coord == "tf_crop_and_resize" {
+            let rv = self
+                .const_in(c, 1)?
+                .ok_or("tf_crop_and_resize needs a roi")?
+                .as_f64();
+            let n = if rv.len() == 2 * axes.len() {
+                axes.len()
+            } else if rv.len() == 2 * r {
+                r
+            } else {
+                return Err(format!(
+                    "roi has {} values for {} axes",
+                    rv.len(),
+                    axes.len()
+                ));
+            };
+            for k in 0..n {
+                let d = if n == r { k } else { axes[k] };
+                roi[d] = (rv[k] as f32 as f64, rv[n + k] as f32 as f64);
+            }
+        }
+        let mut v = x;
+        for &d in &axes {
+            let identity =
+                (scale[d] - 1.0).abs() < 1e-12 && out[d] == xs[d] && roi[d] == (0.0, 1.0);
+            if identity {
+                continue;
+            }
+            let t = ResizeTable {
+                mode: &mode,
+                nearest: &nearest,
+                antialias,
+                a_cubic,
+                exclude,
+                coord: &coord,
+                in_w: xs[d],
+                out_w: out[d],
+                scale: scale[d],
+                roi: roi[d],
+            }
+            .build()?;
+            let taps = t.1.len() / out[d].max(1);
+            let it = self.add_ct(
+                &format!("{}/index{d}", c.name),
+                CT::i64s(vec![out[d], taps], t.0).cast(DType::I32),
+            )?;
+            let wt = self.const_of(
+                c,
+                &format!("weight{d}"),
+                DType::F32,
+                vec![out[d], taps],
+                t.1,
+            )?;
+            v = self.op1(
+                c,
+                &format!("axis{d}"),
+                Op::Resample {
+                    axis: d,
+                    fill: extrap,
+                },
+                vec![v, it, wt],
+            )?;
+        }
+        let shape = self.ty(v).shape.clone();
+        self.op_out(c, 0, Op::Reshape { shape }, vec![v])?;
+        Ok(())
+    }
+}
+
+/// One axis of a general Resize: the reference's `_interpolate_1d_along_axis` as tables.
+struct ResizeTable<'a> {
+    mode: &'a str,
+    nearest: &'a str,
+    antialias: bool,
+    a_cubic: f64,
+    exclude: bool,
+    coord: &'a str,
+    in_w: usize,
+    out_w: usize,
+    scale: f64,
+    roi: (f64, f64),
+}
+
+impl ResizeTable<'_> {
+    fn coeffs(&self, ratio: f64) -> R<Vec<f64>> {
+        let a = self.a_cubic;
+        Ok(match self.mode {
+            "nearest" => {
+                if ratio.fract() == 0.0 {
+                    vec![0.0, 1.0]
+                } else {
+                    let hi = match self.nearest {
+                        "round_prefer_floor" => ratio > 0.5,
+                        "round_prefer_ceil" => ratio >= 0.5,
+                        "floor" => false,
+                        "ceil" => true,
+                        m => return Err(format!("unknown nearest_mode '{m}'")),
+                    };
+                    vec![(!hi) as u8 as f64, hi as u8 as f64]
+                }
+            }
+            "linear" | "bilinear" if !self.antialias => vec![1.0 - ratio, ratio],
+            "linear" | "bilinear" => {
+                let s = self.scale.min(1.0);
+                let start = (-1.0 / s).floor() as i64 + 1;
+                let footprint = 2 - 2 * start;
+                let c: Vec<f64> = (start..start + footprint)
+                    .map(|i| (1.0 - ((i as f64 - ratio) * s).abs()).clamp(0.0, 1.0))
+                    .collect();
+                let sum: f64 = c.iter().sum();
+                c.into_iter().map(|v| v / sum).collect()
+            }
+            "cubic" if !self.antialias => {
+                let r1 = ratio + 1.0;
+                let q = 1.0 - ratio;
+                let q1 = q + 1.0;
+                vec![
+                    ((a * r1 - 5.0 * a) * r1 + 8.0 * a) * r1 - 4.0 * a,
+                    ((a + 2.0) * ratio - (a + 3.0)) * ratio * ratio + 1.0,
+                    ((a + 2.0) * q - (a + 3.0)) * q * q + 1.0,
+                    ((a * q1 - 5.0 * a) * q1 + 8.0 * a) * q1 - 4.0 * a,
+                ]
+            }
+            "cubic" => {
+                let s = self.scale.min(1.0);
+                let f = |x: f64| {
+                    let x = x.abs();
+                    let (x2, x3) = (x * x, x * x * x);
+                    if x <= 1.0 {
+                        (a + 2.0) * x3 - (a + 3.0) * x2 + 1.0
+                    } else if x < 2.0 {
+                        a * x3 - 5.0 * a * x2 + 8.0 * a * x - 4.0 * a
+                    } else {
+                        0.0
+                    }
+                };
+                let start = (-2.0 / s).floor() as i64 + 1;
+                let end = 2 - start;
+                let c: Vec<f64> = (start..end).map(|i| f(s * (i as f64 - ratio))).collect();
+                let sum: f64 = c.iter().sum();
+                c.into_iter().map(|v| v / sum).collect()
+            }
+            m => return Err(format!("mode '{m}' is not supported")),
+        })
+    }
+
+    /// (indices with -1 marking extrapolated rows, weights), `out_w x taps` each.
+    fn build(&self) -> R<(Vec<i64>, Vec<f64>)> {
+        let (in_w, out_i) = (self.in_w as f64, self.out_w);
+        let out_f = self.scale * in_w;
+        let s = self.scale;
+        let mut idx = Vec::new();
+        let mut wts = Vec::new();
+        let mut taps = None;
+        for y in 0..out_i {
+            let yf = y as f64;
+            let mut extrapolated = false;
+            let x = match self.coord {
+                "align_corners" => {
+                    if out_f == 1.0 {
+                        0.0
+                    } else {
+                        yf * (in_w - 1.0) / (out_f - 1.0)
+                    }
+                }
+                "asymmetric" => yf / s,
+                "tf_crop_and_resize" => {
+                    let (r0, r1) = self.roi;
+                    let x = if out_f == 1.0 {
+                        (r1 - r0) * (in_w - 1.0) / 2.0
+                    } else {
+                        yf * (r1 - r0) * (in_w - 1.0) / (out_f - 1.0)
+                    } + r0 * (in_w - 1.0);
+                    extrapolated = x < 0.0 || x > in_w - 1.0;
+                    x
+                }
+                "pytorch_half_pixel" => {
+                    if out_f == 1.0 {
+                        -0.5
+                    } else {
+                        (yf + 0.5) / s - 0.5
+                    }
+                }
+                "half_pixel" => (yf + 0.5) / s - 0.5,
+                "half_pixel_symmetric" => {
+                    let adj = out_i as f64 / out_f;
+                    let center = in_w / 2.0;
+                    center * (1.0 - adj) + (yf + 0.5) / s - 0.5
+                }
+                m => {
+                    return Err(format!(
+                        "coordinate_transformation_mode '{m}' is not supported"
+                    ));
+                }
+            };
+            let xi = x.floor();
+            let ratio = if x == xi { 1.0 } else { x - xi };
+            let mut cf = self.coeffs(ratio)?;
+            let n = cf.len();
+            if *taps.get_or_insert(n) != n {
+                return Err("resize kernel size varies along an axis".into());
+            }
+            let pad = n.div_ceil(2) as f64;
+            let xp = x + pad;
+            let p = xp.floor();
+            let frac = xp - p;
+            let off = if n % 2 == 0 {
+                if frac == 0.0 {
+                    -((n / 2) as i64)
+                } else {
+                    -((n / 2) as i64) + 1
+                }
+            } else {
+                let base = -(((n - 1) / 2) as i64);
+                if frac <= 0.5 { base } else { base + 1 }
+            };
+            let start = p as i64 + off - pad as i64;
+            let ids: Vec<i64> = (0..n as i64).map(|k| start + k).collect();
+            if self.exclude {
+                for (k, &i) in ids.iter().enumerate() {
+                    if i < 0 || i >= self.in_w as i64 {
+                        cf[k] = 0.0;
+                    }
+                }
+                let sum: f64 = cf.iter().sum();
+                let sum = if sum == 0.0 { 1.0 } else { sum };
+                for v in cf.iter_mut() {
+                    *v /= sum;
+                }
+            }
+            let hi = self.in_w as i64 - 1;
+            for (k, &i) in ids.iter().enumerate() {
+                idx.push(if extrapolated && k == 0 {
+                    -1
+                } else {
+                    i.clamp(0, hi.max(0))
+                });
+            }
+            wts.extend(cf);
+        }
+        Ok((idx, wts))
+    }
 }
