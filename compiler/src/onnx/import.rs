@@ -1658,7 +1658,7 @@ impl<'a> Imp<'a> {
         };
         let strides = get("strides", 1)?;
         let dilations = get("dilations", 1)?;
-        let output_padding = get("output_padding", 0)?;
+        let mut output_padding = get("output_padding", 0)?;
         if strides.contains(&0) || dilations.contains(&0) || kernel.contains(&0) {
             return Err("kernel, strides and dilations must be positive".into());
         }
@@ -1687,9 +1687,12 @@ impl<'a> Imp<'a> {
                     + output_padding[d]
                     + (kernel[d] - 1) * dilations[d]
                     + 1;
-                let total = full.checked_sub(os[d]).ok_or_else(|| {
-                    format!("output_shape {os:?} is larger than the full transposed output")
-                })?;
+                if os[d] > full {
+                    // a larger requested output extends the end, like output_padding
+                    output_padding[d] += os[d] - full;
+                    continue;
+                }
+                let total = full - os[d];
                 let (b, e) = if auto == "SAME_UPPER" {
                     (total / 2, total - total / 2)
                 } else {

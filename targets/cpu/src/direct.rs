@@ -232,3 +232,110 @@ pub(crate) fn pool(
     });
     err.map_or(Ok(()), Err)
 }
+
+/// Transposed convolution over any number of spatial dims: every output position gathers the
+/// input positions `i = (o + pad - k*dil) / stride` that divide exactly and lie inside.
+pub(crate) fn conv_transpose(
+    kb: &mut Kb,
+    a: &kiln_ir::ops::ConvTransposeAttrs,
+    ins: &[&TensorType],
+    out: &TensorType,
+) -> KResult {
+    let x = ins[0];
+    let dt = x.dtype;
+    let num = num_of(dt, "conv_transpose")?;
+    let sp = a.kernel.len();
+    let (n, c, m) = (x.shape[0], x.shape[1], out.shape[1]);
+    let (cg, mg) = (c / a.groups, m / a.groups);
+    let in_sp = x.shape[2..].to_vec();
+    let out_sp = out.shape[2..].to_vec();
+    let in_plane: usize = in_sp.iter().product();
+    let out_plane: usize = out_sp.iter().product();
+    let kn: usize = a.kernel.iter().product();
+    let ps = kb.params.clone();
+    let (xp, wp) = (ps[0], ps[1]);
+    let bp = (ins.len() == 3).then(|| ps[2]);
+    let op = ps[ins.len()];
+    let os = strides_of(&out_sp);
+    let ks = strides_of(&a.kernel);
+    let xs = strides_of(&in_sp);
+    let (add, mul) = (Op::Binary(BinaryOp::Add), Op::Binary(BinaryOp::Mul));
+    let mut err = None;
+    let mut dims = vec![n, m];
+    dims.extend_from_slice(&out_sp);
+    kb.for_nd(&dims, &mut |kb, ix| {
+        let (ni, mi) = (ix[0], ix[1]);
+        let o = &ix[2..];
+        let init = match bp {
+            Some(b) => load_num(kb, dt, b, mi),
+            None => zero(kb, num),
+        };
+        let acc = kb.var(num.ty(), init);
+        let g = kb.b.ins().udiv_imm_u(mi, mg as i64);
+        let mr = kb.b.ins().imul_imm_u(g, mg as i64);
+        let mr = kb.b.ins().isub(mi, mr);
+        let c0 = kb.b.ins().imul_imm_u(g, cg as i64);
+        let nb = kb.b.ins().imul_imm_u(ni, (c * in_plane) as i64);
+        kb.for_nd(&a.kernel.clone(), &mut |kb, k| {
+            // input position per dim, valid when exact and inside
+            let mut ok: Option<Value> = None;
+            let mut off = kb.ic(0);
+            for d in 0..sp {
+                let kd = kb.b.ins().imul_imm_u(k[d], a.dilations[d] as i64);
+                let t = kb.b.ins().iadd_imm_s(o[d], a.pads[d] as i64);
+                let t = kb.b.ins().isub(t, kd);
+                let s = a.strides[d] as i64;
+                let nonneg = kb.b.ins().icmp_imm_s(IntCC::SignedGreaterThanOrEqual, t, 0);
+                let z = kb.ic(0);
+                let t = kb.b.ins().select(nonneg, t, z);
+                let q = kb.b.ins().udiv_imm_u(t, s);
+                let back = kb.b.ins().imul_imm_u(q, s);
+                let exact = kb.b.ins().icmp(IntCC::Equal, back, t);
+                let inside =
+                    kb.b.ins()
+                        .icmp_imm_u(IntCC::UnsignedLessThan, q, in_sp[d] as i64);
+                let v = kb.b.ins().band(nonneg, exact);
+                let v = kb.b.ins().band(v, inside);
+                ok = Some(match ok {
+                    Some(p) => kb.b.ins().band(p, v),
+                    None => v,
+                });
+                let q = kb.b.ins().select(v, q, z);
+                let t = kb.b.ins().imul_imm_u(q, xs[d] as i64);
+                off = kb.b.ins().iadd(off, t);
+            }
+            let ok = ok.expect("spatial dims");
+            let ko = kb.offset(k, &ks);
+            kb.for_n(cg, &mut |kb, ci| {
+                let ch = kb.b.ins().iadd(c0, ci);
+                let xo = kb.b.ins().imul_imm_u(ch, in_plane as i64);
+                let xo = kb.b.ins().iadd(xo, nb);
+                let xo = kb.b.ins().iadd(xo, off);
+                let xv = load_num(kb, dt, xp, xo);
+                let z = zero(kb, num);
+                let xv = kb.b.ins().select(ok, xv, z);
+                // w[ch, mr, k..]
+                let wo = kb.b.ins().imul_imm_u(ch, (mg * kn) as i64);
+                let wm = kb.b.ins().imul_imm_u(mr, kn as i64);
+                let wo = kb.b.ins().iadd(wo, wm);
+                let wo = kb.b.ins().iadd(wo, ko);
+                let wv = load_num(kb, dt, wp, wo);
+                let a0 = kb.b.use_var(acc);
+                match apply(kb, &mul, num, xv, Some(wv))
+                    .and_then(|p| apply(kb, &add, num, a0, Some(p)))
+                {
+                    Ok(a1) => kb.b.def_var(acc, a1),
+                    Err(e) => err = Some(e),
+                }
+            });
+        });
+        let oo = kb.offset(o, &os);
+        let ob = kb.b.ins().imul_imm_u(ni, (m * out_plane) as i64);
+        let oc = kb.b.ins().imul_imm_u(mi, out_plane as i64);
+        let oo = kb.b.ins().iadd(oo, ob);
+        let oo = kb.b.ins().iadd(oo, oc);
+        let r = kb.b.use_var(acc);
+        store_num(kb, dt, r, op, oo);
+    });
+    err.map_or(Ok(()), Err)
+}

@@ -57,10 +57,10 @@ pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&Tenso
             crate::direct::conv(kb, a, ins, outs[0])
         }
         Op::Conv(a) => conv(kb, a, ins, outs[0]),
-        Op::ConvTranspose(a) => {
-            float_only(ins[0])?;
-            conv_transpose(kb, a, ins, outs[0])
+        Op::ConvTranspose(a) if a.kernel.len() > 2 || ins[0].dtype != DType::F32 => {
+            crate::direct::conv_transpose(kb, a, ins, outs[0])
         }
+        Op::ConvTranspose(a) => conv_transpose(kb, a, ins, outs[0]),
         Op::Gemm(a) => {
             float_only(ins[0])?;
             gemm(kb, a, ins, outs[0]);

@@ -1089,6 +1089,32 @@ fn direct_nd_conv_and_pools() {
             run_unary("pool3d", op, &[1, 2, 5, 6, 5], |x| x);
         }
     }
+    // 3-D transposed convolution with groups, strides, pads, dilations, output padding
+    let mut r = Rng(12);
+    let mut g = Graph::new("convt3d");
+    let x = g.add_input("x", TensorType::f32([1, 4, 3, 4, 3]));
+    let w = g
+        .add_const(
+            "w",
+            TensorType::f32([4, 3, 2, 3, 2]),
+            ConstData::from_f32(&r.vec(4 * 3 * 12)),
+        )
+        .unwrap();
+    let b = g
+        .add_const("b", TensorType::f32([6]), ConstData::from_f32(&r.vec(6)))
+        .unwrap();
+    let a = ConvTransposeAttrs {
+        kernel: vec![2, 3, 2],
+        strides: vec![2, 1, 3],
+        pads: vec![1, 0, 0, 0, 1, 1],
+        dilations: vec![1, 2, 1],
+        groups: 2,
+        output_padding: vec![1, 0, 2],
+    };
+    g.outputs = g
+        .add_node("c", Op::ConvTranspose(a), vec![x, w, b], vec!["y".into()])
+        .unwrap();
+    check(&g, &[Tensor::f32([1, 4, 3, 4, 3], r.vec(144))]);
     // f64 convolution takes the direct path too
     let mut r = Rng(8);
     let mut g = Graph::new("conv_f64");
