@@ -505,6 +505,57 @@ pub fn eval_op(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
         }
         Op::BatchNorm { epsilon } => one(batch_norm(*epsilon, inputs)?),
         Op::MaxPool(a) => one(pool(a, x, out_shape, true)?),
+        Op::MaxPoolIndices {
+            attrs: a,
+            storage_order,
+        } => {
+            let v = x.floats()?;
+            let sp = a.kernel.len();
+            let in_sp = &x.shape[2..];
+            let out_sp = &out_shape[2..];
+            let in_size: usize = in_sp.iter().product();
+            let out_size: usize = out_sp.iter().product();
+            let planes = x.shape[0] * x.shape[1];
+            let kpos = kernel_positions(&a.kernel);
+            let mut out = vec![0i64; planes * out_size];
+            let mut oidx = vec![0; sp];
+            let mut coord = vec![0isize; sp];
+            for o in 0..out_size {
+                unravel(o, out_sp, &mut oidx);
+                let mut offs = Vec::new();
+                for k in &kpos {
+                    for d in 0..sp {
+                        coord[d] = (oidx[d] * a.strides[d] + k[d] * a.dilations[d]) as isize
+                            - a.pads[d] as isize;
+                    }
+                    if let Some(off) = spatial_offset(&coord, in_sp) {
+                        // column-major spatial index for storage_order 1
+                        let cm = if *storage_order {
+                            let mut idx = 0usize;
+                            for d in (0..sp).rev() {
+                                idx = idx * in_sp[d] + coord[d] as usize;
+                            }
+                            idx
+                        } else {
+                            off
+                        };
+                        offs.push((off, cm));
+                    }
+                }
+                for p in 0..planes {
+                    let base = p * in_size;
+                    let mut best: Option<(f64, usize)> = None;
+                    for &(off, cm) in &offs {
+                        let val = v[base + off];
+                        if best.is_none_or(|(m, _)| val > m) {
+                            best = Some((val, cm));
+                        }
+                    }
+                    out[p * out_size + o] = (base + best.map_or(0, |b| b.1)) as i64;
+                }
+            }
+            one(Tensor::i64(out_shape, out))
+        }
         Op::AveragePool(a) => one(pool(a, x, out_shape, false)?),
         Op::GlobalAveragePool => {
             let v = x.floats()?;

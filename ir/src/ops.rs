@@ -361,6 +361,12 @@ pub enum Op {
         epsilon: f32,
     },
     MaxPool(PoolAttrs),
+    /// The i64 flat input index of each MaxPool maximum (the first one on ties); with
+    /// `storage_order` the spatial part of the index is column-major (ONNX MaxPool output 1).
+    MaxPoolIndices {
+        attrs: PoolAttrs,
+        storage_order: bool,
+    },
     AveragePool(PoolAttrs),
     GlobalAveragePool,
     /// Shape-only: the bytes are unchanged (covers Flatten, Squeeze, Unsqueeze).
@@ -673,6 +679,7 @@ impl Op {
             Op::IsInf { .. } => "is_inf",
             Op::BatchNorm { .. } => "batch_norm",
             Op::MaxPool(_) => "max_pool",
+            Op::MaxPoolIndices { .. } => "max_pool_indices",
             Op::AveragePool(_) => "average_pool",
             Op::GlobalAveragePool => "global_average_pool",
             Op::Reshape { .. } => "reshape",
@@ -746,6 +753,17 @@ impl Op {
                 ("neg", Attr::Int(*neg as i64)),
             ],
             Op::BatchNorm { epsilon } => vec![("epsilon", Attr::Float(*epsilon))],
+            Op::MaxPoolIndices {
+                attrs: a,
+                storage_order,
+            } => vec![
+                ("kernel", us(&a.kernel)),
+                ("strides", us(&a.strides)),
+                ("pads", us(&a.pads)),
+                ("dilations", us(&a.dilations)),
+                ("ceil_mode", Attr::Int(a.ceil_mode as i64)),
+                ("storage_order", Attr::Int(*storage_order as i64)),
+            ],
             Op::MaxPool(a) | Op::AveragePool(a) => {
                 let mut v = vec![
                     ("kernel", us(&a.kernel)),
@@ -934,6 +952,10 @@ impl Op {
                 epsilon: get("epsilon")?.float()?,
             },
             "max_pool" => Op::MaxPool(pool()?),
+            "max_pool_indices" => Op::MaxPoolIndices {
+                attrs: pool()?,
+                storage_order: flag("storage_order")?,
+            },
             "average_pool" => Op::AveragePool(pool()?),
             "global_average_pool" => Op::GlobalAveragePool,
             "reshape" => Op::Reshape {
@@ -1250,6 +1272,10 @@ impl Op {
                     }
                 }
                 Ok(vec![x.clone()])
+            }
+            Op::MaxPoolIndices { attrs, .. } => {
+                let t = Op::MaxPool(attrs.clone()).infer(ins)?;
+                Ok(vec![t[0].with_dtype(DType::I64)])
             }
             Op::MaxPool(a) | Op::AveragePool(a) => {
                 arity(1, 1)?;

@@ -141,6 +141,7 @@ const SUPPORTED: &[&str] = &[
     "OneHot",
     "QuantizeLinear",
     "LpPool",
+    "MaxUnpool",
     "ConvInteger",
     "QLinearConv",
     "NonZero",
@@ -870,6 +871,7 @@ impl<'a> Imp<'a> {
             "OneHot" => self.one_hot(c)?,
             "QuantizeLinear" => self.quantize_linear(c)?,
             "LpPool" => self.lp_pool(c)?,
+            "MaxUnpool" => self.max_unpool(c)?,
             "ConvInteger" => self.conv_integer(c, false)?,
             "QLinearConv" => self.conv_integer(c, true)?,
             "NonZero" => self.non_zero(c)?,
@@ -1730,11 +1732,6 @@ impl<'a> Imp<'a> {
     }
 
     fn pool(&mut self, c: &Ctx) -> R<()> {
-        if let Some(o) = c.out(1)
-            && self.used.contains(o)
-        {
-            return Err("the Indices output is not supported".into());
-        }
         let x = self.req(c, 0)?;
         let kernel = to_usizes(
             &c.ints("kernel_shape").ok_or("missing kernel_shape")?,
@@ -1756,6 +1753,19 @@ impl<'a> Imp<'a> {
             ceil_mode: c.i("ceil_mode", 0) != 0,
             count_include_pad: !max && c.i("count_include_pad", 0) != 0,
         };
+        if max
+            && let Some(o) = c.out(1)
+            && self.used.contains(o)
+        {
+            let so = c.i("storage_order", 0) != 0;
+            let op = Op::MaxPoolIndices {
+                attrs: a.clone(),
+                storage_order: so,
+            };
+            let names = [self.out_name(c, 1)];
+            let v = self.node(c, op, vec![x], &names)?[0];
+            self.set_out(c, 1, v);
+        }
         let op = if max {
             Op::MaxPool(a)
         } else {
@@ -1958,7 +1968,7 @@ fn slice_dim(dim: usize, start: i64, end: i64, step: i64) -> R<(usize, usize)> {
 }
 
 /// Op types (or op variants) the importer cannot translate, with their node names.
-fn unsupported(nodes: &[NodeProto], used: &HashSet<String>) -> BTreeMap<String, Vec<String>> {
+fn unsupported(nodes: &[NodeProto]) -> BTreeMap<String, Vec<String>> {
     let mut bad: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (i, n) in nodes.iter().enumerate() {
         let op = n.op_type();
@@ -1977,9 +1987,6 @@ fn unsupported(nodes: &[NodeProto], used: &HashSet<String>) -> BTreeMap<String, 
                     .map(|a| String::from_utf8_lossy(a.s()).into_owned())
             };
             match op {
-                "MaxPool" if n.output.get(1).is_some_and(|o| used.contains(o)) => {
-                    Some("MaxPool (Indices output)".to_string())
-                }
                 "Resize" | "Upsample" => {
                     let mode = attr("mode").unwrap_or_default();
                     let ct = attr("coordinate_transformation_mode").unwrap_or_default();
@@ -2045,7 +2052,7 @@ pub fn import_model(
         .collect();
     used.extend(graph.output.iter().map(|o| o.name().to_string()));
 
-    let bad = unsupported(&graph.node, &used);
+    let bad = unsupported(&graph.node);
     if !bad.is_empty() {
         let list = bad
             .iter()

@@ -339,3 +339,90 @@ pub(crate) fn conv_transpose(
     });
     err.map_or(Ok(()), Err)
 }
+
+/// MaxPool's index output: the flat input index (batch and channel included) of each window's
+/// first maximum; `storage_order` makes the spatial part column-major.
+pub(crate) fn max_pool_indices(
+    kb: &mut Kb,
+    a: &PoolAttrs,
+    storage_order: bool,
+    x: &TensorType,
+    out: &TensorType,
+) -> KResult {
+    let dt = x.dtype;
+    let num = num_of(dt, "max_pool")?;
+    let sp = a.kernel.len();
+    let nc = x.shape[0] * x.shape[1];
+    let in_sp = x.shape[2..].to_vec();
+    let out_sp = out.shape[2..].to_vec();
+    let in_plane: usize = in_sp.iter().product();
+    let out_plane: usize = out_sp.iter().product();
+    let (xp, op) = (kb.params[0], kb.params[1]);
+    let os = strides_of(&out_sp);
+    // column-major strides of the spatial dims
+    let mut cm = vec![1usize; sp];
+    for d in 1..sp {
+        cm[d] = cm[d - 1] * in_sp[d - 1];
+    }
+    let pads = &a.pads[..sp];
+    let mut dims = vec![nc];
+    dims.extend_from_slice(&out_sp);
+    kb.for_nd(&dims, &mut |kb, ix| {
+        let o = &ix[1..];
+        let xb = kb.b.ins().imul_imm_u(ix[0], in_plane as i64);
+        let init = match num {
+            Num::F32 | Num::F64 => fconst(kb, f64::NEG_INFINITY, num.ty()),
+            Num::Int { ty, .. } => kb.b.ins().iconst(ty, i64::MIN),
+        };
+        let best = kb.var(num.ty(), init);
+        let m1 = kb.ic(-1);
+        let best_i = kb.var(I64, m1);
+        kb.for_nd(&a.kernel.clone(), &mut |kb, k| {
+            let (ok, off, pos) = tap(kb, o, k, (&a.strides, pads, &a.dilations), &in_sp);
+            let xo = kb.b.ins().iadd(xb, off);
+            let v = load_num(kb, dt, xp, xo);
+            let (b0, i0) = (kb.b.use_var(best), kb.b.use_var(best_i));
+            let better = match num {
+                Num::F32 | Num::F64 => kb.b.ins().fcmp(
+                    cranelift_codegen::ir::condcodes::FloatCC::GreaterThan,
+                    v,
+                    b0,
+                ),
+                Num::Int { signed, .. } => {
+                    let cc = if signed {
+                        IntCC::SignedGreaterThan
+                    } else {
+                        IntCC::UnsignedGreaterThan
+                    };
+                    kb.b.ins().icmp(cc, v, b0)
+                }
+            };
+            let first = kb.b.ins().icmp_imm_s(IntCC::Equal, i0, -1);
+            let take = kb.b.ins().bor(better, first);
+            let take = kb.b.ins().band(take, ok);
+            let idx = if storage_order {
+                let mut acc = kb.ic(0);
+                for d in 0..sp {
+                    let t = kb.b.ins().imul_imm_u(pos[d], cm[d] as i64);
+                    acc = kb.b.ins().iadd(acc, t);
+                }
+                kb.b.ins().iadd(acc, xb)
+            } else {
+                xo
+            };
+            let nb = kb.b.ins().select(take, v, b0);
+            let ni = kb.b.ins().select(take, idx, i0);
+            kb.b.def_var(best, nb);
+            kb.b.def_var(best_i, ni);
+        });
+        let oo = kb.offset(o, &os);
+        let ob = kb.b.ins().imul_imm_u(ix[0], out_plane as i64);
+        let oo = kb.b.ins().iadd(oo, ob);
+        let i = kb.b.use_var(best_i);
+        let z = kb.ic(0);
+        let none = kb.b.ins().icmp_imm_s(IntCC::SignedLessThan, i, 0);
+        let i = kb.b.ins().select(none, z, i);
+        store_num(kb, DType::I64, i, op, oo);
+    });
+    Ok(())
+}

@@ -169,12 +169,6 @@ impl<'a> Kb<'a> {
         self.b.switch_to_block(done);
     }
 
-    pub fn call1(&mut self, f: &'static str, x: Value) -> Value {
-        let fr = self.libm[f];
-        let c = self.b.ins().call(fr, &[x]);
-        self.b.inst_results(c)[0]
-    }
-
     /// max(a, b) for floats, written as the select pattern x64 lowers to one `maxss`.
     pub fn fmax(&mut self, a: Value, b: Value) -> Value {
         let c = self.b.ins().fcmp(FloatCC::GreaterThan, a, b);

@@ -76,6 +76,10 @@ pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&Tenso
             crate::direct::pool(kb, a, matches!(node.op, Op::MaxPool(_)), ins[0], outs[0])
         }
         Op::MaxPool(a) => pool(kb, a, true, ins[0], outs[0]),
+        Op::MaxPoolIndices {
+            attrs,
+            storage_order,
+        } => crate::direct::max_pool_indices(kb, attrs, *storage_order, ins[0], outs[0]),
         Op::AveragePool(a) => pool(kb, a, false, ins[0], outs[0]),
         Op::GlobalAveragePool => {
             float_only(ins[0])?;
@@ -117,11 +121,7 @@ pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&Tenso
             slice(kb, a, ins[0]);
             Ok(())
         }
-        Op::Softmax { axis, kind } => {
-            float_only(ins[0])?;
-            softmax(kb, *axis, *kind, ins[0]);
-            Ok(())
-        }
+        Op::Softmax { axis, kind } => softmax(kb, *axis, *kind, ins[0]),
         Op::Pad { pads, mode, value } => {
             crate::index::pad(kb, pads, *mode, *value, ins[0], outs[0]);
             Ok(())
@@ -1370,24 +1370,31 @@ fn reduce(kb: &mut Kb, kind: ReduceKind, axes: &[usize], x: &TensorType) -> KRes
     err.map_or(Ok(()), Err)
 }
 
-fn softmax(kb: &mut Kb, axis: usize, kind: SoftmaxKind, x: &TensorType) {
+fn softmax(kb: &mut Kb, axis: usize, kind: SoftmaxKind, x: &TensorType) -> KResult {
+    let dt = x.dtype;
+    let num = Num::of(dt)
+        .filter(|n| matches!(n, Num::F32 | Num::F64))
+        .ok_or_else(|| format!("softmax on {dt} is not supported by the CPU back end yet"))?;
+    let t = num.ty();
     let outer: usize = x.shape[..axis].iter().product();
     let len = x.shape[axis];
     let inner: usize = x.shape[axis + 1..].iter().product();
     let (xp, op) = (kb.params[0], kb.params[1]);
+    let (exp, log) = (Op::Unary(UnaryOp::Exp), Op::Unary(UnaryOp::Log));
+    let mut err = None;
     kb.for_nd(&[outer, inner], &mut |kb, idx| {
         let base = kb.offset(idx, &[len * inner, 1]);
         let at = |kb: &mut Kb, l: Value| {
             let o = kb.b.ins().imul_imm_u(l, inner as i64);
             kb.b.ins().iadd(o, base)
         };
-        let ninf = kb.fc(f32::NEG_INFINITY);
-        let mx = kb.var(F32, ninf);
+        let ninf = crate::ew::fconst(kb, f64::NEG_INFINITY, t);
+        let mx = kb.var(t, ninf);
         let z = kb.ic(0);
         let arg = kb.var(I64, z);
         kb.for_n(len, &mut |kb, l| {
             let o = at(kb, l);
-            let v = kb.load_f32(xp, o);
+            let v = load_num(kb, dt, xp, o);
             let m0 = kb.b.use_var(mx);
             // first maximum: only a strictly greater value moves it
             let gt = kb.b.ins().fcmp(FloatCC::GreaterThan, v, m0);
@@ -1402,49 +1409,73 @@ fn softmax(kb: &mut Kb, axis: usize, kind: SoftmaxKind, x: &TensorType) {
             kb.for_n(len, &mut |kb, l| {
                 let o = at(kb, l);
                 let hit = kb.b.ins().icmp(IntCC::Equal, l, a);
-                let (one, zero) = (kb.fc(1.0), kb.fc(0.0));
+                let one = crate::ew::fconst(kb, 1.0, t);
+                let zero = crate::ew::fconst(kb, 0.0, t);
                 let r = kb.b.ins().select(hit, one, zero);
-                kb.store_f32(r, op, o);
+                store_num(kb, dt, r, op, o);
             });
             return;
         }
         let m = kb.b.use_var(mx);
-        let z = kb.fc(0.0);
-        let sum = kb.var(F32, z);
+        let z = crate::ew::fconst(kb, 0.0, t);
+        let sum = kb.var(t, z);
         kb.for_n(len, &mut |kb, l| {
             let o = at(kb, l);
-            let v = kb.load_f32(xp, o);
-            let t = kb.b.ins().fsub(v, m);
-            let e = kb.call1("expf", t);
-            if kind == SoftmaxKind::Softmax {
-                kb.store_f32(e, op, o);
+            let v = load_num(kb, dt, xp, o);
+            let d = kb.b.ins().fsub(v, m);
+            match apply(kb, &exp, num, d, None) {
+                Ok(e) => {
+                    if kind == SoftmaxKind::Softmax && matches!(dt, DType::F32 | DType::F64) {
+                        store_num(kb, dt, e, op, o);
+                    }
+                    let s0 = kb.b.use_var(sum);
+                    let s1 = kb.b.ins().fadd(s0, e);
+                    kb.b.def_var(sum, s1);
+                }
+                Err(e) => err = Some(e),
             }
-            let s0 = kb.b.use_var(sum);
-            let s1 = kb.b.ins().fadd(s0, e);
-            kb.b.def_var(sum, s1);
         });
         let s = kb.b.use_var(sum);
         if kind == SoftmaxKind::LogSoftmax {
             // x - max - ln(sum)
-            let ls = kb.call1("logf", s);
+            let ls = match apply(kb, &log, num, s, None) {
+                Ok(v) => v,
+                Err(e) => {
+                    err = Some(e);
+                    return;
+                }
+            };
             let sh = kb.b.ins().fadd(m, ls);
             kb.for_n(len, &mut |kb, l| {
                 let o = at(kb, l);
-                let v = kb.load_f32(xp, o);
+                let v = load_num(kb, dt, xp, o);
                 let r = kb.b.ins().fsub(v, sh);
-                kb.store_f32(r, op, o);
+                store_num(kb, dt, r, op, o);
             });
             return;
         }
-        let one = kb.fc(1.0);
+        let one = crate::ew::fconst(kb, 1.0, t);
         let inv = kb.b.ins().fdiv(one, s);
         kb.for_n(len, &mut |kb, l| {
             let o = at(kb, l);
-            let v = kb.load_f32(op, o);
-            let r = kb.b.ins().fmul(v, inv);
-            kb.store_f32(r, op, o);
+            // 16-bit outputs recompute exp (the stored value would be rounded twice)
+            let e = if matches!(dt, DType::F32 | DType::F64) {
+                Ok(load_num(kb, dt, op, o))
+            } else {
+                let v = load_num(kb, dt, xp, o);
+                let d = kb.b.ins().fsub(v, m);
+                apply(kb, &exp, num, d, None)
+            };
+            match e {
+                Ok(e) => {
+                    let r = kb.b.ins().fmul(e, inv);
+                    store_num(kb, dt, r, op, o);
+                }
+                Err(e) => err = Some(e),
+            }
         });
     });
+    err.map_or(Ok(()), Err)
 }
 
 pub(crate) fn copy_elem(kb: &mut Kb, esize: usize, src: Value, si: Value, dst: Value, di: Value) {

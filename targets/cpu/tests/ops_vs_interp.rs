@@ -1115,6 +1115,26 @@ fn direct_nd_conv_and_pools() {
         .add_node("c", Op::ConvTranspose(a), vec![x, w, b], vec!["y".into()])
         .unwrap();
     check(&g, &[Tensor::f32([1, 4, 3, 4, 3], r.vec(144))]);
+    // MaxPool's index output (row- and column-major), with ties and padding
+    for storage_order in [false, true] {
+        let a = PoolAttrs {
+            kernel: vec![3, 2],
+            strides: vec![2, 1],
+            pads: vec![1, 0, 1, 1],
+            dilations: vec![1, 1],
+            ceil_mode: false,
+            count_include_pad: false,
+        };
+        run_unary(
+            "max_pool_indices",
+            Op::MaxPoolIndices {
+                attrs: a,
+                storage_order,
+            },
+            &[2, 3, 5, 4],
+            |x| (x * 3.0).round(),
+        );
+    }
     // f64 convolution takes the direct path too
     let mut r = Rng(8);
     let mut g = Graph::new("conv_f64");

@@ -1612,3 +1612,96 @@ impl ResizeTable<'_> {
         Ok((idx, wts))
     }
 }
+
+impl Imp<'_> {
+    /// MaxUnpool: the values scattered at their flat indices into zeros of the output shape
+    /// (`output_shape`, or `(in - 1) * stride + kernel - pads` per spatial dim).
+    pub(super) fn max_unpool(&mut self, c: &Ctx) -> R<()> {
+        let (x, i) = (self.req(c, 0)?, self.req(c, 1)?);
+        let xs = self.ty(x).shape.clone();
+        let sp = xs
+            .len()
+            .checked_sub(2)
+            .ok_or("input needs [N, C, spatial..]")?;
+        // the indices address the inferred shape; output_shape only pads its end with zeros
+        let inferred: Vec<usize> = {
+            let k = to_usizes(
+                &c.ints("kernel_shape").ok_or("missing kernel_shape")?,
+                "kernel_shape",
+            )?;
+            let s = c
+                .ints("strides")
+                .map(|v| to_usizes(&v, "strides"))
+                .transpose()?
+                .unwrap_or(vec![1; sp]);
+            let p = c
+                .ints("pads")
+                .map(|v| to_usizes(&v, "pads"))
+                .transpose()?
+                .unwrap_or(vec![0; 2 * sp]);
+            if k.len() != sp || s.len() != sp || p.len() != 2 * sp {
+                return Err("kernel_shape/strides/pads do not match the input rank".into());
+            }
+            let mut o = xs[..2].to_vec();
+            for d in 0..sp {
+                let full = (xs[2 + d].max(1) - 1) * s[d] + k[d];
+                o.push(
+                    full.checked_sub(p[d] + p[sp + d])
+                        .ok_or("pads exceed the output")?,
+                );
+            }
+            o
+        };
+        let requested = match self.const_in(c, 2)? {
+            Some(o) => Some(to_usizes(&o.as_i64(), "output_shape")?),
+            None => None,
+        };
+        if let Some(o) = &requested
+            && (o.len() != xs.len()
+                || o[..2] != xs[..2]
+                || o.iter().zip(&inferred).any(|(a, b)| a < b))
+        {
+            return Err(format!(
+                "output_shape {o:?} does not fit the unpooled shape {inferred:?}"
+            ));
+        }
+        let out = inferred;
+        let total: usize = out.iter().product();
+        let n = self.ty(x).numel();
+        let dt = self.ty(x).dtype;
+        let zeros = self.const_of(c, "zeros", dt, vec![total], vec![0.0; total])?;
+        let xf = self.reshape(c, x, vec![n], &format!("{}/values", c.name))?;
+        let idf = self.reshape(c, i, vec![n], &format!("{}/indices", c.name))?;
+        let sc = self.op1(
+            c,
+            "scattered",
+            Op::ScatterElements {
+                axis: 0,
+                reduction: ScatterReduction::None,
+            },
+            vec![zeros, idf, xf],
+        )?;
+        match requested.filter(|o| *o != out) {
+            None => {
+                let name = self.out_name(c, 0);
+                let v = self.reshape(c, sc, out, &name)?;
+                self.set_out(c, 0, v);
+            }
+            Some(o) => {
+                let v = self.reshape(c, sc, out.clone(), &format!("{}/unpooled", c.name))?;
+                let r = o.len();
+                let mut pads = vec![0i64; 2 * r];
+                for d in 0..r {
+                    pads[r + d] = (o[d] - out[d]) as i64;
+                }
+                let pad = Op::Pad {
+                    pads,
+                    mode: PadMode::Constant,
+                    value: 0.0,
+                };
+                self.op_out(c, 0, pad, vec![v])?;
+            }
+        }
+        Ok(())
+    }
+}
