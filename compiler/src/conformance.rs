@@ -240,6 +240,26 @@ fn compile_and_run(
                     opts.frozen_inputs.push((name, ty, d));
                     continue;
                 }
+                // a value computed from inputs must be constant: freeze the small integer
+                // inputs (sizes, shapes, axes) it is likely computed from
+                if needs_constant(&msg).is_some() {
+                    let before = opts.frozen_inputs.len();
+                    for (k, name) in names.iter().enumerate() {
+                        if opts.frozen_inputs.iter().any(|f| &f.0 == name) {
+                            continue;
+                        }
+                        if let Some(p) = sets.first().and_then(|s| s.0.get(k))
+                            && let Ok((ty, d)) = crate::onnx::read_tensor(p)
+                            && matches!(ty.dtype, DType::I64 | DType::I32)
+                            && ty.numel() <= 64
+                        {
+                            opts.frozen_inputs.push((name.clone(), ty, d));
+                        }
+                    }
+                    if opts.frozen_inputs.len() > before {
+                        continue;
+                    }
+                }
                 return Outcome::Unsupported(one_line(
                     &msg.replace(&model.display().to_string(), "model"),
                 ));

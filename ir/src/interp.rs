@@ -958,6 +958,11 @@ pub fn eval_op(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
                 Tensor::i64(shape, ids),
             ])
         }
+        Op::BitCast { to } => one(Tensor::from_bytes(
+            &TensorType::new(*to, out_shape),
+            &x.to_bytes(),
+        )
+        .map_err(|e| e.to_string())?),
         Op::Cast { to } => one(Tensor {
             shape: out_shape,
             data: cast(&x.data, *to)?,

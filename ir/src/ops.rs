@@ -442,6 +442,11 @@ pub enum Op {
     Cast {
         to: DType,
     },
+    /// Reinterpret the bytes as `to` (ONNX BitCast): same element size keeps the shape; a
+    /// smaller type adds a last dim of the size ratio, a larger one consumes it.
+    BitCast {
+        to: DType,
+    },
     /// Pad (or crop, for negative pads) every dim: `pads` = begins then ends, like ONNX.
     Pad {
         pads: Vec<i64>,
@@ -707,6 +712,7 @@ impl Op {
             Op::Where => "where",
             Op::Resize(_) => "resize",
             Op::Cast { .. } => "cast",
+            Op::BitCast { .. } => "bit_cast",
             Op::Pad { .. } => "pad",
             Op::Resample { .. } => "resample",
             Op::CumSum { prod: false, .. } => "cum_sum",
@@ -821,7 +827,7 @@ impl Op {
                 ("scales", Attr::Floats(a.scales.clone())),
                 ("out_shape", us(&a.out_shape)),
             ],
-            Op::Cast { to } => vec![("to", Attr::Str(to.name().into()))],
+            Op::Cast { to } | Op::BitCast { to } => vec![("to", Attr::Str(to.name().into()))],
             Op::Resample { axis, fill } => vec![
                 ("axis", Attr::Int(*axis as i64)),
                 ("fill", Attr::Float(*fill)),
@@ -1050,10 +1056,13 @@ impl Op {
                 k: get("k")?.uint()?,
                 largest: flag("largest")?,
             },
-            "cast" => {
+            "cast" | "bit_cast" => {
                 let s = get("to")?.str()?;
-                Op::Cast {
-                    to: DType::from_name(s).ok_or_else(|| format!("unknown dtype '{s}'"))?,
+                let to = DType::from_name(s).ok_or_else(|| format!("unknown dtype '{s}'"))?;
+                if name == "cast" {
+                    Op::Cast { to }
+                } else {
+                    Op::BitCast { to }
                 }
             }
             _ => return Err(format!("unknown op '{name}'")),
@@ -1512,6 +1521,24 @@ impl Op {
             Op::Cast { to } => {
                 arity(1, 1)?;
                 Ok(vec![ins[0].with_dtype(*to)])
+            }
+            Op::BitCast { to } => {
+                arity(1, 1)?;
+                let x = ins[0];
+                let (a, b) = (x.dtype.size(), to.size());
+                let mut shape = x.shape.clone();
+                if a > b {
+                    shape.push(a / b);
+                } else if a < b {
+                    if shape.last() != Some(&(b / a)) {
+                        return Err(format!(
+                            "bit_cast {x} to {to}: the last dim must be {}",
+                            b / a
+                        ));
+                    }
+                    shape.pop();
+                }
+                Ok(vec![TensorType::new(*to, shape)])
             }
             Op::Pad { pads, .. } => {
                 arity(1, 1)?;

@@ -38,6 +38,10 @@ pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&Tenso
         | Op::IsNaN
         | Op::IsInf { .. } => crate::ew::elementwise(kb, &node.op, ins, outs[0]),
         Op::Cast { to } => cast(kb, ins[0], *to),
+        Op::BitCast { .. } => {
+            copy(kb, 0, 1, ins[0].size_bytes());
+            Ok(())
+        }
         Op::Compare(c) => compare(kb, *c, ins, outs[0]),
         Op::ArgExtreme {
             max,

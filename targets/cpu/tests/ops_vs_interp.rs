@@ -1161,6 +1161,22 @@ fn direct_nd_conv_and_pools() {
     check(&g, &[Tensor::f64([1, 2, 5, 5], xv)]);
 }
 
+/// BitCast between element sizes (same, smaller, larger).
+#[test]
+fn bit_casts() {
+    let mut r = Rng(41);
+    // same size, smaller (adds a last dim of 4), larger (consumes a last dim of 2)
+    for (to, shape_in) in [
+        (DType::I32, vec![3, 4]),
+        (DType::U8, vec![3, 4]),
+        (DType::F64, vec![3, 2, 2]),
+    ] {
+        let g = unary_graph("bit_cast", Op::BitCast { to }, &shape_in);
+        let n = shape_in.iter().product();
+        check(&g, &[Tensor::f32(shape_in.clone(), r.vec(n))]);
+    }
+}
+
 /// Resample (the general Resize path) on each axis, with extrapolated rows.
 #[test]
 fn resample_tables() {

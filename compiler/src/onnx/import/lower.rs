@@ -1704,4 +1704,204 @@ impl Imp<'_> {
         }
         Ok(())
     }
+
+    pub(super) fn bit_cast(&mut self, c: &Ctx) -> R<()> {
+        let x = self.req(c, 0)?;
+        let to = dtype_from_onnx(c.i("to", 0) as i32)?;
+        self.op_out(c, 0, Op::BitCast { to }, vec![x])?;
+        Ok(())
+    }
+
+    /// CenterCropPad: per listed axis, crop (centered, extra element at the start side like the
+    /// reference) or zero-pad to the requested length.
+    pub(super) fn center_crop_pad(&mut self, c: &Ctx) -> R<()> {
+        let x = self.req(c, 0)?;
+        let want = self.const_in(c, 1)?.ok_or("missing shape")?.as_i64();
+        let xs = self.ty(x).shape.clone();
+        let r = xs.len();
+        let axes: Vec<usize> = match c.ints("axes") {
+            Some(a) => a.iter().map(|&a| norm_axis(a, r)).collect::<R<_>>()?,
+            None => (0..r).collect(),
+        };
+        if want.len() != axes.len() {
+            return Err(format!("{} lengths for {} axes", want.len(), axes.len()));
+        }
+        let mut pads = vec![0i64; 2 * r];
+        for (k, &d) in axes.iter().enumerate() {
+            let (n, w) = (xs[d] as i64, want[k]);
+            if w < 0 {
+                return Err(format!("negative length {w}"));
+            }
+            if w < n {
+                let start = (n - w) / 2;
+                pads[d] = -start;
+                pads[r + d] = -(n - w - start);
+            } else {
+                let before = (w - n) / 2;
+                pads[d] = before;
+                pads[r + d] = w - n - before;
+            }
+        }
+        self.op_out(
+            c,
+            0,
+            Op::Pad {
+                pads,
+                mode: PadMode::Constant,
+                value: 0.0,
+            },
+            vec![x],
+        )?;
+        Ok(())
+    }
+
+    /// Compress with a constant condition: a Gather of the selected indices (flattened input
+    /// when no axis is given).
+    pub(super) fn compress(&mut self, c: &Ctx) -> R<()> {
+        let x = self.req(c, 0)?;
+        let cond = self.const_in(c, 1)?.ok_or("missing condition")?.as_i64();
+        let xs = self.ty(x).shape.clone();
+        let (x, axis) = match c.attr("axis") {
+            Some(a) => (x, norm_axis(a.i(), xs.len())?),
+            None => {
+                let n = self.ty(x).numel();
+                (self.reshape(c, x, vec![n], &format!("{}/flat", c.name))?, 0)
+            }
+        };
+        let len = self.ty(x).shape[axis];
+        let picks: Vec<i64> = cond
+            .iter()
+            .enumerate()
+            .filter(|(i, v)| **v != 0 && *i < len)
+            .map(|(i, _)| i as i64)
+            .collect();
+        let n = picks.len();
+        let idx = self.add_ct(&format!("{}/selected", c.name), CT::i64s(vec![n], picks))?;
+        self.op_out(c, 0, Op::Gather { axis }, vec![x, idx])?;
+        Ok(())
+    }
+
+    /// Hann / Hamming / Blackman windows of a constant size: constants.
+    pub(super) fn window_fn(&mut self, c: &Ctx, op: &str) -> R<()> {
+        let size = self.const_in(c, 0)?.ok_or("missing size")?;
+        let n = *size.as_i64().first().ok_or("size must be a scalar")?;
+        let n = usize::try_from(n).map_err(|_| format!("size {n} must be non-negative"))?;
+        let periodic = c.i("periodic", 1) != 0;
+        let dt = dtype_from_onnx(c.i("output_datatype", 1) as i32)?;
+        let denom = if periodic {
+            n as f64
+        } else {
+            (n as f64 - 1.0).max(1.0)
+        };
+        let tau = 2.0 * std::f64::consts::PI;
+        let v: Vec<f64> = (0..n)
+            .map(|i| {
+                let t = tau * i as f64 / denom;
+                match op {
+                    "HannWindow" => 0.5 - 0.5 * t.cos(),
+                    "HammingWindow" => 25.0 / 46.0 - (1.0 - 25.0 / 46.0) * t.cos(),
+                    _ => 0.42 - 0.5 * t.cos() + 0.08 * (2.0 * t).cos(),
+                }
+            })
+            .collect();
+        let ct = CT {
+            dtype: DType::F64,
+            shape: vec![n],
+            v: ce::Vals::F(v),
+        }
+        .cast(dt);
+        self.out_const(c, 0, ct)
+    }
+
+    /// Col2Im: every column element is added into its image position (ScatterElements with
+    /// add over a constant index table; taps in the padding go to one extra slot that is
+    /// dropped).
+    pub(super) fn col2im(&mut self, c: &Ctx) -> R<()> {
+        let x = self.req(c, 0)?;
+        let img = to_usizes(
+            &self.const_in(c, 1)?.ok_or("missing image_shape")?.as_i64(),
+            "image_shape",
+        )?;
+        let blk = to_usizes(
+            &self.const_in(c, 2)?.ok_or("missing block_shape")?.as_i64(),
+            "block_shape",
+        )?;
+        let sp = img.len();
+        let xs = self.ty(x).shape.clone();
+        let kn: usize = blk.iter().product();
+        if blk.len() != sp || xs.len() != 3 || kn == 0 || !xs[1].is_multiple_of(kn) {
+            return Err(format!("input {xs:?} does not match block_shape {blk:?}"));
+        }
+        let get = |k: &str, d: usize| -> R<Vec<usize>> {
+            match c.ints(k) {
+                Some(v) => to_usizes(&v, k),
+                None => Ok(vec![d; if k == "pads" { 2 * sp } else { sp }]),
+            }
+        };
+        let (dil, pads, strides) = (get("dilations", 1)?, get("pads", 0)?, get("strides", 1)?);
+        let (n, ch) = (xs[0], xs[1] / kn);
+        // blocks per dim
+        let nb: Vec<usize> = (0..sp)
+            .map(|d| (img[d] + pads[d] + pads[sp + d] - dil[d] * (blk[d] - 1) - 1) / strides[d] + 1)
+            .collect();
+        let l: usize = nb.iter().product();
+        if l != xs[2] {
+            return Err(format!("{} blocks expected, input has {}", l, xs[2]));
+        }
+        let plane: usize = img.iter().product();
+        let ist = kiln_ir::types::strides_of(&img);
+        let kst = kiln_ir::types::strides_of(&blk);
+        let bst = kiln_ir::types::strides_of(&nb);
+        let mut idx = Vec::with_capacity(ch * kn * l);
+        for cc in 0..ch {
+            for k in 0..kn {
+                for b in 0..l {
+                    let mut off = Some(0usize);
+                    for d in 0..sp {
+                        let kd = (k / kst[d]) % blk[d];
+                        let bd = (b / bst[d]) % nb[d];
+                        let p = (bd * strides[d] + kd * dil[d]) as i64 - pads[d] as i64;
+                        off = match off {
+                            Some(o) if p >= 0 && (p as usize) < img[d] => {
+                                Some(o + p as usize * ist[d])
+                            }
+                            _ => None,
+                        };
+                    }
+                    idx.push(match off {
+                        Some(o) => (cc * plane + o) as i64,
+                        None => (ch * plane) as i64,
+                    });
+                }
+            }
+        }
+        let total = ch * plane + 1;
+        let dt = self.ty(x).dtype;
+        let zeros = self.const_of(c, "zeros", dt, vec![n, total], vec![0.0; n * total])?;
+        let per = ch * kn * l;
+        let idx: Vec<i64> = (0..n).flat_map(|_| idx.iter().copied()).collect();
+        let it = self.add_ct(&format!("{}/targets", c.name), CT::i64s(vec![n, per], idx))?;
+        let xf = self.reshape(c, x, vec![n, per], &format!("{}/columns", c.name))?;
+        let sc = self.op1(
+            c,
+            "scattered",
+            Op::ScatterElements {
+                axis: 1,
+                reduction: ScatterReduction::Add,
+            },
+            vec![zeros, it, xf],
+        )?;
+        let sl = Op::Slice(SliceAttrs {
+            starts: vec![0, 0],
+            steps: vec![1, 1],
+            sizes: vec![n, ch * plane],
+        });
+        let body = self.op1(c, "image", sl, vec![sc])?;
+        let mut shape = vec![n, ch];
+        shape.extend_from_slice(&img);
+        let name = self.out_name(c, 0);
+        let v = self.reshape(c, body, shape, &name)?;
+        self.set_out(c, 0, v);
+        Ok(())
+    }
 }
