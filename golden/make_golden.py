@@ -334,12 +334,46 @@ def build_tiny_ops():
     return g, {"input": [1, 3, 16, 16]}
 
 
+def build_recurrent():
+    # RNN/GRU/LSTM variants the ONNX node tests do not cover: bidirectional LSTM with short
+    # sequence_lens, initial states and peepholes; reverse GRU with linear_before_reset; RNN
+    # with clip and a Relu activation. (ONNX Runtime has no batch-major layout=1 kernels; the
+    # node tests cover layout=1.)
+    g = Builder("recurrent", opset=14)
+    x = g.input("x", [5, 3, 4])                                     # [seq, batch, input]
+    hid = 6
+    w = g.init(g.normal((2, 4 * hid, 4), 0.5), "lstm_w")
+    r = g.init(g.normal((2, 4 * hid, hid), 0.5), "lstm_r")
+    b = g.init(g.normal((2, 8 * hid), 0.2), "lstm_b")
+    lens = g.init(np.array([5, 3, 2], dtype=np.int32), "lstm_lens")
+    h0 = g.init(g.normal((2, 3, hid), 0.3), "lstm_h0")
+    c0 = g.init(g.normal((2, 3, hid), 0.3), "lstm_c0")
+    p = g.init(g.normal((2, 3 * hid), 0.3), "lstm_p")
+    g.op("LSTM", [x, w, r, b, lens, h0, c0, p], n_out=3,
+         out=["lstm_y", "lstm_h", "lstm_c"], hidden_size=hid, direction="bidirectional")
+    g.output("lstm_y", [5, 2, 3, hid])
+    g.output("lstm_c", [2, 3, hid])
+    gw = g.init(g.normal((1, 3 * hid, 4), 0.5), "gru_w")
+    gr = g.init(g.normal((1, 3 * hid, hid), 0.5), "gru_r")
+    gb = g.init(g.normal((1, 6 * hid), 0.2), "gru_b")
+    g.op("GRU", [x, gw, gr, gb], n_out=2, out=["gru_y", "gru_h"], hidden_size=hid,
+         direction="reverse", linear_before_reset=1)
+    g.output("gru_y", [5, 1, 3, hid])
+    rw = g.init(g.normal((1, hid, 4), 0.5), "rnn_w")
+    rr = g.init(g.normal((1, hid, hid), 0.5), "rnn_r")
+    g.op("RNN", [x, rw, rr], n_out=2, out=["rnn_y", "rnn_h"], hidden_size=hid, clip=0.5,
+         activations=["Relu"])
+    g.output("rnn_y", [5, 1, 3, hid])
+    return g, {"x": [5, 3, 4]}
+
+
 SYNTHETIC = {
     "lenet5": build_lenet5,
     "squeezenet1_1": build_squeezenet1_1,
     "resnet18": build_resnet18,
     "mobilenetv2": build_mobilenetv2,
     "tiny_ops": build_tiny_ops,
+    "recurrent": build_recurrent,
 }
 
 

@@ -1904,4 +1904,492 @@ impl Imp<'_> {
         self.set_out(c, 0, v);
         Ok(())
     }
+
+    /// An RNN gate activation by ONNX name.
+    fn rnn_act(&mut self, c: &Ctx, name: &str, x: ValueId, what: &str) -> R<ValueId> {
+        let op = match name.to_ascii_lowercase().as_str() {
+            "sigmoid" => Op::Unary(UnaryOp::Sigmoid),
+            "tanh" => Op::Unary(UnaryOp::Tanh),
+            "relu" => Op::Unary(UnaryOp::Relu),
+            a => return Err(format!("activation '{a}' is not supported")),
+        };
+        self.op1(c, what, op, vec![x])
+    }
+
+    /// Columns `[k*h, (k+1)*h)` of a `[B, G*h]` value.
+    fn gate(&mut self, c: &Ctx, v: ValueId, k: usize, h: usize, what: &str) -> R<ValueId> {
+        let b = self.ty(v).shape[0];
+        let sl = Op::Slice(SliceAttrs {
+            starts: vec![0, k * h],
+            steps: vec![1, 1],
+            sizes: vec![b, h],
+        });
+        self.op1(c, what, sl, vec![v])
+    }
+
+    fn add2(&mut self, c: &Ctx, a: ValueId, b: ValueId, what: &str) -> R<ValueId> {
+        self.op1(c, what, Op::Binary(BinaryOp::Add), vec![a, b])
+    }
+    fn mul2(&mut self, c: &Ctx, a: ValueId, b: ValueId, what: &str) -> R<ValueId> {
+        self.op1(c, what, Op::Binary(BinaryOp::Mul), vec![a, b])
+    }
+
+    /// RNN, GRU and LSTM (forward, reverse, bidirectional; layout 0/1; biases, initial states,
+    /// sequence_lens masks, LSTM peepholes, clip, activations Sigmoid/Tanh/Relu) unrolled over
+    /// the static sequence length: one MatMul for all input projections, then per step a
+    /// recurrent MatMul and the gate arithmetic.
+    pub(super) fn recurrent(&mut self, c: &Ctx, op: &str) -> R<()> {
+        let g_n = match op {
+            "RNN" => 1,
+            "GRU" => 3,
+            _ => 4,
+        };
+        let (x, w, r) = (self.req(c, 0)?, self.req(c, 1)?, self.req(c, 2)?);
+        let bias = self.inp(c, 3)?;
+        let seq_lens = self.inp(c, 4)?;
+        let h0 = self.inp(c, 5)?;
+        let c0 = if op == "LSTM" { self.inp(c, 6)? } else { None };
+        let peep = if op == "LSTM" { self.inp(c, 7)? } else { None };
+        let h = usize::try_from(c.i("hidden_size", 0))
+            .ok()
+            .filter(|&h| h > 0)
+            .ok_or("hidden_size must be positive")?;
+        let layout = c.i("layout", 0);
+        let dir = c.s("direction", "forward");
+        let dirs = if dir == "bidirectional" { 2 } else { 1 };
+        if op == "LSTM" && c.i("input_forget", 0) != 0 {
+            return Err("input_forget=1 is not supported".into());
+        }
+        let lbr = op == "GRU" && c.i("linear_before_reset", 0) != 0;
+        let clip = c.attr("clip").map(|a| a.f());
+        let acts: Vec<String> = match c.attr("activations") {
+            Some(a) => a
+                .strings
+                .iter()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect(),
+            None => match op {
+                "RNN" => vec!["Tanh".into(); dirs],
+                "GRU" => ["Sigmoid", "Tanh"]
+                    .repeat(dirs)
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+                _ => ["Sigmoid", "Tanh", "Tanh"]
+                    .repeat(dirs)
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+            },
+        };
+        let per_dir = acts.len() / dirs;
+        if c.attr("activation_alpha").is_some() || c.attr("activation_beta").is_some() {
+            return Err("activation_alpha/beta are not supported".into());
+        }
+        // X as [S, B, I]
+        let x = if layout == 1 {
+            self.op1(
+                c,
+                "x_seq_major",
+                Op::Transpose {
+                    perm: vec![1, 0, 2],
+                },
+                vec![x],
+            )?
+        } else {
+            x
+        };
+        let xs = self.ty(x).shape.clone();
+        let [steps, batch, _] = xs[..] else {
+            return Err(format!("X {xs:?} must be 3-D"));
+        };
+        let dt = self.ty(x).dtype;
+        let ws = self.ty(w).shape.clone();
+        if ws.len() != 3 || ws[0] != dirs || ws[1] != g_n * h {
+            return Err(format!("W {ws:?} must be [{dirs}, {}, input]", g_n * h));
+        }
+        let slice0 = |s: &Self, v: ValueId, d: usize| -> Op {
+            let mut starts = vec![0; s.ty(v).rank()];
+            starts[0] = d;
+            let mut sizes = s.ty(v).shape.clone();
+            sizes[0] = 1;
+            let steps = vec![1; sizes.len()];
+            Op::Slice(SliceAttrs {
+                starts,
+                steps,
+                sizes,
+            })
+        };
+        // states are [dirs, B, H] (layout 1: [B, dirs, H])
+        let state_in =
+            |s: &mut Self, v: Option<ValueId>, d: usize, what: &str| -> R<Option<ValueId>> {
+                let Some(v) = v else { return Ok(None) };
+                let v = if layout == 1 {
+                    s.op1(
+                        c,
+                        &format!("{what}_dir_major"),
+                        Op::Transpose {
+                            perm: vec![1, 0, 2],
+                        },
+                        vec![v],
+                    )?
+                } else {
+                    v
+                };
+                let op = slice0(s, v, d);
+                let t = s.op1(c, &format!("{what}{d}"), op, vec![v])?;
+                Ok(Some(s.reshape(
+                    c,
+                    t,
+                    vec![batch, h],
+                    &format!("{}/{what}{d}_2d", c.name),
+                )?))
+            };
+        // sequence masks: step t is active for batch b when t < seq_lens[b]
+        let lens = match seq_lens {
+            Some(l) => {
+                let l = if self.ty(l).dtype == DType::I64 {
+                    l
+                } else {
+                    self.op1(c, "seq_lens_i64", Op::Cast { to: DType::I64 }, vec![l])?
+                };
+                Some(self.reshape(c, l, vec![batch, 1], &format!("{}/seq_lens_col", c.name))?)
+            }
+            None => None,
+        };
+        let zero = self.const_of(c, "zero", dt, vec![], vec![0.0])?;
+        let one = self.const_of(c, "one", dt, vec![], vec![1.0])?;
+        let mut ys: Vec<Vec<ValueId>> = Vec::new();
+        let mut finals_h = Vec::new();
+        let mut finals_c = Vec::new();
+        for d in 0..dirs {
+            let reverse = dir == "reverse" || d == 1;
+            let act = |k: usize| acts[d * per_dir + k].clone();
+            let op_w = slice0(self, w, d);
+            let wd = self.op1(c, &format!("w{d}"), op_w, vec![w])?;
+            let wd = self.reshape(c, wd, vec![g_n * h, xs[2]], &format!("{}/w{d}_2d", c.name))?;
+            let wt = self.op1(
+                c,
+                &format!("w{d}_t"),
+                Op::Transpose { perm: vec![1, 0] },
+                vec![wd],
+            )?;
+            let op_r = slice0(self, r, d);
+            let rd = self.op1(c, &format!("r{d}"), op_r, vec![r])?;
+            let rd = self.reshape(c, rd, vec![g_n * h, h], &format!("{}/r{d}_2d", c.name))?;
+            let rt = self.op1(
+                c,
+                &format!("r{d}_t"),
+                Op::Transpose { perm: vec![1, 0] },
+                vec![rd],
+            )?;
+            // all input projections at once: [S, B, G*H]
+            let xw = self.op1(c, &format!("xw{d}"), Op::MatMul, vec![x, wt])?;
+            let (wb, rb) = match bias {
+                Some(b) => {
+                    let op_b = slice0(self, b, d);
+                    let bd = self.op1(c, &format!("b{d}"), op_b, vec![b])?;
+                    let bd =
+                        self.reshape(c, bd, vec![2 * g_n * h], &format!("{}/b{d}_1d", c.name))?;
+                    let half = |k: usize| {
+                        Op::Slice(SliceAttrs {
+                            starts: vec![k * g_n * h],
+                            steps: vec![1],
+                            sizes: vec![g_n * h],
+                        })
+                    };
+                    (
+                        Some(self.op1(c, &format!("wb{d}"), half(0), vec![bd])?),
+                        Some(self.op1(c, &format!("rb{d}"), half(1), vec![bd])?),
+                    )
+                }
+                None => (None, None),
+            };
+            // input-side bias (GRU keeps the recurrent h-gate bias apart)
+            let xw = match (wb, rb, op) {
+                (Some(wb), Some(rb), "RNN" | "LSTM") => {
+                    let b2 = self.add2(c, wb, rb, &format!("bias{d}"))?;
+                    self.add2(c, xw, b2, &format!("xwb{d}"))?
+                }
+                (Some(wb), _, _) => self.add2(c, xw, wb, &format!("xwb{d}"))?,
+                _ => xw,
+            };
+            let mut hs = match state_in(self, h0, d, "h0_")? {
+                Some(v) => v,
+                None => self.const_of(
+                    c,
+                    &format!("h_init{d}"),
+                    dt,
+                    vec![batch, h],
+                    vec![0.0; batch * h],
+                )?,
+            };
+            let mut cs = match state_in(self, c0, d, "c0_")? {
+                Some(v) => v,
+                None => self.const_of(
+                    c,
+                    &format!("c_init{d}"),
+                    dt,
+                    vec![batch, h],
+                    vec![0.0; batch * h],
+                )?,
+            };
+            let peeps = match peep {
+                Some(p) => {
+                    let op_p = slice0(self, p, d);
+                    let pd = self.op1(c, &format!("p{d}"), op_p, vec![p])?;
+                    let pd = self.reshape(c, pd, vec![1, 3 * h], &format!("{}/p{d}_2d", c.name))?;
+                    Some((
+                        self.gate(c, pd, 0, h, &format!("p{d}_i"))?,
+                        self.gate(c, pd, 1, h, &format!("p{d}_o"))?,
+                        self.gate(c, pd, 2, h, &format!("p{d}_f"))?,
+                    ))
+                }
+                None => None,
+            };
+            let mut outs = vec![ValueId(0); steps];
+            for s_ in 0..steps {
+                let t = if reverse { steps - 1 - s_ } else { s_ };
+                let tag = format!("{d}_{t}");
+                let xt = Op::Slice(SliceAttrs {
+                    starts: vec![t, 0, 0],
+                    steps: vec![1, 1, 1],
+                    sizes: vec![1, batch, g_n * h],
+                });
+                let xt = self.op1(c, &format!("x{tag}"), xt, vec![xw])?;
+                let xt = self.reshape(
+                    c,
+                    xt,
+                    vec![batch, g_n * h],
+                    &format!("{}/x{tag}_2d", c.name),
+                )?;
+                let clipv = |s: &mut Self, v: ValueId, what: &str| -> R<ValueId> {
+                    match clip {
+                        Some(cl) => s.op1(c, what, Op::Clip { min: -cl, max: cl }, vec![v]),
+                        None => Ok(v),
+                    }
+                };
+                let (h_new, c_new) = match op {
+                    "RNN" => {
+                        let hr = self.op1(c, &format!("hr{tag}"), Op::MatMul, vec![hs, rt])?;
+                        let g = self.add2(c, xt, hr, &format!("g{tag}"))?;
+                        let g = clipv(self, g, &format!("g{tag}_clip"))?;
+                        (self.rnn_act(c, &act(0), g, &format!("h{tag}"))?, None)
+                    }
+                    "GRU" => {
+                        let (xz, xr, xh) = (
+                            self.gate(c, xt, 0, h, &format!("xz{tag}"))?,
+                            self.gate(c, xt, 1, h, &format!("xr{tag}"))?,
+                            self.gate(c, xt, 2, h, &format!("xh{tag}"))?,
+                        );
+                        let hr = self.op1(c, &format!("hr{tag}"), Op::MatMul, vec![hs, rt])?;
+                        let hr = match rb {
+                            Some(rb) => self.add2(c, hr, rb, &format!("hrb{tag}"))?,
+                            None => hr,
+                        };
+                        let (hz, hrr, hh) = (
+                            self.gate(c, hr, 0, h, &format!("hz{tag}"))?,
+                            self.gate(c, hr, 1, h, &format!("hr_{tag}"))?,
+                            self.gate(c, hr, 2, h, &format!("hh{tag}"))?,
+                        );
+                        let z = self.add2(c, xz, hz, &format!("zs{tag}"))?;
+                        let z = clipv(self, z, &format!("zs{tag}_clip"))?;
+                        let z = self.rnn_act(c, &act(0), z, &format!("z{tag}"))?;
+                        let rr = self.add2(c, xr, hrr, &format!("rs{tag}"))?;
+                        let rr = clipv(self, rr, &format!("rs{tag}_clip"))?;
+                        let rr = self.rnn_act(c, &act(0), rr, &format!("r{tag}"))?;
+                        let cand = if lbr {
+                            let t2 = self.mul2(c, rr, hh, &format!("rhh{tag}"))?;
+                            self.add2(c, xh, t2, &format!("hs{tag}"))?
+                        } else {
+                            // (r * H) R_h^T + Rb_h
+                            let rh = self.mul2(c, rr, hs, &format!("rh{tag}"))?;
+                            let rht = Op::Slice(SliceAttrs {
+                                starts: vec![0, 2 * h],
+                                steps: vec![1, 1],
+                                sizes: vec![h, h],
+                            });
+                            let rh_t = self.op1(c, &format!("r_h{tag}"), rht, vec![rt])?;
+                            let m =
+                                self.op1(c, &format!("rhm{tag}"), Op::MatMul, vec![rh, rh_t])?;
+                            let m = match rb {
+                                Some(rb) => {
+                                    let rbh = Op::Slice(SliceAttrs {
+                                        starts: vec![2 * h],
+                                        steps: vec![1],
+                                        sizes: vec![h],
+                                    });
+                                    let rbh = self.op1(c, &format!("rbh{tag}"), rbh, vec![rb])?;
+                                    self.add2(c, m, rbh, &format!("rhmb{tag}"))?
+                                }
+                                None => m,
+                            };
+                            self.add2(c, xh, m, &format!("hs{tag}"))?
+                        };
+                        let cand = clipv(self, cand, &format!("hs{tag}_clip"))?;
+                        let cand = self.rnn_act(c, &act(1), cand, &format!("hc{tag}"))?;
+                        // H = (1 - z) * cand + z * H
+                        let omz = self.op1(
+                            c,
+                            &format!("omz{tag}"),
+                            Op::Binary(BinaryOp::Sub),
+                            vec![one, z],
+                        )?;
+                        let a = self.mul2(c, omz, cand, &format!("a{tag}"))?;
+                        let b = self.mul2(c, z, hs, &format!("b{tag}"))?;
+                        (self.add2(c, a, b, &format!("h{tag}"))?, None)
+                    }
+                    _ => {
+                        let hr = self.op1(c, &format!("hr{tag}"), Op::MatMul, vec![hs, rt])?;
+                        let g = self.add2(c, xt, hr, &format!("g{tag}"))?;
+                        let (gi, go, gf, gc) = (
+                            self.gate(c, g, 0, h, &format!("gi{tag}"))?,
+                            self.gate(c, g, 1, h, &format!("go{tag}"))?,
+                            self.gate(c, g, 2, h, &format!("gf{tag}"))?,
+                            self.gate(c, g, 3, h, &format!("gc{tag}"))?,
+                        );
+                        let (gi, gf) = match peeps {
+                            Some((pi, _, pf)) => {
+                                let a = self.mul2(c, pi, cs, &format!("pic{tag}"))?;
+                                let b = self.mul2(c, pf, cs, &format!("pfc{tag}"))?;
+                                (
+                                    self.add2(c, gi, a, &format!("gip{tag}"))?,
+                                    self.add2(c, gf, b, &format!("gfp{tag}"))?,
+                                )
+                            }
+                            None => (gi, gf),
+                        };
+                        let gi = clipv(self, gi, &format!("gi{tag}_clip"))?;
+                        let gf = clipv(self, gf, &format!("gf{tag}_clip"))?;
+                        let gc = clipv(self, gc, &format!("gc{tag}_clip"))?;
+                        let i = self.rnn_act(c, &act(0), gi, &format!("i{tag}"))?;
+                        let f = self.rnn_act(c, &act(0), gf, &format!("f{tag}"))?;
+                        let cc = self.rnn_act(c, &act(1), gc, &format!("cc{tag}"))?;
+                        let fc = self.mul2(c, f, cs, &format!("fc{tag}"))?;
+                        let ic = self.mul2(c, i, cc, &format!("ic{tag}"))?;
+                        let cn = self.add2(c, fc, ic, &format!("c{tag}"))?;
+                        let go = match peeps {
+                            Some((_, po, _)) => {
+                                let a = self.mul2(c, po, cn, &format!("poc{tag}"))?;
+                                self.add2(c, go, a, &format!("gop{tag}"))?
+                            }
+                            None => go,
+                        };
+                        let go = clipv(self, go, &format!("go{tag}_clip"))?;
+                        let o = self.rnn_act(c, &act(0), go, &format!("o{tag}"))?;
+                        let tc = self.rnn_act(c, &act(2), cn, &format!("tc{tag}"))?;
+                        (self.mul2(c, o, tc, &format!("h{tag}"))?, Some(cn))
+                    }
+                };
+                // past a batch's sequence length: the state holds, the output is zero
+                let (h_new, y_t, c_new) = match lens {
+                    Some(l) => {
+                        let tv = self.add_ct(
+                            &format!("{}/t{tag}", c.name),
+                            CT::i64s(vec![], vec![t as i64]),
+                        )?;
+                        let m = self.op1(
+                            c,
+                            &format!("active{tag}"),
+                            Op::Compare(CmpOp::Less),
+                            vec![tv, l],
+                        )?;
+                        let hn = self.op1(c, &format!("hm{tag}"), Op::Where, vec![m, h_new, hs])?;
+                        let yt =
+                            self.op1(c, &format!("y{tag}"), Op::Where, vec![m, h_new, zero])?;
+                        let cn = match c_new {
+                            Some(cn) => Some(self.op1(
+                                c,
+                                &format!("cm{tag}"),
+                                Op::Where,
+                                vec![m, cn, cs],
+                            )?),
+                            None => None,
+                        };
+                        (hn, yt, cn)
+                    }
+                    None => (h_new, h_new, c_new),
+                };
+                outs[t] = y_t;
+                hs = h_new;
+                if let Some(cn) = c_new {
+                    cs = cn;
+                }
+            }
+            ys.push(outs);
+            finals_h.push(hs);
+            finals_c.push(cs);
+        }
+        // Y: [S, dirs, B, H] (layout 1: [B, S, dirs, H])
+        if c.out(0).is_some() {
+            let mut per_t = Vec::new();
+            #[allow(clippy::needless_range_loop)] // t indexes the inner vectors
+            for t in 0..steps {
+                let parts: Vec<ValueId> = (0..dirs)
+                    .map(|d| {
+                        self.reshape(
+                            c,
+                            ys[d][t],
+                            vec![1, 1, batch, h],
+                            &format!("{}/y{d}_{t}_4d", c.name),
+                        )
+                    })
+                    .collect::<R<_>>()?;
+                per_t.push(if dirs == 1 {
+                    parts[0]
+                } else {
+                    self.op1(c, &format!("y_t{t}"), Op::Concat { axis: 1 }, parts)?
+                });
+            }
+            let y = if steps == 1 {
+                per_t[0]
+            } else {
+                self.op1(c, "y_all", Op::Concat { axis: 0 }, per_t)?
+            };
+            if layout == 1 {
+                self.op_out(
+                    c,
+                    0,
+                    Op::Transpose {
+                        perm: vec![2, 0, 1, 3],
+                    },
+                    vec![y],
+                )?;
+            } else {
+                let shape = self.ty(y).shape.clone();
+                self.op_out(c, 0, Op::Reshape { shape }, vec![y])?;
+            }
+        }
+        for (k, finals) in [(1usize, finals_h), (2, finals_c)] {
+            if c.out(k).is_none() || (k == 2 && op != "LSTM") {
+                continue;
+            }
+            let parts: Vec<ValueId> = finals
+                .iter()
+                .enumerate()
+                .map(|(d, &v)| {
+                    self.reshape(c, v, vec![1, batch, h], &format!("{}/final{k}_{d}", c.name))
+                })
+                .collect::<R<_>>()?;
+            let v = if dirs == 1 {
+                parts[0]
+            } else {
+                self.op1(c, &format!("final{k}"), Op::Concat { axis: 0 }, parts)?
+            };
+            if layout == 1 {
+                self.op_out(
+                    c,
+                    k,
+                    Op::Transpose {
+                        perm: vec![1, 0, 2],
+                    },
+                    vec![v],
+                )?;
+            } else {
+                let shape = self.ty(v).shape.clone();
+                self.op_out(c, k, Op::Reshape { shape }, vec![v])?;
+            }
+        }
+        Ok(())
+    }
 }
