@@ -2392,4 +2392,185 @@ impl Imp<'_> {
         }
         Ok(())
     }
+
+    /// DFT as matrix products with constant cos/sin tables: forward, inverse, one-sided
+    /// (rfft) and inverse one-sided (irfft, Hermitian extension), `dft_length` padding or
+    /// truncation, along any non-last axis. Input `[.., L, 1|2]`, output `[.., M, 2|1]`.
+    pub(super) fn dft(&mut self, c: &Ctx) -> R<()> {
+        let x = self.req(c, 0)?;
+        let xs = self.ty(x).shape.clone();
+        let r = xs.len();
+        if r < 2 || !(1..=2).contains(&xs[r - 1]) {
+            return Err(format!(
+                "input {xs:?} needs a last dim of 1 (real) or 2 (complex)"
+            ));
+        }
+        let axis = if self.opset >= 20 {
+            match self.const_in(c, 2)? {
+                Some(a) => *a.as_i64().first().ok_or("axis must be a scalar")?,
+                None => -2,
+            }
+        } else {
+            c.i("axis", 1)
+        };
+        let axis = norm_axis(axis, r)?;
+        if axis == r - 1 {
+            return Err("axis must not be the last (real/imaginary) dim".into());
+        }
+        let inverse = c.i("inverse", 0) != 0;
+        let onesided = c.i("onesided", 0) != 0;
+        let l = xs[axis];
+        let n = match self.const_in(c, 1)? {
+            Some(v) => usize::try_from(*v.as_i64().first().ok_or("dft_length must be a scalar")?)
+                .map_err(|_| "dft_length must be non-negative")?,
+            None if inverse && onesided => 2 * l.saturating_sub(1),
+            None => l,
+        };
+        if n == 0 {
+            return Err("dft_length must be positive".into());
+        }
+        let complex = xs[r - 1] == 2;
+        let dt = self.ty(x).dtype;
+        // real/imaginary parts with the signal axis last: [rest.., L]
+        let mut perm: Vec<usize> = (0..r - 1).filter(|&d| d != axis).collect();
+        perm.push(axis);
+        let part = |s: &mut Self, k: usize, what: &str| -> R<ValueId> {
+            let mut sizes = xs.clone();
+            sizes[r - 1] = 1;
+            let mut starts = vec![0; r];
+            starts[r - 1] = k;
+            let sl = Op::Slice(SliceAttrs {
+                starts,
+                steps: vec![1; r],
+                sizes: sizes.clone(),
+            });
+            let v = s.op1(c, what, sl, vec![x])?;
+            let v = s.reshape(
+                c,
+                v,
+                sizes[..r - 1].to_vec(),
+                &format!("{}/{what}_sq", c.name),
+            )?;
+            s.op1(
+                c,
+                &format!("{what}_t"),
+                Op::Transpose { perm: perm.clone() },
+                vec![v],
+            )
+        };
+        // accumulate in f64 like the reference (near-zero outputs are sums of cancelling terms)
+        let wide = |s: &mut Self, v: ValueId, what: &str| -> R<ValueId> {
+            s.op1(
+                c,
+                &format!("{what}_f64"),
+                Op::Cast { to: DType::F64 },
+                vec![v],
+            )
+        };
+        let re = part(self, 0, "re")?;
+        let re = wide(self, re, "re")?;
+        let im = if complex {
+            let v = part(self, 1, "im")?;
+            Some(wide(self, v, "im")?)
+        } else {
+            None
+        };
+        let tau = 2.0 * std::f64::consts::PI;
+        let irfft = inverse && onesided;
+        let m = if irfft {
+            n
+        } else if onesided {
+            n / 2 + 1
+        } else {
+            n
+        };
+        let rows = l;
+        // table(f) -> [rows, m] with f(n_in, k_out)
+        let table = |f: &dyn Fn(usize, usize) -> f64| -> Vec<f64> {
+            let mut v = vec![0.0; rows * m];
+            for i in 0..rows {
+                for k in 0..m {
+                    v[i * m + k] = f(i, k);
+                }
+            }
+            v
+        };
+        let nf = n as f64;
+        let th = |i: usize, k: usize| tau * (i * k % n) as f64 / nf;
+        // (re->re, im->re, re->im, im->im) coefficient tables
+        let (rr, ir, ri, ii): (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) = if irfft {
+            let half = n / 2 + 1;
+            let w = |i: usize| {
+                if i >= half || i >= n {
+                    0.0
+                } else if i == 0 || (n % 2 == 0 && i == n / 2) {
+                    1.0
+                } else {
+                    2.0
+                }
+            };
+            (
+                table(&|i, k| w(i) * th(i, k).cos() / nf),
+                table(&|i, k| -w(i) * th(i, k).sin() / nf),
+                Vec::new(),
+                Vec::new(),
+            )
+        } else {
+            let live = |i: usize| if i < n { 1.0 } else { 0.0 };
+            let sgn = if inverse { -1.0 } else { 1.0 };
+            let sc = if inverse { 1.0 / nf } else { 1.0 };
+            (
+                table(&|i, k| live(i) * th(i, k).cos() * sc),
+                table(&|i, k| live(i) * sgn * th(i, k).sin() * sc),
+                table(&|i, k| -live(i) * sgn * th(i, k).sin() * sc),
+                table(&|i, k| live(i) * th(i, k).cos() * sc),
+            )
+        };
+        let mm = |s: &mut Self, v: ValueId, t: &[f64], what: &str| -> R<ValueId> {
+            let tv = s.const_of(
+                c,
+                &format!("{what}_table"),
+                DType::F64,
+                vec![rows, m],
+                t.to_vec(),
+            )?;
+            s.op1(c, what, Op::MatMul, vec![v, tv])
+        };
+        let mut out_re = mm(self, re, &rr, "re_re")?;
+        if let Some(im) = im {
+            let t = mm(self, im, &ir, "im_re")?;
+            out_re = self.add2(c, out_re, t, "out_re")?;
+        }
+        // back to the input's dim order, with a trailing 1
+        let mut inv = vec![0; r - 1];
+        for (p, &d) in perm.iter().enumerate() {
+            inv[d] = p;
+        }
+        let back = |s: &mut Self, v: ValueId, what: &str| -> R<ValueId> {
+            let v = s.op1(c, &format!("{what}_narrow"), Op::Cast { to: dt }, vec![v])?;
+            let t = s.op1(
+                c,
+                &format!("{what}_back"),
+                Op::Transpose { perm: inv.clone() },
+                vec![v],
+            )?;
+            let mut shape = s.ty(t).shape.clone();
+            shape.push(1);
+            s.reshape(c, t, shape, &format!("{}/{what}_1", c.name))
+        };
+        let out_re = back(self, out_re, "out_re")?;
+        if irfft {
+            let shape = self.ty(out_re).shape.clone();
+            self.op_out(c, 0, Op::Reshape { shape }, vec![out_re])?;
+            return Ok(());
+        }
+        let mut out_im = mm(self, re, &ri, "re_im")?;
+        if let Some(im) = im {
+            let t = mm(self, im, &ii, "im_im")?;
+            out_im = self.add2(c, out_im, t, "out_im")?;
+        }
+        let out_im = back(self, out_im, "out_im")?;
+        self.op_out(c, 0, Op::Concat { axis: r - 1 }, vec![out_re, out_im])?;
+        Ok(())
+    }
 }
