@@ -367,6 +367,48 @@ def build_recurrent():
     return g, {"x": [5, 3, 4]}
 
 
+def build_encoder():
+    # A 6-layer BERT/MiniLM-shaped transformer encoder at 128 tokens (hidden 384, 12 heads,
+    # FFN 1536), as exporters write it: LayerNormalization, MatMul + Add, Reshape/Transpose to
+    # heads, scaled QK^T, Softmax, Erf-based GELU, residual adds.
+    g = Builder("encoder", opset=17)
+    seq, hid, heads, ffn, layers = 128, 384, 12, 1536, 6
+    dh = hid // heads
+    x = g.input("hidden", [1, seq, hid])
+
+    def linear(v, fin, fout):
+        w = g.init(g.normal((fin, fout), np.sqrt(1.0 / fin)), "w")
+        b = g.init(g.normal((fout,), 0.02), "b")
+        return g.op("Add", [g.op("MatMul", [v, w]), b])
+
+    def layer_norm(v):
+        gamma = g.init(g.uniform((hid,), 0.9, 1.1), "ln_g")
+        beta = g.init(g.normal((hid,), 0.02), "ln_b")
+        return g.op("LayerNormalization", [v, gamma, beta], axis=-1, epsilon=1e-12)
+
+    heads_shape = g.i64([1, seq, heads, dh], "heads_shape")
+    flat_shape = g.i64([1, seq, hid], "flat_shape")
+    scale = g.f32(1.0 / np.sqrt(dh), "scale")
+    for _ in range(layers):
+        def split_heads(v, perm):
+            return g.op("Transpose", [g.op("Reshape", [v, heads_shape])], perm=perm)
+        q = split_heads(linear(x, hid, hid), [0, 2, 1, 3])            # [1, h, s, d]
+        k = split_heads(linear(x, hid, hid), [0, 2, 3, 1])            # [1, h, d, s]
+        v = split_heads(linear(x, hid, hid), [0, 2, 1, 3])
+        att = g.op("Softmax", [g.op("Mul", [g.op("MatMul", [q, k]), scale])], axis=-1)
+        ctx = g.op("Transpose", [g.op("MatMul", [att, v])], perm=[0, 2, 1, 3])
+        ctx = g.op("Reshape", [ctx, flat_shape])
+        x = layer_norm(g.op("Add", [x, linear(ctx, hid, hid)]))
+        h = linear(x, hid, ffn)
+        gelu = g.op("Mul", [g.op("Mul", [h, g.f32(0.5, "half")]),
+                            g.op("Add", [g.op("Erf", [g.op("Div", [h, g.f32(np.sqrt(2.0), "sqrt2")])]),
+                                         g.f32(1.0, "one")])])
+        x = layer_norm(g.op("Add", [x, linear(gelu, ffn, hid)]))
+    g.op("Identity", [x], out="encoded")
+    g.output("encoded", [1, seq, hid])
+    return g, {"hidden": [1, seq, hid]}
+
+
 SYNTHETIC = {
     "lenet5": build_lenet5,
     "squeezenet1_1": build_squeezenet1_1,
@@ -374,6 +416,7 @@ SYNTHETIC = {
     "mobilenetv2": build_mobilenetv2,
     "tiny_ops": build_tiny_ops,
     "recurrent": build_recurrent,
+    "encoder": build_encoder,
 }
 
 

@@ -294,6 +294,7 @@ golden! {
     lenet5_jit, lenet5_artefacts => "lenet5";
     tiny_ops_jit, tiny_ops_artefacts => "tiny_ops";
     recurrent_jit, recurrent_artefacts => "recurrent";
+    encoder_jit, encoder_artefacts => "encoder";
     squeezenet_jit, squeezenet_artefacts => "squeezenet1_1";
     resnet18_jit, resnet18_artefacts => "resnet18";
     mobilenetv2_jit, mobilenetv2_artefacts => "mobilenetv2";
