@@ -1623,6 +1623,7 @@ impl<'a> Imp<'a> {
             pads,
             dilations,
             groups,
+            epilogue: Vec::new(),
         };
         self.emit(c, Op::Conv(a), ins)
     }
