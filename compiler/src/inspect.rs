@@ -81,8 +81,8 @@ pub fn table(g: &Graph) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:>4}  {:<22} {:<20} {:>14}  {:<26} {:>12}  {}",
-        "#", "op", "output", "FLOPs", "fused", "buffer", "node"
+        "{:>4}  {:<22} {:<20} {:>14}  {:<26} {:>12}  node",
+        "#", "op", "output", "FLOPs", "fused", "buffer"
     );
     for (i, (_, n)) in g.iter_nodes().enumerate() {
         let fused = match &n.op {

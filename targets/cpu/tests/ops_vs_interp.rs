@@ -1159,7 +1159,8 @@ fn resample_tables() {
 #[test]
 fn conv_epilogues() {
     use EpilogueStep as E;
-    let cases: Vec<(Vec<usize>, Vec<usize>, usize, Vec<E>)> = vec![
+    type Case = (Vec<usize>, Vec<usize>, usize, Vec<E>);
+    let cases: Vec<Case> = vec![
         (
             vec![1, 3, 7, 13],
             vec![6, 3, 3, 3],
