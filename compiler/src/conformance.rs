@@ -266,6 +266,10 @@ fn compile_and_run(
             }
         }
     };
+    let mut g = g;
+    if let Err(e) = pipeline::optimize(&mut g, &Default::default()) {
+        return Outcome::Fail(one_line(&e.to_string()));
+    }
     let jit = match kiln_target_cpu::compile_jit(&g, "case") {
         Ok(j) => j,
         Err(e) => return Outcome::Unsupported(one_line(&e.to_string())),

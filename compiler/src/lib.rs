@@ -5,6 +5,8 @@
 //! on verified IR.
 
 pub mod conformance;
+pub mod inspect;
 pub mod mindspore;
 pub mod onnx;
+pub mod passes;
 pub mod pipeline;

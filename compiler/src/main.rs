@@ -1,7 +1,8 @@
 //! The `kiln` command line.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use kiln_compiler::mindspore::{self, DecryptKey};
+use kiln_compiler::passes::{self, OptLevel, OptOptions};
 use kiln_compiler::pipeline::{self, Emit, ExtraOptions, LoadOptions};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,11 +20,80 @@ struct Cli {
 
 type Frozen = (String, kiln_ir::TensorType, kiln_ir::ConstData);
 
+/// Optimizer flags shared by `build`, `run` and `inspect`.
+#[derive(Args, Clone, Default)]
+struct OptArgs {
+    /// Optimization level: -O0 none, -O1 constant folding + cleanup, -O2 everything (default).
+    #[arg(short = 'O', default_value = "2", value_name = "LEVEL")]
+    opt: OptLevel,
+    /// Print the textual IR to stderr after this pass (repeatable; `all` for every pass).
+    #[arg(long = "print-after", value_name = "PASS")]
+    print_after: Vec<String>,
+    /// JSON file turning rewrite rules off by name: {"fuse_conv_activation": "off", ...}.
+    #[arg(long = "fusion-switch", value_name = "FILE")]
+    fusion_switch: Option<PathBuf>,
+}
+
+impl OptArgs {
+    fn options(&self) -> Result<OptOptions, String> {
+        for p in &self.print_after {
+            if p != "all"
+                && !passes::PASS_NAMES.contains(&p.as_str())
+                && !passes::rules().iter().any(|r| r.name == p)
+            {
+                return Err(format!(
+                    "--print-after: unknown pass '{p}' (passes: {}, all)",
+                    passes::PASS_NAMES.join(", ")
+                ));
+            }
+        }
+        let disabled = match &self.fusion_switch {
+            Some(f) => {
+                let text =
+                    std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+                passes::parse_fusion_switch(&text).map_err(|e| format!("{}: {e}", f.display()))?
+            }
+            None => Default::default(),
+        };
+        Ok(OptOptions {
+            level: self.opt,
+            print_after: self.print_after.clone(),
+            disabled,
+        })
+    }
+
+    /// Optimize `g`, printing `--print-after` dumps to stderr.
+    fn optimize(&self, g: &mut kiln_ir::Graph) -> Result<(), String> {
+        let r = pipeline::optimize(g, &self.options()?).map_err(|e| e.to_string())?;
+        for (pass, ir) in &r.printed {
+            eprintln!("// ----- IR after {pass} -----");
+            eprint!("{ir}");
+        }
+        Ok(())
+    }
+}
+
+fn list_fusions() {
+    println!("{:<28} {:<10} description", "rule", "pass");
+    for r in passes::rules() {
+        println!("{:<28} {:<10} {}", r.name, r.pass, r.about);
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Compile a model into a native artefact.
     Build {
-        model: PathBuf,
+        #[arg(required_unless_present = "list_fusions")]
+        model: Option<PathBuf>,
+        #[command(flatten)]
+        opt: OptArgs,
+        /// List the rewrite rules (names for --fusion-switch) and exit.
+        #[arg(long = "list-fusions")]
+        list_fusions: bool,
+        /// Print the per-op report (as `kiln inspect`) of the optimized graph.
+        #[arg(long)]
+        report: bool,
         /// Output path (default: the model's name with the artefact's extension).
         #[arg(short, long)]
         output: Option<PathBuf>,
@@ -69,6 +139,8 @@ enum Cmd {
     /// Compile a model in memory and run it on .npy inputs; writes <output>.npy files.
     Run {
         model: PathBuf,
+        #[command(flatten)]
+        opt: OptArgs,
         /// NAME=FILE.npy (repeatable), or FILE.npy for inputs in order.
         #[arg(long = "input")]
         inputs: Vec<String>,
@@ -89,9 +161,18 @@ enum Cmd {
         decrypt_key_file: Option<PathBuf>,
     },
     /// Describe a file: a checkpoint (.ckpt, .safetensors) lists its parameters (name, dtype,
-    /// shape, bytes) and totals; a .mindir model its inputs, outputs and op histogram.
+    /// shape, bytes) and totals; a .mindir model its inputs, outputs and op histogram; an
+    /// .onnx/.kir model (or a .mindir with --report) the per-op table after optimization: op,
+    /// output shape, FLOPs, fused epilogue, buffer offset, and the planned workspace.
     Inspect {
         file: PathBuf,
+        #[command(flatten)]
+        opt: OptArgs,
+        /// For .mindir: the optimized per-op table instead of the file summary.
+        #[arg(long)]
+        report: bool,
+        #[arg(long = "input-shape", value_parser = pipeline::parse_input_shape)]
+        input_shapes: Vec<(String, Vec<usize>)>,
         #[arg(long = "decrypt-key-file")]
         decrypt_key_file: Option<PathBuf>,
     },
@@ -112,6 +193,9 @@ fn real_main(cli: Cli) -> Result<(), String> {
     match cli.cmd {
         Cmd::Build {
             model,
+            opt,
+            list_fusions: list,
+            report,
             output,
             emit,
             target,
@@ -121,13 +205,22 @@ fn real_main(cli: Cli) -> Result<(), String> {
             weights,
             decrypt_key_file,
         } => {
-            let g = load(
+            if list {
+                list_fusions();
+                return Ok(());
+            }
+            let model = model.ok_or("a model file is required")?;
+            let mut g = load(
                 &model,
                 input_shapes,
                 frozen,
                 weights,
                 decrypt_key_file.as_deref(),
             )?;
+            opt.optimize(&mut g)?;
+            if report {
+                eprint!("{}", kiln_compiler::inspect::table(&g));
+            }
             let name = name.unwrap_or_else(|| pipeline::default_name(&model));
             let out = output.unwrap_or_else(|| {
                 let ext = emit.default_extension();
@@ -154,6 +247,7 @@ fn real_main(cli: Cli) -> Result<(), String> {
         } => conformance(data, suites, case, markdown),
         Cmd::Run {
             model,
+            opt,
             inputs,
             output_dir,
             input_shapes,
@@ -161,19 +255,42 @@ fn real_main(cli: Cli) -> Result<(), String> {
             weights,
             decrypt_key_file,
         } => {
-            let g = load(
+            let mut g = load(
                 &model,
                 input_shapes,
                 frozen,
                 weights,
                 decrypt_key_file.as_deref(),
             )?;
+            opt.optimize(&mut g)?;
             run(&model, g, &inputs, &output_dir)
         }
         Cmd::Inspect {
             file,
+            opt,
+            report,
+            input_shapes,
             decrypt_key_file,
-        } => inspect(&file, decrypt_key_file.as_deref()),
+        } => {
+            let ext = file
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            if matches!(ext.as_str(), "onnx" | "kir") || (report && ext == "mindir") {
+                let mut g = load(
+                    &file,
+                    input_shapes,
+                    Vec::new(),
+                    None,
+                    decrypt_key_file.as_deref(),
+                )?;
+                opt.optimize(&mut g)?;
+                print!("{}", kiln_compiler::inspect::table(&g));
+                return Ok(());
+            }
+            inspect(&file, decrypt_key_file.as_deref())
+        }
     }
 }
 
@@ -221,7 +338,7 @@ fn inspect(file: &Path, key_file: Option<&Path>) -> Result<(), String> {
         }
         _ => {
             return Err(format!(
-                "{}: inspect supports .ckpt, .safetensors and .mindir files",
+                "{}: inspect supports .onnx, .kir, .mindir, .ckpt and .safetensors files",
                 file.display()
             ));
         }

@@ -195,6 +195,15 @@ fn load_model(path: &Path, opts: &LoadOptions, extra: &ExtraOptions) -> Result<G
     Ok(g)
 }
 
+/// Run the optimizing passes of `opts.level` on a loaded graph (the verifier runs after every
+/// pass). `load` returns the unoptimized graph; `kiln build` and `kiln run` call this next.
+pub fn optimize(
+    g: &mut Graph,
+    opts: &crate::passes::OptOptions,
+) -> Result<crate::passes::OptReport, Error> {
+    crate::passes::optimize(g, opts).map_err(Error::Msg)
+}
+
 /// Default artefact name from a model path (`models/resnet18.onnx` -> `resnet18`).
 pub fn default_name(path: &Path) -> String {
     kiln_target_cpu::sym(

@@ -203,6 +203,7 @@ fn conv_relu_gemm() {
             pads: vec![0, 0, 1, 1],
             dilations: vec![1, 1],
             groups: 1,
+            epilogue: Vec::new(),
         })
     );
     assert_eq!(out_shape(&g, 0), [1, 10]);

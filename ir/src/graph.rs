@@ -272,6 +272,89 @@ impl Graph {
             .collect()
     }
 
+    /// Replace the pair `producer` -> `consumer` by one node: the node at `consumer`'s slot
+    /// becomes `op` over `inputs`, named like `producer`, and keeps `consumer`'s output values
+    /// (so graph output names survive); `producer` is removed. Placing the result at the
+    /// consumer's position keeps the topological order for any inputs of either node. The
+    /// caller makes sure nothing else reads `producer`'s outputs.
+    pub fn fuse_pair(&mut self, producer: NodeId, consumer: NodeId, op: Op, inputs: Vec<ValueId>) {
+        let name = self.node(producer).name.clone();
+        let outputs = self.node(consumer).outputs.clone();
+        self.nodes[producer.index()] = None;
+        self.nodes[consumer.index()] = Some(Node {
+            name,
+            op,
+            inputs,
+            outputs,
+        });
+    }
+
+    /// A value name not used yet, derived from `base`.
+    pub fn fresh_name(&self, base: &str) -> String {
+        let taken: std::collections::HashSet<&str> =
+            self.values.iter().map(|v| v.name.as_str()).collect();
+        if !taken.contains(base) {
+            return base.to_string();
+        }
+        (1..)
+            .map(|i| format!("{base}_{i}"))
+            .find(|n| !taken.contains(n.as_str()))
+            .expect("a free name")
+    }
+
+    /// Drop removed nodes and values nothing refers to (dead constants, outputs of removed
+    /// nodes), renumbering ids. Graph inputs are always kept; the order of values and nodes is
+    /// preserved.
+    pub fn compact(&mut self) {
+        let nv = self.values.len();
+        let mut keep = vec![false; nv];
+        for &v in self.inputs.iter().chain(&self.outputs) {
+            keep[v.index()] = true;
+        }
+        for n in self.nodes.iter().flatten() {
+            for &v in n.inputs.iter().chain(&n.outputs) {
+                keep[v.index()] = true;
+            }
+        }
+        let mut node_map = vec![None; self.nodes.len()];
+        let mut k = 0u32;
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.is_some() {
+                node_map[i] = Some(NodeId(k));
+                k += 1;
+            }
+        }
+        let mut val_map = vec![None; nv];
+        let mut values = Vec::with_capacity(nv);
+        for (i, v) in std::mem::take(&mut self.values).into_iter().enumerate() {
+            if !keep[i] {
+                continue;
+            }
+            let def = match v.def {
+                ValueDef::Node(n, j) => match node_map[n.index()] {
+                    Some(m) => ValueDef::Node(m, j),
+                    // an output of a removed node still listed somewhere: keep as is (the
+                    // verifier reports it)
+                    None => ValueDef::Node(n, j),
+                },
+                d => d,
+            };
+            val_map[i] = Some(ValueId(values.len() as u32));
+            values.push(Value { def, ..v });
+        }
+        self.values = values;
+        let m = |v: &mut ValueId| *v = val_map[v.index()].expect("kept value");
+        self.inputs.iter_mut().for_each(m);
+        self.outputs.iter_mut().for_each(m);
+        let mut nodes = Vec::with_capacity(k as usize);
+        for mut n in std::mem::take(&mut self.nodes).into_iter().flatten() {
+            n.inputs.iter_mut().for_each(m);
+            n.outputs.iter_mut().for_each(m);
+            nodes.push(Some(n));
+        }
+        self.nodes = nodes;
+    }
+
     /// Find a value by name.
     pub fn find_value(&self, name: &str) -> Option<ValueId> {
         self.values

@@ -327,6 +327,24 @@ pub fn eval_op(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
     let x = inputs[0];
     let one = |t: Tensor| Ok(vec![t]);
     match op {
+        Op::Conv(a) if !a.epilogue.is_empty() => {
+            let has_res = inputs.len() == 4;
+            let base = &inputs[..if has_res { 3 } else { inputs.len() }];
+            let mut t = conv(a, base, out_shape)?;
+            for step in &a.epilogue {
+                let op = step.as_op();
+                let r = if *step == crate::ops::EpilogueStep::Add {
+                    eval_op(&op, &[&t, inputs[3]])?
+                } else {
+                    eval_op(&op, &[&t])?
+                };
+                t = r
+                    .into_iter()
+                    .next()
+                    .ok_or("epilogue step produced nothing")?;
+            }
+            one(t)
+        }
         Op::Conv(a) => one(conv(a, inputs, out_shape)?),
         Op::ConvTranspose(a) => one(conv_transpose(a, inputs, out_shape)?),
         Op::Gemm(a) => one(gemm(a, inputs, out_shape)?),

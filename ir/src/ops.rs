@@ -13,6 +13,141 @@ pub struct ConvAttrs {
     pub pads: Vec<usize>,
     pub dilations: Vec<usize>,
     pub groups: usize,
+    /// Fused epilogue applied to each output element after the bias, in order (empty for a plain
+    /// convolution). An [`EpilogueStep::Add`] reads a fourth input (the residual, same type as
+    /// the output); a convolution with a residual always has a bias input.
+    pub epilogue: Vec<EpilogueStep>,
+}
+
+/// One elementwise step of a fused kernel epilogue (see [`ConvAttrs::epilogue`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum EpilogueStep {
+    /// Add the residual operand (the op's last input, shaped like the output).
+    Add,
+    Unary(UnaryOp),
+    Clip {
+        min: f32,
+        max: f32,
+    },
+    Act {
+        kind: ActKind,
+        alpha: f32,
+        beta: f32,
+    },
+}
+
+impl EpilogueStep {
+    /// The standalone op this step performs (`Add` is a binary add with the residual).
+    pub fn as_op(&self) -> Op {
+        match *self {
+            EpilogueStep::Add => Op::Binary(BinaryOp::Add),
+            EpilogueStep::Unary(u) => Op::Unary(u),
+            EpilogueStep::Clip { min, max } => Op::Clip { min, max },
+            EpilogueStep::Act { kind, alpha, beta } => Op::Act { kind, alpha, beta },
+        }
+    }
+
+    /// The step for an elementwise activation op, if it is one that epilogues support.
+    pub fn from_activation(op: &Op) -> Option<EpilogueStep> {
+        Some(match *op {
+            Op::Unary(u) if EPILOGUE_UNARY.contains(&u) => EpilogueStep::Unary(u),
+            Op::Clip { min, max } => EpilogueStep::Clip { min, max },
+            Op::Act { kind, alpha, beta } => EpilogueStep::Act { kind, alpha, beta },
+            _ => return None,
+        })
+    }
+
+    /// Text form: `add`, `relu`, `clip(0.0,6.0)`, `leaky_relu(0.01,0.0)`.
+    pub fn text(&self) -> String {
+        match self {
+            EpilogueStep::Add => "add".into(),
+            EpilogueStep::Unary(u) => u.name().into(),
+            EpilogueStep::Clip { min, max } => format!("clip({min:?},{max:?})"),
+            EpilogueStep::Act { kind, alpha, beta } => {
+                format!("{}({alpha:?},{beta:?})", kind.name())
+            }
+        }
+    }
+
+    fn parse(s: &str) -> Result<EpilogueStep, String> {
+        let s = s.trim();
+        let (name, args) = match s.split_once('(') {
+            Some((n, rest)) => {
+                let inner = rest
+                    .strip_suffix(')')
+                    .ok_or_else(|| format!("epilogue step '{s}': missing ')'"))?;
+                let v = inner
+                    .split(',')
+                    .map(|x| {
+                        x.trim()
+                            .parse::<f32>()
+                            .map_err(|_| format!("epilogue step '{s}': bad number '{x}'"))
+                    })
+                    .collect::<Result<Vec<f32>, String>>()?;
+                if v.len() != 2 {
+                    return Err(format!("epilogue step '{s}' needs two parameters"));
+                }
+                (n.trim(), Some((v[0], v[1])))
+            }
+            None => (s, None),
+        };
+        match (name, args) {
+            ("add", None) => Ok(EpilogueStep::Add),
+            ("clip", Some((min, max))) => Ok(EpilogueStep::Clip { min, max }),
+            (n, Some((alpha, beta))) => match ACTS.iter().find(|(_, an)| *an == n) {
+                Some((kind, _)) => Ok(EpilogueStep::Act {
+                    kind: *kind,
+                    alpha,
+                    beta,
+                }),
+                None => Err(format!("unknown epilogue step '{s}'")),
+            },
+            (n, None) => match UNARY.iter().find(|(_, un)| *un == n) {
+                Some((u, _)) => Ok(EpilogueStep::Unary(*u)),
+                None => Err(format!("unknown epilogue step '{s}'")),
+            },
+        }
+    }
+}
+
+/// Unary ops a kernel epilogue may apply (float activations).
+pub const EPILOGUE_UNARY: [UnaryOp; 9] = [
+    UnaryOp::Relu,
+    UnaryOp::Sigmoid,
+    UnaryOp::Tanh,
+    UnaryOp::HardSwish,
+    UnaryOp::Gelu,
+    UnaryOp::GeluTanh,
+    UnaryOp::Softplus,
+    UnaryOp::Mish,
+    UnaryOp::Softsign,
+];
+
+/// Print an epilogue as the text form's `epilogue` attribute (`add+relu`).
+pub fn epilogue_text(steps: &[EpilogueStep]) -> String {
+    steps.iter().map(|s| s.text()).collect::<Vec<_>>().join("+")
+}
+
+/// Parse the `epilogue` attribute (inverse of [`epilogue_text`]).
+pub fn parse_epilogue(s: &str) -> Result<Vec<EpilogueStep>, String> {
+    if s.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut steps = Vec::new();
+    let (mut depth, mut start) = (0usize, 0usize);
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            '+' if depth == 0 => {
+                steps.push(EpilogueStep::parse(&s[start..i])?);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    steps.push(EpilogueStep::parse(&s[start..])?);
+    Ok(steps)
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -729,13 +864,19 @@ impl Op {
     /// The op's attributes as name/value pairs (the text form prints these).
     pub fn attrs(&self) -> Vec<(&'static str, Attr)> {
         match self {
-            Op::Conv(a) => vec![
-                ("kernel", us(&a.kernel)),
-                ("strides", us(&a.strides)),
-                ("pads", us(&a.pads)),
-                ("dilations", us(&a.dilations)),
-                ("groups", Attr::Int(a.groups as i64)),
-            ],
+            Op::Conv(a) => {
+                let mut v = vec![
+                    ("kernel", us(&a.kernel)),
+                    ("strides", us(&a.strides)),
+                    ("pads", us(&a.pads)),
+                    ("dilations", us(&a.dilations)),
+                    ("groups", Attr::Int(a.groups as i64)),
+                ];
+                if !a.epilogue.is_empty() {
+                    v.push(("epilogue", Attr::Str(epilogue_text(&a.epilogue))));
+                }
+                v
+            }
             Op::ConvTranspose(a) => vec![
                 ("kernel", us(&a.kernel)),
                 ("strides", us(&a.strides)),
@@ -934,6 +1075,10 @@ impl Op {
                 pads: get("pads")?.uints()?,
                 dilations: get("dilations")?.uints()?,
                 groups: get("groups")?.uint()?,
+                epilogue: match attrs.iter().find(|(n, _)| n == "epilogue") {
+                    Some((_, a)) => parse_epilogue(a.str()?)?,
+                    None => Vec::new(),
+                },
             }),
             "conv_transpose" => Op::ConvTranspose(ConvTransposeAttrs {
                 kernel: get("kernel")?.uints()?,
@@ -1088,7 +1233,31 @@ impl Op {
         };
         match self {
             Op::Conv(a) => {
-                arity(2, 3)?;
+                let residual = a
+                    .epilogue
+                    .iter()
+                    .filter(|s| **s == EpilogueStep::Add)
+                    .count();
+                if residual > 1 {
+                    return Err("an epilogue adds at most one residual".into());
+                }
+                if residual == 1 {
+                    arity(4, 4)?;
+                    if !ins[0].dtype.is_float() {
+                        return Err(format!(
+                            "a fused epilogue needs a float conv, got {}",
+                            ins[0]
+                        ));
+                    }
+                } else {
+                    arity(2, 3)?;
+                }
+                if residual == 0 && !a.epilogue.is_empty() && !ins[0].dtype.is_float() {
+                    return Err(format!(
+                        "a fused epilogue needs a float conv, got {}",
+                        ins[0]
+                    ));
+                }
                 // floats, or integers for exact integer convolution (ConvInteger)
                 if ins[0].dtype == DType::Bool || ins[1].dtype != ins[0].dtype {
                     return Err(format!(
@@ -1115,7 +1284,7 @@ impl Op {
                         a.groups
                     ));
                 }
-                if ins.len() == 3 && ins[2].shape != [w.shape[0]] {
+                if ins.len() >= 3 && ins[2].shape != [w.shape[0]] {
                     return Err(format!("bias {} must be [{}]", ins[2], w.shape[0]));
                 }
                 let mut out = vec![x.shape[0], w.shape[0]];
@@ -1128,6 +1297,13 @@ impl Op {
                         ));
                     }
                     out.push((padded - ext) / a.strides[d] + 1);
+                }
+                if ins.len() == 4 && (ins[3].shape != out || ins[3].dtype != x.dtype) {
+                    return Err(format!(
+                        "residual {} must match the output {}",
+                        ins[3],
+                        x.with_shape(out)
+                    ));
                 }
                 Ok(vec![x.with_shape(out)])
             }

@@ -39,6 +39,7 @@ fn conv_op(k: &[usize], s: &[usize], p: &[usize], d: &[usize], groups: usize) ->
         pads: p.to_vec(),
         dilations: d.to_vec(),
         groups,
+        epilogue: Vec::new(),
     })
 }
 

@@ -11,6 +11,7 @@ fn conv(k: usize, pads: usize) -> Op {
         pads: vec![pads; 4],
         dilations: vec![1, 1],
         groups: 1,
+        epilogue: Vec::new(),
     })
 }
 

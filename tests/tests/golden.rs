@@ -161,11 +161,12 @@ fn jit(name: &str) {
     check_outputs(&c, &outs, "jit");
 }
 
-/// Build a `.so` (loaded from Rust) and an executable (run on the .npy files), compare both.
-fn artefacts(name: &str) {
+/// Compile at -O0 and -O2 (JIT): both match ORT, and each other; -O2 folds every
+/// BatchNormalization.
+fn opt_levels(name: &str) {
+    use kiln_compiler::passes::{OptLevel, OptOptions};
     let Some(c) = case(name) else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    let g = pipeline::load(
+    let g0 = pipeline::load(
         &c.model,
         &LoadOptions {
             input_shapes: c.shapes.clone(),
@@ -173,6 +174,55 @@ fn artefacts(name: &str) {
         },
     )
     .unwrap();
+    let mut outs = Vec::new();
+    for level in [OptLevel::O0, OptLevel::O1, OptLevel::O2] {
+        let mut g = g0.clone();
+        let opts = OptOptions {
+            level,
+            ..Default::default()
+        };
+        pipeline::optimize(&mut g, &opts).unwrap();
+        if level == OptLevel::O2 {
+            // every BatchNormalization after a Conv or Gemm is folded into its weights
+            for (_, n) in g.iter_nodes() {
+                if let kiln_ir::Op::BatchNorm { .. } = n.op
+                    && let Some(p) = g.producer(n.inputs[0])
+                {
+                    assert!(
+                        !matches!(g.node(p).op, kiln_ir::Op::Conv(_) | kiln_ir::Op::Gemm(_)),
+                        "{name}: {} not folded at -O2",
+                        n.name
+                    );
+                }
+            }
+        }
+        let j = kiln_target_cpu::compile_jit(&g, name).unwrap();
+        let m =
+            unsafe { Model::from_raw(j.descriptor() as *const kiln_runtime::KilnModel) }.unwrap();
+        check_names(&m, &c);
+        let o = run_model(&m, &c);
+        check_outputs(&c, &o, &format!("jit {level:?}"));
+        outs.push(o);
+    }
+    for (k, (a, b)) in outs[0].iter().zip(&outs[2]).enumerate() {
+        compare(&format!("{name} -O0 vs -O2"), k, &f32s(a), &f32s(b));
+    }
+}
+
+/// Build a `.so` (loaded from Rust) and an executable (run on the .npy files) at -O2, compare both.
+fn artefacts(name: &str) {
+    let Some(c) = case(name) else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut g = pipeline::load(
+        &c.model,
+        &LoadOptions {
+            input_shapes: c.shapes.clone(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // as `kiln build` does: optimized at the default level (-O2)
+    pipeline::optimize(&mut g, &Default::default()).unwrap();
     let so = tmp.path().join(format!("lib{name}.so"));
     pipeline::emit(&g, pipeline::Emit::So, &so, name, None).unwrap();
     let m = Model::load(&so).unwrap();
@@ -278,10 +328,14 @@ int main(int argc, char **argv) {{
 
 /// Each golden model: compiled in memory, and as `.so` (Rust + C) and executable.
 macro_rules! golden {
-    ($($jit:ident, $art:ident => $name:literal;)*) => {$(
+    ($($jit:ident, $art:ident, $opt:ident => $name:literal;)*) => {$(
         #[test]
         fn $jit() {
             jit($name);
+        }
+        #[test]
+        fn $opt() {
+            opt_levels($name);
         }
         #[test]
         fn $art() {
@@ -291,14 +345,14 @@ macro_rules! golden {
 }
 
 golden! {
-    lenet5_jit, lenet5_artefacts => "lenet5";
-    tiny_ops_jit, tiny_ops_artefacts => "tiny_ops";
-    recurrent_jit, recurrent_artefacts => "recurrent";
-    encoder_jit, encoder_artefacts => "encoder";
-    squeezenet_jit, squeezenet_artefacts => "squeezenet1_1";
-    resnet18_jit, resnet18_artefacts => "resnet18";
-    mobilenetv2_jit, mobilenetv2_artefacts => "mobilenetv2";
-    ppocr_det_jit, ppocr_det_artefacts => "ppocr_det";
-    ppocr_rec_jit, ppocr_rec_artefacts => "ppocr_rec";
-    ppocr_cls_jit, ppocr_cls_artefacts => "ppocr_cls";
+    lenet5_jit, lenet5_artefacts, lenet5_opt_levels => "lenet5";
+    tiny_ops_jit, tiny_ops_artefacts, tiny_ops_opt_levels => "tiny_ops";
+    recurrent_jit, recurrent_artefacts, recurrent_opt_levels => "recurrent";
+    encoder_jit, encoder_artefacts, encoder_opt_levels => "encoder";
+    squeezenet_jit, squeezenet_artefacts, squeezenet_opt_levels => "squeezenet1_1";
+    resnet18_jit, resnet18_artefacts, resnet18_opt_levels => "resnet18";
+    mobilenetv2_jit, mobilenetv2_artefacts, mobilenetv2_opt_levels => "mobilenetv2";
+    ppocr_det_jit, ppocr_det_artefacts, ppocr_det_opt_levels => "ppocr_det";
+    ppocr_rec_jit, ppocr_rec_artefacts, ppocr_rec_opt_levels => "ppocr_rec";
+    ppocr_cls_jit, ppocr_cls_artefacts, ppocr_cls_opt_levels => "ppocr_cls";
 }

@@ -1336,6 +1336,7 @@ impl<'a> Imp<'a> {
                 pads,
                 dilations: dil,
                 groups: group,
+                epilogue: Vec::new(),
             }),
             vec![x, w],
             "",

@@ -1643,6 +1643,7 @@ impl<'a> Imp<'a> {
             pads,
             dilations,
             groups,
+            epilogue: Vec::new(),
         };
         self.emit(c, Op::Conv(a), ins)
     }

@@ -79,7 +79,8 @@ pub(crate) fn conv(kb: &mut Kb, a: &ConvAttrs, ins: &[&TensorType], out: &Tensor
     let kn: usize = a.kernel.iter().product();
     let ps = kb.params.clone();
     let (xp, wp) = (ps[0], ps[1]);
-    let bp = (ins.len() == 3).then(|| ps[2]);
+    let bp = (ins.len() >= 3).then(|| ps[2]);
+    let rp = (ins.len() == 4).then(|| ps[3]);
     let op = ps[ins.len()];
     let os = strides_of(&out_sp);
     let ks = strides_of(&a.kernel);
@@ -129,7 +130,21 @@ pub(crate) fn conv(kb: &mut Kb, a: &ConvAttrs, ins: &[&TensorType], out: &Tensor
         let oc = kb.b.ins().imul_imm_u(mi, out_plane as i64);
         let oo = kb.b.ins().iadd(oo, ob);
         let oo = kb.b.ins().iadd(oo, oc);
-        let r = kb.b.use_var(acc);
+        let mut r = kb.b.use_var(acc);
+        if !a.epilogue.is_empty() {
+            let res = rp.map(|rp| load_num(kb, dt, rp, oo));
+            for step in &a.epilogue {
+                let y = if *step == kiln_ir::ops::EpilogueStep::Add {
+                    res
+                } else {
+                    None
+                };
+                match apply(kb, &step.as_op(), num, r, y) {
+                    Ok(v) => r = v,
+                    Err(e) => err = Some(e),
+                }
+            }
+        }
         store_num(kb, dt, r, op, oo);
     });
     err.map_or(Ok(()), Err)

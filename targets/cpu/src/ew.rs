@@ -724,3 +724,36 @@ pub(crate) fn elementwise(kb: &mut Kb, op: &Op, ins: &[&TensorType], out: &Tenso
     });
     err.map_or(Ok(()), |e| Err(format!("{} on {dt}: {e}", op.name())))
 }
+
+/// Apply a fused kernel epilogue to `x` (F32 scalar or F32X4 lanes; `res` is the residual
+/// operand in the same form). Steps without a vector lowering run lane by lane.
+pub(crate) fn epilogue(
+    kb: &mut Kb,
+    steps: &[kiln_ir::ops::EpilogueStep],
+    mut x: Value,
+    res: Option<Value>,
+    t: Type,
+) -> Result<Value, String> {
+    use kiln_ir::ops::EpilogueStep;
+    for step in steps {
+        let op = step.as_op();
+        let y = if *step == EpilogueStep::Add {
+            Some(res.ok_or("epilogue add without a residual operand")?)
+        } else {
+            None
+        };
+        x = if t != F32X4 || is_vector_op(&op) {
+            apply_float(kb, &op, x, y, t)?
+        } else {
+            let mut v = x;
+            for l in 0..4u8 {
+                let xl = kb.b.ins().extractlane(x, l);
+                let yl = y.map(|y| kb.b.ins().extractlane(y, l));
+                let r = apply_float(kb, &op, xl, yl, F32)?;
+                v = kb.b.ins().insertlane(v, r, l);
+            }
+            v
+        };
+    }
+    Ok(x)
+}

@@ -431,7 +431,7 @@ impl Geom {
 
 /// Kernel parameters of conv-like ops: input, weight, optional bias, output.
 fn conv_params(kb: &Kb, n_in: usize) -> (Value, Value, Option<Value>, Value) {
-    let bias = if n_in == 3 { Some(kb.params[2]) } else { None };
+    let bias = if n_in >= 3 { Some(kb.params[2]) } else { None };
     (kb.params[0], kb.params[1], bias, kb.params[n_in])
 }
 
@@ -480,6 +480,7 @@ fn conv(kb: &mut Kb, a: &ConvAttrs, ins: &[&TensorType], out: &TensorType) -> KR
         out,
     )?;
     let (xp, wp, bp, op) = conv_params(kb, ins.len());
+    let rp = (ins.len() == 4).then(|| kb.params[3]);
     let pk = Packing::of(&g);
     let tile = Tile {
         g: &g,
@@ -487,6 +488,9 @@ fn conv(kb: &mut Kb, a: &ConvAttrs, ins: &[&TensorType], out: &TensorType) -> KR
         wp,
         bp,
         op,
+        rp,
+        epilogue: &a.epilogue,
+        err: std::cell::RefCell::new(None),
     };
     kb.for_n(g.n, &mut |kb, ni| {
         let q = if pk.needed {
@@ -513,7 +517,10 @@ fn conv(kb: &mut Kb, a: &ConvAttrs, ins: &[&TensorType], out: &TensorType) -> KR
             }
         });
     });
-    Ok(())
+    match tile.err.into_inner() {
+        Some(e) => Err(format!("conv epilogue: {e}")),
+        None => Ok(()),
+    }
 }
 
 /// Scratch bytes a node's CPU kernel needs (a padded, stride-phase-split copy of the input).
@@ -615,6 +622,11 @@ struct Tile<'g> {
     wp: Value,
     bp: Option<Value>,
     op: Value,
+    /// Residual operand of a fused epilogue (shaped like the output).
+    rp: Option<Value>,
+    epilogue: &'g [kiln_ir::ops::EpilogueStep],
+    /// First epilogue lowering error (the kernel is then discarded).
+    err: std::cell::RefCell<Option<String>>,
 }
 
 impl Tile<'_> {
@@ -723,11 +735,19 @@ impl Tile<'_> {
         let ob = kb.b.ins().iadd(ob, yo);
         let ob = kb.b.ins().iadd(ob, x);
         let oa = kb.addr(self.op, ob, 4);
+        let ra = self.rp.map(|rp| kb.addr(rp, ob, 4));
         for mi in 0..mrows {
             for l in 0..lanes {
-                let v = kb.b.use_var(acc[mi * lanes + l]);
-                kb.b.ins()
-                    .store(flags, v, oa, ((mi * plane + 4 * l) * 4) as i32);
+                let off = ((mi * plane + 4 * l) * 4) as i32;
+                let mut v = kb.b.use_var(acc[mi * lanes + l]);
+                if !self.epilogue.is_empty() {
+                    let res = ra.map(|ra| kb.b.ins().load(vty, flags, ra, off));
+                    match crate::ew::epilogue(kb, self.epilogue, v, res, vty) {
+                        Ok(r) => v = r,
+                        Err(e) => *self.err.borrow_mut() = Some(e),
+                    }
+                }
+                kb.b.ins().store(flags, v, oa, off);
             }
         }
     }

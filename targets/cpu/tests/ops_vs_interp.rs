@@ -578,6 +578,7 @@ fn conv_variants() {
         pads: p,
         dilations: d,
         groups,
+        epilogue: Vec::new(),
     };
     conv_case(
         &[1, 3, 8, 8],
@@ -1054,6 +1055,7 @@ fn direct_nd_conv_and_pools() {
         pads: pads.to_vec(),
         dilations: dil.to_vec(),
         groups,
+        epilogue: Vec::new(),
     };
     conv_case(
         &[1, 4, 5, 6, 4],
@@ -1153,6 +1155,7 @@ fn direct_nd_conv_and_pools() {
         pads: vec![1, 1, 1, 0],
         dilations: vec![1, 1],
         groups: 1,
+        epilogue: Vec::new(),
     };
     g.outputs = g
         .add_node("c", Op::Conv(a), vec![x, w], vec!["y".into()])
@@ -1210,5 +1213,108 @@ fn resample_tables() {
             )
             .unwrap();
         check(&g, std::slice::from_ref(&x));
+    }
+}
+
+/// Fused epilogues (activation, residual Add) in the tiled 2-D kernel (every tile width and
+/// channel tail, vector and lane-by-lane steps) and in the direct N-D kernel.
+#[test]
+fn conv_epilogues() {
+    use EpilogueStep as E;
+    type Case = (Vec<usize>, Vec<usize>, usize, Vec<E>);
+    let cases: Vec<Case> = vec![
+        (
+            vec![1, 3, 7, 13],
+            vec![6, 3, 3, 3],
+            1,
+            vec![E::Unary(UnaryOp::Relu)],
+        ),
+        (
+            vec![1, 3, 7, 13],
+            vec![5, 3, 3, 3],
+            1,
+            vec![E::Add, E::Unary(UnaryOp::Relu)],
+        ),
+        (
+            vec![1, 4, 6, 9],
+            vec![4, 1, 3, 3],
+            4,
+            vec![E::Clip { min: 0.0, max: 6.0 }, E::Add],
+        ),
+        (
+            vec![1, 2, 5, 11],
+            vec![3, 2, 1, 1],
+            1,
+            vec![
+                E::Unary(UnaryOp::Sigmoid),
+                E::Unary(UnaryOp::HardSwish),
+                E::Act {
+                    kind: ActKind::LeakyRelu,
+                    alpha: 0.1,
+                    beta: 0.0,
+                },
+                E::Unary(UnaryOp::Gelu),
+            ],
+        ),
+        (
+            vec![1, 2, 3, 4, 5],
+            vec![3, 2, 3, 1, 3],
+            1,
+            vec![E::Add, E::Unary(UnaryOp::Tanh)],
+        ),
+    ];
+    for (k, (x, w, groups, epi)) in cases.into_iter().enumerate() {
+        let mut r = Rng(11 + k as u64);
+        let sp = x.len() - 2;
+        let a = ConvAttrs {
+            kernel: w[2..].to_vec(),
+            strides: vec![1; sp],
+            pads: w[2..]
+                .iter()
+                .flat_map(|&k| [k / 2])
+                .cycle()
+                .take(2 * sp)
+                .collect(),
+            dilations: vec![1; sp],
+            groups,
+            epilogue: epi.clone(),
+        };
+        let mut g = Graph::new(format!("conv_epilogue_{k}"));
+        let xi = g.add_input("x", TensorType::f32(x.clone()));
+        let wn: usize = w.iter().product();
+        let wv = g
+            .add_const(
+                "w",
+                TensorType::f32(w.clone()),
+                ConstData::from_f32(&r.vec(wn)),
+            )
+            .unwrap();
+        let bv = g
+            .add_const(
+                "b",
+                TensorType::f32([w[0]]),
+                ConstData::from_f32(&r.vec(w[0])),
+            )
+            .unwrap();
+        let mut ins = vec![xi, wv, bv];
+        let mut tensors = vec![Tensor::f32(x.clone(), r.vec(x.iter().product()))];
+        if epi.contains(&E::Add) {
+            let plain = ConvAttrs {
+                epilogue: vec![],
+                ..a.clone()
+            };
+            let out = plain
+                .kernel
+                .iter()
+                .zip(&x[2..])
+                .map(|(&kk, &d)| d + 2 * (kk / 2) - kk + 1);
+            let mut shape = vec![x[0], w[0]];
+            shape.extend(out);
+            let n: usize = shape.iter().product();
+            ins.push(g.add_input("res", TensorType::f32(shape.clone())));
+            tensors.push(Tensor::f32(shape, r.vec(n)));
+        }
+        g.outputs = g.add_node("c", Op::Conv(a), ins, vec!["y".into()]).unwrap();
+        check(&g, &tensors);
     }
 }

@@ -1254,6 +1254,7 @@ impl Imp<'_> {
             pads,
             dilations,
             groups: usize::try_from(c.i("group", 1)).map_err(|_| "bad group")?,
+            epilogue: Vec::new(),
         };
         let mut ins = vec![xi, wi];
         if qlinear && let Some(b) = self.inp(c, 8)? {

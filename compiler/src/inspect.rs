@@ -1,0 +1,132 @@
+//! `kiln inspect MODEL`: a per-op table of the optimized graph (op, output shape, FLOPs, fused
+//! epilogue, buffer from the CPU back end's memory plan) and totals.
+
+use kiln_ir::memplan::Storage;
+use kiln_ir::ops::epilogue_text;
+use kiln_ir::{Graph, Node, Op};
+use std::fmt::Write;
+
+/// Floating-point operations of one node: 2 per multiply-accumulate for Conv/Gemm/MatMul,
+/// otherwise one per output element.
+pub fn flops(g: &Graph, n: &Node) -> u64 {
+    let out = g.ty(n.outputs[0]);
+    let numel = out.numel() as u64;
+    match &n.op {
+        Op::Conv(_) => {
+            // each output element: C/groups x kernel taps multiply-accumulates
+            let w = g.ty(n.inputs[1]);
+            let per_out: u64 = w.shape[1..].iter().product::<usize>() as u64;
+            2 * numel * per_out
+        }
+        Op::Gemm(a) => {
+            let x = g.ty(n.inputs[0]);
+            let k = if a.trans_a { x.shape[0] } else { x.shape[1] };
+            2 * numel * k as u64
+        }
+        Op::MatMul => {
+            let x = g.ty(n.inputs[0]);
+            let k = *x.shape.last().unwrap_or(&1);
+            2 * numel * k as u64
+        }
+        _ => n.outputs.iter().map(|&o| g.ty(o).numel() as u64).sum(),
+    }
+}
+
+/// Counts of what the optimizer produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub nodes: usize,
+    pub convs: usize,
+    pub gemms: usize,
+    /// Conv nodes with a non-empty epilogue.
+    pub fused_epilogues: usize,
+    pub batchnorms: usize,
+    pub flops: u64,
+    pub workspace: usize,
+    pub naive: usize,
+}
+
+pub fn summary(g: &Graph) -> Summary {
+    let plan = kiln_target_cpu::plan(g);
+    let mut s = Summary {
+        workspace: plan.workspace_size,
+        naive: plan.naive_size,
+        ..Default::default()
+    };
+    for (_, n) in g.iter_nodes() {
+        s.nodes += 1;
+        s.flops += flops(g, n);
+        match &n.op {
+            Op::Conv(a) => {
+                s.convs += 1;
+                s.fused_epilogues += !a.epilogue.is_empty() as usize;
+            }
+            Op::Gemm(_) => s.gemms += 1,
+            Op::BatchNorm { .. } => s.batchnorms += 1,
+            _ => {}
+        }
+    }
+    s
+}
+
+fn shape(g: &Graph, n: &Node) -> String {
+    let t = g.ty(n.outputs[0]);
+    let dims: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
+    format!("{}[{}]", t.dtype, dims.join(","))
+}
+
+/// The per-op table and totals for an (optimized) graph.
+pub fn table(g: &Graph) -> String {
+    let plan = kiln_target_cpu::plan(g);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:>4}  {:<22} {:<20} {:>14}  {:<26} {:>12}  node",
+        "#", "op", "output", "FLOPs", "fused", "buffer"
+    );
+    for (i, (_, n)) in g.iter_nodes().enumerate() {
+        let fused = match &n.op {
+            Op::Conv(a) if !a.epilogue.is_empty() => epilogue_text(&a.epilogue),
+            _ => String::new(),
+        };
+        let buf = match plan.storage[n.outputs[0].index()] {
+            Some(Storage::Workspace(off)) => format!("ws+{off}"),
+            Some(Storage::Output(j)) => format!("out{j}"),
+            Some(Storage::Input(j)) => format!("in{j}"),
+            Some(Storage::Const(_)) => "const".into(),
+            None => "-".into(),
+        };
+        let _ = writeln!(
+            s,
+            "{:>4}  {:<22} {:<20} {:>14}  {:<26} {:>12}  {}",
+            i,
+            n.op.name(),
+            shape(g, n),
+            flops(g, n),
+            fused,
+            buf,
+            n.name
+        );
+    }
+    let sm = summary(g);
+    let weights: usize = g.live_consts().iter().map(|&v| g.ty(v).size_bytes()).sum();
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "nodes {}  conv {} (fused epilogues {})  gemm {}  batch_norm {}",
+        sm.nodes, sm.convs, sm.fused_epilogues, sm.gemms, sm.batchnorms
+    );
+    let _ = writeln!(s, "total FLOPs {:.3} G", sm.flops as f64 / 1e9);
+    let _ = writeln!(s, "weights {} bytes", weights);
+    let pct = if sm.naive > 0 {
+        100.0 * sm.workspace as f64 / sm.naive as f64
+    } else {
+        0.0
+    };
+    let _ = writeln!(
+        s,
+        "planned workspace {} bytes vs naive sum {} bytes ({pct:.1} %)",
+        sm.workspace, sm.naive
+    );
+    s
+}

@@ -1,0 +1,311 @@
+//! Weight folding (BatchNormalization, per-channel Mul/Add into Conv/Gemm weights) and kernel
+//! epilogue fusion (activation and residual Add into Conv).
+//!
+//! A rule fires only when the intermediate value has exactly one reader (the absorbed node)
+//! and is not a graph output. Folded weights are new constants; the originals stay for other
+//! readers and DCE drops them otherwise.
+
+use super::{Ctx, Rule};
+use kiln_ir::ops::{BinaryOp, ConvAttrs, EpilogueStep};
+use kiln_ir::{ConstData, DType, Graph, NodeId, Op, TensorType, ValueId};
+
+/// An f32 constant's elements.
+fn f32s(g: &Graph, v: ValueId) -> Option<Vec<f32>> {
+    let d = g.const_data(v)?;
+    let ty = g.ty(v);
+    if ty.dtype != DType::F32 || !ty.layout.is_plain() || ty.quant.is_some() {
+        return None;
+    }
+    Some(
+        d.bytes()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+    )
+}
+
+fn add_f32(g: &mut Graph, base: &str, shape: Vec<usize>, v: &[f32]) -> ValueId {
+    let name = g.fresh_name(base);
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    g.add_const(name, TensorType::f32(shape), ConstData::from_vec(bytes))
+        .expect("sizes match")
+}
+
+/// The plain f32 Conv producing `v` (no epilogue yet), if `v` is read only by `user`.
+fn conv_feeding(g: &Graph, v: ValueId, user: NodeId, ctx: &Ctx) -> Option<(NodeId, ConvAttrs)> {
+    let p = g.producer(v)?;
+    let Op::Conv(a) = &g.node(p).op else {
+        return None;
+    };
+    (ctx.only_used_by(v, user) && g.ty(v).dtype == DType::F32).then(|| (p, a.clone()))
+}
+
+/// Constant f32 weight and bias (zeros when absent) of conv node `c` with `m` output channels.
+fn conv_weights(g: &Graph, c: NodeId) -> Option<(Vec<f32>, Vec<f32>)> {
+    let n = g.node(c);
+    let w = f32s(g, n.inputs[1])?;
+    let m = g.ty(n.inputs[1]).shape[0];
+    let b = match n.inputs.get(2) {
+        Some(&b) => f32s(g, b)?,
+        None => vec![0.0; m],
+    };
+    Some((w, b))
+}
+
+/// Replace conv `c` + its reader `user` by conv with weight `w` and bias `b` (new constants).
+fn refold_conv(g: &mut Graph, c: NodeId, user: NodeId, a: ConvAttrs, w: &[f32], b: &[f32]) {
+    let n = g.node(c);
+    let (x, wv) = (n.inputs[0], n.inputs[1]);
+    let wshape = g.ty(wv).shape.clone();
+    let m = wshape[0];
+    let base = format!("{}_folded", g.value(wv).name.trim_end_matches("_folded"));
+    let w_new = add_f32(g, &base, wshape, w);
+    let b_name = format!("{}_bias", g.value(w_new).name);
+    let b_new = add_f32(g, &b_name, vec![m], b);
+    g.fuse_pair(c, user, Op::Conv(a), vec![x, w_new, b_new]);
+}
+
+/// BatchNorm parameters folded to `y = x * s + t` per channel.
+fn bn_affine(g: &Graph, bn: NodeId) -> Option<(Vec<f64>, Vec<f64>)> {
+    let n = g.node(bn);
+    let Op::BatchNorm { epsilon } = n.op else {
+        return None;
+    };
+    let p: Option<Vec<Vec<f32>>> = n.inputs[1..].iter().map(|&v| f32s(g, v)).collect();
+    let p = p?;
+    let (scale, bias, mean, var) = (&p[0], &p[1], &p[2], &p[3]);
+    let s: Vec<f64> = scale
+        .iter()
+        .zip(var)
+        .map(|(&g, &v)| g as f64 / (v as f64 + epsilon as f64).sqrt())
+        .collect();
+    let t = (0..s.len())
+        .map(|i| bias[i] as f64 - mean[i] as f64 * s[i])
+        .collect();
+    Some((s, t))
+}
+
+fn fold_batchnorm_into_conv(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
+    let node = g.node(n);
+    if !matches!(node.op, Op::BatchNorm { .. }) {
+        return false;
+    }
+    let Some((c, a)) = conv_feeding(g, node.inputs[0], n, ctx) else {
+        return false;
+    };
+    if !a.epilogue.is_empty() {
+        return false;
+    }
+    let (Some((s, t)), Some((mut w, mut b))) = (bn_affine(g, n), conv_weights(g, c)) else {
+        return false;
+    };
+    if s.len() != b.len() {
+        return false;
+    }
+    let per = w.len() / s.len();
+    for (m, (&sm, &tm)) in s.iter().zip(&t).enumerate() {
+        for x in &mut w[m * per..(m + 1) * per] {
+            *x = (*x as f64 * sm) as f32;
+        }
+        b[m] = (b[m] as f64 * sm + tm) as f32;
+    }
+    refold_conv(g, c, n, a, &w, &b);
+    true
+}
+
+fn fold_batchnorm_into_gemm(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
+    let node = g.node(n);
+    if !matches!(node.op, Op::BatchNorm { .. }) {
+        return false;
+    }
+    let y = node.inputs[0];
+    let Some(p) = g.producer(y) else { return false };
+    let Op::Gemm(ga) = g.node(p).op.clone() else {
+        return false;
+    };
+    if !ctx.only_used_by(y, n) || g.ty(y).dtype != DType::F32 {
+        return false;
+    }
+    let gn = g.node(p);
+    let (av, bv) = (gn.inputs[0], gn.inputs[1]);
+    let cv = gn.inputs.get(2).copied();
+    let ncols = g.ty(y).shape[1];
+    let (Some((s, t)), Some(mut wb)) = (bn_affine(g, n), f32s(g, bv)) else {
+        return false;
+    };
+    if s.len() != ncols {
+        return false;
+    }
+    // c must broadcast along rows only: absent, [N] or [1,N]
+    let c = match cv {
+        None => vec![0.0; ncols],
+        Some(cv) => {
+            let sh = &g.ty(cv).shape;
+            if !(sh[..] == [ncols] || sh[..] == [1, ncols]) {
+                return false;
+            }
+            match f32s(g, cv) {
+                Some(c) => c,
+                None => return false,
+            }
+        }
+    };
+    let bshape = g.ty(bv).shape.clone();
+    // scale column j of op(B) by s[j]
+    for (i, x) in wb.iter_mut().enumerate() {
+        let j = if ga.trans_b {
+            i / bshape[1]
+        } else {
+            i % bshape[1]
+        };
+        *x = (*x as f64 * s[j]) as f32;
+    }
+    let cn: Vec<f32> = (0..ncols)
+        .map(|j| ((ga.beta as f64 * c[j] as f64) * s[j] + t[j]) as f32)
+        .collect();
+    let base = g.value(bv).name.clone();
+    let b_new = add_f32(g, &format!("{base}_folded"), bshape, &wb);
+    let c_new = add_f32(g, &format!("{base}_folded_bias"), vec![ncols], &cn);
+    let mut ga = ga;
+    ga.beta = 1.0;
+    g.fuse_pair(p, n, Op::Gemm(ga), vec![av, b_new, c_new]);
+    true
+}
+
+/// Per-channel values of constant `v` broadcast against a conv output of shape `out`
+/// (channel dim 1), if it varies along the channel dim only.
+fn per_channel(g: &Graph, v: ValueId, out: &[usize]) -> Option<Vec<f32>> {
+    let vals = f32s(g, v)?;
+    let sh = &g.ty(v).shape;
+    if sh.len() > out.len() {
+        return None;
+    }
+    let off = out.len() - sh.len();
+    for (i, &d) in sh.iter().enumerate() {
+        if d != 1 && off + i != 1 {
+            return None;
+        }
+    }
+    let m = out[1];
+    match vals.len() {
+        1 => Some(vec![vals[0]; m]),
+        n if n == m => Some(vals),
+        _ => None,
+    }
+}
+
+fn fold_mul_add_into_conv(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
+    let node = g.node(n);
+    let Op::Binary(op @ (BinaryOp::Mul | BinaryOp::Add)) = node.op else {
+        return false;
+    };
+    let out_shape = g.ty(node.outputs[0]).shape.clone();
+    for k in 0..2 {
+        let (y, cst) = (node.inputs[k], node.inputs[1 - k]);
+        if g.ty(y).shape != out_shape {
+            continue;
+        }
+        let Some((c, a)) = conv_feeding(g, y, n, ctx) else {
+            continue;
+        };
+        if !a.epilogue.is_empty() {
+            continue;
+        }
+        let (Some(v), Some((mut w, mut b))) = (per_channel(g, cst, &out_shape), conv_weights(g, c))
+        else {
+            continue;
+        };
+        let per = w.len() / v.len();
+        for (m, &vm) in v.iter().enumerate() {
+            if op == BinaryOp::Mul {
+                for x in &mut w[m * per..(m + 1) * per] {
+                    *x *= vm;
+                }
+                b[m] *= vm;
+            } else {
+                b[m] += vm;
+            }
+        }
+        refold_conv(g, c, n, a, &w, &b);
+        return true;
+    }
+    false
+}
+
+fn fuse_conv_activation(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
+    let node = g.node(n);
+    let Some(step) = EpilogueStep::from_activation(&node.op) else {
+        return false;
+    };
+    let Some((c, mut a)) = conv_feeding(g, node.inputs[0], n, ctx) else {
+        return false;
+    };
+    a.epilogue.push(step);
+    let inputs = g.node(c).inputs.clone();
+    g.fuse_pair(c, n, Op::Conv(a), inputs);
+    true
+}
+
+fn fuse_conv_residual(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
+    let node = g.node(n);
+    let Op::Binary(BinaryOp::Add) = node.op else {
+        return false;
+    };
+    let out = node.outputs[0];
+    for k in 0..2 {
+        let (y, r) = (node.inputs[k], node.inputs[1 - k]);
+        if y == r || g.ty(r).shape != g.ty(out).shape || g.ty(y).shape != g.ty(out).shape {
+            continue;
+        }
+        let Some((c, mut a)) = conv_feeding(g, y, n, ctx) else {
+            continue;
+        };
+        if a.epilogue.contains(&EpilogueStep::Add) {
+            continue;
+        }
+        let mut inputs = g.node(c).inputs.clone();
+        if inputs.len() == 2 {
+            let m = g.ty(inputs[1]).shape[0];
+            let base = format!("{}_zero_bias", g.value(inputs[1]).name);
+            inputs.push(add_f32(g, &base, vec![m], &vec![0.0; m]));
+        }
+        inputs.push(r);
+        a.epilogue.push(EpilogueStep::Add);
+        g.fuse_pair(c, n, Op::Conv(a), inputs);
+        return true;
+    }
+    false
+}
+
+pub static RULES: [Rule; 5] = [
+    Rule {
+        name: "fold_batchnorm_into_conv",
+        pass: "fold",
+        about: "BatchNormalization after a Conv folded into its weights and bias",
+        apply: fold_batchnorm_into_conv,
+    },
+    Rule {
+        name: "fold_batchnorm_into_gemm",
+        pass: "fold",
+        about: "BatchNormalization after a Gemm folded into its B and C",
+        apply: fold_batchnorm_into_gemm,
+    },
+    Rule {
+        name: "fold_mul_add_into_conv",
+        pass: "fold",
+        about: "per-channel constant Mul/Add after a Conv folded into its weights and bias",
+        apply: fold_mul_add_into_conv,
+    },
+    Rule {
+        name: "fuse_conv_residual",
+        pass: "fuse",
+        about: "residual Add after a Conv fused into its epilogue",
+        apply: fuse_conv_residual,
+    },
+    Rule {
+        name: "fuse_conv_activation",
+        pass: "fuse",
+        about: "activation (Relu, Clip, Sigmoid, HardSwish, Gelu, LeakyRelu, ...) after a Conv fused into its epilogue",
+        apply: fuse_conv_activation,
+    },
+];
