@@ -1122,6 +1122,38 @@ fn matmul(kb: &mut Kb, ins: &[&TensorType], _out: &TensorType) -> KResult {
         });
         return err.map_or(Ok(()), Err);
     }
+    if m >= 4 && n >= 8 {
+        // C[m,n] = A[m,k] B[k,n] is a 1x1 convolution with weights A over a k-channel image B
+        // of n pixels: run the register-tiled convolution kernel on each batch's matrices.
+        let a1 = ConvAttrs {
+            kernel: vec![1, 1],
+            strides: vec![1, 1],
+            pads: vec![0; 4],
+            dilations: vec![1, 1],
+            groups: 1,
+            epilogue: Vec::new(),
+        };
+        let (xt, wt, ot) = (
+            TensorType::f32([1, k, 1, n]),
+            TensorType::f32([m, k, 1, 1]),
+            TensorType::f32([1, m, 1, n]),
+        );
+        let saved = kb.params.clone();
+        let mut err = None;
+        kb.for_nd(&batch, &mut |kb, idx| {
+            let ptr = |kb: &mut Kb, base: Value, strides: &[usize]| {
+                let o = kb.offset(idx, strides);
+                kb.addr(base, o, 4)
+            };
+            let (a_ptr, b_ptr, o_ptr) = (ptr(kb, ap, &sa), ptr(kb, bp, &sb), ptr(kb, op, &so));
+            kb.params = vec![b_ptr, a_ptr, o_ptr];
+            if let Err(e) = conv(kb, &a1, &[&xt, &wt], &ot) {
+                err = Some(e);
+            }
+        });
+        kb.params = saved;
+        return err.map_or(Ok(()), Err);
+    }
     kb.for_nd(&batch, &mut |kb, idx| {
         let ab = kb.offset(idx, &sa);
         let bb = kb.offset(idx, &sb);

@@ -748,6 +748,11 @@ fn gemm_and_matmul() {
         (vec![4], vec![2, 4, 3]),
         (vec![2, 1, 3, 16], vec![1, 3, 16, 8]),
         (vec![5, 6], vec![6]),
+        // the tiled path (m >= 4, n >= 8): row and column tails, batches, broadcasting
+        (vec![2, 3, 5, 7], vec![7, 9]),
+        (vec![3, 1, 6, 8], vec![1, 2, 8, 13]),
+        (vec![4, 16], vec![16, 8]),
+        (vec![2, 9, 33], vec![2, 33, 20]),
     ] {
         let mut g = Graph::new("matmul");
         let a = g.add_input("a", TensorType::f32(sa.clone()));
