@@ -1747,7 +1747,71 @@ impl<'a> Imp<'a> {
             groups,
             output_padding,
         };
+        if self.patch_upsample(c, &a, &ins)? {
+            return Ok(());
+        }
         self.emit(c, Op::ConvTranspose(a), ins)
+    }
+
+    /// A 2-D transposed convolution whose windows do not overlap (stride == kernel, no pads,
+    /// dilation 1, one group, f32) is a GEMM followed by a pixel shuffle:
+    /// `out[n, m, i*s0+a, j*s1+b] = sum_c w[c, m, a, b] x[n, c, i, j] (+ bias[m])`. Emitted as
+    /// MatMul(W^T [m*k0*k1, c], X [n, c, h*w]) -> reshape -> transpose -> reshape, which runs on
+    /// the tiled matrix kernel (the decoder upsampling of segmentation/detection heads).
+    fn patch_upsample(&mut self, c: &Ctx, a: &ConvTransposeAttrs, ins: &[ValueId]) -> R<bool> {
+        let xs = self.ty(ins[0]).shape.clone();
+        let ws = self.ty(ins[1]).shape.clone();
+        if a.kernel.len() != 2
+            || a.strides != a.kernel
+            || a.pads.iter().any(|&p| p != 0)
+            || a.dilations.iter().any(|&d| d != 1)
+            || a.output_padding.iter().any(|&p| p != 0)
+            || a.groups != 1
+            || self.ty(ins[0]).dtype != DType::F32
+            || self.ty(ins[1]).dtype != DType::F32
+        {
+            return Ok(false);
+        }
+        let [n, ch, h, w] = xs[..] else {
+            return Ok(false);
+        };
+        let (m, k0, k1) = (ws[1], a.kernel[0], a.kernel[1]);
+        let base = c.name.clone();
+        // W [c, m, k0, k1] -> W^T [m*k0*k1, c]
+        let w2 = self.reshape(c, ins[1], vec![ch, m * k0 * k1], &format!("{base}/w_2d"))?;
+        let wt = self.node(
+            c,
+            Op::Transpose { perm: vec![1, 0] },
+            vec![w2],
+            &[format!("{base}/w_t")],
+        )?[0];
+        let x3 = self.reshape(c, ins[0], vec![n, ch, h * w], &format!("{base}/x_3d"))?;
+        let y = self.node(c, Op::MatMul, vec![wt, x3], &[format!("{base}/gemm")])?[0];
+        let y = self.reshape(c, y, vec![n, m, k0, k1, h, w], &format!("{base}/patches"))?;
+        let y = self.node(
+            c,
+            Op::Transpose {
+                perm: vec![0, 1, 4, 2, 5, 3],
+            },
+            vec![y],
+            &[format!("{base}/shuffle")],
+        )?[0];
+        let out_shape = vec![n, m, h * k0, w * k1];
+        match ins.get(2) {
+            Some(&b) => {
+                let y = self.reshape(c, y, out_shape, &format!("{base}/image"))?;
+                let b = self.reshape(c, b, vec![m, 1, 1], &format!("{base}/bias_c"))?;
+                let name = self.out_name(c, 0);
+                let v = self.node(c, Op::Binary(BinaryOp::Add), vec![y, b], &[name])?[0];
+                self.set_out(c, 0, v);
+            }
+            None => {
+                let name = self.out_name(c, 0);
+                let v = self.reshape(c, y, out_shape, &name)?;
+                self.set_out(c, 0, v);
+            }
+        }
+        Ok(true)
     }
 
     fn pool(&mut self, c: &Ctx) -> R<()> {
