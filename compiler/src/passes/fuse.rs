@@ -277,7 +277,111 @@ fn fuse_conv_residual(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
     false
 }
 
-pub static RULES: [Rule; 5] = [
+/// The value of a one-element f32 constant.
+fn scalar(g: &Graph, v: ValueId) -> Option<f32> {
+    let v = f32s(g, v)?;
+    (v.len() == 1).then(|| v[0])
+}
+
+/// The non-`x` operand of a binary `node` whose other operand is `x`.
+fn other(node: &kiln_ir::Node, x: ValueId) -> Option<ValueId> {
+    match (node.inputs[0] == x, node.inputs[1] == x) {
+        (true, false) => Some(node.inputs[1]),
+        (false, true) => Some(node.inputs[0]),
+        _ => None,
+    }
+}
+
+/// HardSwish as exporters write it, `x * clip(x + 3, 0, 6) / 6` (PaddlePaddle, TF) or
+/// `x * HardSigmoid(x)` with alpha 1/6, beta 0.5, becomes one HardSwish node (so it can join
+/// a conv epilogue). Anchored at the final Div/Mul; every intermediate must have that single
+/// reader. The absorbed nodes are removed at once, so a producer's epilogue fusion sees the
+/// HardSwish as its only reader in the same pass.
+fn recognize_hardswish(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
+    let node = g.node(n);
+    let (x, dead) = match &node.op {
+        // Div(Mul(x, Clip(Add(x, 3), 0, 6)), 6)
+        Op::Binary(BinaryOp::Div) => {
+            let (m, six) = (node.inputs[0], node.inputs[1]);
+            if scalar(g, six) != Some(6.0) || !ctx.only_used_by(m, n) {
+                return false;
+            }
+            let Some(mp) = g.producer(m) else {
+                return false;
+            };
+            let mul = g.node(mp);
+            if mul.op != Op::Binary(BinaryOp::Mul) {
+                return false;
+            }
+            let found = mul.inputs.iter().enumerate().find_map(|(k, &cv)| {
+                let x = mul.inputs[1 - k];
+                let cp = g.producer(cv)?;
+                let Op::Clip { min, max } = g.node(cp).op else {
+                    return None;
+                };
+                if min != 0.0 || max != 6.0 || !ctx.only_used_by(cv, mp) {
+                    return None;
+                }
+                let av = g.node(cp).inputs[0];
+                let ap = g.producer(av)?;
+                let add = g.node(ap);
+                if add.op != Op::Binary(BinaryOp::Add) || !ctx.only_used_by(av, cp) {
+                    return None;
+                }
+                (scalar(g, other(add, x)?) == Some(3.0)).then_some((x, vec![mp, cp, ap]))
+            });
+            match found {
+                Some(f) => f,
+                None => return false,
+            }
+        }
+        // Mul(x, HardSigmoid(x) with alpha 1/6, beta 0.5)
+        Op::Binary(BinaryOp::Mul) => {
+            let found = node.inputs.iter().enumerate().find_map(|(k, &hv)| {
+                let x = node.inputs[1 - k];
+                let hp = g.producer(hv)?;
+                let h = g.node(hp);
+                let Op::Act {
+                    kind: kiln_ir::ops::ActKind::HardSigmoid,
+                    alpha,
+                    beta,
+                } = h.op
+                else {
+                    return None;
+                };
+                ((alpha - 1.0 / 6.0).abs() < 1e-6
+                    && beta == 0.5
+                    && h.inputs[0] == x
+                    && ctx.only_used_by(hv, n))
+                .then_some((x, vec![hp]))
+            });
+            match found {
+                Some(f) => f,
+                None => return false,
+            }
+        }
+        _ => return false,
+    };
+    if g.ty(x).dtype != DType::F32 || g.ty(x).shape != g.ty(g.node(n).outputs[0]).shape {
+        return false;
+    }
+    if let Some(node) = g.nodes[n.index()].as_mut() {
+        node.op = Op::Unary(kiln_ir::ops::UnaryOp::HardSwish);
+        node.inputs = vec![x];
+    }
+    for d in dead {
+        g.remove_node(d);
+    }
+    true
+}
+
+pub static RULES: [Rule; 6] = [
+    Rule {
+        name: "recognize_hardswish",
+        pass: "fuse",
+        about: "x*clip(x+3,0,6)/6 and x*HardSigmoid(x) recognised as one HardSwish",
+        apply: recognize_hardswish,
+    },
     Rule {
         name: "fold_batchnorm_into_conv",
         pass: "fold",
