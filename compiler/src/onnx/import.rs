@@ -1922,43 +1922,17 @@ impl<'a> Imp<'a> {
             (coord, nearest)
         };
         let (scales_in, sizes_in, axes) = self.resize_params(c, legacy, r)?;
-        let mut scales = vec![1f32; r];
-        let mut out_shape = xs.clone();
-        match (scales_in, sizes_in) {
-            (Some(_), Some(_)) => return Err("only one of scales and sizes may be given".into()),
-            (None, None) => return Err("one of scales and sizes is required".into()),
-            (Some(s), None) => {
-                if s.len() != axes.len() {
-                    return Err(format!("{} scales for {} axes", s.len(), axes.len()));
+        let (scale64, out_shape) = resize_output(&xs, &axes, scales_in, sizes_in.as_deref())?;
+        // the direct kernel computes coordinates in f32, like onnxruntime
+        let scales: Vec<f32> = (0..r)
+            .map(|d| {
+                if sizes_in.is_some() && xs[d] != 0 && axes.contains(&d) {
+                    out_shape[d] as f32 / xs[d] as f32
+                } else {
+                    scale64[d] as f32
                 }
-                for (k, &d) in axes.iter().enumerate() {
-                    let sc = s[k] as f32;
-                    if !(sc > 0.0 && sc.is_finite()) {
-                        return Err(format!("invalid scale {sc}"));
-                    }
-                    scales[d] = sc;
-                    let o = (xs[d] as f64 * sc as f64).floor();
-                    if o > (1u64 << 40) as f64 {
-                        return Err(format!("scale {sc} gives an absurd output size"));
-                    }
-                    out_shape[d] = o as usize;
-                }
-            }
-            (None, Some(z)) => {
-                if z.len() != axes.len() {
-                    return Err(format!("{} sizes for {} axes", z.len(), axes.len()));
-                }
-                let z = to_usizes(&z, "sizes")?;
-                for (k, &d) in axes.iter().enumerate() {
-                    out_shape[d] = z[k];
-                    scales[d] = if xs[d] == 0 {
-                        1.0
-                    } else {
-                        z[k] as f32 / xs[d] as f32
-                    };
-                }
-            }
-        }
+            })
+            .collect();
         if out_shape
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
@@ -2348,4 +2322,57 @@ pub fn import_model(
         return Err(merr("graph has no outputs".into()));
     }
     Ok(imp.g)
+}
+
+/// Resize output sizes and per-dim scale factors (f64) from `scales` or `sizes` given for
+/// `axes`; the other dims keep scale 1. A scale must be positive and finite and the output
+/// size sane.
+#[allow(clippy::type_complexity)]
+fn resize_output(
+    xs: &[usize],
+    axes: &[usize],
+    scales_in: Option<Vec<f64>>,
+    sizes_in: Option<&[i64]>,
+) -> R<(Vec<f64>, Vec<usize>)> {
+    let mut scale = vec![1f64; xs.len()];
+    let mut out = xs.to_vec();
+    match (scales_in, sizes_in) {
+        (Some(_), Some(_)) => return Err("only one of scales and sizes may be given".into()),
+        (None, None) => return Err("one of scales and sizes is required".into()),
+        (Some(s), None) => {
+            if s.len() != axes.len() {
+                return Err(format!("{} scales for {} axes", s.len(), axes.len()));
+            }
+            for (k, &d) in axes.iter().enumerate() {
+                let f = s[k] as f32 as f64;
+                if !(f > 0.0 && f.is_finite()) || xs[d] as f64 * f > (1u64 << 40) as f64 {
+                    return Err(format!("invalid scale {f}"));
+                }
+                scale[d] = f;
+                out[d] = (f * xs[d] as f64).floor() as usize;
+            }
+        }
+        (None, Some(z)) => {
+            if z.len() != axes.len() {
+                return Err(format!("{} sizes for {} axes", z.len(), axes.len()));
+            }
+            let z = to_usizes(z, "sizes")?;
+            for (k, &d) in axes.iter().enumerate() {
+                out[d] = z[k];
+                scale[d] = if xs[d] == 0 {
+                    1.0
+                } else {
+                    z[k] as f64 / xs[d] as f64
+                };
+            }
+        }
+    }
+    if out
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .is_none_or(|n| n > (1 << 40))
+    {
+        return Err(format!("output shape {out:?} is too large"));
+    }
+    Ok((scale, out))
 }

@@ -10,10 +10,9 @@ use crate::kb::{F32, F32X4, Kb, flags, int_ty};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{InstBuilder, Type, Value, types};
 use kiln_ir::ops::{ActKind, BinaryOp, UnaryOp};
-use kiln_ir::types::strides_of;
 use kiln_ir::{DType, Op, TensorType};
 
-use crate::kernels::{KResult, bcast_strides};
+use crate::kernels::KResult;
 
 /// How elements of a dtype live in registers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -707,14 +706,7 @@ pub(crate) fn elementwise(kb: &mut Kb, op: &Op, ins: &[&TensorType], out: &Tenso
         });
         return err.map_or(Ok(()), |e| Err(format!("{} on {dt}: {e}", op.name())));
     }
-    let strides: Vec<Vec<usize>> = ins
-        .iter()
-        .map(|t| bcast_strides(&t.shape, &out.shape))
-        .collect();
-    let so = strides_of(&out.shape);
-    kb.for_nd(&out.shape.clone(), &mut |kb, idx| {
-        let offs: Vec<Value> = strides.iter().map(|s| kb.offset(idx, s)).collect();
-        let oo = kb.offset(idx, &so);
+    crate::kernels::broadcast_loop(kb, ins, out, &mut |kb, offs, oo| {
         let x = load_num(kb, dt, ps[0], offs[0]);
         let y = (ins.len() > 1).then(|| load_num(kb, dt, ps[1], offs[1]));
         match apply(kb, op, num, x, y) {

@@ -205,7 +205,7 @@ fn arg_extreme(kb: &mut Kb, max: bool, axis: usize, select_last: bool, x: &Tenso
 }
 
 /// Nested loops over `out` with each input's broadcast element offset.
-fn broadcast_loop(
+pub(crate) fn broadcast_loop(
     kb: &mut Kb,
     ins: &[&TensorType],
     out: &TensorType,

@@ -1315,58 +1315,20 @@ impl Imp<'_> {
         if mode == "nearest" && antialias {
             return Err("antialias is not defined for mode=nearest".into());
         }
-        // per-dim scale factors and output sizes
-        let mut scale = vec![1f64; r];
-        let mut out = xs.clone();
-        match (scales_in, sizes_in) {
-            (Some(s), None) => {
-                if s.len() != axes.len() {
-                    return Err(format!("{} scales for {} axes", s.len(), axes.len()));
-                }
-                for (k, &d) in axes.iter().enumerate() {
-                    let f = s[k] as f32 as f64;
-                    if !(f > 0.0 && f.is_finite()) || xs[d] as f64 * f > (1u64 << 40) as f64 {
-                        return Err(format!("invalid scale {f}"));
-                    }
-                    scale[d] = f;
-                    out[d] = (f * xs[d] as f64) as usize;
-                }
+        // per-dim scale factors and output sizes (sizes may be adjusted by the aspect policy)
+        let given_sizes = sizes_in.is_some();
+        let (mut scale, mut out) = resize_output(&xs, &axes, scales_in, sizes_in.as_deref())?;
+        if given_sizes && policy != "stretch" {
+            let it = axes.iter().map(|&d| scale[d]);
+            let s = match policy.as_str() {
+                "not_larger" => it.fold(f64::INFINITY, f64::min),
+                "not_smaller" => it.fold(0.0, f64::max),
+                p => return Err(format!("unknown keep_aspect_ratio_policy '{p}'")),
+            };
+            for &d in &axes {
+                scale[d] = s;
+                out[d] = (s * xs[d] as f64 + 0.5) as usize;
             }
-            (None, Some(z)) => {
-                if z.len() != axes.len() {
-                    return Err(format!("{} sizes for {} axes", z.len(), axes.len()));
-                }
-                let z = to_usizes(&z, "sizes")?;
-                for (k, &d) in axes.iter().enumerate() {
-                    out[d] = z[k];
-                    scale[d] = if xs[d] == 0 {
-                        1.0
-                    } else {
-                        z[k] as f64 / xs[d] as f64
-                    };
-                }
-                if policy != "stretch" {
-                    let it = axes.iter().map(|&d| scale[d]);
-                    let s = match policy.as_str() {
-                        "not_larger" => it.fold(f64::INFINITY, f64::min),
-                        "not_smaller" => it.fold(0.0, f64::max),
-                        p => return Err(format!("unknown keep_aspect_ratio_policy '{p}'")),
-                    };
-                    for &d in &axes {
-                        scale[d] = s;
-                        out[d] = (s * xs[d] as f64 + 0.5) as usize;
-                    }
-                }
-            }
-            (Some(_), Some(_)) => return Err("only one of scales and sizes may be given".into()),
-            (None, None) => return Err("one of scales and sizes is required".into()),
-        }
-        if out
-            .iter()
-            .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .is_none_or(|n| n > 1 << 40)
-        {
-            return Err(format!("output shape {out:?} is too large"));
         }
         // roi: [starts.., ends..] over the listed axes (tf_crop_and_resize only)
         let mut roi = vec![(0f64, 1f64); r];
