@@ -20,6 +20,25 @@ struct Cli {
 
 type Frozen = (String, kiln_ir::TensorType, kiln_ir::ConstData);
 
+/// Model loading flags shared by `build` and `run`.
+#[derive(Args, Clone, Default)]
+struct LoadArgs {
+    /// Fix a dynamic input shape: NAME=1,3,224,224 (repeatable).
+    #[arg(long = "input-shape", value_parser = pipeline::parse_input_shape)]
+    input_shapes: Vec<(String, Vec<usize>)>,
+    /// Replace an input by a constant at compile time: NAME=FILE.npy (repeatable).
+    #[arg(long = "freeze", value_parser = pipeline::parse_freeze)]
+    frozen: Vec<Frozen>,
+    /// Bind a MindSpore checkpoint (.ckpt or .safetensors): its tensors replace the model's
+    /// parameters (MindIR parameters, ONNX initializers) of the same names.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// File holding the key of an encrypted .mindir/.ckpt (hex, or the raw key bytes; see
+    /// README). Without it the key is read from $KILN_DECRYPT_KEY.
+    #[arg(long = "decrypt-key-file")]
+    decrypt_key_file: Option<PathBuf>,
+}
+
 /// Optimizer flags shared by `build`, `run` and `inspect`.
 #[derive(Args, Clone, Default)]
 struct OptArgs {
@@ -105,20 +124,8 @@ enum Cmd {
         /// Symbol prefix of the artefact (`<name>_model`); default: the model file's stem.
         #[arg(long)]
         name: Option<String>,
-        /// Fix a dynamic input shape: NAME=1,3,224,224 (repeatable).
-        #[arg(long = "input-shape", value_parser = pipeline::parse_input_shape)]
-        input_shapes: Vec<(String, Vec<usize>)>,
-        /// Replace an input by a constant at compile time: NAME=FILE.npy (repeatable).
-        #[arg(long = "freeze", value_parser = pipeline::parse_freeze)]
-        frozen: Vec<Frozen>,
-        /// Bind a MindSpore checkpoint (.ckpt or .safetensors): its tensors replace the model's
-        /// parameters (MindIR parameters, ONNX initializers) of the same names.
-        #[arg(long)]
-        weights: Option<PathBuf>,
-        /// File holding the key of an encrypted .mindir/.ckpt (hex, or the raw key bytes; see
-        /// README). Without it the key is read from $KILN_DECRYPT_KEY.
-        #[arg(long = "decrypt-key-file")]
-        decrypt_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        load: LoadArgs,
     },
     /// Run the ONNX backend test suites through the compiled CPU path and print the per-op
     /// coverage table (needs onnx==1.22.0's test data: scripts/setup-python.sh).
@@ -146,19 +153,8 @@ enum Cmd {
         inputs: Vec<String>,
         #[arg(long, default_value = ".")]
         output_dir: PathBuf,
-        #[arg(long = "input-shape", value_parser = pipeline::parse_input_shape)]
-        input_shapes: Vec<(String, Vec<usize>)>,
-        /// Replace an input by a constant at compile time: NAME=FILE.npy (repeatable).
-        #[arg(long = "freeze", value_parser = pipeline::parse_freeze)]
-        frozen: Vec<Frozen>,
-        /// Bind a MindSpore checkpoint (.ckpt or .safetensors): its tensors replace the model's
-        /// parameters (MindIR parameters, ONNX initializers) of the same names.
-        #[arg(long)]
-        weights: Option<PathBuf>,
-        /// File holding the key of an encrypted .mindir/.ckpt (hex, or the raw key bytes; see
-        /// README). Without it the key is read from $KILN_DECRYPT_KEY.
-        #[arg(long = "decrypt-key-file")]
-        decrypt_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        load: LoadArgs,
     },
     /// Describe a file: a checkpoint (.ckpt, .safetensors) lists its parameters (name, dtype,
     /// shape, bytes) and totals; a .mindir model its inputs, outputs and op histogram; an
@@ -200,23 +196,14 @@ fn real_main(cli: Cli) -> Result<(), String> {
             emit,
             target,
             name,
-            input_shapes,
-            frozen,
-            weights,
-            decrypt_key_file,
+            load: largs,
         } => {
             if list {
                 list_fusions();
                 return Ok(());
             }
             let model = model.ok_or("a model file is required")?;
-            let mut g = load(
-                &model,
-                input_shapes,
-                frozen,
-                weights,
-                decrypt_key_file.as_deref(),
-            )?;
+            let mut g = load(&model, largs)?;
             opt.optimize(&mut g)?;
             if report {
                 eprint!("{}", kiln_compiler::inspect::table(&g));
@@ -250,18 +237,9 @@ fn real_main(cli: Cli) -> Result<(), String> {
             opt,
             inputs,
             output_dir,
-            input_shapes,
-            frozen,
-            weights,
-            decrypt_key_file,
+            load: largs,
         } => {
-            let mut g = load(
-                &model,
-                input_shapes,
-                frozen,
-                weights,
-                decrypt_key_file.as_deref(),
-            )?;
+            let mut g = load(&model, largs)?;
             opt.optimize(&mut g)?;
             run(&model, g, &inputs, &output_dir)
         }
@@ -278,13 +256,12 @@ fn real_main(cli: Cli) -> Result<(), String> {
                 .unwrap_or("")
                 .to_ascii_lowercase();
             if matches!(ext.as_str(), "onnx" | "kir") || (report && ext == "mindir") {
-                let mut g = load(
-                    &file,
+                let largs = LoadArgs {
                     input_shapes,
-                    Vec::new(),
-                    None,
-                    decrypt_key_file.as_deref(),
-                )?;
+                    decrypt_key_file: decrypt_key_file.clone(),
+                    ..LoadArgs::default()
+                };
+                let mut g = load(&file, largs)?;
                 opt.optimize(&mut g)?;
                 print!("{}", kiln_compiler::inspect::table(&g));
                 return Ok(());
@@ -295,21 +272,18 @@ fn real_main(cli: Cli) -> Result<(), String> {
 }
 
 /// Load, bind `--weights`, print the binding's notes and warnings.
-fn load(
-    model: &Path,
-    input_shapes: Vec<(String, Vec<usize>)>,
-    frozen_inputs: Vec<Frozen>,
-    weights: Option<PathBuf>,
-    key_file: Option<&Path>,
-) -> Result<kiln_ir::Graph, String> {
-    let key = DecryptKey::from_file_or_env(key_file)?;
+fn load(model: &Path, a: LoadArgs) -> Result<kiln_ir::Graph, String> {
+    let key = DecryptKey::from_file_or_env(a.decrypt_key_file.as_deref())?;
     let l = pipeline::load_with(
         model,
         &LoadOptions {
-            input_shapes,
-            frozen_inputs,
+            input_shapes: a.input_shapes,
+            frozen_inputs: a.frozen,
         },
-        &ExtraOptions { weights, key },
+        &ExtraOptions {
+            weights: a.weights,
+            key,
+        },
     )
     .map_err(|e| e.to_string())?;
     for m in &l.messages {

@@ -1002,14 +1002,19 @@ fn fill_of(dtype: DType, v: f64) -> Result<TensorData, String> {
     })
 }
 
+/// The values of an i32/i64 index tensor.
+fn index_values(t: &Tensor) -> Result<Vec<i64>, String> {
+    match &t.data {
+        TensorData::I64(v) => Ok(v.clone()),
+        TensorData::I32(v) => Ok(v.iter().map(|&i| i as i64).collect()),
+        _ => Err(format!("indices must be i32/i64, got {}", t.dtype())),
+    }
+}
+
 /// Index tensor values (i32/i64) normalized against `len` (negative = from the end).
 fn indices(t: &Tensor, len: usize) -> Result<Vec<usize>, String> {
-    let raw: Vec<i64> = match &t.data {
-        TensorData::I64(v) => v.clone(),
-        TensorData::I32(v) => v.iter().map(|&i| i as i64).collect(),
-        _ => return Err(format!("indices must be i32/i64, got {}", t.dtype())),
-    };
-    raw.into_iter()
+    index_values(t)?
+        .into_iter()
         .map(|i| {
             let j = if i < 0 { i + len as i64 } else { i };
             if j < 0 || j >= len as i64 {
@@ -1026,11 +1031,7 @@ fn indices(t: &Tensor, len: usize) -> Result<Vec<usize>, String> {
 fn nd_index_map(x: &Tensor, it: &Tensor, b: usize) -> Result<(Vec<usize>, usize), String> {
     let q = it.shape.len();
     let k = it.shape[q - 1];
-    let raw: Vec<i64> = match &it.data {
-        TensorData::I64(v) => v.clone(),
-        TensorData::I32(v) => v.iter().map(|&i| i as i64).collect(),
-        _ => return Err("indices must be i32/i64".into()),
-    };
+    let raw = index_values(it)?;
     let xs = strides_of(&x.shape);
     let slice: usize = x.shape[b + k..].iter().product();
     let batch: usize = x.shape[..b].iter().product();

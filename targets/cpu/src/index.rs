@@ -66,7 +66,7 @@ fn scatter_one(
     }
 }
 
-pub(crate) fn emit(kb: &mut Kb, op: &Op, ins: &[&TensorType], out: &TensorType) -> KResult {
+pub(crate) fn emit(kb: &mut Kb, op: &Op, ins: &[&TensorType]) -> KResult {
     let x = ins[0];
     let it = ins[1];
     let es = x.dtype.size();
@@ -175,7 +175,6 @@ pub(crate) fn emit(kb: &mut Kb, op: &Op, ins: &[&TensorType], out: &TensorType) 
         }
         _ => return Err(format!("{} is not an index op", op.name())),
     }
-    let _ = out;
     err.map_or(Ok(()), Err)
 }
 
@@ -285,13 +284,7 @@ pub(crate) fn pad(
 
 /// Resample along `axis` through the (i32 index, f32 weight) tables: each output element is a
 /// weighted sum of `taps` input elements, or `fill` where the first index is negative.
-pub(crate) fn resample(
-    kb: &mut Kb,
-    axis: usize,
-    fill: f32,
-    ins: &[&TensorType],
-    out: &TensorType,
-) -> KResult {
+pub(crate) fn resample(kb: &mut Kb, axis: usize, fill: f32, ins: &[&TensorType]) -> KResult {
     let x = ins[0];
     let dt = x.dtype;
     let num = Num::of(dt)
@@ -303,7 +296,6 @@ pub(crate) fn resample(
     let inner: usize = x.shape[axis + 1..].iter().product();
     let ps = kb.params.clone();
     let (xp, ip, wp, op) = (ps[0], ps[1], ps[2], ps[3]);
-    let _ = out;
     kb.for_nd(&[outer, out_len, inner], &mut |kb, ix| {
         let (o, j, i) = (ix[0], ix[1], ix[2]);
         let xb = kb.b.ins().imul_imm_u(o, (len * inner) as i64);

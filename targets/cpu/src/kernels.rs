@@ -130,7 +130,7 @@ pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&Tenso
             crate::index::pad(kb, pads, *mode, *value, ins[0], outs[0]);
             Ok(())
         }
-        Op::Resample { axis, fill } => crate::index::resample(kb, *axis, *fill, ins, outs[0]),
+        Op::Resample { axis, fill } => crate::index::resample(kb, *axis, *fill, ins),
         Op::CumSum {
             axis,
             exclusive,
@@ -142,7 +142,7 @@ pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&Tenso
         | Op::GatherElements { .. }
         | Op::ScatterElements { .. }
         | Op::GatherND { .. }
-        | Op::ScatterND { .. } => crate::index::emit(kb, &node.op, ins, outs[0]),
+        | Op::ScatterND { .. } => crate::index::emit(kb, &node.op, ins),
         Op::Reduce { kind, axes, .. } => reduce(kb, *kind, axes, ins[0]),
         Op::Resize(a) => {
             float_only(ins[0])?;

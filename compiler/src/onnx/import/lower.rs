@@ -243,7 +243,6 @@ impl Imp<'_> {
     pub(super) fn pad(&mut self, c: &Ctx) -> R<()> {
         let x = self.req(c, 0)?;
         let r = self.ty(x).rank();
-        let dt = self.ty(x).dtype;
         let mode_s = c.s("mode", "constant");
         let mode = PadMode::from_name(&mode_s).ok_or_else(|| format!("unknown mode '{mode_s}'"))?;
         let (pads, value) = if self.opset < 11 {
@@ -287,7 +286,6 @@ impl Imp<'_> {
                 }
             }
         }
-        let _ = dt;
         self.op_out(c, 0, Op::Pad { pads, mode, value }, vec![x])?;
         Ok(())
     }
@@ -573,7 +571,6 @@ impl Imp<'_> {
             (0..depth).map(|v| v as f64).collect(),
         )?;
         let hit = self.op1(c, "hit", Op::Compare(CmpOp::Equal), vec![i, iota])?;
-        let vdt = self.ty(vals).dtype;
         if self.ty(vals).numel() != 2 {
             return Err("values must hold [off, on]".into());
         }
@@ -587,7 +584,6 @@ impl Imp<'_> {
         };
         let off = self.op1(c, "off", slice(0), vec![vals])?;
         let on = self.op1(c, "on", slice(1), vec![vals])?;
-        let _ = vdt;
         self.op_out(c, 0, Op::Where, vec![hit, on, off])?;
         Ok(())
     }
