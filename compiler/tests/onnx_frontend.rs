@@ -48,6 +48,10 @@ fn fixed(name: &str, dims: &[i64]) -> ValueInfoProto {
     vi(name, F32, &dims.iter().map(|&x| d(x)).collect::<Vec<_>>())
 }
 
+fn fixed_i64(name: &str, dims: &[i64]) -> ValueInfoProto {
+    vi(name, I64, &dims.iter().map(|&x| d(x)).collect::<Vec<_>>())
+}
+
 fn out(name: &str) -> ValueInfoProto {
     ValueInfoProto {
         name: Some(name.into()),
@@ -597,4 +601,100 @@ fn bad_opset_and_missing_output() {
     assert!(e.to_string().contains("nope"));
     let e = load_model(&model(g, 5), &OnnxOptions::default()).unwrap_err();
     assert!(e.to_string().contains("opset 5"));
+}
+
+/// Sizes a lowering would materialize at compile time come from the file: absurd ones are a
+/// clear error naming the node, never a giant allocation or a hang.
+#[test]
+fn absurd_lowering_sizes_are_errors() {
+    let check = |g: GraphProto, opset: i64, needle: &str| {
+        let t = std::time::Instant::now();
+        let msg = load_model(&model(g, opset), &OnnxOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains(needle), "{msg}");
+        assert!(t.elapsed().as_secs() < 5, "took {:?}", t.elapsed());
+    };
+    // OneHot with a depth of 2^40
+    check(
+        GraphProto {
+            node: vec![node(
+                "OneHot",
+                "oh",
+                &["i", "depth", "vals"],
+                &["y"],
+                vec![],
+            )],
+            initializer: vec![
+                tensor_i64("depth", &[], &[1 << 40]),
+                tensor_f32("vals", &[2], &[0.0, 1.0]),
+            ],
+            input: vec![fixed_i64("i", &[3])],
+            output: vec![out("y")],
+            ..Default::default()
+        },
+        13,
+        "node 'oh' (OneHot): OneHot depth",
+    );
+    // a window of 2^40 samples
+    check(
+        GraphProto {
+            node: vec![node("HannWindow", "hw", &["n"], &["y"], vec![])],
+            initializer: vec![tensor_i64("n", &[], &[1 << 40])],
+            output: vec![out("y")],
+            ..Default::default()
+        },
+        17,
+        "window size",
+    );
+    // antialiased downsampling of 2^34 columns to 1: ~2^35 taps for that output
+    check(
+        GraphProto {
+            node: vec![node(
+                "Resize",
+                "rs",
+                &["x", "", "", "sizes"],
+                &["y"],
+                vec![astr("mode", "linear"), ai("antialias", 1)],
+            )],
+            initializer: vec![tensor_i64("sizes", &[4], &[1, 1, 1, 1])],
+            input: vec![fixed("x", &[1, 1, 1, 1 << 34])],
+            output: vec![out("y")],
+            ..Default::default()
+        },
+        18,
+        "Resize",
+    );
+    // a ConstantOfShape splat of 2^40 floats
+    check(
+        GraphProto {
+            node: vec![node("ConstantOfShape", "cs", &["shape"], &["y"], vec![])],
+            initializer: vec![tensor_i64("shape", &[2], &[1 << 20, 1 << 20])],
+            output: vec![out("y")],
+            ..Default::default()
+        },
+        13,
+        "too large",
+    );
+    // an LSTM with hidden_size 2^31
+    check(
+        GraphProto {
+            node: vec![node(
+                "LSTM",
+                "lstm",
+                &["x", "w", "r"],
+                &["", "h"],
+                vec![ai("hidden_size", 1 << 31)],
+            )],
+            input: vec![
+                fixed("x", &[1, 1, 2]),
+                fixed("w", &[1, 8, 2]),
+                fixed("r", &[1, 8, 2]),
+            ],
+            output: vec![out("h")],
+            ..Default::default()
+        },
+        14,
+        "hidden_size",
+    );
 }

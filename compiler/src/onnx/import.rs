@@ -25,8 +25,23 @@ pub const MAX_OPSET: i64 = 27;
 
 mod lower;
 
-/// Largest constant the importer materializes (ConstantOfShape splats): 4 GiB.
-const MAX_CONST_BYTES: usize = 1 << 32;
+/// Largest constant the importer materializes (ConstantOfShape splats): 1 GiB.
+const MAX_CONST_BYTES: usize = 1 << 30;
+
+/// Largest table/mask/zero constant a lowering builds from shapes and attributes (elements):
+/// sizes come from the file, so they are checked before anything is allocated.
+const MAX_LOWERED_ELEMS: usize = 1 << 26;
+
+/// `n` elements for a lowering-built constant, or an error naming it when the product
+/// overflows or exceeds [`MAX_LOWERED_ELEMS`].
+fn lowered_elems(dims: &[usize], what: &str) -> R<usize> {
+    dims.iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&n| n <= MAX_LOWERED_ELEMS)
+        .ok_or_else(|| {
+            format!("{what} {dims:?} is too large to build at compile time (limit {MAX_LOWERED_ELEMS} elements)")
+        })
+}
 
 type R<T> = Result<T, String>;
 

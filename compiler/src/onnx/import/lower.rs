@@ -180,6 +180,7 @@ impl Imp<'_> {
         }
         let (rows, cols) = (ty.shape[ty.rank() - 2], ty.shape[ty.rank() - 1]);
         let upper = c.i("upper", 1) != 0;
+        lowered_elems(&[rows, cols], "Trilu mask")?;
         let mask: Vec<bool> = (0..rows * cols)
             .map(|n| {
                 let d = (n % cols) as i64 - (n / cols) as i64;
@@ -527,6 +528,7 @@ impl Imp<'_> {
             None => self.ty(x).dtype,
         };
         let k = c.i("k", 0);
+        lowered_elems(&[rows, cols], "EyeLike")?;
         let v: Vec<f64> = (0..rows * cols)
             .map(|n| ((n % cols) as i64 - (n / cols) as i64 == k) as u8 as f64)
             .collect();
@@ -548,6 +550,7 @@ impl Imp<'_> {
         if depth <= 0 {
             return Err(format!("depth {depth} must be positive"));
         }
+        lowered_elems(&[depth as usize], "OneHot depth")?;
         let ish = self.ty(idx).shape.clone();
         let r = ish.len() + 1;
         let axis = norm_axis(c.i("axis", -1), r)?;
@@ -1173,6 +1176,7 @@ impl Imp<'_> {
             mshape[i] = n;
             mshape[j] = n;
             let dt = self.ty(v).dtype;
+            lowered_elems(&[n, n], "Einsum diagonal mask")?;
             let eye: Vec<f64> = (0..n * n).map(|q| (q / n == q % n) as u8 as f64).collect();
             let m = self.const_of(c, &format!("eye{k}_{step}"), dt, mshape, eye)?;
             let prod = self.op1(
@@ -1432,6 +1436,11 @@ impl ResizeTable<'_> {
             "linear" | "bilinear" if !self.antialias => vec![1.0 - ratio, ratio],
             "linear" | "bilinear" => {
                 let s = self.scale.min(1.0);
+                // the kernel widens to ~2/s taps: bound it before any integer math
+                lowered_elems(
+                    &[((2.0 / s).ceil() as usize).saturating_add(2)],
+                    "Resize antialias taps",
+                )?;
                 let start = (-1.0 / s).floor() as i64 + 1;
                 let footprint = 2 - 2 * start;
                 let c: Vec<f64> = (start..start + footprint)
@@ -1464,6 +1473,10 @@ impl ResizeTable<'_> {
                         0.0
                     }
                 };
+                lowered_elems(
+                    &[((4.0 / s).ceil() as usize).saturating_add(2)],
+                    "Resize antialias taps",
+                )?;
                 let start = (-2.0 / s).floor() as i64 + 1;
                 let end = 2 - start;
                 let c: Vec<f64> = (start..end).map(|i| f(s * (i as f64 - ratio))).collect();
@@ -1527,6 +1540,9 @@ impl ResizeTable<'_> {
             let ratio = if x == xi { 1.0 } else { x - xi };
             let mut cf = self.coeffs(ratio)?;
             let n = cf.len();
+            if taps.is_none() {
+                lowered_elems(&[out_i, n], "Resize weight table")?;
+            }
             if *taps.get_or_insert(n) != n {
                 return Err("resize kernel size varies along an axis".into());
             }
@@ -1628,6 +1644,7 @@ impl Imp<'_> {
         let total: usize = out.iter().product();
         let n = self.ty(x).numel();
         let dt = self.ty(x).dtype;
+        lowered_elems(&out, "MaxUnpool output")?;
         let zeros = self.const_of(c, "zeros", dt, vec![total], vec![0.0; total])?;
         let xf = self.reshape(c, x, vec![n], &format!("{}/values", c.name))?;
         let idf = self.reshape(c, i, vec![n], &format!("{}/indices", c.name))?;
@@ -1753,6 +1770,7 @@ impl Imp<'_> {
             (n as f64 - 1.0).max(1.0)
         };
         let tau = 2.0 * std::f64::consts::PI;
+        lowered_elems(&[n], "window size")?;
         let v: Vec<f64> = (0..n)
             .map(|i| {
                 let t = tau * i as f64 / denom;
@@ -1811,6 +1829,7 @@ impl Imp<'_> {
         let ist = kiln_ir::types::strides_of(&img);
         let kst = kiln_ir::types::strides_of(&blk);
         let bst = kiln_ir::types::strides_of(&nb);
+        lowered_elems(&[n, ch * plane + 1], "Col2Im image")?;
         let mut idx = Vec::with_capacity(ch * kn * l);
         for cc in 0..ch {
             for k in 0..kn {
@@ -1915,6 +1934,7 @@ impl Imp<'_> {
             .ok_or("hidden_size must be positive")?;
         let layout = c.i("layout", 0);
         let dir = c.s("direction", "forward");
+        lowered_elems(&[h, 4 * h], "hidden_size")?;
         let dirs = if dir == "bidirectional" { 2 } else { 1 };
         if op == "LSTM" && c.i("input_forget", 0) != 0 {
             return Err("input_forget=1 is not supported".into());
@@ -2444,6 +2464,7 @@ impl Imp<'_> {
             n
         };
         let rows = l;
+        lowered_elems(&[rows, m], "DFT table")?;
         // table(f) -> [rows, m] with f(n_in, k_out)
         let table = |f: &dyn Fn(usize, usize) -> f64| -> Vec<f64> {
             let mut v = vec![0.0; rows * m];
