@@ -214,13 +214,47 @@ pub fn default_name(path: &Path) -> String {
     )
 }
 
+/// What code is generated for: `--target`, `--target-cpu`, `--kernels`.
+#[derive(Debug, Clone)]
+pub struct TargetOpts {
+    /// Target triple (`None`: the host).
+    pub triple: Option<String>,
+    /// CPU of the wide kernels (`None`: `native` on the host, the baseline otherwise).
+    pub cpu: Option<String>,
+    /// Use LLVM-generated wide-vector kernels where they apply (`false`: Cranelift only).
+    pub wide: bool,
+}
+
+impl Default for TargetOpts {
+    fn default() -> Self {
+        TargetOpts {
+            triple: None,
+            cpu: None,
+            wide: true,
+        }
+    }
+}
+
+impl TargetOpts {
+    /// Back-end options for an artefact or in-memory model called `name`.
+    pub fn cpu_options(&self, name: &str, export_default: bool) -> CpuOptions {
+        CpuOptions {
+            name: name.to_string(),
+            export_default,
+            target: self.triple.clone(),
+            target_cpu: self.cpu.clone(),
+            wide: self.wide,
+        }
+    }
+}
+
 /// Emit an artefact for `g` to `out`. Every file is written atomically.
 pub fn emit(
     g: &Graph,
     emit: Emit,
     out: &Path,
     name: &str,
-    target: Option<&str>,
+    target: &TargetOpts,
 ) -> Result<(), Error> {
     match emit {
         Emit::Ir => return Ok(link::write_atomic(out, kiln_ir::text::print(g).as_bytes())?),
@@ -237,27 +271,40 @@ pub fn emit(
         _ => {}
     }
     let export_default = matches!(emit, Emit::So | Emit::Exe);
-    let opts = CpuOptions {
-        name: name.to_string(),
-        export_default,
-        target: target.map(str::to_string),
-    };
-    let (obj, _info) = kiln_target_cpu::compile_object(g, &opts)?;
-    if emit == Emit::Obj {
-        return Ok(link::write_atomic(out, &obj)?);
+    let opts = target.cpu_options(name, export_default);
+    let (objs, _info) = kiln_target_cpu::compile_object(g, &opts)?;
+    if emit == Emit::Obj && objs.kernels.is_none() {
+        return Ok(link::write_atomic(out, &objs.main)?);
     }
-    // link steps read the object from a private temp file
-    let tmp = std::env::temp_dir().join(format!("kiln-{}-{name}.o", std::process::id()));
-    std::fs::write(&tmp, &obj).map_err(|err| Error::Io {
-        path: tmp.clone(),
+    // link steps read the objects from a private temp directory (the names become archive
+    // member names: `<name>.o`, `<name>_kernels.o`)
+    let dir = std::env::temp_dir().join(format!("kiln-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|err| Error::Io {
+        path: dir.clone(),
         err,
     })?;
-    let r = match emit {
-        Emit::So => link::link_shared(&tmp, out),
-        Emit::Staticlib => link::link_static(&tmp, out),
-        Emit::Exe => link::link_exe(&tmp, out),
-        _ => unreachable!(),
-    };
-    let _ = std::fs::remove_file(&tmp);
-    Ok(r?)
+    let mut paths = Vec::new();
+    let mut r = Ok(());
+    for (what, bytes) in [("", Some(&objs.main)), ("_kernels", objs.kernels.as_ref())] {
+        let Some(bytes) = bytes else { continue };
+        let p = dir.join(format!("{name}{what}.o"));
+        if let Err(err) = std::fs::write(&p, bytes) {
+            r = Err(Error::Io { path: p, err });
+            break;
+        }
+        paths.push(p);
+    }
+    if r.is_ok() {
+        let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
+        r = match emit {
+            Emit::So => link::link_shared(&refs, out),
+            Emit::Staticlib => link::link_static(&refs, out),
+            Emit::Exe => link::link_exe(&refs, out),
+            Emit::Obj => link::link_relocatable(&refs, out, target.triple.as_deref()),
+            _ => unreachable!(),
+        }
+        .map_err(Error::from);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    r
 }

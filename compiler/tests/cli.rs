@@ -182,10 +182,40 @@ fn cross_compiles_for_aarch64() {
             "obj",
             "--target",
             "aarch64-unknown-linux-gnu",
+            "--kernels",
+            "cranelift",
             "-o",
         ])
         .arg(&o));
-    let b = std::fs::read(&o).unwrap();
+    assert_aarch64(&std::fs::read(&o).unwrap());
+    // with the LLVM (NEON) kernels: a static library of the Cranelift and the LLVM object
+    let a = d.path().join("libsmall_arm.a");
+    ok(kiln()
+        .arg("build")
+        .arg(&m)
+        .args([
+            "--emit",
+            "staticlib",
+            "--target",
+            "aarch64-unknown-linux-gnu",
+            "-o",
+        ])
+        .arg(&a));
+    let x = d.path().join("members");
+    std::fs::create_dir_all(&x).unwrap();
+    ok(Command::new("ar").arg("x").arg(&a).current_dir(&x));
+    let mut names: Vec<String> = std::fs::read_dir(&x)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["small.o", "small_kernels.o"]);
+    for n in names {
+        assert_aarch64(&std::fs::read(x.join(n)).unwrap());
+    }
+}
+
+fn assert_aarch64(b: &[u8]) {
     assert_eq!(&b[..4], b"\x7fELF");
     assert_eq!(
         u16::from_le_bytes([b[18], b[19]]),

@@ -23,7 +23,7 @@
 extern "C" {
 #endif
 
-#define KILN_ABI_VERSION 1
+#define KILN_ABI_VERSION 2
 
 /* Status codes returned by kiln_model.run and kiln_run_checked. */
 #define KILN_OK 0
@@ -57,7 +57,20 @@ typedef struct kiln_tensor_info {
   uint64_t nbytes;      /* product(dims) * element size */
 } kiln_tensor_info;
 
-/* The model descriptor. 72 bytes on LP64. */
+/* Runs work items [begin, end) of the job described by `arg`. */
+typedef void (*kiln_task_fn)(void *arg, int64_t begin, int64_t end);
+
+/* A thread pool a model may split its parallel kernels over (run_pool).
+ * parallel_for(ctx, fn, arg, n) must call fn(arg, b, e) on disjoint ranges
+ * covering [0, n) -- from any threads, in any order -- and return when all
+ * calls have returned. `threads` is informational (>= 1). */
+typedef struct kiln_pool {
+  void *ctx;
+  int32_t threads;
+  void (*parallel_for)(void *ctx, kiln_task_fn fn, void *arg, int64_t n);
+} kiln_pool;
+
+/* The model descriptor. 80 bytes on LP64. */
 typedef struct kiln_model {
   uint32_t abi_version; /* KILN_ABI_VERSION */
   const char *name;
@@ -71,24 +84,31 @@ typedef struct kiln_model {
    * workspace_size is 0. Buffers must not overlap. */
   int32_t (*run)(const void *const *inputs, void *const *outputs,
                  void *workspace);
+  /* As run, with convolutions and matrix products split over `pool`'s
+   * threads (NULL: single-threaded, exactly run). */
+  int32_t (*run_pool)(const void *const *inputs, void *const *outputs,
+                      void *workspace, const kiln_pool *pool);
 } kiln_model;
 
 #if defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L && \
     UINTPTR_MAX == 0xffffffffffffffffu
 _Static_assert(sizeof(kiln_tensor_info) == 32, "kiln_tensor_info layout");
-_Static_assert(sizeof(kiln_model) == 72, "kiln_model layout");
+_Static_assert(sizeof(kiln_model) == 80, "kiln_model layout");
+_Static_assert(sizeof(kiln_pool) == 24, "kiln_pool layout");
 #endif
 
-/* Calls m->run after validating the ABI version, the number of buffers,
- * their sizes in bytes, null pointers and the workspace alignment. */
-static inline int32_t kiln_run_checked(const kiln_model *m, uint32_t n_in,
+/* Calls m->run_pool (pool may be NULL) after validating the ABI version, the
+ * number of buffers, their sizes in bytes, null pointers and the workspace
+ * alignment. */
+static inline int32_t kiln_run_pool_checked(const kiln_model *m, uint32_t n_in,
                                        const void *const *in,
                                        const uint64_t *in_bytes,
                                        uint32_t n_out, void *const *out,
                                        const uint64_t *out_bytes,
-                                       void *workspace) {
+                                       void *workspace,
+                                       const kiln_pool *pool) {
   uint32_t i;
-  if (m == NULL || m->run == NULL) return KILN_ERR_NULL;
+  if (m == NULL || m->run == NULL || m->run_pool == NULL) return KILN_ERR_NULL;
   if (m->abi_version != KILN_ABI_VERSION) return KILN_ERR_ABI;
   if (n_in != m->n_inputs || n_out != m->n_outputs) return KILN_ERR_ARITY;
   if ((n_in > 0 && (in == NULL || in_bytes == NULL || m->inputs == NULL)) ||
@@ -108,7 +128,18 @@ static inline int32_t kiln_run_checked(const kiln_model *m, uint32_t n_in,
         ((uintptr_t)workspace % (uintptr_t)m->workspace_align) != 0)
       return KILN_ERR_ALIGN;
   }
-  return m->run(in, out, workspace);
+  return m->run_pool(in, out, workspace, pool);
+}
+
+/* kiln_run_pool_checked without a pool (single-threaded). */
+static inline int32_t kiln_run_checked(const kiln_model *m, uint32_t n_in,
+                                       const void *const *in,
+                                       const uint64_t *in_bytes,
+                                       uint32_t n_out, void *const *out,
+                                       const uint64_t *out_bytes,
+                                       void *workspace) {
+  return kiln_run_pool_checked(m, n_in, in, in_bytes, n_out, out, out_bytes,
+                               workspace, NULL);
 }
 
 #ifdef __cplusplus

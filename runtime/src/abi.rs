@@ -3,7 +3,7 @@
 use std::ffi::c_char;
 
 /// Version of the descriptor layout; bumped on any incompatible change.
-pub const KILN_ABI_VERSION: u32 = 1;
+pub const KILN_ABI_VERSION: u32 = 2;
 
 /// Success.
 pub const KILN_OK: i32 = 0;
@@ -71,6 +71,14 @@ pub type KilnRunFn = unsafe extern "C" fn(
     workspace: *mut u8,
 ) -> i32;
 
+/// The model's `run_pool` entry point: `run` with a thread pool (null: single-threaded).
+pub type KilnRunPoolFn = unsafe extern "C" fn(
+    inputs: *const *const u8,
+    outputs: *const *mut u8,
+    workspace: *mut u8,
+    pool: *const crate::pool::KilnPool,
+) -> i32;
+
 /// `kiln_tensor_info`: one input or output tensor (dense, row-major).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -95,6 +103,7 @@ pub struct KilnModel {
     pub workspace_size: u64,
     pub workspace_align: u32,
     pub run: Option<KilnRunFn>,
+    pub run_pool: Option<KilnRunPoolFn>,
 }
 
 // Descriptors are immutable, 'static data.
@@ -115,7 +124,7 @@ const _: () = {
     assert!(offset_of!(KilnTensorInfo, rank) == 12);
     assert!(offset_of!(KilnTensorInfo, dims) == 16);
     assert!(offset_of!(KilnTensorInfo, nbytes) == 24);
-    assert!(size_of::<KilnModel>() == 72);
+    assert!(size_of::<KilnModel>() == 80);
     assert!(offset_of!(KilnModel, abi_version) == 0);
     assert!(offset_of!(KilnModel, name) == 8);
     assert!(offset_of!(KilnModel, n_inputs) == 16);
@@ -125,4 +134,5 @@ const _: () = {
     assert!(offset_of!(KilnModel, workspace_size) == 48);
     assert!(offset_of!(KilnModel, workspace_align) == 56);
     assert!(offset_of!(KilnModel, run) == 64);
+    assert!(offset_of!(KilnModel, run_pool) == 72);
 };

@@ -5,17 +5,20 @@
 //! * [`Model`]: a safe wrapper around a descriptor, either linked in (`&'static`) or loaded
 //!   from a shared library ([`Model::load`], feature `dylib`).
 //! * [`Workspace`]: an aligned scratch buffer allocated once and reused across runs.
+//! * [`ThreadPool`]: optional worker threads for [`Model::run_pool`] (`kiln_pool` in C).
 //! * [`npy`]: a small, defensive `.npy` reader/writer.
 
 mod abi;
 mod error;
 mod model;
 pub mod npy;
+mod pool;
 mod workspace;
 
 pub use abi::*;
 pub use error::{Error, status_str};
 pub use model::{Model, TensorInfo};
+pub use pool::{KilnPool, KilnTaskFn, ThreadPool};
 pub use workspace::Workspace;
 
 /// The C header (`kiln.h`) describing the ABI, for tools that emit it next to artefacts.

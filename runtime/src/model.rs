@@ -3,8 +3,8 @@ use std::ffi::{CStr, c_char};
 use std::path::Path;
 
 use crate::{
-    Error, KILN_ABI_VERSION, KILN_DTYPE_F32, KILN_OK, KilnModel, KilnRunFn, KilnTensorInfo,
-    Workspace, dtype_name, dtype_size,
+    Error, KILN_ABI_VERSION, KILN_DTYPE_F32, KILN_OK, KilnModel, KilnRunFn, KilnRunPoolFn,
+    KilnTensorInfo, Workspace, dtype_name, dtype_size,
 };
 
 /// An owned, validated copy of a `kiln_tensor_info`.
@@ -40,6 +40,7 @@ impl std::fmt::Display for TensorInfo {
 pub struct Model {
     desc: *const KilnModel,
     run_fn: KilnRunFn,
+    run_pool_fn: KilnRunPoolFn,
     name: String,
     inputs: Vec<TensorInfo>,
     outputs: Vec<TensorInfo>,
@@ -162,6 +163,7 @@ impl Model {
         let inputs = unsafe { tensor_infos(d.inputs, d.n_inputs, "input") }?;
         let outputs = unsafe { tensor_infos(d.outputs, d.n_outputs, "output") }?;
         let run_fn = d.run.ok_or(Error::NullPointer("run function"))?;
+        let run_pool_fn = d.run_pool.ok_or(Error::NullPointer("run_pool function"))?;
         let workspace_size = usize::try_from(d.workspace_size).map_err(|_| {
             Error::BadDescriptor(format!("workspace size {} too large", d.workspace_size))
         })?;
@@ -174,6 +176,7 @@ impl Model {
         Ok(Model {
             desc: ptr,
             run_fn,
+            run_pool_fn,
             name,
             inputs,
             outputs,
@@ -265,6 +268,17 @@ impl Model {
         outputs: &mut [&mut [u8]],
         workspace: &mut Workspace,
     ) -> Result<(), Error> {
+        self.run_pool(inputs, outputs, workspace, None)
+    }
+
+    /// [`Model::run`] with the model's parallel kernels split over `pool`'s threads.
+    pub fn run_pool(
+        &self,
+        inputs: &[&[u8]],
+        outputs: &mut [&mut [u8]],
+        workspace: &mut Workspace,
+        pool: Option<&crate::ThreadPool>,
+    ) -> Result<(), Error> {
         if inputs.len() != self.inputs.len() {
             return Err(Error::Arity {
                 what: "inputs",
@@ -336,7 +350,12 @@ impl Model {
         }
         // SAFETY: arity and sizes match the validated descriptor; outputs are exclusive
         // borrows (so they alias nothing), the workspace is large enough and aligned.
-        let status = unsafe { (self.run_fn)(in_ptrs.as_ptr(), out_ptrs.as_ptr(), ws) };
+        let status = unsafe {
+            match pool {
+                None => (self.run_fn)(in_ptrs.as_ptr(), out_ptrs.as_ptr(), ws),
+                Some(p) => (self.run_pool_fn)(in_ptrs.as_ptr(), out_ptrs.as_ptr(), ws, p.as_abi()),
+            }
+        };
         if status == KILN_OK {
             Ok(())
         } else {

@@ -17,6 +17,8 @@ typedef struct {
   uint32_t n_outputs; const kiln_tensor_info *outputs;
   uint64_t workspace_size; uint32_t workspace_align;
   int32_t (*run)(const void *const *inputs, void *const *outputs, void *workspace);
+  int32_t (*run_pool)(const void *const *inputs, void *const *outputs, void *workspace,
+                      const void *pool);
 } kiln_model;
 static const int64_t dims[2] = {2, 2};
 static const kiln_tensor_info ins[1] = {{"x", 1, 2, dims, 16}};
@@ -29,7 +31,11 @@ static int32_t run(const void *const *in, void *const *out, void *ws) {
   for (int i = 0; i < 4; i++) { t[i] = x[i] + 1.0f; y[i] = t[i]; *s += x[i]; }
   return 0;
 }
-static const kiln_model M = {1, "fake", 1, ins, 2, outs, 64, 32, run};
+static int32_t run_pool(const void *const *in, void *const *out, void *ws, const void *pool) {
+  (void)pool;
+  return run(in, out, ws);
+}
+static const kiln_model M = {2, "fake", 1, ins, 2, outs, 64, 32, run, run_pool};
 const kiln_model *fake_model(void) { return &M; }
 const kiln_model *kiln_model_default(void) { return &M; }
 "#;
@@ -277,7 +283,7 @@ int main(void) {
   CHECK(kiln_run_checked(m, 1, in, ib, 2, out, ob, (char *)ws + 4), KILN_ERR_ALIGN);
   CHECK(kiln_run_checked(NULL, 1, in, ib, 2, out, ob, ws), KILN_ERR_NULL);
   kiln_model copy = *m;
-  copy.abi_version = 2;
+  copy.abi_version = KILN_ABI_VERSION + 1;
   CHECK(kiln_run_checked(&copy, 1, in, ib, 2, out, ob, ws), KILN_ERR_ABI);
   out[1] = NULL;
   CHECK(kiln_run_checked(m, 1, in, ib, 2, out, ob, ws), KILN_ERR_NULL);

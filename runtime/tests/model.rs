@@ -69,7 +69,29 @@ unsafe extern "C" fn add_one_nows(
     KILN_OK
 }
 
-const fn model(run: Option<KilnRunFn>, workspace_size: u64) -> KilnModel {
+unsafe extern "C" fn add_one_pool(
+    inputs: *const *const u8,
+    outputs: *const *mut u8,
+    workspace: *mut u8,
+    _pool: *const kiln_runtime::KilnPool,
+) -> i32 {
+    unsafe { add_one(inputs, outputs, workspace) }
+}
+
+unsafe extern "C" fn add_one_nows_pool(
+    inputs: *const *const u8,
+    outputs: *const *mut u8,
+    workspace: *mut u8,
+    _pool: *const kiln_runtime::KilnPool,
+) -> i32 {
+    unsafe { add_one_nows(inputs, outputs, workspace) }
+}
+
+const fn model(
+    run: Option<KilnRunFn>,
+    run_pool: Option<kiln_runtime::KilnRunPoolFn>,
+    workspace_size: u64,
+) -> KilnModel {
     KilnModel {
         abi_version: KILN_ABI_VERSION,
         name: c"fake".as_ptr(),
@@ -80,11 +102,12 @@ const fn model(run: Option<KilnRunFn>, workspace_size: u64) -> KilnModel {
         workspace_size,
         workspace_align: 64,
         run,
+        run_pool,
     }
 }
 
-static FAKE: KilnModel = model(Some(add_one), 16);
-static FAKE_NOWS: KilnModel = model(Some(add_one_nows), 0);
+static FAKE: KilnModel = model(Some(add_one), Some(add_one_pool), 16);
+static FAKE_NOWS: KilnModel = model(Some(add_one_nows), Some(add_one_nows_pool), 0);
 
 fn bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -234,7 +257,7 @@ fn status_errors_are_mapped() {
     unsafe extern "C" fn fails(_: *const *const u8, _: *const *mut u8, _: *mut u8) -> i32 {
         7
     }
-    static M: KilnModel = model(Some(fails), 0);
+    static M: KilnModel = model(Some(fails), Some(add_one_pool), 0);
     let m = unsafe { Model::from_raw(&M) }.unwrap();
     let e = m.run_f32(&[&[0.0; 4]]).unwrap_err();
     assert!(matches!(e, Error::Status(7)), "{e}");
@@ -245,7 +268,7 @@ fn status_errors_are_mapped() {
     }];
     static M2: KilnModel = KilnModel {
         outputs: I32.as_ptr(),
-        ..model(Some(fails), 0)
+        ..model(Some(fails), Some(add_one_pool), 0)
     };
     let m = unsafe { Model::from_raw(&M2) }.unwrap();
     let e = m.run_f32(&[&[0.0; 4]]).unwrap_err();
@@ -265,24 +288,26 @@ fn invalid_descriptors() {
         let b = Box::new(d);
         unsafe { Model::from_raw(&*b) }.unwrap_err()
     };
-    let mut d = model(Some(add_one), 16);
-    d.abi_version = 2;
+    let mut d = model(Some(add_one), Some(add_one_pool), 16);
+    d.abi_version = KILN_ABI_VERSION + 1;
     assert!(matches!(
         check(d),
         Error::AbiVersion {
-            found: 2,
-            expected: 1
+            found: 3,
+            expected: 2
         }
     ));
-    let mut d = model(None, 16);
+    let mut d = model(None, Some(add_one_pool), 16);
     assert!(matches!(check(d), Error::NullPointer(_)));
-    d = model(Some(add_one), 16);
+    d = model(Some(add_one), None, 16);
+    assert!(matches!(check(d), Error::NullPointer(_)));
+    d = model(Some(add_one), Some(add_one_pool), 16);
     d.name = std::ptr::null();
     assert!(matches!(check(d), Error::NullPointer(_)));
-    d = model(Some(add_one), 16);
+    d = model(Some(add_one), Some(add_one_pool), 16);
     d.inputs = std::ptr::null();
     assert!(matches!(check(d), Error::NullPointer(_)));
-    d = model(Some(add_one), 16);
+    d = model(Some(add_one), Some(add_one_pool), 16);
     d.workspace_align = 48;
     assert!(matches!(check(d), Error::BadDescriptor(_)));
 
@@ -303,7 +328,7 @@ fn invalid_descriptors() {
         (&BAD_DTYPE, false),
         (&NULL_DIMS, true),
     ] {
-        d = model(Some(add_one), 16);
+        d = model(Some(add_one), Some(add_one_pool), 16);
         d.outputs = arr.as_ptr();
         let e = check(d);
         assert_eq!(matches!(e, Error::NullPointer(_)), nullp, "{e}");

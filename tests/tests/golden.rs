@@ -108,6 +108,10 @@ fn f32s(bytes: &[u8]) -> Vec<f32> {
 }
 
 fn run_model(m: &Model, c: &Case) -> Vec<Vec<u8>> {
+    run_model_pool(m, c, None)
+}
+
+fn run_model_pool(m: &Model, c: &Case, pool: Option<&kiln_runtime::ThreadPool>) -> Vec<Vec<u8>> {
     let ins: Vec<Vec<u8>> = c
         .inputs
         .iter()
@@ -117,7 +121,7 @@ fn run_model(m: &Model, c: &Case) -> Vec<Vec<u8>> {
     let mut outs: Vec<Vec<u8>> = m.outputs().iter().map(|o| vec![0u8; o.nbytes]).collect();
     let mut ws = m.workspace().unwrap();
     let mut refs: Vec<&mut [u8]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
-    m.run(&ins_ref, &mut refs, &mut ws).unwrap();
+    m.run_pool(&ins_ref, &mut refs, &mut ws, pool).unwrap();
     outs
 }
 
@@ -224,18 +228,29 @@ fn artefacts(name: &str) {
     // as `kiln build` does: optimized at the default level (-O2)
     pipeline::optimize(&mut g, &Default::default()).unwrap();
     let so = tmp.path().join(format!("lib{name}.so"));
-    pipeline::emit(&g, pipeline::Emit::So, &so, name, None).unwrap();
+    pipeline::emit(&g, pipeline::Emit::So, &so, name, &Default::default()).unwrap();
     let m = Model::load(&so).unwrap();
-    check_outputs(&c, &run_model(&m, &c), ".so from Rust");
+    let single = run_model(&m, &c);
+    check_outputs(&c, &single, ".so from Rust");
+    // two threads compute the same work items: bit-identical
+    let pool = kiln_runtime::ThreadPool::new(2).unwrap();
+    assert!(
+        run_model_pool(&m, &c, Some(&pool)) == single,
+        "{name}: 2 threads differ from 1"
+    );
 
     let exe = tmp.path().join(name);
-    pipeline::emit(&g, pipeline::Emit::Exe, &exe, name, None).unwrap();
+    pipeline::emit(&g, pipeline::Emit::Exe, &exe, name, &Default::default()).unwrap();
     let outdir = tmp.path().join("out");
     let mut cmd = std::process::Command::new(&exe);
     for ((n, _), p) in c.shapes.iter().zip(&c.inputs) {
         cmd.arg("--input").arg(format!("{n}={}", p.display()));
     }
-    let st = cmd.arg("--output-dir").arg(&outdir).output().unwrap();
+    let st = cmd
+        .args(["--threads", "2", "--output-dir"])
+        .arg(&outdir)
+        .output()
+        .unwrap();
     assert!(
         st.status.success(),
         "{}: exe failed: {}",
@@ -266,7 +281,7 @@ fn artefacts(name: &str) {
 
     // a C program against the generated header, linked with the .so
     let hdr = tmp.path().join(format!("{name}.h"));
-    pipeline::emit(&g, pipeline::Emit::Header, &hdr, name, None).unwrap();
+    pipeline::emit(&g, pipeline::Emit::Header, &hdr, name, &Default::default()).unwrap();
     let n_in = c.inputs.len();
     let n_out = c.outputs.len();
     let csrc = format!(

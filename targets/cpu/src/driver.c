@@ -2,16 +2,17 @@
  * driver.c - main() of standalone executables built by `kiln build --emit exe`.
  *
  * Linked with a compiled model object that exports kiln_model_default():
- *     cc -O2 driver.c model.o -lm
+ *     cc -O2 driver.c model.o -lm -lpthread
  *
  * Usage: prog [--input NAME=FILE.npy]... [FILE.npy]... [--output-dir DIR]
- *             [--bench N] [--info]
+ *             [--bench N] [--threads N] [--info]
  *
  * Self-contained on purpose: the ABI structs below mirror runtime/include/kiln.h.
  */
 #define _POSIX_C_SOURCE 200809L
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,7 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define KILN_ABI_VERSION 1
+#define KILN_ABI_VERSION 2
 
 typedef struct kiln_tensor_info {
   const char *name;
@@ -30,6 +31,14 @@ typedef struct kiln_tensor_info {
   const int64_t *dims;
   uint64_t nbytes;
 } kiln_tensor_info;
+
+typedef void (*kiln_task_fn)(void *arg, int64_t begin, int64_t end);
+
+typedef struct kiln_pool {
+  void *ctx;
+  int32_t threads;
+  void (*parallel_for)(void *ctx, kiln_task_fn fn, void *arg, int64_t n);
+} kiln_pool;
 
 typedef struct kiln_model {
   uint32_t abi_version;
@@ -42,6 +51,8 @@ typedef struct kiln_model {
   uint32_t workspace_align;
   int32_t (*run)(const void *const *inputs, void *const *outputs,
                  void *workspace);
+  int32_t (*run_pool)(const void *const *inputs, void *const *outputs,
+                      void *workspace, const struct kiln_pool *pool);
 } kiln_model;
 
 extern const kiln_model *kiln_model_default(void);
@@ -397,6 +408,91 @@ static char *output_file_name(const kiln_model *m, uint32_t i) {
   return s;
 }
 
+/* ---- thread pool (--threads) ------------------------------------------- */
+
+/* Workers started once; each job is split into `threads` contiguous ranges,
+ * range 0 runs on the calling thread. */
+typedef struct pool_state {
+  pthread_mutex_t mu;
+  pthread_cond_t start, done;
+  int threads, stop, pending;
+  unsigned long generation;
+  kiln_task_fn fn;
+  void *arg;
+  int64_t n;
+} pool_state;
+
+typedef struct worker_arg {
+  pool_state *p;
+  int index;
+} worker_arg;
+
+static void run_range(pool_state *p, int i) {
+  int64_t b = p->n * i / p->threads, e = p->n * (i + 1) / p->threads;
+  if (b < e) p->fn(p->arg, b, e);
+}
+
+static void *pool_worker(void *a) {
+  worker_arg *w = a;
+  pool_state *p = w->p;
+  unsigned long seen = 0;
+  pthread_mutex_lock(&p->mu);
+  for (;;) {
+    while (p->generation == seen) pthread_cond_wait(&p->start, &p->mu);
+    seen = p->generation;
+    if (p->stop) break;
+    pthread_mutex_unlock(&p->mu);
+    run_range(p, w->index);
+    pthread_mutex_lock(&p->mu);
+    if (--p->pending == 0) pthread_cond_signal(&p->done);
+  }
+  pthread_mutex_unlock(&p->mu);
+  return NULL;
+}
+
+static void pool_parallel_for(void *ctx, kiln_task_fn fn, void *arg, int64_t n) {
+  pool_state *p = ctx;
+  if (p->threads <= 1 || n <= 1) {
+    if (n > 0) fn(arg, 0, n);
+    return;
+  }
+  pthread_mutex_lock(&p->mu);
+  p->fn = fn;
+  p->arg = arg;
+  p->n = n;
+  p->pending = p->threads - 1;
+  p->generation++;
+  pthread_cond_broadcast(&p->start);
+  pthread_mutex_unlock(&p->mu);
+  run_range(p, 0);
+  pthread_mutex_lock(&p->mu);
+  while (p->pending > 0) pthread_cond_wait(&p->done, &p->mu);
+  pthread_mutex_unlock(&p->mu);
+}
+
+/* Start threads-1 workers; NULL on failure. */
+static kiln_pool *pool_create(int threads) {
+  static pool_state st;
+  static kiln_pool pool;
+  static worker_arg args[256];
+  static pthread_t tids[256];
+  if (threads > 256) threads = 256;
+  pthread_mutex_init(&st.mu, NULL);
+  pthread_cond_init(&st.start, NULL);
+  pthread_cond_init(&st.done, NULL);
+  st.threads = threads;
+  for (int i = 1; i < threads; i++) {
+    args[i].p = &st;
+    args[i].index = i;
+    if (pthread_create(&tids[i], NULL, pool_worker, &args[i]) != 0) return NULL;
+    pthread_detach(tids[i]);
+  }
+  pool.ctx = &st;
+  pool.threads = threads;
+  pool.parallel_for = pool_parallel_for;
+  return &pool;
+}
+
 /* ---- main -------------------------------------------------------------- */
 
 static double now_ms(void) {
@@ -413,11 +509,13 @@ static int cmp_double(const void *a, const void *b) {
 static void usage(FILE *f) {
   fprintf(f,
           "usage: %s [--input NAME=FILE.npy]... [FILE.npy]... [--output-dir DIR]\n"
-          "          [--bench N] [--info]\n"
+          "          [--bench N] [--threads N] [--info]\n"
           "  --input NAME=FILE  input NAME from a .npy file (inputs may also be\n"
           "                     given positionally, in the model's order)\n"
           "  --output-dir DIR   where outputs are written as <name>.npy (default .)\n"
           "  --bench N          run N times after one warm-up; print median/min\n"
+          "  --threads N        split convolutions and matrix products over N\n"
+          "                     threads (default 1)\n"
           "  --info             print the model's inputs and outputs\n",
           prog);
 }
@@ -445,6 +543,7 @@ int main(int argc, char **argv) {
   }
   const kiln_model *m = kiln_model_default();
   if (m == NULL || m->abi_version != KILN_ABI_VERSION || m->run == NULL ||
+      m->run_pool == NULL ||
       (m->n_inputs && m->inputs == NULL) || (m->n_outputs && m->outputs == NULL)) {
     fprintf(stderr, "%s: invalid model descriptor (ABI version %u, expected %d)\n",
             prog, m ? m->abi_version : 0, KILN_ABI_VERSION);
@@ -457,7 +556,7 @@ int main(int argc, char **argv) {
     return EXIT_RUN;
   }
   const char *out_dir = ".";
-  long bench = 0;
+  long bench = 0, threads = 1;
   int info = 0;
   uint32_t next_pos = 0;
 
@@ -471,6 +570,7 @@ int main(int argc, char **argv) {
     int is_input = strcmp(arg, "--input") == 0 || strcmp(arg, "-i") == 0;
     int is_out = strcmp(arg, "--output-dir") == 0 || strcmp(arg, "-o") == 0;
     int is_bench = strcmp(arg, "--bench") == 0;
+    int is_threads = strcmp(arg, "--threads") == 0;
     if (strncmp(arg, "--input=", 8) == 0) {
       is_input = 1;
       val = arg + 8;
@@ -480,8 +580,11 @@ int main(int argc, char **argv) {
     } else if (strncmp(arg, "--bench=", 8) == 0) {
       is_bench = 1;
       val = arg + 8;
+    } else if (strncmp(arg, "--threads=", 10) == 0) {
+      is_threads = 1;
+      val = arg + 10;
     }
-    if ((is_input || is_out || is_bench) && val == NULL) {
+    if ((is_input || is_out || is_bench || is_threads) && val == NULL) {
       if (a + 1 >= argc) {
         fprintf(stderr, "%s: %s needs a value\n", prog, arg);
         usage(stderr);
@@ -497,6 +600,15 @@ int main(int argc, char **argv) {
       bench = strtol(val, &end, 10);
       if (errno || *end || end == val || bench < 1) {
         fprintf(stderr, "%s: --bench needs a positive integer, got '%s'\n",
+                prog, val);
+        return EXIT_USAGE;
+      }
+    } else if (is_threads) {
+      char *end;
+      errno = 0;
+      threads = strtol(val, &end, 10);
+      if (errno || *end || end == val || threads < 1 || threads > 256) {
+        fprintf(stderr, "%s: --threads needs an integer in 1..256, got '%s'\n",
                 prog, val);
         return EXIT_USAGE;
       }
@@ -606,7 +718,16 @@ int main(int argc, char **argv) {
     }
   }
 
-  int32_t status = m->run((const void *const *)in, (void *const *)out, ws);
+  const kiln_pool *pool = NULL;
+  if (threads > 1) {
+    pool = pool_create((int)threads);
+    if (pool == NULL) {
+      fprintf(stderr, "%s: cannot start %ld threads\n", prog, threads);
+      return EXIT_RUN;
+    }
+  }
+  int32_t status =
+      m->run_pool((const void *const *)in, (void *const *)out, ws, pool);
   if (status == 0 && bench > 0) {
     double *times = malloc((size_t)bench * sizeof *times);
     if (times == NULL) {
@@ -615,7 +736,7 @@ int main(int argc, char **argv) {
     }
     for (long r = 0; r < bench && status == 0; r++) {
       double t0 = now_ms();
-      status = m->run((const void *const *)in, (void *const *)out, ws);
+      status = m->run_pool((const void *const *)in, (void *const *)out, ws, pool);
       times[r] = now_ms() - t0;
     }
     if (status == 0) {

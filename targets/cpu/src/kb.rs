@@ -16,6 +16,10 @@ pub(crate) struct Kb<'a> {
     pub params: Vec<Value>,
     /// libm functions imported into this function (`expf`, `logf`, ...).
     pub libm: HashMap<&'static str, FuncRef>,
+    /// The LLVM kernel this node's tiles run in, if any (imported into this function).
+    pub ukernel: Option<(crate::ukernel::ConvKernel, FuncRef)>,
+    /// The task trampoline (`kiln_task_fn`) that runs a range of a wide kernel's work items.
+    pub task: Option<FuncRef>,
 }
 
 pub(crate) fn flags() -> MemFlagsData {

@@ -5,7 +5,7 @@
 use crate::ew::{Num, apply, fconst_like, load_num, store_num};
 use crate::kb::{F32, F32X4, I64, Kb, int_ty};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{InstBuilder, Value, types};
+use cranelift_codegen::ir::{FuncRef, InstBuilder, Value, types};
 use cranelift_frontend::Variable;
 use kiln_ir::ops::{
     BinaryOp, CmpOp, ConvAttrs, ConvTransposeAttrs, CoordTransform, GemmAttrs, LogicOp,
@@ -384,24 +384,25 @@ fn cast(kb: &mut Kb, x: &TensorType, to: DType) -> KResult {
 }
 
 /// Shapes of a 2-D (or 1-D as 2-D) convolution: window, batch, channels, input and output planes.
-struct Geom {
-    k: [usize; 2],
-    s: [usize; 2],
-    p: [usize; 4],
-    d: [usize; 2],
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    m: usize,
-    oh: usize,
-    ow: usize,
-    cg: usize,
-    mg: usize,
+#[derive(Debug, Clone)]
+pub(crate) struct Geom {
+    pub k: [usize; 2],
+    pub s: [usize; 2],
+    pub p: [usize; 4],
+    pub d: [usize; 2],
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub m: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub cg: usize,
+    pub mg: usize,
 }
 
 impl Geom {
-    fn new(
+    pub(crate) fn new(
         (kernel, strides, pads, dil): (&[usize], &[usize], &[usize], &[usize]),
         groups: usize,
         x: &TensorType,
@@ -481,6 +482,10 @@ fn conv(kb: &mut Kb, a: &ConvAttrs, ins: &[&TensorType], out: &TensorType) -> KR
     )?;
     let (xp, wp, bp, op) = conv_params(kb, ins.len());
     let rp = (ins.len() == 4).then(|| kb.params[3]);
+    if let Some((ck, f)) = kb.ukernel.clone() {
+        wide_conv(kb, &ck, f, ins.len());
+        return Ok(());
+    }
     let pk = Packing::of(&g);
     let tile = Tile {
         g: &g,
@@ -523,6 +528,78 @@ fn conv(kb: &mut Kb, a: &ConvAttrs, ins: &[&TensorType], out: &TensorType) -> KR
     }
 }
 
+/// A convolution whose tiles run in an LLVM kernel (`ukernel.rs`): pack each image (if its
+/// layout needs it), then call the kernel over all its work items.
+fn wide_conv(kb: &mut Kb, ck: &crate::ukernel::ConvKernel, f: FuncRef, n_in: usize) {
+    let (xp, wp, bp, op) = conv_params(kb, n_in);
+    let rp = (n_in == 4).then(|| kb.params[3]);
+    let g = &ck.g;
+    let zero = kb.ic(0);
+    let out_img = (g.m * g.oh * g.ow * 4) as i64;
+    kb.for_n(g.n, &mut |kb, ni| {
+        let q = if ck.pk.needed {
+            let sp = kb.params[n_in + 1];
+            pack_input(kb, g, &ck.pk, xp, ni, sp);
+            sp
+        } else {
+            let off = kb.b.ins().imul_imm_u(ni, (g.c * g.h * g.w * 4) as i64);
+            kb.b.ins().iadd(xp, off)
+        };
+        let oo = kb.b.ins().imul_imm_u(ni, out_img);
+        let o = kb.b.ins().iadd(op, oo);
+        let r = match rp {
+            Some(rp) => kb.b.ins().iadd(rp, oo),
+            None => zero,
+        };
+        let b = bp.unwrap_or(zero);
+        call_wide(kb, f, [q, wp, b, r, o], ck.work());
+    });
+}
+
+/// Call a wide kernel over its work items `0..work`: directly, or — when the kernel function's
+/// last parameter (the `kiln_pool`) is not null — split over the pool's threads through the
+/// task trampoline, with the kernel's arguments and address in a stack block.
+fn call_wide(kb: &mut Kb, f: FuncRef, args: [Value; 5], work: usize) {
+    use cranelift_codegen::ir::{AbiParam, Signature, StackSlotData, StackSlotKind};
+    let pool = *kb.params.last().expect("pool parameter");
+    let zero = kb.ic(0);
+    let n = kb.ic(work as i64);
+    let (seq, par, done) = (
+        kb.b.create_block(),
+        kb.b.create_block(),
+        kb.b.create_block(),
+    );
+    if work > 1 {
+        kb.b.ins().brif(pool, par, &[], seq, &[]);
+    } else {
+        kb.b.ins().jump(seq, &[]);
+    }
+    kb.b.switch_to_block(seq);
+    kb.b.ins()
+        .call(f, &[args[0], args[1], args[2], args[3], args[4], zero, n]);
+    kb.b.ins().jump(done, &[]);
+    kb.b.switch_to_block(par);
+    let slot =
+        kb.b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, 48, 3));
+    for (i, a) in args.iter().enumerate() {
+        kb.b.ins().stack_store(I64, *a, slot, (8 * i) as i32);
+    }
+    let fa = kb.b.ins().func_addr(I64, f);
+    kb.b.ins().stack_store(I64, fa, slot, 40);
+    let block = kb.b.ins().stack_addr(I64, slot, 0);
+    let flags = crate::kb::flags();
+    let ctx = kb.b.ins().load(I64, flags, pool, 0);
+    let pf = kb.b.ins().load(I64, flags, pool, 16);
+    let task = kb.task.expect("wide kernels come with the task trampoline");
+    let tramp = kb.b.ins().func_addr(I64, task);
+    let mut sig = Signature::new(kb.b.func.signature.call_conv);
+    sig.params.extend([AbiParam::new(I64); 4]);
+    let sr = kb.b.import_signature(sig);
+    kb.b.ins().call_indirect(sr, pf, &[ctx, tramp, block, n]);
+    kb.b.ins().jump(done, &[]);
+    kb.b.switch_to_block(done);
+}
+
 /// Scratch bytes a node's CPU kernel needs (a padded, stride-phase-split copy of the input).
 pub(crate) fn scratch_bytes(node: &Node, ins: &[&TensorType], outs: &[&TensorType]) -> usize {
     match &node.op {
@@ -536,7 +613,7 @@ pub(crate) fn scratch_bytes(node: &Node, ins: &[&TensorType], outs: &[&TensorTyp
                 Ok(g) => {
                     let pk = Packing::of(&g);
                     if pk.needed {
-                        g.c * pk.s1 * pk.hp * pk.wq * 4
+                        (g.c * pk.per_c() + pack_slack(&g)) * 4
                     } else {
                         0
                     }
@@ -544,73 +621,127 @@ pub(crate) fn scratch_bytes(node: &Node, ins: &[&TensorType], outs: &[&TensorTyp
                 Err(_) => 0,
             }
         }
+        Op::MatMul if ins[0].dtype == DType::F32 => match matmul_dims(ins[0], ins[1]) {
+            Some((m, k, n)) if matmul_tiled(m, n) => matmul_pack_floats(m, k) * 4,
+            _ => 0,
+        },
         _ => 0,
     }
 }
 
-/// The convolution input as the tiled kernel reads it: per channel, `s1` column phases of the
-/// zero-padded input, so that every kernel tap reads contiguous columns for any stride:
-/// `q[c][r][row][xq] = padded[c][row][xq * s1 + r]`.
-struct Packing {
-    needed: bool,
-    s1: usize,
-    hp: usize,
-    wq: usize,
+/// The convolution input as the tiled kernels read it: per channel, `s0 x s1` row and column
+/// stride phases of the zero-padded input, so that every kernel tap reads contiguous columns of
+/// consecutive output pixels for any stride:
+/// `q[c][r0][r1][yq][xq] = padded[c][yq * s0 + r0][xq * s1 + r1]`. Output pixel `(y, x)` and tap
+/// `(th, tw)` read `q[c][(th d0) % s0][(tw d1) % s1][y + (th d0) / s0][x + (tw d1) / s1]`.
+/// Without padding or strides the input itself is that layout (`needed == false`).
+#[derive(Debug, Clone)]
+pub(crate) struct Packing {
+    pub needed: bool,
+    pub s0: usize,
+    pub s1: usize,
+    pub hq: usize,
+    pub wq: usize,
+}
+
+/// Floats after the packed input that the wide kernels may read (discarded columns of the last
+/// row; see `ukernel.rs`).
+pub(crate) fn pack_slack(g: &Geom) -> usize {
+    g.k[1] * g.d[1] + 16
 }
 
 impl Packing {
-    fn of(g: &Geom) -> Packing {
-        let needed = g.p != [0, 0, 0, 0] || g.s[1] != 1;
+    pub(crate) fn of(g: &Geom) -> Packing {
+        let needed = g.p != [0, 0, 0, 0] || g.s != [1, 1] || g.k[1] > 1;
         let hp = g.h + g.p[0] + g.p[2];
         let wp = g.w + g.p[1] + g.p[3];
-        let s1 = if needed { g.s[1] } else { 1 };
+        let (s0, s1) = if needed { (g.s[0], g.s[1]) } else { (1, 1) };
         Packing {
             needed,
+            s0,
             s1,
-            hp,
+            hq: hp.div_ceil(s0),
             wq: wp.div_ceil(s1),
         }
     }
-    /// Element offset of (channel 0, phase r, row, column xq).
-    fn at(&self, r: usize, row: usize, xq: usize) -> usize {
-        (r * self.hp + row) * self.wq + xq
+    /// Element offset of (channel 0, row phase r0, column phase r1, row, column xq).
+    pub(crate) fn at(&self, r0: usize, r1: usize, row: usize, xq: usize) -> usize {
+        ((r0 * self.s1 + r1) * self.hq + row) * self.wq + xq
+    }
+    /// Floats per channel.
+    pub(crate) fn per_c(&self) -> usize {
+        self.s0 * self.s1 * self.hq * self.wq
     }
 }
 
 fn pack_input(kb: &mut Kb, g: &Geom, pk: &Packing, xp: Value, ni: Value, sp: Value) {
-    let total = g.c * pk.s1 * pk.hp * pk.wq;
+    let per_c = pk.per_c();
+    let total = g.c * per_c + pack_slack(g);
     let z = kb.fc(0.0);
     let zv = kb.b.ins().splat(F32X4, z);
     let nv = total / 4 * 4;
     kb.for_range(0, nv, 4, &mut |kb, i| kb.store_f32x4(zv, sp, i));
     kb.for_range(nv, total, 1, &mut |kb, i| kb.store_f32(z, sp, i));
-    let per_c = pk.s1 * pk.hp * pk.wq;
     let xb = kb.b.ins().imul_imm_u(ni, (g.c * g.h * g.w) as i64);
-    kb.for_nd(&[g.c, g.h], &mut |kb, idx| {
-        let src_row = kb.offset(idx, &[g.h * g.w, g.w]);
-        let src_row = kb.b.ins().iadd(src_row, xb);
-        let dst_c = kb.b.ins().imul_imm_u(idx[0], per_c as i64);
-        let dst_row = kb.b.ins().imul_imm_u(idx[1], pk.wq as i64);
-        let dst = kb.b.ins().iadd(dst_c, dst_row);
-        for r in 0..pk.s1 {
-            // input columns `col` with (col + pl) % s1 == r
-            let first = (r + pk.s1 * g.w - g.p[1] % pk.s1) % pk.s1;
-            if first >= g.w {
-                continue;
+    // the input indices `i < n` with (i + pad) % s == r: first, count
+    let phase = |n: usize, pad: usize, s: usize, r: usize| {
+        let first = (r + s * n - pad % s) % s;
+        (
+            first,
+            if first < n {
+                (n - first).div_ceil(s)
+            } else {
+                0
+            },
+        )
+    };
+    for r0 in 0..pk.s0 {
+        let (h0, hn) = phase(g.h, g.p[0], pk.s0, r0);
+        kb.for_nd(&[g.c, hn], &mut |kb, idx| {
+            // input row h = h0 + idx[1] * s0 lands in packed row (h + pt) / s0
+            let h = kb.b.ins().imul_imm_u(idx[1], pk.s0 as i64);
+            let h = kb.b.ins().iadd_imm_u(h, h0 as i64);
+            let src_c = kb.b.ins().imul_imm_u(idx[0], (g.h * g.w) as i64);
+            let src_h = kb.b.ins().imul_imm_u(h, g.w as i64);
+            let src_row = kb.b.ins().iadd(src_c, src_h);
+            let src_row = kb.b.ins().iadd(src_row, xb);
+            let dst_c = kb.b.ins().imul_imm_u(idx[0], per_c as i64);
+            let dst_row = kb.b.ins().imul_imm_u(idx[1], pk.wq as i64);
+            let dst = kb.b.ins().iadd(dst_c, dst_row);
+            for r1 in 0..pk.s1 {
+                let (first, count) = phase(g.w, g.p[1], pk.s1, r1);
+                if count == 0 {
+                    continue;
+                }
+                let dst0 = pk.at(r0, r1, (h0 + g.p[0]) / pk.s0, (first + g.p[1]) / pk.s1);
+                let src0 = kb.b.ins().iadd_imm_u(src_row, first as i64);
+                let dst0 = kb.b.ins().iadd_imm_u(dst, dst0 as i64);
+                if pk.s1 == 1 {
+                    let nv = count / 4 * 4;
+                    kb.for_range(0, nv, 4, &mut |kb, t| {
+                        let si = kb.b.ins().iadd(src0, t);
+                        let di = kb.b.ins().iadd(dst0, t);
+                        let v = kb.load_f32x4(xp, si);
+                        kb.store_f32x4(v, sp, di);
+                    });
+                    kb.for_range(nv, count, 1, &mut |kb, t| {
+                        let si = kb.b.ins().iadd(src0, t);
+                        let di = kb.b.ins().iadd(dst0, t);
+                        let v = kb.load_f32(xp, si);
+                        kb.store_f32(v, sp, di);
+                    });
+                } else {
+                    kb.for_n(count, &mut |kb, t| {
+                        let si = kb.b.ins().imul_imm_u(t, pk.s1 as i64);
+                        let si = kb.b.ins().iadd(si, src0);
+                        let di = kb.b.ins().iadd(t, dst0);
+                        let v = kb.load_f32(xp, si);
+                        kb.store_f32(v, sp, di);
+                    });
+                }
             }
-            let count = (g.w - first).div_ceil(pk.s1);
-            let dst0 = pk.at(r, g.p[0], (first + g.p[1]) / pk.s1);
-            kb.for_n(count, &mut |kb, t| {
-                let si = kb.b.ins().imul_imm_u(t, pk.s1 as i64);
-                let si = kb.b.ins().iadd_imm_u(si, first as i64);
-                let si = kb.b.ins().iadd(si, src_row);
-                let di = kb.b.ins().iadd_imm_u(t, dst0 as i64);
-                let di = kb.b.ins().iadd(di, dst);
-                let v = kb.load_f32(xp, si);
-                kb.store_f32(v, sp, di);
-            });
-        }
-    });
+        });
+    }
 }
 
 /// Register-blocked convolution tiles: `mrows` output channels x 8/4/1 output columns kept in
@@ -689,10 +820,10 @@ impl Tile<'_> {
             }
         }
         // q + (y*s0*wq + x) for the tile's first input row/column, per input channel below
-        let ys = kb.b.ins().imul_imm_u(y, (g.s[0] * pk.wq) as i64);
+        let ys = kb.b.ins().imul_imm_u(y, pk.wq as i64);
         let yx = kb.b.ins().iadd(ys, x);
         let wrow = kb.b.ins().imul_imm_u(m0, (g.cg * kk) as i64);
-        let per_c = pk.s1 * pk.hp * pk.wq;
+        let per_c = pk.per_c();
         kb.for_n(g.cg, &mut |kb, ci| {
             let c = kb.b.ins().iadd(cfirst, ci);
             let cq = kb.b.ins().imul_imm_u(c, per_c as i64);
@@ -703,8 +834,8 @@ impl Tile<'_> {
             let wa = kb.addr(self.wp, we, 4);
             for th in 0..g.k[0] {
                 for tw in 0..g.k[1] {
-                    let col = tw * g.d[1];
-                    let off = pk.at(col % pk.s1, th * g.d[0], col / pk.s1) * 4;
+                    let (row, col) = (th * g.d[0], tw * g.d[1]);
+                    let off = pk.at(row % pk.s0, col % pk.s1, row / pk.s0, col / pk.s1) * 4;
                     let xs: Vec<Value> = (0..lanes)
                         .map(|l| kb.b.ins().load(vty, flags, xa, (off + 16 * l) as i32))
                         .collect();
@@ -1040,6 +1171,28 @@ fn gemm(kb: &mut Kb, a: &GemmAttrs, ins: &[&TensorType], out: &TensorType) {
     });
 }
 
+/// `(m, k, n)` of a MatMul's matrices (1-D operands promoted as ONNX does).
+pub(crate) fn matmul_dims(a: &TensorType, b: &TensorType) -> Option<(usize, usize, usize)> {
+    let (a, b) = (&a.shape, &b.shape);
+    if a.is_empty() || b.is_empty() {
+        return None;
+    }
+    let m = if a.len() == 1 { 1 } else { a[a.len() - 2] };
+    let n = if b.len() == 1 { 1 } else { b[b.len() - 1] };
+    Some((m, a[a.len() - 1], n))
+}
+
+/// Whether an f32 MatMul runs through the convolution tiles (else a row-dot kernel).
+pub(crate) fn matmul_tiled(m: usize, n: usize) -> bool {
+    m >= 4 && n >= 8
+}
+
+/// Scratch floats a wide MatMul needs for its run-time packed left operand (for any tile height
+/// up to 8 rows).
+pub(crate) fn matmul_pack_floats(m: usize, k: usize) -> usize {
+    m.div_ceil(4) * 4 * k + 8 * k
+}
+
 fn matmul(kb: &mut Kb, ins: &[&TensorType], _out: &TensorType) -> KResult {
     let a = &ins[0].shape;
     let b = &ins[1].shape;
@@ -1122,7 +1275,49 @@ fn matmul(kb: &mut Kb, ins: &[&TensorType], _out: &TensorType) -> KResult {
         });
         return err.map_or(Ok(()), Err);
     }
-    if m >= 4 && n >= 8 {
+    if let Some((ck, f)) = kb.ukernel.clone() {
+        // the wide kernel: pack A per batch into scratch, then C = A B as a 1x1 convolution
+        let sp = kb.params[3];
+        assert!(
+            ck.packed_len() <= matmul_pack_floats(m, k),
+            "scratch too small"
+        );
+        let zero = kb.ic(0);
+        let (mr, mb) = (ck.mr, ck.mb);
+        kb.for_nd(&batch, &mut |kb, idx| {
+            let ab = kb.offset(idx, &sa);
+            let bo = kb.offset(idx, &sb);
+            let oo = kb.offset(idx, &so);
+            // sp[(b * k + c) * mr + i] = A[b * mr + i][c], zero past row m
+            kb.for_nd(&[mb, mr], &mut |kb, bi| {
+                let row = kb.b.ins().imul_imm_u(bi[0], mr as i64);
+                let row = kb.b.ins().iadd(row, bi[1]);
+                let dst0 = kb.b.ins().imul_imm_u(bi[0], (k * mr) as i64);
+                let dst0 = kb.b.ins().iadd(dst0, bi[1]);
+                let inside =
+                    kb.b.ins()
+                        .icmp_imm_u(IntCC::UnsignedLessThan, row, m as i64);
+                let src0 = kb.b.ins().imul_imm_u(row, k as i64);
+                let src0 = kb.b.ins().iadd(src0, ab);
+                kb.for_n(k, &mut |kb, c| {
+                    let si = kb.b.ins().iadd(src0, c);
+                    // rows past m read row 0 (in bounds) and store zero
+                    let si = kb.b.ins().select(inside, si, ab);
+                    let v = kb.load_f32(ap, si);
+                    let z = kb.fc(0.0);
+                    let v = kb.b.ins().select(inside, v, z);
+                    let di = kb.b.ins().imul_imm_u(c, mr as i64);
+                    let di = kb.b.ins().iadd(di, dst0);
+                    kb.store_f32(v, sp, di);
+                });
+            });
+            let q = kb.addr(bp, bo, 4);
+            let o = kb.addr(op, oo, 4);
+            call_wide(kb, f, [q, sp, zero, zero, o], ck.work());
+        });
+        return Ok(());
+    }
+    if matmul_tiled(m, n) {
         // C[m,n] = A[m,k] B[k,n] is a 1x1 convolution with weights A over a k-channel image B
         // of n pixels: run the register-tiled convolution kernel on each batch's matrices.
         let a1 = ConvAttrs {

@@ -12,7 +12,9 @@ mod index;
 mod kb;
 mod kernels;
 pub mod link;
+pub mod llvm;
 mod scan;
+mod ukernel;
 
 pub use header::generate_header;
 
@@ -34,7 +36,7 @@ use std::collections::HashMap;
 use target_lexicon::Triple;
 
 /// Version of the `kiln_model` descriptor layout (runtime/include/kiln.h).
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CpuError {
@@ -65,6 +67,119 @@ pub struct CpuOptions {
     pub export_default: bool,
     /// Target triple; `None` = the host.
     pub target: Option<String>,
+    /// CPU the wide kernels are generated for (`--target-cpu`); `None` = `native` for the
+    /// host, the architecture's baseline for another triple.
+    pub target_cpu: Option<String>,
+    /// Run convolutions in LLVM-generated wide-vector kernels (`false`: Cranelift only).
+    pub wide: bool,
+}
+
+impl CpuOptions {
+    /// Defaults for the host: wide kernels for the native CPU.
+    pub fn host(name: &str) -> CpuOptions {
+        CpuOptions {
+            name: name.to_string(),
+            export_default: false,
+            target: None,
+            target_cpu: None,
+            wide: true,
+        }
+    }
+}
+
+/// The object files of a compiled model: Cranelift's (schedule, descriptor, every kernel) and,
+/// when wide kernels are used, LLVM's; both must be linked together.
+pub struct Objects {
+    pub main: Vec<u8>,
+    pub kernels: Option<Vec<u8>>,
+}
+
+/// The wide kernels chosen for a graph (per node, in `iter_nodes` order) and their LLVM IR.
+struct Wide {
+    target: Option<llvm::LlvmTarget>,
+    convs: Vec<Option<ukernel::ConvKernel>>,
+    ir: String,
+}
+
+impl Wide {
+    fn none(g: &Graph) -> Wide {
+        Wide {
+            target: None,
+            convs: vec![None; g.nodes.len()],
+            ir: String::new(),
+        }
+    }
+
+    fn plan(g: &Graph, opts: &CpuOptions) -> Result<Wide, CpuError> {
+        if !opts.wide {
+            return Ok(Wide::none(g));
+        }
+        let t = llvm::LlvmTarget::new(opts.target.as_deref(), opts.target_cpu.as_deref())?;
+        let prefix = sym(&opts.name);
+        let mut convs = Vec::new();
+        let mut ir = String::new();
+        for (k, (_, node)) in g.iter_nodes().enumerate() {
+            let ck = match &node.op {
+                kiln_ir::Op::Conv(a) => {
+                    let ins: Vec<&TensorType> = node.inputs.iter().map(|v| g.ty(*v)).collect();
+                    let out = g.ty(node.outputs[0]);
+                    let f32s = ins
+                        .iter()
+                        .chain([&out])
+                        .all(|t| t.dtype == kiln_ir::DType::F32);
+                    let const_w = g.const_data(node.inputs[1]).is_some();
+                    match kernels::Geom::new(
+                        (&a.kernel, &a.strides, &a.pads, &a.dilations),
+                        a.groups,
+                        ins[0],
+                        out,
+                    ) {
+                        Ok(geom) if f32s && const_w && ins[0].shape.len() == 4 => {
+                            ukernel::ConvKernel::new(
+                                format!("{prefix}_k{k}_wide"),
+                                geom,
+                                a.groups,
+                                ins.len() >= 3,
+                                ins.len() == 4,
+                                &a.epilogue,
+                                &t,
+                            )
+                        }
+                        _ => None,
+                    }
+                }
+                kiln_ir::Op::MatMul => {
+                    let (a, b) = (g.ty(node.inputs[0]), g.ty(node.inputs[1]));
+                    kernels::matmul_dims(a, b)
+                        .filter(|&(m, _, n)| {
+                            a.dtype == kiln_ir::DType::F32 && kernels::matmul_tiled(m, n)
+                        })
+                        .map(|(m, kd, n)| {
+                            ukernel::ConvKernel::matmul(format!("{prefix}_k{k}_wide"), m, kd, n, &t)
+                        })
+                }
+                _ => None,
+            };
+            if let Some(ck) = &ck {
+                ck.ir(0, &mut ir);
+            }
+            convs.push(ck);
+        }
+        if convs.iter().all(Option::is_none) {
+            return Ok(Wide::none(g));
+        }
+        ir.push_str(&ukernel::declarations(t.lanes));
+        ir.push_str(&format!("attributes #0 = {{ {} }}\n", t.fn_attributes()));
+        if let Ok(path) = std::env::var("KILN_DUMP_LLVM") {
+            // debugging aid: the kernels' LLVM IR before optimization
+            let _ = std::fs::write(path, &ir);
+        }
+        Ok(Wide {
+            target: Some(t),
+            convs,
+            ir,
+        })
+    }
 }
 
 /// What the back end decided, for reports and the header.
@@ -103,8 +218,13 @@ fn make_isa(target: Option<&str>, pic: bool) -> Result<OwnedTargetIsa, CpuError>
     }
 }
 
-/// Compile `g` (verified IR) to a relocatable object file.
-pub fn compile_object(g: &Graph, opts: &CpuOptions) -> Result<(Vec<u8>, CompileInfo), CpuError> {
+/// Compile `g` (verified IR) to relocatable object files.
+pub fn compile_object(g: &Graph, opts: &CpuOptions) -> Result<(Objects, CompileInfo), CpuError> {
+    let wide = Wide::plan(g, opts)?;
+    let kernels = match &wide.target {
+        Some(t) => Some(llvm::compile_object(&wide.ir, t)?),
+        None => None,
+    };
     let isa = make_isa(opts.target.as_deref(), true)?;
     let builder = ObjectBuilder::new(
         isa,
@@ -113,9 +233,10 @@ pub fn compile_object(g: &Graph, opts: &CpuOptions) -> Result<(Vec<u8>, CompileI
     )
     .map_err(cg)?;
     let mut module = ObjectModule::new(builder);
-    let info = generate(&mut module, g, opts)?;
+    let info = generate(&mut module, g, opts, &wide)?;
     let product = module.finish();
-    Ok((product.emit().map_err(cg)?, info))
+    let main = product.emit().map_err(cg)?;
+    Ok((Objects { main, kernels }, info))
 }
 
 /// A model compiled into this process's memory. Keep it alive while using its descriptor.
@@ -123,6 +244,8 @@ pub struct JitModel {
     module: Option<JITModule>,
     descriptor: *const u8,
     pub info: CompileInfo,
+    /// The wide kernels the code calls (freed after the Cranelift code).
+    _wide: Option<llvm::LlvmJit>,
 }
 
 impl Drop for JitModel {
@@ -163,12 +286,32 @@ libm_symbols! {
     atanh(x) -> f64; fmod(x, y) -> f64; log1p(x) -> f64;
 }
 
-/// Compile `g` for the host into executable memory.
+/// Compile `g` for the host into executable memory (default options).
 pub fn compile_jit(g: &Graph, name: &str) -> Result<JitModel, CpuError> {
+    compile_jit_with(g, &CpuOptions::host(name))
+}
+
+/// Compile `g` for the host into executable memory (`opts.target` must be `None`).
+pub fn compile_jit_with(g: &Graph, opts: &CpuOptions) -> Result<JitModel, CpuError> {
+    if opts.target.is_some() {
+        return Err(CpuError::Codegen(
+            "the in-memory JIT compiles for the host only".into(),
+        ));
+    }
+    let wide = Wide::plan(g, opts)?;
+    let wide_jit = match &wide.target {
+        Some(t) => Some(llvm::LlvmJit::new(&wide.ir, t)?),
+        None => None,
+    };
     let isa = make_isa(None, false)?;
     let mut builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
     for (name, addr) in libm_symbols() {
         builder.symbol(name, addr);
+    }
+    if let Some(j) = &wide_jit {
+        for ck in wide.convs.iter().flatten() {
+            builder.symbol(&ck.name, j.address(&ck.name)?);
+        }
     }
     // Code and constants in one reserved region, so 32-bit PC-relative references always reach
     // (separate mappings can land more than 2 GiB apart once a model has large weights).
@@ -190,14 +333,9 @@ pub fn compile_jit(g: &Graph, name: &str) -> Result<JitModel, CpuError> {
         .map_err(|e| CpuError::Codegen(format!("JIT memory: {e}")))?;
     builder.memory_provider(Box::new(arena));
     let mut module = JITModule::new(builder);
-    let opts = CpuOptions {
-        name: name.to_string(),
-        export_default: false,
-        target: None,
-    };
-    let info = generate(&mut module, g, &opts)?;
+    let info = generate(&mut module, g, opts, &wide)?;
     module.finalize_definitions().map_err(cg)?;
-    let id = match module.get_name(&format!("{}_model_desc", sym(name))) {
+    let id = match module.get_name(&format!("{}_model_desc", sym(&opts.name))) {
         Some(cranelift_module::FuncOrDataId::Data(d)) => d,
         _ => return Err(CpuError::Codegen("descriptor missing".into())),
     };
@@ -206,6 +344,7 @@ pub fn compile_jit(g: &Graph, name: &str) -> Result<JitModel, CpuError> {
         module: Some(module),
         descriptor: ptr,
         info,
+        _wide: wide_jit,
     })
 }
 
@@ -249,6 +388,7 @@ fn generate<M: Module>(
     module: &mut M,
     g: &Graph,
     opts: &CpuOptions,
+    wide: &Wide,
 ) -> Result<CompileInfo, CpuError> {
     let isa_ptr = module.isa().pointer_type();
     if isa_ptr != types::I64 {
@@ -280,14 +420,14 @@ fn generate<M: Module>(
         ));
     }
 
-    // constants: one read-only, 64-byte aligned data object each
-    let mut const_ids: HashMap<usize, DataId> = HashMap::new();
-    for v in g.live_consts() {
+    // constants: one read-only, 64-byte aligned data object each; weights of wide
+    // convolutions are emitted once more in their packed layout, and only packed when nothing
+    // else reads them
+    let define_const = |module: &mut M, name: &str, bytes: &[u8]| -> Result<DataId, CpuError> {
         let id = module
-            .declare_data(&format!("{prefix}_c{}", v.0), Linkage::Local, false, false)
+            .declare_data(name, Linkage::Local, false, false)
             .map_err(cg)?;
         let mut d = DataDescription::new();
-        let bytes = g.const_data(v).unwrap().bytes();
         d.define(if bytes.is_empty() {
             vec![0u8; 1].into_boxed_slice()
         } else {
@@ -295,8 +435,89 @@ fn generate<M: Module>(
         });
         d.set_align(64);
         module.define_data(id, &d).map_err(cg)?;
+        Ok(id)
+    };
+    let mut raw_use: std::collections::HashSet<kiln_ir::ValueId> =
+        g.outputs.iter().copied().collect();
+    for (k, (_, node)) in g.iter_nodes().enumerate() {
+        for (i, v) in node.inputs.iter().enumerate() {
+            if !(i == 1 && wide.convs[k].as_ref().is_some_and(|c| c.prepacked)) {
+                raw_use.insert(*v);
+            }
+        }
+    }
+    let mut const_ids: HashMap<usize, DataId> = HashMap::new();
+    for v in g.live_consts() {
+        if !raw_use.contains(&v) {
+            continue;
+        }
+        let bytes = g.const_data(v).unwrap().bytes();
+        let id = define_const(module, &format!("{prefix}_c{}", v.0), bytes)?;
         const_ids.insert(v.index(), id);
     }
+    let mut packed_ids: HashMap<usize, DataId> = HashMap::new();
+    let mut wide_ids: HashMap<usize, FuncId> = HashMap::new();
+    for (k, (_, node)) in g.iter_nodes().enumerate() {
+        let Some(ck) = &wide.convs[k] else { continue };
+        let fid = module
+            .declare_function(&ck.name, Linkage::Import, &ptr_sig(module, 7))
+            .map_err(cg)?;
+        wide_ids.insert(k, fid);
+        if !ck.prepacked {
+            continue;
+        }
+        let w: Vec<f32> = g
+            .const_data(node.inputs[1])
+            .unwrap()
+            .bytes()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let bytes: Vec<u8> = ck
+            .pack_weights(&w)
+            .iter()
+            .flat_map(|f| f.to_le_bytes())
+            .collect();
+        let id = define_const(module, &format!("{prefix}_k{k}_wpk"), &bytes)?;
+        packed_ids.insert(k, id);
+    }
+
+    // the task trampoline of parallel wide kernels: `task(block, begin, end)` calls
+    // `block[5](block[0..5], begin, end)`
+    let task_id = if wide_ids.is_empty() {
+        None
+    } else {
+        let id = module
+            .declare_function(
+                &format!("{prefix}_wide_task"),
+                Linkage::Local,
+                &ptr_sig(module, 3),
+            )
+            .map_err(cg)?;
+        ctx.func =
+            Function::with_name_signature(UserFuncName::user(0, id.as_u32()), ptr_sig(module, 3));
+        {
+            let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            let e = b.create_block();
+            b.append_block_params_for_function_params(e);
+            b.switch_to_block(e);
+            let p = b.block_params(e).to_vec();
+            let fl = MemFlagsData::trusted();
+            let mut args: Vec<_> = (0..5)
+                .map(|i| b.ins().load(types::I64, fl, p[0], 8 * i))
+                .collect();
+            let f = b.ins().load(types::I64, fl, p[0], 40);
+            args.extend([p[1], p[2]]);
+            let sr = b.import_signature(ptr_sig(module, 7));
+            b.ins().call_indirect(sr, f, &args);
+            b.ins().return_(&[]);
+            b.seal_all_blocks();
+            b.finalize(fcfg);
+        }
+        module.define_function(id, &mut ctx).map_err(cg)?;
+        ctx.clear();
+        Some(id)
+    };
 
     // one kernel per node
     let mut kernel_ids = Vec::new();
@@ -310,12 +531,16 @@ fn generate<M: Module>(
         let outs: Vec<&TensorType> = node.outputs.iter().map(|v| g.ty(*v)).collect();
         let name = format!("{prefix}_k{i}_{}", node.op.name());
         let has_scratch = plan.scratch[nid.index()].is_some();
-        let nparams = node.inputs.len() + node.outputs.len() + has_scratch as usize;
+        let has_pool = wide.convs[i].is_some();
+        let nparams =
+            node.inputs.len() + node.outputs.len() + has_scratch as usize + has_pool as usize;
         let mut kd = KernelDef {
             module: &mut *module,
             ctx: &mut ctx,
             fctx: &mut fctx,
             libm: &libm_ids,
+            wide: wide.convs[i].clone().map(|ck| (ck, wide_ids[&i])),
+            task: task_id,
         };
         match kd.define(&name, nparams, |kb| kernels::emit(kb, node, &ins, &outs))? {
             Ok(id) => kernel_ids.push(Some(id)),
@@ -345,6 +570,8 @@ fn generate<M: Module>(
             ctx: &mut ctx,
             fctx: &mut fctx,
             libm: &libm_ids,
+            wide: None,
+            task: None,
         };
         let id = kd.define(&format!("{prefix}_copy{j}"), 2, |kb| {
             kernels::copy(kb, 0, 1, bytes);
@@ -354,19 +581,19 @@ fn generate<M: Module>(
     }
 
     // run(inputs, outputs, workspace) -> status
-    let mut run_sig = ptr_sig(module, 3);
+    let mut run_sig = ptr_sig(module, 4);
     run_sig.returns.push(AbiParam::new(types::I32));
-    let run_id = module
-        .declare_function(&format!("{prefix}_run"), Linkage::Local, &run_sig)
+    let run_pool_id = module
+        .declare_function(&format!("{prefix}_run_pool"), Linkage::Local, &run_sig)
         .map_err(cg)?;
-    ctx.func = Function::with_name_signature(UserFuncName::user(0, run_id.as_u32()), run_sig);
+    ctx.func = Function::with_name_signature(UserFuncName::user(0, run_pool_id.as_u32()), run_sig);
     {
         let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
         let p = b.block_params(entry).to_vec();
-        let (inp, outp, ws) = (p[0], p[1], p[2]);
+        let (inp, outp, ws, pool) = (p[0], p[1], p[2], p[3]);
         let fail_null = b.create_block();
         let fail_align = b.create_block();
         let check_null = |b: &mut FunctionBuilder, v| {
@@ -416,14 +643,21 @@ fn generate<M: Module>(
         for (k, (nid, node)) in g.iter_nodes().enumerate() {
             let Some(fid) = kernel_ids[k] else { continue };
             let fref = module.declare_func_in_func(fid, b.func);
-            let mut args: Vec<_> = node
-                .inputs
-                .iter()
-                .chain(&node.outputs)
-                .map(|&v| storage_ptr(&mut b, module, v))
-                .collect();
+            let mut args = Vec::new();
+            for (i, &v) in node.inputs.iter().chain(&node.outputs).enumerate() {
+                args.push(match packed_ids.get(&k) {
+                    Some(pid) if i == 1 => {
+                        let gv = module.declare_data_in_func(*pid, b.func);
+                        b.ins().symbol_value(types::I64, gv)
+                    }
+                    _ => storage_ptr(&mut b, module, v),
+                });
+            }
             if let Some(off) = plan.scratch[nid.index()] {
                 args.push(b.ins().iadd_imm_u(ws, off as i64));
+            }
+            if wide.convs[k].is_some() {
+                args.push(pool);
             }
             b.ins().call(fref, &args);
         }
@@ -443,11 +677,35 @@ fn generate<M: Module>(
         b.seal_all_blocks();
         b.finalize(fcfg);
     }
+    module.define_function(run_pool_id, &mut ctx).map_err(cg)?;
+    ctx.clear();
+
+    // run(inputs, outputs, workspace) = run_pool(inputs, outputs, workspace, NULL)
+    let mut run_sig = ptr_sig(module, 3);
+    run_sig.returns.push(AbiParam::new(types::I32));
+    let run_id = module
+        .declare_function(&format!("{prefix}_run"), Linkage::Local, &run_sig)
+        .map_err(cg)?;
+    ctx.func = Function::with_name_signature(UserFuncName::user(0, run_id.as_u32()), run_sig);
+    {
+        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let mut p = b.block_params(entry).to_vec();
+        p.push(b.ins().iconst(types::I64, 0));
+        let fref = module.declare_func_in_func(run_pool_id, b.func);
+        let call = b.ins().call(fref, &p);
+        let r = b.inst_results(call)[0];
+        b.ins().return_(&[r]);
+        b.seal_all_blocks();
+        b.finalize(fcfg);
+    }
     module.define_function(run_id, &mut ctx).map_err(cg)?;
     ctx.clear();
 
     // descriptor
-    let desc_id = emit_descriptor(module, g, &prefix, &opts.name, &plan, run_id)?;
+    let desc_id = emit_descriptor(module, g, &prefix, &opts.name, &plan, [run_id, run_pool_id])?;
     let mut getters = vec![format!("{prefix}_model")];
     if opts.export_default {
         getters.push("kiln_model_default".into());
@@ -487,6 +745,10 @@ struct KernelDef<'m, M: Module> {
     ctx: &'m mut Context,
     fctx: &'m mut FunctionBuilderContext,
     libm: &'m [(&'static str, FuncId)],
+    /// The wide kernel the node's kernel calls, if any.
+    wide: Option<(ukernel::ConvKernel, FuncId)>,
+    /// The task trampoline for splitting wide kernels over a pool.
+    task: Option<FuncId>,
 }
 
 impl<M: Module> KernelDef<'_, M> {
@@ -514,7 +776,20 @@ impl<M: Module> KernelDef<'_, M> {
             for (f, fid) in self.libm {
                 libm.insert(*f, self.module.declare_func_in_func(*fid, b.func));
             }
-            let mut kb = Kb { b, params, libm };
+            let ukernel = self
+                .wide
+                .take()
+                .map(|(ck, fid)| (ck, self.module.declare_func_in_func(fid, b.func)));
+            let task = self
+                .task
+                .map(|t| self.module.declare_func_in_func(t, b.func));
+            let mut kb = Kb {
+                b,
+                params,
+                libm,
+                ukernel,
+                task,
+            };
             let r = body(&mut kb);
             kb.b.ins().return_(&[]);
             kb.b.seal_all_blocks();
@@ -553,7 +828,7 @@ fn emit_descriptor<M: Module>(
     prefix: &str,
     name: &str,
     plan: &MemPlan,
-    run: FuncId,
+    run: [FuncId; 2],
 ) -> Result<DataId, CpuError> {
     let mut n = 0usize;
     let mut data = |module: &mut M, bytes: Vec<u8>, align: u64| -> Result<DataId, CpuError> {
@@ -632,7 +907,7 @@ fn emit_descriptor<M: Module>(
         )
         .map_err(cg)?;
     let mut d = DataDescription::new();
-    let mut bytes = vec![0u8; 72];
+    let mut bytes = vec![0u8; 80];
     bytes[0..4].copy_from_slice(&ABI_VERSION.to_le_bytes());
     bytes[16..20].copy_from_slice(&(g.inputs.len() as u32).to_le_bytes());
     bytes[32..36].copy_from_slice(&(g.outputs.len() as u32).to_le_bytes());
@@ -646,8 +921,10 @@ fn emit_descriptor<M: Module>(
     d.write_data_addr(24, gi, 0);
     let go = module.declare_data_in_data(tables[1], &mut d);
     d.write_data_addr(40, go, 0);
-    let fr = module.declare_func_in_data(run, &mut d);
-    d.write_function_addr(64, fr);
+    for (off, f) in [(64, run[0]), (72, run[1])] {
+        let fr = module.declare_func_in_data(f, &mut d);
+        d.write_function_addr(off, fr);
+    }
     module.define_data(id, &d).map_err(cg)?;
     Ok(id)
 }

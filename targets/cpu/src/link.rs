@@ -77,27 +77,71 @@ fn produce(dest: &Path, f: impl FnOnce(&Path) -> Result<(), LinkError>) -> Resul
     r
 }
 
-pub fn link_shared(obj: &Path, dest: &Path) -> Result<(), LinkError> {
+pub fn link_shared(objs: &[&Path], dest: &Path) -> Result<(), LinkError> {
     produce(dest, |tmp| {
         run(
             Command::new(cc())
                 .arg("-shared")
                 .arg("-o")
                 .arg(tmp)
-                .arg(obj)
+                .args(objs)
                 .arg("-lm"),
             "cc",
         )
     })
 }
 
-pub fn link_static(obj: &Path, dest: &Path) -> Result<(), LinkError> {
+pub fn link_static(objs: &[&Path], dest: &Path) -> Result<(), LinkError> {
     produce(dest, |tmp| {
-        run(Command::new("ar").arg("rcs").arg(tmp).arg(obj), "ar")
+        run(Command::new("ar").arg("rcs").arg(tmp).args(objs), "ar")
     })
 }
 
-pub fn link_exe(obj: &Path, dest: &Path) -> Result<(), LinkError> {
+/// One relocatable object from several (`ld -r`). For another architecture than the host's
+/// this needs a linker for it: `$LD` if set, else `ld.lld` or `<arch>-linux-gnu-ld` from `PATH`.
+pub fn link_relocatable(
+    objs: &[&Path],
+    dest: &Path,
+    triple: Option<&str>,
+) -> Result<(), LinkError> {
+    let host_arch = std::env::consts::ARCH;
+    let arch = triple
+        .and_then(|t| t.split('-').next())
+        .unwrap_or(host_arch);
+    let ld = match std::env::var("LD") {
+        Ok(ld) => ld,
+        Err(_) if arch == host_arch => "ld".into(),
+        Err(_) => {
+            let cands = ["ld.lld".to_string(), format!("{arch}-linux-gnu-ld")];
+            match cands.iter().find(|c| on_path(c)) {
+                Some(c) => c.clone(),
+                None => {
+                    return Err(LinkError::Tool {
+                        tool: "ld".into(),
+                        msg: format!(
+                            "one {arch} object from the Cranelift and LLVM objects needs a linker for {arch} \
+                             ({}; or set $LD); alternatives: --emit staticlib, or --kernels cranelift",
+                            cands.join(" or ")
+                        ),
+                    });
+                }
+            }
+        }
+    };
+    produce(dest, |tmp| {
+        run(
+            Command::new(&ld).arg("-r").arg("-o").arg(tmp).args(objs),
+            &ld,
+        )
+    })
+}
+
+fn on_path(exe: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(exe).is_file()))
+}
+
+pub fn link_exe(objs: &[&Path], dest: &Path) -> Result<(), LinkError> {
     let dir = tempdir_for(dest)?;
     let driver = dir.join("kiln_driver.c");
     std::fs::write(&driver, DRIVER_C).map_err(io(&driver))?;
@@ -108,8 +152,9 @@ pub fn link_exe(obj: &Path, dest: &Path) -> Result<(), LinkError> {
                 .arg("-o")
                 .arg(tmp)
                 .arg(&driver)
-                .arg(obj)
-                .arg("-lm"),
+                .args(objs)
+                .arg("-lm")
+                .arg("-lpthread"),
             "cc",
         )
     });

@@ -19,11 +19,34 @@ impl Rng {
     }
 }
 
-/// Run `g` compiled and interpreted on the same inputs; compare every output.
+/// Run `g` compiled and interpreted on the same inputs; compare every output. Graphs with
+/// convolutions or matrix products are also compiled with the LLVM kernels for AVX2 and SSE
+/// (vector widths 8 and 4; the host's is the default) and with Cranelift kernels only.
 fn check(g: &Graph, inputs: &[Tensor]) {
     kiln_ir::verify::verify(g).expect("valid graph");
     let want = interp::run(g, inputs).expect("interpreter");
-    let jit = kiln_target_cpu::compile_jit(g, "t").expect("compile");
+    let mut configs = vec![kiln_target_cpu::CpuOptions::host("t")];
+    if g.iter_nodes()
+        .any(|(_, n)| matches!(n.op, Op::Conv(_) | Op::MatMul))
+    {
+        for cpu in ["x86-64-v3", "x86-64"] {
+            configs.push(kiln_target_cpu::CpuOptions {
+                target_cpu: Some(cpu.into()),
+                ..kiln_target_cpu::CpuOptions::host("t")
+            });
+        }
+        configs.push(kiln_target_cpu::CpuOptions {
+            wide: false,
+            ..kiln_target_cpu::CpuOptions::host("t")
+        });
+    }
+    for opts in &configs {
+        check_with(g, inputs, &want, opts);
+    }
+}
+
+fn check_with(g: &Graph, inputs: &[Tensor], want: &[Tensor], opts: &kiln_target_cpu::CpuOptions) {
+    let jit = kiln_target_cpu::compile_jit_with(g, opts).expect("compile");
     let m = unsafe {
         kiln_runtime::Model::from_raw(jit.descriptor() as *const kiln_runtime::KilnModel)
     }
@@ -35,6 +58,15 @@ fn check(g: &Graph, inputs: &[Tensor]) {
     {
         let mut outs_ref: Vec<&mut [u8]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
         m.run(&ins_ref, &mut outs_ref, &mut ws).expect("run");
+    }
+    if opts.wide {
+        // split over 3 threads: the same work items, so bit-identical outputs
+        let pool = kiln_runtime::ThreadPool::new(3).unwrap();
+        let mut par: Vec<Vec<u8>> = m.outputs().iter().map(|o| vec![0x55u8; o.nbytes]).collect();
+        let mut par_ref: Vec<&mut [u8]> = par.iter_mut().map(|o| o.as_mut_slice()).collect();
+        m.run_pool(&ins_ref, &mut par_ref, &mut ws, Some(&pool))
+            .expect("run_pool");
+        assert!(par == outs, "{}: 3 threads differ from 1", g.name);
     }
     assert!(
         !want.is_empty() && want.len() == outs.len(),
@@ -49,8 +81,10 @@ fn check(g: &Graph, inputs: &[Tensor]) {
                     let tol = 1e-5 + 1e-4 * x.abs();
                     assert!(
                         (x - y).abs() <= tol || (x.is_nan() && y.is_nan()),
-                        "{}: output {k}[{i}]: interp {x} vs compiled {y}",
-                        g.name
+                        "{}: output {k}[{i}]: interp {x} vs compiled {y} (cpu {:?}, wide {})",
+                        g.name,
+                        opts.target_cpu,
+                        opts.wide
                     );
                 }
             }
@@ -642,6 +676,45 @@ fn conv_variants() {
         c(vec![1, 1], vec![2, 2], vec![0, 0, 0, 0], vec![1, 1], 1),
         true,
     );
+}
+
+/// Shapes that exercise the wide kernels' edges: partial channel blocks (m % 8, m % 4), pixel
+/// tiles spanning several output rows and the last partial tile, packed rows wider than the
+/// output (`wq > ow`), unpadded 1x1 convolutions reading the input in place, batches, and
+/// MatMuls with partial row blocks and broadcast batches.
+#[test]
+fn wide_kernel_edges() {
+    let c = |k: usize, s: usize, p: usize, groups| ConvAttrs {
+        kernel: vec![k, k],
+        strides: vec![s, s],
+        pads: vec![p; 4],
+        dilations: vec![1, 1],
+        groups,
+        epilogue: Vec::new(),
+    };
+    conv_case(&[1, 17, 7, 7], &[20, 17, 3, 3], c(3, 1, 1, 1), true);
+    conv_case(&[2, 5, 13, 9], &[11, 5, 3, 3], c(3, 2, 1, 1), true);
+    conv_case(&[1, 9, 11, 11], &[13, 9, 1, 1], c(1, 1, 0, 1), false);
+    conv_case(&[1, 24, 9, 9], &[24, 1, 3, 3], c(3, 1, 1, 24), true);
+    conv_case(&[1, 16, 10, 10], &[32, 4, 3, 3], c(3, 2, 1, 4), true);
+    conv_case(&[1, 3, 30, 30], &[9, 3, 7, 7], c(7, 2, 3, 1), true);
+    conv_case(&[1, 6, 8, 8], &[10, 6, 5, 5], c(5, 1, 0, 1), true);
+    let mut r = Rng(3);
+    for (a, b) in [
+        (vec![37, 19], vec![19, 45]),
+        (vec![2, 3, 12, 10], vec![10, 9]),
+        (vec![4, 8, 33], vec![2, 1, 33, 17]),
+    ] {
+        let mut g = Graph::new("mm");
+        let x = g.add_input("a", TensorType::f32(a.clone()));
+        let y = g.add_input("b", TensorType::f32(b.clone()));
+        g.outputs = g
+            .add_node("m", Op::MatMul, vec![x, y], vec!["y".into()])
+            .unwrap();
+        let ta = Tensor::f32(a.clone(), r.vec(a.iter().product()));
+        let tb = Tensor::f32(b.clone(), r.vec(b.iter().product()));
+        check(&g, &[ta, tb]);
+    }
 }
 
 #[test]

@@ -1,0 +1,235 @@
+//! The optional thread pool behind `kiln_model.run_pool`.
+//!
+//! A compiled model hands the pool ranges of independent work items (output tiles of a
+//! convolution or matrix product) through the C ABI's `kiln_pool.parallel_for`. Worker threads
+//! are spawned once by [`ThreadPool::new`]; between jobs they spin briefly and then sleep on a
+//! condition variable. Nothing is allocated or spawned on the run path.
+
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+/// `kiln_task_fn`: runs work items `begin..end` of the job described by `arg`.
+pub type KilnTaskFn = unsafe extern "C" fn(arg: *mut c_void, begin: i64, end: i64);
+
+/// `kiln_pool`: how a model runs work items in parallel (see `kiln.h`).
+#[repr(C)]
+#[derive(Debug)]
+pub struct KilnPool {
+    pub ctx: *mut c_void,
+    /// Number of threads (including the caller's) the pool splits a job into.
+    pub threads: i32,
+    /// Runs `f(arg, b, e)` over disjoint ranges covering `0..n`; returns when all are done.
+    pub parallel_for:
+        Option<unsafe extern "C" fn(ctx: *mut c_void, f: KilnTaskFn, arg: *mut c_void, n: i64)>,
+}
+
+#[cfg(target_pointer_width = "64")]
+const _: () = {
+    use std::mem::{offset_of, size_of};
+    assert!(size_of::<KilnPool>() == 24);
+    assert!(offset_of!(KilnPool, ctx) == 0);
+    assert!(offset_of!(KilnPool, threads) == 8);
+    assert!(offset_of!(KilnPool, parallel_for) == 16);
+};
+
+struct Shared {
+    threads: usize,
+    generation: AtomicU64,
+    /// Workers that have not finished the current job.
+    pending: AtomicUsize,
+    stop: AtomicBool,
+    f: AtomicUsize,
+    arg: AtomicUsize,
+    n: AtomicI64,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+impl Shared {
+    /// Chunk `i` of `0..n` split into `threads` near-equal ranges.
+    fn run_chunk(&self, i: usize) {
+        let n = self.n.load(Ordering::Relaxed);
+        let t = self.threads as i64;
+        let (b, e) = (n * i as i64 / t, n * (i as i64 + 1) / t);
+        if b < e {
+            // SAFETY: `f` and `arg` were published by `parallel_for` for this generation
+            // (Acquire on `generation`); the caller keeps `arg` alive until every worker is done.
+            unsafe {
+                let f: KilnTaskFn = std::mem::transmute(self.f.load(Ordering::Relaxed));
+                f(self.arg.load(Ordering::Relaxed) as *mut c_void, b, e);
+            }
+        }
+    }
+}
+
+/// Spin iterations before a worker sleeps (a few tens of microseconds).
+const SPIN: u32 = 1 << 15;
+
+fn worker(s: Arc<Shared>, index: usize) {
+    let mut seen = 0u64;
+    loop {
+        let mut spins = 0;
+        let mut g = s.generation.load(Ordering::Acquire);
+        while g == seen {
+            if spins < SPIN {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                let guard = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+                let guard = s
+                    .wake
+                    .wait_while(guard, |_| s.generation.load(Ordering::Acquire) == seen)
+                    .unwrap_or_else(|e| e.into_inner());
+                drop(guard);
+            }
+            g = s.generation.load(Ordering::Acquire);
+        }
+        seen = g;
+        if s.stop.load(Ordering::Acquire) {
+            return;
+        }
+        s.run_chunk(index);
+        s.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+unsafe extern "C" fn parallel_for(ctx: *mut c_void, f: KilnTaskFn, arg: *mut c_void, n: i64) {
+    // SAFETY: `ctx` is the `Shared` of a live `ThreadPool` (set by `ThreadPool::new`).
+    let s = unsafe { &*(ctx as *const Shared) };
+    if s.threads <= 1 || n <= 1 {
+        unsafe { f(arg, 0, n.max(0)) };
+        return;
+    }
+    s.f.store(f as usize, Ordering::Relaxed);
+    s.arg.store(arg as usize, Ordering::Relaxed);
+    s.n.store(n, Ordering::Relaxed);
+    s.pending.store(s.threads - 1, Ordering::Relaxed);
+    s.generation.fetch_add(1, Ordering::AcqRel);
+    {
+        let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+        s.wake.notify_all();
+    }
+    s.run_chunk(0);
+    let mut spins = 0u32;
+    while s.pending.load(Ordering::Acquire) != 0 {
+        if spins < SPIN {
+            spins += 1;
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// A fixed set of worker threads for [`crate::Model::run_pool`] (or any C caller of
+/// `run_pool`, through [`ThreadPool::as_abi`]).
+pub struct ThreadPool {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    abi: Box<KilnPool>,
+}
+
+// The ABI struct only points at `shared`, which is thread-safe.
+unsafe impl Send for ThreadPool {}
+unsafe impl Sync for ThreadPool {}
+
+impl ThreadPool {
+    /// A pool running jobs on `threads` threads: the caller's plus `threads - 1` workers
+    /// spawned now. `threads` is clamped to 1..=256.
+    pub fn new(threads: usize) -> std::io::Result<ThreadPool> {
+        let threads = threads.clamp(1, 256);
+        let shared = Arc::new(Shared {
+            threads,
+            generation: AtomicU64::new(0),
+            pending: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            f: AtomicUsize::new(0),
+            arg: AtomicUsize::new(0),
+            n: AtomicI64::new(0),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+        });
+        let mut workers = Vec::new();
+        for i in 1..threads {
+            let s = shared.clone();
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("kiln-worker-{i}"))
+                    .spawn(move || worker(s, i))?,
+            );
+        }
+        let abi = Box::new(KilnPool {
+            ctx: Arc::as_ptr(&shared) as *mut c_void,
+            threads: threads as i32,
+            parallel_for: Some(parallel_for),
+        });
+        Ok(ThreadPool {
+            shared,
+            workers,
+            abi,
+        })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.shared.threads
+    }
+
+    /// The `kiln_pool` to pass to a model's `run_pool` (valid while `self` lives).
+    pub fn as_abi(&self) -> *const KilnPool {
+        &*self.abi
+    }
+}
+
+impl Drop for ThreadPool {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.generation.fetch_add(1, Ordering::AcqRel);
+        {
+            let _g = self.shared.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.shared.wake.notify_all();
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    unsafe extern "C" fn mark(arg: *mut c_void, b: i64, e: i64) {
+        let v = unsafe { &*(arg as *const Vec<AtomicUsize>) };
+        for i in b..e {
+            v[i as usize].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Every item of every job runs exactly once, for job sizes around the thread count.
+    #[test]
+    fn covers_every_item_once() {
+        for threads in [1, 2, 3, 5] {
+            let p = ThreadPool::new(threads).unwrap();
+            let abi = unsafe { &*p.as_abi() };
+            for n in [0usize, 1, 2, 3, 7, 64, 1001] {
+                for _ in 0..20 {
+                    let v: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+                    unsafe {
+                        (abi.parallel_for.unwrap())(
+                            abi.ctx,
+                            mark,
+                            &v as *const _ as *mut c_void,
+                            n as i64,
+                        )
+                    };
+                    assert!(
+                        v.iter().all(|x| x.load(Ordering::Relaxed) == 1),
+                        "{threads} {n}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,594 @@
+//! Wide-vector compute kernels generated as LLVM IR (compiled by `llvm.rs`).
+//!
+//! **Convolution** (and every f32 product that is run as one): a direct convolution over the
+//! packed input `q` of `kernels::Packing` (zero-padded, row- and column-stride-phase split), so
+//! that for output pixel `j = y * wq + x` (a flattened pixel index over the packed row pitch;
+//! columns `x >= ow` are computed and discarded) every kernel tap reads `q[c * per_c + tap_off +
+//! j]`: consecutive `j` are consecutive floats for every stride, dilation and padding. A register
+//! tile is `mr` output channels x `vn` vectors of `lanes` pixels; the accumulators start at the
+//! bias and stay in registers over all input channels and (unrolled) taps, with the weights
+//! broadcast from a layout packed at compile time (`[group][m-block][c][tap][mr]`, zero rows
+//! past the last channel). The tile is written with masked stores, one per output row it
+//! touches, after the fused epilogue (residual add, activations) has been applied in registers.
+//! Work items (group, m-block, pixel tile) are numbered so a caller can run any sub-range.
+
+use kiln_ir::ops::{ActKind, EpilogueStep, UnaryOp};
+use std::fmt::Write;
+
+use crate::kernels::{Geom, Packing};
+use crate::llvm::LlvmTarget;
+
+/// One convolution kernel's shape decisions.
+#[derive(Debug, Clone)]
+pub(crate) struct ConvKernel {
+    /// The LLVM function's symbol.
+    pub name: String,
+    pub g: Geom,
+    pub pk: Packing,
+    pub groups: usize,
+    pub mr: usize,
+    pub vn: usize,
+    pub lanes: usize,
+    /// m-blocks per group, pixel tiles per image.
+    pub mb: usize,
+    pub jt: usize,
+    pub has_bias: bool,
+    pub has_res: bool,
+    pub epilogue: Vec<EpilogueStep>,
+    /// The weights are a constant packed at compile time (convolutions); otherwise the caller
+    /// packs them at run time into scratch (MatMul's left operand).
+    pub prepacked: bool,
+}
+
+/// Whether an epilogue step has a vector lowering here.
+fn step_supported(s: &EpilogueStep) -> bool {
+    match s {
+        EpilogueStep::Add | EpilogueStep::Clip { .. } => true,
+        EpilogueStep::Unary(u) => matches!(u, UnaryOp::Relu | UnaryOp::HardSwish),
+        EpilogueStep::Act { kind, .. } => matches!(kind, ActKind::HardSigmoid | ActKind::LeakyRelu),
+    }
+}
+
+impl ConvKernel {
+    /// The kernel for a 2-D (or 1-D) f32 convolution, if its epilogue can be fused here.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: String,
+        g: Geom,
+        groups: usize,
+        has_bias: bool,
+        has_res: bool,
+        epilogue: &[EpilogueStep],
+        t: &LlvmTarget,
+    ) -> Option<ConvKernel> {
+        if !epilogue.iter().all(step_supported) {
+            return None;
+        }
+        let pk = Packing::of(&g);
+        let lanes = t.lanes;
+        // mr x vn accumulator vectors, plus vn inputs and a broadcast, within the registers;
+        // at least 8 accumulators to cover the FMA latency
+        let (mr_max, acc_target) = if t.regs >= 32 { (8, 16) } else { (4, 8) };
+        let mr = g.mg.clamp(1, mr_max);
+        let mut vn = (acc_target / mr).clamp(2, 6);
+        while vn > 1 && mr * vn + vn + 1 > t.regs {
+            vn -= 1;
+        }
+        let nr = vn * lanes;
+        let jtotal = g.oh * pk.wq;
+        Some(ConvKernel {
+            name,
+            pk,
+            groups,
+            mr,
+            vn,
+            lanes,
+            mb: g.mg.div_ceil(mr),
+            jt: jtotal.div_ceil(nr),
+            has_bias,
+            has_res,
+            epilogue: epilogue.to_vec(),
+            prepacked: true,
+            g,
+        })
+    }
+
+    /// `C[m,n] = A[m,k] B[k,n]` as a 1x1 convolution with weights A (packed at run time with
+    /// [`Self::pack_rows`]) over a k-channel image B of n pixels.
+    pub fn matmul(name: String, m: usize, k: usize, n: usize, t: &LlvmTarget) -> ConvKernel {
+        let g = Geom {
+            k: [1, 1],
+            s: [1, 1],
+            p: [0; 4],
+            d: [1, 1],
+            n: 1,
+            c: k,
+            h: 1,
+            w: n,
+            m,
+            oh: 1,
+            ow: n,
+            cg: k,
+            mg: m,
+        };
+        let mut ck = ConvKernel::new(name, g, 1, false, false, &[], t).expect("no epilogue");
+        ck.prepacked = false;
+        ck
+    }
+
+    /// Floats of the run-time packed weights (`[m-block][k][mr]`).
+    pub fn packed_len(&self) -> usize {
+        self.groups * self.mb * self.g.cg * self.g.k[0] * self.g.k[1] * self.mr
+    }
+
+    /// Work items per image.
+    pub fn work(&self) -> usize {
+        self.groups * self.mb * self.jt
+    }
+
+    /// Weights `[m][cg][kh][kw]` re-laid out as `[group][m-block][c][tap][mr]`.
+    pub fn pack_weights(&self, w: &[f32]) -> Vec<f32> {
+        let (g, mr) = (&self.g, self.mr);
+        let kk = g.k[0] * g.k[1];
+        let mut out = vec![0f32; self.groups * self.mb * g.cg * kk * mr];
+        for gi in 0..self.groups {
+            for b in 0..self.mb {
+                for c in 0..g.cg {
+                    for t in 0..kk {
+                        for i in 0..mr {
+                            let m = b * mr + i;
+                            if m >= g.mg {
+                                continue;
+                            }
+                            let src = ((gi * g.mg + m) * g.cg + c) * kk + t;
+                            let dst = ((((gi * self.mb + b) * g.cg + c) * kk + t) * mr) + i;
+                            out[dst] = w[src];
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Offsets of the taps in `q` relative to the output pixel index.
+    fn tap_offsets(&self) -> Vec<usize> {
+        let (g, pk) = (&self.g, &self.pk);
+        let mut v = Vec::new();
+        for th in 0..g.k[0] {
+            for tw in 0..g.k[1] {
+                let (row, col) = (th * g.d[0], tw * g.d[1]);
+                v.push(pk.at(row % pk.s0, col % pk.s1, row / pk.s0, col / pk.s1));
+            }
+        }
+        v
+    }
+
+    /// LLVM IR of `void name(q, w, bias, res, out, t0, t1)`: work items `t0..t1` of one image.
+    pub fn ir(&self, attrs_group: usize, out: &mut String) {
+        let mut e = Emit::new(self.lanes);
+        let (g, pk) = (&self.g, &self.pk);
+        let (mr, vn, w) = (self.mr, self.vn, self.lanes);
+        let nr = vn * w;
+        let kk = g.k[0] * g.k[1];
+        let per_c = pk.s0 * pk.s1 * pk.hq * pk.wq;
+        let jtotal = g.oh * pk.wq;
+        let plane = g.oh * g.ow;
+        let vt = e.vt.clone();
+        let taps = self.tap_offsets();
+        let b = &mut e;
+        writeln!(
+            b.s,
+            "define void @{}(float* noalias %q, float* noalias %w, float* noalias %b, float* noalias %r, float* noalias %o, i64 %t0, i64 %t1) #{attrs_group} {{",
+            self.name
+        )
+        .unwrap();
+        b.line("entry:");
+        b.line("  %any = icmp ult i64 %t0, %t1");
+        b.line("  br i1 %any, label %item, label %done");
+        b.line("item:");
+        b.line("  %t = phi i64 [ %t0, %entry ], [ %tn, %next ]");
+        b.line(&format!("  %jt = urem i64 %t, {}", self.jt));
+        b.line(&format!("  %gm = udiv i64 %t, {}", self.jt));
+        b.line(&format!("  %mb = urem i64 %gm, {}", self.mb));
+        b.line(&format!("  %gi = udiv i64 %gm, {}", self.mb));
+        b.line(&format!("  %j0 = mul i64 %jt, {nr}"));
+        b.line(&format!("  %qo0 = mul i64 %gi, {}", g.cg * per_c));
+        b.line("  %qo = add i64 %qo0, %j0");
+        b.line("  %qb = getelementptr float, float* %q, i64 %qo");
+        b.line(&format!("  %wo = mul i64 %gm, {}", g.cg * kk * mr));
+        b.line("  %wb = getelementptr float, float* %w, i64 %wo");
+        b.line(&format!("  %mr0 = mul i64 %mb, {mr}"));
+        b.line(&format!("  %gmf = mul i64 %gi, {}", g.mg));
+        b.line("  %m0 = add i64 %gmf, %mr0");
+        b.line(&format!("  %rem = sub i64 {}, %mr0", g.mg));
+        b.line(&format!("  %jend = add i64 %j0, {nr}"));
+        b.line(&format!("  %full = icmp ule i64 %jend, {jtotal}"));
+        // accumulators start at the bias
+        let mut init = Vec::new();
+        for i in 0..mr {
+            if self.has_bias {
+                let mi = b.tmp();
+                b.line(&format!("  {mi} = add i64 %m0, {i}"));
+                let ok = b.tmp();
+                b.line(&format!("  {ok} = icmp ult i64 {mi}, {}", g.m));
+                let mc = b.tmp();
+                b.line(&format!(
+                    "  {mc} = select i1 {ok}, i64 {mi}, i64 {}",
+                    g.m - 1
+                ));
+                let p = b.tmp();
+                b.line(&format!("  {p} = getelementptr float, float* %b, i64 {mc}"));
+                let s = b.tmp();
+                b.line(&format!("  {s} = load float, float* {p}, align 4"));
+                init.push(b.splat(&s));
+            } else {
+                init.push("zeroinitializer".to_string());
+            }
+        }
+        b.line("  br i1 %full, label %pre_f, label %pre_t");
+        // the channel loop, without and with masked loads (last pixel tile)
+        let mut finals = Vec::new();
+        for masked in [false, true] {
+            let sfx = if masked { "t" } else { "f" };
+            b.line(&format!("pre_{sfx}:"));
+            let mut masks = Vec::new();
+            if masked {
+                for v in 0..vn {
+                    let base = b.tmp();
+                    b.line(&format!("  {base} = add i64 %j0, {}", v * w));
+                    let bs = b.tmp();
+                    b.line(&format!("  {bs} = trunc i64 {base} to i32"));
+                    let sv = b.splat_i32(&bs);
+                    let lane = b.tmp();
+                    b.line(&format!("  {lane} = add <{w} x i32> {sv}, {}", iota(w, 0)));
+                    let m = b.tmp();
+                    b.line(&format!(
+                        "  {m} = icmp slt <{w} x i32> {lane}, {}",
+                        splat_const_i32(w, jtotal as i64)
+                    ));
+                    masks.push(m);
+                }
+            }
+            b.line(&format!("  br label %loop_{sfx}"));
+            b.line(&format!("loop_{sfx}:"));
+            let c = format!("%c_{sfx}");
+            b.line(&format!(
+                "  {c} = phi i64 [ 0, %pre_{sfx} ], [ %cn_{sfx}, %loop_{sfx} ]"
+            ));
+            let mut acc = Vec::new();
+            for (i, start) in init.iter().enumerate() {
+                for v in 0..vn {
+                    let a = format!("%acc_{sfx}_{i}_{v}");
+                    b.line(&format!(
+                        "  {a} = phi {vt} [ {start}, %pre_{sfx} ], [ %acc_{sfx}_{i}_{v}_n, %loop_{sfx} ]"
+                    ));
+                    acc.push(a);
+                }
+            }
+            let qc = b.tmp();
+            b.line(&format!("  {qc} = mul i64 {c}, {per_c}"));
+            let qp = b.tmp();
+            b.line(&format!(
+                "  {qp} = getelementptr float, float* %qb, i64 {qc}"
+            ));
+            let wc = b.tmp();
+            b.line(&format!("  {wc} = mul i64 {c}, {}", kk * mr));
+            let wp = b.tmp();
+            b.line(&format!(
+                "  {wp} = getelementptr float, float* %wb, i64 {wc}"
+            ));
+            let mut cur = acc.clone();
+            for (ti, off) in taps.iter().enumerate() {
+                let xs: Vec<String> = (0..vn)
+                    .map(|v| {
+                        let p = b.gep_vec(&qp, off + v * w);
+                        if masked {
+                            b.masked_load(&p, &masks[v])
+                        } else {
+                            let x = b.tmp();
+                            b.line(&format!("  {x} = load {vt}, {vt}* {p}, align 4"));
+                            x
+                        }
+                    })
+                    .collect();
+                for i in 0..mr {
+                    let p = b.tmp();
+                    b.line(&format!(
+                        "  {p} = getelementptr float, float* {wp}, i64 {}",
+                        ti * mr + i
+                    ));
+                    let s = b.tmp();
+                    b.line(&format!("  {s} = load float, float* {p}, align 4"));
+                    let sv = b.splat(&s);
+                    for (v, x) in xs.iter().enumerate() {
+                        let k = i * vn + v;
+                        let n = if ti + 1 == taps.len() {
+                            format!("{}_n", acc[k])
+                        } else {
+                            b.tmp()
+                        };
+                        b.line(&format!(
+                            "  {n} = call {vt} @llvm.fma.v{w}f32({vt} {x}, {vt} {sv}, {vt} {})",
+                            cur[k]
+                        ));
+                        cur[k] = n;
+                    }
+                }
+            }
+            b.line(&format!("  %cn_{sfx} = add i64 {c}, 1"));
+            b.line(&format!("  %ce_{sfx} = icmp eq i64 %cn_{sfx}, {}", g.cg));
+            b.line(&format!(
+                "  br i1 %ce_{sfx}, label %store, label %loop_{sfx}"
+            ));
+            finals.push(cur);
+        }
+        // store: one masked store per vector and output row touched
+        b.line("store:");
+        let mut accs = Vec::new();
+        for (k, (f, t)) in finals[0].iter().zip(&finals[1]).enumerate() {
+            let a = format!("%fin_{k}");
+            b.line(&format!(
+                "  {a} = phi {vt} [ {f}, %loop_f ], [ {t}, %loop_t ]"
+            ));
+            accs.push(a);
+        }
+        b.line(&format!("  %jl0 = add i64 %j0, {}", nr - 1));
+        b.line(&format!("  %jlc = icmp ult i64 %jl0, {jtotal}"));
+        b.line(&format!(
+            "  %jl = select i1 %jlc, i64 %jl0, i64 {}",
+            jtotal - 1
+        ));
+        b.line(&format!("  %y0 = udiv i64 %j0, {}", pk.wq));
+        b.line(&format!("  %y1 = udiv i64 %jl, {}", pk.wq));
+        b.line("  br label %row_0");
+        for i in 0..mr {
+            b.line(&format!("row_{i}:"));
+            b.line(&format!("  %rv_{i} = icmp ugt i64 %rem, {i}"));
+            b.line(&format!("  br i1 %rv_{i}, label %rowb_{i}, label %next"));
+            b.line(&format!("rowb_{i}:"));
+            b.line(&format!("  %mi_{i} = add i64 %m0, {i}"));
+            b.line(&format!("  %ob_{i} = mul i64 %mi_{i}, {plane}"));
+            b.line(&format!("  br label %yl_{i}"));
+            b.line(&format!("yl_{i}:"));
+            b.line(&format!(
+                "  %y_{i} = phi i64 [ %y0, %rowb_{i} ], [ %yn_{i}, %yl_{i} ]"
+            ));
+            let ys = b.tmp();
+            b.line(&format!("  {ys} = mul i64 %y_{i}, {}", pk.wq));
+            let lo = b.tmp();
+            b.line(&format!("  {lo} = sub i64 {ys}, %j0"));
+            let lo32 = b.tmp();
+            b.line(&format!("  {lo32} = trunc i64 {lo} to i32"));
+            let hi32 = b.tmp();
+            b.line(&format!("  {hi32} = add i32 {lo32}, {}", g.ow));
+            let lov = b.splat_i32(&lo32);
+            let hiv = b.splat_i32(&hi32);
+            // out index of lane 0: ob + j0 - y * (wq - ow)
+            let sh = b.tmp();
+            b.line(&format!("  {sh} = mul i64 %y_{i}, {}", pk.wq - g.ow));
+            let d0 = b.tmp();
+            b.line(&format!("  {d0} = add i64 %ob_{i}, %j0"));
+            let d = b.tmp();
+            b.line(&format!("  {d} = sub i64 {d0}, {sh}"));
+            let op = b.tmp();
+            b.line(&format!("  {op} = getelementptr float, float* %o, i64 {d}"));
+            let rp = if self.has_res {
+                let rp = b.tmp();
+                b.line(&format!("  {rp} = getelementptr float, float* %r, i64 {d}"));
+                Some(rp)
+            } else {
+                None
+            };
+            for v in 0..vn {
+                let ge = b.tmp();
+                b.line(&format!(
+                    "  {ge} = icmp sge <{w} x i32> {}, {lov}",
+                    iota(w, v * w)
+                ));
+                let lt = b.tmp();
+                b.line(&format!(
+                    "  {lt} = icmp slt <{w} x i32> {}, {hiv}",
+                    iota(w, v * w)
+                ));
+                let m = b.tmp();
+                b.line(&format!("  {m} = and <{w} x i1> {ge}, {lt}"));
+                let res = rp.as_ref().map(|rp| {
+                    let p = b.gep_vec(rp, v * w);
+                    b.masked_load(&p, &m)
+                });
+                let val = b.epilogue(&self.epilogue, &accs[i * vn + v], res.as_deref());
+                let p = b.gep_vec(&op, v * w);
+                b.line(&format!(
+                    "  call void @llvm.masked.store.v{w}f32.p0v{w}f32({vt} {val}, {vt}* {p}, i32 4, <{w} x i1> {m})"
+                ));
+            }
+            b.line(&format!("  %yn_{i} = add i64 %y_{i}, 1"));
+            b.line(&format!("  %ye_{i} = icmp ugt i64 %yn_{i}, %y1"));
+            let after = if i + 1 < mr {
+                format!("row_{}", i + 1)
+            } else {
+                "next".into()
+            };
+            b.line(&format!("  br i1 %ye_{i}, label %{after}, label %yl_{i}"));
+        }
+        b.line("next:");
+        b.line("  %tn = add i64 %t, 1");
+        b.line("  %te = icmp eq i64 %tn, %t1");
+        b.line("  br i1 %te, label %done, label %item");
+        b.line("done:");
+        b.line("  ret void");
+        b.line("}");
+        out.push_str(&e.s);
+    }
+}
+
+/// Declarations every kernel module needs for `lanes`-wide vectors.
+pub(crate) fn declarations(lanes: usize) -> String {
+    let w = lanes;
+    let vt = format!("<{w} x float>");
+    format!(
+        "declare {vt} @llvm.fma.v{w}f32({vt}, {vt}, {vt})\n\
+         declare {vt} @llvm.masked.load.v{w}f32.p0v{w}f32({vt}*, i32, <{w} x i1>, {vt})\n\
+         declare void @llvm.masked.store.v{w}f32.p0v{w}f32({vt}, {vt}*, i32, <{w} x i1>)\n"
+    )
+}
+
+fn iota(w: usize, from: usize) -> String {
+    let items: Vec<String> = (0..w).map(|i| format!("i32 {}", from + i)).collect();
+    format!("<{}>", items.join(", "))
+}
+
+fn splat_const_i32(w: usize, v: i64) -> String {
+    let items: Vec<String> = (0..w).map(|_| format!("i32 {v}")).collect();
+    format!("<{}>", items.join(", "))
+}
+
+fn fconst(v: f32) -> String {
+    // LLVM wants float constants as the hex of the f64 with the same value
+    format!("0x{:016X}", (v as f64).to_bits())
+}
+
+/// IR text with fresh SSA names.
+struct Emit {
+    s: String,
+    n: usize,
+    w: usize,
+    vt: String,
+}
+
+impl Emit {
+    fn new(w: usize) -> Emit {
+        Emit {
+            s: String::new(),
+            n: 0,
+            w,
+            vt: format!("<{w} x float>"),
+        }
+    }
+    fn tmp(&mut self) -> String {
+        self.n += 1;
+        format!("%v{}", self.n)
+    }
+    fn line(&mut self, l: &str) {
+        self.s.push_str(l);
+        self.s.push('\n');
+    }
+    fn splat(&mut self, scalar: &str) -> String {
+        let (w, vt) = (self.w, self.vt.clone());
+        let i = self.tmp();
+        self.line(&format!(
+            "  {i} = insertelement {vt} undef, float {scalar}, i32 0"
+        ));
+        let s = self.tmp();
+        self.line(&format!(
+            "  {s} = shufflevector {vt} {i}, {vt} undef, <{w} x i32> zeroinitializer"
+        ));
+        s
+    }
+    fn splat_i32(&mut self, scalar: &str) -> String {
+        let w = self.w;
+        let i = self.tmp();
+        self.line(&format!(
+            "  {i} = insertelement <{w} x i32> undef, i32 {scalar}, i32 0"
+        ));
+        let s = self.tmp();
+        self.line(&format!(
+            "  {s} = shufflevector <{w} x i32> {i}, <{w} x i32> undef, <{w} x i32> zeroinitializer"
+        ));
+        s
+    }
+    fn fsplat(&self, v: f32) -> String {
+        let items: Vec<String> = (0..self.w)
+            .map(|_| format!("float {}", fconst(v)))
+            .collect();
+        format!("<{}>", items.join(", "))
+    }
+    /// `<w x float>*` pointing `off` floats after `base` (a `float*`).
+    fn gep_vec(&mut self, base: &str, off: usize) -> String {
+        let p = self.tmp();
+        self.line(&format!(
+            "  {p} = getelementptr float, float* {base}, i64 {off}"
+        ));
+        let vt = self.vt.clone();
+        let c = self.tmp();
+        self.line(&format!("  {c} = bitcast float* {p} to {vt}*"));
+        c
+    }
+    fn masked_load(&mut self, p: &str, m: &str) -> String {
+        let (w, vt) = (self.w, self.vt.clone());
+        let x = self.tmp();
+        self.line(&format!(
+            "  {x} = call {vt} @llvm.masked.load.v{w}f32.p0v{w}f32({vt}* {p}, i32 4, <{w} x i1> {m}, {vt} zeroinitializer)"
+        ));
+        x
+    }
+    fn bin(&mut self, op: &str, a: &str, b: &str) -> String {
+        let vt = self.vt.clone();
+        let r = self.tmp();
+        self.line(&format!("  {r} = {op} {vt} {a}, {b}"));
+        r
+    }
+    /// `cond(a, b) ? x : y` with an ordered float compare.
+    fn select(&mut self, cc: &str, a: &str, b: &str, x: &str, y: &str) -> String {
+        let (w, vt) = (self.w, self.vt.clone());
+        let c = self.tmp();
+        self.line(&format!("  {c} = fcmp {cc} {vt} {a}, {b}"));
+        let r = self.tmp();
+        self.line(&format!(
+            "  {r} = select <{w} x i1> {c}, {vt} {x}, {vt} {y}"
+        ));
+        r
+    }
+    fn clamp(&mut self, x: &str, lo: f32, hi: f32) -> String {
+        let (l, h) = (self.fsplat(lo), self.fsplat(hi));
+        let a = self.select("olt", x, &l, &l, x);
+        self.select("ogt", &a, &h, &h, &a)
+    }
+    /// The epilogue steps on one vector, in the same arithmetic as `ew.rs`.
+    fn epilogue(&mut self, steps: &[EpilogueStep], x: &str, res: Option<&str>) -> String {
+        let mut x = x.to_string();
+        for s in steps {
+            x = match *s {
+                EpilogueStep::Add => {
+                    let r = res.expect("residual operand");
+                    self.bin("fadd", &x, r)
+                }
+                EpilogueStep::Clip { min, max } => self.clamp(&x, min, max),
+                EpilogueStep::Unary(UnaryOp::Relu) => {
+                    let z = "zeroinitializer";
+                    self.select("ogt", &x, z, &x, z)
+                }
+                EpilogueStep::Unary(UnaryOp::HardSwish) => {
+                    let a = self.fsplat(1.0 / 6.0);
+                    let h = self.fsplat(0.5);
+                    let v = self.bin("fmul", &x, &a);
+                    let v = self.bin("fadd", &v, &h);
+                    let v = self.clamp(&v, 0.0, 1.0);
+                    self.bin("fmul", &x, &v)
+                }
+                EpilogueStep::Act {
+                    kind: ActKind::HardSigmoid,
+                    alpha,
+                    beta,
+                } => {
+                    let (a, bt) = (self.fsplat(alpha), self.fsplat(beta));
+                    let v = self.bin("fmul", &x, &a);
+                    let v = self.bin("fadd", &v, &bt);
+                    self.clamp(&v, 0.0, 1.0)
+                }
+                EpilogueStep::Act {
+                    kind: ActKind::LeakyRelu,
+                    alpha,
+                    ..
+                } => {
+                    let a = self.fsplat(alpha);
+                    let neg = self.bin("fmul", &x, &a);
+                    self.select("olt", &x, "zeroinitializer", &neg, &x)
+                }
+                _ => unreachable!("step_supported() admits only the steps above"),
+            };
+        }
+        x
+    }
+}
