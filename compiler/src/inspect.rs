@@ -42,8 +42,14 @@ pub struct Summary {
     pub fused_epilogues: usize,
     pub batchnorms: usize,
     pub flops: u64,
+    /// Planned workspace of the CPU back end (intermediate tensors and kernel scratch).
     pub workspace: usize,
+    /// Every intermediate tensor and every kernel scratch buffer allocated separately.
     pub naive: usize,
+    /// The kernel scratch part of `naive`.
+    pub naive_scratch: usize,
+    /// Planned workspace for the intermediate tensors alone (no kernel scratch).
+    pub workspace_tensors: usize,
 }
 
 pub fn summary(g: &Graph) -> Summary {
@@ -51,6 +57,8 @@ pub fn summary(g: &Graph) -> Summary {
     let mut s = Summary {
         workspace: plan.workspace_size,
         naive: plan.naive_size,
+        naive_scratch: plan.naive_scratch,
+        workspace_tensors: kiln_ir::memplan::plan(g).workspace_size,
         ..Default::default()
     };
     for (_, n) in g.iter_nodes() {
@@ -118,15 +126,29 @@ pub fn table(g: &Graph) -> String {
     );
     let _ = writeln!(s, "total FLOPs {:.3} G", sm.flops as f64 / 1e9);
     let _ = writeln!(s, "weights {} bytes", weights);
-    let pct = if sm.naive > 0 {
-        100.0 * sm.workspace as f64 / sm.naive as f64
-    } else {
-        0.0
+    let pct = |a: usize, b: usize| {
+        if b > 0 {
+            100.0 * a as f64 / b as f64
+        } else {
+            0.0
+        }
     };
+    let tensors = sm.naive - sm.naive_scratch;
     let _ = writeln!(
         s,
-        "planned workspace {} bytes vs naive sum {} bytes ({pct:.1} %)",
-        sm.workspace, sm.naive
+        "planned workspace {} bytes vs naive sum {} bytes ({:.1} %); naive = tensors {} + kernel scratch {}",
+        sm.workspace,
+        sm.naive,
+        pct(sm.workspace, sm.naive),
+        tensors,
+        sm.naive_scratch
+    );
+    let _ = writeln!(
+        s,
+        "tensors alone (no kernel scratch): planned {} bytes vs naive sum {} bytes ({:.1} %)",
+        sm.workspace_tensors,
+        tensors,
+        pct(sm.workspace_tensors, tensors)
     );
     s
 }

@@ -161,8 +161,8 @@ fn jit(name: &str) {
     check_outputs(&c, &outs, "jit");
 }
 
-/// Compile at -O0 and -O2 (JIT): both match ORT, and each other; -O2 folds every
-/// BatchNormalization.
+/// Compile at -O0, -O1 and -O2 (JIT): each memory plan passes `memplan::check`, every level
+/// matches ORT, and -O0 matches -O2; -O2 folds every BatchNormalization.
 fn opt_levels(name: &str) {
     use kiln_compiler::passes::{OptLevel, OptOptions};
     let Some(c) = case(name) else { return };
@@ -196,6 +196,11 @@ fn opt_levels(name: &str) {
                 }
             }
         }
+        // the memory plan the back end uses never lets two live buffers share a byte
+        let plan = kiln_target_cpu::plan(&g);
+        kiln_ir::memplan::check(&g, &plan)
+            .unwrap_or_else(|e| panic!("{name} {level:?}: memory plan: {e}"));
+        assert!(plan.workspace_size <= plan.naive_size, "{name} {level:?}");
         let j = kiln_target_cpu::compile_jit(&g, name).unwrap();
         let m =
             unsafe { Model::from_raw(j.descriptor() as *const kiln_runtime::KilnModel) }.unwrap();
