@@ -172,6 +172,161 @@ fn fold_batchnorm_into_gemm(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
     true
 }
 
+/// BatchNormalization (optionally after a per-channel constant Add, the bias PaddlePaddle
+/// exports separately) folded into the transposed convolution in front of it, in either form:
+/// - an `Op::ConvTranspose` with constant weight `[C, M/groups, k..]`: output channel
+///   `o = group * M/groups + j` scales `w[c, j, ..]` for the input channels `c` of that group,
+///   and the bias becomes `(b + add) * s + t`;
+/// - the GEMM + pixel shuffle the importer makes of a non-overlapping ConvTranspose
+///   (`MatMul(W^T, X)` -> Reshape/Transpose.. -> the BN input): the BN channel `o` owns a block of
+///   `q` consecutive rows of the constant `W^T`, which are scaled by `s[o]`; the BN node becomes
+///   the bias Add (`(add) * s + t`).
+///
+/// Every value between the product and the BN must have that single reader.
+fn fold_batchnorm_into_conv_transpose(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
+    let node = g.node(n);
+    if !matches!(node.op, Op::BatchNorm { .. }) {
+        return false;
+    }
+    let x = node.inputs[0];
+    let shape = g.ty(x).shape.clone();
+    if shape.len() < 2 || g.ty(x).dtype != DType::F32 || !ctx.only_used_by(x, n) {
+        return false;
+    }
+    let Some((s, t)) = bn_affine(g, n) else {
+        return false;
+    };
+    let m = shape[1];
+    if s.len() != m {
+        return false;
+    }
+    // optional per-channel constant Add: y + c
+    let Some(xp) = g.producer(x) else {
+        return false;
+    };
+    let (y, add) = match &g.node(xp).op {
+        Op::Binary(BinaryOp::Add) => {
+            let an = g.node(xp);
+            let found = (0..2).find_map(|k| {
+                let (y, c) = (an.inputs[k], an.inputs[1 - k]);
+                if g.ty(y).shape != shape || !ctx.only_used_by(y, xp) {
+                    return None;
+                }
+                per_channel(g, c, &shape).map(|c| (y, Some((xp, c))))
+            });
+            match found {
+                Some(f) => f,
+                None => (x, None),
+            }
+        }
+        _ => (x, None),
+    };
+    let Some(yp) = g.producer(y) else {
+        return false;
+    };
+    let shift = |o: usize| add.as_ref().map_or(0.0, |(_, c)| c[o] as f64);
+    if let Op::ConvTranspose(a) = &g.node(yp).op {
+        let a = a.clone();
+        let cn = g.node(yp);
+        let (xin, wv) = (cn.inputs[0], cn.inputs[1]);
+        let wshape = g.ty(wv).shape.clone();
+        let (Some(mut w), bias) = (f32s(g, wv), cn.inputs.get(2).map(|&b| f32s(g, b))) else {
+            return false;
+        };
+        let b = match bias {
+            None => vec![0.0; m],
+            Some(Some(b)) => b,
+            Some(None) => return false,
+        };
+        let (cin, mg) = (wshape[0], wshape[1]);
+        if a.groups == 0 || mg * a.groups != m || !cin.is_multiple_of(a.groups) || b.len() != m {
+            return false;
+        }
+        let per: usize = wshape[2..].iter().product();
+        let cg = cin / a.groups;
+        for c in 0..cin {
+            for j in 0..mg {
+                let o = (c / cg) * mg + j;
+                let at = (c * mg + j) * per;
+                for v in &mut w[at..at + per] {
+                    *v = (*v as f64 * s[o]) as f32;
+                }
+            }
+        }
+        let bn: Vec<f32> = (0..m)
+            .map(|o| ((b[o] as f64 + shift(o)) * s[o] + t[o]) as f32)
+            .collect();
+        let base = format!("{}_folded", g.value(wv).name.trim_end_matches("_folded"));
+        let w_new = add_f32(g, &base, wshape, &w);
+        let b_name = format!("{}_bias", g.value(w_new).name);
+        let b_new = add_f32(g, &b_name, vec![m], &bn);
+        g.fuse_pair(yp, n, Op::ConvTranspose(a), vec![xin, w_new, b_new]);
+        if let Some((an, _)) = add {
+            g.remove_node(an);
+        }
+        return true;
+    }
+    // GEMM + pixel shuffle: walk up through Reshape / channel-keeping Transpose to the MatMul
+    let e = shape[1..].iter().product::<usize>() / m; // elements per channel and image
+    let mut v = y;
+    let mm = loop {
+        let ts = &g.ty(v).shape;
+        let sp: usize = ts.get(2..).map_or(0, |r| r.iter().product());
+        let Some(p) = g.producer(v) else {
+            return false;
+        };
+        if ts.len() < 2 || ts[0] != shape[0] || sp == 0 || !e.is_multiple_of(sp) {
+            return false;
+        }
+        let pn = g.node(p);
+        match &pn.op {
+            Op::Reshape { .. } => {}
+            Op::Transpose { perm } if perm[..2] == [0, 1] => {}
+            Op::MatMul if ts.len() == 3 => break p,
+            _ => return false,
+        }
+        v = pn.inputs[0];
+        if !ctx.only_used_by(v, p) {
+            return false;
+        }
+    };
+    let q = e / g.ty(v).shape[2];
+    let (wv, rows) = (g.node(mm).inputs[0], g.ty(v).shape[1]);
+    let wshape = g.ty(wv).shape.clone();
+    let Some(mut w) = f32s(g, wv) else {
+        return false;
+    };
+    if wshape.len() != 2 || wshape[0] != rows || rows != m * q {
+        return false;
+    }
+    let k = wshape[1];
+    for (r, row) in w.chunks_exact_mut(k).enumerate() {
+        for v in row {
+            *v = (*v as f64 * s[r / q]) as f32;
+        }
+    }
+    let bn: Vec<f32> = (0..m).map(|o| (shift(o) * s[o] + t[o]) as f32).collect();
+    let base = format!("{}_folded", g.value(wv).name.trim_end_matches("_folded"));
+    let w_new = add_f32(g, &base, wshape, &w);
+    let mut bshape = vec![m];
+    bshape.resize(shape.len() - 1, 1);
+    let b_name = format!("{}_bias", g.value(w_new).name);
+    let b_new = add_f32(g, &b_name, bshape, &bn);
+    if let Some(node) = g.nodes[mm.index()].as_mut() {
+        node.inputs[0] = w_new;
+    }
+    match add {
+        Some((an, _)) => g.fuse_pair(an, n, Op::Binary(BinaryOp::Add), vec![y, b_new]),
+        None => {
+            if let Some(node) = g.nodes[n.index()].as_mut() {
+                node.op = Op::Binary(BinaryOp::Add);
+                node.inputs = vec![y, b_new];
+            }
+        }
+    }
+    true
+}
+
 /// Per-channel values of constant `v` broadcast against a conv output of shape `out`
 /// (channel dim 1), if it varies along the channel dim only.
 fn per_channel(g: &Graph, v: ValueId, out: &[usize]) -> Option<Vec<f32>> {
@@ -375,7 +530,7 @@ fn recognize_hardswish(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
     true
 }
 
-pub static RULES: [Rule; 6] = [
+pub static RULES: [Rule; 7] = [
     Rule {
         name: "recognize_hardswish",
         pass: "fuse",
@@ -393,6 +548,12 @@ pub static RULES: [Rule; 6] = [
         pass: "fold",
         about: "BatchNormalization after a Gemm folded into its B and C",
         apply: fold_batchnorm_into_gemm,
+    },
+    Rule {
+        name: "fold_batchnorm_into_conv_transpose",
+        pass: "fold",
+        about: "BatchNormalization (after an optional per-channel bias Add) after a ConvTranspose, or its GEMM + pixel-shuffle lowering, folded into its weights and bias",
+        apply: fold_batchnorm_into_conv_transpose,
     },
     Rule {
         name: "fold_mul_add_into_conv",
