@@ -530,12 +530,252 @@ fn recognize_hardswish(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
     true
 }
 
-pub static RULES: [Rule; 7] = [
+/// A one-element f32 constant within float rounding of `want`.
+fn approx(g: &Graph, v: ValueId, want: f64) -> bool {
+    scalar(g, v).is_some_and(|c| (c as f64 - want).abs() <= 1e-6 * want.abs())
+}
+
+/// The producer of `v` if `v` is read only by `user` (so a rewrite may absorb it).
+fn absorbable(g: &Graph, ctx: &Ctx, v: ValueId, user: NodeId) -> Option<NodeId> {
+    let p = g.producer(v)?;
+    ctx.only_used_by(v, user).then_some(p)
+}
+
+/// `x / k` written as `Div(x, k)` or `Mul(x, 1/k)` (either operand order): x.
+fn divided_by(g: &Graph, node: &kiln_ir::Node, k: f64) -> Option<ValueId> {
+    match node.op {
+        Op::Binary(BinaryOp::Div) if approx(g, node.inputs[1], k) => Some(node.inputs[0]),
+        Op::Binary(BinaryOp::Mul) => {
+            (0..2).find_map(|i| approx(g, node.inputs[1 - i], 1.0 / k).then_some(node.inputs[i]))
+        }
+        _ => None,
+    }
+}
+
+/// The product `a * b` of `node` as `(other, constant-matched)`: the operand that is not the
+/// one-element constant `≈ k`.
+fn times_const(g: &Graph, node: &kiln_ir::Node, k: f64) -> Option<ValueId> {
+    if node.op != Op::Binary(BinaryOp::Mul) {
+        return None;
+    }
+    (0..2).find_map(|i| approx(g, node.inputs[1 - i], k).then_some(node.inputs[i]))
+}
+
+/// `x³` as `Pow(x, 3)`, `x * (x * x)` or `(x * x) * x` computed into `v` (read by `user`):
+/// x and the nodes.
+fn cube(g: &Graph, ctx: &Ctx, v: ValueId, user: NodeId) -> Option<(ValueId, Vec<NodeId>)> {
+    let p = absorbable(g, ctx, v, user)?;
+    let n = g.node(p);
+    match n.op {
+        Op::Binary(BinaryOp::Pow) if approx(g, n.inputs[1], 3.0) => Some((n.inputs[0], vec![p])),
+        Op::Binary(BinaryOp::Mul) => (0..2).find_map(|i| {
+            let (x, sq) = (n.inputs[i], n.inputs[1 - i]);
+            let sp = absorbable(g, ctx, sq, p)?;
+            let s = g.node(sp);
+            (s.op == Op::Binary(BinaryOp::Mul) && s.inputs == [x, x]).then(|| (x, vec![p, sp]))
+        }),
+        _ => None,
+    }
+}
+
+/// The bracket of GELU computed into `a` (read only by `user`): `1 + erf(x / √2)` (erf form)
+/// or `1 + tanh(√(2/π) * (x + 0.044715 * x³))` (tanh form), either operand order everywhere.
+/// Returns x, the GELU flavour and the nodes computing the bracket.
+fn gelu_bracket(
+    g: &Graph,
+    ctx: &Ctx,
+    a: ValueId,
+    user: NodeId,
+) -> Option<(ValueId, kiln_ir::ops::UnaryOp, Vec<NodeId>)> {
+    use kiln_ir::ops::UnaryOp;
+    let ap = absorbable(g, ctx, a, user)?;
+    let an = g.node(ap);
+    if an.op != Op::Binary(BinaryOp::Add) {
+        return None;
+    }
+    (0..2).find_map(|i| {
+        let (f, one) = (an.inputs[i], an.inputs[1 - i]);
+        if !approx(g, one, 1.0) {
+            return None;
+        }
+        let fp = absorbable(g, ctx, f, ap)?;
+        let fnode = g.node(fp);
+        let arg = fnode.inputs[0];
+        let argp = absorbable(g, ctx, arg, fp)?;
+        match fnode.op {
+            Op::Unary(UnaryOp::Erf) => {
+                let x = divided_by(g, g.node(argp), std::f64::consts::SQRT_2)?;
+                Some((x, UnaryOp::Gelu, vec![ap, fp, argp]))
+            }
+            Op::Unary(UnaryOp::Tanh) => {
+                // √(2/π) * (x + 0.044715 * x³)
+                let k1 = (2.0 / std::f64::consts::PI).sqrt();
+                let u = times_const(g, g.node(argp), k1)?;
+                let up = absorbable(g, ctx, u, argp)?;
+                let un = g.node(up);
+                if un.op != Op::Binary(BinaryOp::Add) {
+                    return None;
+                }
+                (0..2).find_map(|j| {
+                    let (x, v) = (un.inputs[j], un.inputs[1 - j]);
+                    let vp = absorbable(g, ctx, v, up)?;
+                    let c = times_const(g, g.node(vp), 0.044715)?;
+                    let (cx, cube_nodes) = cube(g, ctx, c, vp)?;
+                    (cx == x).then(|| {
+                        let mut nodes = vec![ap, fp, argp, up, vp];
+                        nodes.extend(cube_nodes);
+                        (x, UnaryOp::GeluTanh, nodes)
+                    })
+                })
+            }
+            _ => None,
+        }
+    })
+}
+
+/// GELU written out as exporters do, `x * 0.5 * bracket` with the products in any grouping
+/// (`(x * 0.5) * b`, `(x * b) * 0.5`, `x * (b * 0.5)`, ...) and the bracket of
+/// [`gelu_bracket`], becomes one `gelu` (erf) or `gelu_tanh` node: the same function, so
+/// results move by float rounding only. Anchored at the outermost Mul; every intermediate
+/// must have its single reader inside the pattern.
+fn recognize_gelu(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
+    let node = g.node(n);
+    if node.op != Op::Binary(BinaryOp::Mul) {
+        return false;
+    }
+    // the three factors, each with the node that reads it, and the absorbed inner Mul
+    let mut leaves: Vec<(ValueId, NodeId)> = Vec::new();
+    let mut inner = Vec::new();
+    for &v in &node.inputs {
+        match absorbable(g, ctx, v, n) {
+            Some(p) if g.node(p).op == Op::Binary(BinaryOp::Mul) && inner.is_empty() => {
+                inner.push(p);
+                leaves.extend(g.node(p).inputs.iter().map(|&l| (l, p)));
+            }
+            _ => leaves.push((v, n)),
+        }
+    }
+    if leaves.len() != 3 {
+        return false;
+    }
+    let Some(h) = leaves.iter().position(|&(v, _)| approx(g, v, 0.5)) else {
+        return false;
+    };
+    leaves.remove(h);
+    let found = (0..2).find_map(|i| {
+        let (b, reader) = leaves[i];
+        let (x, u, nodes) = gelu_bracket(g, ctx, b, reader)?;
+        (leaves[1 - i].0 == x).then_some((x, u, nodes))
+    });
+    let Some((x, u, nodes)) = found else {
+        return false;
+    };
+    let out = g.node(n).outputs[0];
+    if g.ty(x).dtype != DType::F32 || g.ty(x).shape != g.ty(out).shape {
+        return false;
+    }
+    if let Some(node) = g.nodes[n.index()].as_mut() {
+        node.op = Op::Unary(u);
+        node.inputs = vec![x];
+    }
+    for d in inner.into_iter().chain(nodes) {
+        g.remove_node(d);
+    }
+    true
+}
+
+/// `Reduce { kind, axes: [axis], keepdims }` of `node`, if it is one over exactly one axis.
+fn reduce_one(node: &kiln_ir::Node, kind: kiln_ir::ops::ReduceKind) -> Option<usize> {
+    match &node.op {
+        Op::Reduce {
+            kind: k,
+            axes,
+            keepdims: true,
+        } if *k == kind && axes.len() == 1 => Some(axes[0]),
+        _ => None,
+    }
+}
+
+/// Softmax written out, `exp(x) / ReduceSum(exp(x), axis, keepdims)`, optionally with the
+/// stabilising `x - ReduceMax(x, axis, keepdims)` first, becomes one `softmax` over that axis.
+/// With the subtraction the two compute the same function; without it they agree wherever the
+/// original is finite (`exp` neither overflows nor underflows the whole sum), and `softmax`
+/// (which subtracts the maximum) stays finite where the original gives inf/NaN.
+fn recognize_softmax(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
+    use kiln_ir::ops::{ReduceKind, SoftmaxKind, UnaryOp};
+    let node = g.node(n);
+    if node.op != Op::Binary(BinaryOp::Div) {
+        return false;
+    }
+    let (e, s) = (node.inputs[0], node.inputs[1]);
+    let (Some(ep), Some(sp)) = (g.producer(e), absorbable(g, ctx, s, n)) else {
+        return false;
+    };
+    let sum = g.node(sp);
+    let Some(axis) = reduce_one(sum, ReduceKind::Sum) else {
+        return false;
+    };
+    let mut readers = ctx.users[e.index()].clone();
+    readers.sort();
+    let mut want = vec![sp, n];
+    want.sort();
+    if sum.inputs[0] != e
+        || g.node(ep).op != Op::Unary(UnaryOp::Exp)
+        || ctx.is_output[e.index()]
+        || readers != want
+    {
+        return false;
+    }
+    let xin = g.node(ep).inputs[0];
+    let mut dead = vec![ep, sp];
+    let mut x = xin;
+    if let Some(bp) = absorbable(g, ctx, xin, ep)
+        && g.node(bp).op == Op::Binary(BinaryOp::Sub)
+    {
+        let (a, m) = (g.node(bp).inputs[0], g.node(bp).inputs[1]);
+        if let Some(mp) = absorbable(g, ctx, m, bp)
+            && reduce_one(g.node(mp), ReduceKind::Max) == Some(axis)
+            && g.node(mp).inputs[0] == a
+        {
+            x = a;
+            dead.extend([bp, mp]);
+        }
+    }
+    let out = g.node(n).outputs[0];
+    if g.ty(x).dtype != DType::F32 || g.ty(x).shape != g.ty(out).shape {
+        return false;
+    }
+    if let Some(node) = g.nodes[n.index()].as_mut() {
+        node.op = Op::Softmax {
+            axis,
+            kind: SoftmaxKind::Softmax,
+        };
+        node.inputs = vec![x];
+    }
+    for d in dead {
+        g.remove_node(d);
+    }
+    true
+}
+
+pub static RULES: [Rule; 9] = [
     Rule {
         name: "recognize_hardswish",
         pass: "fuse",
         about: "x*clip(x+3,0,6)/6 and x*HardSigmoid(x) recognised as one HardSwish",
         apply: recognize_hardswish,
+    },
+    Rule {
+        name: "recognize_gelu",
+        pass: "fuse",
+        about: "x*0.5*(1+erf(x/sqrt(2))) and x*0.5*(1+tanh(sqrt(2/pi)*(x+0.044715x^3))), any grouping, recognised as one Gelu / GeluTanh",
+        apply: recognize_gelu,
+    },
+    Rule {
+        name: "recognize_softmax",
+        pass: "fuse",
+        about: "exp(x - max(x)) / sum(exp(..)) (with or without the max) over one axis recognised as one Softmax",
+        apply: recognize_softmax,
     },
     Rule {
         name: "fold_batchnorm_into_conv",
