@@ -1,8 +1,9 @@
 //! `kiln inspect MODEL`: a per-op table of the optimized graph (op, output shape, FLOPs, fused
-//! epilogue, buffer from the CPU back end's memory plan) and totals.
+//! epilogue, buffer from the CPU back end's memory plan) and totals: planned vs naive workspace
+//! (with and without kernel scratch) and the unfused epilogue candidates.
 
 use kiln_ir::memplan::Storage;
-use kiln_ir::ops::epilogue_text;
+use kiln_ir::ops::{BinaryOp, EpilogueStep, epilogue_text};
 use kiln_ir::{Graph, Node, Op};
 use std::fmt::Write;
 
@@ -42,8 +43,84 @@ pub struct Summary {
     pub fused_epilogues: usize,
     pub batchnorms: usize,
     pub flops: u64,
+    /// Planned workspace of the CPU back end (intermediate tensors and kernel scratch).
     pub workspace: usize,
+    /// Every intermediate tensor and every kernel scratch buffer allocated separately.
     pub naive: usize,
+    /// The kernel scratch part of `naive`.
+    pub naive_scratch: usize,
+    /// Planned workspace for the intermediate tensors alone (no kernel scratch).
+    pub workspace_tensors: usize,
+    /// Conv/ConvTranspose/Gemm/MatMul nodes whose single reader is an elementwise op that is
+    /// not fused into it.
+    pub unfused: Vec<Unfused>,
+}
+
+/// A product (Conv, ConvTranspose, Gemm, MatMul) whose output's only reader is an elementwise
+/// op that a kernel epilogue could apply but that is still a separate node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unfused {
+    pub producer: String,
+    pub producer_op: &'static str,
+    pub consumer: String,
+    pub consumer_op: &'static str,
+    /// Why no rule fused it: the producer has no epilogue (only Conv has one), the epilogue has
+    /// no step for this op, or a step exists (a rule was switched off, or the Conv already
+    /// has a residual).
+    pub why: &'static str,
+}
+
+/// The unfused epilogue candidates of `g`: a product whose output is not a graph output and is
+/// read by exactly one node, an elementwise op (Unary, Clip, Act, or a Binary in which the
+/// product's output is not broadcast) of the same dtype.
+pub fn unfused_epilogues(g: &Graph) -> Vec<Unfused> {
+    let users = g.users();
+    let mut v = Vec::new();
+    for (_, n) in g.iter_nodes() {
+        if !matches!(
+            n.op,
+            Op::Conv(_) | Op::ConvTranspose(_) | Op::Gemm(_) | Op::MatMul
+        ) {
+            continue;
+        }
+        let y = n.outputs[0];
+        let readers = &users[y.index()];
+        if g.outputs.contains(&y) || readers.len() != 1 {
+            continue;
+        }
+        let c = g.node(readers[0]);
+        if c.inputs.iter().filter(|&&i| i == y).count() != 1 {
+            continue;
+        }
+        let out = g.ty(c.outputs[0]);
+        let elementwise = match &c.op {
+            Op::Unary(_) | Op::Clip { .. } | Op::Act { .. } => true,
+            Op::Binary(_) => g.ty(y).shape == out.shape,
+            _ => false,
+        };
+        if elementwise && out.dtype == g.ty(y).dtype {
+            let step = match &c.op {
+                Op::Binary(BinaryOp::Add) => {
+                    let other = c.inputs.iter().find(|&&i| i != y);
+                    other.is_some_and(|&r| g.ty(r).shape == out.shape)
+                }
+                op => EpilogueStep::from_activation(op).is_some(),
+            };
+            let why = match (&n.op, step) {
+                (Op::Conv(_), true) => "epilogue step exists",
+                (Op::Conv(_), false) => "no epilogue step for this op",
+                _ => "no epilogue on this op",
+            };
+            v.push(Unfused {
+                producer: n.name.clone(),
+                producer_op: n.op.name(),
+                consumer: c.name.clone(),
+                consumer_op: c.op.name(),
+                why,
+            });
+        }
+    }
+    v
 }
 
 pub fn summary(g: &Graph) -> Summary {
@@ -51,6 +128,9 @@ pub fn summary(g: &Graph) -> Summary {
     let mut s = Summary {
         workspace: plan.workspace_size,
         naive: plan.naive_size,
+        naive_scratch: plan.naive_scratch,
+        workspace_tensors: kiln_ir::memplan::plan(g).workspace_size,
+        unfused: unfused_epilogues(g),
         ..Default::default()
     };
     for (_, n) in g.iter_nodes() {
@@ -118,15 +198,37 @@ pub fn table(g: &Graph) -> String {
     );
     let _ = writeln!(s, "total FLOPs {:.3} G", sm.flops as f64 / 1e9);
     let _ = writeln!(s, "weights {} bytes", weights);
-    let pct = if sm.naive > 0 {
-        100.0 * sm.workspace as f64 / sm.naive as f64
-    } else {
-        0.0
+    let pct = |a: usize, b: usize| {
+        if b > 0 {
+            100.0 * a as f64 / b as f64
+        } else {
+            0.0
+        }
     };
+    let tensors = sm.naive - sm.naive_scratch;
     let _ = writeln!(
         s,
-        "planned workspace {} bytes vs naive sum {} bytes ({pct:.1} %)",
-        sm.workspace, sm.naive
+        "planned workspace {} bytes vs naive sum {} bytes ({:.1} %); naive = tensors {} + kernel scratch {}",
+        sm.workspace,
+        sm.naive,
+        pct(sm.workspace, sm.naive),
+        tensors,
+        sm.naive_scratch
     );
+    let _ = writeln!(
+        s,
+        "tensors alone (no kernel scratch): planned {} bytes vs naive sum {} bytes ({:.1} %)",
+        sm.workspace_tensors,
+        tensors,
+        pct(sm.workspace_tensors, tensors)
+    );
+    let _ = writeln!(s, "unfused epilogue candidates: {}", sm.unfused.len());
+    for u in &sm.unfused {
+        let _ = writeln!(
+            s,
+            "  {} ({}) -> {} ({}): {}",
+            u.producer, u.producer_op, u.consumer, u.consumer_op, u.why
+        );
+    }
     s
 }

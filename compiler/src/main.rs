@@ -93,9 +93,11 @@ impl OptArgs {
 }
 
 fn list_fusions() {
-    println!("{:<28} {:<10} description", "rule", "pass");
-    for r in passes::rules() {
-        println!("{:<28} {:<10} {}", r.name, r.pass, r.about);
+    let rules = passes::rules();
+    let w = rules.iter().map(|r| r.name.len()).max().unwrap_or(0).max(4);
+    println!("{:<w$} {:<10} description", "rule", "pass");
+    for r in rules {
+        println!("{:<w$} {:<10} {}", r.name, r.pass, r.about);
     }
 }
 

@@ -54,6 +54,27 @@ fn ok(cmd: &mut Command) -> String {
 }
 
 #[test]
+fn inspect_reports_workspace_and_unfused_epilogues() {
+    let (d, m) = setup();
+    let out = ok(kiln().arg("inspect").arg(&m));
+    assert!(out.contains("unfused epilogue candidates: 0"), "{out}");
+    assert!(out.contains("naive = tensors "), "{out}");
+    // with the activation rule off, the conv -> relu pair is listed
+    let sw = d.path().join("switch.json");
+    std::fs::write(&sw, r#"{"fuse_conv_activation": "off"}"#).unwrap();
+    let out = ok(kiln()
+        .arg("inspect")
+        .arg(&m)
+        .arg("--fusion-switch")
+        .arg(&sw));
+    assert!(out.contains("unfused epilogue candidates: 1"), "{out}");
+    assert!(
+        out.contains("  c (conv) -> r (relu): epilogue step exists"),
+        "{out}"
+    );
+}
+
+#[test]
 fn run_writes_outputs() {
     let (d, m) = setup();
     let x: Vec<f32> = (0..32).map(|i| (i as f32 - 15.0) * 0.1).collect();

@@ -218,3 +218,70 @@ fn filetests() {
     );
     eprintln!("{} filetests passed", all.len());
 }
+
+/// Every filetest's input graph compiled (JIT) at -O0, -O1 and -O2 computes what the
+/// interpreter computes for the unoptimized graph: every optimization level gives the same
+/// outputs on generated code, for every rule's positive and negative cases.
+#[test]
+fn filetests_compiled_at_every_level() {
+    use kiln_compiler::passes::OptLevel;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("filetests");
+    let mut all = Vec::new();
+    files(&root, &mut all);
+    let mut failures = Vec::new();
+    for p in &all {
+        let rel = p.strip_prefix(&root).unwrap().display().to_string();
+        let text = std::fs::read_to_string(p).unwrap();
+        let src = text.split_once(MARK).map_or(text.as_str(), |(s, _)| s);
+        let body: String = src
+            .lines()
+            .filter(|l| !l.trim().starts_with(';'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let g0 = kiln_ir::text::parse(&body).unwrap();
+        let ins = inputs(&g0);
+        let want = run(&g0, &ins).unwrap();
+        let in_bytes: Vec<Vec<u8>> = ins.iter().map(|t| t.to_bytes()).collect();
+        for level in [OptLevel::O0, OptLevel::O1, OptLevel::O2] {
+            let mut g = g0.clone();
+            let opts = OptOptions {
+                level,
+                ..Default::default()
+            };
+            kiln_compiler::pipeline::optimize(&mut g, &opts).unwrap();
+            let plan = kiln_target_cpu::plan(&g);
+            if let Err(e) = kiln_ir::memplan::check(&g, &plan) {
+                failures.push(format!("{rel} {level:?}: memory plan: {e}"));
+                continue;
+            }
+            let j = match kiln_target_cpu::compile_jit(&g, "ft") {
+                Ok(j) => j,
+                Err(e) => {
+                    failures.push(format!("{rel} {level:?}: {e}"));
+                    continue;
+                }
+            };
+            let m = unsafe {
+                kiln_runtime::Model::from_raw(j.descriptor() as *const kiln_runtime::KilnModel)
+            }
+            .unwrap();
+            let in_refs: Vec<&[u8]> = in_bytes.iter().map(|b| b.as_slice()).collect();
+            let mut outs: Vec<Vec<u8>> = m.outputs().iter().map(|o| vec![0u8; o.nbytes]).collect();
+            let mut refs: Vec<&mut [u8]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+            let mut ws = m.workspace().unwrap();
+            m.run(&in_refs, &mut refs, &mut ws).unwrap();
+            for (k, (w, o)) in want.iter().zip(&outs).enumerate() {
+                let got = kiln_ir::interp::Tensor::from_bytes(&w.ty(), o).unwrap();
+                if let Err(e) = close(w, &got) {
+                    failures.push(format!("{rel} {level:?}: output {k}: {e}"));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

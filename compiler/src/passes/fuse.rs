@@ -172,6 +172,161 @@ fn fold_batchnorm_into_gemm(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
     true
 }
 
+/// BatchNormalization (optionally after a per-channel constant Add, the bias PaddlePaddle
+/// exports separately) folded into the transposed convolution in front of it, in either form:
+/// - an `Op::ConvTranspose` with constant weight `[C, M/groups, k..]`: output channel
+///   `o = group * M/groups + j` scales `w[c, j, ..]` for the input channels `c` of that group,
+///   and the bias becomes `(b + add) * s + t`;
+/// - the GEMM + pixel shuffle the importer makes of a non-overlapping ConvTranspose
+///   (`MatMul(W^T, X)` -> Reshape/Transpose.. -> the BN input): the BN channel `o` owns a block of
+///   `q` consecutive rows of the constant `W^T`, which are scaled by `s[o]`; the BN node becomes
+///   the bias Add (`(add) * s + t`).
+///
+/// Every value between the product and the BN must have that single reader.
+fn fold_batchnorm_into_conv_transpose(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
+    let node = g.node(n);
+    if !matches!(node.op, Op::BatchNorm { .. }) {
+        return false;
+    }
+    let x = node.inputs[0];
+    let shape = g.ty(x).shape.clone();
+    if shape.len() < 2 || g.ty(x).dtype != DType::F32 || !ctx.only_used_by(x, n) {
+        return false;
+    }
+    let Some((s, t)) = bn_affine(g, n) else {
+        return false;
+    };
+    let m = shape[1];
+    if s.len() != m {
+        return false;
+    }
+    // optional per-channel constant Add: y + c
+    let Some(xp) = g.producer(x) else {
+        return false;
+    };
+    let (y, add) = match &g.node(xp).op {
+        Op::Binary(BinaryOp::Add) => {
+            let an = g.node(xp);
+            let found = (0..2).find_map(|k| {
+                let (y, c) = (an.inputs[k], an.inputs[1 - k]);
+                if g.ty(y).shape != shape || !ctx.only_used_by(y, xp) {
+                    return None;
+                }
+                per_channel(g, c, &shape).map(|c| (y, Some((xp, c))))
+            });
+            match found {
+                Some(f) => f,
+                None => (x, None),
+            }
+        }
+        _ => (x, None),
+    };
+    let Some(yp) = g.producer(y) else {
+        return false;
+    };
+    let shift = |o: usize| add.as_ref().map_or(0.0, |(_, c)| c[o] as f64);
+    if let Op::ConvTranspose(a) = &g.node(yp).op {
+        let a = a.clone();
+        let cn = g.node(yp);
+        let (xin, wv) = (cn.inputs[0], cn.inputs[1]);
+        let wshape = g.ty(wv).shape.clone();
+        let (Some(mut w), bias) = (f32s(g, wv), cn.inputs.get(2).map(|&b| f32s(g, b))) else {
+            return false;
+        };
+        let b = match bias {
+            None => vec![0.0; m],
+            Some(Some(b)) => b,
+            Some(None) => return false,
+        };
+        let (cin, mg) = (wshape[0], wshape[1]);
+        if a.groups == 0 || mg * a.groups != m || !cin.is_multiple_of(a.groups) || b.len() != m {
+            return false;
+        }
+        let per: usize = wshape[2..].iter().product();
+        let cg = cin / a.groups;
+        for c in 0..cin {
+            for j in 0..mg {
+                let o = (c / cg) * mg + j;
+                let at = (c * mg + j) * per;
+                for v in &mut w[at..at + per] {
+                    *v = (*v as f64 * s[o]) as f32;
+                }
+            }
+        }
+        let bn: Vec<f32> = (0..m)
+            .map(|o| ((b[o] as f64 + shift(o)) * s[o] + t[o]) as f32)
+            .collect();
+        let base = format!("{}_folded", g.value(wv).name.trim_end_matches("_folded"));
+        let w_new = add_f32(g, &base, wshape, &w);
+        let b_name = format!("{}_bias", g.value(w_new).name);
+        let b_new = add_f32(g, &b_name, vec![m], &bn);
+        g.fuse_pair(yp, n, Op::ConvTranspose(a), vec![xin, w_new, b_new]);
+        if let Some((an, _)) = add {
+            g.remove_node(an);
+        }
+        return true;
+    }
+    // GEMM + pixel shuffle: walk up through Reshape / channel-keeping Transpose to the MatMul
+    let e = shape[1..].iter().product::<usize>() / m; // elements per channel and image
+    let mut v = y;
+    let mm = loop {
+        let ts = &g.ty(v).shape;
+        let sp: usize = ts.get(2..).map_or(0, |r| r.iter().product());
+        let Some(p) = g.producer(v) else {
+            return false;
+        };
+        if ts.len() < 2 || ts[0] != shape[0] || sp == 0 || !e.is_multiple_of(sp) {
+            return false;
+        }
+        let pn = g.node(p);
+        match &pn.op {
+            Op::Reshape { .. } => {}
+            Op::Transpose { perm } if perm[..2] == [0, 1] => {}
+            Op::MatMul if ts.len() == 3 => break p,
+            _ => return false,
+        }
+        v = pn.inputs[0];
+        if !ctx.only_used_by(v, p) {
+            return false;
+        }
+    };
+    let q = e / g.ty(v).shape[2];
+    let (wv, rows) = (g.node(mm).inputs[0], g.ty(v).shape[1]);
+    let wshape = g.ty(wv).shape.clone();
+    let Some(mut w) = f32s(g, wv) else {
+        return false;
+    };
+    if wshape.len() != 2 || wshape[0] != rows || rows != m * q {
+        return false;
+    }
+    let k = wshape[1];
+    for (r, row) in w.chunks_exact_mut(k).enumerate() {
+        for v in row {
+            *v = (*v as f64 * s[r / q]) as f32;
+        }
+    }
+    let bn: Vec<f32> = (0..m).map(|o| (shift(o) * s[o] + t[o]) as f32).collect();
+    let base = format!("{}_folded", g.value(wv).name.trim_end_matches("_folded"));
+    let w_new = add_f32(g, &base, wshape, &w);
+    let mut bshape = vec![m];
+    bshape.resize(shape.len() - 1, 1);
+    let b_name = format!("{}_bias", g.value(w_new).name);
+    let b_new = add_f32(g, &b_name, bshape, &bn);
+    if let Some(node) = g.nodes[mm.index()].as_mut() {
+        node.inputs[0] = w_new;
+    }
+    match add {
+        Some((an, _)) => g.fuse_pair(an, n, Op::Binary(BinaryOp::Add), vec![y, b_new]),
+        None => {
+            if let Some(node) = g.nodes[n.index()].as_mut() {
+                node.op = Op::Binary(BinaryOp::Add);
+                node.inputs = vec![y, b_new];
+            }
+        }
+    }
+    true
+}
+
 /// Per-channel values of constant `v` broadcast against a conv output of shape `out`
 /// (channel dim 1), if it varies along the channel dim only.
 fn per_channel(g: &Graph, v: ValueId, out: &[usize]) -> Option<Vec<f32>> {
@@ -375,12 +530,252 @@ fn recognize_hardswish(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
     true
 }
 
-pub static RULES: [Rule; 6] = [
+/// A one-element f32 constant within float rounding of `want`.
+fn approx(g: &Graph, v: ValueId, want: f64) -> bool {
+    scalar(g, v).is_some_and(|c| (c as f64 - want).abs() <= 1e-6 * want.abs())
+}
+
+/// The producer of `v` if `v` is read only by `user` (so a rewrite may absorb it).
+fn absorbable(g: &Graph, ctx: &Ctx, v: ValueId, user: NodeId) -> Option<NodeId> {
+    let p = g.producer(v)?;
+    ctx.only_used_by(v, user).then_some(p)
+}
+
+/// `x / k` written as `Div(x, k)` or `Mul(x, 1/k)` (either operand order): x.
+fn divided_by(g: &Graph, node: &kiln_ir::Node, k: f64) -> Option<ValueId> {
+    match node.op {
+        Op::Binary(BinaryOp::Div) if approx(g, node.inputs[1], k) => Some(node.inputs[0]),
+        Op::Binary(BinaryOp::Mul) => {
+            (0..2).find_map(|i| approx(g, node.inputs[1 - i], 1.0 / k).then_some(node.inputs[i]))
+        }
+        _ => None,
+    }
+}
+
+/// The product `a * b` of `node` as `(other, constant-matched)`: the operand that is not the
+/// one-element constant `≈ k`.
+fn times_const(g: &Graph, node: &kiln_ir::Node, k: f64) -> Option<ValueId> {
+    if node.op != Op::Binary(BinaryOp::Mul) {
+        return None;
+    }
+    (0..2).find_map(|i| approx(g, node.inputs[1 - i], k).then_some(node.inputs[i]))
+}
+
+/// `x³` as `Pow(x, 3)`, `x * (x * x)` or `(x * x) * x` computed into `v` (read by `user`):
+/// x and the nodes.
+fn cube(g: &Graph, ctx: &Ctx, v: ValueId, user: NodeId) -> Option<(ValueId, Vec<NodeId>)> {
+    let p = absorbable(g, ctx, v, user)?;
+    let n = g.node(p);
+    match n.op {
+        Op::Binary(BinaryOp::Pow) if approx(g, n.inputs[1], 3.0) => Some((n.inputs[0], vec![p])),
+        Op::Binary(BinaryOp::Mul) => (0..2).find_map(|i| {
+            let (x, sq) = (n.inputs[i], n.inputs[1 - i]);
+            let sp = absorbable(g, ctx, sq, p)?;
+            let s = g.node(sp);
+            (s.op == Op::Binary(BinaryOp::Mul) && s.inputs == [x, x]).then(|| (x, vec![p, sp]))
+        }),
+        _ => None,
+    }
+}
+
+/// The bracket of GELU computed into `a` (read only by `user`): `1 + erf(x / √2)` (erf form)
+/// or `1 + tanh(√(2/π) * (x + 0.044715 * x³))` (tanh form), either operand order everywhere.
+/// Returns x, the GELU flavour and the nodes computing the bracket.
+fn gelu_bracket(
+    g: &Graph,
+    ctx: &Ctx,
+    a: ValueId,
+    user: NodeId,
+) -> Option<(ValueId, kiln_ir::ops::UnaryOp, Vec<NodeId>)> {
+    use kiln_ir::ops::UnaryOp;
+    let ap = absorbable(g, ctx, a, user)?;
+    let an = g.node(ap);
+    if an.op != Op::Binary(BinaryOp::Add) {
+        return None;
+    }
+    (0..2).find_map(|i| {
+        let (f, one) = (an.inputs[i], an.inputs[1 - i]);
+        if !approx(g, one, 1.0) {
+            return None;
+        }
+        let fp = absorbable(g, ctx, f, ap)?;
+        let fnode = g.node(fp);
+        let arg = fnode.inputs[0];
+        let argp = absorbable(g, ctx, arg, fp)?;
+        match fnode.op {
+            Op::Unary(UnaryOp::Erf) => {
+                let x = divided_by(g, g.node(argp), std::f64::consts::SQRT_2)?;
+                Some((x, UnaryOp::Gelu, vec![ap, fp, argp]))
+            }
+            Op::Unary(UnaryOp::Tanh) => {
+                // √(2/π) * (x + 0.044715 * x³)
+                let k1 = (2.0 / std::f64::consts::PI).sqrt();
+                let u = times_const(g, g.node(argp), k1)?;
+                let up = absorbable(g, ctx, u, argp)?;
+                let un = g.node(up);
+                if un.op != Op::Binary(BinaryOp::Add) {
+                    return None;
+                }
+                (0..2).find_map(|j| {
+                    let (x, v) = (un.inputs[j], un.inputs[1 - j]);
+                    let vp = absorbable(g, ctx, v, up)?;
+                    let c = times_const(g, g.node(vp), 0.044715)?;
+                    let (cx, cube_nodes) = cube(g, ctx, c, vp)?;
+                    (cx == x).then(|| {
+                        let mut nodes = vec![ap, fp, argp, up, vp];
+                        nodes.extend(cube_nodes);
+                        (x, UnaryOp::GeluTanh, nodes)
+                    })
+                })
+            }
+            _ => None,
+        }
+    })
+}
+
+/// GELU written out as exporters do, `x * 0.5 * bracket` with the products in any grouping
+/// (`(x * 0.5) * b`, `(x * b) * 0.5`, `x * (b * 0.5)`, ...) and the bracket of
+/// [`gelu_bracket`], becomes one `gelu` (erf) or `gelu_tanh` node: the same function, so
+/// results move by float rounding only. Anchored at the outermost Mul; every intermediate
+/// must have its single reader inside the pattern.
+fn recognize_gelu(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
+    let node = g.node(n);
+    if node.op != Op::Binary(BinaryOp::Mul) {
+        return false;
+    }
+    // the three factors, each with the node that reads it, and the absorbed inner Mul
+    let mut leaves: Vec<(ValueId, NodeId)> = Vec::new();
+    let mut inner = Vec::new();
+    for &v in &node.inputs {
+        match absorbable(g, ctx, v, n) {
+            Some(p) if g.node(p).op == Op::Binary(BinaryOp::Mul) && inner.is_empty() => {
+                inner.push(p);
+                leaves.extend(g.node(p).inputs.iter().map(|&l| (l, p)));
+            }
+            _ => leaves.push((v, n)),
+        }
+    }
+    if leaves.len() != 3 {
+        return false;
+    }
+    let Some(h) = leaves.iter().position(|&(v, _)| approx(g, v, 0.5)) else {
+        return false;
+    };
+    leaves.remove(h);
+    let found = (0..2).find_map(|i| {
+        let (b, reader) = leaves[i];
+        let (x, u, nodes) = gelu_bracket(g, ctx, b, reader)?;
+        (leaves[1 - i].0 == x).then_some((x, u, nodes))
+    });
+    let Some((x, u, nodes)) = found else {
+        return false;
+    };
+    let out = g.node(n).outputs[0];
+    if g.ty(x).dtype != DType::F32 || g.ty(x).shape != g.ty(out).shape {
+        return false;
+    }
+    if let Some(node) = g.nodes[n.index()].as_mut() {
+        node.op = Op::Unary(u);
+        node.inputs = vec![x];
+    }
+    for d in inner.into_iter().chain(nodes) {
+        g.remove_node(d);
+    }
+    true
+}
+
+/// `Reduce { kind, axes: [axis], keepdims }` of `node`, if it is one over exactly one axis.
+fn reduce_one(node: &kiln_ir::Node, kind: kiln_ir::ops::ReduceKind) -> Option<usize> {
+    match &node.op {
+        Op::Reduce {
+            kind: k,
+            axes,
+            keepdims: true,
+        } if *k == kind && axes.len() == 1 => Some(axes[0]),
+        _ => None,
+    }
+}
+
+/// Softmax written out, `exp(x) / ReduceSum(exp(x), axis, keepdims)`, optionally with the
+/// stabilising `x - ReduceMax(x, axis, keepdims)` first, becomes one `softmax` over that axis.
+/// With the subtraction the two compute the same function; without it they agree wherever the
+/// original is finite (`exp` neither overflows nor underflows the whole sum), and `softmax`
+/// (which subtracts the maximum) stays finite where the original gives inf/NaN.
+fn recognize_softmax(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
+    use kiln_ir::ops::{ReduceKind, SoftmaxKind, UnaryOp};
+    let node = g.node(n);
+    if node.op != Op::Binary(BinaryOp::Div) {
+        return false;
+    }
+    let (e, s) = (node.inputs[0], node.inputs[1]);
+    let (Some(ep), Some(sp)) = (g.producer(e), absorbable(g, ctx, s, n)) else {
+        return false;
+    };
+    let sum = g.node(sp);
+    let Some(axis) = reduce_one(sum, ReduceKind::Sum) else {
+        return false;
+    };
+    let mut readers = ctx.users[e.index()].clone();
+    readers.sort();
+    let mut want = vec![sp, n];
+    want.sort();
+    if sum.inputs[0] != e
+        || g.node(ep).op != Op::Unary(UnaryOp::Exp)
+        || ctx.is_output[e.index()]
+        || readers != want
+    {
+        return false;
+    }
+    let xin = g.node(ep).inputs[0];
+    let mut dead = vec![ep, sp];
+    let mut x = xin;
+    if let Some(bp) = absorbable(g, ctx, xin, ep)
+        && g.node(bp).op == Op::Binary(BinaryOp::Sub)
+    {
+        let (a, m) = (g.node(bp).inputs[0], g.node(bp).inputs[1]);
+        if let Some(mp) = absorbable(g, ctx, m, bp)
+            && reduce_one(g.node(mp), ReduceKind::Max) == Some(axis)
+            && g.node(mp).inputs[0] == a
+        {
+            x = a;
+            dead.extend([bp, mp]);
+        }
+    }
+    let out = g.node(n).outputs[0];
+    if g.ty(x).dtype != DType::F32 || g.ty(x).shape != g.ty(out).shape {
+        return false;
+    }
+    if let Some(node) = g.nodes[n.index()].as_mut() {
+        node.op = Op::Softmax {
+            axis,
+            kind: SoftmaxKind::Softmax,
+        };
+        node.inputs = vec![x];
+    }
+    for d in dead {
+        g.remove_node(d);
+    }
+    true
+}
+
+pub static RULES: [Rule; 9] = [
     Rule {
         name: "recognize_hardswish",
         pass: "fuse",
         about: "x*clip(x+3,0,6)/6 and x*HardSigmoid(x) recognised as one HardSwish",
         apply: recognize_hardswish,
+    },
+    Rule {
+        name: "recognize_gelu",
+        pass: "fuse",
+        about: "x*0.5*(1+erf(x/sqrt(2))) and x*0.5*(1+tanh(sqrt(2/pi)*(x+0.044715x^3))), any grouping, recognised as one Gelu / GeluTanh",
+        apply: recognize_gelu,
+    },
+    Rule {
+        name: "recognize_softmax",
+        pass: "fuse",
+        about: "exp(x - max(x)) / sum(exp(..)) (with or without the max) over one axis recognised as one Softmax",
+        apply: recognize_softmax,
     },
     Rule {
         name: "fold_batchnorm_into_conv",
@@ -393,6 +788,12 @@ pub static RULES: [Rule; 6] = [
         pass: "fold",
         about: "BatchNormalization after a Gemm folded into its B and C",
         apply: fold_batchnorm_into_gemm,
+    },
+    Rule {
+        name: "fold_batchnorm_into_conv_transpose",
+        pass: "fold",
+        about: "BatchNormalization (after an optional per-channel bias Add) after a ConvTranspose, or its GEMM + pixel-shuffle lowering, folded into its weights and bias",
+        apply: fold_batchnorm_into_conv_transpose,
     },
     Rule {
         name: "fold_mul_add_into_conv",

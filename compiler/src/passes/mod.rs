@@ -6,8 +6,10 @@
 //! name. The verifier runs after every pass; a failure names the pass.
 //!
 //! Levels: `-O0` runs nothing, `-O1` the cleanup passes (constant folding, simplification,
-//! CSE, DCE), `-O2` (the default) adds weight folding (BatchNormalization and per-channel
-//! Mul/Add into Conv/Gemm) and kernel-epilogue fusion (activation and residual Add into Conv).
+//! CSE, DCE), `-O2` (the default) adds weight folding (BatchNormalization into
+//! Conv/Gemm/ConvTranspose, per-channel Mul/Add into Conv), recognition of exported primitive
+//! subgraphs (HardSwish, GELU, Softmax) and kernel-epilogue fusion (activation and residual Add
+//! into Conv).
 
 mod cleanup;
 mod fuse;
