@@ -1161,6 +1161,7 @@ pub fn act(kind: ActKind, a: f64, b: f64, v: f64) -> f64 {
             }
         }
         ActKind::Swish => v / (1.0 + (-a * v).exp()),
+        ActKind::Affine => v * a + b,
     }
 }
 

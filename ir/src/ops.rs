@@ -298,9 +298,12 @@ pub enum ActKind {
     Shrink,
     /// `x * sigmoid(alpha x)`
     Swish,
+    /// `alpha x + beta` (a scale and shift, e.g. PP-LCNet's learnable affine after an
+    /// activation; fused into convolution epilogues)
+    Affine,
 }
 
-pub const ACTS: [(ActKind, &str); 8] = [
+pub const ACTS: [(ActKind, &str); 9] = [
     (ActKind::HardSigmoid, "hard_sigmoid"),
     (ActKind::LeakyRelu, "leaky_relu"),
     (ActKind::Elu, "elu"),
@@ -309,6 +312,7 @@ pub const ACTS: [(ActKind, &str); 8] = [
     (ActKind::ThresholdedRelu, "thresholded_relu"),
     (ActKind::Shrink, "shrink"),
     (ActKind::Swish, "swish"),
+    (ActKind::Affine, "affine"),
 ];
 
 impl ActKind {

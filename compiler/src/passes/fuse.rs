@@ -401,6 +401,44 @@ fn fuse_conv_activation(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
     true
 }
 
+/// `conv(...) {epilogue=...} * s` / `+ s` with a scalar constant `s` after a Conv that already
+/// has an epilogue (an activation: the scale cannot go into the weights) joins the epilogue as
+/// an `affine(s,0)` / `affine(1,s)` step — PP-LCNet's learnable affine after HardSwish.
+fn fuse_conv_affine(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
+    let node = g.node(n);
+    let Op::Binary(op @ (BinaryOp::Mul | BinaryOp::Add)) = node.op else {
+        return false;
+    };
+    let out_shape = g.ty(node.outputs[0]).shape.clone();
+    for k in 0..2 {
+        let (y, cst) = (node.inputs[k], node.inputs[1 - k]);
+        if g.ty(y).shape != out_shape {
+            continue;
+        }
+        let Some(s) = scalar(g, cst) else { continue };
+        let Some((c, mut a)) = conv_feeding(g, y, n, ctx) else {
+            continue;
+        };
+        if a.epilogue.is_empty() {
+            continue; // fold_mul_add_into_conv folds it into the weights instead
+        }
+        let (alpha, beta) = if op == BinaryOp::Mul {
+            (s, 0.0)
+        } else {
+            (1.0, s)
+        };
+        a.epilogue.push(EpilogueStep::Act {
+            kind: kiln_ir::ops::ActKind::Affine,
+            alpha,
+            beta,
+        });
+        let inputs = g.node(c).inputs.clone();
+        g.fuse_pair(c, n, Op::Conv(a), inputs);
+        return true;
+    }
+    false
+}
+
 fn fuse_conv_residual(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
     let node = g.node(n);
     let Op::Binary(BinaryOp::Add) = node.op else {
@@ -758,7 +796,7 @@ fn recognize_softmax(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
     true
 }
 
-pub static RULES: [Rule; 9] = [
+pub static RULES: [Rule; 10] = [
     Rule {
         name: "recognize_hardswish",
         pass: "fuse",
@@ -812,5 +850,11 @@ pub static RULES: [Rule; 9] = [
         pass: "fuse",
         about: "activation (Relu, Clip, Sigmoid, HardSwish, Gelu, LeakyRelu, ...) after a Conv fused into its epilogue",
         apply: fuse_conv_activation,
+    },
+    Rule {
+        name: "fuse_conv_affine",
+        pass: "fuse",
+        about: "Mul/Add by a scalar constant after a Conv's activation fused into its epilogue as affine(scale,shift)",
+        apply: fuse_conv_affine,
     },
 ];

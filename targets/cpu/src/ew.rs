@@ -241,7 +241,11 @@ fn is_vector_op(op: &Op) -> bool {
         Op::Clip { .. } => true,
         Op::Act { kind, .. } => matches!(
             kind,
-            ActKind::HardSigmoid | ActKind::LeakyRelu | ActKind::ThresholdedRelu | ActKind::Shrink
+            ActKind::HardSigmoid
+                | ActKind::LeakyRelu
+                | ActKind::ThresholdedRelu
+                | ActKind::Shrink
+                | ActKind::Affine
         ),
         _ => false,
     }
@@ -461,6 +465,11 @@ fn apply_float(kb: &mut Kb, op: &Op, x: Value, y: Option<Value>, t: Type) -> Res
                     let ax = kb.b.ins().fmul(x, av);
                     let s = sigmoid(kb, ax, t);
                     kb.b.ins().fmul(x, s)
+                }
+                ActKind::Affine => {
+                    let (av, bv) = (fconst(kb, a, t), fconst(kb, bt, t));
+                    let ax = kb.b.ins().fmul(x, av);
+                    kb.b.ins().fadd(ax, bv)
                 }
             }
         }

@@ -622,9 +622,17 @@ pub(crate) fn scratch_bytes(node: &Node, ins: &[&TensorType], outs: &[&TensorTyp
             }
         }
         Op::MatMul if ins[0].dtype == DType::F32 => match matmul_dims(ins[0], ins[1]) {
-            Some((m, k, n)) if matmul_tiled(m, n) => matmul_pack_floats(m, k) * 4,
+            Some((m, k, _)) => matmul_pack_floats(m, k) * 4,
             _ => 0,
         },
+        Op::Gemm(a) if ins[0].dtype == DType::F32 => {
+            let k = if a.trans_a {
+                ins[0].shape[0]
+            } else {
+                ins[0].shape[1]
+            };
+            matmul_pack_floats(outs[0].shape[0], k) * 4
+        }
         _ => 0,
     }
 }
@@ -1109,7 +1117,89 @@ fn mm_dot_vec(
     kb.b.use_var(sacc)
 }
 
+/// The left operand of a wide matrix product into its run-time packed layout:
+/// `sp[(b * k + c) * mr + i] = A[b * mr + i][c]` (element `(i, c)` at `ap[base + i * s.0 + c *
+/// s.1]`), zero past row m.
+fn pack_rows(
+    kb: &mut Kb,
+    ck: &crate::ukernel::ConvKernel,
+    ap: Value,
+    base: Value,
+    s: (usize, usize),
+    sp: Value,
+) {
+    let (m, k, mr) = (ck.g.m, ck.g.c, ck.mr);
+    kb.for_nd(&[ck.mb, mr], &mut |kb, bi| {
+        let row = kb.b.ins().imul_imm_u(bi[0], mr as i64);
+        let row = kb.b.ins().iadd(row, bi[1]);
+        let dst0 = kb.b.ins().imul_imm_u(bi[0], (k * mr) as i64);
+        let dst0 = kb.b.ins().iadd(dst0, bi[1]);
+        let inside =
+            kb.b.ins()
+                .icmp_imm_u(IntCC::UnsignedLessThan, row, m as i64);
+        let src0 = kb.b.ins().imul_imm_u(row, s.0 as i64);
+        let src0 = kb.b.ins().iadd(src0, base);
+        kb.for_n(k, &mut |kb, c| {
+            let sc = kb.b.ins().imul_imm_u(c, s.1 as i64);
+            let si = kb.b.ins().iadd(src0, sc);
+            // rows past m read element 0 (in bounds) and store zero
+            let si = kb.b.ins().select(inside, si, base);
+            let v = kb.load_f32(ap, si);
+            let z = kb.fc(0.0);
+            let v = kb.b.ins().select(inside, v, z);
+            let di = kb.b.ins().imul_imm_u(c, mr as i64);
+            let di = kb.b.ins().iadd(di, dst0);
+            kb.store_f32(v, sp, di);
+        });
+    });
+}
+
+/// Gemm with a constant B through the wide kernel: A packed at run time, B re-laid out at
+/// compile time as the `[k][n]` image (`ConvKernel::pack_b`), then `alpha` and `beta * C`.
+fn wide_gemm(kb: &mut Kb, a: &GemmAttrs, ins: &[&TensorType], out: &TensorType) {
+    let (ck, f) = kb.ukernel.clone().expect("wide kernel");
+    let (m, n) = (out.shape[0], out.shape[1]);
+    let k = ck.g.c;
+    let (ap, bp) = (kb.params[0], kb.params[1]);
+    let op = kb.params[ins.len()];
+    let sp = kb.params[ins.len() + 1];
+    assert!(
+        ck.packed_len() <= matmul_pack_floats(m, k),
+        "scratch too small"
+    );
+    let zero = kb.ic(0);
+    let s = if a.trans_a { (1, m) } else { (k, 1) };
+    pack_rows(kb, &ck, ap, zero, s, sp);
+    call_wide(kb, f, [bp, sp, zero, zero, op], ck.work());
+    let c = (ins.len() == 3 && a.beta != 0.0)
+        .then(|| (kb.params[2], bcast_strides(&ins[2].shape, &out.shape)));
+    if a.alpha == 1.0 && c.is_none() {
+        return;
+    }
+    kb.for_nd(&[m, n], &mut |kb, ij| {
+        let oo = kb.offset(ij, &[n, 1]);
+        let mut r = kb.load_f32(op, oo);
+        if a.alpha != 1.0 {
+            let al = kb.fc(a.alpha);
+            r = kb.b.ins().fmul(r, al);
+        }
+        if let Some((cp, cs)) = &c {
+            let co = kb.offset(ij, cs);
+            let mut cv = kb.load_f32(*cp, co);
+            if a.beta != 1.0 {
+                let be = kb.fc(a.beta);
+                cv = kb.b.ins().fmul(cv, be);
+            }
+            r = kb.b.ins().fadd(r, cv);
+        }
+        kb.store_f32(r, op, oo);
+    });
+}
+
 fn gemm(kb: &mut Kb, a: &GemmAttrs, ins: &[&TensorType], out: &TensorType) {
+    if kb.ukernel.is_some() {
+        return wide_gemm(kb, a, ins, out);
+    }
     let (m, n) = (out.shape[0], out.shape[1]);
     let x = ins[0];
     let k = if a.trans_a { x.shape[0] } else { x.shape[1] };
@@ -1283,34 +1373,11 @@ fn matmul(kb: &mut Kb, ins: &[&TensorType], _out: &TensorType) -> KResult {
             "scratch too small"
         );
         let zero = kb.ic(0);
-        let (mr, mb) = (ck.mr, ck.mb);
         kb.for_nd(&batch, &mut |kb, idx| {
             let ab = kb.offset(idx, &sa);
             let bo = kb.offset(idx, &sb);
             let oo = kb.offset(idx, &so);
-            // sp[(b * k + c) * mr + i] = A[b * mr + i][c], zero past row m
-            kb.for_nd(&[mb, mr], &mut |kb, bi| {
-                let row = kb.b.ins().imul_imm_u(bi[0], mr as i64);
-                let row = kb.b.ins().iadd(row, bi[1]);
-                let dst0 = kb.b.ins().imul_imm_u(bi[0], (k * mr) as i64);
-                let dst0 = kb.b.ins().iadd(dst0, bi[1]);
-                let inside =
-                    kb.b.ins()
-                        .icmp_imm_u(IntCC::UnsignedLessThan, row, m as i64);
-                let src0 = kb.b.ins().imul_imm_u(row, k as i64);
-                let src0 = kb.b.ins().iadd(src0, ab);
-                kb.for_n(k, &mut |kb, c| {
-                    let si = kb.b.ins().iadd(src0, c);
-                    // rows past m read row 0 (in bounds) and store zero
-                    let si = kb.b.ins().select(inside, si, ab);
-                    let v = kb.load_f32(ap, si);
-                    let z = kb.fc(0.0);
-                    let v = kb.b.ins().select(inside, v, z);
-                    let di = kb.b.ins().imul_imm_u(c, mr as i64);
-                    let di = kb.b.ins().iadd(di, dst0);
-                    kb.store_f32(v, sp, di);
-                });
-            });
+            pack_rows(kb, &ck, ap, ab, (k, 1), sp);
             let q = kb.addr(bp, bo, 4);
             let o = kb.addr(op, oo, 4);
             call_wide(kb, f, [q, sp, zero, zero, o], ck.work());

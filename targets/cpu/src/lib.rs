@@ -134,6 +134,22 @@ impl Wide {
                         ins[0],
                         out,
                     ) {
+                        Ok(geom)
+                            if f32s
+                                && const_w
+                                && ins[0].shape.len() == 4
+                                && geom.cg == 1
+                                && geom.mg == 1 =>
+                        {
+                            ukernel::ConvKernel::depthwise(
+                                format!("{prefix}_k{k}_wide"),
+                                geom,
+                                ins.len() >= 3,
+                                ins.len() == 4,
+                                &a.epilogue,
+                                &t,
+                            )
+                        }
                         Ok(geom) if f32s && const_w && ins[0].shape.len() == 4 => {
                             ukernel::ConvKernel::new(
                                 format!("{prefix}_k{k}_wide"),
@@ -151,12 +167,28 @@ impl Wide {
                 kiln_ir::Op::MatMul => {
                     let (a, b) = (g.ty(node.inputs[0]), g.ty(node.inputs[1]));
                     kernels::matmul_dims(a, b)
-                        .filter(|&(m, _, n)| {
-                            a.dtype == kiln_ir::DType::F32 && kernels::matmul_tiled(m, n)
-                        })
+                        .filter(|_| a.dtype == kiln_ir::DType::F32)
                         .map(|(m, kd, n)| {
                             ukernel::ConvKernel::matmul(format!("{prefix}_k{k}_wide"), m, kd, n, &t)
                         })
+                }
+                kiln_ir::Op::Gemm(ga) => {
+                    let (a, b) = (g.ty(node.inputs[0]), g.ty(node.inputs[1]));
+                    let out = g.ty(node.outputs[0]);
+                    let kd = if ga.trans_a { a.shape[0] } else { a.shape[1] };
+                    (a.dtype == kiln_ir::DType::F32
+                        && b.dtype == kiln_ir::DType::F32
+                        && g.const_data(node.inputs[1]).is_some())
+                    .then(|| {
+                        ukernel::ConvKernel::gemm(
+                            format!("{prefix}_k{k}_wide"),
+                            out.shape[0],
+                            kd,
+                            out.shape[1],
+                            ga.trans_b,
+                            &t,
+                        )
+                    })
                 }
                 _ => None,
             };
@@ -441,7 +473,11 @@ fn generate<M: Module>(
         g.outputs.iter().copied().collect();
     for (k, (_, node)) in g.iter_nodes().enumerate() {
         for (i, v) in node.inputs.iter().enumerate() {
-            if !(i == 1 && wide.convs[k].as_ref().is_some_and(|c| c.prepacked)) {
+            if !(i == 1
+                && wide.convs[k]
+                    .as_ref()
+                    .is_some_and(|c| c.prepacked || c.b_const.is_some()))
+            {
                 raw_use.insert(*v);
             }
         }
@@ -463,7 +499,7 @@ fn generate<M: Module>(
             .declare_function(&ck.name, Linkage::Import, &ptr_sig(module, 7))
             .map_err(cg)?;
         wide_ids.insert(k, fid);
-        if !ck.prepacked {
+        if !ck.prepacked && ck.b_const.is_none() {
             continue;
         }
         let w: Vec<f32> = g
@@ -473,11 +509,12 @@ fn generate<M: Module>(
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        let bytes: Vec<u8> = ck
-            .pack_weights(&w)
-            .iter()
-            .flat_map(|f| f.to_le_bytes())
-            .collect();
+        let packed = if ck.prepacked {
+            ck.pack_weights(&w)
+        } else {
+            ck.pack_b(&w)
+        };
+        let bytes: Vec<u8> = packed.iter().flat_map(|f| f.to_le_bytes()).collect();
         let id = define_const(module, &format!("{prefix}_k{k}_wpk"), &bytes)?;
         packed_ids.insert(k, id);
     }

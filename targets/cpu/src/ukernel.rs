@@ -36,8 +36,16 @@ pub(crate) struct ConvKernel {
     pub has_res: bool,
     pub epilogue: Vec<EpilogueStep>,
     /// The weights are a constant packed at compile time (convolutions); otherwise the caller
-    /// packs them at run time into scratch (MatMul's left operand).
+    /// packs them at run time into scratch (MatMul's left operand) or they are read as they are
+    /// (depthwise).
     pub prepacked: bool,
+    /// A depthwise convolution read straight from the unpadded input (see [`Self::depthwise`]).
+    pub depthwise: bool,
+    /// Depthwise: pixel tiles per output row.
+    pub xt: usize,
+    /// The image operand (input 1, MatMul's B) is a constant laid out at compile time as
+    /// `[k][n]` (Gemm with a constant B, transposed when `transB`): see [`Self::pack_b`].
+    pub b_const: Option<bool>,
 }
 
 /// Whether an epilogue step has a vector lowering here.
@@ -45,7 +53,10 @@ fn step_supported(s: &EpilogueStep) -> bool {
     match s {
         EpilogueStep::Add | EpilogueStep::Clip { .. } => true,
         EpilogueStep::Unary(u) => matches!(u, UnaryOp::Relu | UnaryOp::HardSwish),
-        EpilogueStep::Act { kind, .. } => matches!(kind, ActKind::HardSigmoid | ActKind::LeakyRelu),
+        EpilogueStep::Act { kind, .. } => matches!(
+            kind,
+            ActKind::HardSigmoid | ActKind::LeakyRelu | ActKind::Affine
+        ),
     }
 }
 
@@ -89,6 +100,55 @@ impl ConvKernel {
             has_res,
             epilogue: epilogue.to_vec(),
             prepacked: true,
+            depthwise: false,
+            xt: 0,
+            b_const: None,
+            g,
+        })
+    }
+
+    /// A depthwise convolution (one input and one output channel per group, strides 1 or 2):
+    /// tiles of `vn` vectors along one output row of one channel read the input directly, with
+    /// masked loads where a tap falls into the padding and rows outside the input skipped, so
+    /// there is no packed copy (depthwise layers are memory-bound: the copy would cost as much
+    /// as the arithmetic). Work items: (channel, output row, column tile).
+    pub fn depthwise(
+        name: String,
+        g: Geom,
+        has_bias: bool,
+        has_res: bool,
+        epilogue: &[EpilogueStep],
+        t: &LlvmTarget,
+    ) -> Option<ConvKernel> {
+        if g.cg != 1
+            || g.mg != 1
+            || g.s[0] > 2
+            || g.s[1] > 2
+            || !epilogue.iter().all(step_supported)
+        {
+            return None;
+        }
+        let lanes = t.lanes;
+        let vn = g.ow.div_ceil(lanes).clamp(1, 4);
+        let xt = g.ow.div_ceil(vn * lanes);
+        let mut pk = Packing::of(&g);
+        pk.needed = false;
+        Some(ConvKernel {
+            name,
+            pk,
+            groups: g.c,
+            mr: 1,
+            vn,
+            lanes,
+            mb: 1,
+            jt: g.oh * xt,
+            has_bias,
+            has_res,
+            epilogue: epilogue.to_vec(),
+            prepacked: false,
+            depthwise: true,
+            xt,
+            b_const: None,
             g,
         })
     }
@@ -114,6 +174,37 @@ impl ConvKernel {
         let mut ck = ConvKernel::new(name, g, 1, false, false, &[], t).expect("no epilogue");
         ck.prepacked = false;
         ck
+    }
+
+    /// Gemm: `C[m,n] = A B` with a constant B given as `[k][n]` (`trans_b = false`) or `[n][k]`.
+    pub fn gemm(
+        name: String,
+        m: usize,
+        k: usize,
+        n: usize,
+        trans_b: bool,
+        t: &LlvmTarget,
+    ) -> ConvKernel {
+        let mut ck = ConvKernel::matmul(name, m, k, n, t);
+        ck.b_const = Some(trans_b);
+        ck
+    }
+
+    /// A Gemm's constant B as the `[k][n]` image the kernel reads.
+    pub fn pack_b(&self, b: &[f32]) -> Vec<f32> {
+        let (k, n) = (self.g.c, self.g.w);
+        match self.b_const {
+            Some(true) => {
+                let mut out = vec![0f32; k * n];
+                for j in 0..n {
+                    for c in 0..k {
+                        out[c * n + j] = b[j * k + c];
+                    }
+                }
+                out
+            }
+            _ => b.to_vec(),
+        }
     }
 
     /// Floats of the run-time packed weights (`[m-block][k][mr]`).
@@ -166,6 +257,9 @@ impl ConvKernel {
 
     /// LLVM IR of `void name(q, w, bias, res, out, t0, t1)`: work items `t0..t1` of one image.
     pub fn ir(&self, attrs_group: usize, out: &mut String) {
+        if self.depthwise {
+            return self.ir_depthwise(attrs_group, out);
+        }
         let mut e = Emit::new(self.lanes);
         let (g, pk) = (&self.g, &self.pk);
         let (mr, vn, w) = (self.mr, self.vn, self.lanes);
@@ -423,6 +517,230 @@ impl ConvKernel {
     }
 }
 
+impl ConvKernel {
+    /// The depthwise kernel's IR (`q` is the unpadded input image, `w` the `[c][kh][kw]`
+    /// weights).
+    fn ir_depthwise(&self, attrs_group: usize, out: &mut String) {
+        let mut e = Emit::new(self.lanes);
+        let g = &self.g;
+        let (vn, w) = (self.vn, self.lanes);
+        let nr = vn * w;
+        let (s0, s1) = (g.s[0], g.s[1]);
+        let kk = g.k[0] * g.k[1];
+        let vt = e.vt.clone();
+        let b = &mut e;
+        writeln!(
+            b.s,
+            "define void @{}(float* noalias %q, float* noalias %w, float* noalias %b, float* noalias %r, float* noalias %o, i64 %t0, i64 %t1) #{attrs_group} {{",
+            self.name
+        )
+        .unwrap();
+        b.line("entry:");
+        b.line("  %any = icmp ult i64 %t0, %t1");
+        b.line("  br i1 %any, label %item, label %done");
+        b.line("item:");
+        b.line("  %t = phi i64 [ %t0, %entry ], [ %tn, %next ]");
+        b.line(&format!("  %xt = urem i64 %t, {}", self.xt));
+        b.line(&format!("  %cy = udiv i64 %t, {}", self.xt));
+        b.line(&format!("  %y = urem i64 %cy, {}", g.oh));
+        b.line(&format!("  %ci = udiv i64 %cy, {}", g.oh));
+        b.line(&format!("  %x0 = mul i64 %xt, {nr}"));
+        // first input column of the tile (may be negative: left padding)
+        b.line(&format!("  %ixs = mul i64 %x0, {s1}"));
+        b.line(&format!("  %ix0 = sub i64 %ixs, {}", g.p[1]));
+        b.line(&format!("  %iys = mul i64 %y, {s0}"));
+        b.line(&format!("  %iy0 = sub i64 %iys, {}", g.p[0]));
+        b.line(&format!("  %qc = mul i64 %ci, {}", g.h * g.w));
+        b.line("  %qcp = getelementptr float, float* %q, i64 %qc");
+        b.line(&format!("  %wc = mul i64 %ci, {kk}"));
+        b.line("  %wp = getelementptr float, float* %w, i64 %wc");
+        // interior tile: every column of every tap inside the input, every lane a real output
+        let span = nr * s1 - 1 + (g.k[1] - 1) * g.d[1];
+        b.line("  %in0 = icmp sge i64 %ix0, 0");
+        b.line(&format!("  %ixe = add i64 %ix0, {span}"));
+        b.line(&format!("  %in1 = icmp slt i64 %ixe, {}", g.w));
+        b.line(&format!("  %xe = add i64 %x0, {nr}"));
+        b.line(&format!("  %in2 = icmp ule i64 %xe, {}", g.ow));
+        b.line("  %in01 = and i1 %in0, %in1");
+        b.line("  %inside = and i1 %in01, %in2");
+        let init = if self.has_bias {
+            b.line("  %bp = getelementptr float, float* %b, i64 %ci");
+            b.line("  %bs = load float, float* %bp, align 4");
+            b.splat("%bs")
+        } else {
+            "zeroinitializer".into()
+        };
+        b.line("  br i1 %inside, label %r0_f, label %r0_t");
+        let mut finals = Vec::new();
+        for masked in [false, true] {
+            let sfx = if masked { "t" } else { "f" };
+            // per vector: the input positions it reads start at ix0 + v * nr_v (s1 floats per
+            // lane); loads of s1 * w floats, de-interleaved for stride 2
+            let mut acc: Vec<String> = vec![init.clone(); vn];
+            for th in 0..g.k[0] {
+                let blk = format!("r{th}_{sfx}");
+                let body = format!("rb{th}_{sfx}");
+                let after = format!("r{}_{sfx}", th + 1);
+                b.line(&format!("{blk}:"));
+                let iy = b.tmp();
+                b.line(&format!("  {iy} = add i64 %iy0, {}", th * g.d[0]));
+                let ok = b.tmp();
+                b.line(&format!("  {ok} = icmp ult i64 {iy}, {}", g.h));
+                b.line(&format!("  br i1 {ok}, label %{body}, label %{after}_m"));
+                b.line(&format!("{body}:"));
+                let ro = b.tmp();
+                b.line(&format!("  {ro} = mul i64 {iy}, {}", g.w));
+                let rp = b.tmp();
+                b.line(&format!(
+                    "  {rp} = getelementptr float, float* %qcp, i64 {ro}"
+                ));
+                let mut cur = acc.clone();
+                for tw in 0..g.k[1] {
+                    let wq = b.tmp();
+                    b.line(&format!(
+                        "  {wq} = getelementptr float, float* %wp, i64 {}",
+                        th * g.k[1] + tw
+                    ));
+                    let ws = b.tmp();
+                    b.line(&format!("  {ws} = load float, float* {wq}, align 4"));
+                    let wv = b.splat(&ws);
+                    for (v, c) in cur.iter_mut().enumerate() {
+                        // input column of lane 0 of this vector
+                        let ix = b.tmp();
+                        b.line(&format!(
+                            "  {ix} = add i64 %ix0, {}",
+                            v * w * s1 + tw * g.d[1]
+                        ));
+                        let parts: Vec<String> = (0..s1)
+                            .map(|part| {
+                                let pix = b.tmp();
+                                b.line(&format!("  {pix} = add i64 {ix}, {}", part * w));
+                                let p = b.tmp();
+                                b.line(&format!(
+                                    "  {p} = getelementptr float, float* {rp}, i64 {pix}"
+                                ));
+                                let pv = b.tmp();
+                                b.line(&format!("  {pv} = bitcast float* {p} to {vt}*"));
+                                if masked {
+                                    let p32 = b.tmp();
+                                    b.line(&format!("  {p32} = trunc i64 {pix} to i32"));
+                                    let sv = b.splat_i32(&p32);
+                                    let col = b.tmp();
+                                    b.line(&format!(
+                                        "  {col} = add <{w} x i32> {sv}, {}",
+                                        iota(w, 0)
+                                    ));
+                                    let ge = b.tmp();
+                                    b.line(&format!(
+                                        "  {ge} = icmp sge <{w} x i32> {col}, zeroinitializer"
+                                    ));
+                                    let lt = b.tmp();
+                                    b.line(&format!(
+                                        "  {lt} = icmp slt <{w} x i32> {col}, {}",
+                                        splat_const_i32(w, g.w as i64)
+                                    ));
+                                    let m = b.tmp();
+                                    b.line(&format!("  {m} = and <{w} x i1> {ge}, {lt}"));
+                                    b.masked_load(&pv, &m)
+                                } else {
+                                    let x = b.tmp();
+                                    b.line(&format!("  {x} = load {vt}, {vt}* {pv}, align 4"));
+                                    x
+                                }
+                            })
+                            .collect();
+                        let x = if s1 == 1 {
+                            parts[0].clone()
+                        } else {
+                            let even: Vec<String> =
+                                (0..w).map(|i| format!("i32 {}", 2 * i)).collect();
+                            let x = b.tmp();
+                            b.line(&format!(
+                                "  {x} = shufflevector {vt} {}, {vt} {}, <{w} x i32> <{}>",
+                                parts[0],
+                                parts[1],
+                                even.join(", ")
+                            ));
+                            x
+                        };
+                        let n = b.tmp();
+                        b.line(&format!(
+                            "  {n} = call {vt} @llvm.fma.v{w}f32({vt} {x}, {vt} {wv}, {vt} {c})"
+                        ));
+                        *c = n;
+                    }
+                }
+                b.line(&format!("  br label %{after}_m"));
+                // merge: the row's contribution, or nothing when the row is padding
+                b.line(&format!("{after}_m:"));
+                let mut merged = Vec::new();
+                for (a0, a1) in acc.iter().zip(&cur) {
+                    let m = b.tmp();
+                    b.line(&format!(
+                        "  {m} = phi {vt} [ {a0}, %{blk} ], [ {a1}, %{body} ]"
+                    ));
+                    merged.push(m);
+                }
+                acc = merged;
+                b.line(&format!("  br label %{after}"));
+            }
+            b.line(&format!("r{}_{sfx}:", g.k[0]));
+            b.line("  br label %store");
+            finals.push((format!("r{}_{sfx}", g.k[0]), acc));
+        }
+        b.line("store:");
+        let mut accs = Vec::new();
+        for v in 0..vn {
+            let a = b.tmp();
+            b.line(&format!(
+                "  {a} = phi {vt} [ {}, %{} ], [ {}, %{} ]",
+                finals[0].1[v], finals[0].0, finals[1].1[v], finals[1].0
+            ));
+            accs.push(a);
+        }
+        b.line(&format!("  %ob0 = mul i64 %cy, {}", g.ow));
+        b.line("  %ob = add i64 %ob0, %x0");
+        b.line("  %op = getelementptr float, float* %o, i64 %ob");
+        if self.has_res {
+            b.line("  %rp = getelementptr float, float* %r, i64 %ob");
+        }
+        b.line("  %x032 = trunc i64 %x0 to i32");
+        let xs = b.splat_i32("%x032");
+        for (v, a) in accs.iter().enumerate() {
+            let col = b.tmp();
+            b.line(&format!(
+                "  {col} = add <{w} x i32> {xs}, {}",
+                iota(w, v * w)
+            ));
+            let m = b.tmp();
+            b.line(&format!(
+                "  {m} = icmp slt <{w} x i32> {col}, {}",
+                splat_const_i32(w, g.ow as i64)
+            ));
+            let res = if self.has_res {
+                let p = b.gep_vec("%rp", v * w);
+                Some(b.masked_load(&p, &m))
+            } else {
+                None
+            };
+            let val = b.epilogue(&self.epilogue, a, res.as_deref());
+            let p = b.gep_vec("%op", v * w);
+            b.line(&format!(
+                "  call void @llvm.masked.store.v{w}f32.p0v{w}f32({vt} {val}, {vt}* {p}, i32 4, <{w} x i1> {m})"
+            ));
+        }
+        b.line("  br label %next");
+        b.line("next:");
+        b.line("  %tn = add i64 %t, 1");
+        b.line("  %te = icmp eq i64 %tn, %t1");
+        b.line("  br i1 %te, label %done, label %item");
+        b.line("done:");
+        b.line("  ret void");
+        b.line("}");
+        out.push_str(&e.s);
+    }
+}
+
 /// Declarations every kernel module needs for `lanes`-wide vectors.
 pub(crate) fn declarations(lanes: usize) -> String {
     let w = lanes;
@@ -585,6 +903,15 @@ impl Emit {
                     let a = self.fsplat(alpha);
                     let neg = self.bin("fmul", &x, &a);
                     self.select("olt", &x, "zeroinitializer", &neg, &x)
+                }
+                EpilogueStep::Act {
+                    kind: ActKind::Affine,
+                    alpha,
+                    beta,
+                } => {
+                    let (a, bt) = (self.fsplat(alpha), self.fsplat(beta));
+                    let v = self.bin("fmul", &x, &a);
+                    self.bin("fadd", &v, &bt)
                 }
                 _ => unreachable!("step_supported() admits only the steps above"),
             };

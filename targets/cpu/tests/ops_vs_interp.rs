@@ -27,7 +27,7 @@ fn check(g: &Graph, inputs: &[Tensor]) {
     let want = interp::run(g, inputs).expect("interpreter");
     let mut configs = vec![kiln_target_cpu::CpuOptions::host("t")];
     if g.iter_nodes()
-        .any(|(_, n)| matches!(n.op, Op::Conv(_) | Op::MatMul))
+        .any(|(_, n)| matches!(n.op, Op::Conv(_) | Op::MatMul | Op::Gemm(_)))
     {
         for cpu in ["x86-64-v3", "x86-64"] {
             configs.push(kiln_target_cpu::CpuOptions {
@@ -699,6 +699,13 @@ fn wide_kernel_edges() {
     conv_case(&[1, 16, 10, 10], &[32, 4, 3, 3], c(3, 2, 1, 4), true);
     conv_case(&[1, 3, 30, 30], &[9, 3, 7, 7], c(7, 2, 3, 1), true);
     conv_case(&[1, 6, 8, 8], &[10, 6, 5, 5], c(5, 1, 0, 1), true);
+    // depthwise (read in place, masked at the borders): several vectors per row plus a tail,
+    // stride 2 (de-interleaved loads) on odd widths, taps past the input, batches
+    conv_case(&[2, 5, 11, 37], &[5, 1, 3, 3], c(3, 1, 1, 5), true);
+    conv_case(&[1, 6, 15, 33], &[6, 1, 3, 3], c(3, 2, 1, 6), true);
+    conv_case(&[1, 4, 9, 9], &[4, 1, 5, 5], c(5, 2, 2, 4), false);
+    conv_case(&[1, 3, 8, 70], &[3, 1, 7, 7], c(7, 1, 3, 3), true);
+    conv_case(&[1, 2, 5, 5], &[2, 1, 3, 3], c(3, 1, 0, 2), true);
     let mut r = Rng(3);
     for (a, b) in [
         (vec![37, 19], vec![19, 45]),
@@ -772,11 +779,13 @@ fn conv_transpose_and_pools() {
 #[test]
 fn gemm_and_matmul() {
     let mut r = Rng(11);
-    for (ta, tb, m, k, n, cshape) in [
-        (false, false, 3, 5, 8, vec![8]),
-        (false, true, 2, 12, 7, vec![2, 7]),
-        (true, false, 4, 3, 5, vec![4, 1]),
-        (true, true, 1, 9, 6, vec![]),
+    for (ta, tb, m, k, n, cshape, alpha) in [
+        (false, false, 3, 5, 8, vec![8], 0.5),
+        (false, true, 2, 12, 7, vec![2, 7], 0.5),
+        (true, false, 4, 3, 5, vec![4, 1], 0.5),
+        (true, true, 1, 9, 6, vec![], 0.5),
+        // no epilogue at all; several row blocks and column tiles
+        (false, true, 19, 40, 70, vec![], 1.0),
     ] {
         let mut g = Graph::new("gemm");
         let sa = if ta { vec![k, m] } else { vec![m, k] };
@@ -805,7 +814,7 @@ fn gemm_and_matmul() {
             .add_node(
                 "g",
                 Op::Gemm(GemmAttrs {
-                    alpha: 0.5,
+                    alpha,
                     beta: 2.0,
                     trans_a: ta,
                     trans_b: tb,
@@ -1339,6 +1348,37 @@ fn conv_epilogues() {
             vec![3, 2, 3, 1, 3],
             1,
             vec![E::Add, E::Unary(UnaryOp::Tanh)],
+        ),
+        (
+            vec![1, 5, 9, 21],
+            vec![12, 5, 3, 3],
+            1,
+            vec![
+                E::Unary(UnaryOp::HardSwish),
+                E::Act {
+                    kind: ActKind::Affine,
+                    alpha: 1.5,
+                    beta: -0.25,
+                },
+                E::Add,
+            ],
+        ),
+        (
+            vec![1, 6, 10, 19],
+            vec![6, 1, 3, 3],
+            6,
+            vec![
+                E::Act {
+                    kind: ActKind::HardSigmoid,
+                    alpha: 0.2,
+                    beta: 0.5,
+                },
+                E::Act {
+                    kind: ActKind::Affine,
+                    alpha: 0.5,
+                    beta: 1.0,
+                },
+            ],
         ),
     ];
     for (k, (x, w, groups, epi)) in cases.into_iter().enumerate() {
