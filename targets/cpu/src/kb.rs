@@ -18,6 +18,8 @@ pub(crate) struct Kb<'a> {
     pub libm: HashMap<&'static str, FuncRef>,
     /// The LLVM kernel this node's tiles run in, if any (imported into this function).
     pub ukernel: Option<(crate::ukernel::ConvKernel, FuncRef)>,
+    /// Its input packing function (`ConvKernel::pack_ir`), if it packs.
+    pub pack: Option<FuncRef>,
     /// The task trampoline (`kiln_task_fn`) that runs a range of a wide kernel's work items.
     pub task: Option<FuncRef>,
 }

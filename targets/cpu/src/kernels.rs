@@ -539,7 +539,10 @@ fn wide_conv(kb: &mut Kb, ck: &crate::ukernel::ConvKernel, f: FuncRef, n_in: usi
     kb.for_n(g.n, &mut |kb, ni| {
         let q = if ck.pk.needed {
             let sp = kb.params[n_in + 1];
-            pack_input(kb, g, &ck.pk, xp, ni, sp);
+            let off = kb.b.ins().imul_imm_u(ni, (g.c * g.h * g.w * 4) as i64);
+            let x = kb.b.ins().iadd(xp, off);
+            let pack = kb.pack.expect("packing function");
+            call_wide(kb, pack, [x, zero, zero, zero, sp], g.c);
             sp
         } else {
             let off = kb.b.ins().imul_imm_u(ni, (g.c * g.h * g.w * 4) as i64);

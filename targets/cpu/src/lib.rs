@@ -194,6 +194,9 @@ impl Wide {
             };
             if let Some(ck) = &ck {
                 ck.ir(0, &mut ir);
+                if ck.packs_input() {
+                    ck.pack_ir(0, &mut ir);
+                }
             }
             convs.push(ck);
         }
@@ -343,6 +346,9 @@ pub fn compile_jit_with(g: &Graph, opts: &CpuOptions) -> Result<JitModel, CpuErr
     if let Some(j) = &wide_jit {
         for ck in wide.convs.iter().flatten() {
             builder.symbol(&ck.name, j.address(&ck.name)?);
+            if ck.packs_input() {
+                builder.symbol(ck.pack_name(), j.address(&ck.pack_name())?);
+            }
         }
     }
     // Code and constants in one reserved region, so 32-bit PC-relative references always reach
@@ -492,13 +498,22 @@ fn generate<M: Module>(
         const_ids.insert(v.index(), id);
     }
     let mut packed_ids: HashMap<usize, DataId> = HashMap::new();
-    let mut wide_ids: HashMap<usize, FuncId> = HashMap::new();
+    let mut wide_ids: HashMap<usize, (FuncId, Option<FuncId>)> = HashMap::new();
     for (k, (_, node)) in g.iter_nodes().enumerate() {
         let Some(ck) = &wide.convs[k] else { continue };
         let fid = module
             .declare_function(&ck.name, Linkage::Import, &ptr_sig(module, 7))
             .map_err(cg)?;
-        wide_ids.insert(k, fid);
+        let pid = if ck.packs_input() {
+            Some(
+                module
+                    .declare_function(&ck.pack_name(), Linkage::Import, &ptr_sig(module, 7))
+                    .map_err(cg)?,
+            )
+        } else {
+            None
+        };
+        wide_ids.insert(k, (fid, pid));
         if !ck.prepacked && ck.b_const.is_none() {
             continue;
         }
@@ -782,8 +797,8 @@ struct KernelDef<'m, M: Module> {
     ctx: &'m mut Context,
     fctx: &'m mut FunctionBuilderContext,
     libm: &'m [(&'static str, FuncId)],
-    /// The wide kernel the node's kernel calls, if any.
-    wide: Option<(ukernel::ConvKernel, FuncId)>,
+    /// The wide kernel the node's kernel calls (and its input packing function), if any.
+    wide: Option<(ukernel::ConvKernel, (FuncId, Option<FuncId>))>,
     /// The task trampoline for splitting wide kernels over a pool.
     task: Option<FuncId>,
 }
@@ -813,10 +828,13 @@ impl<M: Module> KernelDef<'_, M> {
             for (f, fid) in self.libm {
                 libm.insert(*f, self.module.declare_func_in_func(*fid, b.func));
             }
-            let ukernel = self
-                .wide
-                .take()
-                .map(|(ck, fid)| (ck, self.module.declare_func_in_func(fid, b.func)));
+            let (ukernel, pack) = match self.wide.take() {
+                Some((ck, (fid, pid))) => (
+                    Some((ck, self.module.declare_func_in_func(fid, b.func))),
+                    pid.map(|p| self.module.declare_func_in_func(p, b.func)),
+                ),
+                None => (None, None),
+            };
             let task = self
                 .task
                 .map(|t| self.module.declare_func_in_func(t, b.func));
@@ -825,6 +843,7 @@ impl<M: Module> KernelDef<'_, M> {
                 params,
                 libm,
                 ukernel,
+                pack,
                 task,
             };
             let r = body(&mut kb);

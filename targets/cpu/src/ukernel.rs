@@ -242,17 +242,16 @@ impl ConvKernel {
         out
     }
 
-    /// Offsets of the taps in `q` relative to the output pixel index.
+    /// Offsets in `q` of the taps of one kernel row, relative to that row's base (see
+    /// `Packing::at`: the column phase and column, which are the same for every row).
     fn tap_offsets(&self) -> Vec<usize> {
         let (g, pk) = (&self.g, &self.pk);
-        let mut v = Vec::new();
-        for th in 0..g.k[0] {
-            for tw in 0..g.k[1] {
-                let (row, col) = (th * g.d[0], tw * g.d[1]);
-                v.push(pk.at(row % pk.s0, col % pk.s1, row / pk.s0, col / pk.s1));
-            }
-        }
-        v
+        (0..g.k[1])
+            .map(|tw| {
+                let col = tw * g.d[1];
+                pk.at(0, col % pk.s1, 0, col / pk.s1)
+            })
+            .collect()
     }
 
     /// LLVM IR of `void name(q, w, bias, res, out, t0, t1)`: work items `t0..t1` of one image.
@@ -360,14 +359,33 @@ impl ConvKernel {
                     acc.push(a);
                 }
             }
+            // one iteration = one input channel and one kernel row (its taps unrolled): big
+            // unrolled bodies (7x7) made LLVM's scheduler spill the accumulators
+            let (ci, th) = (b.tmp(), b.tmp());
+            b.line(&format!("  {ci} = udiv i64 {c}, {}", g.k[0]));
+            b.line(&format!("  {th} = urem i64 {c}, {}", g.k[0]));
+            let thd = b.tmp();
+            b.line(&format!("  {thd} = mul i64 {th}, {}", g.d[0]));
+            let (r0, row) = (b.tmp(), b.tmp());
+            b.line(&format!("  {r0} = urem i64 {thd}, {}", pk.s0));
+            b.line(&format!("  {row} = udiv i64 {thd}, {}", pk.s0));
+            // ((r0 * s1) * hq + row) * wq + c * per_c
+            let r0h = b.tmp();
+            b.line(&format!("  {r0h} = mul i64 {r0}, {}", pk.s1 * pk.hq));
+            let rr = b.tmp();
+            b.line(&format!("  {rr} = add i64 {r0h}, {row}"));
+            let rb = b.tmp();
+            b.line(&format!("  {rb} = mul i64 {rr}, {}", pk.wq));
+            let cq = b.tmp();
+            b.line(&format!("  {cq} = mul i64 {ci}, {per_c}"));
             let qc = b.tmp();
-            b.line(&format!("  {qc} = mul i64 {c}, {per_c}"));
+            b.line(&format!("  {qc} = add i64 {cq}, {rb}"));
             let qp = b.tmp();
             b.line(&format!(
                 "  {qp} = getelementptr float, float* %qb, i64 {qc}"
             ));
             let wc = b.tmp();
-            b.line(&format!("  {wc} = mul i64 {c}, {}", kk * mr));
+            b.line(&format!("  {wc} = mul i64 {c}, {}", g.k[1] * mr));
             let wp = b.tmp();
             b.line(&format!(
                 "  {wp} = getelementptr float, float* %wb, i64 {wc}"
@@ -411,7 +429,10 @@ impl ConvKernel {
                 }
             }
             b.line(&format!("  %cn_{sfx} = add i64 {c}, 1"));
-            b.line(&format!("  %ce_{sfx} = icmp eq i64 %cn_{sfx}, {}", g.cg));
+            b.line(&format!(
+                "  %ce_{sfx} = icmp eq i64 %cn_{sfx}, {}",
+                g.cg * g.k[0]
+            ));
             b.line(&format!(
                 "  br i1 %ce_{sfx}, label %store, label %loop_{sfx}"
             ));
@@ -741,6 +762,141 @@ impl ConvKernel {
     }
 }
 
+impl ConvKernel {
+    /// Whether the kernel reads a packed copy of the input made by [`Self::pack_ir`].
+    pub fn packs_input(&self) -> bool {
+        self.pk.needed && !self.depthwise
+    }
+
+    /// The symbol of the packing function.
+    pub fn pack_name(&self) -> String {
+        format!("{}_pack", self.name)
+    }
+
+    /// LLVM IR of `void name_pack(x, _, _, _, q, c0, c1)`: channels `c0..c1` of one image `x`
+    /// into the packed layout `q` (`kernels::Packing`), padding zeroed, and the slack after the
+    /// last channel zeroed by whoever packs it. Every range is a compile-time constant; LLVM
+    /// vectorizes the row copies (interleaved loads for stride 2) and the zero fills.
+    pub fn pack_ir(&self, attrs_group: usize, out: &mut String) {
+        let (g, pk) = (&self.g, &self.pk);
+        let per_c = pk.per_c();
+        let mut b = Emit::new(self.lanes);
+        writeln!(
+            b.s,
+            "define void @{}(float* noalias %x, float* %u1, float* %u2, float* %u3, float* noalias %q, i64 %t0, i64 %t1) #{attrs_group} {{",
+            self.pack_name()
+        )
+        .unwrap();
+        b.line("entry:");
+        b.line("  %any = icmp ult i64 %t0, %t1");
+        b.line("  br i1 %any, label %item, label %done");
+        b.line("item:");
+        b.line("  %c = phi i64 [ %t0, %entry ], [ %cn, %next ]");
+        b.line(&format!("  %xo = mul i64 %c, {}", g.h * g.w));
+        b.line("  %xc = getelementptr float, float* %x, i64 %xo");
+        b.line(&format!("  %qo = mul i64 %c, {per_c}"));
+        b.line("  %qc = getelementptr float, float* %q, i64 %qo");
+        let mut prev = "item".to_string();
+        for r0 in 0..pk.s0 {
+            for r1 in 0..pk.s1 {
+                // the columns xq whose input column xq * s1 + r1 - pl is inside the input
+                let lo = g.p[1].saturating_sub(r1).div_ceil(pk.s1).min(pk.wq);
+                let hi = if g.w + g.p[1] > r1 {
+                    ((g.w + g.p[1] - r1 - 1) / pk.s1 + 1).clamp(lo, pk.wq)
+                } else {
+                    lo
+                };
+                let tag = format!("p{r0}_{r1}");
+                let yq = b.loop_begin(&format!("{tag}_y"), &prev, 0, pk.hq);
+                let dst0 = b.tmp();
+                b.line(&format!(
+                    "  {dst0} = add i64 {yq}, {}",
+                    (r0 * pk.s1 + r1) * pk.hq
+                ));
+                let dst = b.tmp();
+                b.line(&format!("  {dst} = mul i64 {dst0}, {}", pk.wq));
+                let drow = b.tmp();
+                b.line(&format!(
+                    "  {drow} = getelementptr float, float* %qc, i64 {dst}"
+                ));
+                // input row iy = yq * s0 + r0 - pt (unsigned compare: negative is outside)
+                let iy0 = b.tmp();
+                b.line(&format!("  {iy0} = mul i64 {yq}, {}", pk.s0));
+                let iy = b.tmp();
+                b.line(&format!(
+                    "  {iy} = add i64 {iy0}, {}",
+                    r0 as i64 - g.p[0] as i64
+                ));
+                let ok = b.tmp();
+                b.line(&format!("  {ok} = icmp ult i64 {iy}, {}", g.h));
+                b.line(&format!("  br i1 {ok}, label %{tag}_in, label %{tag}_pad"));
+                // a padding row: all zeros
+                b.line(&format!("{tag}_pad:"));
+                b.zero_fill(&format!("{tag}_pz"), &drow, 0, pk.wq, &format!("{tag}_pad"));
+                b.line(&format!("  br label %{tag}_row_end"));
+                b.line(&format!("{tag}_in:"));
+                let srow0 = b.tmp();
+                b.line(&format!("  {srow0} = mul i64 {iy}, {}", g.w));
+                let srow = b.tmp();
+                b.line(&format!(
+                    "  {srow} = getelementptr float, float* %xc, i64 {srow0}"
+                ));
+                let mut cur = format!("{tag}_in");
+                cur = b.zero_fill(&format!("{tag}_zl"), &drow, 0, lo, &cur);
+                let xq = b.loop_begin(&format!("{tag}_cp"), &cur, lo, hi);
+                let ix0 = b.tmp();
+                b.line(&format!("  {ix0} = mul i64 {xq}, {}", pk.s1));
+                let ix = b.tmp();
+                b.line(&format!(
+                    "  {ix} = add i64 {ix0}, {}",
+                    r1 as i64 - g.p[1] as i64
+                ));
+                let sp = b.tmp();
+                b.line(&format!(
+                    "  {sp} = getelementptr float, float* {srow}, i64 {ix}"
+                ));
+                let v = b.tmp();
+                b.line(&format!("  {v} = load float, float* {sp}, align 4"));
+                let dp = b.tmp();
+                b.line(&format!(
+                    "  {dp} = getelementptr float, float* {drow}, i64 {xq}"
+                ));
+                b.line(&format!("  store float {v}, float* {dp}, align 4"));
+                cur = b.loop_end(&format!("{tag}_cp"), &xq, hi);
+                cur = b.zero_fill(&format!("{tag}_zr"), &drow, hi, pk.wq, &cur);
+                let _ = cur;
+                b.line(&format!("  br label %{tag}_row_end"));
+                b.line(&format!("{tag}_row_end:"));
+                prev = b.loop_end(&format!("{tag}_y"), &yq, pk.hq);
+            }
+        }
+        // the slack after the last channel
+        let last = b.tmp();
+        b.line(&format!("  {last} = icmp eq i64 %c, {}", g.c - 1));
+        b.line(
+            "  br i1 %last_c, label %slack, label %next"
+                .replace("%last_c", &last)
+                .as_str(),
+        );
+        b.line("slack:");
+        b.line(&format!(
+            "  %sq = getelementptr float, float* %q, i64 {}",
+            g.c * per_c
+        ));
+        b.zero_fill("sl", "%sq", 0, crate::kernels::pack_slack(g), "slack");
+        b.line("  br label %next");
+        b.line("next:");
+        b.line("  %cn = add i64 %c, 1");
+        b.line("  %ce = icmp eq i64 %cn, %t1");
+        b.line("  br i1 %ce, label %done, label %item");
+        b.line("done:");
+        b.line("  ret void");
+        b.line("}");
+        let _ = prev;
+        out.push_str(&b.s);
+    }
+}
+
 /// Declarations every kernel module needs for `lanes`-wide vectors.
 pub(crate) fn declarations(lanes: usize) -> String {
     let w = lanes;
@@ -783,6 +939,47 @@ impl Emit {
             w,
             vt: format!("<{w} x float>"),
         }
+    }
+    /// Open `for i in lo..hi` (constant bounds, `lo < hi` not required) coming from block
+    /// `from`; returns the induction variable. Close with [`Self::loop_end`].
+    fn loop_begin(&mut self, tag: &str, from: &str, lo: usize, hi: usize) -> String {
+        let _ = from;
+        self.line(&format!("  br label %{tag}_pre"));
+        self.line(&format!("{tag}_pre:"));
+        self.line(&format!("  br label %{tag}_head"));
+        self.line(&format!("{tag}_head:"));
+        let iv = format!("%{tag}_i");
+        self.line(&format!(
+            "  {iv} = phi i64 [ {lo}, %{tag}_pre ], [ %{tag}_n, %{tag}_latch ]"
+        ));
+        self.line(&format!("  %{tag}_c = icmp ult i64 {iv}, {hi}"));
+        self.line(&format!(
+            "  br i1 %{tag}_c, label %{tag}_body, label %{tag}_exit"
+        ));
+        self.line(&format!("{tag}_body:"));
+        iv
+    }
+    /// Close a loop opened by [`Self::loop_begin`]; returns the block code continues in.
+    fn loop_end(&mut self, tag: &str, iv: &str, _hi: usize) -> String {
+        self.line(&format!("  br label %{tag}_latch"));
+        self.line(&format!("{tag}_latch:"));
+        self.line(&format!("  %{tag}_n = add i64 {iv}, 1"));
+        self.line(&format!("  br label %{tag}_head"));
+        self.line(&format!("{tag}_exit:"));
+        format!("{tag}_exit")
+    }
+    /// `row[lo..hi] = 0` as a loop (LLVM turns it into a memset); returns the current block.
+    fn zero_fill(&mut self, tag: &str, row: &str, lo: usize, hi: usize, from: &str) -> String {
+        if lo >= hi {
+            return from.to_string();
+        }
+        let i = self.loop_begin(tag, from, lo, hi);
+        let p = self.tmp();
+        self.line(&format!(
+            "  {p} = getelementptr float, float* {row}, i64 {i}"
+        ));
+        self.line(&format!("  store float 0.0, float* {p}, align 4"));
+        self.loop_end(tag, &i, hi)
     }
     fn tmp(&mut self) -> String {
         self.n += 1;
