@@ -79,6 +79,10 @@ pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&Tenso
         Op::MaxPool(a) | Op::AveragePool(a) if a.kernel.len() > 2 || ins[0].dtype != DType::F32 => {
             crate::direct::pool(kb, a, matches!(node.op, Op::MaxPool(_)), ins[0], outs[0])
         }
+        Op::MaxPool(_) if kb.ukernel.is_some() => {
+            wide_pool(kb, ins[0], outs[0]);
+            Ok(())
+        }
         Op::MaxPool(a) => pool(kb, a, true, ins[0], outs[0]),
         Op::MaxPoolIndices {
             attrs,
@@ -556,6 +560,21 @@ fn wide_conv(kb: &mut Kb, ck: &crate::ukernel::ConvKernel, f: FuncRef, n_in: usi
         };
         let b = bp.unwrap_or(zero);
         call_wide(kb, f, [q, wp, b, r, o], ck.work());
+    });
+}
+
+/// A pooling run by a wide (depthwise-style) kernel, image by image.
+fn wide_pool(kb: &mut Kb, x: &TensorType, out: &TensorType) {
+    let (ck, f) = kb.ukernel.clone().expect("wide kernel");
+    let (xp, op) = (kb.params[0], kb.params[1]);
+    let zero = kb.ic(0);
+    let (xi, oi) = (x.size_bytes() / x.shape[0], out.size_bytes() / out.shape[0]);
+    kb.for_n(x.shape[0], &mut |kb, ni| {
+        let xo = kb.b.ins().imul_imm_u(ni, xi as i64);
+        let xn = kb.b.ins().iadd(xp, xo);
+        let oo = kb.b.ins().imul_imm_u(ni, oi as i64);
+        let on = kb.b.ins().iadd(op, oo);
+        call_wide(kb, f, [xn, zero, zero, zero, on], ck.work());
     });
 }
 

@@ -172,6 +172,24 @@ impl Wide {
                             ukernel::ConvKernel::matmul(format!("{prefix}_k{k}_wide"), m, kd, n, &t)
                         })
                 }
+                kiln_ir::Op::MaxPool(pa) => {
+                    let (x, out) = (g.ty(node.inputs[0]), g.ty(node.outputs[0]));
+                    match kernels::Geom::new(
+                        (&pa.kernel, &pa.strides, &pa.pads, &pa.dilations),
+                        x.shape.get(1).copied().unwrap_or(1).max(1),
+                        x,
+                        out,
+                    ) {
+                        Ok(geom)
+                            if x.dtype == kiln_ir::DType::F32
+                                && x.shape.len() == 4
+                                && node.outputs.len() == 1 =>
+                        {
+                            ukernel::ConvKernel::max_pool(format!("{prefix}_k{k}_wide"), geom, &t)
+                        }
+                        _ => None,
+                    }
+                }
                 kiln_ir::Op::Gemm(ga) => {
                     let (a, b) = (g.ty(node.inputs[0]), g.ty(node.inputs[1]));
                     let out = g.ty(node.outputs[0]);

@@ -46,6 +46,8 @@ pub(crate) struct ConvKernel {
     /// The image operand (input 1, MatMul's B) is a constant laid out at compile time as
     /// `[k][n]` (Gemm with a constant B, transposed when `transB`): see [`Self::pack_b`].
     pub b_const: Option<bool>,
+    /// A max pool run by the depthwise kernel (max instead of multiply-add, no weights).
+    pub pool_max: bool,
 }
 
 /// Whether an epilogue step has a vector lowering here.
@@ -103,6 +105,7 @@ impl ConvKernel {
             depthwise: false,
             xt: 0,
             b_const: None,
+            pool_max: false,
             g,
         })
     }
@@ -149,6 +152,7 @@ impl ConvKernel {
             depthwise: true,
             xt,
             b_const: None,
+            pool_max: false,
             g,
         })
     }
@@ -174,6 +178,13 @@ impl ConvKernel {
         let mut ck = ConvKernel::new(name, g, 1, false, false, &[], t).expect("no epilogue");
         ck.prepacked = false;
         ck
+    }
+
+    /// A 2-D f32 max pool (strides 1 or 2) through the depthwise kernel.
+    pub fn max_pool(name: String, g: Geom, t: &LlvmTarget) -> Option<ConvKernel> {
+        let mut ck = ConvKernel::depthwise(name, g, false, false, &[], t)?;
+        ck.pool_max = true;
+        Some(ck)
     }
 
     /// Gemm: `C[m,n] = A B` with a constant B given as `[k][n]` (`trans_b = false`) or `[n][k]`.
@@ -584,7 +595,10 @@ impl ConvKernel {
         b.line(&format!("  %in2 = icmp ule i64 %xe, {}", g.ow));
         b.line("  %in01 = and i1 %in0, %in1");
         b.line("  %inside = and i1 %in01, %in2");
-        let init = if self.has_bias {
+        let ninf = b.fsplat(f32::NEG_INFINITY);
+        let init = if self.pool_max {
+            ninf.clone()
+        } else if self.has_bias {
             b.line("  %bp = getelementptr float, float* %b, i64 %ci");
             b.line("  %bs = load float, float* %bp, align 4");
             b.splat("%bs")
@@ -617,14 +631,18 @@ impl ConvKernel {
                 ));
                 let mut cur = acc.clone();
                 for tw in 0..g.k[1] {
-                    let wq = b.tmp();
-                    b.line(&format!(
-                        "  {wq} = getelementptr float, float* %wp, i64 {}",
-                        th * g.k[1] + tw
-                    ));
-                    let ws = b.tmp();
-                    b.line(&format!("  {ws} = load float, float* {wq}, align 4"));
-                    let wv = b.splat(&ws);
+                    let wv = if self.pool_max {
+                        String::new()
+                    } else {
+                        let wq = b.tmp();
+                        b.line(&format!(
+                            "  {wq} = getelementptr float, float* %wp, i64 {}",
+                            th * g.k[1] + tw
+                        ));
+                        let ws = b.tmp();
+                        b.line(&format!("  {ws} = load float, float* {wq}, align 4"));
+                        b.splat(&ws)
+                    };
                     for (v, c) in cur.iter_mut().enumerate() {
                         // input column of lane 0 of this vector
                         let ix = b.tmp();
@@ -662,7 +680,11 @@ impl ConvKernel {
                                     ));
                                     let m = b.tmp();
                                     b.line(&format!("  {m} = and <{w} x i1> {ge}, {lt}"));
-                                    b.masked_load(&pv, &m)
+                                    if self.pool_max {
+                                        b.masked_load_or(&pv, &m, &ninf)
+                                    } else {
+                                        b.masked_load(&pv, &m)
+                                    }
                                 } else {
                                     let x = b.tmp();
                                     b.line(&format!("  {x} = load {vt}, {vt}* {pv}, align 4"));
@@ -684,11 +706,16 @@ impl ConvKernel {
                             ));
                             x
                         };
-                        let n = b.tmp();
-                        b.line(&format!(
-                            "  {n} = call {vt} @llvm.fma.v{w}f32({vt} {x}, {vt} {wv}, {vt} {c})"
-                        ));
-                        *c = n;
+                        *c = if self.pool_max {
+                            // x > acc ? x : acc, as the Cranelift pool (kb.fmax)
+                            b.select("ogt", &x, c, &x, c)
+                        } else {
+                            let n = b.tmp();
+                            b.line(&format!(
+                                "  {n} = call {vt} @llvm.fma.v{w}f32({vt} {x}, {vt} {wv}, {vt} {c})"
+                            ));
+                            n
+                        };
                     }
                 }
                 b.line(&format!("  br label %{after}_m"));
@@ -1031,10 +1058,14 @@ impl Emit {
         c
     }
     fn masked_load(&mut self, p: &str, m: &str) -> String {
+        self.masked_load_or(p, m, "zeroinitializer")
+    }
+    /// Masked load with `other` in the masked-off lanes.
+    fn masked_load_or(&mut self, p: &str, m: &str, other: &str) -> String {
         let (w, vt) = (self.w, self.vt.clone());
         let x = self.tmp();
         self.line(&format!(
-            "  {x} = call {vt} @llvm.masked.load.v{w}f32.p0v{w}f32({vt}* {p}, i32 4, <{w} x i1> {m}, {vt} zeroinitializer)"
+            "  {x} = call {vt} @llvm.masked.load.v{w}f32.p0v{w}f32({vt}* {p}, i32 4, <{w} x i1> {m}, {vt} {other})"
         ));
         x
     }

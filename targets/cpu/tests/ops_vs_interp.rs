@@ -26,9 +26,12 @@ fn check(g: &Graph, inputs: &[Tensor]) {
     kiln_ir::verify::verify(g).expect("valid graph");
     let want = interp::run(g, inputs).expect("interpreter");
     let mut configs = vec![kiln_target_cpu::CpuOptions::host("t")];
-    if g.iter_nodes()
-        .any(|(_, n)| matches!(n.op, Op::Conv(_) | Op::MatMul | Op::Gemm(_)))
-    {
+    if g.iter_nodes().any(|(_, n)| {
+        matches!(
+            n.op,
+            Op::Conv(_) | Op::MatMul | Op::Gemm(_) | Op::MaxPool(_)
+        )
+    }) {
         for cpu in ["x86-64-v3", "x86-64"] {
             configs.push(kiln_target_cpu::CpuOptions {
                 target_cpu: Some(cpu.into()),
@@ -773,6 +776,24 @@ fn conv_transpose_and_pools() {
             Op::AveragePool(a)
         };
         run_unary("pool", op, &[1, 2, 8, 7], |x| x);
+    }
+    // max pools on the wide (depthwise-style) kernel: several vectors per row plus a tail,
+    // stride 1 and 2, ceil mode past the right edge, dilation, batches
+    for (k, s, p, d, ceil, shape) in [
+        (3, 1, 1, 1, false, vec![2, 3, 9, 45]),
+        (2, 2, 0, 1, false, vec![1, 4, 12, 40]),
+        (3, 2, 0, 1, true, vec![1, 2, 13, 38]),
+        (3, 1, 2, 2, false, vec![1, 2, 11, 21]),
+    ] {
+        let a = PoolAttrs {
+            kernel: vec![k, k],
+            strides: vec![s, s],
+            pads: vec![p; 4],
+            dilations: vec![d, d],
+            ceil_mode: ceil,
+            count_include_pad: false,
+        };
+        run_unary("max_pool_wide", Op::MaxPool(a), &shape, |x| x);
     }
 }
 
