@@ -5,6 +5,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+scripts/setup-llvm.sh
 PY="$(scripts/setup-python.sh | tail -n 1)"
 "$PY" golden/make_golden.py --only-models --paddleocr
 cargo build --release -p kiln-compiler

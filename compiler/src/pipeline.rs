@@ -244,6 +244,7 @@ impl TargetOpts {
             target: self.triple.clone(),
             target_cpu: self.cpu.clone(),
             wide: self.wide,
+            ..CpuOptions::host(name)
         }
     }
 }

@@ -3,7 +3,9 @@
 //! A compiled model hands the pool ranges of independent work items (output tiles of a
 //! convolution or matrix product) through the C ABI's `kiln_pool.parallel_for`. Worker threads
 //! are spawned once by [`ThreadPool::new`]; between jobs they spin briefly and then sleep on a
-//! condition variable. Nothing is allocated or spawned on the run path.
+//! condition variable. A job's items are taken in chunks (a quarter of an even share) by
+//! compare-and-swap, so a worker the OS has not scheduled yet delays nothing: the caller takes
+//! the chunks itself. Nothing is allocated or spawned on the run path.
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -36,30 +38,52 @@ const _: () = {
 
 struct Shared {
     threads: usize,
+    /// Job number; bumped to publish a job.
     generation: AtomicU64,
-    /// Workers that have not finished the current job.
-    pending: AtomicUsize,
+    /// `job number << 32 | next item`: chunks are taken by compare-and-swap, so the caller
+    /// takes every chunk itself when a worker is slow to wake, and a late worker never takes
+    /// a chunk of a newer job.
+    next: AtomicU64,
+    /// Items of the current job finished.
+    done: AtomicI64,
     stop: AtomicBool,
+    sleepers: AtomicUsize,
     f: AtomicUsize,
     arg: AtomicUsize,
     n: AtomicI64,
+    chunk: AtomicI64,
     lock: Mutex<()>,
     wake: Condvar,
 }
 
 impl Shared {
-    /// Chunk `i` of `0..n` split into `threads` near-equal ranges.
-    fn run_chunk(&self, i: usize) {
-        let n = self.n.load(Ordering::Relaxed);
-        let t = self.threads as i64;
-        let (b, e) = (n * i as i64 / t, n * (i as i64 + 1) / t);
-        if b < e {
-            // SAFETY: `f` and `arg` were published by `parallel_for` for this generation
-            // (Acquire on `generation`); the caller keeps `arg` alive until every worker is done.
-            unsafe {
-                let f: KilnTaskFn = std::mem::transmute(self.f.load(Ordering::Relaxed));
-                f(self.arg.load(Ordering::Relaxed) as *mut c_void, b, e);
+    /// Take and run chunks of job `job` until none is left.
+    fn work(&self, job: u64, f: usize, arg: usize, n: i64, chunk: i64) {
+        loop {
+            let v = self.next.load(Ordering::Acquire);
+            if v >> 32 != job & 0xffff_ffff {
+                return;
             }
+            let b = (v & 0xffff_ffff) as i64;
+            if b >= n {
+                return;
+            }
+            let e = (b + chunk).min(n);
+            let w = (v & !0xffff_ffff) | e as u64;
+            if self
+                .next
+                .compare_exchange_weak(v, w, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                continue;
+            }
+            // SAFETY: `f` and `arg` belong to job `job` (the successful CAS proves the job is
+            // still current); the caller keeps `arg` alive until all its items are done.
+            unsafe {
+                let f: KilnTaskFn = std::mem::transmute(f);
+                f(arg as *mut c_void, b, e);
+            }
+            self.done.fetch_add(e - b, Ordering::AcqRel);
         }
     }
 }
@@ -67,53 +91,65 @@ impl Shared {
 /// Spin iterations before a worker sleeps (a few tens of microseconds).
 const SPIN: u32 = 1 << 15;
 
-fn worker(s: Arc<Shared>, index: usize) {
+fn worker(s: Arc<Shared>) {
     let mut seen = 0u64;
     loop {
         let mut spins = 0;
-        let mut g = s.generation.load(Ordering::Acquire);
-        while g == seen {
-            if spins < SPIN {
-                spins += 1;
-                std::hint::spin_loop();
-            } else {
-                let guard = s.lock.lock().unwrap_or_else(|e| e.into_inner());
-                let guard = s
-                    .wake
-                    .wait_while(guard, |_| s.generation.load(Ordering::Acquire) == seen)
-                    .unwrap_or_else(|e| e.into_inner());
-                drop(guard);
-            }
-            g = s.generation.load(Ordering::Acquire);
+        let mut g = s.generation.load(Ordering::SeqCst);
+        while g == seen && spins < SPIN {
+            spins += 1;
+            std::hint::spin_loop();
+            g = s.generation.load(Ordering::SeqCst);
+        }
+        if g == seen {
+            let guard = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+            s.sleepers.fetch_add(1, Ordering::SeqCst);
+            let guard = s
+                .wake
+                .wait_while(guard, |_| s.generation.load(Ordering::SeqCst) == seen)
+                .unwrap_or_else(|e| e.into_inner());
+            s.sleepers.fetch_sub(1, Ordering::SeqCst);
+            drop(guard);
+            g = s.generation.load(Ordering::SeqCst);
         }
         seen = g;
-        if s.stop.load(Ordering::Acquire) {
+        if s.stop.load(Ordering::SeqCst) {
             return;
         }
-        s.run_chunk(index);
-        s.pending.fetch_sub(1, Ordering::AcqRel);
+        // a snapshot of the job; `work` re-checks the job number on every take
+        s.work(
+            g,
+            s.f.load(Ordering::Acquire),
+            s.arg.load(Ordering::Acquire),
+            s.n.load(Ordering::Acquire),
+            s.chunk.load(Ordering::Acquire),
+        );
     }
 }
 
 unsafe extern "C" fn parallel_for(ctx: *mut c_void, f: KilnTaskFn, arg: *mut c_void, n: i64) {
     // SAFETY: `ctx` is the `Shared` of a live `ThreadPool` (set by `ThreadPool::new`).
     let s = unsafe { &*(ctx as *const Shared) };
-    if s.threads <= 1 || n <= 1 {
+    if s.threads <= 1 || n <= 1 || n > 0xffff_ffff {
         unsafe { f(arg, 0, n.max(0)) };
         return;
     }
-    s.f.store(f as usize, Ordering::Relaxed);
-    s.arg.store(arg as usize, Ordering::Relaxed);
-    s.n.store(n, Ordering::Relaxed);
-    s.pending.store(s.threads - 1, Ordering::Relaxed);
-    s.generation.fetch_add(1, Ordering::AcqRel);
-    {
+    let job = s.generation.load(Ordering::SeqCst) + 1;
+    let chunk = (n / (4 * s.threads as i64)).max(1);
+    s.f.store(f as usize, Ordering::Release);
+    s.arg.store(arg as usize, Ordering::Release);
+    s.n.store(n, Ordering::Release);
+    s.chunk.store(chunk, Ordering::Release);
+    s.done.store(0, Ordering::SeqCst);
+    s.next.store((job & 0xffff_ffff) << 32, Ordering::SeqCst);
+    s.generation.store(job, Ordering::SeqCst);
+    if s.sleepers.load(Ordering::SeqCst) > 0 {
         let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
         s.wake.notify_all();
     }
-    s.run_chunk(0);
+    s.work(job, f as usize, arg as usize, n, chunk);
     let mut spins = 0u32;
-    while s.pending.load(Ordering::Acquire) != 0 {
+    while s.done.load(Ordering::Acquire) < n {
         if spins < SPIN {
             spins += 1;
             std::hint::spin_loop();
@@ -143,11 +179,14 @@ impl ThreadPool {
         let shared = Arc::new(Shared {
             threads,
             generation: AtomicU64::new(0),
-            pending: AtomicUsize::new(0),
+            next: AtomicU64::new(0),
+            done: AtomicI64::new(0),
             stop: AtomicBool::new(false),
+            sleepers: AtomicUsize::new(0),
             f: AtomicUsize::new(0),
             arg: AtomicUsize::new(0),
             n: AtomicI64::new(0),
+            chunk: AtomicI64::new(1),
             lock: Mutex::new(()),
             wake: Condvar::new(),
         });
@@ -157,7 +196,7 @@ impl ThreadPool {
             workers.push(
                 std::thread::Builder::new()
                     .name(format!("kiln-worker-{i}"))
-                    .spawn(move || worker(s, i))?,
+                    .spawn(move || worker(s))?,
             );
         }
         let abi = Box::new(KilnPool {
@@ -184,8 +223,8 @@ impl ThreadPool {
 
 impl Drop for ThreadPool {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
-        self.shared.generation.fetch_add(1, Ordering::AcqRel);
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.generation.fetch_add(1, Ordering::SeqCst);
         {
             let _g = self.shared.lock.lock().unwrap_or_else(|e| e.into_inner());
             self.shared.wake.notify_all();

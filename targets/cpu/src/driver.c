@@ -410,82 +410,126 @@ static char *output_file_name(const kiln_model *m, uint32_t i) {
 
 /* ---- thread pool (--threads) ------------------------------------------- */
 
-/* Workers started once; each job is split into `threads` contiguous ranges,
- * range 0 runs on the calling thread. */
+/* Workers started once. A job's items are handed out in chunks from one
+ * atomic word (job number << 32 | next item) by compare-and-swap, so the
+ * calling thread takes every chunk itself when a worker is slow to wake
+ * (a busy machine), and a late worker can never take a chunk of a newer job.
+ * Between jobs workers spin on the job counter for a while (jobs come in
+ * bursts: one per convolution), then sleep on a condition variable. */
+#include <sched.h>
+#include <stdatomic.h>
+
+#define POOL_SPIN 20000
+
 typedef struct pool_state {
   pthread_mutex_t mu;
-  pthread_cond_t start, done;
-  int threads, stop, pending;
-  unsigned long generation;
-  kiln_task_fn fn;
-  void *arg;
-  int64_t n;
+  pthread_cond_t start;
+  int threads;
+  atomic_ulong generation;  /* job number; bumped to publish a job */
+  atomic_ullong next;       /* job number << 32 | next item */
+  atomic_llong done;        /* items of the current job finished */
+  atomic_int stop, sleepers;
+  /* the job (atomics: a late worker may read them while the next job is set) */
+  _Atomic(kiln_task_fn) fn;
+  _Atomic(void *) arg;
+  atomic_llong n, chunk;
 } pool_state;
 
-typedef struct worker_arg {
-  pool_state *p;
-  int index;
-} worker_arg;
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
 
-static void run_range(pool_state *p, int i) {
-  int64_t b = p->n * i / p->threads, e = p->n * (i + 1) / p->threads;
-  if (b < e) p->fn(p->arg, b, e);
+/* Take and run chunks of job `job` until none is left. */
+static void pool_work(pool_state *p, unsigned long job, kiln_task_fn fn, void *arg,
+                      int64_t n, int64_t chunk) {
+  for (;;) {
+    unsigned long long v = atomic_load(&p->next);
+    if ((unsigned long)(v >> 32) != (job & 0xffffffffu)) return;
+    int64_t b = (int64_t)(v & 0xffffffffu);
+    if (b >= n) return;
+    int64_t e = b + chunk < n ? b + chunk : n;
+    unsigned long long w = (v & ~0xffffffffull) | (unsigned long long)e;
+    if (!atomic_compare_exchange_weak(&p->next, &v, w)) continue;
+    fn(arg, b, e);
+    atomic_fetch_add(&p->done, e - b);
+  }
 }
 
 static void *pool_worker(void *a) {
-  worker_arg *w = a;
-  pool_state *p = w->p;
+  pool_state *p = a;
   unsigned long seen = 0;
-  pthread_mutex_lock(&p->mu);
   for (;;) {
-    while (p->generation == seen) pthread_cond_wait(&p->start, &p->mu);
-    seen = p->generation;
-    if (p->stop) break;
-    pthread_mutex_unlock(&p->mu);
-    run_range(p, w->index);
-    pthread_mutex_lock(&p->mu);
-    if (--p->pending == 0) pthread_cond_signal(&p->done);
+    unsigned long g;
+    int spins = 0;
+    while ((g = atomic_load(&p->generation)) == seen && spins < POOL_SPIN) {
+      cpu_relax();
+      spins++;
+    }
+    if (g == seen) {
+      pthread_mutex_lock(&p->mu);
+      atomic_fetch_add(&p->sleepers, 1);
+      while ((g = atomic_load(&p->generation)) == seen)
+        pthread_cond_wait(&p->start, &p->mu);
+      atomic_fetch_sub(&p->sleepers, 1);
+      pthread_mutex_unlock(&p->mu);
+    }
+    seen = g;
+    if (atomic_load(&p->stop)) break;
+    /* a snapshot of the job; pool_work re-checks the job number on every take */
+    pool_work(p, g, atomic_load(&p->fn), atomic_load(&p->arg), atomic_load(&p->n),
+              atomic_load(&p->chunk));
   }
-  pthread_mutex_unlock(&p->mu);
   return NULL;
 }
 
 static void pool_parallel_for(void *ctx, kiln_task_fn fn, void *arg, int64_t n) {
   pool_state *p = ctx;
-  if (p->threads <= 1 || n <= 1) {
+  if (p->threads <= 1 || n <= 1 || n > 0xffffffffll) {
     if (n > 0) fn(arg, 0, n);
     return;
   }
-  pthread_mutex_lock(&p->mu);
-  p->fn = fn;
-  p->arg = arg;
-  p->n = n;
-  p->pending = p->threads - 1;
-  p->generation++;
-  pthread_cond_broadcast(&p->start);
-  pthread_mutex_unlock(&p->mu);
-  run_range(p, 0);
-  pthread_mutex_lock(&p->mu);
-  while (p->pending > 0) pthread_cond_wait(&p->done, &p->mu);
-  pthread_mutex_unlock(&p->mu);
+  unsigned long job = atomic_load(&p->generation) + 1;
+  int64_t chunk = n / (4 * (int64_t)p->threads);
+  if (chunk < 1) chunk = 1;
+  atomic_store(&p->fn, fn);
+  atomic_store(&p->arg, arg);
+  atomic_store(&p->n, n);
+  atomic_store(&p->chunk, chunk);
+  atomic_store(&p->done, 0);
+  atomic_store(&p->next, (unsigned long long)(job & 0xffffffffu) << 32);
+  atomic_store(&p->generation, job); /* publishes the job (seq_cst) */
+  if (atomic_load(&p->sleepers) > 0) {
+    pthread_mutex_lock(&p->mu);
+    pthread_cond_broadcast(&p->start);
+    pthread_mutex_unlock(&p->mu);
+  }
+  pool_work(p, job, fn, arg, n, chunk);
+  int spins = 0;
+  while (atomic_load(&p->done) < n) {
+    if (++spins < POOL_SPIN) {
+      cpu_relax();
+    } else {
+      sched_yield();
+    }
+  }
 }
 
 /* Start threads-1 workers; NULL on failure. */
 static kiln_pool *pool_create(int threads) {
   static pool_state st;
   static kiln_pool pool;
-  static worker_arg args[256];
-  static pthread_t tids[256];
+  static pthread_t tid;
   if (threads > 256) threads = 256;
   pthread_mutex_init(&st.mu, NULL);
   pthread_cond_init(&st.start, NULL);
-  pthread_cond_init(&st.done, NULL);
   st.threads = threads;
   for (int i = 1; i < threads; i++) {
-    args[i].p = &st;
-    args[i].index = i;
-    if (pthread_create(&tids[i], NULL, pool_worker, &args[i]) != 0) return NULL;
-    pthread_detach(tids[i]);
+    if (pthread_create(&tid, NULL, pool_worker, &st) != 0) return NULL;
+    pthread_detach(tid);
   }
   pool.ctx = &st;
   pool.threads = threads;

@@ -546,7 +546,7 @@ fn wide_conv(kb: &mut Kb, ck: &crate::ukernel::ConvKernel, f: FuncRef, n_in: usi
             let off = kb.b.ins().imul_imm_u(ni, (g.c * g.h * g.w * 4) as i64);
             let x = kb.b.ins().iadd(xp, off);
             let pack = kb.pack.expect("packing function");
-            call_wide(kb, pack, [x, zero, zero, zero, sp], g.c);
+            call_wide(kb, pack, [x, zero, zero, zero, sp], g.c, ck.parallel);
             sp
         } else {
             let off = kb.b.ins().imul_imm_u(ni, (g.c * g.h * g.w * 4) as i64);
@@ -559,7 +559,7 @@ fn wide_conv(kb: &mut Kb, ck: &crate::ukernel::ConvKernel, f: FuncRef, n_in: usi
             None => zero,
         };
         let b = bp.unwrap_or(zero);
-        call_wide(kb, f, [q, wp, b, r, o], ck.work());
+        call_wide(kb, f, [q, wp, b, r, o], ck.work(), ck.parallel);
     });
 }
 
@@ -574,14 +574,16 @@ fn wide_pool(kb: &mut Kb, x: &TensorType, out: &TensorType) {
         let xn = kb.b.ins().iadd(xp, xo);
         let oo = kb.b.ins().imul_imm_u(ni, oi as i64);
         let on = kb.b.ins().iadd(op, oo);
-        call_wide(kb, f, [xn, zero, zero, zero, on], ck.work());
+        call_wide(kb, f, [xn, zero, zero, zero, on], ck.work(), ck.parallel);
     });
 }
 
 /// Call a wide kernel over its work items `0..work`: directly, or — when the kernel function's
 /// last parameter (the `kiln_pool`) is not null — split over the pool's threads through the
 /// task trampoline, with the kernel's arguments and address in a stack block.
-fn call_wide(kb: &mut Kb, f: FuncRef, args: [Value; 5], work: usize) {
+/// Single-threaded when `parallel` is false (`ConvKernel::parallel`: too little work to be worth
+/// waking the pool).
+fn call_wide(kb: &mut Kb, f: FuncRef, args: [Value; 5], work: usize, parallel: bool) {
     use cranelift_codegen::ir::{AbiParam, Signature, StackSlotData, StackSlotKind};
     let pool = *kb.params.last().expect("pool parameter");
     let zero = kb.ic(0);
@@ -591,7 +593,7 @@ fn call_wide(kb: &mut Kb, f: FuncRef, args: [Value; 5], work: usize) {
         kb.b.create_block(),
         kb.b.create_block(),
     );
-    if work > 1 {
+    if work > 1 && parallel {
         kb.b.ins().brif(pool, par, &[], seq, &[]);
     } else {
         kb.b.ins().jump(seq, &[]);
@@ -1192,7 +1194,7 @@ fn wide_gemm(kb: &mut Kb, a: &GemmAttrs, ins: &[&TensorType], out: &TensorType) 
     let zero = kb.ic(0);
     let s = if a.trans_a { (1, m) } else { (k, 1) };
     pack_rows(kb, &ck, ap, zero, s, sp);
-    call_wide(kb, f, [bp, sp, zero, zero, op], ck.work());
+    call_wide(kb, f, [bp, sp, zero, zero, op], ck.work(), ck.parallel);
     let c = (ins.len() == 3 && a.beta != 0.0)
         .then(|| (kb.params[2], bcast_strides(&ins[2].shape, &out.shape)));
     if a.alpha == 1.0 && c.is_none() {
@@ -1402,7 +1404,7 @@ fn matmul(kb: &mut Kb, ins: &[&TensorType], _out: &TensorType) -> KResult {
             pack_rows(kb, &ck, ap, ab, (k, 1), sp);
             let q = kb.addr(bp, bo, 4);
             let o = kb.addr(op, oo, 4);
-            call_wide(kb, f, [q, sp, zero, zero, o], ck.work());
+            call_wide(kb, f, [q, sp, zero, zero, o], ck.work(), ck.parallel);
         });
         return Ok(());
     }

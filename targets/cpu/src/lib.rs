@@ -72,6 +72,9 @@ pub struct CpuOptions {
     pub target_cpu: Option<String>,
     /// Run convolutions in LLVM-generated wide-vector kernels (`false`: Cranelift only).
     pub wide: bool,
+    /// Wide kernels with fewer multiply-adds per image run on the calling thread even when
+    /// `run_pool` gets a pool (waking threads costs microseconds).
+    pub par_min_macs: usize,
 }
 
 impl CpuOptions {
@@ -83,6 +86,7 @@ impl CpuOptions {
             target: None,
             target_cpu: None,
             wide: true,
+            par_min_macs: 1 << 17,
         }
     }
 }
@@ -210,6 +214,10 @@ impl Wide {
                 }
                 _ => None,
             };
+            let ck = ck.map(|mut ck| {
+                ck.parallel = ck.macs() >= opts.par_min_macs;
+                ck
+            });
             if let Some(ck) = &ck {
                 ck.ir(0, &mut ir);
                 if ck.packs_input() {

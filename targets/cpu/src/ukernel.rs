@@ -48,6 +48,8 @@ pub(crate) struct ConvKernel {
     pub b_const: Option<bool>,
     /// A max pool run by the depthwise kernel (max instead of multiply-add, no weights).
     pub pool_max: bool,
+    /// Split over the caller's pool (else always on the calling thread: too little work).
+    pub parallel: bool,
 }
 
 /// Whether an epilogue step has a vector lowering here.
@@ -106,6 +108,7 @@ impl ConvKernel {
             xt: 0,
             b_const: None,
             pool_max: false,
+            parallel: true,
             g,
         })
     }
@@ -153,6 +156,7 @@ impl ConvKernel {
             xt,
             b_const: None,
             pool_max: false,
+            parallel: true,
             g,
         })
     }
@@ -221,6 +225,12 @@ impl ConvKernel {
     /// Floats of the run-time packed weights (`[m-block][k][mr]`).
     pub fn packed_len(&self) -> usize {
         self.groups * self.mb * self.g.cg * self.g.k[0] * self.g.k[1] * self.mr
+    }
+
+    /// Multiply-adds (or max operations) per image.
+    pub fn macs(&self) -> usize {
+        let g = &self.g;
+        g.m * g.cg * g.k[0] * g.k[1] * g.oh * g.ow
     }
 
     /// Work items per image.

@@ -25,7 +25,12 @@ impl Rng {
 fn check(g: &Graph, inputs: &[Tensor]) {
     kiln_ir::verify::verify(g).expect("valid graph");
     let want = interp::run(g, inputs).expect("interpreter");
-    let mut configs = vec![kiln_target_cpu::CpuOptions::host("t")];
+    // par_min_macs 0: even these small kernels go through the pool in the 3-thread run
+    let host = kiln_target_cpu::CpuOptions {
+        par_min_macs: 0,
+        ..kiln_target_cpu::CpuOptions::host("t")
+    };
+    let mut configs = vec![host.clone()];
     if g.iter_nodes().any(|(_, n)| {
         matches!(
             n.op,
@@ -35,12 +40,12 @@ fn check(g: &Graph, inputs: &[Tensor]) {
         for cpu in ["x86-64-v3", "x86-64"] {
             configs.push(kiln_target_cpu::CpuOptions {
                 target_cpu: Some(cpu.into()),
-                ..kiln_target_cpu::CpuOptions::host("t")
+                ..host.clone()
             });
         }
         configs.push(kiln_target_cpu::CpuOptions {
             wide: false,
-            ..kiln_target_cpu::CpuOptions::host("t")
+            ..host.clone()
         });
     }
     for opts in &configs {
