@@ -260,7 +260,7 @@ pub fn emit(
     match emit {
         Emit::Ir => return Ok(link::write_atomic(out, kiln_ir::text::print(g).as_bytes())?),
         Emit::Header => {
-            let plan = kiln_target_cpu::plan(g);
+            let plan = kiln_target_cpu::plan_for(g, target.wide);
             let h = kiln_target_cpu::generate_header(
                 name,
                 g,

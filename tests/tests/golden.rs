@@ -216,6 +216,25 @@ fn opt_levels(name: &str) {
     }
 }
 
+/// A compiled `.so` needs nothing beyond libc and libm (`ldd`, where available).
+fn assert_standalone(so: &std::path::Path) {
+    let Ok(out) = std::process::Command::new("ldd").arg(so).output() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in text.lines() {
+        let lib = line.split_whitespace().next().unwrap_or("");
+        assert!(
+            lib.starts_with("linux-vdso")
+                || lib.starts_with("libc.so")
+                || lib.starts_with("libm.so")
+                || lib.contains("ld-linux"),
+            "{}: depends on {lib} (ldd: {text})",
+            so.display()
+        );
+    }
+}
+
 /// Build a `.so` (loaded from Rust) and an executable (run on the .npy files) at -O2, compare both.
 fn artefacts(name: &str) {
     let Some(c) = case(name) else { return };
@@ -233,6 +252,7 @@ fn artefacts(name: &str) {
     let so = tmp.path().join(format!("lib{name}.so"));
     pipeline::emit(&g, pipeline::Emit::So, &so, name, &Default::default()).unwrap();
     let m = Model::load(&so).unwrap();
+    assert_standalone(&so);
     let single = run_model(&m, &c);
     check_outputs(&c, &single, ".so from Rust");
     // two threads compute the same work items: bit-identical

@@ -138,13 +138,7 @@ impl Wide {
                         ins[0],
                         out,
                     ) {
-                        Ok(geom)
-                            if f32s
-                                && const_w
-                                && ins[0].shape.len() == 4
-                                && geom.cg == 1
-                                && geom.mg == 1 =>
-                        {
+                        Ok(geom) if wide_depthwise(g, node).is_some() => {
                             ukernel::ConvKernel::depthwise(
                                 format!("{prefix}_k{k}_wide"),
                                 geom,
@@ -463,7 +457,7 @@ fn generate<M: Module>(
     }
     let prefix = sym(&opts.name);
     let fcfg = module.isa().frontend_config();
-    let plan: MemPlan = plan(g);
+    let plan: MemPlan = plan_for(g, opts.wide);
     let mut fctx = FunctionBuilderContext::new();
     let mut ctx = Context::new();
 
@@ -892,11 +886,45 @@ impl<M: Module> KernelDef<'_, M> {
 
 /// The memory plan the CPU back end uses: intermediates plus per-kernel scratch.
 pub fn plan(g: &Graph) -> MemPlan {
+    plan_for(g, true)
+}
+
+/// The memory plan for code with (`wide`) or without the LLVM kernels: depthwise convolutions
+/// on the wide kernel read their input in place and need no packing scratch.
+pub fn plan_for(g: &Graph, wide: bool) -> MemPlan {
     memplan::plan_with_scratch(g, &|n| {
+        if wide && wide_depthwise(g, n).is_some() {
+            return 0;
+        }
         let ins: Vec<&TensorType> = n.inputs.iter().map(|v| g.ty(*v)).collect();
         let outs: Vec<&TensorType> = n.outputs.iter().map(|v| g.ty(*v)).collect();
         kernels::scratch_bytes(n, &ins, &outs)
     })
+}
+
+/// The geometry of a convolution the wide depthwise kernel runs (f32, constant weights, 2-D),
+/// if `node` is one.
+fn wide_depthwise(g: &Graph, node: &kiln_ir::Node) -> Option<kernels::Geom> {
+    let kiln_ir::Op::Conv(a) = &node.op else {
+        return None;
+    };
+    let ins: Vec<&TensorType> = node.inputs.iter().map(|v| g.ty(*v)).collect();
+    let out = g.ty(node.outputs[0]);
+    let f32s = ins
+        .iter()
+        .chain([&out])
+        .all(|t| t.dtype == kiln_ir::DType::F32);
+    if !f32s || g.const_data(node.inputs[1]).is_none() || ins[0].shape.len() != 4 {
+        return None;
+    }
+    let geom = kernels::Geom::new(
+        (&a.kernel, &a.strides, &a.pads, &a.dilations),
+        a.groups,
+        ins[0],
+        out,
+    )
+    .ok()?;
+    ukernel::depthwise_ok(&geom, &a.epilogue).then_some(geom)
 }
 
 fn same_storage(plan: &MemPlan, a: kiln_ir::ValueId, b: kiln_ir::ValueId) -> bool {

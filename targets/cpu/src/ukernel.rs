@@ -52,6 +52,11 @@ pub(crate) struct ConvKernel {
     pub parallel: bool,
 }
 
+/// Whether [`ConvKernel::depthwise`] takes a convolution of this shape and epilogue.
+pub(crate) fn depthwise_ok(g: &Geom, epilogue: &[EpilogueStep]) -> bool {
+    g.cg == 1 && g.mg == 1 && g.s[0] <= 2 && g.s[1] <= 2 && epilogue.iter().all(step_supported)
+}
+
 /// Whether an epilogue step has a vector lowering here.
 fn step_supported(s: &EpilogueStep) -> bool {
     match s {
@@ -126,12 +131,7 @@ impl ConvKernel {
         epilogue: &[EpilogueStep],
         t: &LlvmTarget,
     ) -> Option<ConvKernel> {
-        if g.cg != 1
-            || g.mg != 1
-            || g.s[0] > 2
-            || g.s[1] > 2
-            || !epilogue.iter().all(step_supported)
-        {
+        if !depthwise_ok(&g, epilogue) {
             return None;
         }
         let lanes = t.lanes;
