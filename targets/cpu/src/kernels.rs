@@ -1141,43 +1141,6 @@ fn mm_dot_vec(
     kb.b.use_var(sacc)
 }
 
-/// The left operand of a wide matrix product into its run-time packed layout:
-/// `sp[(b * k + c) * mr + i] = A[b * mr + i][c]` (element `(i, c)` at `ap[base + i * s.0 + c *
-/// s.1]`), zero past row m.
-fn pack_rows(
-    kb: &mut Kb,
-    ck: &crate::ukernel::ConvKernel,
-    ap: Value,
-    base: Value,
-    s: (usize, usize),
-    sp: Value,
-) {
-    let (m, k, mr) = (ck.g.m, ck.g.c, ck.mr);
-    kb.for_nd(&[ck.mb, mr], &mut |kb, bi| {
-        let row = kb.b.ins().imul_imm_u(bi[0], mr as i64);
-        let row = kb.b.ins().iadd(row, bi[1]);
-        let dst0 = kb.b.ins().imul_imm_u(bi[0], (k * mr) as i64);
-        let dst0 = kb.b.ins().iadd(dst0, bi[1]);
-        let inside =
-            kb.b.ins()
-                .icmp_imm_u(IntCC::UnsignedLessThan, row, m as i64);
-        let src0 = kb.b.ins().imul_imm_u(row, s.0 as i64);
-        let src0 = kb.b.ins().iadd(src0, base);
-        kb.for_n(k, &mut |kb, c| {
-            let sc = kb.b.ins().imul_imm_u(c, s.1 as i64);
-            let si = kb.b.ins().iadd(src0, sc);
-            // rows past m read element 0 (in bounds) and store zero
-            let si = kb.b.ins().select(inside, si, base);
-            let v = kb.load_f32(ap, si);
-            let z = kb.fc(0.0);
-            let v = kb.b.ins().select(inside, v, z);
-            let di = kb.b.ins().imul_imm_u(c, mr as i64);
-            let di = kb.b.ins().iadd(di, dst0);
-            kb.store_f32(v, sp, di);
-        });
-    });
-}
-
 /// Gemm with a constant B through the wide kernel: A packed at run time, B re-laid out at
 /// compile time as the `[k][n]` image (`ConvKernel::pack_b`), then `alpha` and `beta * C`.
 fn wide_gemm(kb: &mut Kb, a: &GemmAttrs, ins: &[&TensorType], out: &TensorType) {
@@ -1192,8 +1155,8 @@ fn wide_gemm(kb: &mut Kb, a: &GemmAttrs, ins: &[&TensorType], out: &TensorType) 
         "scratch too small"
     );
     let zero = kb.ic(0);
-    let s = if a.trans_a { (1, m) } else { (k, 1) };
-    pack_rows(kb, &ck, ap, zero, s, sp);
+    let pack = kb.pack.expect("operand packing function");
+    call_wide(kb, pack, [ap, zero, zero, zero, sp], ck.mb, ck.parallel);
     call_wide(kb, f, [bp, sp, zero, zero, op], ck.work(), ck.parallel);
     let c = (ins.len() == 3 && a.beta != 0.0)
         .then(|| (kb.params[2], bcast_strides(&ins[2].shape, &out.shape)));
@@ -1401,7 +1364,9 @@ fn matmul(kb: &mut Kb, ins: &[&TensorType], _out: &TensorType) -> KResult {
             let ab = kb.offset(idx, &sa);
             let bo = kb.offset(idx, &sb);
             let oo = kb.offset(idx, &so);
-            pack_rows(kb, &ck, ap, ab, (k, 1), sp);
+            let a = kb.addr(ap, ab, 4);
+            let pack = kb.pack.expect("operand packing function");
+            call_wide(kb, pack, [a, zero, zero, zero, sp], ck.mb, ck.parallel);
             let q = kb.addr(bp, bo, 4);
             let o = kb.addr(op, oo, 4);
             call_wide(kb, f, [q, sp, zero, zero, o], ck.work(), ck.parallel);

@@ -198,9 +198,8 @@ impl Wide {
                     .then(|| {
                         ukernel::ConvKernel::gemm(
                             format!("{prefix}_k{k}_wide"),
-                            out.shape[0],
-                            kd,
-                            out.shape[1],
+                            (out.shape[0], kd, out.shape[1]),
+                            ga.trans_a,
                             ga.trans_b,
                             &t,
                         )
@@ -214,7 +213,7 @@ impl Wide {
             });
             if let Some(ck) = &ck {
                 ck.ir(0, &mut ir);
-                if ck.packs_input() {
+                if ck.packs() {
                     ck.pack_ir(0, &mut ir);
                 }
             }
@@ -366,7 +365,7 @@ pub fn compile_jit_with(g: &Graph, opts: &CpuOptions) -> Result<JitModel, CpuErr
     if let Some(j) = &wide_jit {
         for ck in wide.convs.iter().flatten() {
             builder.symbol(&ck.name, j.address(&ck.name)?);
-            if ck.packs_input() {
+            if ck.packs() {
                 builder.symbol(ck.pack_name(), j.address(&ck.pack_name())?);
             }
         }
@@ -524,7 +523,7 @@ fn generate<M: Module>(
         let fid = module
             .declare_function(&ck.name, Linkage::Import, &ptr_sig(module, 7))
             .map_err(cg)?;
-        let pid = if ck.packs_input() {
+        let pid = if ck.packs() {
             Some(
                 module
                     .declare_function(&ck.pack_name(), Linkage::Import, &ptr_sig(module, 7))

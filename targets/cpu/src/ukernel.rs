@@ -50,6 +50,9 @@ pub(crate) struct ConvKernel {
     pub pool_max: bool,
     /// Split over the caller's pool (else always on the calling thread: too little work).
     pub parallel: bool,
+    /// A matrix product: element `(i, c)` of the left operand is at `i * a.0 + c * a.1`; it is
+    /// packed at run time by [`Self::pack_ir`].
+    pub a_strides: Option<(usize, usize)>,
 }
 
 /// Whether [`ConvKernel::depthwise`] takes a convolution of this shape and epilogue.
@@ -114,6 +117,7 @@ impl ConvKernel {
             b_const: None,
             pool_max: false,
             parallel: true,
+            a_strides: None,
             g,
         })
     }
@@ -157,6 +161,7 @@ impl ConvKernel {
             b_const: None,
             pool_max: false,
             parallel: true,
+            a_strides: None,
             g,
         })
     }
@@ -181,6 +186,7 @@ impl ConvKernel {
         };
         let mut ck = ConvKernel::new(name, g, 1, false, false, &[], t).expect("no epilogue");
         ck.prepacked = false;
+        ck.a_strides = Some((k, 1));
         ck
     }
 
@@ -194,14 +200,16 @@ impl ConvKernel {
     /// Gemm: `C[m,n] = A B` with a constant B given as `[k][n]` (`trans_b = false`) or `[n][k]`.
     pub fn gemm(
         name: String,
-        m: usize,
-        k: usize,
-        n: usize,
+        (m, k, n): (usize, usize, usize),
+        trans_a: bool,
         trans_b: bool,
         t: &LlvmTarget,
     ) -> ConvKernel {
         let mut ck = ConvKernel::matmul(name, m, k, n, t);
         ck.b_const = Some(trans_b);
+        if trans_a {
+            ck.a_strides = Some((1, m));
+        }
         ck
     }
 
@@ -800,9 +808,10 @@ impl ConvKernel {
 }
 
 impl ConvKernel {
-    /// Whether the kernel reads a packed copy of the input made by [`Self::pack_ir`].
-    pub fn packs_input(&self) -> bool {
-        self.pk.needed && !self.depthwise
+    /// Whether the kernel reads an operand packed at run time by [`Self::pack_ir`]: the
+    /// convolution input, or a matrix product's left operand.
+    pub fn packs(&self) -> bool {
+        self.a_strides.is_some() || (self.pk.needed && !self.depthwise)
     }
 
     /// The symbol of the packing function.
@@ -815,6 +824,9 @@ impl ConvKernel {
     /// last channel zeroed by whoever packs it. Every range is a compile-time constant; LLVM
     /// vectorizes the row copies (interleaved loads for stride 2) and the zero fills.
     pub fn pack_ir(&self, attrs_group: usize, out: &mut String) {
+        if let Some(s) = self.a_strides {
+            return self.pack_rows_ir(s, attrs_group, out);
+        }
         let (g, pk) = (&self.g, &self.pk);
         let per_c = pk.per_c();
         let mut b = Emit::new(self.lanes);
@@ -930,6 +942,69 @@ impl ConvKernel {
         b.line("  ret void");
         b.line("}");
         let _ = prev;
+        out.push_str(&b.s);
+    }
+}
+
+impl ConvKernel {
+    /// LLVM IR of `void name_pack(a, _, _, _, q, b0, b1)`: row blocks `b0..b1` of a matrix
+    /// product's left operand (element `(i, c)` at `a[i * s.0 + c * s.1]`) into the layout the
+    /// weights of a convolution have, `q[(b * k + c) * mr + i]`, zero past row m.
+    fn pack_rows_ir(&self, s: (usize, usize), attrs_group: usize, out: &mut String) {
+        let (m, k, mr) = (self.g.m, self.g.c, self.mr);
+        let mut b = Emit::new(self.lanes);
+        writeln!(
+            b.s,
+            "define void @{}(float* noalias %a, float* %u1, float* %u2, float* %u3, float* noalias %q, i64 %t0, i64 %t1) #{attrs_group} {{",
+            self.pack_name()
+        )
+        .unwrap();
+        b.line("entry:");
+        b.line("  %any = icmp ult i64 %t0, %t1");
+        b.line("  br i1 %any, label %item, label %done");
+        b.line("item:");
+        b.line("  %blk = phi i64 [ %t0, %entry ], [ %bn, %cp_exit ]");
+        b.line(&format!("  %qo = mul i64 %blk, {}", k * mr));
+        b.line("  %qb = getelementptr float, float* %q, i64 %qo");
+        b.line(&format!("  %r0 = mul i64 %blk, {mr}"));
+        let mut rows = Vec::new();
+        for i in 0..mr {
+            let (row, ok, rc, ro, ap) = (b.tmp(), b.tmp(), b.tmp(), b.tmp(), b.tmp());
+            b.line(&format!("  {row} = add i64 %r0, {i}"));
+            b.line(&format!("  {ok} = icmp ult i64 {row}, {m}"));
+            // rows past m read row 0 (in bounds) and store zero
+            b.line(&format!("  {rc} = select i1 {ok}, i64 {row}, i64 0"));
+            b.line(&format!("  {ro} = mul i64 {rc}, {}", s.0));
+            b.line(&format!(
+                "  {ap} = getelementptr float, float* %a, i64 {ro}"
+            ));
+            rows.push((ok, ap));
+        }
+        let c = b.loop_begin("cp", "item", 0, k);
+        let co = b.tmp();
+        b.line(&format!("  {co} = mul i64 {c}, {}", s.1));
+        let qo = b.tmp();
+        b.line(&format!("  {qo} = mul i64 {c}, {mr}"));
+        for (i, (ok, ap)) in rows.iter().enumerate() {
+            let (p, v, z, qi, d) = (b.tmp(), b.tmp(), b.tmp(), b.tmp(), b.tmp());
+            b.line(&format!(
+                "  {p} = getelementptr float, float* {ap}, i64 {co}"
+            ));
+            b.line(&format!("  {v} = load float, float* {p}, align 4"));
+            b.line(&format!("  {z} = select i1 {ok}, float {v}, float 0.0"));
+            b.line(&format!("  {qi} = add i64 {qo}, {i}"));
+            b.line(&format!(
+                "  {d} = getelementptr float, float* %qb, i64 {qi}"
+            ));
+            b.line(&format!("  store float {z}, float* {d}, align 4"));
+        }
+        b.loop_end("cp", &c, k);
+        b.line("  %bn = add i64 %blk, 1");
+        b.line("  %be = icmp eq i64 %bn, %t1");
+        b.line("  br i1 %be, label %done, label %item");
+        b.line("done:");
+        b.line("  ret void");
+        b.line("}");
         out.push_str(&b.s);
     }
 }
