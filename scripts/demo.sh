@@ -5,9 +5,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-scripts/setup-llvm.sh
-PY="$(scripts/setup-python.sh | tail -n 1)"
-"$PY" golden/make_golden.py --only-models --paddleocr
+PY="$(scripts/setup.sh | tail -n 1)"
 cargo build --release -p kiln-compiler
 KILN="$ROOT/target/release/kiln"
 OUT="$ROOT/target/demo"

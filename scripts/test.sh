@@ -4,9 +4,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-scripts/setup-llvm.sh
-PY="$(scripts/setup-python.sh | tail -n 1)"
-"$PY" golden/make_golden.py --only-models --paddleocr
+PY="$(scripts/setup.sh | tail -n 1)"
 export KILN_REQUIRE_GOLDEN=1
 LOG="$(mktemp)"
 trap 'rm -f "$LOG"' EXIT

@@ -349,20 +349,29 @@ fn per_channel(g: &Graph, v: ValueId, out: &[usize]) -> Option<Vec<f32>> {
     }
 }
 
-fn fold_mul_add_into_conv(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
+/// The operand orders of a Mul/Add node `n` in which one operand, shaped like the output, is a
+/// Conv output read only by `n`: (the op, the other operand, the Conv node, its attributes).
+fn conv_mul_add(g: &Graph, n: NodeId, ctx: &Ctx) -> Vec<(BinaryOp, ValueId, NodeId, ConvAttrs)> {
     let node = g.node(n);
     let Op::Binary(op @ (BinaryOp::Mul | BinaryOp::Add)) = node.op else {
-        return false;
+        return Vec::new();
     };
-    let out_shape = g.ty(node.outputs[0]).shape.clone();
-    for k in 0..2 {
-        let (y, cst) = (node.inputs[k], node.inputs[1 - k]);
-        if g.ty(y).shape != out_shape {
-            continue;
-        }
-        let Some((c, a)) = conv_feeding(g, y, n, ctx) else {
-            continue;
-        };
+    let out_shape = &g.ty(node.outputs[0]).shape;
+    (0..2)
+        .filter_map(|k| {
+            let (y, other) = (node.inputs[k], node.inputs[1 - k]);
+            if &g.ty(y).shape != out_shape {
+                return None;
+            }
+            let (c, a) = conv_feeding(g, y, n, ctx)?;
+            Some((op, other, c, a))
+        })
+        .collect()
+}
+
+fn fold_mul_add_into_conv(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
+    let out_shape = g.ty(g.node(n).outputs[0]).shape.clone();
+    for (op, cst, c, a) in conv_mul_add(g, n, ctx) {
         if !a.epilogue.is_empty() {
             continue;
         }
@@ -405,20 +414,8 @@ fn fuse_conv_activation(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
 /// has an epilogue (an activation: the scale cannot go into the weights) joins the epilogue as
 /// an `affine(s,0)` / `affine(1,s)` step — PP-LCNet's learnable affine after HardSwish.
 fn fuse_conv_affine(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
-    let node = g.node(n);
-    let Op::Binary(op @ (BinaryOp::Mul | BinaryOp::Add)) = node.op else {
-        return false;
-    };
-    let out_shape = g.ty(node.outputs[0]).shape.clone();
-    for k in 0..2 {
-        let (y, cst) = (node.inputs[k], node.inputs[1 - k]);
-        if g.ty(y).shape != out_shape {
-            continue;
-        }
+    for (op, cst, c, mut a) in conv_mul_add(g, n, ctx) {
         let Some(s) = scalar(g, cst) else { continue };
-        let Some((c, mut a)) = conv_feeding(g, y, n, ctx) else {
-            continue;
-        };
         if a.epilogue.is_empty() {
             continue; // fold_mul_add_into_conv folds it into the weights instead
         }

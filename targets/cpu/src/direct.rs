@@ -8,6 +8,7 @@ use crate::kb::{I64, Kb};
 use crate::kernels::KResult;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, Value};
+use cranelift_frontend::Variable;
 use kiln_ir::ops::{BinaryOp, ConvAttrs, PoolAttrs};
 use kiln_ir::types::strides_of;
 use kiln_ir::{DType, Op, TensorType};
@@ -16,6 +17,32 @@ fn num_of(dt: DType, what: &str) -> Result<Num, String> {
     Num::of(dt)
         .filter(|_| dt != DType::Bool)
         .ok_or_else(|| format!("{what} on {dt} is not supported by the CPU back end yet"))
+}
+
+/// `acc += x * w` in the accumulator's register form.
+fn mac(kb: &mut Kb, num: Num, acc: Variable, x: Value, w: Value) -> Result<(), String> {
+    let (add, mul) = (Op::Binary(BinaryOp::Add), Op::Binary(BinaryOp::Mul));
+    let a0 = kb.b.use_var(acc);
+    let p = apply(kb, &mul, num, x, Some(w))?;
+    let a1 = apply(kb, &add, num, a0, Some(p))?;
+    kb.b.def_var(acc, a1);
+    Ok(())
+}
+
+/// Element index of output position `o` (strides `os`) of image `n`, channel `c` of `m`.
+fn out_index(
+    kb: &mut Kb,
+    o: &[Value],
+    os: &[usize],
+    (n, c): (Value, Value),
+    m: usize,
+    plane: usize,
+) -> Value {
+    let oo = kb.offset(o, os);
+    let ob = kb.b.ins().imul_imm_u(n, (m * plane) as i64);
+    let oc = kb.b.ins().imul_imm_u(c, plane as i64);
+    let oo = kb.b.ins().iadd(oo, ob);
+    kb.b.ins().iadd(oo, oc)
 }
 
 fn zero(kb: &mut Kb, num: Num) -> Value {
@@ -85,7 +112,6 @@ pub(crate) fn conv(kb: &mut Kb, a: &ConvAttrs, ins: &[&TensorType], out: &Tensor
     let os = strides_of(&out_sp);
     let ks = strides_of(&a.kernel);
     let pads = &a.pads[..sp];
-    let (add, mul) = (Op::Binary(BinaryOp::Add), Op::Binary(BinaryOp::Mul));
     let mut err = None;
     let mut dims = vec![n, m];
     dims.extend_from_slice(&out_sp);
@@ -116,20 +142,12 @@ pub(crate) fn conv(kb: &mut Kb, a: &ConvAttrs, ins: &[&TensorType], out: &Tensor
                 let ko = kb.offset(k, &ks);
                 let wo = kb.b.ins().iadd(wc, ko);
                 let wv = load_num(kb, dt, wp, wo);
-                let a0 = kb.b.use_var(acc);
-                match apply(kb, &mul, num, xv, Some(wv))
-                    .and_then(|p| apply(kb, &add, num, a0, Some(p)))
-                {
-                    Ok(a1) => kb.b.def_var(acc, a1),
-                    Err(e) => err = Some(e),
+                if let Err(e) = mac(kb, num, acc, xv, wv) {
+                    err = Some(e);
                 }
             });
         });
-        let oo = kb.offset(o, &os);
-        let ob = kb.b.ins().imul_imm_u(ni, (m * out_plane) as i64);
-        let oc = kb.b.ins().imul_imm_u(mi, out_plane as i64);
-        let oo = kb.b.ins().iadd(oo, ob);
-        let oo = kb.b.ins().iadd(oo, oc);
+        let oo = out_index(kb, o, &os, (ni, mi), m, out_plane);
         let mut r = kb.b.use_var(acc);
         if !a.epilogue.is_empty() {
             let res = rp.map(|rp| load_num(kb, dt, rp, oo));
@@ -274,7 +292,6 @@ pub(crate) fn conv_transpose(
     let os = strides_of(&out_sp);
     let ks = strides_of(&a.kernel);
     let xs = strides_of(&in_sp);
-    let (add, mul) = (Op::Binary(BinaryOp::Add), Op::Binary(BinaryOp::Mul));
     let mut err = None;
     let mut dims = vec![n, m];
     dims.extend_from_slice(&out_sp);
@@ -335,20 +352,12 @@ pub(crate) fn conv_transpose(
                 let wo = kb.b.ins().iadd(wo, wm);
                 let wo = kb.b.ins().iadd(wo, ko);
                 let wv = load_num(kb, dt, wp, wo);
-                let a0 = kb.b.use_var(acc);
-                match apply(kb, &mul, num, xv, Some(wv))
-                    .and_then(|p| apply(kb, &add, num, a0, Some(p)))
-                {
-                    Ok(a1) => kb.b.def_var(acc, a1),
-                    Err(e) => err = Some(e),
+                if let Err(e) = mac(kb, num, acc, xv, wv) {
+                    err = Some(e);
                 }
             });
         });
-        let oo = kb.offset(o, &os);
-        let ob = kb.b.ins().imul_imm_u(ni, (m * out_plane) as i64);
-        let oc = kb.b.ins().imul_imm_u(mi, out_plane as i64);
-        let oo = kb.b.ins().iadd(oo, ob);
-        let oo = kb.b.ins().iadd(oo, oc);
+        let oo = out_index(kb, o, &os, (ni, mi), m, out_plane);
         let r = kb.b.use_var(acc);
         store_num(kb, dt, r, op, oo);
     });

@@ -13,7 +13,6 @@
 //! Work items (group, m-block, pixel tile) are numbered so a caller can run any sub-range.
 
 use kiln_ir::ops::{ActKind, EpilogueStep, UnaryOp};
-use std::fmt::Write;
 
 use crate::kernels::{Geom, Packing};
 use crate::llvm::LlvmTarget;
@@ -299,17 +298,8 @@ impl ConvKernel {
         let vt = e.vt.clone();
         let taps = self.tap_offsets();
         let b = &mut e;
-        writeln!(
-            b.s,
-            "define void @{}(float* noalias %q, float* noalias %w, float* noalias %b, float* noalias %r, float* noalias %o, i64 %t0, i64 %t1) #{attrs_group} {{",
-            self.name
-        )
-        .unwrap();
-        b.line("entry:");
-        b.line("  %any = icmp ult i64 %t0, %t1");
-        b.line("  br i1 %any, label %item, label %done");
-        b.line("item:");
-        b.line("  %t = phi i64 [ %t0, %entry ], [ %tn, %next ]");
+        b.items_begin(&self.name, KERNEL_PARAMS, attrs_group, "t", "next");
+
         b.line(&format!("  %jt = urem i64 %t, {}", self.jt));
         b.line(&format!("  %gm = udiv i64 %t, {}", self.jt));
         b.line(&format!("  %mb = urem i64 %gm, {}", self.mb));
@@ -537,15 +527,8 @@ impl ConvKernel {
                 ));
                 let m = b.tmp();
                 b.line(&format!("  {m} = and <{w} x i1> {ge}, {lt}"));
-                let res = rp.as_ref().map(|rp| {
-                    let p = b.gep_vec(rp, v * w);
-                    b.masked_load(&p, &m)
-                });
-                let val = b.epilogue(&self.epilogue, &accs[i * vn + v], res.as_deref());
-                let p = b.gep_vec(&op, v * w);
-                b.line(&format!(
-                    "  call void @llvm.masked.store.v{w}f32.p0v{w}f32({vt} {val}, {vt}* {p}, i32 4, <{w} x i1> {m})"
-                ));
+                let acc = &accs[i * vn + v];
+                b.store_tile(&self.epilogue, acc, &m, (&op, rp.as_deref()), v * w);
             }
             b.line(&format!("  %yn_{i} = add i64 %y_{i}, 1"));
             b.line(&format!("  %ye_{i} = icmp ugt i64 %yn_{i}, %y1"));
@@ -557,12 +540,7 @@ impl ConvKernel {
             b.line(&format!("  br i1 %ye_{i}, label %{after}, label %yl_{i}"));
         }
         b.line("next:");
-        b.line("  %tn = add i64 %t, 1");
-        b.line("  %te = icmp eq i64 %tn, %t1");
-        b.line("  br i1 %te, label %done, label %item");
-        b.line("done:");
-        b.line("  ret void");
-        b.line("}");
+        b.items_end("t");
         out.push_str(&e.s);
     }
 }
@@ -579,17 +557,8 @@ impl ConvKernel {
         let kk = g.k[0] * g.k[1];
         let vt = e.vt.clone();
         let b = &mut e;
-        writeln!(
-            b.s,
-            "define void @{}(float* noalias %q, float* noalias %w, float* noalias %b, float* noalias %r, float* noalias %o, i64 %t0, i64 %t1) #{attrs_group} {{",
-            self.name
-        )
-        .unwrap();
-        b.line("entry:");
-        b.line("  %any = icmp ult i64 %t0, %t1");
-        b.line("  br i1 %any, label %item, label %done");
-        b.line("item:");
-        b.line("  %t = phi i64 [ %t0, %entry ], [ %tn, %next ]");
+        b.items_begin(&self.name, KERNEL_PARAMS, attrs_group, "t", "next");
+
         b.line(&format!("  %xt = urem i64 %t, {}", self.xt));
         b.line(&format!("  %cy = udiv i64 %t, {}", self.xt));
         b.line(&format!("  %y = urem i64 %cy, {}", g.oh));
@@ -783,26 +752,12 @@ impl ConvKernel {
                 "  {m} = icmp slt <{w} x i32> {col}, {}",
                 splat_const_i32(w, g.ow as i64)
             ));
-            let res = if self.has_res {
-                let p = b.gep_vec("%rp", v * w);
-                Some(b.masked_load(&p, &m))
-            } else {
-                None
-            };
-            let val = b.epilogue(&self.epilogue, a, res.as_deref());
-            let p = b.gep_vec("%op", v * w);
-            b.line(&format!(
-                "  call void @llvm.masked.store.v{w}f32.p0v{w}f32({vt} {val}, {vt}* {p}, i32 4, <{w} x i1> {m})"
-            ));
+            let rp = self.has_res.then_some("%rp");
+            b.store_tile(&self.epilogue, a, &m, ("%op", rp), v * w);
         }
         b.line("  br label %next");
         b.line("next:");
-        b.line("  %tn = add i64 %t, 1");
-        b.line("  %te = icmp eq i64 %tn, %t1");
-        b.line("  br i1 %te, label %done, label %item");
-        b.line("done:");
-        b.line("  ret void");
-        b.line("}");
+        b.items_end("t");
         out.push_str(&e.s);
     }
 }
@@ -830,22 +785,13 @@ impl ConvKernel {
         let (g, pk) = (&self.g, &self.pk);
         let per_c = pk.per_c();
         let mut b = Emit::new(self.lanes);
-        writeln!(
-            b.s,
-            "define void @{}(float* noalias %x, float* %u1, float* %u2, float* %u3, float* noalias %q, i64 %t0, i64 %t1) #{attrs_group} {{",
-            self.pack_name()
-        )
-        .unwrap();
-        b.line("entry:");
-        b.line("  %any = icmp ult i64 %t0, %t1");
-        b.line("  br i1 %any, label %item, label %done");
-        b.line("item:");
-        b.line("  %c = phi i64 [ %t0, %entry ], [ %cn, %next ]");
+        b.items_begin(&self.pack_name(), PACK_PARAMS, attrs_group, "c", "next");
+
         b.line(&format!("  %xo = mul i64 %c, {}", g.h * g.w));
         b.line("  %xc = getelementptr float, float* %x, i64 %xo");
         b.line(&format!("  %qo = mul i64 %c, {per_c}"));
         b.line("  %qc = getelementptr float, float* %q, i64 %qo");
-        let mut prev = "item".to_string();
+
         for r0 in 0..pk.s0 {
             for r1 in 0..pk.s1 {
                 // the columns xq whose input column xq * s1 + r1 - pl is inside the input
@@ -856,7 +802,7 @@ impl ConvKernel {
                     lo
                 };
                 let tag = format!("p{r0}_{r1}");
-                let yq = b.loop_begin(&format!("{tag}_y"), &prev, 0, pk.hq);
+                let yq = b.loop_begin(&format!("{tag}_y"), 0, pk.hq);
                 let dst0 = b.tmp();
                 b.line(&format!(
                     "  {dst0} = add i64 {yq}, {}",
@@ -881,7 +827,7 @@ impl ConvKernel {
                 b.line(&format!("  br i1 {ok}, label %{tag}_in, label %{tag}_pad"));
                 // a padding row: all zeros
                 b.line(&format!("{tag}_pad:"));
-                b.zero_fill(&format!("{tag}_pz"), &drow, 0, pk.wq, &format!("{tag}_pad"));
+                b.zero_fill(&format!("{tag}_pz"), &drow, 0, pk.wq);
                 b.line(&format!("  br label %{tag}_row_end"));
                 b.line(&format!("{tag}_in:"));
                 let srow0 = b.tmp();
@@ -890,9 +836,8 @@ impl ConvKernel {
                 b.line(&format!(
                     "  {srow} = getelementptr float, float* %xc, i64 {srow0}"
                 ));
-                let mut cur = format!("{tag}_in");
-                cur = b.zero_fill(&format!("{tag}_zl"), &drow, 0, lo, &cur);
-                let xq = b.loop_begin(&format!("{tag}_cp"), &cur, lo, hi);
+                b.zero_fill(&format!("{tag}_zl"), &drow, 0, lo);
+                let xq = b.loop_begin(&format!("{tag}_cp"), lo, hi);
                 let ix0 = b.tmp();
                 b.line(&format!("  {ix0} = mul i64 {xq}, {}", pk.s1));
                 let ix = b.tmp();
@@ -911,12 +856,11 @@ impl ConvKernel {
                     "  {dp} = getelementptr float, float* {drow}, i64 {xq}"
                 ));
                 b.line(&format!("  store float {v}, float* {dp}, align 4"));
-                cur = b.loop_end(&format!("{tag}_cp"), &xq, hi);
-                cur = b.zero_fill(&format!("{tag}_zr"), &drow, hi, pk.wq, &cur);
-                let _ = cur;
+                b.loop_end(&format!("{tag}_cp"), &xq);
+                b.zero_fill(&format!("{tag}_zr"), &drow, hi, pk.wq);
                 b.line(&format!("  br label %{tag}_row_end"));
                 b.line(&format!("{tag}_row_end:"));
-                prev = b.loop_end(&format!("{tag}_y"), &yq, pk.hq);
+                b.loop_end(&format!("{tag}_y"), &yq);
             }
         }
         // the slack after the last channel
@@ -932,16 +876,10 @@ impl ConvKernel {
             "  %sq = getelementptr float, float* %q, i64 {}",
             g.c * per_c
         ));
-        b.zero_fill("sl", "%sq", 0, crate::kernels::pack_slack(g), "slack");
+        b.zero_fill("sl", "%sq", 0, crate::kernels::pack_slack(g));
         b.line("  br label %next");
         b.line("next:");
-        b.line("  %cn = add i64 %c, 1");
-        b.line("  %ce = icmp eq i64 %cn, %t1");
-        b.line("  br i1 %ce, label %done, label %item");
-        b.line("done:");
-        b.line("  ret void");
-        b.line("}");
-        let _ = prev;
+        b.items_end("c");
         out.push_str(&b.s);
     }
 }
@@ -953,17 +891,14 @@ impl ConvKernel {
     fn pack_rows_ir(&self, s: (usize, usize), attrs_group: usize, out: &mut String) {
         let (m, k, mr) = (self.g.m, self.g.c, self.mr);
         let mut b = Emit::new(self.lanes);
-        writeln!(
-            b.s,
-            "define void @{}(float* noalias %a, float* %u1, float* %u2, float* %u3, float* noalias %q, i64 %t0, i64 %t1) #{attrs_group} {{",
-            self.pack_name()
-        )
-        .unwrap();
-        b.line("entry:");
-        b.line("  %any = icmp ult i64 %t0, %t1");
-        b.line("  br i1 %any, label %item, label %done");
-        b.line("item:");
-        b.line("  %blk = phi i64 [ %t0, %entry ], [ %bn, %cp_exit ]");
+        b.items_begin(
+            &self.pack_name(),
+            PACK_PARAMS,
+            attrs_group,
+            "blk",
+            "cp_exit",
+        );
+
         b.line(&format!("  %qo = mul i64 %blk, {}", k * mr));
         b.line("  %qb = getelementptr float, float* %q, i64 %qo");
         b.line(&format!("  %r0 = mul i64 %blk, {mr}"));
@@ -976,11 +911,11 @@ impl ConvKernel {
             b.line(&format!("  {rc} = select i1 {ok}, i64 {row}, i64 0"));
             b.line(&format!("  {ro} = mul i64 {rc}, {}", s.0));
             b.line(&format!(
-                "  {ap} = getelementptr float, float* %a, i64 {ro}"
+                "  {ap} = getelementptr float, float* %x, i64 {ro}"
             ));
             rows.push((ok, ap));
         }
-        let c = b.loop_begin("cp", "item", 0, k);
+        let c = b.loop_begin("cp", 0, k);
         let co = b.tmp();
         b.line(&format!("  {co} = mul i64 {c}, {}", s.1));
         let qo = b.tmp();
@@ -998,16 +933,18 @@ impl ConvKernel {
             ));
             b.line(&format!("  store float {z}, float* {d}, align 4"));
         }
-        b.loop_end("cp", &c, k);
-        b.line("  %bn = add i64 %blk, 1");
-        b.line("  %be = icmp eq i64 %bn, %t1");
-        b.line("  br i1 %be, label %done, label %item");
-        b.line("done:");
-        b.line("  ret void");
-        b.line("}");
+        b.loop_end("cp", &c);
+        b.items_end("blk");
         out.push_str(&b.s);
     }
 }
+
+/// Parameters of a kernel: packed input, weights, bias, residual, output (then the work range).
+const KERNEL_PARAMS: &str =
+    "float* noalias %q, float* noalias %w, float* noalias %b, float* noalias %r, float* noalias %o";
+/// Parameters of a packing function: source, three unused, destination (same C signature).
+const PACK_PARAMS: &str =
+    "float* noalias %x, float* %u1, float* %u2, float* %u3, float* noalias %q";
 
 /// Declarations every kernel module needs for `lanes`-wide vectors.
 pub(crate) fn declarations(lanes: usize) -> String {
@@ -1052,10 +989,32 @@ impl Emit {
             vt: format!("<{w} x float>"),
         }
     }
-    /// Open `for i in lo..hi` (constant bounds, `lo < hi` not required) coming from block
-    /// `from`; returns the induction variable. Close with [`Self::loop_end`].
-    fn loop_begin(&mut self, tag: &str, from: &str, lo: usize, hi: usize) -> String {
-        let _ = from;
+    /// `define void @name(<params>, i64 %t0, i64 %t1)` and the loop over work items `%<iv>` in
+    /// `t0..t1` whose latch is block `latch` (closed by [`Self::items_end`]).
+    fn items_begin(&mut self, name: &str, params: &str, attrs_group: usize, iv: &str, latch: &str) {
+        self.line(&format!(
+            "define void @{name}({params}, i64 %t0, i64 %t1) #{attrs_group} {{"
+        ));
+        self.line("entry:");
+        self.line("  %any = icmp ult i64 %t0, %t1");
+        self.line("  br i1 %any, label %item, label %done");
+        self.line("item:");
+        self.line(&format!(
+            "  %{iv} = phi i64 [ %t0, %entry ], [ %{iv}_n, %{latch} ]"
+        ));
+    }
+    /// The latch of [`Self::items_begin`]'s loop (in the current block) and the function's end.
+    fn items_end(&mut self, iv: &str) {
+        self.line(&format!("  %{iv}_n = add i64 %{iv}, 1"));
+        self.line(&format!("  %{iv}_e = icmp eq i64 %{iv}_n, %t1"));
+        self.line(&format!("  br i1 %{iv}_e, label %done, label %item"));
+        self.line("done:");
+        self.line("  ret void");
+        self.line("}");
+    }
+    /// Open `for i in lo..hi` (constant bounds, `lo < hi` not required); returns the induction
+    /// variable. Close with [`Self::loop_end`]; code then continues in block `<tag>_exit`.
+    fn loop_begin(&mut self, tag: &str, lo: usize, hi: usize) -> String {
         self.line(&format!("  br label %{tag}_pre"));
         self.line(&format!("{tag}_pre:"));
         self.line(&format!("  br label %{tag}_head"));
@@ -1071,27 +1030,47 @@ impl Emit {
         self.line(&format!("{tag}_body:"));
         iv
     }
-    /// Close a loop opened by [`Self::loop_begin`]; returns the block code continues in.
-    fn loop_end(&mut self, tag: &str, iv: &str, _hi: usize) -> String {
+    /// Close a loop opened by [`Self::loop_begin`].
+    fn loop_end(&mut self, tag: &str, iv: &str) {
         self.line(&format!("  br label %{tag}_latch"));
         self.line(&format!("{tag}_latch:"));
         self.line(&format!("  %{tag}_n = add i64 {iv}, 1"));
         self.line(&format!("  br label %{tag}_head"));
         self.line(&format!("{tag}_exit:"));
-        format!("{tag}_exit")
     }
-    /// `row[lo..hi] = 0` as a loop (LLVM turns it into a memset); returns the current block.
-    fn zero_fill(&mut self, tag: &str, row: &str, lo: usize, hi: usize, from: &str) -> String {
+    /// `row[lo..hi] = 0` as a loop (LLVM turns it into a memset).
+    fn zero_fill(&mut self, tag: &str, row: &str, lo: usize, hi: usize) {
         if lo >= hi {
-            return from.to_string();
+            return;
         }
-        let i = self.loop_begin(tag, from, lo, hi);
+        let i = self.loop_begin(tag, lo, hi);
         let p = self.tmp();
         self.line(&format!(
             "  {p} = getelementptr float, float* {row}, i64 {i}"
         ));
         self.line(&format!("  store float 0.0, float* {p}, align 4"));
-        self.loop_end(tag, &i, hi)
+        self.loop_end(tag, &i);
+    }
+    /// Apply the epilogue to accumulator `acc` and store the lanes of mask `m` at `off` floats
+    /// after `out`; a residual (`Add` step) is read at the same offset from `res`.
+    fn store_tile(
+        &mut self,
+        steps: &[EpilogueStep],
+        acc: &str,
+        m: &str,
+        (out, res): (&str, Option<&str>),
+        off: usize,
+    ) {
+        let (w, vt) = (self.w, self.vt.clone());
+        let r = res.map(|rp| {
+            let p = self.gep_vec(rp, off);
+            self.masked_load(&p, m)
+        });
+        let val = self.epilogue(steps, acc, r.as_deref());
+        let p = self.gep_vec(out, off);
+        self.line(&format!(
+            "  call void @llvm.masked.store.v{w}f32.p0v{w}f32({vt} {val}, {vt}* {p}, i32 4, <{w} x i1> {m})"
+        ));
     }
     fn tmp(&mut self) -> String {
         self.n += 1;
