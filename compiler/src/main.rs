@@ -114,7 +114,8 @@ enum Kernels {
 struct CpuArgs {
     /// CPU the wide kernels are generated for: native (the host's, default for host builds),
     /// x86-64, x86-64-v2, x86-64-v3 (AVX2+FMA), x86-64-v4 (AVX-512), generic (aarch64 NEON), or
-    /// any LLVM CPU name. An explicit --target defaults to the architecture's baseline.
+    /// a named micro-architecture (skylake-avx512, znver3, neoverse-n1, ...; an unknown name is
+    /// an error listing them). An explicit --target defaults to the architecture's baseline.
     #[arg(long = "target-cpu")]
     target_cpu: Option<String>,
     #[arg(long, value_enum, default_value = "auto")]

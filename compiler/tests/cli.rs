@@ -258,6 +258,31 @@ fn failures_are_clear_and_leave_nothing() {
     let (d, m) = setup();
     let p = d.path();
     let out = p.join("bad.so");
+    // a CPU name LLVM does not know (LLVM itself would abort the process) or an architecture
+    // without LLVM kernels: clear errors before anything is generated
+    fails(
+        kiln()
+            .arg("build")
+            .arg(&m)
+            .args(["--target-cpu", "pentium-9000", "-o"])
+            .arg(&out),
+        "unknown --target-cpu 'pentium-9000'",
+    );
+    fails(
+        kiln()
+            .arg("build")
+            .arg(&m)
+            .args([
+                "--target",
+                "riscv64gc-unknown-linux-gnu",
+                "--emit",
+                "obj",
+                "-o",
+            ])
+            .arg(&out),
+        "LLVM kernels support x86_64 and aarch64",
+    );
+    assert!(!out.exists());
     // corrupt ONNX file
     std::fs::write(p.join("bad.onnx"), b"\x08\x07\x12\xff\xff\xff garbage").unwrap();
     fails(

@@ -57,7 +57,11 @@ pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&Tenso
             logic_where(kb, &node.op, ins, outs[0]);
             Ok(())
         }
-        Op::Conv(a) if a.kernel.len() > 2 || ins[0].dtype != DType::F32 => {
+        Op::Conv(a)
+            if a.kernel.len() > 2
+                || ins[0].dtype != DType::F32
+                || (kb.ukernel.is_none() && !taps_unrollable(&a.kernel)) =>
+        {
             crate::direct::conv(kb, a, ins, outs[0])
         }
         Op::Conv(a) => conv(kb, a, ins, outs[0]),
@@ -530,6 +534,15 @@ fn conv(kb: &mut Kb, a: &ConvAttrs, ins: &[&TensorType], out: &TensorType) -> KR
         Some(e) => Err(format!("conv epilogue: {e}")),
         None => Ok(()),
     }
+}
+
+/// Kernel windows up to this many taps are unrolled into straight-line code (the tiled kernels,
+/// Cranelift's and LLVM's); bigger ones (a file can ask for any size) take the loop-based
+/// `direct.rs` kernel, so code size and compile time stay bounded.
+pub(crate) const MAX_UNROLLED_TAPS: usize = 1024;
+
+pub(crate) fn taps_unrollable(kernel: &[usize]) -> bool {
+    kernel.iter().product::<usize>() <= MAX_UNROLLED_TAPS
 }
 
 /// A convolution whose tiles run in an LLVM kernel (`ukernel.rs`): pack each image (if its

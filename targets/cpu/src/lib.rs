@@ -207,10 +207,13 @@ impl Wide {
                 }
                 _ => None,
             };
-            let ck = ck.map(|mut ck| {
-                ck.parallel = ck.macs() >= opts.par_min_macs;
-                ck
-            });
+            // windows too big to unroll stay on the loop-based kernels
+            let ck = ck
+                .filter(|ck| kernels::taps_unrollable(&ck.g.k))
+                .map(|mut ck| {
+                    ck.parallel = ck.macs() >= opts.par_min_macs;
+                    ck
+                });
             if let Some(ck) = &ck {
                 ck.ir(0, &mut ir);
                 if ck.packs() {
@@ -558,35 +561,27 @@ fn generate<M: Module>(
     let task_id = if wide_ids.is_empty() {
         None
     } else {
-        let id = module
-            .declare_function(
-                &format!("{prefix}_wide_task"),
-                Linkage::Local,
-                &ptr_sig(module, 3),
-            )
-            .map_err(cg)?;
-        ctx.func =
-            Function::with_name_signature(UserFuncName::user(0, id.as_u32()), ptr_sig(module, 3));
-        {
-            let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-            let e = b.create_block();
-            b.append_block_params_for_function_params(e);
-            b.switch_to_block(e);
-            let p = b.block_params(e).to_vec();
-            let fl = MemFlagsData::trusted();
-            let mut args: Vec<_> = (0..5)
-                .map(|i| b.ins().load(types::I64, fl, p[0], 8 * i))
-                .collect();
-            let f = b.ins().load(types::I64, fl, p[0], 40);
-            args.extend([p[1], p[2]]);
-            let sr = b.import_signature(ptr_sig(module, 7));
-            b.ins().call_indirect(sr, f, &args);
-            b.ins().return_(&[]);
-            b.seal_all_blocks();
-            b.finalize(fcfg);
-        }
-        module.define_function(id, &mut ctx).map_err(cg)?;
-        ctx.clear();
+        let sig = ptr_sig(module, 3);
+        let name = format!("{prefix}_wide_task");
+        let id = define_fn(
+            module,
+            &mut ctx,
+            &mut fctx,
+            &name,
+            Linkage::Local,
+            sig,
+            |b, m, p| {
+                let fl = MemFlagsData::trusted();
+                let mut args: Vec<_> = (0..5)
+                    .map(|i| b.ins().load(types::I64, fl, p[0], 8 * i))
+                    .collect();
+                let f = b.ins().load(types::I64, fl, p[0], 40);
+                args.extend([p[1], p[2]]);
+                let sr = b.import_signature(ptr_sig(m, 7));
+                b.ins().call_indirect(sr, f, &args);
+                b.ins().return_(&[]);
+            },
+        )?;
         Some(id)
     };
 
@@ -754,26 +749,23 @@ fn generate<M: Module>(
     // run(inputs, outputs, workspace) = run_pool(inputs, outputs, workspace, NULL)
     let mut run_sig = ptr_sig(module, 3);
     run_sig.returns.push(AbiParam::new(types::I32));
-    let run_id = module
-        .declare_function(&format!("{prefix}_run"), Linkage::Local, &run_sig)
-        .map_err(cg)?;
-    ctx.func = Function::with_name_signature(UserFuncName::user(0, run_id.as_u32()), run_sig);
-    {
-        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-        let entry = b.create_block();
-        b.append_block_params_for_function_params(entry);
-        b.switch_to_block(entry);
-        let mut p = b.block_params(entry).to_vec();
-        p.push(b.ins().iconst(types::I64, 0));
-        let fref = module.declare_func_in_func(run_pool_id, b.func);
-        let call = b.ins().call(fref, &p);
-        let r = b.inst_results(call)[0];
-        b.ins().return_(&[r]);
-        b.seal_all_blocks();
-        b.finalize(fcfg);
-    }
-    module.define_function(run_id, &mut ctx).map_err(cg)?;
-    ctx.clear();
+    let name = format!("{prefix}_run");
+    let run_id = define_fn(
+        module,
+        &mut ctx,
+        &mut fctx,
+        &name,
+        Linkage::Local,
+        run_sig,
+        |b, m, p| {
+            let mut p = p.to_vec();
+            p.push(b.ins().iconst(types::I64, 0));
+            let fref = m.declare_func_in_func(run_pool_id, b.func);
+            let call = b.ins().call(fref, &p);
+            let r = b.inst_results(call)[0];
+            b.ins().return_(&[r]);
+        },
+    )?;
 
     // descriptor
     let desc_id = emit_descriptor(module, g, &prefix, &opts.name, &plan, [run_id, run_pool_id])?;
@@ -784,22 +776,19 @@ fn generate<M: Module>(
     for gname in getters {
         let mut s = module.make_signature();
         s.returns.push(AbiParam::new(types::I64));
-        let id = module
-            .declare_function(&gname, Linkage::Export, &s)
-            .map_err(cg)?;
-        ctx.func = Function::with_name_signature(UserFuncName::user(0, id.as_u32()), s);
-        {
-            let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-            let e = b.create_block();
-            b.switch_to_block(e);
-            let gv = module.declare_data_in_func(desc_id, b.func);
-            let a = b.ins().symbol_value(types::I64, gv);
-            b.ins().return_(&[a]);
-            b.seal_all_blocks();
-            b.finalize(fcfg);
-        }
-        module.define_function(id, &mut ctx).map_err(cg)?;
-        ctx.clear();
+        define_fn(
+            module,
+            &mut ctx,
+            &mut fctx,
+            &gname,
+            Linkage::Export,
+            s,
+            |b, m, _| {
+                let gv = m.declare_data_in_func(desc_id, b.func);
+                let a = b.ins().symbol_value(types::I64, gv);
+                b.ins().return_(&[a]);
+            },
+        )?;
     }
     let _ = IntCC::Equal;
     Ok(CompileInfo {
@@ -808,6 +797,35 @@ fn generate<M: Module>(
         naive_size: plan.naive_size,
         kernels: kernel_ids.iter().flatten().count(),
     })
+}
+
+/// Declare and define a small straight-line function: `body` gets the builder (in the entry
+/// block), the module and the function's parameters, and emits the return.
+fn define_fn<M: Module>(
+    module: &mut M,
+    ctx: &mut Context,
+    fctx: &mut FunctionBuilderContext,
+    name: &str,
+    linkage: Linkage,
+    sig: Signature,
+    body: impl FnOnce(&mut FunctionBuilder, &mut M, &[cranelift_codegen::ir::Value]),
+) -> Result<FuncId, CpuError> {
+    let id = module.declare_function(name, linkage, &sig).map_err(cg)?;
+    ctx.func = Function::with_name_signature(UserFuncName::user(0, id.as_u32()), sig);
+    let fcfg = module.isa().frontend_config();
+    {
+        let mut b = FunctionBuilder::new(&mut ctx.func, fctx);
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let p = b.block_params(entry).to_vec();
+        body(&mut b, module, &p);
+        b.seal_all_blocks();
+        b.finalize(fcfg);
+    }
+    module.define_function(id, ctx).map_err(cg)?;
+    ctx.clear();
+    Ok(id)
 }
 
 /// Declares and defines one kernel function taking `nparams` pointers, with the libm imports.
@@ -923,7 +941,7 @@ fn wide_depthwise(g: &Graph, node: &kiln_ir::Node) -> Option<kernels::Geom> {
         out,
     )
     .ok()?;
-    ukernel::depthwise_ok(&geom, &a.epilogue).then_some(geom)
+    (ukernel::depthwise_ok(&geom, &a.epilogue) && kernels::taps_unrollable(&geom.k)).then_some(geom)
 }
 
 fn same_storage(plan: &MemPlan, a: kiln_ir::ValueId, b: kiln_ir::ValueId) -> bool {

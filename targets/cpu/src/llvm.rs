@@ -39,9 +39,8 @@ fn init_targets() {
 
 impl LlvmTarget {
     /// The target for `triple` (`None` = host) and `cpu` (`None` = `native` on the host, the
-    /// architecture's baseline otherwise). Known names: `native`, `x86-64`, `x86-64-v2`,
-    /// `x86-64-v3`, `x86-64-v4`, `generic`; any other LLVM CPU name is passed through with the
-    /// features LLVM derives from it.
+    /// architecture's baseline otherwise): `native` or one of [`X86_CPUS`] / [`AARCH64_CPUS`];
+    /// any other name is an error (LLVM would abort on a CPU it does not know).
     pub fn new(triple: Option<&str>, cpu: Option<&str>) -> Result<LlvmTarget, CpuError> {
         init_targets();
         let host = TargetMachine::get_default_triple()
@@ -52,6 +51,12 @@ impl LlvmTarget {
         let arch = triple_s.split('-').next().unwrap_or("").to_string();
         let is_host = triple.is_none() || arch == host.split('-').next().unwrap_or("");
         let cpu = cpu.unwrap_or(if triple.is_none() { "native" } else { "" });
+        if !matches!(arch.as_str(), "x86_64" | "aarch64") {
+            return Err(CpuError::Target(
+                triple_s,
+                "LLVM kernels support x86_64 and aarch64".into(),
+            ));
+        }
         let (cpu_name, features) = match (arch.as_str(), cpu) {
             (_, "native") if is_host => (
                 TargetMachine::get_host_cpu_name().to_string(),
@@ -65,29 +70,44 @@ impl LlvmTarget {
             }
             ("x86_64", "") => ("x86-64".to_string(), String::new()),
             ("aarch64", "") => ("generic".to_string(), "+neon".to_string()),
-            (_, c) => (c.to_string(), String::new()),
-        };
-        let (lanes, regs) = match arch.as_str() {
-            "x86_64" => {
-                let f = if features.is_empty() {
-                    x86_level_features(&cpu_name)
+            (a, c) => {
+                // only names LLVM 14 knows: an unknown CPU makes LLVM abort the process
+                let known = if a == "x86_64" {
+                    X86_CPUS
                 } else {
-                    features.clone()
+                    AARCH64_CPUS
                 };
-                if f.contains("+avx512f") {
-                    (16, 32)
-                } else if f.contains("+avx2") && f.contains("+fma") {
-                    (8, 16)
-                } else {
-                    (4, 16)
+                if !known.iter().any(|(n, _)| *n == c) {
+                    let names: Vec<&str> = known.iter().map(|(n, _)| *n).collect();
+                    return Err(CpuError::Target(
+                        triple_s,
+                        format!(
+                            "unknown --target-cpu '{c}' (known: native, {})",
+                            names.join(", ")
+                        ),
+                    ));
                 }
+                (c.to_string(), String::new())
             }
-            "aarch64" => (4, 32),
-            _ => {
-                return Err(CpuError::Target(
-                    triple_s,
-                    "LLVM kernels support x86_64 and aarch64".into(),
-                ));
+        };
+        let (lanes, regs) = if arch == "aarch64" {
+            (4, 32)
+        } else {
+            // the host's feature string, or the vector features the CPU name implies
+            let f = if features.is_empty() {
+                X86_CPUS
+                    .iter()
+                    .find(|(n, _)| *n == cpu_name)
+                    .map_or("", |(_, f)| *f)
+            } else {
+                features.as_str()
+            };
+            if f.contains("+avx512f") {
+                (16, 32)
+            } else if f.contains("+avx2") && f.contains("+fma") {
+                (8, 16)
+            } else {
+                (4, 16)
             }
         };
         let t = LlvmTarget {
@@ -135,18 +155,42 @@ impl LlvmTarget {
     }
 }
 
-/// The features of the x86-64 micro-architecture levels (for the vector width choice; LLVM
-/// itself derives them from the CPU name).
-fn x86_level_features(cpu: &str) -> String {
-    match cpu {
-        "x86-64-v4" => "+avx512f,+avx2,+fma".into(),
-        "x86-64-v3" | "haswell" | "skylake" | "znver1" | "znver2" | "znver3" => "+avx2,+fma".into(),
-        "skylake-avx512" | "cascadelake" | "icelake-server" | "sapphirerapids" | "znver4" => {
-            "+avx512f,+avx2,+fma".into()
-        }
-        _ => String::new(),
-    }
-}
+const AVX2: &str = "+avx2,+fma";
+const AVX512: &str = "+avx512f,+avx2,+fma";
+
+/// The x86-64 CPU names `--target-cpu` accepts (all known to LLVM 14) and the vector features
+/// that choose the kernels' width (LLVM itself derives the full feature set from the name).
+const X86_CPUS: &[(&str, &str)] = &[
+    ("x86-64", ""),
+    ("x86-64-v2", ""),
+    ("x86-64-v3", AVX2),
+    ("x86-64-v4", AVX512),
+    ("haswell", AVX2),
+    ("broadwell", AVX2),
+    ("skylake", AVX2),
+    ("alderlake", AVX2),
+    ("znver1", AVX2),
+    ("znver2", AVX2),
+    ("znver3", AVX2),
+    ("skylake-avx512", AVX512),
+    ("cascadelake", AVX512),
+    ("icelake-client", AVX512),
+    ("icelake-server", AVX512),
+    ("tigerlake", AVX512),
+    ("sapphirerapids", AVX512),
+];
+
+/// The aarch64 CPU names `--target-cpu` accepts (NEON, 4 lanes, for all of them).
+const AARCH64_CPUS: &[(&str, &str)] = &[
+    ("generic", ""),
+    ("cortex-a53", ""),
+    ("cortex-a55", ""),
+    ("cortex-a72", ""),
+    ("cortex-a76", ""),
+    ("neoverse-n1", ""),
+    ("neoverse-v1", ""),
+    ("apple-a14", ""),
+];
 
 /// LLVM wants `x86_64-unknown-linux-gnu`-style triples; target-lexicon spellings are the same
 /// for the targets we support.

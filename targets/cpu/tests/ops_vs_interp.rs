@@ -714,6 +714,9 @@ fn wide_kernel_edges() {
     conv_case(&[1, 4, 9, 9], &[4, 1, 5, 5], c(5, 2, 2, 4), false);
     conv_case(&[1, 3, 8, 70], &[3, 1, 7, 7], c(7, 1, 3, 3), true);
     conv_case(&[1, 2, 5, 5], &[2, 1, 3, 3], c(3, 1, 0, 2), true);
+    // windows too big to unroll (over 1024 taps) take the loop-based kernel
+    conv_case(&[1, 2, 34, 35], &[3, 2, 33, 33], c(33, 1, 1, 1), true);
+    conv_case(&[1, 2, 34, 35], &[2, 1, 33, 33], c(33, 1, 1, 2), true);
     let mut r = Rng(3);
     for (a, b) in [
         (vec![37, 19], vec![19, 45]),
