@@ -24,7 +24,7 @@ pub fn flops(g: &Graph, n: &Node) -> u64 {
             let k = if a.trans_a { x.shape[0] } else { x.shape[1] };
             2 * numel * k as u64
         }
-        Op::MatMul => {
+        Op::MatMul(_) => {
             let x = g.ty(n.inputs[0]);
             let k = *x.shape.last().unwrap_or(&1);
             2 * numel * k as u64
@@ -41,6 +41,9 @@ pub struct Summary {
     pub gemms: usize,
     /// Conv nodes with a non-empty epilogue.
     pub fused_epilogues: usize,
+    pub matmuls: usize,
+    /// MatMul nodes with a non-empty epilogue.
+    pub matmul_epilogues: usize,
     pub batchnorms: usize,
     pub flops: u64,
     /// Planned workspace of the CPU back end (intermediate tensors and kernel scratch).
@@ -64,7 +67,7 @@ pub struct Unfused {
     pub producer_op: &'static str,
     pub consumer: String,
     pub consumer_op: &'static str,
-    /// Why no rule fused it: the producer has no epilogue (only Conv has one), the epilogue has
+    /// Why no rule fused it: the producer has no epilogue (only Conv and MatMul have one), the epilogue has
     /// no step for this op, or a step exists (a rule was switched off, or the Conv already
     /// has a residual).
     pub why: &'static str,
@@ -79,7 +82,7 @@ pub fn unfused_epilogues(g: &Graph) -> Vec<Unfused> {
     for (_, n) in g.iter_nodes() {
         if !matches!(
             n.op,
-            Op::Conv(_) | Op::ConvTranspose(_) | Op::Gemm(_) | Op::MatMul
+            Op::Conv(_) | Op::ConvTranspose(_) | Op::Gemm(_) | Op::MatMul(_)
         ) {
             continue;
         }
@@ -99,16 +102,20 @@ pub fn unfused_epilogues(g: &Graph) -> Vec<Unfused> {
             _ => false,
         };
         if elementwise && out.dtype == g.ty(y).dtype {
-            let step = match &c.op {
-                Op::Binary(BinaryOp::Add) => {
-                    let other = c.inputs.iter().find(|&&i| i != y);
+            let other = c.inputs.iter().find(|&&i| i != y);
+            let scalar = other.is_some_and(|&r| g.ty(r).numel() == 1 && g.const_data(r).is_some());
+            let step = match (&n.op, &c.op) {
+                // a Conv's residual is shaped like its output; a MatMul's operand broadcasts
+                (Op::Conv(_), Op::Binary(BinaryOp::Add)) => {
                     other.is_some_and(|&r| g.ty(r).shape == out.shape)
                 }
-                op => EpilogueStep::from_activation(op).is_some(),
+                (Op::MatMul(_), Op::Binary(BinaryOp::Add)) => true,
+                (Op::MatMul(_), Op::Binary(BinaryOp::Mul)) => scalar,
+                (_, op) => EpilogueStep::from_activation(op).is_some(),
             };
             let why = match (&n.op, step) {
-                (Op::Conv(_), true) => "epilogue step exists",
-                (Op::Conv(_), false) => "no epilogue step for this op",
+                (Op::Conv(_) | Op::MatMul(_), true) => "epilogue step exists",
+                (Op::Conv(_) | Op::MatMul(_), false) => "no epilogue step for this op",
                 _ => "no epilogue on this op",
             };
             v.push(Unfused {
@@ -141,6 +148,10 @@ pub fn summary(g: &Graph) -> Summary {
                 s.convs += 1;
                 s.fused_epilogues += !a.epilogue.is_empty() as usize;
             }
+            Op::MatMul(a) => {
+                s.matmuls += 1;
+                s.matmul_epilogues += !a.epilogue.is_empty() as usize;
+            }
             Op::Gemm(_) => s.gemms += 1,
             Op::BatchNorm { .. } => s.batchnorms += 1,
             _ => {}
@@ -167,6 +178,7 @@ pub fn table(g: &Graph) -> String {
     for (i, (_, n)) in g.iter_nodes().enumerate() {
         let fused = match &n.op {
             Op::Conv(a) if !a.epilogue.is_empty() => epilogue_text(&a.epilogue),
+            Op::MatMul(a) if !a.epilogue.is_empty() => epilogue_text(&a.epilogue),
             _ => String::new(),
         };
         let buf = match plan.storage[n.outputs[0].index()] {
@@ -193,8 +205,14 @@ pub fn table(g: &Graph) -> String {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "nodes {}  conv {} (fused epilogues {})  gemm {}  batch_norm {}",
-        sm.nodes, sm.convs, sm.fused_epilogues, sm.gemms, sm.batchnorms
+        "nodes {}  conv {} (fused epilogues {})  matmul {} (fused epilogues {})  gemm {}  batch_norm {}",
+        sm.nodes,
+        sm.convs,
+        sm.fused_epilogues,
+        sm.matmuls,
+        sm.matmul_epilogues,
+        sm.gemms,
+        sm.batchnorms
     );
     let _ = writeln!(s, "total FLOPs {:.3} G", sm.flops as f64 / 1e9);
     let _ = writeln!(s, "weights {} bytes", weights);

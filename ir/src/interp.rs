@@ -348,7 +348,24 @@ pub fn eval_op(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
         Op::Conv(a) => one(conv(a, inputs, out_shape)?),
         Op::ConvTranspose(a) => one(conv_transpose(a, inputs, out_shape)?),
         Op::Gemm(a) => one(gemm(a, inputs, out_shape)?),
-        Op::MatMul => one(matmul(inputs[0], inputs[1], out_shape)?),
+        Op::MatMul(a) => {
+            let mut t = matmul(inputs[0], inputs[1], out_shape)?;
+            let mut operands = inputs[2..].iter();
+            for step in &a.epilogue {
+                let op = step.as_op();
+                let r = if *step == crate::ops::EpilogueStep::Add {
+                    let r = operands.next().ok_or("epilogue operand missing")?;
+                    eval_op(&op, &[&t, r])?
+                } else {
+                    eval_op(&op, &[&t])?
+                };
+                t = r
+                    .into_iter()
+                    .next()
+                    .ok_or("epilogue step produced nothing")?;
+            }
+            one(t)
+        }
         Op::Binary(b) => one(binary(*b, inputs[0], inputs[1], out_shape)?),
         Op::Compare(c) => {
             let (ia, ib) = (

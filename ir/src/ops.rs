@@ -171,6 +171,25 @@ pub struct PoolAttrs {
     pub count_include_pad: bool,
 }
 
+/// A matrix product's fused epilogue: steps applied to each output element in order. Each
+/// [`EpilogueStep::Add`] reads the next operand after `a` and `b` (a bias `[N]`, a residual
+/// shaped like the output, or anything unidirectionally broadcast to it); at most two, and both
+/// matrices have rank >= 2 when there is an epilogue.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MatMulAttrs {
+    pub epilogue: Vec<EpilogueStep>,
+}
+
+/// Most operands a fused [`MatMulAttrs::epilogue`] reads (bias and residual).
+pub const MATMUL_EPILOGUE_OPERANDS: usize = 2;
+
+impl Op {
+    /// A plain matrix product (no epilogue).
+    pub fn matmul() -> Op {
+        Op::MatMul(MatMulAttrs::default())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct GemmAttrs {
     pub alpha: f32,
@@ -474,8 +493,9 @@ pub enum Op {
     ConvTranspose(ConvTransposeAttrs),
     /// inputs: a, b, optional c (unidirectionally broadcast to `[M,N]`).
     Gemm(GemmAttrs),
-    /// NumPy matmul: batched with broadcasting, 1-D operands promoted.
-    MatMul,
+    /// NumPy matmul: batched with broadcasting, 1-D operands promoted. inputs: a, b, then one
+    /// operand per `Add` step of a fused epilogue (see [`MatMulAttrs`]).
+    MatMul(MatMulAttrs),
     /// Elementwise with multidirectional broadcasting.
     Binary(BinaryOp),
     Unary(UnaryOp),
@@ -814,7 +834,7 @@ impl Op {
             Op::Conv(_) => "conv",
             Op::ConvTranspose(_) => "conv_transpose",
             Op::Gemm(_) => "gemm",
-            Op::MatMul => "matmul",
+            Op::MatMul(_) => "matmul",
             Op::Binary(b) => b.name(),
             Op::Unary(u) => u.name(),
             Op::Clip { .. } => "clip",
@@ -895,6 +915,9 @@ impl Op {
                 ("trans_a", Attr::Int(a.trans_a as i64)),
                 ("trans_b", Attr::Int(a.trans_b as i64)),
             ],
+            Op::MatMul(a) if !a.epilogue.is_empty() => {
+                vec![("epilogue", Attr::Str(epilogue_text(&a.epilogue)))]
+            }
             Op::Clip { min, max } => vec![("min", Attr::Float(*min)), ("max", Attr::Float(*max))],
             Op::Act { alpha, beta, .. } => {
                 vec![("alpha", Attr::Float(*alpha)), ("beta", Attr::Float(*beta))]
@@ -997,7 +1020,7 @@ impl Op {
                 ("k", Attr::Int(*k as i64)),
                 ("largest", Attr::Int(*largest as i64)),
             ],
-            Op::MatMul
+            Op::MatMul(_)
             | Op::Binary(_)
             | Op::Unary(_)
             | Op::GlobalAveragePool
@@ -1098,7 +1121,12 @@ impl Op {
                 trans_a: flag("trans_a")?,
                 trans_b: flag("trans_b")?,
             }),
-            "matmul" => Op::MatMul,
+            "matmul" => Op::MatMul(MatMulAttrs {
+                epilogue: match attrs.iter().find(|(n, _)| n == "epilogue") {
+                    Some((_, a)) => parse_epilogue(a.str()?)?,
+                    None => Vec::new(),
+                },
+            }),
             "clip" => Op::Clip {
                 min: get("min")?.float()?,
                 max: get("max")?.float()?,
@@ -1375,11 +1403,38 @@ impl Op {
                 }
                 Ok(vec![x.with_shape(vec![m, n])])
             }
-            Op::MatMul => {
-                arity(2, 2)?;
-                Ok(vec![
-                    ins[0].with_shape(matmul_shape(&ins[0].shape, &ins[1].shape)?),
-                ])
+            Op::MatMul(a) => {
+                let operands = a
+                    .epilogue
+                    .iter()
+                    .filter(|s| **s == EpilogueStep::Add)
+                    .count();
+                if operands > MATMUL_EPILOGUE_OPERANDS {
+                    return Err(format!(
+                        "a matmul epilogue reads at most {MATMUL_EPILOGUE_OPERANDS} operands"
+                    ));
+                }
+                arity(2 + operands, 2 + operands)?;
+                let out = ins[0].with_shape(matmul_shape(&ins[0].shape, &ins[1].shape)?);
+                if !a.epilogue.is_empty() {
+                    if !out.dtype.is_float() || ins[1].dtype != out.dtype {
+                        return Err(format!("a fused epilogue needs a float matmul, got {out}"));
+                    }
+                    if ins[0].shape.len() < 2 || ins[1].shape.len() < 2 {
+                        return Err("a matmul with an epilogue needs operands of rank >= 2".into());
+                    }
+                }
+                for (i, t) in ins.iter().enumerate().skip(2) {
+                    if t.dtype != out.dtype
+                        || broadcast_shapes(&t.shape, &out.shape).ok().as_ref() != Some(&out.shape)
+                    {
+                        return Err(format!(
+                            "epilogue operand {} ({t}) does not broadcast to {out}",
+                            i - 2
+                        ));
+                    }
+                }
+                Ok(vec![out])
             }
             Op::Binary(_) => {
                 arity(2, 2)?;

@@ -245,19 +245,19 @@ fn gemm_transposes() {
 fn matmul_broadcast_and_1d() {
     let a = seq(&[2, 2, 2]);
     let b = t(&[2, 2], &[1.0, 1.0, 0.0, 1.0]);
-    let y = eval1(Op::MatMul, &[&a, &b]);
+    let y = eval1(Op::matmul(), &[&a, &b]);
     close(&y, &[2, 2, 2], &[1.0, 3.0, 3.0, 7.0, 5.0, 11.0, 7.0, 15.0]);
     let v = t(&[2], &[1.0, 2.0]);
-    close(&eval1(Op::MatMul, &[&v, &b]), &[2], &[1.0, 3.0]);
+    close(&eval1(Op::matmul(), &[&v, &b]), &[2], &[1.0, 3.0]);
     close(
-        &eval1(Op::MatMul, &[&a, &v]),
+        &eval1(Op::matmul(), &[&a, &v]),
         &[2, 2],
         &[5.0, 11.0, 17.0, 23.0],
     );
-    close(&eval1(Op::MatMul, &[&v, &v]), &[], &[5.0]);
+    close(&eval1(Op::matmul(), &[&v, &v]), &[], &[5.0]);
     let a = t(&[2, 1, 1, 2], &[1.0, 2.0, 3.0, 4.0]);
     let b = t(&[3, 2, 1], &[1.0, 1.0, 1.0, 0.0, 0.0, 1.0]);
-    let y = eval1(Op::MatMul, &[&a, &b]);
+    let y = eval1(Op::matmul(), &[&a, &b]);
     close(&y, &[2, 3, 1, 1], &[3.0, 1.0, 2.0, 7.0, 3.0, 4.0]);
 }
 

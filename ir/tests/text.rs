@@ -280,6 +280,51 @@ fn parse_errors_have_lines() {
     assert_eq!(err_line("graph g {\n  output %nope\n}").0, 2);
 }
 
+/// A MatMul epilogue's operands must match its `add` steps, broadcast to the product, and the
+/// product must be a float one on matrices.
+#[test]
+fn matmul_epilogue_errors() {
+    let base = |body: &str| {
+        format!(
+            "graph g {{\n  input %a: f32[3,4]\n  input %b: f32[4,5]\n  input %c: f32[5]\n  input %v: f32[4]\n  input %i: i64[4,4]\n{body}\n  output %a\n}}\n"
+        )
+    };
+    let cases = [
+        (
+            "  %y = matmul(%a, %b) {epilogue=\"add\"} : f32[3,5]",
+            "input",
+        ),
+        (
+            "  %y = matmul(%a, %b, %c, %c, %c) {epilogue=\"add+add+add\"} : f32[3,5]",
+            "at most 2",
+        ),
+        (
+            "  %y = matmul(%a, %b, %v) {epilogue=\"add\"} : f32[3,5]",
+            "broadcast",
+        ),
+        (
+            "  %y = matmul(%v, %b, %c) {epilogue=\"add\"} : f32[5]",
+            "rank",
+        ),
+        (
+            "  %y = matmul(%i, %i) {epilogue=\"relu\"} : i64[4,4]",
+            "float",
+        ),
+        (
+            "  %y = matmul(%a, %b) {epilogue=\"frob\"} : f32[3,5]",
+            "unknown epilogue step",
+        ),
+    ];
+    for (body, want) in cases {
+        let (line, msg) = err_line(&base(body));
+        assert_eq!(line, 7, "{body}: {msg}");
+        assert!(msg.contains(want), "{body}: message {msg:?} lacks {want:?}");
+    }
+    let ok = base("  %y = matmul(%a, %b, %c) {epilogue=\"add+gelu\"} : f32[3,5]");
+    let g = parse(&ok).expect("valid epilogue");
+    assert_eq!(print(&g), print(&parse(&print(&g)).unwrap()));
+}
+
 #[test]
 fn print_with_limit_elides() {
     let g = sample();

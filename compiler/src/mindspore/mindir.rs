@@ -1031,7 +1031,7 @@ impl<'a> Imp<'a> {
         let b = if tb { swap_last(self, b, "/tb")? } else { b };
         let y = self.node(
             c,
-            Op::MatMul,
+            Op::matmul(),
             vec![a, b],
             if bias.is_some() { "/mm" } else { "" },
         )?;

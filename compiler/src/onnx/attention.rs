@@ -166,11 +166,11 @@ impl Imp<'_> {
         let kt_sc = self.binary(c, BinaryOp::Mul, kt, sf, &name("k_t_scaled"))?;
         let g = hq / hkv;
         let qk = if g == 1 {
-            self.step1(c, Op::MatMul, vec![q_sc, kt_sc], &name("qk"))?
+            self.step1(c, Op::matmul(), vec![q_sc, kt_sc], &name("qk"))?
         } else {
             let q5 = self.reshape(c, q_sc, vec![b, hkv, g, s, d], &name("q_groups"))?;
             let k5 = self.reshape(c, kt_sc, vec![b, hkv, 1, d, t], &name("k_t_groups"))?;
-            let qk5 = self.step1(c, Op::MatMul, vec![q5, k5], &name("qk_groups"))?;
+            let qk5 = self.step1(c, Op::matmul(), vec![q5, k5], &name("qk_groups"))?;
             self.reshape(c, qk5, vec![b, hq, s, t], &name("qk"))?
         };
 
@@ -337,11 +337,11 @@ impl Imp<'_> {
 
         // probs · V, back to the input layout.
         let y4 = if g == 1 {
-            self.step1(c, Op::MatMul, vec![probs, pv], &name("y_bhsd"))?
+            self.step1(c, Op::matmul(), vec![probs, pv], &name("y_bhsd"))?
         } else {
             let p5 = self.reshape(c, probs, vec![b, hkv, g, s, t], &name("probs_groups"))?;
             let v5 = self.reshape(c, pv, vec![b, hkv, 1, t, dv], &name("v_groups"))?;
-            let y5 = self.step1(c, Op::MatMul, vec![p5, v5], &name("y_groups"))?;
+            let y5 = self.step1(c, Op::matmul(), vec![p5, v5], &name("y_groups"))?;
             self.reshape(c, y5, vec![b, hq, s, dv], &name("y_bhsd"))?
         };
         let y_name = self.out_name(c, 0);
@@ -745,7 +745,7 @@ impl Imp<'_> {
             let mut vt = vs[i];
             if let Some(bs) = &bs {
                 if let Some(s) = state {
-                    let ret = self.step1(c, Op::MatMul, vec![ks[i], s], &n("retrieved"))?;
+                    let ret = self.step1(c, Op::matmul(), vec![ks[i], s], &n("retrieved"))?;
                     vt = self.binary(c, BinaryOp::Sub, vt, ret, &n("v_err"))?;
                 }
                 vt = self.binary(c, BinaryOp::Mul, bs[i], vt, &n("v_delta"))?;
@@ -759,7 +759,7 @@ impl Imp<'_> {
             });
             // read: o_t = q_t S (query heads grouped per KV head)
             let qg = self.reshape(c, qs[i], vec![b, hkv, g, dk], &n("q_groups"))?;
-            let o = self.step1(c, Op::MatMul, vec![qg, state.unwrap()], &n("out"))?;
+            let o = self.step1(c, Op::matmul(), vec![qg, state.unwrap()], &n("out"))?;
             outs.push(self.reshape(c, o, vec![b, 1, hq * dv], &n("out_row"))?);
         }
         let o = if outs.len() == 1 {
@@ -833,11 +833,11 @@ impl Imp<'_> {
         let perm = vec![0, 1, 3, 2];
         let kt = self.step1(c, Op::Transpose { perm }, vec![k_sc], &name("k_t"))?;
         let scores = if g == 1 {
-            self.step1(c, Op::MatMul, vec![q_sc, kt], &name("scores"))?
+            self.step1(c, Op::matmul(), vec![q_sc, kt], &name("scores"))?
         } else {
             let q5 = self.reshape(c, q_sc, vec![b, hkv, g, s, d], &name("q_groups"))?;
             let k5 = self.reshape(c, kt, vec![b, hkv, 1, d, t], &name("k_t_groups"))?;
-            let qk5 = self.step1(c, Op::MatMul, vec![q5, k5], &name("scores_groups"))?;
+            let qk5 = self.step1(c, Op::matmul(), vec![q5, k5], &name("scores_groups"))?;
             self.reshape(c, qk5, vec![b, hq, s, t], &name("scores"))?
         };
         let sm_dt = match c.attr("softmax_precision") {
@@ -879,11 +879,11 @@ impl Imp<'_> {
         }
         let y_name = self.out_name(c, 0);
         let y = if g == 1 {
-            self.step1(c, Op::MatMul, vec![probs, v], &y_name)?
+            self.step1(c, Op::matmul(), vec![probs, v], &y_name)?
         } else {
             let p5 = self.reshape(c, probs, vec![b, hkv, g, s, t], &name("probs_groups"))?;
             let v5 = self.reshape(c, v, vec![b, hkv, 1, t, dv], &name("v_groups"))?;
-            let y5 = self.step1(c, Op::MatMul, vec![p5, v5], &name("y_groups"))?;
+            let y5 = self.step1(c, Op::matmul(), vec![p5, v5], &name("y_groups"))?;
             self.reshape(c, y5, vec![b, hq, s, dv], &y_name)?
         };
         self.set_out(c, 0, y);

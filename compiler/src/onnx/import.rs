@@ -1335,7 +1335,7 @@ impl<'a> Imp<'a> {
             }
             "MatMul" => {
                 let (a, b) = (self.req(c, 0)?, self.req(c, 1)?);
-                self.emit(c, Op::MatMul, vec![a, b])?;
+                self.emit(c, Op::matmul(), vec![a, b])?;
             }
             "Gemm" => {
                 let mut ins = vec![self.req(c, 0)?, self.req(c, 1)?];
@@ -1801,7 +1801,7 @@ impl<'a> Imp<'a> {
             &[format!("{base}/w_t")],
         )?[0];
         let x3 = self.reshape(c, ins[0], vec![n, ch, h * w], &format!("{base}/x_3d"))?;
-        let y = self.node(c, Op::MatMul, vec![wt, x3], &[format!("{base}/gemm")])?[0];
+        let y = self.node(c, Op::matmul(), vec![wt, x3], &[format!("{base}/gemm")])?[0];
         let y = self.reshape(c, y, vec![n, m, k0, k1, h, w], &format!("{base}/patches"))?;
         let y = self.node(
             c,

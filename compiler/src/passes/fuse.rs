@@ -1,12 +1,13 @@
 //! Weight folding (BatchNormalization, per-channel Mul/Add into Conv/Gemm weights) and kernel
-//! epilogue fusion (activation and residual Add into Conv).
+//! epilogue fusion (activation and residual Add into Conv; bias, residual, activation and scalar
+//! affine into MatMul).
 //!
 //! A rule fires only when the intermediate value has exactly one reader (the absorbed node)
 //! and is not a graph output. Folded weights are new constants; the originals stay for other
 //! readers and DCE drops them otherwise.
 
 use super::{Ctx, Rule};
-use kiln_ir::ops::{BinaryOp, ConvAttrs, EpilogueStep};
+use kiln_ir::ops::{BinaryOp, ConvAttrs, EpilogueStep, MatMulAttrs};
 use kiln_ir::{ConstData, DType, Graph, NodeId, Op, TensorType, ValueId};
 
 /// An f32 constant's elements.
@@ -282,7 +283,7 @@ fn fold_batchnorm_into_conv_transpose(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bo
         match &pn.op {
             Op::Reshape { .. } => {}
             Op::Transpose { perm } if perm[..2] == [0, 1] => {}
-            Op::MatMul if ts.len() == 3 => break p,
+            Op::MatMul(_) if ts.len() == 3 => break p,
             _ => return false,
         }
         v = pn.inputs[0];
@@ -467,6 +468,100 @@ fn fuse_conv_residual(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
     false
 }
 
+/// The f32 MatMul producing `v` (plain or with an epilogue already), if `v` is read only by
+/// `user` and both matrices have rank >= 2 (the epilogue's operand rule).
+fn matmul_feeding(g: &Graph, v: ValueId, user: NodeId, ctx: &Ctx) -> Option<(NodeId, MatMulAttrs)> {
+    let p = g.producer(v)?;
+    let node = g.node(p);
+    let Op::MatMul(a) = &node.op else {
+        return None;
+    };
+    let ok = ctx.only_used_by(v, user)
+        && g.ty(v).dtype == DType::F32
+        && node.inputs[..2].iter().all(|&i| g.ty(i).shape.len() >= 2);
+    ok.then(|| (p, a.clone()))
+}
+
+/// `matmul(a, b) + r` with `r` broadcast to the product (a bias `[N]`, a residual) becomes an
+/// `add` epilogue step reading `r` (at most two: bias, then residual).
+fn fuse_matmul_add(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
+    let node = g.node(n);
+    let Op::Binary(BinaryOp::Add) = node.op else {
+        return false;
+    };
+    let out = node.outputs[0];
+    for k in 0..2 {
+        let (y, r) = (node.inputs[k], node.inputs[1 - k]);
+        if y == r || g.ty(y).shape != g.ty(out).shape || scalar(g, r).is_some() {
+            continue; // scalar constants go to fuse_matmul_affine
+        }
+        let Some((p, mut a)) = matmul_feeding(g, y, n, ctx) else {
+            continue;
+        };
+        let used = a
+            .epilogue
+            .iter()
+            .filter(|s| **s == EpilogueStep::Add)
+            .count();
+        if used >= kiln_ir::ops::MATMUL_EPILOGUE_OPERANDS {
+            continue;
+        }
+        let mut inputs = g.node(p).inputs.clone();
+        inputs.push(r);
+        a.epilogue.push(EpilogueStep::Add);
+        g.fuse_pair(p, n, Op::MatMul(a), inputs);
+        return true;
+    }
+    false
+}
+
+fn fuse_matmul_activation(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
+    let node = g.node(n);
+    let Some(step) = EpilogueStep::from_activation(&node.op) else {
+        return false;
+    };
+    let Some((p, mut a)) = matmul_feeding(g, node.inputs[0], n, ctx) else {
+        return false;
+    };
+    a.epilogue.push(step);
+    let inputs = g.node(p).inputs.clone();
+    g.fuse_pair(p, n, Op::MatMul(a), inputs);
+    true
+}
+
+/// `matmul(..) * s` / `+ s` with a scalar constant `s` becomes an `affine(s,0)` / `affine(1,s)`
+/// epilogue step (attention's score scaling).
+fn fuse_matmul_affine(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
+    let node = g.node(n);
+    let Op::Binary(op @ (BinaryOp::Mul | BinaryOp::Add)) = node.op else {
+        return false;
+    };
+    for k in 0..2 {
+        let (y, c) = (node.inputs[k], node.inputs[1 - k]);
+        let Some(s) = scalar(g, c) else { continue };
+        if y == c || g.ty(y).shape != g.ty(node.outputs[0]).shape {
+            continue;
+        }
+        let Some((p, mut a)) = matmul_feeding(g, y, n, ctx) else {
+            continue;
+        };
+        let (alpha, beta) = if op == BinaryOp::Mul {
+            (s, 0.0)
+        } else {
+            (1.0, s)
+        };
+        a.epilogue.push(EpilogueStep::Act {
+            kind: kiln_ir::ops::ActKind::Affine,
+            alpha,
+            beta,
+        });
+        let inputs = g.node(p).inputs.clone();
+        g.fuse_pair(p, n, Op::MatMul(a), inputs);
+        return true;
+    }
+    false
+}
+
 /// The value of a one-element f32 constant.
 fn scalar(g: &Graph, v: ValueId) -> Option<f32> {
     let v = f32s(g, v)?;
@@ -557,6 +652,54 @@ fn recognize_hardswish(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
     }
     if let Some(node) = g.nodes[n.index()].as_mut() {
         node.op = Op::Unary(kiln_ir::ops::UnaryOp::HardSwish);
+        node.inputs = vec![x];
+    }
+    for d in dead {
+        g.remove_node(d);
+    }
+    true
+}
+
+/// Swish / SiLU as exporters write it, `x * sigmoid(x)` or `x * sigmoid(x * k)` with a scalar
+/// constant `k` (PaddlePaddle), becomes one `swish(k)` activation (so it can join a conv or
+/// matmul epilogue). Anchored at the Mul; the Sigmoid (and the scaling Mul) must have that
+/// single reader and are removed at once.
+fn recognize_swish(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
+    let node = g.node(n);
+    if node.op != Op::Binary(BinaryOp::Mul) {
+        return false;
+    }
+    let found = node.inputs.iter().enumerate().find_map(|(k, &sv)| {
+        let x = node.inputs[1 - k];
+        let sp = g.producer(sv)?;
+        let sig = g.node(sp);
+        if sig.op != Op::Unary(kiln_ir::ops::UnaryOp::Sigmoid) || !ctx.only_used_by(sv, n) {
+            return None;
+        }
+        let t = sig.inputs[0];
+        if t == x {
+            return Some((x, 1.0, vec![sp]));
+        }
+        let tp = g.producer(t)?;
+        let scale = g.node(tp);
+        if scale.op != Op::Binary(BinaryOp::Mul) || !ctx.only_used_by(t, sp) {
+            return None;
+        }
+        let k = scalar(g, other(scale, x)?)?;
+        Some((x, k, vec![sp, tp]))
+    });
+    let Some((x, alpha, dead)) = found else {
+        return false;
+    };
+    if g.ty(x).dtype != DType::F32 || g.ty(x).shape != g.ty(g.node(n).outputs[0]).shape {
+        return false;
+    }
+    if let Some(node) = g.nodes[n.index()].as_mut() {
+        node.op = Op::Act {
+            kind: kiln_ir::ops::ActKind::Swish,
+            alpha,
+            beta: 0.0,
+        };
         node.inputs = vec![x];
     }
     for d in dead {
@@ -793,12 +936,18 @@ fn recognize_softmax(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
     true
 }
 
-pub static RULES: [Rule; 10] = [
+pub static RULES: [Rule; 14] = [
     Rule {
         name: "recognize_hardswish",
         pass: "fuse",
         about: "x*clip(x+3,0,6)/6 and x*HardSigmoid(x) recognised as one HardSwish",
         apply: recognize_hardswish,
+    },
+    Rule {
+        name: "recognize_swish",
+        pass: "fuse",
+        about: "x*sigmoid(x) and x*sigmoid(k*x) (scalar k) recognised as one Swish(k)",
+        apply: recognize_swish,
     },
     Rule {
         name: "recognize_gelu",
@@ -853,5 +1002,23 @@ pub static RULES: [Rule; 10] = [
         pass: "fuse",
         about: "Mul/Add by a scalar constant after a Conv's activation fused into its epilogue as affine(scale,shift)",
         apply: fuse_conv_affine,
+    },
+    Rule {
+        name: "fuse_matmul_add",
+        pass: "fuse",
+        about: "bias or residual Add (any operand broadcast to the product, at most two) after a MatMul fused into its epilogue",
+        apply: fuse_matmul_add,
+    },
+    Rule {
+        name: "fuse_matmul_activation",
+        pass: "fuse",
+        about: "activation (Relu, Gelu, Sigmoid, Clip, ...) after a MatMul fused into its epilogue",
+        apply: fuse_matmul_activation,
+    },
+    Rule {
+        name: "fuse_matmul_affine",
+        pass: "fuse",
+        about: "Mul/Add by a scalar constant after a MatMul fused into its epilogue as affine(scale,shift)",
+        apply: fuse_matmul_affine,
     },
 ];

@@ -8,9 +8,9 @@ use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{FuncRef, InstBuilder, Value, types};
 use cranelift_frontend::Variable;
 use kiln_ir::ops::{
-    BinaryOp, CmpOp, ConvAttrs, ConvTransposeAttrs, CoordTransform, GemmAttrs, LogicOp,
-    NearestMode, PoolAttrs, ReduceKind, ResizeAttrs, ResizeMode, SliceAttrs, SoftmaxKind, UnaryOp,
-    broadcast_shapes,
+    BinaryOp, CmpOp, ConvAttrs, ConvTransposeAttrs, CoordTransform, EpilogueStep, GemmAttrs,
+    LogicOp, MatMulAttrs, NearestMode, PoolAttrs, ReduceKind, ResizeAttrs, ResizeMode, SliceAttrs,
+    SoftmaxKind, UnaryOp, broadcast_shapes,
 };
 use kiln_ir::types::strides_of;
 use kiln_ir::{DType, Node, Op, TensorType};
@@ -74,7 +74,7 @@ pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&Tenso
             gemm(kb, a, ins, outs[0]);
             Ok(())
         }
-        Op::MatMul => matmul(kb, ins, outs[0]),
+        Op::MatMul(a) => matmul(kb, a, ins, outs[0]),
         Op::BatchNorm { epsilon } => {
             float_only(ins[0])?;
             batch_norm(kb, *epsilon, ins[0]);
@@ -658,7 +658,7 @@ pub(crate) fn scratch_bytes(node: &Node, ins: &[&TensorType], outs: &[&TensorTyp
                 Err(_) => 0,
             }
         }
-        Op::MatMul if ins[0].dtype == DType::F32 => match matmul_dims(ins[0], ins[1]) {
+        Op::MatMul(_) if ins[0].dtype == DType::F32 => match matmul_dims(ins[0], ins[1]) {
             Some((m, k, _)) => matmul_pack_floats(m, k) * 4,
             _ => 0,
         },
@@ -1283,7 +1283,48 @@ pub(crate) fn matmul_pack_floats(m: usize, k: usize) -> usize {
     m.div_ceil(4) * 4 * k + 8 * k
 }
 
-fn matmul(kb: &mut Kb, ins: &[&TensorType], _out: &TensorType) -> KResult {
+/// A MatMul and its fused epilogue: the wide kernel applies as much of the epilogue as it has
+/// a vector lowering for, the rest runs as elementwise passes over the output (in place).
+fn matmul(kb: &mut Kb, attrs: &MatMulAttrs, ins: &[&TensorType], out: &TensorType) -> KResult {
+    let operands: Vec<Value> = kb.params[2..ins.len()].to_vec();
+    let saved = kb.params.clone();
+    // the product sees the parameters of a plain MatMul: a, b, out, scratch, pool
+    kb.params.drain(2..ins.len());
+    let r = matmul_product(kb, &ins[..2], (&operands, &ins[2..]), &out.shape);
+    kb.params = saved;
+    let done = r?;
+    let op = kb.params[ins.len()];
+    let mut operands = operands.iter().zip(&ins[2..]);
+    for (i, step) in attrs.epilogue.iter().enumerate() {
+        let operand = (*step == EpilogueStep::Add).then(|| operands.next().expect("operand"));
+        if i < done {
+            continue;
+        }
+        let saved = kb.params.clone();
+        let r = match operand {
+            Some((&v, t)) => {
+                kb.params = vec![op, v, op];
+                crate::ew::elementwise(kb, &step.as_op(), &[out, t], out)
+            }
+            None => {
+                kb.params = vec![op, op];
+                crate::ew::elementwise(kb, &step.as_op(), &[out], out)
+            }
+        };
+        kb.params = saved;
+        r?;
+    }
+    Ok(())
+}
+
+/// `C = A B` (the plain product, parameters a, b, out, scratch, pool), then the steps of the
+/// epilogue the wide kernel fuses (reading `operands`); returns how many steps were applied.
+fn matmul_product(
+    kb: &mut Kb,
+    ins: &[&TensorType],
+    (operands, operand_tys): (&[Value], &[&TensorType]),
+    out_shape: &[usize],
+) -> Result<usize, String> {
     let a = &ins[0].shape;
     let b = &ins[1].shape;
     let a2: Vec<usize> = if a.len() == 1 {
@@ -1363,7 +1404,7 @@ fn matmul(kb: &mut Kb, ins: &[&TensorType], _out: &TensorType) -> KResult {
                 store_num(kb, dt, a, op, oo);
             });
         });
-        return err.map_or(Ok(()), Err);
+        return err.map_or(Ok(0), Err);
     }
     if let Some((ck, f)) = kb.ukernel.clone() {
         // the wide kernel: pack A per batch into scratch, then C = A B as a 1x1 convolution
@@ -1373,6 +1414,15 @@ fn matmul(kb: &mut Kb, ins: &[&TensorType], _out: &TensorType) -> KResult {
             "scratch too small"
         );
         let zero = kb.ic(0);
+        // the epilogue operands' batch strides (their row and column strides are in the kernel)
+        let s_ops: Vec<Vec<usize>> = operand_tys
+            .iter()
+            .take(ck.operands.len())
+            .map(|t| {
+                let s = bcast_strides(&t.shape, out_shape);
+                s[..s.len() - 2].to_vec()
+            })
+            .collect();
         kb.for_nd(&batch, &mut |kb, idx| {
             let ab = kb.offset(idx, &sa);
             let bo = kb.offset(idx, &sb);
@@ -1382,9 +1432,14 @@ fn matmul(kb: &mut Kb, ins: &[&TensorType], _out: &TensorType) -> KResult {
             call_wide(kb, pack, [a, zero, zero, zero, sp], ck.mb, ck.parallel);
             let q = kb.addr(bp, bo, 4);
             let o = kb.addr(op, oo, 4);
-            call_wide(kb, f, [q, sp, zero, zero, o], ck.work(), ck.parallel);
+            let mut e = [zero, zero];
+            for (k, st) in s_ops.iter().enumerate() {
+                let off = kb.offset(idx, st);
+                e[k] = kb.addr(operands[k], off, 4);
+            }
+            call_wide(kb, f, [q, sp, e[0], e[1], o], ck.work(), ck.parallel);
         });
-        return Ok(());
+        return Ok(ck.epilogue.len());
     }
     if matmul_tiled(m, n) {
         // C[m,n] = A[m,k] B[k,n] is a 1x1 convolution with weights A over a k-channel image B
@@ -1416,7 +1471,7 @@ fn matmul(kb: &mut Kb, ins: &[&TensorType], _out: &TensorType) -> KResult {
             }
         });
         kb.params = saved;
-        return err.map_or(Ok(()), Err);
+        return err.map_or(Ok(0), Err);
     }
     kb.for_nd(&batch, &mut |kb, idx| {
         let ab = kb.offset(idx, &sa);
@@ -1432,7 +1487,7 @@ fn matmul(kb: &mut Kb, ins: &[&TensorType], _out: &TensorType) -> KResult {
             }
         });
     });
-    Ok(())
+    Ok(0)
 }
 
 fn batch_norm(kb: &mut Kb, eps: f32, x: &TensorType) {

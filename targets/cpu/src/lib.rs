@@ -162,12 +162,26 @@ impl Wide {
                         _ => None,
                     }
                 }
-                kiln_ir::Op::MatMul => {
+                kiln_ir::Op::MatMul(ma) => {
                     let (a, b) = (g.ty(node.inputs[0]), g.ty(node.inputs[1]));
+                    let out = &g.ty(node.outputs[0]).shape;
+                    let operands: Vec<(usize, usize)> = node.inputs[2..]
+                        .iter()
+                        .map(|&v| {
+                            let s = kernels::bcast_strides(&g.ty(v).shape, out);
+                            (s[s.len() - 2], s[s.len() - 1])
+                        })
+                        .collect();
                     kernels::matmul_dims(a, b)
                         .filter(|_| a.dtype == kiln_ir::DType::F32)
-                        .map(|(m, kd, n)| {
-                            ukernel::ConvKernel::matmul(format!("{prefix}_k{k}_wide"), m, kd, n, &t)
+                        .map(|dims| {
+                            ukernel::ConvKernel::matmul(
+                                format!("{prefix}_k{k}_wide"),
+                                dims,
+                                &ma.epilogue,
+                                &operands,
+                                &t,
+                            )
                         })
                 }
                 kiln_ir::Op::MaxPool(pa) => {

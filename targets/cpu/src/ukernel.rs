@@ -52,6 +52,18 @@ pub(crate) struct ConvKernel {
     /// A matrix product: element `(i, c)` of the left operand is at `i * a.0 + c * a.1`; it is
     /// packed at run time by [`Self::pack_ir`].
     pub a_strides: Option<(usize, usize)>,
+    /// A matrix product's epilogue operands (read by its `Add` steps, in order, through the
+    /// `b` and `r` parameters): element `(i, j)` of the output reads `i * si + j * sj` with
+    /// `sj` 0 or 1 (a bias row, a per-row scalar, a scalar or a full residual).
+    pub operands: Vec<(usize, usize)>,
+}
+
+/// An epilogue operand as the store of one output row reads it.
+enum Src {
+    /// A vector at the store's offset from this row pointer (masked like the store).
+    Vec(String),
+    /// One value for the whole row.
+    Splat(String),
 }
 
 /// Whether [`ConvKernel::depthwise`] takes a convolution of this shape and epilogue.
@@ -63,10 +75,18 @@ pub(crate) fn depthwise_ok(g: &Geom, epilogue: &[EpilogueStep]) -> bool {
 fn step_supported(s: &EpilogueStep) -> bool {
     match s {
         EpilogueStep::Add | EpilogueStep::Clip { .. } => true,
-        EpilogueStep::Unary(u) => matches!(u, UnaryOp::Relu | UnaryOp::HardSwish),
+        EpilogueStep::Unary(u) => matches!(
+            u,
+            UnaryOp::Relu
+                | UnaryOp::HardSwish
+                | UnaryOp::Sigmoid
+                | UnaryOp::Tanh
+                | UnaryOp::Gelu
+                | UnaryOp::GeluTanh
+        ),
         EpilogueStep::Act { kind, .. } => matches!(
             kind,
-            ActKind::HardSigmoid | ActKind::LeakyRelu | ActKind::Affine
+            ActKind::HardSigmoid | ActKind::LeakyRelu | ActKind::Affine | ActKind::Swish
         ),
     }
 }
@@ -117,6 +137,7 @@ impl ConvKernel {
             pool_max: false,
             parallel: true,
             a_strides: None,
+            operands: Vec::new(),
             g,
         })
     }
@@ -161,13 +182,22 @@ impl ConvKernel {
             pool_max: false,
             parallel: true,
             a_strides: None,
+            operands: Vec::new(),
             g,
         })
     }
 
     /// `C[m,n] = A[m,k] B[k,n]` as a 1x1 convolution with weights A (packed at run time with
-    /// [`Self::pack_rows`]) over a k-channel image B of n pixels.
-    pub fn matmul(name: String, m: usize, k: usize, n: usize, t: &LlvmTarget) -> ConvKernel {
+    /// [`Self::pack_rows`]) over a k-channel image B of n pixels, followed by the longest prefix
+    /// of `epilogue` that has a vector lowering here (see [`Self::epilogue`]); `operands` are
+    /// the `(si, sj)` strides of the operands of its `Add` steps.
+    pub fn matmul(
+        name: String,
+        (m, k, n): (usize, usize, usize),
+        epilogue: &[EpilogueStep],
+        operands: &[(usize, usize)],
+        t: &LlvmTarget,
+    ) -> ConvKernel {
         let g = Geom {
             k: [1, 1],
             s: [1, 1],
@@ -183,9 +213,15 @@ impl ConvKernel {
             cg: k,
             mg: m,
         };
-        let mut ck = ConvKernel::new(name, g, 1, false, false, &[], t).expect("no epilogue");
+        assert!(operands.iter().all(|&(_, sj)| sj <= 1), "operand columns");
+        let done = epilogue.iter().take_while(|s| step_supported(s)).count();
+        let steps = &epilogue[..done];
+        let mut ck = ConvKernel::new(name, g, 1, false, false, steps, t).expect("supported steps");
+        debug_assert_eq!(ck.pk.wq, n, "a product's image has no padding");
         ck.prepacked = false;
         ck.a_strides = Some((k, 1));
+        let used = steps.iter().filter(|s| **s == EpilogueStep::Add).count();
+        ck.operands = operands[..used].to_vec();
         ck
     }
 
@@ -204,7 +240,7 @@ impl ConvKernel {
         trans_b: bool,
         t: &LlvmTarget,
     ) -> ConvKernel {
-        let mut ck = ConvKernel::matmul(name, m, k, n, t);
+        let mut ck = ConvKernel::matmul(name, (m, k, n), &[], &[], t);
         ck.b_const = Some(trans_b);
         if trans_a {
             ck.a_strides = Some((1, m));
@@ -507,13 +543,36 @@ impl ConvKernel {
             b.line(&format!("  {d} = sub i64 {d0}, {sh}"));
             let op = b.tmp();
             b.line(&format!("  {op} = getelementptr float, float* %o, i64 {d}"));
-            let rp = if self.has_res {
+            let mut srcs = Vec::new();
+            if self.has_res {
                 let rp = b.tmp();
                 b.line(&format!("  {rp} = getelementptr float, float* %r, i64 {d}"));
-                Some(rp)
-            } else {
-                None
-            };
+                srcs.push(Src::Vec(rp));
+            }
+            for (k, &(si, sj)) in self.operands.iter().enumerate() {
+                // products: one output row, so lane 0 of the tile is column j0
+                let base = if k == 0 { "%b" } else { "%r" };
+                let ro = b.tmp();
+                b.line(&format!("  {ro} = mul i64 %mi_{i}, {si}"));
+                let ro = if sj == 1 {
+                    let t = b.tmp();
+                    b.line(&format!("  {t} = add i64 {ro}, %j0"));
+                    t
+                } else {
+                    ro
+                };
+                let rp = b.tmp();
+                b.line(&format!(
+                    "  {rp} = getelementptr float, float* {base}, i64 {ro}"
+                ));
+                srcs.push(if sj == 1 {
+                    Src::Vec(rp)
+                } else {
+                    let s = b.tmp();
+                    b.line(&format!("  {s} = load float, float* {rp}, align 4"));
+                    Src::Splat(b.splat(&s))
+                });
+            }
             for v in 0..vn {
                 let ge = b.tmp();
                 b.line(&format!(
@@ -528,7 +587,7 @@ impl ConvKernel {
                 let m = b.tmp();
                 b.line(&format!("  {m} = and <{w} x i1> {ge}, {lt}"));
                 let acc = &accs[i * vn + v];
-                b.store_tile(&self.epilogue, acc, &m, (&op, rp.as_deref()), v * w);
+                b.store_tile(&self.epilogue, acc, &m, (&op, &srcs), v * w);
             }
             b.line(&format!("  %yn_{i} = add i64 %y_{i}, 1"));
             b.line(&format!("  %ye_{i} = icmp ugt i64 %yn_{i}, %y1"));
@@ -752,8 +811,12 @@ impl ConvKernel {
                 "  {m} = icmp slt <{w} x i32> {col}, {}",
                 splat_const_i32(w, g.ow as i64)
             ));
-            let rp = self.has_res.then_some("%rp");
-            b.store_tile(&self.epilogue, a, &m, ("%op", rp), v * w);
+            let srcs: Vec<Src> = if self.has_res {
+                vec![Src::Vec("%rp".into())]
+            } else {
+                Vec::new()
+            };
+            b.store_tile(&self.epilogue, a, &m, ("%op", &srcs), v * w);
         }
         b.line("  br label %next");
         b.line("next:");
@@ -953,7 +1016,10 @@ pub(crate) fn declarations(lanes: usize) -> String {
     format!(
         "declare {vt} @llvm.fma.v{w}f32({vt}, {vt}, {vt})\n\
          declare {vt} @llvm.masked.load.v{w}f32.p0v{w}f32({vt}*, i32, <{w} x i1>, {vt})\n\
-         declare void @llvm.masked.store.v{w}f32.p0v{w}f32({vt}, {vt}*, i32, <{w} x i1>)\n"
+         declare void @llvm.masked.store.v{w}f32.p0v{w}f32({vt}, {vt}*, i32, <{w} x i1>)\n\
+         declare {vt} @llvm.floor.v{w}f32({vt})\n\
+         declare {vt} @llvm.fabs.v{w}f32({vt})\n\
+         declare {vt} @llvm.copysign.v{w}f32({vt}, {vt})\n"
     )
 }
 
@@ -1052,21 +1118,28 @@ impl Emit {
         self.loop_end(tag, &i);
     }
     /// Apply the epilogue to accumulator `acc` and store the lanes of mask `m` at `off` floats
-    /// after `out`; a residual (`Add` step) is read at the same offset from `res`.
+    /// after `out`; the operands of its `Add` steps come from `srcs` in order (vectors read at
+    /// the same offset under the same mask).
     fn store_tile(
         &mut self,
         steps: &[EpilogueStep],
         acc: &str,
         m: &str,
-        (out, res): (&str, Option<&str>),
+        (out, srcs): (&str, &[Src]),
         off: usize,
     ) {
         let (w, vt) = (self.w, self.vt.clone());
-        let r = res.map(|rp| {
-            let p = self.gep_vec(rp, off);
-            self.masked_load(&p, m)
-        });
-        let val = self.epilogue(steps, acc, r.as_deref());
+        let ops: Vec<String> = srcs
+            .iter()
+            .map(|s| match s {
+                Src::Vec(rp) => {
+                    let p = self.gep_vec(rp, off);
+                    self.masked_load(&p, m)
+                }
+                Src::Splat(v) => v.clone(),
+            })
+            .collect();
+        let val = self.epilogue(steps, acc, &ops);
         let p = self.gep_vec(out, off);
         self.line(&format!(
             "  call void @llvm.masked.store.v{w}f32.p0v{w}f32({vt} {val}, {vt}* {p}, i32 4, <{w} x i1> {m})"
@@ -1155,13 +1228,138 @@ impl Emit {
         let a = self.select("olt", x, &l, &l, x);
         self.select("ogt", &a, &h, &h, &a)
     }
+    fn fma(&mut self, a: &str, b: &str, c: &str) -> String {
+        let (w, vt) = (self.w, self.vt.clone());
+        let r = self.tmp();
+        self.line(&format!(
+            "  {r} = call {vt} @llvm.fma.v{w}f32({vt} {a}, {vt} {b}, {vt} {c})"
+        ));
+        r
+    }
+    fn call1(&mut self, f: &str, x: &str) -> String {
+        let (w, vt) = (self.w, self.vt.clone());
+        let r = self.tmp();
+        self.line(&format!("  {r} = call {vt} @llvm.{f}.v{w}f32({vt} {x})"));
+        r
+    }
+    /// Horner's scheme: `c[0] x^(n-1) + .. + c[n-1]`.
+    fn poly(&mut self, x: &str, c: &[f32]) -> String {
+        let mut p = self.fsplat(c[0]);
+        for &k in &c[1..] {
+            p = self.fma(&p, x, &self.fsplat(k));
+        }
+        p
+    }
+    /// `e^x` (Cephes' single-precision scheme: `x = n ln 2 + r`, a degree-7 polynomial in `r`,
+    /// `2^n` built in the exponent bits; within 2 ulp, infinity past the largest float,
+    /// flushed to `2^-126` below it; NaN stays NaN).
+    fn exp(&mut self, x0: &str) -> String {
+        let w = self.w;
+        let x = self.clamp(x0, -87.33654, 88.72283);
+        let fx = self.fma(
+            &x,
+            &self.fsplat(std::f32::consts::LOG2_E),
+            &self.fsplat(0.5),
+        );
+        let n = self.call1("floor", &fx);
+        let cap = self.fsplat(127.0);
+        let n = self.select("ogt", &n, &cap, &cap, &n);
+        let n = self.select("uno", &n, &n, "zeroinitializer", &n);
+        let r = self.fma(&n, &self.fsplat(-0.693_359_4), &x);
+        let r = self.fma(&n, &self.fsplat(2.121_944_4e-4), &r);
+        let p = self.poly(
+            &r,
+            &[
+                1.987_569_1e-4,
+                1.398_199_9e-3,
+                8.333_452e-3,
+                4.166_579_6e-2,
+                0.166_666_65,
+                0.5,
+            ],
+        );
+        let r2 = self.bin("fmul", &r, &r);
+        let y = self.fma(&p, &r2, &r);
+        let y = self.bin("fadd", &y, &self.fsplat(1.0));
+        let ni = self.tmp();
+        self.line(&format!("  {ni} = fptosi {} {n} to <{w} x i32>", self.vt));
+        let e = self.tmp();
+        self.line(&format!(
+            "  {e} = add <{w} x i32> {ni}, {}",
+            splat_const_i32(w, 127)
+        ));
+        let e2 = self.tmp();
+        self.line(&format!(
+            "  {e2} = shl <{w} x i32> {e}, {}",
+            splat_const_i32(w, 23)
+        ));
+        let sc = self.tmp();
+        self.line(&format!("  {sc} = bitcast <{w} x i32> {e2} to {}", self.vt));
+        let r = self.bin("fmul", &y, &sc);
+        let (big, inf) = (self.fsplat(88.72283), self.fsplat(f32::INFINITY));
+        self.select("ogt", x0, &big, &inf, &r)
+    }
+    /// `1 + e^(k x)`.
+    fn one_plus_exp(&mut self, x: &str, k: f32) -> String {
+        let v = self.bin("fmul", x, &self.fsplat(k));
+        let e = self.exp(&v);
+        self.bin("fadd", &e, &self.fsplat(1.0))
+    }
+    /// `1 / (1 + e^(k x))` (the sigmoid for `k = -1`).
+    fn sigmoid(&mut self, x: &str, k: f32) -> String {
+        let d = self.one_plus_exp(x, k);
+        self.bin("fdiv", &self.fsplat(1.0), &d)
+    }
+    /// `tanh x = 2 sigmoid(2x) - 1`.
+    fn tanh(&mut self, x: &str) -> String {
+        let s = self.sigmoid(x, -2.0);
+        self.fma(&s, &self.fsplat(2.0), &self.fsplat(-1.0))
+    }
+    /// `erf x` (Abramowitz & Stegun 7.1.26, absolute error below 2e-7 in f32):
+    /// `1 - t (a1 + t (a2 + ..)) e^(-x^2)` with `t = 1 / (1 + p |x|)`, sign restored.
+    fn erf(&mut self, x: &str) -> String {
+        let a = self.call1("fabs", x);
+        let one = self.fsplat(1.0);
+        let d = self.fma(&a, &self.fsplat(0.327_591_1), &one);
+        let t = self.bin("fdiv", &one, &d);
+        let p = self.poly(
+            &t,
+            &[
+                1.061_405_4,
+                -1.453_152,
+                1.421_413_8,
+                -0.284_496_74,
+                0.254_829_6,
+            ],
+        );
+        let pt = self.bin("fmul", &p, &t);
+        let a2 = self.bin("fmul", &a, &a);
+        let na2 = self.bin("fsub", "zeroinitializer", &a2);
+        let e = self.exp(&na2);
+        let m = self.bin("fmul", &pt, &e);
+        let r = self.bin("fsub", &one, &m);
+        let (w, vt) = (self.w, self.vt.clone());
+        let s = self.tmp();
+        self.line(&format!(
+            "  {s} = call {vt} @llvm.copysign.v{w}f32({vt} {r}, {vt} {x})"
+        ));
+        s
+    }
+    /// `0.5 x (1 + v)`.
+    fn half_x_one_plus(&mut self, x: &str, v: &str) -> String {
+        let one = self.fsplat(1.0);
+        let s = self.bin("fadd", v, &one);
+        let h = self.bin("fmul", x, &self.fsplat(0.5));
+        self.bin("fmul", &h, &s)
+    }
     /// The epilogue steps on one vector, in the same arithmetic as `ew.rs`.
-    fn epilogue(&mut self, steps: &[EpilogueStep], x: &str, res: Option<&str>) -> String {
+    fn epilogue(&mut self, steps: &[EpilogueStep], x: &str, operands: &[String]) -> String {
         let mut x = x.to_string();
+        let mut operands = operands.iter();
         for s in steps {
             x = match *s {
                 EpilogueStep::Add => {
-                    let r = res.expect("residual operand");
+                    let r = operands.next().expect("epilogue operand");
                     self.bin("fadd", &x, r)
                 }
                 EpilogueStep::Clip { min, max } => self.clamp(&x, min, max),
@@ -1204,6 +1402,35 @@ impl Emit {
                     let (a, bt) = (self.fsplat(alpha), self.fsplat(beta));
                     let v = self.bin("fmul", &x, &a);
                     self.bin("fadd", &v, &bt)
+                }
+                EpilogueStep::Unary(UnaryOp::Sigmoid) => self.sigmoid(&x, -1.0),
+                EpilogueStep::Act {
+                    kind: ActKind::Swish,
+                    alpha,
+                    ..
+                } => {
+                    // x / (1 + e^(-alpha x)), as the interpreter: -0 for huge negative x
+                    let d = self.one_plus_exp(&x, -alpha);
+                    self.bin("fdiv", &x, &d)
+                }
+                EpilogueStep::Unary(UnaryOp::Tanh) => self.tanh(&x),
+                EpilogueStep::Unary(UnaryOp::Gelu) => {
+                    // 0.5 x (1 + erf(x / sqrt 2))
+                    let v = self.bin("fmul", &x, &self.fsplat(std::f32::consts::FRAC_1_SQRT_2));
+                    let e = self.erf(&v);
+                    self.half_x_one_plus(&x, &e)
+                }
+                EpilogueStep::Unary(UnaryOp::GeluTanh) => {
+                    // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+                    let x2 = self.bin("fmul", &x, &x);
+                    let c = self.fsplat(0.044715);
+                    let one = self.fsplat(1.0);
+                    let p = self.fma(&x2, &c, &one);
+                    let v = self.bin("fmul", &x, &p);
+                    let k = self.fsplat((2.0 / std::f64::consts::PI).sqrt() as f32);
+                    let v = self.bin("fmul", &v, &k);
+                    let t = self.tanh(&v);
+                    self.half_x_one_plus(&x, &t)
                 }
                 _ => unreachable!("step_supported() admits only the steps above"),
             };

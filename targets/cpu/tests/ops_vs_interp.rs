@@ -34,7 +34,7 @@ fn check(g: &Graph, inputs: &[Tensor]) {
     if g.iter_nodes().any(|(_, n)| {
         matches!(
             n.op,
-            Op::Conv(_) | Op::MatMul | Op::Gemm(_) | Op::MaxPool(_)
+            Op::Conv(_) | Op::MatMul(_) | Op::Gemm(_) | Op::MaxPool(_)
         )
     }) {
         for cpu in ["x86-64-v3", "x86-64"] {
@@ -727,11 +727,185 @@ fn wide_kernel_edges() {
         let x = g.add_input("a", TensorType::f32(a.clone()));
         let y = g.add_input("b", TensorType::f32(b.clone()));
         g.outputs = g
-            .add_node("m", Op::MatMul, vec![x, y], vec!["y".into()])
+            .add_node("m", Op::matmul(), vec![x, y], vec!["y".into()])
             .unwrap();
         let ta = Tensor::f32(a.clone(), r.vec(a.iter().product()));
         let tb = Tensor::f32(b.clone(), r.vec(b.iter().product()));
         check(&g, &[ta, tb]);
+    }
+}
+
+/// MatMul epilogues: operands of every broadcast form the kernel reads (bias row, per-row
+/// column, scalar, full residual, batch-broadcast), steps the wide kernel has no vector form
+/// for (the rest of the epilogue then runs as elementwise passes), and shapes the wide kernel
+/// does not take (rank-2 thin products, f64).
+#[test]
+fn matmul_epilogues() {
+    let mut r = Rng(11);
+    let act = |kind, alpha, beta| EpilogueStep::Act { kind, alpha, beta };
+    // (a, b, epilogue operand shapes, epilogue)
+    type Case = (Vec<usize>, Vec<usize>, Vec<Vec<usize>>, Vec<EpilogueStep>);
+    let cases: Vec<Case> = vec![
+        (
+            vec![37, 19],
+            vec![19, 45],
+            vec![vec![45]],
+            vec![EpilogueStep::Add],
+        ),
+        (
+            vec![2, 9, 16],
+            vec![16, 40],
+            vec![vec![40], vec![2, 9, 40]],
+            vec![
+                EpilogueStep::Add,
+                EpilogueStep::Unary(UnaryOp::Relu),
+                EpilogueStep::Add,
+            ],
+        ),
+        (
+            vec![3, 10, 8],
+            vec![3, 8, 33],
+            vec![vec![3, 10, 1], vec![1]],
+            vec![
+                EpilogueStep::Add,
+                act(ActKind::Affine, 0.5, -0.25),
+                EpilogueStep::Add,
+            ],
+        ),
+        (
+            vec![2, 3, 12, 10],
+            vec![10, 9],
+            vec![vec![3, 1, 9], vec![2, 1, 12, 9]],
+            vec![
+                EpilogueStep::Add,
+                EpilogueStep::Unary(UnaryOp::Gelu),
+                EpilogueStep::Add,
+                EpilogueStep::Clip {
+                    min: -0.5,
+                    max: 0.5,
+                },
+            ],
+        ),
+        (
+            vec![5, 64],
+            vec![64, 3],
+            vec![vec![5, 3]],
+            vec![EpilogueStep::Add, EpilogueStep::Unary(UnaryOp::Sigmoid)],
+        ),
+        (
+            vec![6, 7],
+            vec![7, 2],
+            vec![],
+            vec![act(ActKind::LeakyRelu, 0.1, 0.0)],
+        ),
+    ];
+    for (i, (a, b, ops, epilogue)) in cases.into_iter().enumerate() {
+        let mut g = Graph::new(format!("mm_epilogue_{i}"));
+        let x = g.add_input("a", TensorType::f32(a.clone()));
+        let y = g.add_input("b", TensorType::f32(b.clone()));
+        let mut inputs = vec![x, y];
+        let mut data = vec![
+            Tensor::f32(a.clone(), r.vec(a.iter().product())),
+            Tensor::f32(b.clone(), r.vec(b.iter().product())),
+        ];
+        for (k, s) in ops.iter().enumerate() {
+            inputs.push(g.add_input(format!("e{k}"), TensorType::f32(s.clone())));
+            data.push(Tensor::f32(s.clone(), r.vec(s.iter().product())));
+        }
+        g.outputs = g
+            .add_node(
+                "m",
+                Op::MatMul(MatMulAttrs { epilogue }),
+                inputs,
+                vec!["y".into()],
+            )
+            .unwrap();
+        check(&g, &data);
+    }
+    // a non-f32 product with an epilogue: the scalar triple loop, then elementwise passes
+    let mut g = Graph::new("mm_epilogue_f64");
+    let x = g.add_input("a", TensorType::new(DType::F64, vec![4, 3]));
+    let y = g.add_input("b", TensorType::new(DType::F64, vec![3, 5]));
+    let e = g.add_input("e", TensorType::new(DType::F64, vec![5]));
+    let epilogue = vec![EpilogueStep::Add, EpilogueStep::Unary(UnaryOp::Relu)];
+    g.outputs = g
+        .add_node(
+            "m",
+            Op::MatMul(MatMulAttrs { epilogue }),
+            vec![x, y, e],
+            vec!["y".into()],
+        )
+        .unwrap();
+    let f64s = |r: &mut Rng, n: usize| r.vec(n).into_iter().map(f64::from).collect::<Vec<_>>();
+    let data = vec![
+        Tensor::f64(vec![4, 3], f64s(&mut r, 12)),
+        Tensor::f64(vec![3, 5], f64s(&mut r, 15)),
+        Tensor::f64(vec![5], f64s(&mut r, 5)),
+    ];
+    check(&g, &data);
+}
+
+/// The wide kernels' vector exp/erf (sigmoid, tanh, GELU, swish steps) against the
+/// interpreter's libm over a wide range: tiny, large (saturating) and NaN inputs. A MatMul with
+/// `k = 1` and a row of ones puts the chosen values through the epilogue unchanged.
+#[test]
+fn wide_epilogue_math() {
+    let mut vals: Vec<f32> = (-400..=400).map(|i| i as f32 * 0.05).collect();
+    vals.extend([
+        -100.0,
+        -90.0,
+        -88.5,
+        -87.0,
+        -60.0,
+        -30.0,
+        30.0,
+        60.0,
+        88.0,
+        88.5,
+        90.0,
+        100.0,
+        1e-7,
+        -1e-7,
+        0.0,
+        -0.0,
+        1e-30,
+        f32::NAN,
+        3.0e38,
+        -3.0e38,
+    ]);
+    let m = vals.len();
+    let act = |kind, alpha| EpilogueStep::Act {
+        kind,
+        alpha,
+        beta: 0.0,
+    };
+    for step in [
+        EpilogueStep::Unary(UnaryOp::Sigmoid),
+        EpilogueStep::Unary(UnaryOp::Tanh),
+        EpilogueStep::Unary(UnaryOp::Gelu),
+        EpilogueStep::Unary(UnaryOp::GeluTanh),
+        act(ActKind::Swish, 1.0),
+        act(ActKind::Swish, 1.702),
+    ] {
+        let mut g = Graph::new(format!("epilogue_math_{}", step.text()));
+        let x = g.add_input("a", TensorType::f32([m, 1]));
+        let ones = g
+            .add_const(
+                "b",
+                TensorType::f32([1, 17]),
+                ConstData::from_f32(&[1.0; 17]),
+            )
+            .unwrap();
+        let epilogue = vec![step];
+        g.outputs = g
+            .add_node(
+                "m",
+                Op::MatMul(MatMulAttrs { epilogue }),
+                vec![x, ones],
+                vec!["y".into()],
+            )
+            .unwrap();
+        check(&g, &[Tensor::f32([m, 1], vals.clone())]);
     }
 }
 
@@ -869,7 +1043,7 @@ fn gemm_and_matmul() {
         let a = g.add_input("a", TensorType::f32(sa.clone()));
         let b = g.add_input("b", TensorType::f32(sb.clone()));
         g.outputs = g
-            .add_node("m", Op::MatMul, vec![a, b], vec!["y".into()])
+            .add_node("m", Op::matmul(), vec![a, b], vec!["y".into()])
             .unwrap();
         let (na, nb) = (sa.iter().product(), sb.iter().product());
         check(

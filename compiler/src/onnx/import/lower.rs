@@ -839,7 +839,7 @@ impl Imp<'_> {
         let (az, bz) = (self.inp(c, 2)?, self.inp(c, 3)?);
         let ai = self.int_centred(c, a, az, true, "a")?;
         let bi = self.int_centred(c, b, bz, false, "b")?;
-        self.op_out(c, 0, Op::MatMul, vec![ai, bi])?;
+        self.op_out(c, 0, Op::matmul(), vec![ai, bi])?;
         Ok(())
     }
 
@@ -854,7 +854,7 @@ impl Imp<'_> {
         };
         let ai = self.int_centred(c, a, a_z, true, "a")?;
         let bi = self.int_centred(c, b, b_z, false, "b")?;
-        let acc = self.op1(c, "acc", Op::MatMul, vec![ai, bi])?;
+        let acc = self.op1(c, "acc", Op::matmul(), vec![ai, bi])?;
         let acc = self.op1(c, "acc_f64", Op::Cast { to: DType::F64 }, vec![acc])?;
         // the combined scale in f32, applied in f64 (numpy's promotion in the reference)
         let (a_s, b_s, y_s) = (
@@ -1114,7 +1114,7 @@ impl Imp<'_> {
             )?;
             let a3 = self.reshape(c, at, vec![nb, nl, nk], &format!("{}/a3", c.name))?;
             let b3 = self.reshape(c, bt, vec![nb, nk, nr], &format!("{}/b3", c.name))?;
-            let mm = self.op1(c, "matmul", Op::MatMul, vec![a3, b3])?;
+            let mm = self.op1(c, "matmul", Op::matmul(), vec![a3, b3])?;
             let mut shape = Vec::new();
             for &ch in &batch {
                 shape.push(dim(self, a, &al, ch));
@@ -2063,7 +2063,7 @@ impl Imp<'_> {
                 vec![rd],
             )?;
             // all input projections at once: [S, B, G*H]
-            let xw = self.op1(c, &format!("xw{d}"), Op::MatMul, vec![x, wt])?;
+            let xw = self.op1(c, &format!("xw{d}"), Op::matmul(), vec![x, wt])?;
             let (wb, rb) = match bias {
                 Some(b) => {
                     let op_b = slice0(self, b, d);
@@ -2150,7 +2150,7 @@ impl Imp<'_> {
                 };
                 let (h_new, c_new) = match op {
                     "RNN" => {
-                        let hr = self.op1(c, &format!("hr{tag}"), Op::MatMul, vec![hs, rt])?;
+                        let hr = self.op1(c, &format!("hr{tag}"), Op::matmul(), vec![hs, rt])?;
                         let g = self.add2(c, xt, hr, &format!("g{tag}"))?;
                         let g = clipv(self, g, &format!("g{tag}_clip"))?;
                         (self.rnn_act(c, &act(0), g, &format!("h{tag}"))?, None)
@@ -2161,7 +2161,7 @@ impl Imp<'_> {
                             self.gate(c, xt, 1, h, &format!("xr{tag}"))?,
                             self.gate(c, xt, 2, h, &format!("xh{tag}"))?,
                         );
-                        let hr = self.op1(c, &format!("hr{tag}"), Op::MatMul, vec![hs, rt])?;
+                        let hr = self.op1(c, &format!("hr{tag}"), Op::matmul(), vec![hs, rt])?;
                         let hr = match rb {
                             Some(rb) => self.add2(c, hr, rb, &format!("hrb{tag}"))?,
                             None => hr,
@@ -2190,7 +2190,7 @@ impl Imp<'_> {
                             });
                             let rh_t = self.op1(c, &format!("r_h{tag}"), rht, vec![rt])?;
                             let m =
-                                self.op1(c, &format!("rhm{tag}"), Op::MatMul, vec![rh, rh_t])?;
+                                self.op1(c, &format!("rhm{tag}"), Op::matmul(), vec![rh, rh_t])?;
                             let m = match rb {
                                 Some(rb) => {
                                     let rbh = Op::Slice(SliceAttrs {
@@ -2219,7 +2219,7 @@ impl Imp<'_> {
                         (self.add2(c, a, b, &format!("h{tag}"))?, None)
                     }
                     _ => {
-                        let hr = self.op1(c, &format!("hr{tag}"), Op::MatMul, vec![hs, rt])?;
+                        let hr = self.op1(c, &format!("hr{tag}"), Op::matmul(), vec![hs, rt])?;
                         let g = self.add2(c, xt, hr, &format!("g{tag}"))?;
                         let (gi, go, gf, gc) = (
                             self.gate(c, g, 0, h, &format!("gi{tag}"))?,
@@ -2514,7 +2514,7 @@ impl Imp<'_> {
                 vec![rows, m],
                 t.to_vec(),
             )?;
-            s.op1(c, what, Op::MatMul, vec![v, tv])
+            s.op1(c, what, Op::matmul(), vec![v, tv])
         };
         let mut out_re = mm(self, re, &rr, "re_re")?;
         if let Some(im) = im {
