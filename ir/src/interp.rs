@@ -676,6 +676,24 @@ pub fn eval_op(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
             Ok(outs)
         }
         Op::Slice(a) => one(slice(a, x, out_shape)),
+        Op::LayerNorm { axis, epsilon } => {
+            let v = x.floats()?;
+            let len: usize = x.shape[*axis..].iter().product();
+            let scale = inputs.get(1).map(|t| t.floats()).transpose()?;
+            let bias = inputs.get(2).map(|t| t.floats()).transpose()?;
+            let mut out = vec![0f64; v.len()];
+            for (row, o) in v.chunks(len.max(1)).zip(out.chunks_mut(len.max(1))) {
+                let n = row.len() as f64;
+                let mean = row.iter().sum::<f64>() / n;
+                let var = row.iter().map(|a| (a - mean) * (a - mean)).sum::<f64>() / n;
+                let inv = 1.0 / (var + *epsilon as f64).sqrt();
+                for (k, (y, a)) in o.iter_mut().zip(row).enumerate() {
+                    *y = (a - mean) * inv * scale.as_ref().map_or(1.0, |s| s[k])
+                        + bias.as_ref().map_or(0.0, |b| b[k]);
+                }
+            }
+            one(from_f64(x.dtype(), out_shape, out)?)
+        }
         Op::Softmax { axis, kind } => {
             let v = x.floats()?;
             let outer: usize = x.shape[..*axis].iter().product();

@@ -548,6 +548,14 @@ pub enum Op {
         sizes: Vec<usize>,
     },
     Slice(SliceAttrs),
+    /// Layer normalization over the axes `axis..`: `(x - mean) / sqrt(var + epsilon)` (population
+    /// variance), times `scale`, plus `bias`. inputs: x, optional scale, optional bias (bias
+    /// only with scale); each has one element per normalized row element (shape `x[axis..]`,
+    /// leading 1s allowed).
+    LayerNorm {
+        axis: usize,
+        epsilon: f32,
+    },
     /// Softmax / LogSoftmax / Hardmax along one axis (opset-13 semantics).
     Softmax {
         axis: usize,
@@ -852,6 +860,7 @@ impl Op {
             Op::Concat { .. } => "concat",
             Op::Split { .. } => "split",
             Op::Slice(_) => "slice",
+            Op::LayerNorm { .. } => "layer_norm",
             Op::Softmax { kind, .. } => match kind {
                 SoftmaxKind::Softmax => "softmax",
                 SoftmaxKind::LogSoftmax => "log_softmax",
@@ -966,6 +975,10 @@ impl Op {
             Op::Softmax { axis, .. } | Op::Gather { axis } | Op::GatherElements { axis } => {
                 vec![("axis", Attr::Int(*axis as i64))]
             }
+            Op::LayerNorm { axis, epsilon } => vec![
+                ("axis", Attr::Int(*axis as i64)),
+                ("epsilon", Attr::Float(*epsilon)),
+            ],
             Op::ScatterElements { axis, reduction } => vec![
                 ("axis", Attr::Int(*axis as i64)),
                 ("reduction", Attr::Str(reduction.name().into())),
@@ -1162,6 +1175,10 @@ impl Op {
                 steps: get("steps")?.ints()?,
                 sizes: get("sizes")?.uints()?,
             }),
+            "layer_norm" => Op::LayerNorm {
+                axis: get("axis")?.uint()?,
+                epsilon: get("epsilon")?.float()?,
+            },
             "softmax" | "log_softmax" | "hardmax" => Op::Softmax {
                 axis: get("axis")?.uint()?,
                 kind: match name {
@@ -1646,6 +1663,25 @@ impl Op {
                 }
                 Ok(vec![x.with_shape(a.sizes.clone())])
             }
+            Op::LayerNorm { axis, .. } => {
+                arity(1, 3)?;
+                float_in(0)?;
+                let x = ins[0];
+                if *axis >= x.rank() {
+                    return Err(format!("axis {axis} out of range for {x}"));
+                }
+                let row = strip_ones(&x.shape[*axis..]);
+                for (i, t) in ins.iter().enumerate().skip(1) {
+                    if t.dtype != x.dtype || strip_ones(&t.shape) != row {
+                        return Err(format!(
+                            "layer_norm {} {t} does not match the rows {:?} of {x}",
+                            if i == 1 { "scale" } else { "bias" },
+                            &x.shape[*axis..]
+                        ));
+                    }
+                }
+                Ok(vec![x.clone()])
+            }
             Op::Softmax { axis, .. } => {
                 arity(1, 1)?;
                 float_in(0)?;
@@ -1886,6 +1922,12 @@ pub fn pool_out_dim(
 }
 
 /// NumPy multidirectional broadcast of two shapes.
+/// `shape` without its leading 1s.
+pub fn strip_ones(shape: &[usize]) -> &[usize] {
+    let k = shape.iter().take_while(|&&d| d == 1).count();
+    &shape[k..]
+}
+
 pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
     let r = a.len().max(b.len());
     let mut out = vec![0; r];

@@ -708,6 +708,221 @@ fn recognize_swish(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
     true
 }
 
+/// `ReduceMean(v, axes=[axis..rank], keepdims)`'s input and `axis`, if `n` is one.
+fn mean_over_trailing(g: &Graph, n: NodeId) -> Option<(ValueId, usize)> {
+    let node = g.node(n);
+    let Op::Reduce {
+        kind: kiln_ir::ops::ReduceKind::Mean,
+        axes,
+        keepdims: true,
+    } = &node.op
+    else {
+        return None;
+    };
+    let x = node.inputs[0];
+    let r = g.ty(x).rank();
+    let axis = *axes.first()?;
+    (axes.iter().copied().eq(axis..r)).then_some((x, axis))
+}
+
+/// Layer normalization exported as primitives (ONNX LayerNormalization as the importer lowers
+/// it, PyTorch's opset < 17 export): `d = x - ReduceMean(x)`, `var = ReduceMean(d*d)` (or
+/// `Pow(d, 2)`), `d * Reciprocal(Sqrt(var + eps))` or `d / Sqrt(var + eps)`, all means over
+/// the same trailing axes, becomes one LayerNorm (no scale or bias yet: see
+/// `fuse_layer_norm_affine`). Anchored at the final Mul/Div; every intermediate is read only
+/// inside the pattern.
+fn recognize_layer_norm(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
+    let node = g.node(n);
+    let user_of = |v: ValueId, u: NodeId| ctx.only_used_by(v, u);
+    let producer = |v: ValueId| g.producer(v);
+    // (d, sd): the centred value and the standard deviation it is divided by
+    let found = match node.op {
+        Op::Binary(BinaryOp::Div) => {
+            let (d, sd) = (node.inputs[0], node.inputs[1]);
+            Some((d, sd, None))
+        }
+        Op::Binary(BinaryOp::Mul) => (0..2).find_map(|k| {
+            let (d, inv) = (node.inputs[k], node.inputs[1 - k]);
+            let ip = producer(inv)?;
+            let rn = g.node(ip);
+            (rn.op == Op::Unary(kiln_ir::ops::UnaryOp::Reciprocal) && user_of(inv, n))
+                .then(|| (d, rn.inputs[0], Some(ip)))
+        }),
+        _ => None,
+    };
+    let Some((d, sd, inv_node)) = found else {
+        return false;
+    };
+    let sd_reader = inv_node.unwrap_or(n);
+    let Some(sdp) = producer(sd) else {
+        return false;
+    };
+    let sqrt = g.node(sdp);
+    if sqrt.op != Op::Unary(kiln_ir::ops::UnaryOp::Sqrt) || !user_of(sd, sd_reader) {
+        return false;
+    }
+    let ve = sqrt.inputs[0];
+    let Some(vep) = producer(ve) else {
+        return false;
+    };
+    let add = g.node(vep);
+    if add.op != Op::Binary(BinaryOp::Add) || !user_of(ve, sdp) {
+        return false;
+    }
+    let Some((var, eps)) = (0..2).find_map(|k| {
+        let e = scalar(g, add.inputs[1 - k])?;
+        Some((add.inputs[k], e))
+    }) else {
+        return false;
+    };
+    let Some(varp) = producer(var) else {
+        return false;
+    };
+    let Some((sq, axis)) = mean_over_trailing(g, varp) else {
+        return false;
+    };
+    if !user_of(var, vep) {
+        return false;
+    }
+    let Some(sqp) = producer(sq) else {
+        return false;
+    };
+    let square = g.node(sqp);
+    let is_square = match square.op {
+        Op::Binary(BinaryOp::Mul) => square.inputs[0] == d && square.inputs[1] == d,
+        Op::Binary(BinaryOp::Pow) => {
+            square.inputs[0] == d && scalar(g, square.inputs[1]) == Some(2.0)
+        }
+        _ => false,
+    };
+    if !is_square || !user_of(sq, varp) {
+        return false;
+    }
+    let Some(dp) = producer(d) else {
+        return false;
+    };
+    let sub = g.node(dp);
+    if sub.op != Op::Binary(BinaryOp::Sub)
+        || ctx.is_output[d.index()]
+        || !ctx.users[d.index()].iter().all(|&u| u == sqp || u == n)
+    {
+        return false;
+    }
+    let (x, mean) = (sub.inputs[0], sub.inputs[1]);
+    let Some(mp) = producer(mean) else {
+        return false;
+    };
+    if mean_over_trailing(g, mp) != Some((x, axis)) || !user_of(mean, dp) {
+        return false;
+    }
+    let out = g.node(n).outputs[0];
+    if g.ty(x).dtype != DType::F32 || g.ty(x).shape != g.ty(out).shape {
+        return false;
+    }
+    if let Some(node) = g.nodes[n.index()].as_mut() {
+        node.op = Op::LayerNorm { axis, epsilon: eps };
+        node.inputs = vec![x];
+    }
+    let mut dead = vec![sdp, vep, varp, sqp, dp, mp];
+    dead.extend(inv_node);
+    for k in dead {
+        g.remove_node(k);
+    }
+    true
+}
+
+/// `c` as a full row of LayerNorm `ln` (shape `x[axis..]`): `c` itself when it already has one
+/// element per row element, a constant broadcast along the row expanded to a new constant,
+/// else `None` (it varies across rows, or is not constant and would need expanding).
+fn layer_norm_row(g: &mut Graph, ln: NodeId, c: ValueId) -> Option<ValueId> {
+    let Op::LayerNorm { axis, .. } = g.node(ln).op else {
+        return None;
+    };
+    let x = g.node(ln).inputs[0];
+    let xs = g.ty(x).shape.clone();
+    let row = xs[axis..].to_vec();
+    let cs = g.ty(c).shape.clone();
+    if g.ty(c).dtype != DType::F32
+        || kiln_ir::ops::broadcast_shapes(&cs, &xs).ok()? != xs
+        || cs.len() > row.len() && cs[..cs.len() - row.len()].iter().any(|&d| d != 1)
+    {
+        return None;
+    }
+    if kiln_ir::ops::strip_ones(&cs) == kiln_ir::ops::strip_ones(&row) {
+        return Some(c);
+    }
+    let data = f32s(g, c)?;
+    // strides of c over the row's dims (0 where c is broadcast)
+    let k = row.len().min(cs.len());
+    let tail = &cs[cs.len() - k..];
+    let mut st = vec![0usize; row.len()];
+    let mut acc = 1;
+    for i in (0..k).rev() {
+        let d = row.len() - k + i;
+        st[d] = if tail[i] == 1 { 0 } else { acc };
+        acc *= tail[i];
+    }
+    let len: usize = row.iter().product();
+    let full: Vec<f32> = (0..len)
+        .map(|mut j| {
+            let mut off = 0;
+            for d in (0..row.len()).rev() {
+                off += (j % row[d]) * st[d];
+                j /= row[d];
+            }
+            data[off]
+        })
+        .collect();
+    let base = format!("{}_row", g.value(c).name);
+    Some(add_f32(g, &base, row, &full))
+}
+
+/// `LayerNorm(x) * scale` and then `+ bias` (scale and bias constant along the rows, or full
+/// rows) join the LayerNorm as its scale and bias inputs (a bias without a scale gets a scale
+/// of ones).
+fn fuse_layer_norm_affine(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
+    let node = g.node(n);
+    let op = match node.op {
+        Op::Binary(b @ (BinaryOp::Mul | BinaryOp::Add)) => b,
+        _ => return false,
+    };
+    let ins = node.inputs.clone();
+    for k in 0..2 {
+        let (y, c) = (ins[k], ins[1 - k]);
+        let node = g.node(n);
+        if y == c || g.ty(y).shape != g.ty(node.outputs[0]).shape || !ctx.only_used_by(y, n) {
+            continue;
+        }
+        let Some(ln) = g.producer(y) else { continue };
+        if !matches!(g.node(ln).op, Op::LayerNorm { .. }) {
+            continue;
+        }
+        let have = g.node(ln).inputs.len();
+        if (op == BinaryOp::Mul && have != 1) || (op == BinaryOp::Add && have == 3) {
+            continue;
+        }
+        let Some(row) = layer_norm_row(g, ln, c) else {
+            continue;
+        };
+        let mut inputs = g.node(ln).inputs.clone();
+        if op == BinaryOp::Add && have == 1 {
+            let x = g.ty(inputs[0]).shape.clone();
+            let Op::LayerNorm { axis, .. } = g.node(ln).op else {
+                unreachable!()
+            };
+            let shape = x[axis..].to_vec();
+            let ones = vec![1.0; shape.iter().product()];
+            let base = format!("{}_ones", g.node(ln).name);
+            inputs.push(add_f32(g, &base, shape, &ones));
+        }
+        inputs.push(row);
+        let op = g.node(ln).op.clone();
+        g.fuse_pair(ln, n, op, inputs);
+        return true;
+    }
+    false
+}
+
 /// A one-element f32 constant within float rounding of `want`.
 fn approx(g: &Graph, v: ValueId, want: f64) -> bool {
     scalar(g, v).is_some_and(|c| (c as f64 - want).abs() <= 1e-6 * want.abs())
@@ -936,7 +1151,7 @@ fn recognize_softmax(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
     true
 }
 
-pub static RULES: [Rule; 14] = [
+pub static RULES: [Rule; 16] = [
     Rule {
         name: "recognize_hardswish",
         pass: "fuse",
@@ -948,6 +1163,18 @@ pub static RULES: [Rule; 14] = [
         pass: "fuse",
         about: "x*sigmoid(x) and x*sigmoid(k*x) (scalar k) recognised as one Swish(k)",
         apply: recognize_swish,
+    },
+    Rule {
+        name: "recognize_layer_norm",
+        pass: "fuse",
+        about: "(x - mean) / sqrt(mean((x - mean)^2) + eps) over trailing axes recognised as one LayerNorm",
+        apply: recognize_layer_norm,
+    },
+    Rule {
+        name: "fuse_layer_norm_affine",
+        pass: "fuse",
+        about: "Mul by a scale and Add of a bias (per row element) after a LayerNorm fused into it",
+        apply: fuse_layer_norm_affine,
     },
     Rule {
         name: "recognize_gelu",

@@ -134,6 +134,7 @@ pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&Tenso
             Ok(())
         }
         Op::Softmax { axis, kind } => softmax(kb, *axis, *kind, ins[0]),
+        Op::LayerNorm { axis, epsilon } => layer_norm(kb, *axis, *epsilon, ins),
         Op::Pad { pads, mode, value } => {
             crate::index::pad(kb, pads, *mode, *value, ins[0], outs[0]);
             Ok(())
@@ -1745,7 +1746,88 @@ fn reduce(kb: &mut Kb, kind: ReduceKind, axes: &[usize], x: &TensorType) -> KRes
     err.map_or(Ok(()), Err)
 }
 
+/// LayerNorm over contiguous rows: the LLVM row kernel, or a scalar loop per row (mean, then
+/// the variance of the centred values, then the normalized, scaled and shifted row).
+fn layer_norm(kb: &mut Kb, axis: usize, eps: f32, ins: &[&TensorType]) -> KResult {
+    let x = ins[0];
+    if x.dtype != DType::F32 {
+        return Err(format!(
+            "layer_norm on {} is not supported by the CPU back end yet",
+            x.dtype
+        ));
+    }
+    let len: usize = x.shape[axis..].iter().product();
+    let rows = x.numel() / len.max(1);
+    let p = kb.params.clone();
+    let (xp, op) = (p[0], p[ins.len()]);
+    let (sp, bp) = (
+        (ins.len() >= 2).then(|| p[1]),
+        (ins.len() >= 3).then(|| p[2]),
+    );
+    if let Some((rk, f)) = kb.rows.clone() {
+        let zero = kb.ic(0);
+        let args = [xp, sp.unwrap_or(zero), bp.unwrap_or(zero), zero, op];
+        call_wide(kb, f, args, rk.rows, rk.parallel);
+        return Ok(());
+    }
+    let n = kb.fc(len as f32);
+    kb.for_n(rows, &mut |kb, r| {
+        let base = kb.b.ins().imul_imm_u(r, len as i64);
+        let z = kb.fc(0.0);
+        let sum = kb.var(F32, z);
+        kb.for_n(len, &mut |kb, i| {
+            let o = kb.b.ins().iadd(base, i);
+            let v = kb.load_f32(xp, o);
+            let s = kb.b.use_var(sum);
+            let s = kb.b.ins().fadd(s, v);
+            kb.b.def_var(sum, s);
+        });
+        let s = kb.b.use_var(sum);
+        let mean = kb.b.ins().fdiv(s, n);
+        let z = kb.fc(0.0);
+        let sq = kb.var(F32, z);
+        kb.for_n(len, &mut |kb, i| {
+            let o = kb.b.ins().iadd(base, i);
+            let v = kb.load_f32(xp, o);
+            let d = kb.b.ins().fsub(v, mean);
+            let a = kb.b.use_var(sq);
+            let a = kb.b.ins().fma(d, d, a);
+            kb.b.def_var(sq, a);
+        });
+        let a = kb.b.use_var(sq);
+        let var = kb.b.ins().fdiv(a, n);
+        let e = kb.fc(eps);
+        let ve = kb.b.ins().fadd(var, e);
+        let sd = kb.b.ins().sqrt(ve);
+        let one = kb.fc(1.0);
+        let inv = kb.b.ins().fdiv(one, sd);
+        kb.for_n(len, &mut |kb, i| {
+            let o = kb.b.ins().iadd(base, i);
+            let v = kb.load_f32(xp, o);
+            let d = kb.b.ins().fsub(v, mean);
+            let mut y = kb.b.ins().fmul(d, inv);
+            if let Some(sp) = sp {
+                let g = kb.load_f32(sp, i);
+                y = kb.b.ins().fmul(y, g);
+            }
+            if let Some(bp) = bp {
+                let b = kb.load_f32(bp, i);
+                y = kb.b.ins().fadd(y, b);
+            }
+            kb.store_f32(y, op, o);
+        });
+    });
+    Ok(())
+}
+
 fn softmax(kb: &mut Kb, axis: usize, kind: SoftmaxKind, x: &TensorType) -> KResult {
+    if let Some((rk, f)) = kb.rows.clone() {
+        // contiguous f32 rows: the LLVM row kernel, rows split over the pool
+        let zero = kb.ic(0);
+        let (xp, op) = (kb.params[0], kb.params[1]);
+        call_wide(kb, f, [xp, zero, zero, zero, op], rk.rows, rk.parallel);
+        return Ok(());
+    }
     let dt = x.dtype;
     let num = Num::of(dt)
         .filter(|n| matches!(n, Num::F32 | Num::F64))

@@ -5,6 +5,7 @@
 //! Invariant: this crate depends on `kiln-ir` only (no front end, no file formats).
 
 mod direct;
+mod emit;
 mod ew;
 mod fp16;
 mod header;
@@ -13,6 +14,7 @@ mod kb;
 mod kernels;
 pub mod link;
 pub mod llvm;
+mod rows;
 mod scan;
 mod ukernel;
 
@@ -102,6 +104,7 @@ pub struct Objects {
 struct Wide {
     target: Option<llvm::LlvmTarget>,
     convs: Vec<Option<ukernel::ConvKernel>>,
+    rows: Vec<Option<rows::RowKernel>>,
     ir: String,
 }
 
@@ -110,6 +113,7 @@ impl Wide {
         Wide {
             target: None,
             convs: vec![None; g.nodes.len()],
+            rows: vec![None; g.nodes.len()],
             ir: String::new(),
         }
     }
@@ -121,6 +125,7 @@ impl Wide {
         let t = llvm::LlvmTarget::new(opts.target.as_deref(), opts.target_cpu.as_deref())?;
         let prefix = sym(&opts.name);
         let mut convs = Vec::new();
+        let mut row_kernels = Vec::new();
         let mut ir = String::new();
         for (k, (_, node)) in g.iter_nodes().enumerate() {
             let ck = match &node.op {
@@ -235,11 +240,19 @@ impl Wide {
                 }
             }
             convs.push(ck);
+            let rk = rows_kernel(g, node, format!("{prefix}_k{k}_rows"), &t).map(|mut rk| {
+                rk.parallel = rk.work_ops() >= opts.par_min_macs;
+                rk
+            });
+            if let Some(rk) = &rk {
+                rk.ir(0, &mut ir);
+            }
+            row_kernels.push(rk);
         }
-        if convs.iter().all(Option::is_none) {
+        if convs.iter().all(Option::is_none) && row_kernels.iter().all(Option::is_none) {
             return Ok(Wide::none(g));
         }
-        ir.push_str(&ukernel::declarations(t.lanes));
+        ir.push_str(&emit::declarations(t.lanes));
         ir.push_str(&format!("attributes #0 = {{ {} }}\n", t.fn_attributes()));
         if let Ok(path) = std::env::var("KILN_DUMP_LLVM") {
             // debugging aid: the kernels' LLVM IR before optimization
@@ -248,8 +261,43 @@ impl Wide {
         Ok(Wide {
             target: Some(t),
             convs,
+            rows: row_kernels,
             ir,
         })
+    }
+}
+
+/// The row kernel (`rows.rs`) for an f32 Softmax over contiguous rows or an f32 LayerNorm, if
+/// `node` is one.
+fn rows_kernel(
+    g: &Graph,
+    node: &kiln_ir::Node,
+    name: String,
+    t: &llvm::LlvmTarget,
+) -> Option<rows::RowKernel> {
+    let x = g.ty(node.inputs[0]);
+    if x.dtype != kiln_ir::DType::F32 || x.numel() == 0 {
+        return None;
+    }
+    match &node.op {
+        kiln_ir::Op::Softmax {
+            axis,
+            kind: kiln_ir::ops::SoftmaxKind::Softmax,
+        } if x.shape[axis + 1..].iter().product::<usize>() == 1 => {
+            let len = x.shape[*axis];
+            let op = rows::RowOp::Softmax;
+            Some(rows::RowKernel::new(name, op, x.numel() / len, len, t))
+        }
+        kiln_ir::Op::LayerNorm { axis, epsilon } => {
+            let len: usize = x.shape[*axis..].iter().product();
+            let op = rows::RowOp::LayerNorm {
+                epsilon: *epsilon,
+                scale: node.inputs.len() >= 2,
+                bias: node.inputs.len() >= 3,
+            };
+            Some(rows::RowKernel::new(name, op, x.numel() / len, len, t))
+        }
+        _ => None,
     }
 }
 
@@ -380,6 +428,9 @@ pub fn compile_jit_with(g: &Graph, opts: &CpuOptions) -> Result<JitModel, CpuErr
         builder.symbol(name, addr);
     }
     if let Some(j) = &wide_jit {
+        for rk in wide.rows.iter().flatten() {
+            builder.symbol(&rk.name, j.address(&rk.name)?);
+        }
         for ck in wide.convs.iter().flatten() {
             builder.symbol(&ck.name, j.address(&ck.name)?);
             if ck.packs() {
@@ -536,6 +587,12 @@ fn generate<M: Module>(
     let mut packed_ids: HashMap<usize, DataId> = HashMap::new();
     let mut wide_ids: HashMap<usize, (FuncId, Option<FuncId>)> = HashMap::new();
     for (k, (_, node)) in g.iter_nodes().enumerate() {
+        if let Some(rk) = &wide.rows[k] {
+            let fid = module
+                .declare_function(&rk.name, Linkage::Import, &ptr_sig(module, 7))
+                .map_err(cg)?;
+            wide_ids.insert(k, (fid, None));
+        }
         let Some(ck) = &wide.convs[k] else { continue };
         let fid = module
             .declare_function(&ck.name, Linkage::Import, &ptr_sig(module, 7))
@@ -611,7 +668,7 @@ fn generate<M: Module>(
         let outs: Vec<&TensorType> = node.outputs.iter().map(|v| g.ty(*v)).collect();
         let name = format!("{prefix}_k{i}_{}", node.op.name());
         let has_scratch = plan.scratch[nid.index()].is_some();
-        let has_pool = wide.convs[i].is_some();
+        let has_pool = wide.convs[i].is_some() || wide.rows[i].is_some();
         let nparams =
             node.inputs.len() + node.outputs.len() + has_scratch as usize + has_pool as usize;
         let mut kd = KernelDef {
@@ -620,6 +677,7 @@ fn generate<M: Module>(
             fctx: &mut fctx,
             libm: &libm_ids,
             wide: wide.convs[i].clone().map(|ck| (ck, wide_ids[&i])),
+            rows: wide.rows[i].clone().map(|rk| (rk, wide_ids[&i].0)),
             task: task_id,
         };
         match kd.define(&name, nparams, |kb| kernels::emit(kb, node, &ins, &outs))? {
@@ -651,6 +709,7 @@ fn generate<M: Module>(
             fctx: &mut fctx,
             libm: &libm_ids,
             wide: None,
+            rows: None,
             task: None,
         };
         let id = kd.define(&format!("{prefix}_copy{j}"), 2, |kb| {
@@ -736,7 +795,7 @@ fn generate<M: Module>(
             if let Some(off) = plan.scratch[nid.index()] {
                 args.push(b.ins().iadd_imm_u(ws, off as i64));
             }
-            if wide.convs[k].is_some() {
+            if wide.convs[k].is_some() || wide.rows[k].is_some() {
                 args.push(pool);
             }
             b.ins().call(fref, &args);
@@ -850,6 +909,8 @@ struct KernelDef<'m, M: Module> {
     libm: &'m [(&'static str, FuncId)],
     /// The wide kernel the node's kernel calls (and its input packing function), if any.
     wide: Option<(ukernel::ConvKernel, (FuncId, Option<FuncId>))>,
+    /// The row kernel the node's kernel calls, if any.
+    rows: Option<(rows::RowKernel, FuncId)>,
     /// The task trampoline for splitting wide kernels over a pool.
     task: Option<FuncId>,
 }
@@ -886,6 +947,10 @@ impl<M: Module> KernelDef<'_, M> {
                 ),
                 None => (None, None),
             };
+            let rows = self
+                .rows
+                .take()
+                .map(|(rk, fid)| (rk, self.module.declare_func_in_func(fid, b.func)));
             let task = self
                 .task
                 .map(|t| self.module.declare_func_in_func(t, b.func));
@@ -895,6 +960,7 @@ impl<M: Module> KernelDef<'_, M> {
                 libm,
                 ukernel,
                 pack,
+                rows,
                 task,
             };
             let r = body(&mut kb);

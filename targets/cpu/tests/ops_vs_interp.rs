@@ -34,7 +34,12 @@ fn check(g: &Graph, inputs: &[Tensor]) {
     if g.iter_nodes().any(|(_, n)| {
         matches!(
             n.op,
-            Op::Conv(_) | Op::MatMul(_) | Op::Gemm(_) | Op::MaxPool(_)
+            Op::Conv(_)
+                | Op::MatMul(_)
+                | Op::Gemm(_)
+                | Op::MaxPool(_)
+                | Op::Softmax { .. }
+                | Op::LayerNorm { .. }
         )
     }) {
         for cpu in ["x86-64-v3", "x86-64"] {
@@ -189,6 +194,37 @@ fn unary_ops() {
             x * 3.0
         });
     }
+    // the LLVM row kernel: rows shorter than a vector, with a tail, long rows, trailing 1-dims
+    for (shape, axis, scale) in [
+        (vec![3, 1], 1, 1.0),
+        (vec![4, 7], 1, 30.0),
+        (vec![2, 3, 33], 2, 5.0),
+        (vec![2, 128], 1, 100.0),
+        (vec![3, 1000], 1, 3.0),
+        (vec![3, 10, 1], 1, 2.0),
+    ] {
+        let kind = SoftmaxKind::Softmax;
+        run_unary("softmax_rows", Op::Softmax { axis, kind }, &shape, |x| {
+            x * scale
+        });
+    }
+    // infinities and NaN in a row
+    let g = unary_graph(
+        "softmax_special",
+        Op::Softmax {
+            axis: 1,
+            kind: SoftmaxKind::Softmax,
+        },
+        &[4, 18],
+    );
+    let mut x: Vec<f32> = Rng(9).vec(72);
+    x[3] = f32::NEG_INFINITY;
+    x[20] = f32::NAN;
+    for v in &mut x[36..54] {
+        *v = f32::NEG_INFINITY;
+    }
+    x[60] = 1e30;
+    check(&g, &[Tensor::f32([4, 18], x)]);
     // Hardmax picks the first of equal maxima
     run_unary(
         "hardmax_ties",
@@ -906,6 +942,49 @@ fn wide_epilogue_math() {
             )
             .unwrap();
         check(&g, &[Tensor::f32([m, 1], vals.clone())]);
+    }
+}
+
+/// LayerNorm (the LLVM row kernel and the scalar loop): with and without scale and bias,
+/// rows shorter than a vector, with a tail, long rows, several trailing axes, rows far from 0.
+#[test]
+fn layer_norm() {
+    let mut r = Rng(21);
+    for (shape, axis, affine, (scale, shift)) in [
+        (vec![3, 17], 1, 2, (1.0, 0.0)),
+        (vec![2, 3, 40], 2, 1, (3.0, 0.0)),
+        (vec![2, 3, 4, 5], 1, 0, (1.0, 0.0)),
+        (vec![4, 1000], 1, 2, (100.0, 1000.0)),
+        (vec![2, 1], 1, 2, (1.0, 0.0)),
+        (vec![5, 16], 1, 2, (1.0, 0.0)),
+    ] {
+        let mut g = Graph::new(format!("layer_norm_{shape:?}_{affine}"));
+        let x = g.add_input("x", TensorType::f32(shape.clone()));
+        let row = shape[axis..].to_vec();
+        let len: usize = row.iter().product();
+        let mut inputs = vec![x];
+        for k in 0..affine {
+            // a leading 1 on the scale: allowed
+            let s = if k == 0 {
+                [vec![1], row.clone()].concat()
+            } else {
+                row.clone()
+            };
+            let c = ConstData::from_f32(&r.vec(len));
+            inputs.push(g.add_const(format!("p{k}"), TensorType::f32(s), c).unwrap());
+        }
+        let epsilon = 1e-5;
+        g.outputs = g
+            .add_node(
+                "ln",
+                Op::LayerNorm { axis, epsilon },
+                inputs,
+                vec!["y".into()],
+            )
+            .unwrap();
+        let n: usize = shape.iter().product();
+        let data = r.vec(n).into_iter().map(|v| v * scale + shift).collect();
+        check(&g, &[Tensor::f32(shape.clone(), data)]);
     }
 }
 
