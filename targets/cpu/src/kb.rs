@@ -24,6 +24,8 @@ pub(crate) struct Kb<'a> {
     pub rows: Option<(crate::rows::RowKernel, FuncRef)>,
     /// The task trampoline (`kiln_task_fn`) that runs a range of a wide kernel's work items.
     pub task: Option<FuncRef>,
+    /// The target's frontend config (pointer type, calling convention) for libcalls.
+    pub fcfg: cranelift_codegen::isa::TargetFrontendConfig,
 }
 
 pub(crate) fn flags() -> MemFlagsData {

@@ -427,6 +427,11 @@ pub fn compile_jit_with(g: &Graph, opts: &CpuOptions) -> Result<JitModel, CpuErr
     for (name, addr) in libm_symbols() {
         builder.symbol(name, addr);
     }
+    // block copies call libc's memcpy (a libcall)
+    unsafe extern "C" {
+        fn memcpy(d: *mut u8, s: *const u8, n: usize) -> *mut u8;
+    }
+    builder.symbol("memcpy", memcpy as *const u8);
     if let Some(j) = &wide_jit {
         for rk in wide.rows.iter().flatten() {
             builder.symbol(&rk.name, j.address(&rk.name)?);
@@ -962,6 +967,7 @@ impl<M: Module> KernelDef<'_, M> {
                 pack,
                 rows,
                 task,
+                fcfg,
             };
             let r = body(&mut kb);
             kb.b.ins().return_(&[]);
