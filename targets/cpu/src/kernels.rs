@@ -1971,6 +1971,19 @@ fn transpose(kb: &mut Kb, perm: &[usize], x: &TensorType, out: &TensorType) {
     let os = strides_of(&out.shape);
     let es = x.dtype.size();
     let (xp, op) = (kb.params[0], kb.params[1]);
+    let r = perm.len();
+    if r > 1 && perm[r - 1] == r - 1 {
+        // the last axis stays: contiguous runs of it in both tensors
+        let run = out.shape[r - 1] * es;
+        kb.for_nd(&out.shape[..r - 1], &mut |kb, idx| {
+            let xo = kb.offset(idx, &ps[..r - 1]);
+            let oo = kb.offset(idx, &os[..r - 1]);
+            let xa = kb.addr(xp, xo, es);
+            let oa = kb.addr(op, oo, es);
+            copy_bytes(kb, xa, oa, run);
+        });
+        return;
+    }
     kb.for_nd(&out.shape.clone(), &mut |kb, idx| {
         let xo = kb.offset(idx, &ps);
         let oo = kb.offset(idx, &os);

@@ -275,6 +275,11 @@ fn unary_ops() {
         &[2, 3, 4, 5],
         |x| x,
     );
+    // the last axis kept: contiguous runs (word copies; memcpy from 256 bytes)
+    for shape in [[2, 3, 4, 5], [2, 3, 4, 70]] {
+        let perm = vec![2, 0, 1, 3];
+        run_unary("transpose_runs", Op::Transpose { perm }, &shape, |x| x);
+    }
     run_unary(
         "slice",
         Op::Slice(SliceAttrs {
