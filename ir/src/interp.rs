@@ -1750,6 +1750,18 @@ fn nearest_index(mode: NearestMode, v: f32, in_len: usize) -> usize {
     (r.max(0.0) as usize).min(in_len - 1)
 }
 
+/// A nearest-mode Resize's source index along dim `d` (input length `in_len`) for each output
+/// index; back ends use it to recognise integer upsampling.
+pub fn nearest_sources(a: &ResizeAttrs, d: usize, in_len: usize) -> Vec<usize> {
+    let out_len = a.out_shape[d];
+    (0..out_len)
+        .map(|o| {
+            let c = resize_coord(a.coord, o, a.scales[d], in_len, out_len);
+            nearest_index(a.nearest, c, in_len)
+        })
+        .collect()
+}
+
 fn resize(a: &ResizeAttrs, xt: &Tensor, out_shape: Vec<usize>) -> Result<Tensor, String> {
     let r = xt.shape.len();
     let n: usize = out_shape.iter().product();
@@ -1761,17 +1773,7 @@ fn resize(a: &ResizeAttrs, xt: &Tensor, out_shape: Vec<usize>) -> Result<Tensor,
     match a.mode {
         ResizeMode::Nearest => {
             // Per dim, per output index: the source index.
-            let src: Vec<Vec<usize>> = (0..r)
-                .map(|d| {
-                    (0..out_shape[d])
-                        .map(|o| {
-                            let c =
-                                resize_coord(a.coord, o, a.scales[d], xt.shape[d], out_shape[d]);
-                            nearest_index(a.nearest, c, xt.shape[d])
-                        })
-                        .collect()
-                })
-                .collect();
+            let src: Vec<Vec<usize>> = (0..r).map(|d| nearest_sources(a, d, xt.shape[d])).collect();
             let map: Vec<usize> = (0..n)
                 .map(|i| {
                     unravel(i, &out_shape, &mut idx);

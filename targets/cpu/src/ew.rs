@@ -715,6 +715,75 @@ pub(crate) fn elementwise(kb: &mut Kb, op: &Op, ins: &[&TensorType], out: &Tenso
         });
         return err.map_or(Ok(()), |e| Err(format!("{} on {dt}: {e}", op.name())));
     }
+    if dt == DType::F32
+        && odt == DType::F32
+        && is_vector_op(op)
+        && let Some(k) = broadcast_split(ins, out)
+    {
+        // the trailing dims k.. are contiguous in the output and in every operand that is
+        // not broadcast over all of them: F32X4 rows, broadcast operands splatted once
+        let inner: usize = out.shape[k..].iter().product();
+        let strides: Vec<Vec<usize>> = ins
+            .iter()
+            .map(|t| crate::kernels::bcast_strides(&t.shape, &out.shape))
+            .collect();
+        let so = kiln_ir::types::strides_of(&out.shape);
+        let nv = inner / 4 * 4;
+        kb.for_nd(&out.shape[..k], &mut |kb, idx| {
+            let oo = kb.offset(idx, &so[..k]);
+            // per operand: base element offset, and whether it is broadcast over the row
+            let bases: Vec<(Value, bool)> = strides
+                .iter()
+                .map(|st| {
+                    let bc = (k..st.len()).all(|d| st[d] == 0 || out.shape[d] == 1);
+                    (kb.offset(idx, &st[..k]), bc)
+                })
+                .collect();
+            let splats: Vec<Option<(Value, Value)>> = bases
+                .iter()
+                .zip(&ps)
+                .map(|(&(b, bc), &p)| {
+                    bc.then(|| {
+                        let v = kb.load_f32(p, b);
+                        let vv = kb.b.ins().splat(F32X4, v);
+                        (v, vv)
+                    })
+                })
+                .collect();
+            let operand = |kb: &mut Kb, j: usize, i: Value, vector: bool| match splats[j] {
+                Some((v, vv)) => {
+                    if vector {
+                        vv
+                    } else {
+                        v
+                    }
+                }
+                None => {
+                    let at = kb.b.ins().iadd(bases[j].0, i);
+                    if vector {
+                        kb.load_f32x4(ps[j], at)
+                    } else {
+                        kb.load_f32(ps[j], at)
+                    }
+                }
+            };
+            for (lo, hi, step) in [(0, nv, 4), (nv, inner, 1)] {
+                let vector = step == 4;
+                kb.for_range(lo, hi, step, &mut |kb, i| {
+                    let x = operand(kb, 0, i, vector);
+                    let y = (ins.len() > 1).then(|| operand(kb, 1, i, vector));
+                    let t = if vector { F32X4 } else { F32 };
+                    let at = kb.b.ins().iadd(oo, i);
+                    match apply_float(kb, op, x, y, t) {
+                        Ok(r) if vector => kb.store_f32x4(r, op_, at),
+                        Ok(r) => kb.store_f32(r, op_, at),
+                        Err(e) => err = Some(e),
+                    }
+                });
+            }
+        });
+        return err.map_or(Ok(()), |e| Err(format!("{} on {dt}: {e}", op.name())));
+    }
     crate::kernels::broadcast_loop(kb, ins, out, &mut |kb, offs, oo| {
         let x = load_num(kb, dt, ps[0], offs[0]);
         let y = (ins.len() > 1).then(|| load_num(kb, dt, ps[1], offs[1]));
@@ -724,6 +793,26 @@ pub(crate) fn elementwise(kb: &mut Kb, op: &Op, ins: &[&TensorType], out: &Tenso
         }
     });
     err.map_or(Ok(()), |e| Err(format!("{} on {dt}: {e}", op.name())))
+}
+
+/// The first dim `k` such that over dims `k..` every operand is either laid out like the output
+/// (contiguous) or broadcast over all of them, with at least 16 elements per row; `None` when
+/// there is no such split worth vectorizing.
+fn broadcast_split(ins: &[&TensorType], out: &TensorType) -> Option<usize> {
+    let r = out.rank();
+    let so = kiln_ir::types::strides_of(&out.shape);
+    let strides: Vec<Vec<usize>> = ins
+        .iter()
+        .map(|t| crate::kernels::bcast_strides(&t.shape, &out.shape))
+        .collect();
+    let ok = |k: usize| {
+        strides.iter().all(|st| {
+            (k..r).all(|d| st[d] == so[d] || out.shape[d] == 1)
+                || (k..r).all(|d| st[d] == 0 || out.shape[d] == 1)
+        })
+    };
+    let k = (0..r).find(|&k| ok(k))?;
+    (out.shape[k..].iter().product::<usize>() >= 16).then_some(k)
 }
 
 /// Apply a fused kernel epilogue to `x` (F32 scalar or F32X4 lanes; `res` is the residual

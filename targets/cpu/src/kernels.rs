@@ -1590,11 +1590,27 @@ fn pool(kb: &mut Kb, a: &PoolAttrs, is_max: bool, x: &TensorType, out: &TensorTy
 /// out[r] = scale * sum_j x[r*len + j]
 fn reduce_rows(kb: &mut Kb, rows: usize, len: usize, scale: f32) {
     let (xp, op) = (kb.params[0], kb.params[1]);
+    let nv = len / 4 * 4;
     kb.for_n(rows, &mut |kb, r| {
-        let z = kb.fc(0.0);
-        let acc = kb.var(F32, z);
         let base = kb.b.ins().imul_imm_u(r, len as i64);
-        kb.for_n(len, &mut |kb, j| {
+        // four lanes of partial sums, added up, then the tail
+        let z = kb.fc(0.0);
+        let zv = kb.b.ins().splat(F32X4, z);
+        let vacc = kb.var(F32X4, zv);
+        kb.for_range(0, nv, 4, &mut |kb, j| {
+            let o = kb.b.ins().iadd(base, j);
+            let v = kb.load_f32x4(xp, o);
+            let a0 = kb.b.use_var(vacc);
+            let a1 = kb.b.ins().fadd(a0, v);
+            kb.b.def_var(vacc, a1);
+        });
+        let v = kb.b.use_var(vacc);
+        let l: Vec<Value> = (0..4u8).map(|l| kb.b.ins().extractlane(v, l)).collect();
+        let s01 = kb.b.ins().fadd(l[0], l[1]);
+        let s23 = kb.b.ins().fadd(l[2], l[3]);
+        let s = kb.b.ins().fadd(s01, s23);
+        let acc = kb.var(F32, s);
+        kb.for_range(nv, len, 1, &mut |kb, j| {
             let o = kb.b.ins().iadd(base, j);
             let v = kb.load_f32(xp, o);
             let a0 = kb.b.use_var(acc);
@@ -1984,6 +2000,23 @@ fn transpose(kb: &mut Kb, perm: &[usize], x: &TensorType, out: &TensorType) {
         });
         return;
     }
+    if r > 1 && out.shape[r - 1] <= 8 && out.shape[r - 1] * ps[r - 1] * es < i32::MAX as usize {
+        // a short last output axis (a pixel shuffle's 2): unrolled, its offsets immediates
+        let (n, step) = (out.shape[r - 1], ps[r - 1] * es);
+        kb.for_nd(&out.shape[..r - 1], &mut |kb, idx| {
+            let xo = kb.offset(idx, &ps[..r - 1]);
+            let oo = kb.offset(idx, &os[..r - 1]);
+            let xa = kb.addr(xp, xo, es);
+            let oa = kb.addr(op, oo, es);
+            for j in 0..n {
+                let v =
+                    kb.b.ins()
+                        .load(int_ty(es), crate::kb::flags(), xa, (j * step) as i32);
+                kb.b.ins().store(crate::kb::flags(), v, oa, (j * es) as i32);
+            }
+        });
+        return;
+    }
     kb.for_nd(&out.shape.clone(), &mut |kb, idx| {
         let xo = kb.offset(idx, &ps);
         let oo = kb.offset(idx, &os);
@@ -2085,6 +2118,28 @@ fn clamp_idx(kb: &mut Kb, v: Value, len: usize) -> Value {
     kb.b.ins().smin(t, hi)
 }
 
+/// A nearest Resize that repeats every element an integer number of times per dim (the usual
+/// 2x/4x upsampling, any coordinate mode that comes to `out i <- in i / f`): the factors.
+fn integer_upsampling(a: &ResizeAttrs, x: &TensorType) -> Option<Vec<usize>> {
+    if a.mode != ResizeMode::Nearest || x.rank() == 0 || x.numel() == 0 {
+        return None;
+    }
+    (0..x.rank())
+        .map(|d| {
+            let (n, o) = (x.shape[d], a.out_shape[d]);
+            if o % n != 0 || (o / n) > 16 {
+                return None;
+            }
+            let f = o / n;
+            let src = kiln_ir::interp::nearest_sources(a, d, n);
+            src.iter()
+                .enumerate()
+                .all(|(i, &s)| s == i / f)
+                .then_some(f)
+        })
+        .collect()
+}
+
 fn resize(kb: &mut Kb, a: &ResizeAttrs, x: &TensorType) -> KResult {
     let r = x.rank();
     let xs = strides_of(&x.shape);
@@ -2096,6 +2151,38 @@ fn resize(kb: &mut Kb, a: &ResizeAttrs, x: &TensorType) -> KResult {
         return Err("linear resize over more than 3 dims is not supported".into());
     }
     let (xp, op) = (kb.params[0], kb.params[1]);
+    if let Some(f) = integer_upsampling(a, x) {
+        // out[.., y, x] = in[.., y / f_y, x / f_x]: per output row, each input element of the
+        // source row stored f times
+        let w = x.shape[r - 1];
+        let fx = f[r - 1];
+        let es = x.dtype.size();
+        kb.for_nd(&a.out_shape[..r - 1], &mut |kb, idx| {
+            let mut xo = kb.ic(0);
+            for d in 0..r - 1 {
+                let s = if f[d] > 1 {
+                    kb.b.ins().udiv_imm_u(idx[d], f[d] as i64)
+                } else {
+                    idx[d]
+                };
+                let t = kb.b.ins().imul_imm_u(s, xs[d] as i64);
+                xo = kb.b.ins().iadd(xo, t);
+            }
+            let oo = kb.offset(idx, &os[..r - 1]);
+            kb.for_n(w, &mut |kb, xi| {
+                let si = kb.b.ins().iadd(xo, xi);
+                let a = kb.addr(xp, si, es);
+                let v = kb.b.ins().load(int_ty(es), crate::kb::flags(), a, 0);
+                let o = kb.b.ins().imul_imm_u(xi, fx as i64);
+                let o = kb.b.ins().iadd(o, oo);
+                let ob = kb.addr(op, o, es);
+                for j in 0..fx {
+                    kb.b.ins().store(crate::kb::flags(), v, ob, (j * es) as i32);
+                }
+            });
+        });
+        return Ok(());
+    }
     kb.for_nd(&a.out_shape.clone(), &mut |kb, idx| {
         let oo = kb.offset(idx, &os);
         match a.mode {

@@ -266,13 +266,23 @@ fn unary_ops() {
             run_unary("arg", op, &[3, 4, 5], |x| (x * 2.0).round());
         }
     }
-    run_unary("gap", Op::GlobalAveragePool, &[1, 3, 5, 4], |x| x);
+    for shape in [[1, 3, 5, 4], [2, 3, 7, 3], [1, 2, 1, 2]] {
+        run_unary("gap", Op::GlobalAveragePool, &shape, |x| x);
+    }
     run_unary(
         "transpose",
         Op::Transpose {
             perm: vec![0, 2, 3, 1],
         },
         &[2, 3, 4, 5],
+        |x| x,
+    );
+    // a pixel shuffle (short last output axis, unrolled)
+    let perm = vec![0, 1, 4, 2, 5, 3];
+    run_unary(
+        "transpose_shuffle",
+        Op::Transpose { perm },
+        &[1, 3, 2, 2, 5, 7],
         |x| x,
     );
     // the last axis kept: contiguous runs (word copies; memcpy from 256 bytes)
@@ -601,6 +611,14 @@ fn binary_broadcast() {
             (vec![1, 3, 4, 4], vec![1, 3, 1, 1]),
             (vec![3, 1], vec![1, 4]),
             (vec![5], vec![2, 1, 5]),
+            // vectorized rows with a broadcast operand: squeeze-excite scale, row bias (either
+            // side), a row broadcast over an inner dim (no split), odd row lengths
+            (vec![1, 3, 5, 7], vec![1, 3, 1, 1]),
+            (vec![1, 1, 1, 1], vec![2, 3, 4, 5]),
+            (vec![4, 19], vec![19]),
+            (vec![19], vec![2, 2, 19]),
+            (vec![2, 17, 3], vec![2, 1, 3]),
+            (vec![1], vec![3, 3, 3, 1]),
         ] {
             let mut g = Graph::new(b.name());
             let x = g.add_input("a", TensorType::f32(sa.clone()));
@@ -1246,6 +1264,43 @@ fn resize_modes() {
             out_shape: vec![1, 2, 8, 9],
         };
         run_unary("resize", Op::Resize(a), &[1, 2, 4, 6], |x| x);
+    }
+    // integer nearest upsampling (the repeat path) in the coordinate modes that come to
+    // `in = out / f`, over any dims; align_corners does not and takes the general path
+    for (coord, nearest, scales, out_shape) in [
+        (
+            CoordTransform::Asymmetric,
+            NearestMode::Floor,
+            vec![1.0, 1.0, 2.0, 4.0],
+            vec![1, 2, 8, 24],
+        ),
+        (
+            CoordTransform::HalfPixel,
+            NearestMode::RoundPreferFloor,
+            vec![1.0, 1.0, 2.0, 2.0],
+            vec![1, 2, 8, 12],
+        ),
+        (
+            CoordTransform::Asymmetric,
+            NearestMode::Floor,
+            vec![2.0, 3.0, 1.0, 1.0],
+            vec![2, 6, 4, 6],
+        ),
+        (
+            CoordTransform::AlignCorners,
+            NearestMode::Floor,
+            vec![1.0, 1.0, 2.0, 2.0],
+            vec![1, 2, 8, 12],
+        ),
+    ] {
+        let a = ResizeAttrs {
+            mode: ResizeMode::Nearest,
+            coord,
+            nearest,
+            scales,
+            out_shape,
+        };
+        run_unary("resize_repeat", Op::Resize(a), &[1, 2, 4, 6], |x| x);
     }
 }
 
