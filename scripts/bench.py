@@ -77,8 +77,10 @@ def flops(model_path, shapes):
 
 
 def kiln_median(exe, args, runs):
-    out = subprocess.run([exe, *args, "--bench", str(runs)], capture_output=True, text=True,
-                         check=True)
+    # the outputs go next to the executable, not into the working directory
+    outdir = os.path.dirname(exe)
+    out = subprocess.run([exe, *args, "--bench", str(runs), "--output-dir", outdir],
+                         capture_output=True, text=True, check=True)
     m = re.search(r"median:\s*([0-9.eE+-]+)\s*ms", out.stdout + out.stderr)
     if not m:
         raise RuntimeError(f"{exe}: no median in output: {out.stdout}{out.stderr}")
