@@ -1201,6 +1201,14 @@ fn gemm(kb: &mut Kb, a: &GemmAttrs, ins: &[&TensorType], out: &TensorType) {
     if kb.ukernel.is_some() {
         return wide_gemm(kb, a, ins, out);
     }
+    if let Some((rk, f)) = kb.rows.clone() {
+        // one row times a `[n][k]` weight: the GEMV row kernel (bias included)
+        let zero = kb.ic(0);
+        let c = if ins.len() == 3 { kb.params[2] } else { zero };
+        let args = [kb.params[0], kb.params[1], c, zero, kb.params[ins.len()]];
+        call_wide(kb, f, args, rk.work(), rk.parallel);
+        return;
+    }
     let (m, n) = (out.shape[0], out.shape[1]);
     let x = ins[0];
     let k = if a.trans_a { x.shape[0] } else { x.shape[1] };
@@ -1783,7 +1791,7 @@ fn layer_norm(kb: &mut Kb, axis: usize, eps: f32, ins: &[&TensorType]) -> KResul
     if let Some((rk, f)) = kb.rows.clone() {
         let zero = kb.ic(0);
         let args = [xp, sp.unwrap_or(zero), bp.unwrap_or(zero), zero, op];
-        call_wide(kb, f, args, rk.rows, rk.parallel);
+        call_wide(kb, f, args, rk.work(), rk.parallel);
         return Ok(());
     }
     let n = kb.fc(len as f32);
@@ -1841,7 +1849,7 @@ fn softmax(kb: &mut Kb, axis: usize, kind: SoftmaxKind, x: &TensorType) -> KResu
         // contiguous f32 rows: the LLVM row kernel, rows split over the pool
         let zero = kb.ic(0);
         let (xp, op) = (kb.params[0], kb.params[1]);
-        call_wide(kb, f, [xp, zero, zero, zero, op], rk.rows, rk.parallel);
+        call_wide(kb, f, [xp, zero, zero, zero, op], rk.work(), rk.parallel);
         return Ok(());
     }
     let dt = x.dtype;

@@ -207,6 +207,7 @@ impl Wide {
                         _ => None,
                     }
                 }
+                kiln_ir::Op::Gemm(_) if gemv_fits(g, node).is_some() => None,
                 kiln_ir::Op::Gemm(ga) => {
                     let (a, b) = (g.ty(node.inputs[0]), g.ty(node.inputs[1]));
                     let out = g.ty(node.outputs[0]);
@@ -267,8 +268,36 @@ impl Wide {
     }
 }
 
-/// The row kernel (`rows.rs`) for an f32 Softmax over contiguous rows or an f32 LayerNorm, if
-/// `node` is one.
+/// `(k, n, has_bias)` of a Gemm that the GEMV row kernel runs: one f32 row times a constant
+/// `B` stored `[n][k]` (`transB`), `alpha` 1, and a bias `C` of `n` elements with `beta` 1 (or
+/// none).
+fn gemv_fits(g: &Graph, node: &kiln_ir::Node) -> Option<(usize, usize, bool)> {
+    let kiln_ir::Op::Gemm(a) = &node.op else {
+        return None;
+    };
+    let (x, b, out) = (
+        g.ty(node.inputs[0]),
+        g.ty(node.inputs[1]),
+        g.ty(node.outputs[0]),
+    );
+    let (m, n) = (out.shape[0], out.shape[1]);
+    let bias = node.inputs.len() == 3 && a.beta != 0.0;
+    let c_ok = !bias || {
+        let c = g.ty(node.inputs[2]);
+        a.beta == 1.0 && c.numel() == n && c.shape.last() == Some(&n)
+    };
+    let ok = m == 1
+        && !a.trans_a
+        && a.trans_b
+        && a.alpha == 1.0
+        && c_ok
+        && [x, b, out].iter().all(|t| t.dtype == kiln_ir::DType::F32)
+        && g.const_data(node.inputs[1]).is_some();
+    ok.then(|| (x.shape[1], n, bias))
+}
+
+/// The row kernel (`rows.rs`) for an f32 Softmax over contiguous rows, an f32 LayerNorm, or a
+/// one-row Gemm (`gemv_fits`), if `node` is one.
 fn rows_kernel(
     g: &Graph,
     node: &kiln_ir::Node,
@@ -287,6 +316,11 @@ fn rows_kernel(
             let len = x.shape[*axis];
             let op = rows::RowOp::Softmax;
             Some(rows::RowKernel::new(name, op, x.numel() / len, len, t))
+        }
+        kiln_ir::Op::Gemm(_) => {
+            let (k, n, bias) = gemv_fits(g, node)?;
+            let op = rows::RowOp::Gemv { bias };
+            Some(rows::RowKernel::new(name, op, n, k, t))
         }
         kiln_ir::Op::LayerNorm { axis, epsilon } => {
             let len: usize = x.shape[*axis..].iter().product();

@@ -19,7 +19,14 @@ pub(crate) enum RowOp {
         scale: bool,
         bias: bool,
     },
+    /// `y[j] = dot(x, w[j]) + bias[j]` for a weight matrix `w` stored `[n][len]` (a Gemm with
+    /// one row and `transB`: a classifier's last layer): `rows` is `n`, one work item is
+    /// [`GEMV_COLS`] outputs; each weight row is streamed once, contiguously.
+    Gemv { bias: bool },
 }
+
+/// Outputs per work item of a [`RowOp::Gemv`] (one vector accumulator each).
+pub(crate) const GEMV_COLS: usize = 8;
 
 /// One row kernel: `rows` rows of `len` contiguous f32s per call of the node.
 #[derive(Debug, Clone)]
@@ -55,12 +62,24 @@ impl RowKernel {
         let per = match self.op {
             RowOp::Softmax => 24,
             RowOp::LayerNorm { .. } => 8,
+            RowOp::Gemv { .. } => 2,
         };
         self.rows * self.len * per
     }
 
+    /// Work items per call.
+    pub fn work(&self) -> usize {
+        match self.op {
+            RowOp::Gemv { .. } => self.rows.div_ceil(GEMV_COLS),
+            _ => self.rows,
+        }
+    }
+
     /// LLVM IR of `void name(x, scale, bias, _, out, t0, t1)`: rows `t0..t1`.
     pub fn ir(&self, attrs_group: usize, out: &mut String) {
+        if let RowOp::Gemv { bias } = self.op {
+            return self.gemv_ir(bias, attrs_group, out);
+        }
         let mut e = Emit::new(self.lanes);
         e.items_begin(&self.name, ROW_PARAMS, attrs_group, "t", "row_end");
         e.line(&format!("  %ro = mul i64 %t, {}", self.len));
@@ -77,6 +96,7 @@ impl RowKernel {
                 scale,
                 bias,
             } => layer_norm(&mut e, &rl, *epsilon, (*scale, *bias)),
+            RowOp::Gemv { .. } => unreachable!("gemv_ir"),
         }
         e.line("  br label %row_end");
         e.line("row_end:");
@@ -87,6 +107,96 @@ impl RowKernel {
 
 /// The body of a row loop: `(emit, float offset, tail mask, accumulator) -> new accumulator`.
 type VecBody<'a> = dyn FnMut(&mut Emit, &str, Option<&str>, &str) -> String + 'a;
+
+impl RowKernel {
+    /// `void name(x, w, bias, _, y, t0, t1)`: outputs `t * GEMV_COLS ..` for items `t0..t1`.
+    /// Rows past `n` read the last row (always valid memory) and are not stored.
+    fn gemv_ir(&self, bias: bool, attrs_group: usize, out: &mut String) {
+        let (w, k, n, c) = (self.lanes, self.len, self.rows, GEMV_COLS);
+        let mut e = Emit::new(w);
+        let vt = e.vt.clone();
+        e.items_begin(&self.name, ROW_PARAMS, attrs_group, "t", "item_end");
+        e.line(&format!("  %n0 = mul i64 %t, {c}"));
+        let mut rows = Vec::new();
+        for i in 0..c {
+            let (ni, ok, nc, ro, rp) = (e.tmp(), e.tmp(), e.tmp(), e.tmp(), e.tmp());
+            e.line(&format!("  {ni} = add i64 %n0, {i}"));
+            e.line(&format!("  {ok} = icmp ult i64 {ni}, {n}"));
+            e.line(&format!("  {nc} = select i1 {ok}, i64 {ni}, i64 {}", n - 1));
+            e.line(&format!("  {ro} = mul i64 {nc}, {k}"));
+            e.line(&format!(
+                "  {rp} = getelementptr float, float* %sc, i64 {ro}"
+            ));
+            rows.push((ni, ok, rp));
+        }
+        let nv = k / w;
+        let mut accs: Vec<String> = vec!["zeroinitializer".into(); c];
+        if nv > 0 {
+            e.line("  br label %k_head");
+            e.line("k_head:");
+            e.line("  %k_i = phi i64 [ 0, %item ], [ %k_n, %k_head ]");
+            for (i, a) in accs.iter().enumerate() {
+                e.line(&format!(
+                    "  %acc{i} = phi {vt} [ {a}, %item ], [ %accn{i}, %k_head ]"
+                ));
+            }
+            let off = e.tmp();
+            e.line(&format!("  {off} = mul i64 %k_i, {w}"));
+            let xv = load(&mut e, "%x", &off, None, "zeroinitializer");
+            for (i, (_, _, rp)) in rows.iter().enumerate() {
+                let wv = load(&mut e, rp, &off, None, "zeroinitializer");
+                let f = e.fma(&xv, &wv, &format!("%acc{i}"));
+                e.line(&format!("  %accn{i} = {}", copy(&vt, &f)));
+            }
+            e.line("  %k_n = add i64 %k_i, 1");
+            e.line(&format!("  %k_c = icmp eq i64 %k_n, {nv}"));
+            e.line("  br i1 %k_c, label %k_exit, label %k_head");
+            e.line("k_exit:");
+            accs = (0..c).map(|i| format!("%accn{i}")).collect();
+        }
+        if k % w > 0 {
+            let m = e.tmp();
+            e.line(&format!(
+                "  {m} = icmp slt <{w} x i32> {}, {}",
+                iota(w, 0),
+                splat_const_i32(w, (k % w) as i64)
+            ));
+            let off = (nv * w).to_string();
+            let xv = load(&mut e, "%x", &off, Some(&m), "zeroinitializer");
+            for (i, (_, _, rp)) in rows.iter().enumerate() {
+                let wv = load(&mut e, rp, &off, Some(&m), "zeroinitializer");
+                accs[i] = e.fma(&xv, &wv, &accs[i]);
+            }
+        }
+        for (i, (ni, ok, _)) in rows.iter().enumerate() {
+            let mut s = hsum(&mut e, &accs[i]);
+            if bias {
+                let (bp, bv, t) = (e.tmp(), e.tmp(), e.tmp());
+                let nc = e.tmp();
+                e.line(&format!("  {nc} = select i1 {ok}, i64 {ni}, i64 {}", n - 1));
+                e.line(&format!(
+                    "  {bp} = getelementptr float, float* %bi, i64 {nc}"
+                ));
+                e.line(&format!("  {bv} = load float, float* {bp}, align 4"));
+                e.line(&format!("  {t} = fadd float {s}, {bv}"));
+                s = t;
+            }
+            e.line(&format!("  br i1 {ok}, label %st{i}, label %sk{i}"));
+            e.line(&format!("st{i}:"));
+            let op = e.tmp();
+            e.line(&format!(
+                "  {op} = getelementptr float, float* %o, i64 {ni}"
+            ));
+            e.line(&format!("  store float {s}, float* {op}, align 4"));
+            e.line(&format!("  br label %sk{i}"));
+            e.line(&format!("sk{i}:"));
+        }
+        e.line("  br label %item_end");
+        e.line("item_end:");
+        e.items_end("t");
+        out.push_str(&e.s);
+    }
+}
 
 /// Loops over one row: `len / w` full vectors, then a masked tail.
 struct RowLoops {

@@ -1130,6 +1130,41 @@ fn gemm_and_matmul() {
             .unwrap();
         check(&g, &[Tensor::f32(sa, r.vec(m * k))]);
     }
+    // one row times a [n][k] constant (a classifier's last layer): the GEMV row kernel, with
+    // k and n below, at and above the vector width and the 8-column work item
+    for (k, n, cshape) in [
+        (9, 6, vec![6]),
+        (40, 70, vec![1, 70]),
+        (1280, 1000, vec![1000]),
+        (16, 8, vec![]),
+        (17, 3, vec![3]),
+        (5, 1, vec![1]),
+    ] {
+        let mut g = Graph::new("gemv");
+        let a = g.add_input("a", TensorType::f32([1, k]));
+        let b = g
+            .add_const(
+                "b",
+                TensorType::f32([n, k]),
+                ConstData::from_f32(&r.vec(k * n)),
+            )
+            .unwrap();
+        let mut ins = vec![a, b];
+        if !cshape.is_empty() {
+            let c = ConstData::from_f32(&r.vec(n));
+            ins.push(g.add_const("c", TensorType::f32(cshape), c).unwrap());
+        }
+        let attrs = GemmAttrs {
+            alpha: 1.0,
+            beta: 1.0,
+            trans_a: false,
+            trans_b: true,
+        };
+        g.outputs = g
+            .add_node("g", Op::Gemm(attrs), ins, vec!["y".into()])
+            .unwrap();
+        check(&g, &[Tensor::f32([1, k], r.vec(k))]);
+    }
     for (sa, sb) in [
         (vec![2, 3, 4], vec![4, 5]),
         (vec![4], vec![2, 4, 3]),
