@@ -287,6 +287,8 @@ fn gemv_fits(g: &Graph, node: &kiln_ir::Node) -> Option<(usize, usize, bool)> {
         a.beta == 1.0 && c.numel() == n && c.shape.last() == Some(&n)
     };
     let ok = m == 1
+        && n > 0
+        && x.shape[1] > 0
         && !a.trans_a
         && a.trans_b
         && a.alpha == 1.0
