@@ -109,8 +109,13 @@ pub fn unfused_epilogues(g: &Graph) -> Vec<Unfused> {
                 (Op::Conv(_), Op::Binary(BinaryOp::Add)) => {
                     other.is_some_and(|&r| g.ty(r).shape == out.shape)
                 }
-                (Op::MatMul(_), Op::Binary(BinaryOp::Add)) => true,
-                (Op::MatMul(_), Op::Binary(BinaryOp::Mul)) => scalar,
+                // what fuse_matmul_add / _affine take: matrices, a free operand slot
+                (Op::MatMul(a), Op::Binary(BinaryOp::Add | BinaryOp::Mul)) => {
+                    let matrices = n.inputs[..2].iter().all(|&i| g.ty(i).rank() >= 2);
+                    let slot = c.op == Op::Binary(BinaryOp::Add)
+                        && a.operand_count() < kiln_ir::ops::MATMUL_EPILOGUE_OPERANDS;
+                    matrices && (scalar || slot)
+                }
                 (_, op) => EpilogueStep::from_activation(op).is_some(),
             };
             let why = match (&n.op, step) {

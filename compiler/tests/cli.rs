@@ -156,6 +156,54 @@ fn every_emit_kind() {
     }
 }
 
+/// An executable for the baseline x86-64 (SSE only: no AVX) runs and matches the host build:
+/// vector rows that start at unaligned elements (a 7x7 global pool, broadcast rows) must not be
+/// folded into SSE instructions that fault on unaligned memory.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[test]
+fn baseline_x86_64_executable_runs() {
+    let d = tempfile::tempdir().unwrap();
+    let m = d.path().join("base.kir");
+    std::fs::write(
+        &m,
+        "graph base {\n  input %x: f32[1,3,7,7]\n  const %s: f32[1,3,1,1] = [0.5, -1.0, 2.0]\n\
+         %m = mul(%x, %s) : f32[1,3,7,7]\n  %p = global_average_pool(%m) : f32[1,3,1,1]\n\
+         output %p, %m\n}\n",
+    )
+    .unwrap();
+    let x: Vec<f32> = (0..147).map(|i| (i as f32 - 70.0) * 0.01).collect();
+    let xp = d.path().join("x.npy");
+    npy::write(&xp, &Npy::from_f32(&[1, 3, 7, 7], &x)).unwrap();
+    let exe = d.path().join("base");
+    ok(kiln()
+        .arg("build")
+        .arg(&m)
+        .args([
+            "--target",
+            "x86_64-unknown-linux-gnu",
+            "--target-cpu",
+            "x86-64",
+            "--emit",
+            "exe",
+            "-o",
+        ])
+        .arg(&exe));
+    let input = format!("x={}", xp.display());
+    ok(Command::new(&exe)
+        .args(["--input", &input, "--output-dir"])
+        .arg(d.path().join("exe")));
+    ok(kiln()
+        .arg("run")
+        .arg(&m)
+        .args(["--input", &input, "--output-dir"])
+        .arg(d.path().join("host")));
+    for name in ["p.npy", "m.npy"] {
+        let a = npy::read(&d.path().join("exe").join(name)).unwrap();
+        let b = npy::read(&d.path().join("host").join(name)).unwrap();
+        assert_eq!(a.to_f32().unwrap(), b.to_f32().unwrap(), "{name}");
+    }
+}
+
 /// `--freeze NAME=FILE.npy` turns an input into a compile-time constant: the model then runs
 /// with no inputs and computes the same result; a mismatched value is a clear error.
 #[test]

@@ -183,6 +183,16 @@ pub struct MatMulAttrs {
 /// Most operands a fused [`MatMulAttrs::epilogue`] reads (bias and residual).
 pub const MATMUL_EPILOGUE_OPERANDS: usize = 2;
 
+impl MatMulAttrs {
+    /// Inputs the epilogue reads after a and b (one per `add` step).
+    pub fn operand_count(&self) -> usize {
+        self.epilogue
+            .iter()
+            .filter(|s| **s == EpilogueStep::Add)
+            .count()
+    }
+}
+
 impl Op {
     /// A plain matrix product (no epilogue).
     pub fn matmul() -> Op {
@@ -1421,11 +1431,7 @@ impl Op {
                 Ok(vec![x.with_shape(vec![m, n])])
             }
             Op::MatMul(a) => {
-                let operands = a
-                    .epilogue
-                    .iter()
-                    .filter(|s| **s == EpilogueStep::Add)
-                    .count();
+                let operands = a.operand_count();
                 if operands > MATMUL_EPILOGUE_OPERANDS {
                     return Err(format!(
                         "a matmul epilogue reads at most {MATMUL_EPILOGUE_OPERANDS} operands"
@@ -1921,13 +1927,13 @@ pub fn pool_out_dim(
     Ok(out)
 }
 
-/// NumPy multidirectional broadcast of two shapes.
 /// `shape` without its leading 1s.
 pub fn strip_ones(shape: &[usize]) -> &[usize] {
     let k = shape.iter().take_while(|&&d| d == 1).count();
     &shape[k..]
 }
 
+/// NumPy multidirectional broadcast of two shapes.
 pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
     let r = a.len().max(b.len());
     let mut out = vec![0; r];

@@ -283,7 +283,8 @@ fn fold_batchnorm_into_conv_transpose(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bo
         match &pn.op {
             Op::Reshape { .. } => {}
             Op::Transpose { perm } if perm[..2] == [0, 1] => {}
-            Op::MatMul(_) if ts.len() == 3 => break p,
+            // (a MatMul with an epilogue is not linear in its weights any more)
+            Op::MatMul(a) if ts.len() == 3 && a.epilogue.is_empty() => break p,
             _ => return false,
         }
         v = pn.inputs[0];
@@ -478,7 +479,9 @@ fn matmul_feeding(g: &Graph, v: ValueId, user: NodeId, ctx: &Ctx) -> Option<(Nod
     };
     let ok = ctx.only_used_by(v, user)
         && g.ty(v).dtype == DType::F32
-        && node.inputs[..2].iter().all(|&i| g.ty(i).shape.len() >= 2);
+        && node.inputs[..2]
+            .iter()
+            .all(|&i| g.ty(i).shape.len() >= 2 && g.ty(i).dtype == DType::F32);
     ok.then(|| (p, a.clone()))
 }
 
@@ -498,12 +501,7 @@ fn fuse_matmul_add(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
         let Some((p, mut a)) = matmul_feeding(g, y, n, ctx) else {
             continue;
         };
-        let used = a
-            .epilogue
-            .iter()
-            .filter(|s| **s == EpilogueStep::Add)
-            .count();
-        if used >= kiln_ir::ops::MATMUL_EPILOGUE_OPERANDS {
+        if a.operand_count() >= kiln_ir::ops::MATMUL_EPILOGUE_OPERANDS {
             continue;
         }
         let mut inputs = g.node(p).inputs.clone();

@@ -310,7 +310,10 @@ impl Emit {
         self.line(&format!("  {sc} = bitcast <{w} x i32> {e2} to {}", self.vt));
         let r = self.bin("fmul", &y, &sc);
         let (big, inf) = (self.fsplat(88.72283), self.fsplat(f32::INFINITY));
-        self.select("ogt", x0, &big, &inf, &r)
+        let r = self.select("ogt", x0, &big, &inf, &r);
+        // below the smallest normal result: 0 (exp(-inf) = 0 for masked Softmax entries)
+        let small = self.fsplat(-87.33654);
+        self.select("olt", x0, &small, "zeroinitializer", &r)
     }
     /// `1 + e^(k x)`.
     pub(crate) fn one_plus_exp(&mut self, x: &str, k: f32) -> String {
@@ -323,10 +326,18 @@ impl Emit {
         let d = self.one_plus_exp(x, k);
         self.bin("fdiv", &self.fsplat(1.0), &d)
     }
-    /// `tanh x = 2 sigmoid(2x) - 1`.
+    /// `tanh x = 2 sigmoid(2x) - 1`, and for `|x| < 0.2` its odd Taylor polynomial to `x^9`
+    /// (the subtraction would lose the relative precision of small results).
     pub(crate) fn tanh(&mut self, x: &str) -> String {
         let s = self.sigmoid(x, -2.0);
-        self.fma(&s, &self.fsplat(2.0), &self.fsplat(-1.0))
+        let big = self.fma(&s, &self.fsplat(2.0), &self.fsplat(-1.0));
+        let x2 = self.bin("fmul", x, x);
+        let p = self.poly(&x2, &[62.0 / 2835.0, -17.0 / 315.0, 2.0 / 15.0, -1.0 / 3.0]);
+        let x3 = self.bin("fmul", &x2, x);
+        let small = self.fma(&p, &x3, x);
+        let a = self.call1("fabs", x);
+        let lim = self.fsplat(0.2);
+        self.select("olt", &a, &lim, &small, &big)
     }
     /// `erf x` (Abramowitz & Stegun 7.1.26, absolute error below 2e-7 in f32):
     /// `1 - t (a1 + t (a2 + ..)) e^(-x^2)` with `t = 1 / (1 + p |x|)`, sign restored.

@@ -12,7 +12,7 @@
 //! touches, after the fused epilogue (residual add, activations) has been applied in registers.
 //! Work items (group, m-block, pixel tile) are numbered so a caller can run any sub-range.
 
-use kiln_ir::ops::{ActKind, EpilogueStep, UnaryOp};
+use kiln_ir::ops::{ActKind, EpilogueStep, MatMulAttrs, UnaryOp};
 
 use crate::emit::{Emit, Src, iota, splat_const_i32};
 
@@ -214,7 +214,10 @@ impl ConvKernel {
         debug_assert_eq!(ck.pk.wq, n, "a product's image has no padding");
         ck.prepacked = false;
         ck.a_strides = Some((k, 1));
-        let used = steps.iter().filter(|s| **s == EpilogueStep::Add).count();
+        let used = MatMulAttrs {
+            epilogue: steps.to_vec(),
+        }
+        .operand_count();
         ck.operands = operands[..used].to_vec();
         ck
     }

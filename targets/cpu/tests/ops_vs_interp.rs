@@ -58,6 +58,26 @@ fn check(g: &Graph, inputs: &[Tensor]) {
     }
 }
 
+/// The outputs of `g` compiled with the host's kernels.
+fn compiled(g: &Graph, inputs: &[Tensor]) -> Vec<Tensor> {
+    let jit = kiln_target_cpu::compile_jit(g, "t").expect("compile");
+    let m = unsafe {
+        kiln_runtime::Model::from_raw(jit.descriptor() as *const kiln_runtime::KilnModel)
+    }
+    .unwrap();
+    let mut ws = m.workspace().unwrap();
+    let ins: Vec<Vec<u8>> = inputs.iter().map(|t| t.to_bytes()).collect();
+    let ins_ref: Vec<&[u8]> = ins.iter().map(|b| b.as_slice()).collect();
+    let mut outs: Vec<Vec<u8>> = m.outputs().iter().map(|o| vec![0u8; o.nbytes]).collect();
+    let mut outs_ref: Vec<&mut [u8]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+    m.run(&ins_ref, &mut outs_ref, &mut ws).expect("run");
+    let want = interp::run(g, inputs).expect("interpreter");
+    want.iter()
+        .zip(&outs)
+        .map(|(w, b)| Tensor::from_bytes(&w.ty(), b).unwrap())
+        .collect()
+}
+
 fn check_with(g: &Graph, inputs: &[Tensor], want: &[Tensor], opts: &kiln_target_cpu::CpuOptions) {
     let jit = kiln_target_cpu::compile_jit_with(g, opts).expect("compile");
     let m = unsafe {
@@ -1008,6 +1028,64 @@ fn layer_norm() {
         let n: usize = shape.iter().product();
         let data = r.vec(n).into_iter().map(|v| v * scale + shift).collect();
         check(&g, &[Tensor::f32(shape.clone(), data)]);
+    }
+}
+
+/// Where absolute tolerance hides errors: tanh of small values keeps its relative precision,
+/// and masked (-inf) Softmax entries are exactly 0, in the LLVM kernels.
+#[test]
+fn wide_math_small_values() {
+    let vals: Vec<f32> = [
+        1e-7f32, -3e-6, 1e-4, -2e-3, 0.01, -0.05, 0.15, -0.199, 0.2, 0.25,
+    ]
+    .to_vec();
+    let m = vals.len();
+    let mut g = Graph::new("tanh_small");
+    let x = g.add_input("a", TensorType::f32([m, 1]));
+    let ones = g
+        .add_const(
+            "b",
+            TensorType::f32([1, 17]),
+            ConstData::from_f32(&[1.0; 17]),
+        )
+        .unwrap();
+    let epilogue = vec![EpilogueStep::Unary(UnaryOp::Tanh)];
+    g.outputs = g
+        .add_node(
+            "m",
+            Op::MatMul(MatMulAttrs { epilogue }),
+            vec![x, ones],
+            vec!["y".into()],
+        )
+        .unwrap();
+    let got = compiled(&g, &[Tensor::f32([m, 1], vals.clone())]);
+    let got = got[0].as_f32().unwrap();
+    for (i, v) in vals.iter().enumerate() {
+        let want = (*v as f64).tanh();
+        let y = got[i * 17] as f64;
+        assert!(
+            (y - want).abs() <= 2e-6 * want.abs(),
+            "tanh({v}) = {y}, want {want}"
+        );
+    }
+    let g = unary_graph(
+        "softmax_masked",
+        Op::Softmax {
+            axis: 1,
+            kind: SoftmaxKind::Softmax,
+        },
+        &[2, 40],
+    );
+    let mut x: Vec<f32> = Rng(4).vec(80);
+    for i in (0..80).step_by(3) {
+        x[i] = f32::NEG_INFINITY;
+    }
+    let got = compiled(&g, &[Tensor::f32([2, 40], x.clone())]);
+    for (i, y) in got[0].as_f32().unwrap().iter().enumerate() {
+        assert!(
+            x[i] != f32::NEG_INFINITY || *y == 0.0,
+            "masked entry {i}: {y}"
+        );
     }
 }
 
