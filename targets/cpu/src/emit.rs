@@ -198,6 +198,10 @@ impl Emit {
     }
     /// `<w x float>*` pointing `off` floats after `base` (a `float*`).
     pub(crate) fn gep_vec(&mut self, base: &str, off: usize) -> String {
+        self.gep_vec_at(base, &off.to_string())
+    }
+    /// [`Self::gep_vec`] at an offset that is an SSA value (or a constant's text).
+    pub(crate) fn gep_vec_at(&mut self, base: &str, off: &str) -> String {
         let p = self.tmp();
         self.line(&format!(
             "  {p} = getelementptr float, float* {base}, i64 {off}"

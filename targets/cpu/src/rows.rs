@@ -4,7 +4,7 @@
 //! signature: five pointers and the item range). Rows are read with full vectors and one masked
 //! tail vector; the reductions keep a vector accumulator and reduce it once per row.
 
-use crate::emit::{Emit, iota, splat_const_i32};
+use crate::emit::{Emit, fconst, iota, splat_const_i32};
 use crate::llvm::LlvmTarget;
 
 /// What a row kernel computes.
@@ -257,16 +257,11 @@ fn copy(vt: &str, v: &str) -> String {
 
 /// Load the vector at float offset `off` of row `base` (masked lanes read `other`).
 fn load(e: &mut Emit, base: &str, off: &str, m: Option<&str>, other: &str) -> String {
-    let p = e.tmp();
-    e.line(&format!(
-        "  {p} = getelementptr float, float* {base}, i64 {off}"
-    ));
-    let vt = e.vt.clone();
-    let c = e.tmp();
-    e.line(&format!("  {c} = bitcast float* {p} to {vt}*"));
+    let c = e.gep_vec_at(base, off);
     match m {
         Some(m) => e.masked_load_or(&c, m, other),
         None => {
+            let vt = e.vt.clone();
             let x = e.tmp();
             e.line(&format!("  {x} = load {vt}, {vt}* {c}, align 4"));
             x
@@ -276,12 +271,7 @@ fn load(e: &mut Emit, base: &str, off: &str, m: Option<&str>, other: &str) -> St
 
 fn store(e: &mut Emit, v: &str, base: &str, off: &str, m: Option<&str>) {
     let (w, vt) = (e.w, e.vt.clone());
-    let p = e.tmp();
-    e.line(&format!(
-        "  {p} = getelementptr float, float* {base}, i64 {off}"
-    ));
-    let c = e.tmp();
-    e.line(&format!("  {c} = bitcast float* {p} to {vt}*"));
+    let c = e.gep_vec_at(base, off);
     match m {
         Some(m) => e.line(&format!(
             "  call void @llvm.masked.store.v{w}f32.p0v{w}f32({vt} {v}, {vt}* {c}, i32 4, <{w} x i1> {m})"
@@ -351,7 +341,7 @@ fn layer_norm(e: &mut Emit, rl: &RowLoops, eps: f32, (scale, bias): (bool, bool)
     });
     let s = hsum(e, &sum);
     let mean = e.tmp();
-    e.line(&format!("  {mean} = fdiv float {s}, {}", fconst_f(n)));
+    e.line(&format!("  {mean} = fdiv float {s}, {}", fconst(n)));
     let ms = e.splat(&mean);
     // the variance from the centred values (two passes: no cancellation)
     let sq = rl.fold(e, "va", "zeroinitializer", &mut |e, off, m, acc| {
@@ -371,9 +361,9 @@ fn layer_norm(e: &mut Emit, rl: &RowLoops, eps: f32, (scale, bias): (bool, bool)
     });
     let ss = hsum(e, &sq);
     let var = e.tmp();
-    e.line(&format!("  {var} = fdiv float {ss}, {}", fconst_f(n)));
+    e.line(&format!("  {var} = fdiv float {ss}, {}", fconst(n)));
     let ve = e.tmp();
-    e.line(&format!("  {ve} = fadd float {var}, {}", fconst_f(eps)));
+    e.line(&format!("  {ve} = fadd float {var}, {}", fconst(eps)));
     let sd = e.tmp();
     e.line(&format!("  {sd} = call float @llvm.sqrt.f32(float {ve})"));
     let inv = e.tmp();
@@ -394,8 +384,4 @@ fn layer_norm(e: &mut Emit, rl: &RowLoops, eps: f32, (scale, bias): (bool, bool)
         store(e, &y, "%or", off, m);
         acc.to_string()
     });
-}
-
-fn fconst_f(v: f32) -> String {
-    crate::emit::fconst(v)
 }
