@@ -330,41 +330,15 @@ pub fn eval_op(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
         Op::Conv(a) if !a.epilogue.is_empty() => {
             let has_res = inputs.len() == 4;
             let base = &inputs[..if has_res { 3 } else { inputs.len() }];
-            let mut t = conv(a, base, out_shape)?;
-            for step in &a.epilogue {
-                let op = step.as_op();
-                let r = if *step == crate::ops::EpilogueStep::Add {
-                    eval_op(&op, &[&t, inputs[3]])?
-                } else {
-                    eval_op(&op, &[&t])?
-                };
-                t = r
-                    .into_iter()
-                    .next()
-                    .ok_or("epilogue step produced nothing")?;
-            }
-            one(t)
+            let t = conv(a, base, out_shape)?;
+            one(epilogue(t, &a.epilogue, &inputs[3.min(inputs.len())..])?)
         }
         Op::Conv(a) => one(conv(a, inputs, out_shape)?),
         Op::ConvTranspose(a) => one(conv_transpose(a, inputs, out_shape)?),
         Op::Gemm(a) => one(gemm(a, inputs, out_shape)?),
         Op::MatMul(a) => {
-            let mut t = matmul(inputs[0], inputs[1], out_shape)?;
-            let mut operands = inputs[2..].iter();
-            for step in &a.epilogue {
-                let op = step.as_op();
-                let r = if *step == crate::ops::EpilogueStep::Add {
-                    let r = operands.next().ok_or("epilogue operand missing")?;
-                    eval_op(&op, &[&t, r])?
-                } else {
-                    eval_op(&op, &[&t])?
-                };
-                t = r
-                    .into_iter()
-                    .next()
-                    .ok_or("epilogue step produced nothing")?;
-            }
-            one(t)
+            let t = matmul(inputs[0], inputs[1], out_shape)?;
+            one(epilogue(t, &a.epilogue, &inputs[2..])?)
         }
         Op::Binary(b) => one(binary(*b, inputs[0], inputs[1], out_shape)?),
         Op::Compare(c) => {
@@ -1748,6 +1722,30 @@ fn nearest_index(mode: NearestMode, v: f32, in_len: usize) -> usize {
         }
     };
     (r.max(0.0) as usize).min(in_len - 1)
+}
+
+/// A fused kernel epilogue applied to `t` step by step; each `add` step reads the next of
+/// `operands` (broadcast to `t`).
+fn epilogue(
+    mut t: Tensor,
+    steps: &[crate::ops::EpilogueStep],
+    operands: &[&Tensor],
+) -> Result<Tensor, String> {
+    let mut operands = operands.iter();
+    for step in steps {
+        let op = step.as_op();
+        let r = if *step == crate::ops::EpilogueStep::Add {
+            let r = operands.next().ok_or("epilogue operand missing")?;
+            eval_op(&op, &[&t, r])?
+        } else {
+            eval_op(&op, &[&t])?
+        };
+        t = r
+            .into_iter()
+            .next()
+            .ok_or("epilogue step produced nothing")?;
+    }
+    Ok(t)
 }
 
 /// A nearest-mode Resize's source index along dim `d` (input length `in_len`) for each output

@@ -58,19 +58,32 @@ fn check(g: &Graph, inputs: &[Tensor]) {
     }
 }
 
-/// The outputs of `g` compiled with the host's kernels.
-fn compiled(g: &Graph, inputs: &[Tensor]) -> Vec<Tensor> {
-    let jit = kiln_target_cpu::compile_jit(g, "t").expect("compile");
-    let m = unsafe {
-        kiln_runtime::Model::from_raw(jit.descriptor() as *const kiln_runtime::KilnModel)
-    }
-    .unwrap();
+/// Run a compiled model on `inputs` (outputs pre-filled with `fill`), optionally over a pool.
+fn run_model(
+    m: &kiln_runtime::Model,
+    inputs: &[Tensor],
+    fill: u8,
+    pool: Option<&kiln_runtime::ThreadPool>,
+) -> Vec<Vec<u8>> {
     let mut ws = m.workspace().unwrap();
     let ins: Vec<Vec<u8>> = inputs.iter().map(|t| t.to_bytes()).collect();
     let ins_ref: Vec<&[u8]> = ins.iter().map(|b| b.as_slice()).collect();
-    let mut outs: Vec<Vec<u8>> = m.outputs().iter().map(|o| vec![0u8; o.nbytes]).collect();
+    let mut outs: Vec<Vec<u8>> = m.outputs().iter().map(|o| vec![fill; o.nbytes]).collect();
     let mut outs_ref: Vec<&mut [u8]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
-    m.run(&ins_ref, &mut outs_ref, &mut ws).expect("run");
+    m.run_pool(&ins_ref, &mut outs_ref, &mut ws, pool)
+        .expect("run");
+    outs
+}
+
+fn model(jit: &kiln_target_cpu::JitModel) -> kiln_runtime::Model {
+    unsafe { kiln_runtime::Model::from_raw(jit.descriptor() as *const kiln_runtime::KilnModel) }
+        .unwrap()
+}
+
+/// The outputs of `g` compiled with the host's kernels.
+fn compiled(g: &Graph, inputs: &[Tensor]) -> Vec<Tensor> {
+    let jit = kiln_target_cpu::compile_jit(g, "t").expect("compile");
+    let outs = run_model(&model(&jit), inputs, 0, None);
     let want = interp::run(g, inputs).expect("interpreter");
     want.iter()
         .zip(&outs)
@@ -80,25 +93,12 @@ fn compiled(g: &Graph, inputs: &[Tensor]) -> Vec<Tensor> {
 
 fn check_with(g: &Graph, inputs: &[Tensor], want: &[Tensor], opts: &kiln_target_cpu::CpuOptions) {
     let jit = kiln_target_cpu::compile_jit_with(g, opts).expect("compile");
-    let m = unsafe {
-        kiln_runtime::Model::from_raw(jit.descriptor() as *const kiln_runtime::KilnModel)
-    }
-    .unwrap();
-    let mut ws = m.workspace().unwrap();
-    let ins: Vec<Vec<u8>> = inputs.iter().map(|t| t.to_bytes()).collect();
-    let ins_ref: Vec<&[u8]> = ins.iter().map(|b| b.as_slice()).collect();
-    let mut outs: Vec<Vec<u8>> = m.outputs().iter().map(|o| vec![0xAAu8; o.nbytes]).collect();
-    {
-        let mut outs_ref: Vec<&mut [u8]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
-        m.run(&ins_ref, &mut outs_ref, &mut ws).expect("run");
-    }
+    let m = model(&jit);
+    let outs = run_model(&m, inputs, 0xAA, None);
     if opts.wide {
         // split over 3 threads: the same work items, so bit-identical outputs
         let pool = kiln_runtime::ThreadPool::new(3).unwrap();
-        let mut par: Vec<Vec<u8>> = m.outputs().iter().map(|o| vec![0x55u8; o.nbytes]).collect();
-        let mut par_ref: Vec<&mut [u8]> = par.iter_mut().map(|o| o.as_mut_slice()).collect();
-        m.run_pool(&ins_ref, &mut par_ref, &mut ws, Some(&pool))
-            .expect("run_pool");
+        let par = run_model(&m, inputs, 0x55, Some(&pool));
         assert!(par == outs, "{}: 3 threads differ from 1", g.name);
     }
     assert!(
