@@ -421,16 +421,7 @@ fn fuse_conv_affine(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
         if a.epilogue.is_empty() {
             continue; // fold_mul_add_into_conv folds it into the weights instead
         }
-        let (alpha, beta) = if op == BinaryOp::Mul {
-            (s, 0.0)
-        } else {
-            (1.0, s)
-        };
-        a.epilogue.push(EpilogueStep::Act {
-            kind: kiln_ir::ops::ActKind::Affine,
-            alpha,
-            beta,
-        });
+        a.epilogue.push(affine_step(op, s));
         let inputs = g.node(c).inputs.clone();
         g.fuse_pair(c, n, Op::Conv(a), inputs);
         return true;
@@ -543,21 +534,26 @@ fn fuse_matmul_affine(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
         let Some((p, mut a)) = matmul_feeding(g, y, n, ctx) else {
             continue;
         };
-        let (alpha, beta) = if op == BinaryOp::Mul {
-            (s, 0.0)
-        } else {
-            (1.0, s)
-        };
-        a.epilogue.push(EpilogueStep::Act {
-            kind: kiln_ir::ops::ActKind::Affine,
-            alpha,
-            beta,
-        });
+        a.epilogue.push(affine_step(op, s));
         let inputs = g.node(p).inputs.clone();
         g.fuse_pair(p, n, Op::MatMul(a), inputs);
         return true;
     }
     false
+}
+
+/// The epilogue step for `x * s` (`affine(s,0)`) or `x + s` (`affine(1,s)`).
+fn affine_step(op: BinaryOp, s: f32) -> EpilogueStep {
+    let (alpha, beta) = if op == BinaryOp::Mul {
+        (s, 0.0)
+    } else {
+        (1.0, s)
+    };
+    EpilogueStep::Act {
+        kind: kiln_ir::ops::ActKind::Affine,
+        alpha,
+        beta,
+    }
 }
 
 /// The value of a one-element f32 constant.
