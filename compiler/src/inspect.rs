@@ -119,8 +119,10 @@ pub fn unfused_epilogues(g: &Graph) -> Vec<Unfused> {
                 (_, op) => EpilogueStep::from_activation(op).is_some(),
             };
             let why = match (&n.op, step) {
-                (Op::Conv(_) | Op::MatMul(_), true) => "epilogue step exists",
-                (Op::Conv(_) | Op::MatMul(_), false) => "no epilogue step for this op",
+                (Op::Conv(_) | Op::MatMul(_) | Op::Gemm(_), true) => "epilogue step exists",
+                (Op::Conv(_) | Op::MatMul(_) | Op::Gemm(_), false) => {
+                    "no epilogue step for this op"
+                }
                 _ => "no epilogue on this op",
             };
             v.push(Unfused {
@@ -184,6 +186,7 @@ pub fn table(g: &Graph) -> String {
         let fused = match &n.op {
             Op::Conv(a) if !a.epilogue.is_empty() => epilogue_text(&a.epilogue),
             Op::MatMul(a) if !a.epilogue.is_empty() => epilogue_text(&a.epilogue),
+            Op::Gemm(a) if !a.epilogue.is_empty() => epilogue_text(&a.epilogue),
             _ => String::new(),
         };
         let buf = match plan.storage[n.outputs[0].index()] {

@@ -335,7 +335,7 @@ pub fn eval_op(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
         }
         Op::Conv(a) => one(conv(a, inputs, out_shape)?),
         Op::ConvTranspose(a) => one(conv_transpose(a, inputs, out_shape)?),
-        Op::Gemm(a) => one(gemm(a, inputs, out_shape)?),
+        Op::Gemm(a) => one(epilogue(gemm(a, inputs, out_shape)?, &a.epilogue, &[])?),
         Op::MatMul(a) => {
             let t = matmul(inputs[0], inputs[1], out_shape)?;
             one(epilogue(t, &a.epilogue, &inputs[2..])?)

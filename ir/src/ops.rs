@@ -206,6 +206,9 @@ pub struct GemmAttrs {
     pub beta: f32,
     pub trans_a: bool,
     pub trans_b: bool,
+    /// Fused activation steps applied to each output element after `alpha A B + beta C` (no
+    /// `add` steps: the bias is C).
+    pub epilogue: Vec<EpilogueStep>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -928,12 +931,18 @@ impl Op {
                 ("groups", Attr::Int(a.groups as i64)),
                 ("output_padding", us(&a.output_padding)),
             ],
-            Op::Gemm(a) => vec![
-                ("alpha", Attr::Float(a.alpha)),
-                ("beta", Attr::Float(a.beta)),
-                ("trans_a", Attr::Int(a.trans_a as i64)),
-                ("trans_b", Attr::Int(a.trans_b as i64)),
-            ],
+            Op::Gemm(a) => {
+                let mut v = vec![
+                    ("alpha", Attr::Float(a.alpha)),
+                    ("beta", Attr::Float(a.beta)),
+                    ("trans_a", Attr::Int(a.trans_a as i64)),
+                    ("trans_b", Attr::Int(a.trans_b as i64)),
+                ];
+                if !a.epilogue.is_empty() {
+                    v.push(("epilogue", Attr::Str(epilogue_text(&a.epilogue))));
+                }
+                v
+            }
             Op::MatMul(a) if !a.epilogue.is_empty() => {
                 vec![("epilogue", Attr::Str(epilogue_text(&a.epilogue)))]
             }
@@ -1143,6 +1152,10 @@ impl Op {
                 beta: get("beta")?.float()?,
                 trans_a: flag("trans_a")?,
                 trans_b: flag("trans_b")?,
+                epilogue: match attrs.iter().find(|(n, _)| n == "epilogue") {
+                    Some((_, a)) => parse_epilogue(a.str()?)?,
+                    None => Vec::new(),
+                },
             }),
             "matmul" => Op::MatMul(MatMulAttrs {
                 epilogue: match attrs.iter().find(|(n, _)| n == "epilogue") {
@@ -1405,6 +1418,9 @@ impl Op {
             Op::Gemm(a) => {
                 arity(2, 3)?;
                 float_in(0)?;
+                if a.epilogue.contains(&EpilogueStep::Add) {
+                    return Err("a gemm epilogue has no add step (its bias is C)".into());
+                }
                 let (x, y) = (ins[0], ins[1]);
                 if x.rank() != 2 || y.rank() != 2 {
                     return Err(format!("gemm needs 2-D operands, got {x} and {y}"));

@@ -226,6 +226,7 @@ fn gemm_transposes() {
         beta: 0.5,
         trans_a: true,
         trans_b: true,
+        epilogue: Vec::new(),
     });
     let y = eval1(op, &[&a, &b, &c]);
     close(&y, &[2, 3], &[2.5, 7.0, 9.5, 4.5, 9.0, 13.5]);
@@ -234,6 +235,7 @@ fn gemm_transposes() {
         beta: 1.0,
         trans_a: false,
         trans_b: false,
+        epilogue: Vec::new(),
     });
     let b = t(&[2, 1], &[1.0, -1.0]);
     let c = t(&[2, 1], &[10.0, 20.0]);

@@ -1013,6 +1013,7 @@ impl<'a> Imp<'a> {
                     beta: 1.0,
                     trans_a: ta,
                     trans_b: tb,
+                    epilogue: Vec::new(),
                 }),
                 ins,
                 "",
@@ -1196,6 +1197,7 @@ impl<'a> Imp<'a> {
             beta: 1.0,
             trans_a: false,
             trans_b: true,
+            epilogue: Vec::new(),
         });
         let mut h = self.reshape(c, h0, vec![batch, hsz], "/h0")?;
         let mut cs = self.reshape(c, c0, vec![batch, hsz], "/c0")?;

@@ -1347,6 +1347,7 @@ impl<'a> Imp<'a> {
                     beta: c.f("beta", 1.0),
                     trans_a: c.i("transA", 0) != 0,
                     trans_b: c.i("transB", 0) != 0,
+                    epilogue: Vec::new(),
                 };
                 self.emit(c, Op::Gemm(a), ins)?;
             }

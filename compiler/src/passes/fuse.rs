@@ -124,6 +124,9 @@ fn fold_batchnorm_into_gemm(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
     let Op::Gemm(ga) = g.node(p).op.clone() else {
         return false;
     };
+    if !ga.epilogue.is_empty() {
+        return false; // BN(act(..)) is not act(BN(..))
+    }
     if !ctx.only_used_by(y, n) || g.ty(y).dtype != DType::F32 {
         return false;
     }
@@ -515,6 +518,28 @@ fn fuse_matmul_activation(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
     a.epilogue.push(step);
     let inputs = g.node(p).inputs.clone();
     g.fuse_pair(p, n, Op::MatMul(a), inputs);
+    true
+}
+
+/// An activation after an f32 Gemm (a classifier's hidden layers) joins its epilogue.
+fn fuse_gemm_activation(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
+    let node = g.node(n);
+    let Some(step) = EpilogueStep::from_activation(&node.op) else {
+        return false;
+    };
+    let y = node.inputs[0];
+    let Some(p) = g.producer(y) else {
+        return false;
+    };
+    let Op::Gemm(mut a) = g.node(p).op.clone() else {
+        return false;
+    };
+    if !ctx.only_used_by(y, n) || g.ty(y).dtype != DType::F32 {
+        return false;
+    }
+    a.epilogue.push(step);
+    let inputs = g.node(p).inputs.clone();
+    g.fuse_pair(p, n, Op::Gemm(a), inputs);
     true
 }
 
@@ -1145,7 +1170,7 @@ fn recognize_softmax(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
     true
 }
 
-pub static RULES: [Rule; 16] = [
+pub static RULES: [Rule; 17] = [
     Rule {
         name: "recognize_hardswish",
         pass: "fuse",
@@ -1235,6 +1260,12 @@ pub static RULES: [Rule; 16] = [
         pass: "fuse",
         about: "activation (Relu, Gelu, Sigmoid, Clip, ...) after a MatMul fused into its epilogue",
         apply: fuse_matmul_activation,
+    },
+    Rule {
+        name: "fuse_gemm_activation",
+        pass: "fuse",
+        about: "activation (Relu, Sigmoid, Gelu, Clip, ...) after a Gemm fused into its epilogue",
+        apply: fuse_gemm_activation,
     },
     Rule {
         name: "fuse_matmul_affine",

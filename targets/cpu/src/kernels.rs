@@ -72,7 +72,9 @@ pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&Tenso
         Op::Gemm(a) => {
             float_only(ins[0])?;
             gemm(kb, a, ins, outs[0]);
-            Ok(())
+            // a fused activation: a pass over the (small) output in the same kernel function
+            let op = kb.params[ins.len()];
+            epilogue_passes(kb, &a.epilogue, &[], op, outs[0])
         }
         Op::MatMul(a) => matmul(kb, a, ins, outs[0]),
         Op::BatchNorm { epsilon } => {
@@ -1303,22 +1305,36 @@ fn matmul(kb: &mut Kb, attrs: &MatMulAttrs, ins: &[&TensorType], out: &TensorTyp
     kb.params = saved;
     let done = r?;
     let op = kb.params[ins.len()];
-    let mut operands = operands.iter().zip(&ins[2..]);
-    for (i, step) in attrs.epilogue.iter().enumerate() {
-        let operand = (*step == EpilogueStep::Add).then(|| operands.next().expect("operand"));
-        if i < done {
-            continue;
-        }
+    let (fused, rest) = attrs.epilogue.split_at(done);
+    let used = fused.iter().filter(|s| **s == EpilogueStep::Add).count();
+    let operands: Vec<(Value, &TensorType)> = operands
+        .iter()
+        .copied()
+        .zip(ins[2..].iter().copied())
+        .skip(used)
+        .collect();
+    epilogue_passes(kb, rest, &operands, op, out)
+}
+
+/// Epilogue `steps` as elementwise passes over the output at `op` (in place); each `add` step
+/// reads the next of `operands` (pointer and type, broadcast to the output).
+fn epilogue_passes(
+    kb: &mut Kb,
+    steps: &[EpilogueStep],
+    operands: &[(Value, &TensorType)],
+    op: Value,
+    out: &TensorType,
+) -> KResult {
+    let mut operands = operands.iter();
+    for step in steps {
         let saved = kb.params.clone();
-        let r = match operand {
-            Some((&v, t)) => {
-                kb.params = vec![op, v, op];
-                crate::ew::elementwise(kb, &step.as_op(), &[out, t], out)
-            }
-            None => {
-                kb.params = vec![op, op];
-                crate::ew::elementwise(kb, &step.as_op(), &[out], out)
-            }
+        let r = if *step == EpilogueStep::Add {
+            let &(v, t) = operands.next().ok_or("epilogue operand missing")?;
+            kb.params = vec![op, v, op];
+            crate::ew::elementwise(kb, &step.as_op(), &[out, t], out)
+        } else {
+            kb.params = vec![op, op];
+            crate::ew::elementwise(kb, &step.as_op(), &[out], out)
         };
         kb.params = saved;
         r?;

@@ -1201,6 +1201,10 @@ fn gemm_and_matmul() {
                     beta: 2.0,
                     trans_a: ta,
                     trans_b: tb,
+                    epilogue: vec![EpilogueStep::Clip {
+                        min: -0.5,
+                        max: 0.75,
+                    }],
                 }),
                 ins,
                 vec!["y".into()],
@@ -1237,6 +1241,7 @@ fn gemm_and_matmul() {
             beta: 1.0,
             trans_a: false,
             trans_b: true,
+            epilogue: vec![EpilogueStep::Unary(UnaryOp::Relu)],
         };
         g.outputs = g
             .add_node("g", Op::Gemm(attrs), ins, vec!["y".into()])
