@@ -194,6 +194,16 @@ impl MatMulAttrs {
 }
 
 impl Op {
+    /// The fused epilogue of a product that has one (Conv, MatMul, Gemm).
+    pub fn epilogue_mut(&mut self) -> Option<&mut Vec<EpilogueStep>> {
+        match self {
+            Op::Conv(a) => Some(&mut a.epilogue),
+            Op::MatMul(a) => Some(&mut a.epilogue),
+            Op::Gemm(a) => Some(&mut a.epilogue),
+            _ => None,
+        }
+    }
+
     /// A plain matrix product (no epilogue).
     pub fn matmul() -> Op {
         Op::MatMul(MatMulAttrs::default())

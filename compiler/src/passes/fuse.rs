@@ -401,32 +401,53 @@ fn fold_mul_add_into_conv(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
     false
 }
 
-fn fuse_conv_activation(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
+/// Fuse node `n` into the product `p` whose output only `n` reads: `step` joins `p`'s
+/// epilogue and `extra` is appended to its inputs (an `add` step's operand); the fused node
+/// takes `n`'s slot and outputs.
+fn append_step(g: &mut Graph, p: NodeId, n: NodeId, step: EpilogueStep, extra: &[ValueId]) {
+    let mut op = g.node(p).op.clone();
+    op.epilogue_mut()
+        .expect("a product with an epilogue")
+        .push(step);
+    let mut inputs = g.node(p).inputs.clone();
+    inputs.extend_from_slice(extra);
+    g.fuse_pair(p, n, op, inputs);
+}
+
+/// An activation `n` after the product `product(g, input, n, ctx)` finds joins its epilogue.
+fn fuse_activation(
+    g: &mut Graph,
+    n: NodeId,
+    ctx: &Ctx,
+    product: impl Fn(&Graph, ValueId, NodeId, &Ctx) -> Option<NodeId>,
+) -> bool {
     let node = g.node(n);
     let Some(step) = EpilogueStep::from_activation(&node.op) else {
         return false;
     };
-    let Some((c, mut a)) = conv_feeding(g, node.inputs[0], n, ctx) else {
+    let Some(p) = product(g, node.inputs[0], n, ctx) else {
         return false;
     };
-    a.epilogue.push(step);
-    let inputs = g.node(c).inputs.clone();
-    g.fuse_pair(c, n, Op::Conv(a), inputs);
+    append_step(g, p, n, step, &[]);
     true
+}
+
+fn fuse_conv_activation(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
+    fuse_activation(g, n, ctx, |g, v, n, ctx| {
+        conv_feeding(g, v, n, ctx).map(|(p, _)| p)
+    })
 }
 
 /// `conv(...) {epilogue=...} * s` / `+ s` with a scalar constant `s` after a Conv that already
 /// has an epilogue (an activation: the scale cannot go into the weights) joins the epilogue as
 /// an `affine(s,0)` / `affine(1,s)` step — PP-LCNet's learnable affine after HardSwish.
 fn fuse_conv_affine(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
-    for (op, cst, c, mut a) in conv_mul_add(g, n, ctx) {
+    for (op, cst, c, a) in conv_mul_add(g, n, ctx) {
         let Some(s) = scalar(g, cst) else { continue };
         if a.epilogue.is_empty() {
             continue; // fold_mul_add_into_conv folds it into the weights instead
         }
-        a.epilogue.push(affine_step(op, s));
-        let inputs = g.node(c).inputs.clone();
-        g.fuse_pair(c, n, Op::Conv(a), inputs);
+        append_step(g, c, n, affine_step(op, s), &[]);
         return true;
     }
     false
@@ -443,21 +464,22 @@ fn fuse_conv_residual(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
         if y == r || g.ty(r).shape != g.ty(out).shape || g.ty(y).shape != g.ty(out).shape {
             continue;
         }
-        let Some((c, mut a)) = conv_feeding(g, y, n, ctx) else {
+        let Some((c, a)) = conv_feeding(g, y, n, ctx) else {
             continue;
         };
         if a.epilogue.contains(&EpilogueStep::Add) {
             continue;
         }
-        let mut inputs = g.node(c).inputs.clone();
-        if inputs.len() == 2 {
-            let m = g.ty(inputs[1]).shape[0];
-            let base = format!("{}_zero_bias", g.value(inputs[1]).name);
-            inputs.push(add_f32(g, &base, vec![m], &vec![0.0; m]));
+        // a residual needs a bias input before it
+        let w = g.node(c).inputs[1];
+        let mut extra = Vec::new();
+        if g.node(c).inputs.len() == 2 {
+            let m = g.ty(w).shape[0];
+            let base = format!("{}_zero_bias", g.value(w).name);
+            extra.push(add_f32(g, &base, vec![m], &vec![0.0; m]));
         }
-        inputs.push(r);
-        a.epilogue.push(EpilogueStep::Add);
-        g.fuse_pair(c, n, Op::Conv(a), inputs);
+        extra.push(r);
+        append_step(g, c, n, EpilogueStep::Add, &extra);
         return true;
     }
     false
@@ -492,55 +514,31 @@ fn fuse_matmul_add(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
         if y == r || g.ty(y).shape != g.ty(out).shape || scalar(g, r).is_some() {
             continue; // scalar constants go to fuse_matmul_affine
         }
-        let Some((p, mut a)) = matmul_feeding(g, y, n, ctx) else {
+        let Some((p, a)) = matmul_feeding(g, y, n, ctx) else {
             continue;
         };
         if a.operand_count() >= kiln_ir::ops::MATMUL_EPILOGUE_OPERANDS {
             continue;
         }
-        let mut inputs = g.node(p).inputs.clone();
-        inputs.push(r);
-        a.epilogue.push(EpilogueStep::Add);
-        g.fuse_pair(p, n, Op::MatMul(a), inputs);
+        append_step(g, p, n, EpilogueStep::Add, &[r]);
         return true;
     }
     false
 }
 
 fn fuse_matmul_activation(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
-    let node = g.node(n);
-    let Some(step) = EpilogueStep::from_activation(&node.op) else {
-        return false;
-    };
-    let Some((p, mut a)) = matmul_feeding(g, node.inputs[0], n, ctx) else {
-        return false;
-    };
-    a.epilogue.push(step);
-    let inputs = g.node(p).inputs.clone();
-    g.fuse_pair(p, n, Op::MatMul(a), inputs);
-    true
+    fuse_activation(g, n, ctx, |g, v, n, ctx| {
+        matmul_feeding(g, v, n, ctx).map(|(p, _)| p)
+    })
 }
 
 /// An activation after an f32 Gemm (a classifier's hidden layers) joins its epilogue.
 fn fuse_gemm_activation(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
-    let node = g.node(n);
-    let Some(step) = EpilogueStep::from_activation(&node.op) else {
-        return false;
-    };
-    let y = node.inputs[0];
-    let Some(p) = g.producer(y) else {
-        return false;
-    };
-    let Op::Gemm(mut a) = g.node(p).op.clone() else {
-        return false;
-    };
-    if !ctx.only_used_by(y, n) || g.ty(y).dtype != DType::F32 {
-        return false;
-    }
-    a.epilogue.push(step);
-    let inputs = g.node(p).inputs.clone();
-    g.fuse_pair(p, n, Op::Gemm(a), inputs);
-    true
+    fuse_activation(g, n, ctx, |g, v, n, ctx| {
+        let p = g.producer(v)?;
+        let gemm = matches!(g.node(p).op, Op::Gemm(_));
+        (gemm && ctx.only_used_by(v, n) && g.ty(v).dtype == DType::F32).then_some(p)
+    })
 }
 
 /// `matmul(..) * s` / `+ s` with a scalar constant `s` becomes an `affine(s,0)` / `affine(1,s)`
@@ -556,12 +554,10 @@ fn fuse_matmul_affine(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
         if y == c || g.ty(y).shape != g.ty(node.outputs[0]).shape {
             continue;
         }
-        let Some((p, mut a)) = matmul_feeding(g, y, n, ctx) else {
+        let Some((p, _)) = matmul_feeding(g, y, n, ctx) else {
             continue;
         };
-        a.epilogue.push(affine_step(op, s));
-        let inputs = g.node(p).inputs.clone();
-        g.fuse_pair(p, n, Op::MatMul(a), inputs);
+        append_step(g, p, n, affine_step(op, s), &[]);
         return true;
     }
     false
