@@ -320,6 +320,33 @@ fn matmul_epilogue_errors() {
         assert_eq!(line, 7, "{body}: {msg}");
         assert!(msg.contains(want), "{body}: message {msg:?} lacks {want:?}");
     }
+    // layer_norm: axis in range, scale/bias one element per row element, float input
+    for (body, want) in [
+        (
+            "  %y = layer_norm(%a) {axis=2, epsilon=1e-5} : f32[3,4]",
+            "axis 2",
+        ),
+        (
+            "  %y = layer_norm(%a, %c) {axis=1, epsilon=1e-5} : f32[3,4]",
+            "scale",
+        ),
+        (
+            "  %y = layer_norm(%a, %v, %c) {axis=1, epsilon=1e-5} : f32[3,4]",
+            "bias",
+        ),
+        (
+            "  %y = layer_norm(%i) {axis=1, epsilon=1e-5} : i64[4,4]",
+            "float",
+        ),
+        (
+            "  %y = gemm(%a, %b) {alpha=1.0, beta=1.0, trans_a=0, trans_b=0, epilogue=\"add\"} : f32[3,5]",
+            "no add",
+        ),
+    ] {
+        let (line, msg) = err_line(&base(body));
+        assert_eq!(line, 7, "{body}: {msg}");
+        assert!(msg.contains(want), "{body}: message {msg:?} lacks {want:?}");
+    }
     let ok = base("  %y = matmul(%a, %b, %c) {epilogue=\"add+gelu\"} : f32[3,5]");
     let g = parse(&ok).expect("valid epilogue");
     assert_eq!(print(&g), print(&parse(&print(&g)).unwrap()));
