@@ -120,6 +120,21 @@ struct CpuArgs {
     target_cpu: Option<String>,
     #[arg(long, value_enum, default_value = "auto")]
     kernels: Kernels,
+    /// Register tiling of the wide convolution kernels (a tuning knob: `auto` picks per
+    /// convolution from its shape).
+    #[arg(long = "conv-schedule", value_enum, default_value = "auto")]
+    conv_schedule: ConvScheduleArg,
+}
+
+/// `--conv-schedule`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ConvScheduleArg {
+    /// Per convolution, from its shape.
+    Auto,
+    /// Output pixels along the vector lanes.
+    Pixels,
+    /// Output channels along the vector lanes.
+    Channels,
 }
 
 impl CpuArgs {
@@ -128,6 +143,11 @@ impl CpuArgs {
             triple,
             cpu: self.target_cpu.clone(),
             wide: self.kernels == Kernels::Auto,
+            conv_schedule: match self.conv_schedule {
+                ConvScheduleArg::Auto => kiln_target_cpu::ConvSchedule::Auto,
+                ConvScheduleArg::Pixels => kiln_target_cpu::ConvSchedule::Pixels,
+                ConvScheduleArg::Channels => kiln_target_cpu::ConvSchedule::Channels,
+            },
         }
     }
 }

@@ -223,6 +223,8 @@ pub struct TargetOpts {
     pub cpu: Option<String>,
     /// Use LLVM-generated wide-vector kernels where they apply (`false`: Cranelift only).
     pub wide: bool,
+    /// Register tiling of the wide convolution kernels.
+    pub conv_schedule: kiln_target_cpu::ConvSchedule,
 }
 
 impl Default for TargetOpts {
@@ -231,6 +233,7 @@ impl Default for TargetOpts {
             triple: None,
             cpu: None,
             wide: true,
+            conv_schedule: kiln_target_cpu::ConvSchedule::Auto,
         }
     }
 }
@@ -244,6 +247,7 @@ impl TargetOpts {
             target: self.triple.clone(),
             target_cpu: self.cpu.clone(),
             wide: self.wide,
+            conv_schedule: self.conv_schedule,
             ..CpuOptions::host(name)
         }
     }

@@ -79,18 +79,26 @@ fn run_writes_outputs() {
     let (d, m) = setup();
     let x: Vec<f32> = (0..32).map(|i| (i as f32 - 15.0) * 0.1).collect();
     npy::write(&d.path().join("x.npy"), &Npy::from_f32(&[1, 2, 4, 4], &x)).unwrap();
-    ok(kiln()
-        .arg("run")
-        .arg(&m)
-        .arg("--input")
-        .arg(format!("x={}", d.path().join("x.npy").display()))
-        .arg("--output-dir")
-        .arg(d.path().join("out")));
-    let y = npy::read(&d.path().join("out/y.npy")).unwrap();
-    assert_eq!(y.shape, vec![1, 3]);
-    for (a, b) in y.to_f32().unwrap().iter().zip(expected(&x)) {
-        assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+    // every register tiling of the convolution kernel gives the same result
+    for schedule in ["auto", "pixels", "channels"] {
+        let out = d.path().join(schedule);
+        ok(kiln()
+            .arg("run")
+            .arg(&m)
+            .arg("--input")
+            .arg(format!("x={}", d.path().join("x.npy").display()))
+            .args(["--conv-schedule", schedule, "--output-dir"])
+            .arg(&out));
+        let y = npy::read(&out.join("y.npy")).unwrap();
+        assert_eq!(y.shape, vec![1, 3]);
+        for (a, b) in y.to_f32().unwrap().iter().zip(expected(&x)) {
+            assert!((a - b).abs() < 1e-6, "{schedule}: {a} vs {b}");
+        }
     }
+    fails(
+        kiln().arg("run").arg(&m).args(["--conv-schedule", "rows"]),
+        "invalid value 'rows'",
+    );
 }
 
 #[test]

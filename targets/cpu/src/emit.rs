@@ -25,7 +25,16 @@ pub(crate) fn declarations(lanes: usize) -> String {
          declare {vt} @llvm.copysign.v{w}f32({vt}, {vt})\n\
          declare float @llvm.vector.reduce.fadd.v{w}f32(float, {vt})\n\
          declare float @llvm.vector.reduce.fmax.v{w}f32({vt})\n\
-         declare float @llvm.sqrt.f32(float)\n"
+         declare float @llvm.sqrt.f32(float)\n{}",
+        // masked loads and stores of the narrower segments the channel-lane kernels store
+        [4, 8]
+            .iter()
+            .filter(|&&n| n < w)
+            .map(|n| format!(
+                "declare <{n} x float> @llvm.masked.load.v{n}f32.p0v{n}f32(<{n} x float>*, i32, <{n} x i1>, <{n} x float>)\n\
+                 declare void @llvm.masked.store.v{n}f32.p0v{n}f32(<{n} x float>, <{n} x float>*, i32, <{n} x i1>)\n"
+            ))
+            .collect::<String>()
     )
 }
 
@@ -157,6 +166,83 @@ impl Emit {
         self.line(&format!(
             "  call void @llvm.masked.store.v{w}f32.p0v{w}f32({vt} {val}, {vt}* {p}, i32 4, <{w} x i1> {m})"
         ));
+    }
+    /// Transpose `rows.len()` (a power of two `n <= w`) vectors: the result's vector `j` holds,
+    /// at lane `s * n + p`, lane `s * n + j` of row `p` (an `n x n` transpose of every block of
+    /// `n` lanes). One swap of a row-index bit with a lane-index bit per stage, each a
+    /// two-source shuffle.
+    pub(crate) fn transpose(&mut self, rows: &[String]) -> Vec<String> {
+        let (w, vt) = (self.w, self.vt.clone());
+        let n = rows.len();
+        assert!(
+            n.is_power_of_two() && n <= w,
+            "transpose of {n} rows of {w} lanes"
+        );
+        let mut v = rows.to_vec();
+        let mut bit = 1;
+        while bit < n {
+            let lo: Vec<String> = (0..w)
+                .map(|q| format!("i32 {}", if q & bit == 0 { q } else { w + q - bit }))
+                .collect();
+            let hi: Vec<String> = (0..w)
+                .map(|q| format!("i32 {}", if q & bit == 0 { q + bit } else { w + q }))
+                .collect();
+            for i in (0..n).filter(|i| i & bit == 0) {
+                let (x, y) = (v[i].clone(), v[i | bit].clone());
+                for (k, mask) in [(i, &lo), (i | bit, &hi)] {
+                    let r = self.tmp();
+                    self.line(&format!(
+                        "  {r} = shufflevector {vt} {x}, {vt} {y}, <{w} x i32> <{}>",
+                        mask.join(", ")
+                    ));
+                    v[k] = r;
+                }
+            }
+            bit <<= 1;
+        }
+        v
+    }
+    /// Lanes `from..from + n` of a vector as an `n`-lane vector (the vector itself if `n == w`).
+    pub(crate) fn slice(&mut self, x: &str, from: usize, n: usize) -> String {
+        if n == self.w {
+            return x.to_string();
+        }
+        let vt = self.vt.clone();
+        let idx: Vec<String> = (from..from + n).map(|i| format!("i32 {i}")).collect();
+        let r = self.tmp();
+        self.line(&format!(
+            "  {r} = shufflevector {vt} {x}, {vt} undef, <{n} x i32> <{}>",
+            idx.join(", ")
+        ));
+        r
+    }
+    /// The `w / n` vectors of `n` lanes in `parts` as one `w`-lane vector.
+    pub(crate) fn concat(&mut self, parts: &[String]) -> String {
+        let w = self.w;
+        let n = w / parts.len();
+        if parts.len() == 1 {
+            return parts[0].clone();
+        }
+        let mut cur: Vec<String> = parts.to_vec();
+        let mut len = n;
+        while cur.len() > 1 {
+            let idx: Vec<String> = (0..2 * len).map(|i| format!("i32 {i}")).collect();
+            let mut next = Vec::new();
+            for pair in cur.chunks(2) {
+                let r = self.tmp();
+                self.line(&format!(
+                    "  {r} = shufflevector <{len} x float> {}, <{len} x float> {}, <{} x i32> <{}>",
+                    pair[0],
+                    pair[1],
+                    2 * len,
+                    idx.join(", ")
+                ));
+                next.push(r);
+            }
+            cur = next;
+            len *= 2;
+        }
+        cur.pop().unwrap()
     }
     pub(crate) fn tmp(&mut self) -> String {
         self.n += 1;

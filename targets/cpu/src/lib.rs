@@ -19,6 +19,7 @@ mod scan;
 mod ukernel;
 
 pub use header::generate_header;
+pub use ukernel::ConvSchedule;
 
 use cranelift_codegen::Context;
 use cranelift_codegen::ir::condcodes::IntCC;
@@ -77,6 +78,8 @@ pub struct CpuOptions {
     /// Wide kernels with fewer multiply-adds per image run on the calling thread even when
     /// `run_pool` gets a pool (waking threads costs microseconds).
     pub par_min_macs: usize,
+    /// The register tiling of convolutions run by the wide kernels.
+    pub conv_schedule: ConvSchedule,
 }
 
 impl CpuOptions {
@@ -89,6 +92,7 @@ impl CpuOptions {
             target_cpu: None,
             wide: true,
             par_min_macs: 1 << 17,
+            conv_schedule: ConvSchedule::Auto,
         }
     }
 }
@@ -163,6 +167,7 @@ impl Wide {
                                 &a.epilogue,
                                 &t,
                             )
+                            .map(|ck| ck.with_schedule(opts.conv_schedule, &t))
                         }
                         _ => None,
                     }

@@ -11,6 +11,14 @@
 //! past the last channel). The tile is written with masked stores, one per output row it
 //! touches, after the fused epilogue (residual add, activations) has been applied in registers.
 //! Work items (group, m-block, pixel tile) are numbered so a caller can run any sub-range.
+//!
+//! The same convolution can instead put **output channels along the lanes**
+//! ([`ChannelTiles`]): `vo` weight vectors times `px` broadcast input pixels of one row per
+//! tap, transposed in registers at the end into per-channel pixel segments. It computes no
+//! discarded pixel, so it wins on small images (ResNet-18's 7x7 layers: ~25 % faster) and
+//! deep reductions; the pixel tiling wins where the channels are few or the reduction short
+//! (a 1x1 over 16 channels). `ConvSchedule::Auto` picks per convolution
+//! ([`ConvKernel::with_schedule`]).
 
 use kiln_ir::ops::{ActKind, EpilogueStep, MatMulAttrs, UnaryOp};
 
@@ -58,6 +66,41 @@ pub(crate) struct ConvKernel {
     /// `b` and `r` parameters): element `(i, j)` of the output reads `i * si + j * sj` with
     /// `sj` 0 or 1 (a bias row, a per-row scalar, a scalar or a full residual).
     pub operands: Vec<(usize, usize)>,
+    /// The channels-along-lanes schedule ([`Self::ir_channels`]) instead of pixels along lanes.
+    pub cl: Option<ChannelTiles>,
+}
+
+/// The tiling of a convolution with output channels along the vector lanes: a register tile
+/// is `vo` vectors of `lanes` output channels x `px` consecutive output pixels of one pixel
+/// row; each kernel tap loads `vo` weight vectors and broadcasts `px` input values. No pixel
+/// is computed twice or discarded, whatever the image width (the last tile of a row is
+/// narrower), which is what small images (7x7, 14x14) need; the cost is a scattered store
+/// (each accumulator holds one pixel of `lanes` channel planes).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChannelTiles {
+    pub vo: usize,
+    pub px: usize,
+    /// Pixel rows (tiles never cross one), pixels per row, and a row's pitch in the packed
+    /// input. An unpacked input (1x1, stride 1, no padding) is one row of all pixels.
+    pub rows: usize,
+    pub len: usize,
+    pub pitch: usize,
+    /// Tiles per row.
+    pub xt: usize,
+    /// Pixels per stored segment: the transpose's size (`px <= seg <= lanes`, powers of 2).
+    pub seg: usize,
+}
+
+/// Which register tiling a convolution uses (`CpuOptions::conv_schedule`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConvSchedule {
+    /// Chosen per convolution from its shape.
+    #[default]
+    Auto,
+    /// Output pixels along the vector lanes.
+    Pixels,
+    /// Output channels along the vector lanes ([`ChannelTiles`]).
+    Channels,
 }
 
 /// Whether [`ConvKernel::depthwise`] takes a convolution of this shape and epilogue.
@@ -132,8 +175,90 @@ impl ConvKernel {
             parallel: true,
             a_strides: None,
             operands: Vec::new(),
+            cl: None,
             g,
         })
+    }
+
+    /// This convolution with output channels along the lanes ([`ChannelTiles`]) when
+    /// `sched` asks for it (or, `Auto`, when its shape favours it); pixels along the lanes
+    /// otherwise.
+    pub fn with_schedule(mut self, sched: ConvSchedule, t: &LlvmTarget) -> ConvKernel {
+        if self.depthwise || self.a_strides.is_some() {
+            return self;
+        }
+        let cl = self.channel_tiles(t);
+        let want = match sched {
+            ConvSchedule::Pixels => false,
+            ConvSchedule::Channels => true,
+            ConvSchedule::Auto => self.favours_channels(&cl),
+        };
+        if want {
+            self.mr = cl.vo * self.lanes;
+            self.vn = 1;
+            self.mb = self.g.mg.div_ceil(self.mr);
+            self.jt = cl.rows * cl.xt;
+            self.cl = Some(cl);
+        }
+        self
+    }
+
+    /// Whether the channels-along-lanes tiling `cl` should beat this (pixels-along-lanes)
+    /// kernel. Cost per useful output lane: the lanes computed (channel padding; pixel tiles
+    /// past the row ends) times one plus the store's share, a fixed cost per accumulator
+    /// against the `taps` multiply-adds it amortizes (the pixel kernel stores once per output
+    /// row a tile touches; the transposing store costs about 8 multiply-adds). Fitted to
+    /// per-layer profiles of the golden models on AVX-512 (docs/benchmarks.md).
+    fn favours_channels(&self, cl: &ChannelTiles) -> bool {
+        let g = &self.g;
+        let taps = (g.cg * g.k[0] * g.k[1]) as f64;
+        let useful = (g.mg * g.oh * g.ow) as f64;
+        let nr = self.vn * self.lanes;
+        let px_lanes = (self.mb * self.mr * self.jt * nr) as f64;
+        let cl_lanes =
+            (g.mg.div_ceil(cl.vo * self.lanes) * cl.vo * self.lanes) as f64 * (g.oh * g.ow) as f64;
+        let rows_touched = (nr + self.pk.wq - 1) as f64 / self.pk.wq as f64;
+        let px_cost = px_lanes / useful * (1.0 + 2.0 * rows_touched / taps);
+        let cl_cost = cl_lanes / useful * (1.0 + 8.0 / taps);
+        cl_cost < px_cost
+    }
+
+    /// The channels-along-lanes tiling of this convolution for target `t`.
+    fn channel_tiles(&self, t: &LlvmTarget) -> ChannelTiles {
+        let g = &self.g;
+        let plane = g.oh * g.ow;
+        let lanes = self.lanes;
+        // accumulators: 20 of 32 registers, 12 of 16 (the weight vectors, a broadcast and what
+        // LLVM's scheduler hoists need the rest: 24 of 32 spilled), at least 6 (4 for 4 lanes)
+        // pixels per tile; as many channel vectors as fit without padding more channels than
+        // needed
+        let seg = lanes.min(8);
+        let budget = if t.regs >= 32 { 20 } else { 12 };
+        let vmax = budget / if seg >= 8 { 5 } else { 4 };
+        let nvec = g.mg.div_ceil(lanes);
+        let mut vo = 1;
+        for v in 1..=vmax.min(nvec) {
+            if nvec.div_ceil(v) * v <= nvec.div_ceil(vo) * vo {
+                vo = v;
+            }
+        }
+        let (rows, len, pitch) = if self.pk.needed {
+            (g.oh, g.ow, self.pk.wq)
+        } else {
+            (1, plane, 0)
+        };
+        // balanced tiles: 28 pixels as 4 x 7 rather than 3 x 8 + 4
+        let xt = len.div_ceil(seg.min(budget / vo));
+        let px = len.div_ceil(xt);
+        ChannelTiles {
+            vo,
+            px,
+            rows,
+            len,
+            pitch,
+            xt,
+            seg,
+        }
     }
 
     /// A depthwise convolution (one input and one output channel per group, strides 1 or 2):
@@ -177,6 +302,7 @@ impl ConvKernel {
             parallel: true,
             a_strides: None,
             operands: Vec::new(),
+            cl: None,
             g,
         })
     }
@@ -319,6 +445,9 @@ impl ConvKernel {
     pub fn ir(&self, attrs_group: usize, out: &mut String) {
         if self.depthwise {
             return self.ir_depthwise(attrs_group, out);
+        }
+        if let Some(cl) = self.cl {
+            return self.ir_channels(cl, attrs_group, out);
         }
         let mut e = Emit::new(self.lanes);
         let (g, pk) = (&self.g, &self.pk);
@@ -594,6 +723,234 @@ impl ConvKernel {
                 "next".into()
             };
             b.line(&format!("  br i1 %ye_{i}, label %{after}, label %yl_{i}"));
+        }
+        b.line("next:");
+        b.items_end("t");
+        out.push_str(&e.s);
+    }
+}
+
+impl ConvKernel {
+    /// The channels-along-lanes kernel ([`ChannelTiles`]). Work item `t` is (group, m-block,
+    /// pixel row, tile in the row); pixel `p` of a tile starting at column `x0` of row `y`
+    /// reads `q[c * per_c + tap_off + y * pitch + x0 + p]` and is output pixel
+    /// `y * len + x0 + p` of every channel plane.
+    fn ir_channels(&self, cl: ChannelTiles, attrs_group: usize, out: &mut String) {
+        let mut e = Emit::new(self.lanes);
+        let (g, pk) = (&self.g, &self.pk);
+        let (mr, w, vo) = (self.mr, self.lanes, cl.vo);
+        let kk = g.k[0] * g.k[1];
+        let per_c = pk.per_c();
+        let plane = g.oh * g.ow;
+        let vt = e.vt.clone();
+        let taps = self.tap_offsets();
+        let b = &mut e;
+        b.items_begin(&self.name, KERNEL_PARAMS, attrs_group, "t", "next");
+
+        b.line(&format!("  %xt = urem i64 %t, {}", cl.xt));
+        b.line(&format!("  %t1r = udiv i64 %t, {}", cl.xt));
+        b.line(&format!("  %row = urem i64 %t1r, {}", cl.rows));
+        b.line(&format!("  %gm = udiv i64 %t1r, {}", cl.rows));
+        b.line(&format!("  %mb = urem i64 %gm, {}", self.mb));
+        b.line(&format!("  %gi = udiv i64 %gm, {}", self.mb));
+        b.line(&format!("  %x0 = mul i64 %xt, {}", cl.px));
+        b.line(&format!("  %qo0 = mul i64 %gi, {}", g.cg * per_c));
+        b.line(&format!("  %qr = mul i64 %row, {}", cl.pitch));
+        b.line("  %qo1 = add i64 %qo0, %qr");
+        b.line("  %qo = add i64 %qo1, %x0");
+        b.line("  %qb = getelementptr float, float* %q, i64 %qo");
+        b.line(&format!("  %wo = mul i64 %gm, {}", g.cg * kk * mr));
+        b.line("  %wb = getelementptr float, float* %w, i64 %wo");
+        b.line(&format!("  %mr0 = mul i64 %mb, {mr}"));
+        b.line(&format!("  %gmf = mul i64 %gi, {}", g.mg));
+        b.line("  %m0 = add i64 %gmf, %mr0");
+        b.line(&format!("  %rem = sub i64 {}, %mr0", g.mg));
+        b.line("  %rem32 = trunc i64 %rem to i32");
+        // output index of channel m0, pixel 0 of the tile
+        b.line(&format!("  %ob0 = mul i64 %m0, {plane}"));
+        b.line(&format!("  %orow = mul i64 %row, {}", cl.len));
+        b.line("  %ob1 = add i64 %ob0, %orow");
+        b.line("  %obase = add i64 %ob1, %x0");
+        // lanes of channel vector v that are channels of this group
+        let mut masks = Vec::new();
+        let mut init = Vec::new();
+        for v in 0..vo {
+            let r = b.tmp();
+            b.line(&format!("  {r} = sub i32 %rem32, {}", v * w));
+            let rv = b.splat_i32(&r);
+            let m = b.tmp();
+            b.line(&format!(
+                "  {m} = icmp slt <{w} x i32> {}, {rv}",
+                iota(w, 0)
+            ));
+            if self.has_bias {
+                let o = b.tmp();
+                b.line(&format!("  {o} = add i64 %m0, {}", v * w));
+                let p = b.gep_vec_at("%b", &o);
+                init.push(b.masked_load(&p, &m));
+            } else {
+                init.push("zeroinitializer".to_string());
+            }
+            masks.push(m);
+        }
+        // the last tile of a row may be narrower
+        let rem_px = cl.len - (cl.xt - 1) * cl.px;
+        if rem_px < cl.px {
+            b.line(&format!("  %last = icmp eq i64 %xt, {}", cl.xt - 1));
+            b.line("  br i1 %last, label %pre_t, label %pre_f");
+        } else {
+            b.line("  br label %pre_f");
+        }
+        let variants: Vec<(&str, usize)> = if rem_px < cl.px {
+            vec![("f", cl.px), ("t", rem_px)]
+        } else {
+            vec![("f", cl.px)]
+        };
+        for (sfx, px) in variants {
+            b.line(&format!("pre_{sfx}:"));
+            b.line(&format!("  br label %loop_{sfx}"));
+            b.line(&format!("loop_{sfx}:"));
+            let c = format!("%c_{sfx}");
+            b.line(&format!(
+                "  {c} = phi i64 [ 0, %pre_{sfx} ], [ %cn_{sfx}, %loop_{sfx} ]"
+            ));
+            let mut acc = Vec::new();
+            for (v, start) in init.iter().enumerate() {
+                for p in 0..px {
+                    let a = format!("%acc_{sfx}_{v}_{p}");
+                    b.line(&format!(
+                        "  {a} = phi {vt} [ {start}, %pre_{sfx} ], [ {a}_n, %loop_{sfx} ]"
+                    ));
+                    acc.push(a);
+                }
+            }
+            // one iteration = one input channel and one kernel row, its taps unrolled
+            let (ci, th) = (b.tmp(), b.tmp());
+            b.line(&format!("  {ci} = udiv i64 {c}, {}", g.k[0]));
+            b.line(&format!("  {th} = urem i64 {c}, {}", g.k[0]));
+            let thd = b.tmp();
+            b.line(&format!("  {thd} = mul i64 {th}, {}", g.d[0]));
+            let (r0, row) = (b.tmp(), b.tmp());
+            b.line(&format!("  {r0} = urem i64 {thd}, {}", pk.s0));
+            b.line(&format!("  {row} = udiv i64 {thd}, {}", pk.s0));
+            let r0h = b.tmp();
+            b.line(&format!("  {r0h} = mul i64 {r0}, {}", pk.s1 * pk.hq));
+            let rr = b.tmp();
+            b.line(&format!("  {rr} = add i64 {r0h}, {row}"));
+            let rb = b.tmp();
+            b.line(&format!("  {rb} = mul i64 {rr}, {}", pk.wq));
+            let cq = b.tmp();
+            b.line(&format!("  {cq} = mul i64 {ci}, {per_c}"));
+            let qc = b.tmp();
+            b.line(&format!("  {qc} = add i64 {cq}, {rb}"));
+            let qp = b.tmp();
+            b.line(&format!(
+                "  {qp} = getelementptr float, float* %qb, i64 {qc}"
+            ));
+            let wc = b.tmp();
+            b.line(&format!("  {wc} = mul i64 {c}, {}", g.k[1] * mr));
+            let wp = b.tmp();
+            b.line(&format!(
+                "  {wp} = getelementptr float, float* %wb, i64 {wc}"
+            ));
+            let mut cur = acc.clone();
+            for (ti, off) in taps.iter().enumerate() {
+                let ws: Vec<String> = (0..vo)
+                    .map(|v| {
+                        let p = b.gep_vec(&wp, ti * mr + v * w);
+                        let x = b.tmp();
+                        b.line(&format!("  {x} = load {vt}, {vt}* {p}, align 4"));
+                        x
+                    })
+                    .collect();
+                for p in 0..px {
+                    let sp = b.tmp();
+                    b.line(&format!(
+                        "  {sp} = getelementptr float, float* {qp}, i64 {}",
+                        off + p
+                    ));
+                    let s = b.tmp();
+                    b.line(&format!("  {s} = load float, float* {sp}, align 4"));
+                    let sv = b.splat(&s);
+                    for (v, wv) in ws.iter().enumerate() {
+                        let k = v * px + p;
+                        let n = if ti + 1 == taps.len() {
+                            format!("{}_n", acc[k])
+                        } else {
+                            b.tmp()
+                        };
+                        b.line(&format!(
+                            "  {n} = call {vt} @llvm.fma.v{w}f32({vt} {wv}, {vt} {sv}, {vt} {})",
+                            cur[k]
+                        ));
+                        cur[k] = n;
+                    }
+                }
+            }
+            b.line(&format!("  %cn_{sfx} = add i64 {c}, 1"));
+            b.line(&format!(
+                "  %ce_{sfx} = icmp eq i64 %cn_{sfx}, {}",
+                g.cg * g.k[0]
+            ));
+            b.line(&format!(
+                "  br i1 %ce_{sfx}, label %store_{sfx}, label %loop_{sfx}"
+            ));
+            // each accumulator is one pixel of `w` channels: transposed in registers into
+            // segments of `seg` pixels of one channel, stored (masked) into the channel planes
+            b.line(&format!("store_{sfx}:"));
+            let seg = cl.seg;
+            let pxm: Vec<String> = (0..seg).map(|p| format!("i1 {}", p < px)).collect();
+            let pxm = format!("<{}>", pxm.join(", "));
+            let st = format!("<{seg} x float>");
+            for v in 0..vo {
+                let mut rows: Vec<String> = cur[v * px..(v + 1) * px].to_vec();
+                rows.resize(seg, "undef".into());
+                let cols = b.transpose(&rows);
+                // segment s of column vector j: channel v * w + s * seg + j
+                let seg_at = |b: &mut Emit, j: usize, s: usize, base: &str| {
+                    let c = v * w + s * seg + j;
+                    let ok = b.tmp();
+                    b.line(&format!("  {ok} = icmp ugt i64 %rem, {c}"));
+                    let m = b.tmp();
+                    b.line(&format!(
+                        "  {m} = select i1 {ok}, <{seg} x i1> {pxm}, <{seg} x i1> zeroinitializer"
+                    ));
+                    let o = b.tmp();
+                    b.line(&format!("  {o} = add i64 %obase, {}", c * plane));
+                    let p0 = b.tmp();
+                    b.line(&format!(
+                        "  {p0} = getelementptr float, float* {base}, i64 {o}"
+                    ));
+                    let p = b.tmp();
+                    b.line(&format!("  {p} = bitcast float* {p0} to {st}*"));
+                    (p, m)
+                };
+                for (j, col) in cols.iter().enumerate() {
+                    let mut ops = Vec::new();
+                    if self.has_res {
+                        let parts: Vec<String> = (0..w / seg)
+                            .map(|s| {
+                                let (p, m) = seg_at(b, j, s, "%r");
+                                let x = b.tmp();
+                                b.line(&format!(
+                                    "  {x} = call {st} @llvm.masked.load.v{seg}f32.p0v{seg}f32({st}* {p}, i32 4, <{seg} x i1> {m}, {st} zeroinitializer)"
+                                ));
+                                x
+                            })
+                            .collect();
+                        ops.push(b.concat(&parts));
+                    }
+                    let val = b.epilogue(&self.epilogue, col, &ops);
+                    for s in 0..w / seg {
+                        let part = b.slice(&val, s * seg, seg);
+                        let (p, m) = seg_at(b, j, s, "%o");
+                        b.line(&format!(
+                            "  call void @llvm.masked.store.v{seg}f32.p0v{seg}f32({st} {part}, {st}* {p}, i32 4, <{seg} x i1> {m})"
+                        ));
+                    }
+                }
+            }
+            b.line("  br label %next");
         }
         b.line("next:");
         b.items_end("t");

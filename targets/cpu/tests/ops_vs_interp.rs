@@ -4,6 +4,7 @@
 use kiln_ir::interp::{self, Tensor};
 use kiln_ir::ops::*;
 use kiln_ir::{ConstData, DType, Graph, Op, TensorType};
+use kiln_target_cpu::ConvSchedule;
 
 /// Small deterministic PRNG (xorshift) for test data in [-1, 1).
 struct Rng(u64);
@@ -47,6 +48,18 @@ fn check(g: &Graph, inputs: &[Tensor]) {
                 target_cpu: Some(cpu.into()),
                 ..host.clone()
             });
+        }
+        // both register tilings of the wide convolution kernel, whichever `Auto` picks
+        if g.iter_nodes().any(|(_, n)| matches!(n.op, Op::Conv(_))) {
+            for cpu in [None, Some("x86-64-v3"), Some("x86-64")] {
+                for conv_schedule in [ConvSchedule::Pixels, ConvSchedule::Channels] {
+                    configs.push(kiln_target_cpu::CpuOptions {
+                        target_cpu: cpu.map(Into::into),
+                        conv_schedule,
+                        ..host.clone()
+                    });
+                }
+            }
         }
         configs.push(kiln_target_cpu::CpuOptions {
             wide: false,
@@ -114,10 +127,11 @@ fn check_with(g: &Graph, inputs: &[Tensor], want: &[Tensor], opts: &kiln_target_
                     let tol = 1e-5 + 1e-4 * x.abs();
                     assert!(
                         (x - y).abs() <= tol || (x.is_nan() && y.is_nan()),
-                        "{}: output {k}[{i}]: interp {x} vs compiled {y} (cpu {:?}, wide {})",
+                        "{}: output {k}[{i}]: interp {x} vs compiled {y} (cpu {:?}, wide {}, {:?})",
                         g.name,
                         opts.target_cpu,
-                        opts.wide
+                        opts.wide,
+                        opts.conv_schedule
                     );
                 }
             }
