@@ -207,8 +207,9 @@ impl ConvKernel {
     /// kernel. Cost per useful output lane: the lanes computed (channel padding; pixel tiles
     /// past the row ends) times one plus the store's share, a fixed cost per accumulator
     /// against the `taps` multiply-adds it amortizes (the pixel kernel stores once per output
-    /// row a tile touches; the transposing store costs about 8 multiply-adds). Fitted to
-    /// per-layer profiles of the golden models on AVX-512 (docs/benchmarks.md).
+    /// row a tile touches, ~3 multiply-adds each; the transposing store ~10). Fitted to
+    /// per-layer profiles of the golden models on AVX-512, all-pixels against all-channels
+    /// (ARCHITECTURE.md): within ~1 % of the per-layer best.
     fn favours_channels(&self, cl: &ChannelTiles) -> bool {
         let g = &self.g;
         let taps = (g.cg * g.k[0] * g.k[1]) as f64;
@@ -217,9 +218,18 @@ impl ConvKernel {
         let px_lanes = (self.mb * self.mr * self.jt * nr) as f64;
         let cl_lanes =
             (g.mg.div_ceil(cl.vo * self.lanes) * cl.vo * self.lanes) as f64 * (g.oh * g.ow) as f64;
-        let rows_touched = (nr + self.pk.wq - 1) as f64 / self.pk.wq as f64;
-        let px_cost = px_lanes / useful * (1.0 + 2.0 * rows_touched / taps);
-        let cl_cost = cl_lanes / useful * (1.0 + 8.0 / taps);
+        let rows_touched = if self.pk.wq == g.ow {
+            1.0
+        } else {
+            (nr + self.pk.wq - 1) as f64 / self.pk.wq as f64
+        };
+        let mut px_cost = px_lanes / useful * (1.0 + 3.0 * rows_touched / taps);
+        if g.mg > self.mr && g.mg <= self.lanes {
+            // one channel vector holds every output channel, the pixel kernel's m-blocks
+            // read the input twice or more
+            px_cost *= 1.3;
+        }
+        let cl_cost = cl_lanes / useful * (1.0 + 10.0 / taps);
         cl_cost < px_cost
     }
 
@@ -629,14 +639,21 @@ impl ConvKernel {
             ));
             accs.push(a);
         }
+        // output rows as the store sees them: with no discarded columns (`wq == ow`) the
+        // whole image is one row, so a tile is stored once however many rows it spans
+        let (row_w, row_ow) = if pk.wq == g.ow {
+            (jtotal, jtotal)
+        } else {
+            (pk.wq, g.ow)
+        };
         b.line(&format!("  %jl0 = add i64 %j0, {}", nr - 1));
         b.line(&format!("  %jlc = icmp ult i64 %jl0, {jtotal}"));
         b.line(&format!(
             "  %jl = select i1 %jlc, i64 %jl0, i64 {}",
             jtotal - 1
         ));
-        b.line(&format!("  %y0 = udiv i64 %j0, {}", pk.wq));
-        b.line(&format!("  %y1 = udiv i64 %jl, {}", pk.wq));
+        b.line(&format!("  %y0 = udiv i64 %j0, {row_w}"));
+        b.line(&format!("  %y1 = udiv i64 %jl, {row_w}"));
         b.line("  br label %row_0");
         for i in 0..mr {
             b.line(&format!("row_{i}:"));
@@ -651,18 +668,18 @@ impl ConvKernel {
                 "  %y_{i} = phi i64 [ %y0, %rowb_{i} ], [ %yn_{i}, %yl_{i} ]"
             ));
             let ys = b.tmp();
-            b.line(&format!("  {ys} = mul i64 %y_{i}, {}", pk.wq));
+            b.line(&format!("  {ys} = mul i64 %y_{i}, {row_w}"));
             let lo = b.tmp();
             b.line(&format!("  {lo} = sub i64 {ys}, %j0"));
             let lo32 = b.tmp();
             b.line(&format!("  {lo32} = trunc i64 {lo} to i32"));
             let hi32 = b.tmp();
-            b.line(&format!("  {hi32} = add i32 {lo32}, {}", g.ow));
+            b.line(&format!("  {hi32} = add i32 {lo32}, {row_ow}"));
             let lov = b.splat_i32(&lo32);
             let hiv = b.splat_i32(&hi32);
             // out index of lane 0: ob + j0 - y * (wq - ow)
             let sh = b.tmp();
-            b.line(&format!("  {sh} = mul i64 %y_{i}, {}", pk.wq - g.ow));
+            b.line(&format!("  {sh} = mul i64 %y_{i}, {}", row_w - row_ow));
             let d0 = b.tmp();
             b.line(&format!("  {d0} = add i64 %ob_{i}, %j0"));
             let d = b.tmp();
@@ -743,7 +760,6 @@ impl ConvKernel {
         let per_c = pk.per_c();
         let plane = g.oh * g.ow;
         let vt = e.vt.clone();
-        let taps = self.tap_offsets();
         let b = &mut e;
         b.items_begin(&self.name, KERNEL_PARAMS, attrs_group, "t", "next");
 
@@ -824,10 +840,14 @@ impl ConvKernel {
                     acc.push(a);
                 }
             }
-            // one iteration = one input channel and one kernel row, its taps unrolled
-            let (ci, th) = (b.tmp(), b.tmp());
-            b.line(&format!("  {ci} = udiv i64 {c}, {}", g.k[0]));
-            b.line(&format!("  {th} = urem i64 {c}, {}", g.k[0]));
+            // one iteration = one (input channel, kernel row, kernel column) tap: with a
+            // kernel row's taps unrolled, LLVM hoisted the next taps' weight loads and spilled
+            // accumulators
+            let (ct, tw, ci, th) = (b.tmp(), b.tmp(), b.tmp(), b.tmp());
+            b.line(&format!("  {ct} = udiv i64 {c}, {}", g.k[1]));
+            b.line(&format!("  {tw} = urem i64 {c}, {}", g.k[1]));
+            b.line(&format!("  {ci} = udiv i64 {ct}, {}", g.k[0]));
+            b.line(&format!("  {th} = urem i64 {ct}, {}", g.k[0]));
             let thd = b.tmp();
             b.line(&format!("  {thd} = mul i64 {th}, {}", g.d[0]));
             let (r0, row) = (b.tmp(), b.tmp());
@@ -839,58 +859,63 @@ impl ConvKernel {
             b.line(&format!("  {rr} = add i64 {r0h}, {row}"));
             let rb = b.tmp();
             b.line(&format!("  {rb} = mul i64 {rr}, {}", pk.wq));
+            // the column tap: phase (col % s1) and packed column (col / s1), as tap_offsets
+            let twd = b.tmp();
+            b.line(&format!("  {twd} = mul i64 {tw}, {}", g.d[1]));
+            let (r1, xq) = (b.tmp(), b.tmp());
+            b.line(&format!("  {r1} = urem i64 {twd}, {}", pk.s1));
+            b.line(&format!("  {xq} = udiv i64 {twd}, {}", pk.s1));
+            let r1o = b.tmp();
+            b.line(&format!("  {r1o} = mul i64 {r1}, {}", pk.hq * pk.wq));
+            let toff = b.tmp();
+            b.line(&format!("  {toff} = add i64 {r1o}, {xq}"));
             let cq = b.tmp();
             b.line(&format!("  {cq} = mul i64 {ci}, {per_c}"));
+            let qc0 = b.tmp();
+            b.line(&format!("  {qc0} = add i64 {cq}, {rb}"));
             let qc = b.tmp();
-            b.line(&format!("  {qc} = add i64 {cq}, {rb}"));
+            b.line(&format!("  {qc} = add i64 {qc0}, {toff}"));
             let qp = b.tmp();
             b.line(&format!(
                 "  {qp} = getelementptr float, float* %qb, i64 {qc}"
             ));
             let wc = b.tmp();
-            b.line(&format!("  {wc} = mul i64 {c}, {}", g.k[1] * mr));
+            b.line(&format!("  {wc} = mul i64 {c}, {mr}"));
             let wp = b.tmp();
             b.line(&format!(
                 "  {wp} = getelementptr float, float* %wb, i64 {wc}"
             ));
+            let ws: Vec<String> = (0..vo)
+                .map(|v| {
+                    let p = b.gep_vec(&wp, v * w);
+                    let x = b.tmp();
+                    b.line(&format!("  {x} = load {vt}, {vt}* {p}, align 4"));
+                    x
+                })
+                .collect();
             let mut cur = acc.clone();
-            for (ti, off) in taps.iter().enumerate() {
-                let ws: Vec<String> = (0..vo)
-                    .map(|v| {
-                        let p = b.gep_vec(&wp, ti * mr + v * w);
-                        let x = b.tmp();
-                        b.line(&format!("  {x} = load {vt}, {vt}* {p}, align 4"));
-                        x
-                    })
-                    .collect();
-                for p in 0..px {
-                    let sp = b.tmp();
+            for p in 0..px {
+                let sp = b.tmp();
+                b.line(&format!(
+                    "  {sp} = getelementptr float, float* {qp}, i64 {p}"
+                ));
+                let s = b.tmp();
+                b.line(&format!("  {s} = load float, float* {sp}, align 4"));
+                let sv = b.splat(&s);
+                for (v, wv) in ws.iter().enumerate() {
+                    let k = v * px + p;
+                    let n = format!("{}_n", acc[k]);
                     b.line(&format!(
-                        "  {sp} = getelementptr float, float* {qp}, i64 {}",
-                        off + p
+                        "  {n} = call {vt} @llvm.fma.v{w}f32({vt} {wv}, {vt} {sv}, {vt} {})",
+                        cur[k]
                     ));
-                    let s = b.tmp();
-                    b.line(&format!("  {s} = load float, float* {sp}, align 4"));
-                    let sv = b.splat(&s);
-                    for (v, wv) in ws.iter().enumerate() {
-                        let k = v * px + p;
-                        let n = if ti + 1 == taps.len() {
-                            format!("{}_n", acc[k])
-                        } else {
-                            b.tmp()
-                        };
-                        b.line(&format!(
-                            "  {n} = call {vt} @llvm.fma.v{w}f32({vt} {wv}, {vt} {sv}, {vt} {})",
-                            cur[k]
-                        ));
-                        cur[k] = n;
-                    }
+                    cur[k] = n;
                 }
             }
             b.line(&format!("  %cn_{sfx} = add i64 {c}, 1"));
             b.line(&format!(
                 "  %ce_{sfx} = icmp eq i64 %cn_{sfx}, {}",
-                g.cg * g.k[0]
+                g.cg * g.k[0] * g.k[1]
             ));
             b.line(&format!(
                 "  br i1 %ce_{sfx}, label %store_{sfx}, label %loop_{sfx}"
