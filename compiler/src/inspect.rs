@@ -182,11 +182,13 @@ pub fn table(g: &Graph) -> String {
         "{:>4}  {:<22} {:<20} {:>14}  {:<26} {:>12}  node",
         "#", "op", "output", "FLOPs", "fused", "buffer"
     );
-    for (i, (_, n)) in g.iter_nodes().enumerate() {
+    for (i, (nid, n)) in g.iter_nodes().enumerate() {
         let fused = match &n.op {
             Op::Conv(a) if !a.epilogue.is_empty() => epilogue_text(&a.epilogue),
             Op::MatMul(a) if !a.epilogue.is_empty() => epilogue_text(&a.epilogue),
             Op::Gemm(a) if !a.epilogue.is_empty() => epilogue_text(&a.epilogue),
+            // its inputs were computed into their place in its output
+            Op::Concat { .. } if plan.concat_in_place.contains(&nid) => "in place".into(),
             _ => String::new(),
         };
         let buf = match plan.storage[n.outputs[0].index()] {
@@ -247,6 +249,15 @@ pub fn table(g: &Graph) -> String {
         sm.workspace_tensors,
         tensors,
         pct(sm.workspace_tensors, tensors)
+    );
+    let concats = g
+        .iter_nodes()
+        .filter(|(_, n)| matches!(n.op, Op::Concat { .. }))
+        .count();
+    let _ = writeln!(
+        s,
+        "concats computed in place: {} of {concats}",
+        plan.concat_in_place.len()
     );
     let _ = writeln!(s, "unfused epilogue candidates: {}", sm.unfused.len());
     for u in &sm.unfused {

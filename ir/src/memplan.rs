@@ -11,8 +11,11 @@
 //! offset where it overlaps no already placed buffer whose lifetime intersects its own (the
 //! "greedy by size" strategy of TFLite's arena planner). An elementwise node may write its
 //! output over an input that dies at that node ([`may_overwrite_input`]). Graph inputs, outputs
-//! and constants are never in the workspace, so they are never overwritten. [`check`] verifies
-//! a plan independently of how it was made.
+//! and constants are never in the workspace, so they are never overwritten. A `Concat` whose
+//! inputs are each one contiguous block of its output (every dimension before the axis is 1)
+//! and are read by nothing else gets its inputs computed straight into their place in its
+//! output ([`concat_parts`]): the concat then needs no code. [`check`] verifies a plan
+//! independently of how it was made.
 
 use crate::{Graph, Node, NodeId, Op, ValueDef, ValueId};
 
@@ -52,6 +55,49 @@ pub struct MemPlan {
     pub scratch_bytes: Vec<usize>,
     /// Nodes whose output was placed over one of their inputs: (node, input index).
     pub in_place: Vec<(NodeId, usize)>,
+    /// `Concat` nodes whose inputs were all computed into their place in the output
+    /// ([`concat_parts`]): there is nothing left to copy.
+    pub concat_in_place: Vec<NodeId>,
+}
+
+/// The inputs of `Concat` node `n` as `(value, byte offset in the output)` if they may be
+/// computed straight into the output: every dimension before the axis is 1 (each input is one
+/// contiguous block of the output), and every input is a distinct tensor that owns its storage
+/// (not a view, graph input, output or constant; `storage` holds the storage fixed before
+/// planning) and is read by this node only (`uses`: readers per value, views included).
+pub fn concat_parts(
+    g: &Graph,
+    n: &Node,
+    storage: &[Option<Storage>],
+    uses: &[usize],
+    root: &[ValueId],
+) -> Option<Vec<(ValueId, usize)>> {
+    let Op::Concat { axis } = n.op else {
+        return None;
+    };
+    let y = *n.outputs.first()?;
+    let ty = g.ty(y);
+    if root[y.index()] != y
+        || storage[y.index()].is_some()
+        || ty.shape[..axis].iter().any(|&d| d != 1)
+    {
+        return None;
+    }
+    let mut parts = Vec::new();
+    let mut off = 0;
+    for (k, &x) in n.inputs.iter().enumerate() {
+        let owned = root[x.index()] == x
+            && storage[x.index()].is_none()
+            && matches!(g.value(x).def, ValueDef::Node(..))
+            && uses[x.index()] == 1
+            && !n.inputs[..k].contains(&x);
+        if !owned {
+            return None;
+        }
+        parts.push((x, off));
+        off += g.ty(x).size_bytes();
+    }
+    Some(parts)
 }
 
 fn align(x: usize) -> usize {
@@ -146,6 +192,29 @@ pub fn plan_with_scratch(g: &Graph, scratch: &dyn Fn(&Node) -> usize) -> MemPlan
     let order: Vec<NodeId> = g.iter_nodes().map(|(id, _)| id).collect();
     let last_use = last_uses(g, &order, &root);
 
+    // concats whose inputs are computed into their output: part -> (whole, byte offset)
+    let uses = reader_counts(g);
+    let mut part_of: Vec<Option<(ValueId, usize)>> = vec![None; nv];
+    let mut concat_in_place = Vec::new();
+    for &nid in &order {
+        let n = g.node(nid);
+        let Some(parts) = concat_parts(g, n, &storage, &uses, &root) else {
+            continue;
+        };
+        // a concat that is itself a part keeps its inputs (no nested offsets)
+        if part_of[n.outputs[0].index()].is_some()
+            || parts
+                .iter()
+                .any(|&(x, _)| part_of.iter().any(|p| p.is_some_and(|(w, _)| w == x)))
+        {
+            continue;
+        }
+        for &(x, off) in &parts {
+            part_of[x.index()] = Some((n.outputs[0], off));
+        }
+        concat_in_place.push(nid);
+    }
+
     // buffers and their lifetimes, in schedule order
     let mut bufs: Vec<Buf> = Vec::new();
     let mut buf_of: Vec<Option<usize>> = vec![None; nv]; // per root
@@ -163,10 +232,28 @@ pub fn plan_with_scratch(g: &Graph, scratch: &dyn Fn(&Node) -> usize) -> MemPlan
             naive += size;
             // a value nobody reads dies right after its producer
             let end = last_use[o.index()].unwrap_or(pos).max(pos);
+            if let Some((whole, _)) = part_of[o.index()] {
+                // computed into the concat's output, whose buffer is live from its first part
+                if buf_of[whole.index()].is_none() {
+                    let wend = last_use[whole.index()].unwrap_or(end).max(end);
+                    buf_of[whole.index()] = Some(bufs.len());
+                    bufs.push(Buf {
+                        size: align(g.ty(whole).size_bytes().max(1)),
+                        start: pos,
+                        end: wend,
+                    });
+                }
+                continue;
+            }
+            if buf_of[o.index()].is_some() {
+                // a concat output whose buffer its parts opened
+                continue;
+            }
             let reuse = (0..n.inputs.len()).find_map(|k| {
                 let r = root[n.inputs[k].index()];
                 let b = buf_of[r.index()]?;
                 let legal = may_overwrite_input(g, n, k)
+                    && part_of[r.index()].is_none()
                     && last_use[r.index()] == Some(pos)
                     && bufs[b].end == pos
                     && bufs[b].size == size
@@ -212,6 +299,13 @@ pub fn plan_with_scratch(g: &Graph, scratch: &dyn Fn(&Node) -> usize) -> MemPlan
             storage[v] = Some(Storage::Workspace(offsets[b]));
         }
     }
+    for v in 0..nv {
+        if let Some((whole, off)) = part_of[v]
+            && let Some(Storage::Workspace(w)) = storage[whole.index()]
+        {
+            storage[v] = Some(Storage::Workspace(w + off));
+        }
+    }
     // views take their root's storage
     for i in 0..nv {
         if storage[i].is_none() {
@@ -227,7 +321,19 @@ pub fn plan_with_scratch(g: &Graph, scratch: &dyn Fn(&Node) -> usize) -> MemPlan
         scratch: scratch_buf.iter().map(|b| b.map(|b| offsets[b])).collect(),
         scratch_bytes,
         in_place,
+        concat_in_place,
     }
+}
+
+/// Per value: how many node inputs read it directly (a node reading it twice counts twice).
+fn reader_counts(g: &Graph) -> Vec<usize> {
+    let mut uses = vec![0usize; g.values.len()];
+    for (_, n) in g.iter_nodes() {
+        for &i in &n.inputs {
+            uses[i.index()] += 1;
+        }
+    }
+    uses
 }
 
 /// Greedy by size: largest buffer first (ties: earlier start), each at the lowest aligned offset
@@ -316,6 +422,41 @@ pub fn check(g: &Graph, plan: &MemPlan) -> Result<(), String> {
         }
     }
 
+    // concats computed in place: every input at its offset in the output
+    let uses = reader_counts(g);
+    let mut fixed = plan.storage.clone();
+    for s in fixed.iter_mut() {
+        if matches!(s, Some(Storage::Workspace(_))) {
+            *s = None;
+        }
+    }
+    let mut part_of: Vec<Option<(ValueId, usize)>> = vec![None; g.values.len()];
+    for &nid in &plan.concat_in_place {
+        let n = g.node(nid);
+        let Some(parts) = concat_parts(g, n, &fixed, &uses, &root) else {
+            return Err(format!(
+                "concat '{}' is marked in place but its inputs may not be",
+                n.name
+            ));
+        };
+        let Some(Storage::Workspace(w)) = plan.storage[n.outputs[0].index()] else {
+            return Err(format!(
+                "concat '{}' in place outside the workspace",
+                n.name
+            ));
+        };
+        for (x, off) in parts {
+            if plan.storage[x.index()] != Some(Storage::Workspace(w + off)) {
+                return Err(format!(
+                    "input '{}' of in-place concat '{}' is not at its offset {off}",
+                    name(x),
+                    n.name
+                ));
+            }
+            part_of[x.index()] = Some((n.outputs[0], off));
+        }
+    }
+
     // (offset, size, first pos, last pos, what): workspace roots and scratch buffers
     enum What {
         Value(ValueId),
@@ -347,7 +488,8 @@ pub fn check(g: &Graph, plan: &MemPlan) -> Result<(), String> {
         What::Scratch(n) => format!("the scratch of node '{}'", g.node(*n).name),
     };
     for (off, size, _, _, w) in &items {
-        if off % ALIGN != 0 || off + size > plan.workspace_size {
+        let part = matches!(w, What::Value(v) if part_of[v.index()].is_some());
+        if (off % ALIGN != 0 && !part) || off + size > plan.workspace_size {
             return Err(format!(
                 "{} at {off}+{size} is misaligned or outside the {}-byte workspace",
                 what(w),
@@ -391,8 +533,17 @@ pub fn check(g: &Graph, plan: &MemPlan) -> Result<(), String> {
                                     .all(|&i| i == n.inputs[k] || root[i.index()] != *xv)
                         })
                 };
+            // and a concat's input inside its output (at the offset verified above)
+            let part = |x: &What, y: &What| match (x, y) {
+                (What::Value(xv), What::Value(yv)) => {
+                    part_of[xv.index()].is_some_and(|(w, _)| w == *yv)
+                }
+                _ => false,
+            };
             if !(in_place((ao, as_, ae, aw), (bo, bs, be, bw))
-                || in_place((bo, bs, be, bw), (ao, as_, ae, aw)))
+                || in_place((bo, bs, be, bw), (ao, as_, ae, aw))
+                || part(aw, bw)
+                || part(bw, aw))
             {
                 return Err(format!(
                     "{} (bytes {ao}..{}, nodes {as_}..={ae}) and {} (bytes {bo}..{}, nodes {bs}..={be}) overlap while both are live",
@@ -454,7 +605,7 @@ mod tests {
             let a = vals[vals.len() - 1 - r.below(vals.len().min(6))];
             let ta = g.ty(a).clone();
             let name = format!("n{i}");
-            let (op, ins) = match (r.below(7), ta.shape.as_slice()) {
+            let (op, ins) = match (r.below(8), ta.shape.as_slice()) {
                 (0, _) => (Op::Unary(UnaryOp::Relu), vec![a]),
                 (1, [4, 8]) => (Op::Binary(BinaryOp::Add), vec![a, c]),
                 (2, _) => {
@@ -476,6 +627,14 @@ mod tests {
                     vec![a],
                 ),
                 (6, _) => (Op::Unary(UnaryOp::Neg), vec![a]),
+                (7, [4, 8]) => {
+                    // two different tensors: a candidate for computing both in place
+                    let b = vals[r.below(vals.len())];
+                    if g.ty(b).shape != ta.shape || b == a {
+                        continue;
+                    }
+                    (Op::Concat { axis: 0 }, vec![a, b])
+                }
                 (_, _) => (Op::Unary(UnaryOp::Exp), vec![a]),
             };
             let outs = g
@@ -494,7 +653,7 @@ mod tests {
 
     #[test]
     fn random_graphs_never_overlap_live_buffers() {
-        let mut in_place = 0;
+        let (mut in_place, mut concats) = (0, 0);
         for seed in 0..400u64 {
             let g = random_graph(seed);
             crate::verify::verify(&g).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
@@ -502,9 +661,65 @@ mod tests {
             let p = plan_with_scratch(&g, &|n| if n.name.len() % 3 == 0 { 100 } else { 0 });
             check(&g, &p).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
             in_place += p.in_place.len();
+            concats += p.concat_in_place.len();
             assert!(p.workspace_size <= p.naive_size, "seed {seed}");
         }
         assert!(in_place > 0, "no random graph exercised in-place reuse");
+        assert!(concats > 0, "no random graph computed a concat in place");
+    }
+
+    /// x -> relu a, exp b (each [1,4,8]) -> concat(a, b) on axis 1 -> neg (output).
+    fn concat_graph(batch: usize) -> (Graph, [ValueId; 4]) {
+        let mut g = Graph::new("cat");
+        let x = g.add_input("x", t(&[batch, 4, 8]));
+        let a = add(&mut g, "a", Op::Unary(UnaryOp::Relu), vec![x]);
+        let b = add(&mut g, "b", Op::Unary(UnaryOp::Exp), vec![x]);
+        let c = add(&mut g, "c", Op::Concat { axis: 1 }, vec![a, b]);
+        let d = add(&mut g, "d", Op::Unary(UnaryOp::Neg), vec![c]);
+        g.outputs.push(d);
+        (g, [a, b, c, d])
+    }
+
+    #[test]
+    fn concat_inputs_are_computed_in_place() {
+        let (g, [a, b, c, _]) = concat_graph(1);
+        let p = plan(&g);
+        check(&g, &p).unwrap();
+        let Some(Storage::Workspace(w)) = p.storage[c.index()] else {
+            panic!("concat output in the workspace");
+        };
+        assert_eq!(p.storage[a.index()], Some(Storage::Workspace(w)));
+        assert_eq!(p.storage[b.index()], Some(Storage::Workspace(w + 128)));
+        assert_eq!(p.concat_in_place.len(), 1);
+        // the plan checker rejects a part moved off its offset
+        let mut bad = p.clone();
+        bad.storage[b.index()] = Some(Storage::Workspace(w + 64));
+        assert!(check(&g, &bad).unwrap_err().contains("not at its offset"));
+    }
+
+    #[test]
+    fn concat_in_place_only_for_contiguous_unshared_parts() {
+        // batch 2: each input is two blocks of the output
+        let (g, _) = concat_graph(2);
+        let p = plan(&g);
+        check(&g, &p).unwrap();
+        assert!(p.concat_in_place.is_empty());
+        // an input that is also read elsewhere (here: a graph output) stays separate
+        let (mut g, [a, ..]) = concat_graph(1);
+        g.outputs.push(a);
+        let p = plan(&g);
+        check(&g, &p).unwrap();
+        assert!(p.concat_in_place.is_empty());
+        // a graph input as a part
+        let mut g = Graph::new("cat_in");
+        let x = g.add_input("x", t(&[1, 4, 8]));
+        let a = add(&mut g, "a", Op::Unary(UnaryOp::Relu), vec![x]);
+        let c = add(&mut g, "c", Op::Concat { axis: 1 }, vec![a, x]);
+        let d = add(&mut g, "d", Op::Unary(UnaryOp::Neg), vec![c]);
+        g.outputs.push(d);
+        let p = plan(&g);
+        check(&g, &p).unwrap();
+        assert!(p.concat_in_place.is_empty());
     }
 
     fn chain() -> (Graph, Vec<ValueId>) {

@@ -706,7 +706,10 @@ fn generate<M: Module>(
     let mut kernel_ids = Vec::new();
     let mut unsupported = Vec::new();
     for (i, (nid, node)) in g.iter_nodes().enumerate() {
-        if node.op.is_view() && same_storage(&plan, node.inputs[0], node.outputs[0]) {
+        // views sharing their input's storage, concats whose inputs were computed in place
+        if (node.op.is_view() && same_storage(&plan, node.inputs[0], node.outputs[0]))
+            || plan.concat_in_place.contains(&nid)
+        {
             kernel_ids.push(None);
             continue;
         }

@@ -779,6 +779,62 @@ fn conv_variants() {
     );
 }
 
+/// Convolutions and elementwise ops computed straight into their place in a concat's output
+/// (the memory plan elides the concat): different kernels (wide pixel and channel tilings,
+/// depthwise, Cranelift elementwise) writing neighbouring blocks must not touch each other's.
+#[test]
+fn concat_in_place() {
+    let mut r = Rng(5);
+    let mut g = Graph::new("cat");
+    let x = g.add_input("x", TensorType::f32([1, 6, 9, 9]));
+    let mut parts = Vec::new();
+    for (i, (m, k, groups)) in [(5, 3, 1), (20, 1, 1), (6, 3, 6)].into_iter().enumerate() {
+        let w = g
+            .add_const(
+                format!("w{i}"),
+                TensorType::f32([m, 6 / groups, k, k]),
+                ConstData::from_f32(&r.vec(m * 6 / groups * k * k)),
+            )
+            .unwrap();
+        let a = ConvAttrs {
+            kernel: vec![k, k],
+            strides: vec![1, 1],
+            pads: vec![k / 2; 4],
+            dilations: vec![1, 1],
+            groups,
+            epilogue: vec![EpilogueStep::Unary(UnaryOp::Relu)],
+        };
+        parts.extend(
+            g.add_node(
+                format!("c{i}"),
+                Op::Conv(a),
+                vec![x, w],
+                vec![format!("y{i}")],
+            )
+            .unwrap(),
+        );
+    }
+    parts.extend(
+        g.add_node("e", Op::Unary(UnaryOp::Exp), vec![x], vec!["ex".into()])
+            .unwrap(),
+    );
+    let cat = g
+        .add_node("cat", Op::Concat { axis: 1 }, parts, vec!["cat".into()])
+        .unwrap();
+    g.outputs = g
+        .add_node("n", Op::Unary(UnaryOp::Neg), cat, vec!["out".into()])
+        .unwrap();
+    let plan = kiln_target_cpu::plan(&g);
+    assert_eq!(
+        plan.concat_in_place.len(),
+        1,
+        "the concat is computed in place"
+    );
+    kiln_ir::memplan::check(&g, &plan).unwrap();
+    let xt = Tensor::f32([1, 6, 9, 9], r.vec(6 * 81));
+    check(&g, &[xt]);
+}
+
 /// Shapes that exercise the wide kernels' edges: partial channel blocks (m % 8, m % 4), pixel
 /// tiles spanning several output rows and the last partial tile, packed rows wider than the
 /// output (`wq > ow`), unpadded 1x1 convolutions reading the input in place, batches, and
