@@ -135,6 +135,8 @@ enum ConvScheduleArg {
     Pixels,
     /// Output channels along the vector lanes.
     Channels,
+    /// Winograd F(2x2, 3x3) for every 3x3 stride-1 ungrouped convolution.
+    Winograd,
 }
 
 impl CpuArgs {
@@ -147,6 +149,7 @@ impl CpuArgs {
                 ConvScheduleArg::Auto => kiln_target_cpu::ConvSchedule::Auto,
                 ConvScheduleArg::Pixels => kiln_target_cpu::ConvSchedule::Pixels,
                 ConvScheduleArg::Channels => kiln_target_cpu::ConvSchedule::Channels,
+                ConvScheduleArg::Winograd => kiln_target_cpu::ConvSchedule::Winograd,
             },
         }
     }

@@ -264,7 +264,7 @@ pub fn emit(
     match emit {
         Emit::Ir => return Ok(link::write_atomic(out, kiln_ir::text::print(g).as_bytes())?),
         Emit::Header => {
-            let plan = kiln_target_cpu::plan_for(g, target.wide);
+            let plan = kiln_target_cpu::plan_for(g, target.wide, target.conv_schedule);
             let h = kiln_target_cpu::generate_header(
                 name,
                 g,

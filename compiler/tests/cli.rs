@@ -80,7 +80,7 @@ fn run_writes_outputs() {
     let x: Vec<f32> = (0..32).map(|i| (i as f32 - 15.0) * 0.1).collect();
     npy::write(&d.path().join("x.npy"), &Npy::from_f32(&[1, 2, 4, 4], &x)).unwrap();
     // every register tiling of the convolution kernel gives the same result
-    for schedule in ["auto", "pixels", "channels"] {
+    for schedule in ["auto", "pixels", "channels", "winograd"] {
         let out = d.path().join(schedule);
         ok(kiln()
             .arg("run")

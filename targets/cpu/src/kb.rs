@@ -20,6 +20,8 @@ pub(crate) struct Kb<'a> {
     pub ukernel: Option<(crate::ukernel::ConvKernel, FuncRef)>,
     /// Its input packing function (`ConvKernel::pack_ir`), if it packs.
     pub pack: Option<FuncRef>,
+    /// Its Winograd input and output transforms (`wino.rs`), if it is one.
+    pub wino: Option<[FuncRef; 2]>,
     /// The LLVM row kernel this node runs in, if any (`rows.rs`).
     pub rows: Option<(crate::rows::RowKernel, FuncRef)>,
     /// The task trampoline (`kiln_task_fn`) that runs a range of a wide kernel's work items.

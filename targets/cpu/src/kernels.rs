@@ -556,6 +556,33 @@ fn wide_conv(kb: &mut Kb, ck: &crate::ukernel::ConvKernel, f: FuncRef, n_in: usi
     let g = &ck.g;
     let zero = kb.ic(0);
     let out_img = (g.m * g.oh * g.ow * 4) as i64;
+    if let Some(wn) = &ck.wino {
+        // Winograd: pack, input transform, 16 products, output transform (`wino.rs`)
+        let [wi, wo] = kb.wino.expect("winograd transforms");
+        let pack = kb.pack.expect("packing function");
+        let (qb, vb, _) = wn.scratch;
+        let par = ck.parallel;
+        kb.for_n(g.n, &mut |kb, ni| {
+            let sp = kb.params[n_in + 1];
+            let off = kb.b.ins().imul_imm_u(ni, (g.c * g.h * g.w * 4) as i64);
+            let x = kb.b.ins().iadd(xp, off);
+            call_wide(kb, pack, [x, zero, zero, zero, sp], g.c, par);
+            let v = kb.b.ins().iadd_imm_u(sp, qb as i64);
+            let mm = kb.b.ins().iadd_imm_u(v, vb as i64);
+            call_wide(kb, wi, [sp, zero, zero, zero, v], g.c, par);
+            let f = kb.ukernel.as_ref().expect("wide kernel").1;
+            call_wide(kb, f, [v, wp, zero, zero, mm], ck.work(), par);
+            let oo = kb.b.ins().imul_imm_u(ni, out_img);
+            let o = kb.b.ins().iadd(op, oo);
+            let r = match rp {
+                Some(rp) => kb.b.ins().iadd(rp, oo),
+                None => zero,
+            };
+            let b = bp.unwrap_or(zero);
+            call_wide(kb, wo, [mm, zero, b, r, o], g.m, par);
+        });
+        return;
+    }
     kb.for_n(g.n, &mut |kb, ni| {
         let q = if ck.pk.needed {
             let sp = kb.params[n_in + 1];

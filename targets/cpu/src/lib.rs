@@ -17,6 +17,7 @@ pub mod llvm;
 mod rows;
 mod scan;
 mod ukernel;
+mod wino;
 
 pub use header::generate_header;
 pub use ukernel::ConvSchedule;
@@ -149,6 +150,16 @@ impl Wide {
                     ) {
                         Ok(geom) if wide_depthwise(g, node).is_some() => {
                             ukernel::ConvKernel::depthwise(
+                                format!("{prefix}_k{k}_wide"),
+                                geom,
+                                ins.len() >= 3,
+                                ins.len() == 4,
+                                &a.epilogue,
+                                &t,
+                            )
+                        }
+                        Ok(geom) if wino_geom(g, node, opts.conv_schedule).is_some() => {
+                            ukernel::ConvKernel::winograd(
                                 format!("{prefix}_k{k}_wide"),
                                 geom,
                                 ins.len() >= 3,
@@ -482,6 +493,12 @@ pub fn compile_jit_with(g: &Graph, opts: &CpuOptions) -> Result<JitModel, CpuErr
             if ck.packs() {
                 builder.symbol(ck.pack_name(), j.address(&ck.pack_name())?);
             }
+            if ck.wino.is_some() {
+                for f in ck.wino_names() {
+                    let a = j.address(&f)?;
+                    builder.symbol(f, a);
+                }
+            }
         }
     }
     // Code and constants in one reserved region, so 32-bit PC-relative references always reach
@@ -570,7 +587,7 @@ fn generate<M: Module>(
     }
     let prefix = sym(&opts.name);
     let fcfg = module.isa().frontend_config();
-    let plan: MemPlan = plan_for(g, opts.wide);
+    let plan: MemPlan = plan_for(g, opts.wide, opts.conv_schedule);
     let mut fctx = FunctionBuilderContext::new();
     let mut ctx = Context::new();
 
@@ -631,13 +648,20 @@ fn generate<M: Module>(
         const_ids.insert(v.index(), id);
     }
     let mut packed_ids: HashMap<usize, DataId> = HashMap::new();
-    let mut wide_ids: HashMap<usize, (FuncId, Option<FuncId>)> = HashMap::new();
+    let mut wide_ids: HashMap<usize, WideIds> = HashMap::new();
     for (k, (_, node)) in g.iter_nodes().enumerate() {
         if let Some(rk) = &wide.rows[k] {
             let fid = module
                 .declare_function(&rk.name, Linkage::Import, &ptr_sig(module, 7))
                 .map_err(cg)?;
-            wide_ids.insert(k, (fid, None));
+            wide_ids.insert(
+                k,
+                WideIds {
+                    main: fid,
+                    pack: None,
+                    wino: None,
+                },
+            );
         }
         let Some(ck) = &wide.convs[k] else { continue };
         let fid = module
@@ -652,7 +676,28 @@ fn generate<M: Module>(
         } else {
             None
         };
-        wide_ids.insert(k, (fid, pid));
+        let wino = match &ck.wino {
+            Some(_) => {
+                let [wi, wo] = ck.wino_names();
+                Some([
+                    module
+                        .declare_function(&wi, Linkage::Import, &ptr_sig(module, 7))
+                        .map_err(cg)?,
+                    module
+                        .declare_function(&wo, Linkage::Import, &ptr_sig(module, 7))
+                        .map_err(cg)?,
+                ])
+            }
+            None => None,
+        };
+        wide_ids.insert(
+            k,
+            WideIds {
+                main: fid,
+                pack: pid,
+                wino,
+            },
+        );
         if !ck.prepacked && ck.b_const.is_none() {
             continue;
         }
@@ -663,7 +708,9 @@ fn generate<M: Module>(
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        let packed = if ck.prepacked {
+        let packed = if ck.wino.is_some() {
+            ck.wino_weights(&w)
+        } else if ck.prepacked {
             ck.pack_weights(&w)
         } else {
             ck.pack_b(&w)
@@ -726,7 +773,7 @@ fn generate<M: Module>(
             fctx: &mut fctx,
             libm: &libm_ids,
             wide: wide.convs[i].clone().map(|ck| (ck, wide_ids[&i])),
-            rows: wide.rows[i].clone().map(|rk| (rk, wide_ids[&i].0)),
+            rows: wide.rows[i].clone().map(|rk| (rk, wide_ids[&i].main)),
             task: task_id,
         };
         match kd.define(&name, nparams, |kb| kernels::emit(kb, node, &ins, &outs))? {
@@ -950,14 +997,23 @@ fn define_fn<M: Module>(
     Ok(id)
 }
 
+/// The LLVM functions of one node's wide kernel: the kernel, its input packing and the
+/// Winograd input/output transforms.
+#[derive(Clone, Copy)]
+struct WideIds {
+    main: FuncId,
+    pack: Option<FuncId>,
+    wino: Option<[FuncId; 2]>,
+}
+
 /// Declares and defines one kernel function taking `nparams` pointers, with the libm imports.
 struct KernelDef<'m, M: Module> {
     module: &'m mut M,
     ctx: &'m mut Context,
     fctx: &'m mut FunctionBuilderContext,
     libm: &'m [(&'static str, FuncId)],
-    /// The wide kernel the node's kernel calls (and its input packing function), if any.
-    wide: Option<(ukernel::ConvKernel, (FuncId, Option<FuncId>))>,
+    /// The wide kernel the node's kernel calls (and its helper functions), if any.
+    wide: Option<(ukernel::ConvKernel, WideIds)>,
     /// The row kernel the node's kernel calls, if any.
     rows: Option<(rows::RowKernel, FuncId)>,
     /// The task trampoline for splitting wide kernels over a pool.
@@ -989,12 +1045,15 @@ impl<M: Module> KernelDef<'_, M> {
             for (f, fid) in self.libm {
                 libm.insert(*f, self.module.declare_func_in_func(*fid, b.func));
             }
-            let (ukernel, pack) = match self.wide.take() {
-                Some((ck, (fid, pid))) => (
-                    Some((ck, self.module.declare_func_in_func(fid, b.func))),
-                    pid.map(|p| self.module.declare_func_in_func(p, b.func)),
+            let (ukernel, pack, wino) = match self.wide.take() {
+                Some((ck, ids)) => (
+                    Some((ck, self.module.declare_func_in_func(ids.main, b.func))),
+                    ids.pack
+                        .map(|p| self.module.declare_func_in_func(p, b.func)),
+                    ids.wino
+                        .map(|fs| fs.map(|f| self.module.declare_func_in_func(f, b.func))),
                 ),
-                None => (None, None),
+                None => (None, None, None),
             };
             let rows = self
                 .rows
@@ -1009,6 +1068,7 @@ impl<M: Module> KernelDef<'_, M> {
                 libm,
                 ukernel,
                 pack,
+                wino,
                 rows,
                 task,
                 fcfg,
@@ -1033,15 +1093,19 @@ impl<M: Module> KernelDef<'_, M> {
 
 /// The memory plan the CPU back end uses: intermediates plus per-kernel scratch.
 pub fn plan(g: &Graph) -> MemPlan {
-    plan_for(g, true)
+    plan_for(g, true, ConvSchedule::Auto)
 }
 
 /// The memory plan for code with (`wide`) or without the LLVM kernels: depthwise convolutions
-/// on the wide kernel read their input in place and need no packing scratch.
-pub fn plan_for(g: &Graph, wide: bool) -> MemPlan {
+/// on the wide kernel read their input in place and need no packing scratch; Winograd
+/// convolutions need room for their transformed input and products.
+pub fn plan_for(g: &Graph, wide: bool, schedule: ConvSchedule) -> MemPlan {
     memplan::plan_with_scratch(g, &|n| {
         if wide && wide_depthwise(g, n).is_some() {
             return 0;
+        }
+        if wide && let Some(geom) = wino_geom(g, n, schedule) {
+            return wino::scratch_bytes(&geom);
         }
         let ins: Vec<&TensorType> = n.inputs.iter().map(|v| g.ty(*v)).collect();
         let outs: Vec<&TensorType> = n.outputs.iter().map(|v| g.ty(*v)).collect();
@@ -1072,6 +1136,37 @@ fn wide_depthwise(g: &Graph, node: &kiln_ir::Node) -> Option<kernels::Geom> {
     )
     .ok()?;
     (ukernel::depthwise_ok(&geom, &a.epilogue) && kernels::taps_unrollable(&geom.k)).then_some(geom)
+}
+
+/// The geometry of a convolution that runs as Winograd F(2x2, 3x3) under `schedule`, if
+/// `node` is one (f32, constant weights, 2-D, 3x3 stride 1 ungrouped; `Auto` also asks for
+/// enough channels).
+fn wino_geom(g: &Graph, node: &kiln_ir::Node, schedule: ConvSchedule) -> Option<kernels::Geom> {
+    let kiln_ir::Op::Conv(a) = &node.op else {
+        return None;
+    };
+    let ins: Vec<&TensorType> = node.inputs.iter().map(|v| g.ty(*v)).collect();
+    let out = g.ty(node.outputs[0]);
+    let f32s = ins
+        .iter()
+        .chain([&out])
+        .all(|t| t.dtype == kiln_ir::DType::F32);
+    if !f32s || g.const_data(node.inputs[1]).is_none() || ins[0].shape.len() != 4 {
+        return None;
+    }
+    let geom = kernels::Geom::new(
+        (&a.kernel, &a.strides, &a.pads, &a.dilations),
+        a.groups,
+        ins[0],
+        out,
+    )
+    .ok()?;
+    let pick = match schedule {
+        ConvSchedule::Auto => wino::profitable(&geom),
+        ConvSchedule::Winograd => wino::eligible(&geom),
+        ConvSchedule::Pixels | ConvSchedule::Channels => false,
+    };
+    pick.then_some(geom)
 }
 
 fn same_storage(plan: &MemPlan, a: kiln_ir::ValueId, b: kiln_ir::ValueId) -> bool {

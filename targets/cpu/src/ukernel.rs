@@ -68,6 +68,9 @@ pub(crate) struct ConvKernel {
     pub operands: Vec<(usize, usize)>,
     /// The channels-along-lanes schedule ([`Self::ir_channels`]) instead of pixels along lanes.
     pub cl: Option<ChannelTiles>,
+    /// Run as Winograd F(2x2, 3x3) (`wino.rs`): this kernel then only describes the input
+    /// packing and the epilogue; the products run in the boxed kernel.
+    pub wino: Option<Box<crate::wino::Wino>>,
 }
 
 /// The tiling of a convolution with output channels along the vector lanes: a register tile
@@ -101,6 +104,9 @@ pub enum ConvSchedule {
     Pixels,
     /// Output channels along the vector lanes ([`ChannelTiles`]).
     Channels,
+    /// Winograd F(2x2, 3x3) for every 3x3 stride-1 ungrouped convolution (`Auto` uses it
+    /// where the channel counts make it pay), `Auto`'s choice for the others.
+    Winograd,
 }
 
 /// Whether [`ConvKernel::depthwise`] takes a convolution of this shape and epilogue.
@@ -176,6 +182,7 @@ impl ConvKernel {
             a_strides: None,
             operands: Vec::new(),
             cl: None,
+            wino: None,
             g,
         })
     }
@@ -184,14 +191,14 @@ impl ConvKernel {
     /// `sched` asks for it (or, `Auto`, when its shape favours it); pixels along the lanes
     /// otherwise.
     pub fn with_schedule(mut self, sched: ConvSchedule, t: &LlvmTarget) -> ConvKernel {
-        if self.depthwise || self.a_strides.is_some() {
+        if self.depthwise || self.a_strides.is_some() || self.wino.is_some() {
             return self;
         }
         let cl = self.channel_tiles(t);
         let want = match sched {
             ConvSchedule::Pixels => false,
             ConvSchedule::Channels => true,
-            ConvSchedule::Auto => self.favours_channels(&cl),
+            ConvSchedule::Auto | ConvSchedule::Winograd => self.favours_channels(&cl),
         };
         if want {
             self.mr = cl.vo * self.lanes;
@@ -313,6 +320,7 @@ impl ConvKernel {
             a_strides: None,
             operands: Vec::new(),
             cl: None,
+            wino: None,
             g,
         })
     }
@@ -411,6 +419,9 @@ impl ConvKernel {
 
     /// Work items per image.
     pub fn work(&self) -> usize {
+        if let Some(wn) = &self.wino {
+            return wn.gemm.work();
+        }
         self.groups * self.mb * self.jt
     }
 
@@ -455,6 +466,9 @@ impl ConvKernel {
     pub fn ir(&self, attrs_group: usize, out: &mut String) {
         if self.depthwise {
             return self.ir_depthwise(attrs_group, out);
+        }
+        if let Some(wn) = &self.wino {
+            return self.wino_ir(wn, attrs_group, out);
         }
         if let Some(cl) = self.cl {
             return self.ir_channels(cl, attrs_group, out);

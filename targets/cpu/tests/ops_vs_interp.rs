@@ -49,10 +49,15 @@ fn check(g: &Graph, inputs: &[Tensor]) {
                 ..host.clone()
             });
         }
-        // both register tilings of the wide convolution kernel, whichever `Auto` picks
+        // both register tilings of the wide convolution kernel and Winograd, whichever
+        // `Auto` picks
         if g.iter_nodes().any(|(_, n)| matches!(n.op, Op::Conv(_))) {
             for cpu in [None, Some("x86-64-v3"), Some("x86-64")] {
-                for conv_schedule in [ConvSchedule::Pixels, ConvSchedule::Channels] {
+                for conv_schedule in [
+                    ConvSchedule::Pixels,
+                    ConvSchedule::Channels,
+                    ConvSchedule::Winograd,
+                ] {
                     configs.push(kiln_target_cpu::CpuOptions {
                         target_cpu: cpu.map(Into::into),
                         conv_schedule,
@@ -850,6 +855,11 @@ fn wide_kernel_edges() {
         epilogue: Vec::new(),
     };
     conv_case(&[1, 17, 7, 7], &[20, 17, 3, 3], c(3, 1, 1, 1), true);
+    // Winograd under `Auto` (16+ channels): odd sizes (a half last tile row and column),
+    // batches, no padding, more tiles per row than vector lanes
+    conv_case(&[2, 16, 9, 11], &[24, 16, 3, 3], c(3, 1, 1, 1), true);
+    conv_case(&[1, 16, 6, 40], &[17, 16, 3, 3], c(3, 1, 0, 1), false);
+    conv_case(&[1, 20, 5, 37], &[16, 20, 3, 3], c(3, 1, 2, 1), true);
     conv_case(&[2, 5, 13, 9], &[11, 5, 3, 3], c(3, 2, 1, 1), true);
     conv_case(&[1, 9, 11, 11], &[13, 9, 1, 1], c(1, 1, 0, 1), false);
     conv_case(&[1, 24, 9, 9], &[24, 1, 3, 3], c(3, 1, 1, 24), true);
