@@ -187,6 +187,7 @@ pub fn table(g: &Graph) -> String {
             Op::Conv(a) if !a.epilogue.is_empty() => epilogue_text(&a.epilogue),
             Op::MatMul(a) if !a.epilogue.is_empty() => epilogue_text(&a.epilogue),
             Op::Gemm(a) if !a.epilogue.is_empty() => epilogue_text(&a.epilogue),
+            Op::Chain { steps } => epilogue_text(steps),
             // its inputs were computed into their place in its output
             Op::Concat { .. } if plan.concat_in_place.contains(&nid) => "in place".into(),
             _ => String::new(),

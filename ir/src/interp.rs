@@ -341,6 +341,7 @@ pub fn eval_op(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
             one(epilogue(t, &a.epilogue, &inputs[2..])?)
         }
         Op::Binary(b) => one(binary(*b, inputs[0], inputs[1], out_shape)?),
+        Op::Chain { steps } => one(epilogue(inputs[0].clone(), steps, &inputs[1..])?),
         Op::Compare(c) => {
             let (ia, ib) = (
                 broadcast_index(&out_shape, &x.shape),
@@ -1724,8 +1725,8 @@ fn nearest_index(mode: NearestMode, v: f32, in_len: usize) -> usize {
     (r.max(0.0) as usize).min(in_len - 1)
 }
 
-/// A fused kernel epilogue applied to `t` step by step; each `add` step reads the next of
-/// `operands` (broadcast to `t`).
+/// A fused kernel epilogue (or chain) applied to `t` step by step; each `add`/`mul` step reads
+/// the next of `operands` (broadcast to `t`).
 fn epilogue(
     mut t: Tensor,
     steps: &[crate::ops::EpilogueStep],
@@ -1734,7 +1735,7 @@ fn epilogue(
     let mut operands = operands.iter();
     for step in steps {
         let op = step.as_op();
-        let r = if *step == crate::ops::EpilogueStep::Add {
+        let r = if step.is_binary() {
             let r = operands.next().ok_or("epilogue operand missing")?;
             eval_op(&op, &[&t, r])?
         } else {

@@ -108,7 +108,7 @@ fn align(x: usize) -> usize {
 /// `n`. This is a contract with every back end: the op must be elementwise and its kernel must
 /// read element `i` of input `k` before it writes element `i` of the output, and nothing
 /// after that. It holds for
-/// - `Unary`, `Clip`, `Act`, `Binary` and `Cast`,
+/// - `Unary`, `Clip`, `Act`, `Binary`, `Cast` and `Chain`,
 /// - when input `k` has exactly the output's shape (an operand that is broadcast is read at
 ///   other positions than the one being written, so it never qualifies) and the same element
 ///   size (so element `i` of both lies at the same byte offset).
@@ -124,7 +124,12 @@ pub fn may_overwrite_input(g: &Graph, n: &Node, k: usize) -> bool {
     };
     let elementwise = matches!(
         n.op,
-        Op::Unary(_) | Op::Clip { .. } | Op::Act { .. } | Op::Binary(_) | Op::Cast { .. }
+        Op::Unary(_)
+            | Op::Clip { .. }
+            | Op::Act { .. }
+            | Op::Binary(_)
+            | Op::Cast { .. }
+            | Op::Chain { .. }
     );
     let (tx, to) = (g.ty(x), g.ty(o));
     elementwise && tx.shape == to.shape && tx.dtype.size() == to.dtype.size()

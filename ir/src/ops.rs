@@ -24,6 +24,8 @@ pub struct ConvAttrs {
 pub enum EpilogueStep {
     /// Add the residual operand (the op's last input, shaped like the output).
     Add,
+    /// Multiply by the next operand (only in [`Op::Chain`]; product epilogues reject it).
+    Mul,
     Unary(UnaryOp),
     Clip {
         min: f32,
@@ -41,10 +43,16 @@ impl EpilogueStep {
     pub fn as_op(&self) -> Op {
         match *self {
             EpilogueStep::Add => Op::Binary(BinaryOp::Add),
+            EpilogueStep::Mul => Op::Binary(BinaryOp::Mul),
             EpilogueStep::Unary(u) => Op::Unary(u),
             EpilogueStep::Clip { min, max } => Op::Clip { min, max },
             EpilogueStep::Act { kind, alpha, beta } => Op::Act { kind, alpha, beta },
         }
+    }
+
+    /// Whether the step reads an operand (`Add`, `Mul`).
+    pub fn is_binary(&self) -> bool {
+        matches!(self, EpilogueStep::Add | EpilogueStep::Mul)
     }
 
     /// The step for an elementwise activation op, if it is one that epilogues support.
@@ -61,6 +69,7 @@ impl EpilogueStep {
     pub fn text(&self) -> String {
         match self {
             EpilogueStep::Add => "add".into(),
+            EpilogueStep::Mul => "mul".into(),
             EpilogueStep::Unary(u) => u.name().into(),
             EpilogueStep::Clip { min, max } => format!("clip({min:?},{max:?})"),
             EpilogueStep::Act { kind, alpha, beta } => {
@@ -93,6 +102,7 @@ impl EpilogueStep {
         };
         match (name, args) {
             ("add", None) => Ok(EpilogueStep::Add),
+            ("mul", None) => Ok(EpilogueStep::Mul),
             ("clip", Some((min, max))) => Ok(EpilogueStep::Clip { min, max }),
             (n, Some((alpha, beta))) => match ACTS.iter().find(|(_, an)| *an == n) {
                 Some((kind, _)) => Ok(EpilogueStep::Act {
@@ -195,6 +205,16 @@ impl MatMulAttrs {
 
 impl Op {
     /// The fused epilogue of a product that has one (Conv, MatMul, Gemm).
+    pub fn epilogue_steps(&self) -> Option<&[EpilogueStep]> {
+        match self {
+            Op::Conv(a) => Some(&a.epilogue),
+            Op::MatMul(a) => Some(&a.epilogue),
+            Op::Gemm(a) => Some(&a.epilogue),
+            _ => None,
+        }
+    }
+
+    /// [`Self::epilogue_steps`], mutable.
     pub fn epilogue_mut(&mut self) -> Option<&mut Vec<EpilogueStep>> {
         match self {
             Op::Conv(a) => Some(&mut a.epilogue),
@@ -521,6 +541,12 @@ pub enum Op {
     MatMul(MatMulAttrs),
     /// Elementwise with multidirectional broadcasting.
     Binary(BinaryOp),
+    /// A fused chain of f32 elementwise steps (`fuse_elementwise_chain`): the output is
+    /// input 0 with `steps` applied in order, each binary step (`add`, `mul`) reading the next
+    /// input, unidirectionally broadcast to input 0's shape.
+    Chain {
+        steps: Vec<EpilogueStep>,
+    },
     Unary(UnaryOp),
     Clip {
         min: f32,
@@ -866,6 +892,7 @@ impl Op {
             Op::ConvTranspose(_) => "conv_transpose",
             Op::Gemm(_) => "gemm",
             Op::MatMul(_) => "matmul",
+            Op::Chain { .. } => "chain",
             Op::Binary(b) => b.name(),
             Op::Unary(u) => u.name(),
             Op::Clip { .. } => "clip",
@@ -956,6 +983,7 @@ impl Op {
             Op::MatMul(a) if !a.epilogue.is_empty() => {
                 vec![("epilogue", Attr::Str(epilogue_text(&a.epilogue)))]
             }
+            Op::Chain { steps } => vec![("steps", Attr::Str(epilogue_text(steps)))],
             Op::Clip { min, max } => vec![("min", Attr::Float(*min)), ("max", Attr::Float(*max))],
             Op::Act { alpha, beta, .. } => {
                 vec![("alpha", Attr::Float(*alpha)), ("beta", Attr::Float(*beta))]
@@ -1167,6 +1195,9 @@ impl Op {
                     None => Vec::new(),
                 },
             }),
+            "chain" => Op::Chain {
+                steps: parse_epilogue(get("steps")?.str()?)?,
+            },
             "matmul" => Op::MatMul(MatMulAttrs {
                 epilogue: match attrs.iter().find(|(n, _)| n == "epilogue") {
                     Some((_, a)) => parse_epilogue(a.str()?)?,
@@ -1314,6 +1345,32 @@ impl Op {
             }
         };
         match self {
+            Op::Conv(_) | Op::Gemm(_) | Op::MatMul(_)
+                if self
+                    .epilogue_steps()
+                    .is_some_and(|e| e.contains(&EpilogueStep::Mul)) =>
+            {
+                Err(format!("a {} epilogue has no mul step", self.name()))
+            }
+            Op::Chain { steps } => {
+                let operands = steps.iter().filter(|s| s.is_binary()).count();
+                arity(1 + operands, 1 + operands)?;
+                let x = ins[0];
+                if x.dtype != DType::F32 {
+                    return Err(format!("a chain runs on f32, got {x}"));
+                }
+                for (i, t) in ins.iter().enumerate().skip(1) {
+                    if t.dtype != x.dtype
+                        || broadcast_shapes(&t.shape, &x.shape).ok().as_ref() != Some(&x.shape)
+                    {
+                        return Err(format!(
+                            "chain operand {} ({t}) does not broadcast to {x}",
+                            i - 1
+                        ));
+                    }
+                }
+                Ok(vec![x.clone()])
+            }
             Op::Conv(a) => {
                 let residual = a
                     .epilogue

@@ -314,6 +314,22 @@ fn matmul_epilogue_errors() {
             "  %y = matmul(%a, %b) {epilogue=\"frob\"} : f32[3,5]",
             "unknown epilogue step",
         ),
+        // mul steps only in chains
+        (
+            "  %y = matmul(%a, %b, %c) {epilogue=\"mul\"} : f32[3,5]",
+            "no mul step",
+        ),
+        // chains: one operand per add/mul step, each broadcast to input 0, f32 only
+        ("  %y = chain(%a) {steps=\"relu+add\"} : f32[3,4]", "input"),
+        (
+            "  %y = chain(%a, %c) {steps=\"mul\"} : f32[3,4]",
+            "does not broadcast",
+        ),
+        ("  %y = chain(%i, %i) {steps=\"add\"} : i64[4,4]", "f32"),
+        (
+            "  %y = chain(%a, %v) {steps=\"relu+mul+frob\"} : f32[3,4]",
+            "unknown epilogue step",
+        ),
     ];
     for (body, want) in cases {
         let (line, msg) = err_line(&base(body));

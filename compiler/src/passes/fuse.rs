@@ -1166,7 +1166,95 @@ fn recognize_softmax(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
     true
 }
 
-pub static RULES: [Rule; 17] = [
+/// An f32 elementwise node as chain steps: (input carrying the output's shape, steps, the
+/// binary steps' operands). `x`, when given, must be that input (the value the chain carries).
+fn chain_steps(
+    g: &Graph,
+    n: NodeId,
+    x: Option<ValueId>,
+) -> Option<(ValueId, Vec<EpilogueStep>, Vec<ValueId>)> {
+    let node = g.node(n);
+    let out = g.ty(*node.outputs.first()?);
+    if out.dtype != kiln_ir::DType::F32
+        || node.outputs.len() != 1
+        || node
+            .inputs
+            .iter()
+            .any(|&v| g.ty(v).dtype != kiln_ir::DType::F32)
+    {
+        return None;
+    }
+    let full = |v: ValueId| g.ty(v).shape == out.shape;
+    let main = |cands: &[ValueId]| -> Option<ValueId> {
+        match x {
+            Some(x) => cands.contains(&x).then_some(x),
+            None => cands.iter().copied().find(|&v| full(v)),
+        }
+    };
+    match &node.op {
+        Op::Chain { steps } => {
+            let m = main(&node.inputs[..1])?;
+            Some((m, steps.clone(), node.inputs[1..].to_vec()))
+        }
+        Op::Unary(u) => Some((main(&node.inputs)?, vec![EpilogueStep::Unary(*u)], vec![])),
+        Op::Clip { .. } | Op::Act { .. } => Some((
+            main(&node.inputs)?,
+            vec![EpilogueStep::from_activation(&node.op)?],
+            vec![],
+        )),
+        Op::Binary(b @ (BinaryOp::Add | BinaryOp::Mul)) => {
+            let m = main(&node.inputs)?;
+            if !full(m) {
+                return None;
+            }
+            // the other operand (for x op x, the same value again)
+            let r = if node.inputs[0] == m {
+                node.inputs[1]
+            } else {
+                node.inputs[0]
+            };
+            let step = if *b == BinaryOp::Add {
+                EpilogueStep::Add
+            } else {
+                EpilogueStep::Mul
+            };
+            Some((m, vec![step], vec![r]))
+        }
+        _ => None,
+    }
+}
+
+/// Two f32 elementwise nodes in a row (Unary, Clip, Act, Add, Mul, or a chain already), the
+/// first read only by the second and both of the output's shape, become one `chain` node: one
+/// loop instead of two, no intermediate tensor. Runs after `fuse`, so activations still go
+/// into product epilogues and the recognisers see the primitive patterns first.
+fn fuse_elementwise_chain(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
+    let node = g.node(n);
+    for &x in &node.inputs {
+        let Some(p) = absorbable(g, ctx, x, n) else {
+            continue;
+        };
+        let Some((base, mut steps, mut operands)) = chain_steps(g, p, None) else {
+            continue;
+        };
+        let Some((_, more, extra)) = chain_steps(g, n, Some(x)) else {
+            continue;
+        };
+        // the second node's operand may not be the value the chain no longer materializes
+        if extra.contains(&x) || g.ty(base).shape != g.ty(x).shape {
+            continue;
+        }
+        steps.extend(more);
+        operands.extend(extra);
+        let mut inputs = vec![base];
+        inputs.extend(operands);
+        g.fuse_pair(p, n, Op::Chain { steps }, inputs);
+        return true;
+    }
+    false
+}
+
+pub static RULES: [Rule; 18] = [
     Rule {
         name: "recognize_hardswish",
         pass: "fuse",
@@ -1262,6 +1350,12 @@ pub static RULES: [Rule; 17] = [
         pass: "fuse",
         about: "activation (Relu, Sigmoid, Gelu, Clip, ...) after a Gemm fused into its epilogue",
         apply: fuse_gemm_activation,
+    },
+    Rule {
+        name: "fuse_elementwise_chain",
+        pass: "chain",
+        about: "adjacent f32 elementwise ops (Unary, Clip, activations, Add, Mul) fused into one chain loop",
+        apply: fuse_elementwise_chain,
     },
     Rule {
         name: "fuse_matmul_affine",

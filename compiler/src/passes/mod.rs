@@ -149,7 +149,15 @@ impl OptReport {
 }
 
 /// The names of the whole-graph passes and rule drivers (what `--print-after` accepts).
-pub const PASS_NAMES: [&str; 6] = ["const_fold", "simplify", "cse", "dce", "fold", "fuse"];
+pub const PASS_NAMES: [&str; 7] = [
+    "const_fold",
+    "simplify",
+    "cse",
+    "dce",
+    "fold",
+    "fuse",
+    "chain",
+];
 
 fn driver(name: &'static str, disabled: &BTreeSet<String>) -> RuleDriver {
     RuleDriver {
@@ -171,6 +179,7 @@ pub fn pass_by_name(name: &str, disabled: &BTreeSet<String>) -> Option<Box<dyn P
         "simplify" => Box::new(driver("simplify", disabled)),
         "fold" => Box::new(driver("fold", disabled)),
         "fuse" => Box::new(driver("fuse", disabled)),
+        "chain" => Box::new(driver("chain", disabled)),
         _ => {
             let r = rules().into_iter().find(|r| r.name == name)?;
             Box::new(RuleDriver {
@@ -193,6 +202,7 @@ pub fn pipeline(level: OptLevel) -> Vec<&'static str> {
             "dce",
             "fold",
             "fuse",
+            "chain",
             "dce",
         ],
     }

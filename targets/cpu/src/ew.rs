@@ -678,8 +678,6 @@ pub(crate) fn apply(
 /// Elementwise op over `ins` (same dtype, broadcast to `out`). Unsupported op/dtype pairs are
 /// reported without generating anything.
 pub(crate) fn elementwise(kb: &mut Kb, op: &Op, ins: &[&TensorType], out: &TensorType) -> KResult {
-    // The first lowering error is kept and returned; the caller then discards the function.
-    let mut err: Option<String> = None;
     let dt = ins[0].dtype;
     let num = Num::of(dt).filter(|_| dt != DType::Bool).ok_or_else(|| {
         format!(
@@ -687,37 +685,78 @@ pub(crate) fn elementwise(kb: &mut Kb, op: &Op, ins: &[&TensorType], out: &Tenso
             op.name()
         )
     })?;
+    let vector = dt == DType::F32 && is_vector_op(op);
+    loops(kb, ins, out, num, vector, &mut |kb, v, t| {
+        if t == F32X4 {
+            apply_float(kb, op, v[0], v.get(1).copied(), t)
+        } else {
+            apply(kb, op, num, v[0], v.get(1).copied())
+        }
+    })
+    .map_or(Ok(()), |e| Err(format!("{} on {dt}: {e}", op.name())))
+}
+
+/// A fused elementwise chain (`Op::Chain`, f32): input 0 with the steps applied, each binary
+/// step reading the next input (broadcast). Vectorized (F32X4) where every step is.
+pub(crate) fn chain(
+    kb: &mut Kb,
+    steps: &[kiln_ir::ops::EpilogueStep],
+    ins: &[&TensorType],
+    out: &TensorType,
+) -> KResult {
+    let vector = steps.iter().all(|s| is_vector_op(&s.as_op()));
+    loops(kb, ins, out, Num::F32, vector, &mut |kb, v, t| {
+        epilogue_with(kb, steps, v[0], &v[1..], t)
+    })
+    .map_or(Ok(()), |e| Err(format!("chain: {e}")))
+}
+
+/// One output element (or F32X4 lanes) from the operands, in the given register type.
+type ElementBody<'a> = dyn FnMut(&mut Kb, &[Value], Type) -> Result<Value, String> + 'a;
+
+/// The loops of an elementwise kernel: `body(operands, register type)` computes one output
+/// element (or 4 lanes, type F32X4, when `vector`) from the operands read at the broadcast
+/// positions. Returns the first lowering error.
+fn loops(
+    kb: &mut Kb,
+    ins: &[&TensorType],
+    out: &TensorType,
+    num: Num,
+    vector: bool,
+    body: &mut ElementBody,
+) -> Option<String> {
+    // The first lowering error is kept and returned; the caller then discards the function.
+    let mut err: Option<String> = None;
+    let dt = ins[0].dtype;
     let odt = out.dtype;
     let n = out.numel();
     let ps = kb.params.clone();
     let op_ = ps[ins.len()];
+    let f32_out = dt == DType::F32 && odt == DType::F32;
     if ins.iter().all(|t| t.shape == out.shape) {
-        let nv = if dt == DType::F32 && is_vector_op(op) {
+        let nv = if dt == DType::F32 && vector {
             n / 4 * 4
         } else {
             0
         };
         kb.for_range(0, nv, 4, &mut |kb, i| {
-            let x = kb.load_f32x4(ps[0], i);
-            let y = (ins.len() > 1).then(|| kb.load_f32x4(ps[1], i));
-            match apply_float(kb, op, x, y, F32X4) {
+            let v: Vec<Value> = (0..ins.len()).map(|j| kb.load_f32x4(ps[j], i)).collect();
+            match body(kb, &v, F32X4) {
                 Ok(r) => kb.store_f32x4(r, op_, i),
                 Err(e) => err = Some(e),
             }
         });
         kb.for_range(nv, n, 1, &mut |kb, i| {
-            let x = load_num(kb, dt, ps[0], i);
-            let y = (ins.len() > 1).then(|| load_num(kb, dt, ps[1], i));
-            match apply(kb, op, num, x, y) {
+            let v: Vec<Value> = (0..ins.len()).map(|j| load_num(kb, dt, ps[j], i)).collect();
+            match body(kb, &v, num.ty()) {
                 Ok(r) => store_num(kb, odt, r, op_, i),
                 Err(e) => err = Some(e),
             }
         });
-        return err.map_or(Ok(()), |e| Err(format!("{} on {dt}: {e}", op.name())));
+        return err;
     }
-    if dt == DType::F32
-        && odt == DType::F32
-        && is_vector_op(op)
+    if f32_out
+        && vector
         && let Some(k) = broadcast_split(ins, out)
     {
         // the trailing dims k.. are contiguous in the output and in every operand that is
@@ -770,11 +809,10 @@ pub(crate) fn elementwise(kb: &mut Kb, op: &Op, ins: &[&TensorType], out: &Tenso
             for (lo, hi, step) in [(0, nv, 4), (nv, inner, 1)] {
                 let vector = step == 4;
                 kb.for_range(lo, hi, step, &mut |kb, i| {
-                    let x = operand(kb, 0, i, vector);
-                    let y = (ins.len() > 1).then(|| operand(kb, 1, i, vector));
+                    let v: Vec<Value> = (0..ins.len()).map(|j| operand(kb, j, i, vector)).collect();
                     let t = if vector { F32X4 } else { F32 };
                     let at = kb.b.ins().iadd(oo, i);
-                    match apply_float(kb, op, x, y, t) {
+                    match body(kb, &v, t) {
                         Ok(r) if vector => kb.store_f32x4(r, op_, at),
                         Ok(r) => kb.store_f32(r, op_, at),
                         Err(e) => err = Some(e),
@@ -782,17 +820,18 @@ pub(crate) fn elementwise(kb: &mut Kb, op: &Op, ins: &[&TensorType], out: &Tenso
                 });
             }
         });
-        return err.map_or(Ok(()), |e| Err(format!("{} on {dt}: {e}", op.name())));
+        return err;
     }
     crate::kernels::broadcast_loop(kb, ins, out, &mut |kb, offs, oo| {
-        let x = load_num(kb, dt, ps[0], offs[0]);
-        let y = (ins.len() > 1).then(|| load_num(kb, dt, ps[1], offs[1]));
-        match apply(kb, op, num, x, y) {
+        let v: Vec<Value> = (0..ins.len())
+            .map(|j| load_num(kb, dt, ps[j], offs[j]))
+            .collect();
+        match body(kb, &v, num.ty()) {
             Ok(r) => store_num(kb, odt, r, op_, oo),
             Err(e) => err = Some(e),
         }
     });
-    err.map_or(Ok(()), |e| Err(format!("{} on {dt}: {e}", op.name())))
+    err
 }
 
 /// The first dim `k` such that over dims `k..` every operand is either laid out like the output
@@ -820,15 +859,31 @@ fn broadcast_split(ins: &[&TensorType], out: &TensorType) -> Option<usize> {
 pub(crate) fn epilogue(
     kb: &mut Kb,
     steps: &[kiln_ir::ops::EpilogueStep],
-    mut x: Value,
+    x: Value,
     res: Option<Value>,
     t: Type,
 ) -> Result<Value, String> {
-    use kiln_ir::ops::EpilogueStep;
+    let res: Vec<Value> = res.into_iter().collect();
+    epilogue_with(kb, steps, x, &res, t)
+}
+
+/// [`epilogue`] with one operand per binary step (`add`, `mul`), in order.
+pub(crate) fn epilogue_with(
+    kb: &mut Kb,
+    steps: &[kiln_ir::ops::EpilogueStep],
+    mut x: Value,
+    operands: &[Value],
+    t: Type,
+) -> Result<Value, String> {
+    let mut operands = operands.iter();
     for step in steps {
         let op = step.as_op();
-        let y = if *step == EpilogueStep::Add {
-            Some(res.ok_or("epilogue add without a residual operand")?)
+        let y = if step.is_binary() {
+            Some(
+                *operands
+                    .next()
+                    .ok_or("epilogue add without a residual operand")?,
+            )
         } else {
             None
         };

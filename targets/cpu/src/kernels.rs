@@ -37,6 +37,7 @@ pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&Tenso
         | Op::Binary(_)
         | Op::IsNaN
         | Op::IsInf { .. } => crate::ew::elementwise(kb, &node.op, ins, outs[0]),
+        Op::Chain { steps } => crate::ew::chain(kb, steps, ins, outs[0]),
         Op::Cast { to } => cast(kb, ins[0], *to),
         Op::BitCast { .. } => {
             copy(kb, 0, 1, ins[0].size_bytes());

@@ -1161,6 +1161,10 @@ fn wino_geom(g: &Graph, node: &kiln_ir::Node, schedule: ConvSchedule) -> Option<
         out,
     )
     .ok()?;
+    // an epilogue the wide kernels cannot apply sends the node to the Cranelift kernels
+    if !ukernel::epilogue_supported(&a.epilogue) {
+        return None;
+    }
     let pick = match schedule {
         ConvSchedule::Auto => wino::profitable(&geom),
         ConvSchedule::Winograd => wino::eligible(&geom),

@@ -114,10 +114,17 @@ pub(crate) fn depthwise_ok(g: &Geom, epilogue: &[EpilogueStep]) -> bool {
     g.cg == 1 && g.mg == 1 && g.s[0] <= 2 && g.s[1] <= 2 && epilogue.iter().all(step_supported)
 }
 
+/// Whether every step of an epilogue has a vector lowering here.
+pub(crate) fn epilogue_supported(steps: &[EpilogueStep]) -> bool {
+    steps.iter().all(step_supported)
+}
+
 /// Whether an epilogue step has a vector lowering here.
 fn step_supported(s: &EpilogueStep) -> bool {
     match s {
         EpilogueStep::Add | EpilogueStep::Clip { .. } => true,
+        // only in elementwise chains, which run in Cranelift
+        EpilogueStep::Mul => false,
         EpilogueStep::Unary(u) => matches!(
             u,
             UnaryOp::Relu

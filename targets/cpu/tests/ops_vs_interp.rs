@@ -784,6 +784,66 @@ fn conv_variants() {
     );
 }
 
+/// Elementwise chains (`Op::Chain`): operands of every broadcast form (scalar, per channel,
+/// a row, full), steps with and without an F32X4 lowering, sizes with a scalar remainder,
+/// shapes the vector broadcast path does not take.
+#[test]
+fn elementwise_chains() {
+    let mut r = Rng(13);
+    let act = |kind, alpha, beta| EpilogueStep::Act { kind, alpha, beta };
+    // (input shape, operand shapes, steps)
+    type Case = (Vec<usize>, Vec<Vec<usize>>, Vec<EpilogueStep>);
+    let cases: Vec<Case> = vec![
+        (
+            vec![2, 5, 3, 7],
+            vec![vec![1, 5, 1, 1], vec![2, 5, 3, 7]],
+            vec![
+                EpilogueStep::Mul,
+                EpilogueStep::Add,
+                EpilogueStep::Unary(UnaryOp::Relu),
+            ],
+        ),
+        (
+            vec![3, 37],
+            vec![vec![37], vec![]],
+            vec![
+                EpilogueStep::Add,
+                EpilogueStep::Unary(UnaryOp::Sigmoid),
+                EpilogueStep::Mul,
+                EpilogueStep::Clip { min: 0.1, max: 0.6 },
+            ],
+        ),
+        (
+            vec![4, 9, 5],
+            vec![vec![4, 1, 5]],
+            vec![
+                EpilogueStep::Unary(UnaryOp::Exp),
+                act(ActKind::LeakyRelu, 0.1, 0.0),
+                EpilogueStep::Mul,
+                EpilogueStep::Unary(UnaryOp::Tanh),
+            ],
+        ),
+        (
+            vec![1, 6, 1, 1],
+            vec![vec![1, 6, 1, 1]],
+            vec![EpilogueStep::Unary(UnaryOp::Neg), EpilogueStep::Add],
+        ),
+    ];
+    for (x, ops, steps) in cases {
+        let mut g = Graph::new("chain");
+        let mut ins = vec![g.add_input("x", TensorType::f32(x.clone()))];
+        let mut data = vec![Tensor::f32(x.clone(), r.vec(x.iter().product()))];
+        for (i, s) in ops.iter().enumerate() {
+            ins.push(g.add_input(format!("o{i}"), TensorType::f32(s.clone())));
+            data.push(Tensor::f32(s.clone(), r.vec(s.iter().product())));
+        }
+        g.outputs = g
+            .add_node("c", Op::Chain { steps }, ins, vec!["y".into()])
+            .unwrap();
+        check(&g, &data);
+    }
+}
+
 /// Convolutions and elementwise ops computed straight into their place in a concat's output
 /// (the memory plan elides the concat): different kernels (wide pixel and channel tilings,
 /// depthwise, Cranelift elementwise) writing neighbouring blocks must not touch each other's.
