@@ -1,21 +1,23 @@
-//! Winograd F(2x2, 3x3) convolution (Lavin & Gray, arXiv 1509.09308) for the wide kernels:
-//! 3x3, stride 1, ungrouped f32 convolutions compute each 2x2 output tile from a 4x4 input
-//! tile with 16 multiplies per (input, output) channel pair instead of 36.
+//! Winograd convolution F(m x m, 3x3) (Lavin & Gray, arXiv 1509.09308), m = 4 or 2, for the
+//! wide kernels: 3x3, stride 1, ungrouped f32 convolutions compute each m x m output tile from
+//! an (m+2) x (m+2) input tile with (m+2)^2 multiplies per (input, output) channel pair instead
+//! of 9 m^2 (F(4x4): 36 instead of 144; F(2x2): 16 instead of 36).
 //!
 //! Per image, four LLVM functions run one after the other over the caller's pool:
-//! 1. the convolution's input packing (`ConvKernel::pack_ir`: zero-padded, one extra row and
-//!    column so that every 4x4 tile is inside it);
-//! 2. the input transform `V[e][c][t] = (B^T d B)[e]` of every tile `t` (16 tiles per vector,
-//!    de-interleaved from two row loads), work items = channels;
-//! 3. the 16 products `M[e] = U[e] V[e]` as one grouped 1x1 convolution with 16 groups, run
-//!    by an ordinary `ConvKernel` (the transformed weights `U = G g G^T` are packed at compile
-//!    time);
+//! 1. the convolution's input packing (`ConvKernel::pack_ir`: zero-padded, m - 1 extra rows
+//!    and columns so that every input tile is inside it);
+//! 2. the input transform `V[e][c][t] = (B^T d B)[e]` of every tile `t` (one tile per lane,
+//!    de-interleaved from row loads by shuffles), work items = channels;
+//! 3. the (m+2)^2 products `M[e] = U[e] V[e]` as one grouped 1x1 convolution with (m+2)^2
+//!    groups, run by an ordinary `ConvKernel` (the transformed weights `U = G g G^T` are
+//!    packed at compile time);
 //! 4. the output transform `Y = A^T M A` plus bias and the fused epilogue (residual add,
-//!    activations), interleaving the two output columns of each tile into contiguous masked
+//!    activations), interleaving the m output columns of each tile into contiguous masked
 //!    stores, work items = output channels.
 //!
 //! The transforms are exact in real arithmetic; in f32 the result differs from direct
-//! convolution by a few ulps of the largest partial sums (the op tests allow 1e-4 relative).
+//! convolution by a few ulps of the largest partial sums (F(4x4): ~5e-6 relative over 256
+//! channels; the op tests allow 1e-4).
 
 use kiln_ir::ops::EpilogueStep;
 
@@ -24,22 +26,68 @@ use crate::kernels::{Geom, Packing};
 use crate::llvm::LlvmTarget;
 use crate::ukernel::{ConvKernel, ConvSchedule};
 
-/// B^T of F(2, 3).
-const BT: [[f32; 4]; 4] = [
-    [1.0, 0.0, -1.0, 0.0],
-    [0.0, 1.0, 1.0, 0.0],
-    [0.0, -1.0, 1.0, 0.0],
-    [0.0, 1.0, 0.0, -1.0],
-];
-/// G of F(2, 3).
-const G: [[f32; 3]; 4] = [
-    [1.0, 0.0, 0.0],
-    [0.5, 0.5, 0.5],
-    [0.5, -0.5, 0.5],
-    [0.0, 0.0, 1.0],
-];
-/// A^T of F(2, 3).
-const AT: [[f32; 4]; 2] = [[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]];
+/// The transform matrices of F(m, 3): B^T ((m+2) x (m+2)), G ((m+2) x 3), A^T (m x (m+2)),
+/// as rows.
+struct Mats {
+    bt: Vec<Vec<f32>>,
+    g: Vec<Vec<f32>>,
+    at: Vec<Vec<f32>>,
+}
+
+fn mats(m: usize) -> Mats {
+    let rows = |r: &[&[f32]]| r.iter().map(|x| x.to_vec()).collect::<Vec<_>>();
+    match m {
+        2 => Mats {
+            bt: rows(&[
+                &[1.0, 0.0, -1.0, 0.0],
+                &[0.0, 1.0, 1.0, 0.0],
+                &[0.0, -1.0, 1.0, 0.0],
+                &[0.0, 1.0, 0.0, -1.0],
+            ]),
+            g: rows(&[
+                &[1.0, 0.0, 0.0],
+                &[0.5, 0.5, 0.5],
+                &[0.5, -0.5, 0.5],
+                &[0.0, 0.0, 1.0],
+            ]),
+            at: rows(&[&[1.0, 1.0, 1.0, 0.0], &[0.0, 1.0, -1.0, -1.0]]),
+        },
+        4 => Mats {
+            bt: rows(&[
+                &[4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
+                &[0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
+                &[0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
+                &[0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+                &[0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
+                &[0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+            ]),
+            g: rows(&[
+                &[0.25, 0.0, 0.0],
+                &[-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+                &[-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+                &[1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+                &[1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+                &[0.0, 0.0, 1.0],
+            ]),
+            at: rows(&[
+                &[1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+                &[0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+                &[0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
+                &[0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
+            ]),
+        },
+        _ => unreachable!("F({m}, 3) is not implemented"),
+    }
+}
+
+/// The output tile size for a convolution: 4x4 from 24x24 outputs, 2x2 below. The transforms
+/// run one tile per lane along a tile row, so a row of few tiles leaves lanes idle, and the
+/// products' 1x1 convolution gets few pixels: at 14x14 and 13x13, F(4x4) transforms cost 4-16x
+/// F(2x2)'s and the products gained nothing (ResNet-18 layer 3, SqueezeNet's last fire
+/// modules); at 28x28 and up F(4x4) ran the layers ~40 % faster.
+pub(crate) fn tile_size(g: &Geom) -> usize {
+    if g.oh >= 24 && g.ow >= 24 { 4 } else { 2 }
+}
 
 /// Whether a convolution of this geometry can run as Winograd F(2x2, 3x3).
 pub(crate) fn eligible(g: &Geom) -> bool {
@@ -58,25 +106,27 @@ pub(crate) fn profitable(g: &Geom) -> bool {
     eligible(g) && g.c >= 16 && g.m >= 16
 }
 
-/// The geometry the input packing uses: one extra zero row and column at the bottom and right,
-/// so that the last tile's 4x4 window is inside the packed image for odd output sizes.
-fn packing_geom(g: &Geom) -> Geom {
+/// The geometry the input packing uses: m - 1 extra zero rows and columns at the bottom and
+/// right, so that the last tile's window is inside the packed image whatever the output size.
+fn packing_geom(g: &Geom, m: usize) -> Geom {
     let mut p = g.clone();
-    p.p[2] += 1;
-    p.p[3] += 1;
+    p.p[2] += m - 1;
+    p.p[3] += m - 1;
     p
 }
 
 /// A Winograd convolution's shapes and its product kernel.
 #[derive(Debug, Clone)]
 pub(crate) struct Wino {
-    /// Tile rows and columns (2x2 outputs each) and tiles per image.
+    /// Output tile size (F(m x m, 3x3)).
+    pub m: usize,
+    /// Tile rows and columns (m x m outputs each) and tiles per image.
     pub th: usize,
     pub tw: usize,
     pub tiles: usize,
     /// Scratch bytes of the packed input, `V` and `M` ([`scratch_parts`]).
     pub scratch: (usize, usize, usize),
-    /// The 16 products as one grouped 1x1 convolution (`[16 * m][c]` weights).
+    /// The (m+2)^2 products as one grouped 1x1 convolution (`[(m+2)^2 * M][C]` weights).
     pub gemm: ConvKernel,
 }
 
@@ -90,13 +140,15 @@ pub(crate) fn scratch_bytes(g: &Geom) -> usize {
 /// The three scratch regions' sizes in bytes.
 pub(crate) fn scratch_parts(g: &Geom) -> (usize, usize, usize) {
     let al = |b: usize| b.div_ceil(64) * 64;
-    let pg = packing_geom(g);
+    let m = tile_size(g);
+    let e = (m + 2) * (m + 2);
+    let pg = packing_geom(g, m);
     let pk = Packing::of(&pg);
-    let tiles = g.oh.div_ceil(2) * g.ow.div_ceil(2);
+    let tiles = g.oh.div_ceil(m) * g.ow.div_ceil(m);
     (
         al((g.c * pk.per_c() + crate::kernels::pack_slack(&pg)) * 4),
-        al(16 * g.c * tiles * 4),
-        al(16 * g.m * tiles * 4),
+        al(e * g.c * tiles * 4),
+        al(e * g.m * tiles * 4),
     )
 }
 
@@ -113,7 +165,9 @@ impl ConvKernel {
         if !eligible(&g) {
             return None;
         }
-        let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
+        let m = tile_size(&g);
+        let e = (m + 2) * (m + 2);
+        let (th, tw) = (g.oh.div_ceil(m), g.ow.div_ceil(m));
         let tiles = th * tw;
         let gg = Geom {
             k: [1, 1],
@@ -121,21 +175,22 @@ impl ConvKernel {
             p: [0; 4],
             d: [1, 1],
             n: 1,
-            c: 16 * g.c,
+            c: e * g.c,
             h: 1,
             w: tiles,
-            m: 16 * g.m,
+            m: e * g.m,
             oh: 1,
             ow: tiles,
             cg: g.c,
             mg: g.m,
         };
-        let gemm = ConvKernel::new(name.clone(), gg, 16, false, false, &[], t)?
+        let gemm = ConvKernel::new(name.clone(), gg, e, false, false, &[], t)?
             .with_schedule(ConvSchedule::Auto, t);
-        // the convolution itself: its input packing (with the extra row and column) and the
+        // the convolution itself: its input packing (with the extra rows and columns) and the
         // epilogue the output transform applies
-        let mut ck = ConvKernel::new(name, packing_geom(&g), 1, has_bias, has_res, epilogue, t)?;
+        let mut ck = ConvKernel::new(name, packing_geom(&g, m), 1, has_bias, has_res, epilogue, t)?;
         ck.wino = Some(Box::new(Wino {
+            m,
             th,
             tw,
             tiles,
@@ -154,21 +209,26 @@ impl ConvKernel {
     pub fn wino_weights(&self, w: &[f32]) -> Vec<f32> {
         let (c, m) = (self.g.c, self.g.m);
         let wn = self.wino.as_ref().expect("winograd");
-        let mut u = vec![0f32; 16 * m * c];
+        let mt = mats(wn.m);
+        let a = wn.m + 2;
+        let mut u = vec![0f32; a * a * m * c];
         for mi in 0..m {
             for ci in 0..c {
                 let k = &w[(mi * c + ci) * 9..(mi * c + ci) * 9 + 9];
-                // G g (4x3), then (G g) G^T (4x4)
-                let mut gk = [[0f32; 3]; 4];
-                for (i, row) in gk.iter_mut().enumerate() {
-                    for (j, v) in row.iter_mut().enumerate() {
-                        *v = (0..3).map(|r| G[i][r] * k[r * 3 + j]).sum();
-                    }
-                }
-                for i in 0..4 {
-                    for j in 0..4 {
-                        let v: f32 = (0..3).map(|r| gk[i][r] * G[j][r]).sum();
-                        u[((i * 4 + j) * m + mi) * c + ci] = v;
+                // G g (a x 3) in f64, then (G g) G^T (a x a)
+                let gk: Vec<[f64; 3]> = (0..a)
+                    .map(|i| {
+                        std::array::from_fn(|j| {
+                            (0..3)
+                                .map(|r| mt.g[i][r] as f64 * k[r * 3 + j] as f64)
+                                .sum()
+                        })
+                    })
+                    .collect();
+                for i in 0..a {
+                    for j in 0..a {
+                        let v: f64 = (0..3).map(|r| gk[i][r] * mt.g[j][r] as f64).sum();
+                        u[((i * a + j) * m + mi) * c + ci] = v as f32;
                     }
                 }
             }
@@ -188,7 +248,9 @@ impl ConvKernel {
     /// `void name_wi(q, _, _, _, v, c0, c1)`: the input transform of channels `c0..c1`.
     fn wino_input_ir(&self, wn: &Wino, attrs_group: usize, out: &mut String) {
         let (g, pk) = (&self.g, &self.pk);
-        let w = self.lanes;
+        let (w, m) = (self.lanes, wn.m);
+        let a = m + 2;
+        let mt = mats(m);
         let per_c = pk.per_c();
         let mut e = Emit::new(w);
         let vt = e.vt.clone();
@@ -199,11 +261,11 @@ impl ConvKernel {
         b.line("  %qc = getelementptr float, float* %q, i64 %qo");
         let ty = b.loop_begin("ty", 0, wn.th);
         for tx0 in (0..wn.tw).step_by(w) {
-            // rows 2 ty + i, columns 2 tx0 + (0..2w) and 2 tx0 + 2 + (0..2w), masked to the row
-            let mut d: [[String; 4]; 4] = Default::default();
-            for (i, di) in d.iter_mut().enumerate() {
+            // d[i][j]: lane l = packed row m ty + i, column m (tx0 + l) + j
+            let mut d: Vec<Vec<String>> = Vec::new();
+            for i in 0..a {
                 let r = b.tmp();
-                b.line(&format!("  {r} = mul i64 {ty}, 2"));
+                b.line(&format!("  {r} = mul i64 {ty}, {m}"));
                 let r2 = b.tmp();
                 b.line(&format!("  {r2} = add i64 {r}, {i}"));
                 let ro = b.tmp();
@@ -212,40 +274,42 @@ impl ConvKernel {
                 b.line(&format!(
                     "  {rp} = getelementptr float, float* %qc, i64 {ro}"
                 ));
-                for (half, off) in [(0, 0), (1, 2)] {
-                    let mut v2 = Vec::new();
-                    for part in 0..2 {
-                        let col = 2 * tx0 + off + part * w;
-                        let m = b.tmp();
-                        b.line(&format!(
-                            "  {m} = icmp slt <{w} x i32> {}, {}",
-                            iota(w, col),
-                            splat_const_i32(w, pk.wq as i64)
-                        ));
-                        let p = b.gep_vec(&rp, col);
-                        v2.push(b.masked_load(&p, &m));
-                    }
-                    let even: Vec<String> = (0..w).map(|l| format!("i32 {}", 2 * l)).collect();
-                    let odd: Vec<String> = (0..w).map(|l| format!("i32 {}", 2 * l + 1)).collect();
-                    for (k, idx) in [(0, &even), (1, &odd)] {
-                        let x = b.tmp();
-                        b.line(&format!(
-                            "  {x} = shufflevector {vt} {}, {vt} {}, <{w} x i32> <{}>",
-                            v2[0],
-                            v2[1],
-                            idx.join(", ")
-                        ));
-                        di[2 * half + k] = x;
-                    }
+                // m vectors from each column block start m tx0 + o (o = 0, m), masked to the row
+                let mut blocks: Vec<Vec<String>> = Vec::new();
+                for o in (0..a).step_by(m) {
+                    let vs = (0..m)
+                        .map(|v| {
+                            let col = m * tx0 + o + v * w;
+                            let mk = b.tmp();
+                            b.line(&format!(
+                                "  {mk} = icmp slt <{w} x i32> {}, {}",
+                                iota(w, col),
+                                splat_const_i32(w, pk.wq as i64)
+                            ));
+                            let p = b.gep_vec(&rp, col);
+                            b.masked_load(&p, &mk)
+                        })
+                        .collect();
+                    blocks.push(vs);
                 }
+                let row: Vec<String> = (0..a)
+                    .map(|j| {
+                        let (blk, ph) = (j / m, j % m);
+                        let picks: Vec<Option<(usize, usize)>> = (0..w)
+                            .map(|l| Some(((l * m + ph) / w, (l * m + ph) % w)))
+                            .collect();
+                        gather_lanes(b, &blocks[blk], &picks)
+                    })
+                    .collect();
+                d.push(row);
             }
             // B^T d B
-            let rows = combine4(b, &BT, &d);
-            let t: Vec<Vec<String>> = rows.iter().map(|r| combine_vec(b, &BT, r)).collect();
+            let rows = mat_rows(b, &mt.bt, &d);
+            let t: Vec<Vec<String>> = rows.iter().map(|r| mat_vec(b, &mt.bt, r)).collect();
             // V[e][c][ty * tw + tx0 ..], masked to the tiles of the row
-            let m = b.tmp();
+            let mk = b.tmp();
             b.line(&format!(
-                "  {m} = icmp slt <{w} x i32> {}, {}",
+                "  {mk} = icmp slt <{w} x i32> {}, {}",
                 iota(w, tx0),
                 splat_const_i32(w, wn.tw as i64)
             ));
@@ -253,7 +317,7 @@ impl ConvKernel {
             b.line(&format!("  {tb} = mul i64 {ty}, {}", wn.tw));
             for (i, row) in t.iter().enumerate() {
                 for (j, v) in row.iter().enumerate() {
-                    let ei = i * 4 + j;
+                    let ei = i * a + j;
                     let o0 = b.tmp();
                     b.line(&format!("  {o0} = add i64 %c, {}", ei * g.c));
                     let o1 = b.tmp();
@@ -264,7 +328,7 @@ impl ConvKernel {
                     b.line(&format!("  {o} = add i64 {o2}, {tx0}"));
                     let p = b.gep_vec_at("%o", &o);
                     b.line(&format!(
-                        "  call void @llvm.masked.store.v{w}f32.p0v{w}f32({vt} {v}, {vt}* {p}, i32 4, <{w} x i1> {m})"
+                        "  call void @llvm.masked.store.v{w}f32.p0v{w}f32({vt} {v}, {vt}* {p}, i32 4, <{w} x i1> {mk})"
                     ));
                 }
             }
@@ -280,10 +344,11 @@ impl ConvKernel {
     /// of output channels `m0..m1`.
     fn wino_output_ir(&self, wn: &Wino, attrs_group: usize, out: &mut String) {
         let g = &self.g;
-        let w = self.lanes;
+        let (w, m) = (self.lanes, wn.m);
+        let a = m + 2;
+        let mt = mats(m);
         let plane = g.oh * g.ow;
         let mut e = Emit::new(w);
-        let vt = e.vt.clone();
         let b = &mut e;
         let [_, wo] = self.wino_names();
         b.items_begin(&wo, PARAMS, attrs_group, "mi", "next");
@@ -299,37 +364,40 @@ impl ConvKernel {
         b.line("  %rc = getelementptr float, float* %r, i64 %ob");
         let ty = b.loop_begin("ty", 0, wn.th);
         for tx0 in (0..wn.tw).step_by(w) {
-            let m = b.tmp();
+            let mk = b.tmp();
             b.line(&format!(
-                "  {m} = icmp slt <{w} x i32> {}, {}",
+                "  {mk} = icmp slt <{w} x i32> {}, {}",
                 iota(w, tx0),
                 splat_const_i32(w, wn.tw as i64)
             ));
             let tb = b.tmp();
             b.line(&format!("  {tb} = mul i64 {ty}, {}", wn.tw));
-            let mut mv: [[String; 4]; 4] = Default::default();
-            for (i, row) in mv.iter_mut().enumerate() {
-                for (j, slot) in row.iter_mut().enumerate() {
-                    let ei = i * 4 + j;
-                    let o0 = b.tmp();
-                    b.line(&format!("  {o0} = add i64 %mi, {}", ei * g.m));
-                    let o1 = b.tmp();
-                    b.line(&format!("  {o1} = mul i64 {o0}, {}", wn.tiles));
-                    let o2 = b.tmp();
-                    b.line(&format!("  {o2} = add i64 {o1}, {tb}"));
-                    let o = b.tmp();
-                    b.line(&format!("  {o} = add i64 {o2}, {tx0}"));
-                    let p = b.gep_vec_at("%q", &o);
-                    *slot = b.masked_load(&p, &m);
-                }
+            let mut mv: Vec<Vec<String>> = Vec::new();
+            for i in 0..a {
+                let row = (0..a)
+                    .map(|j| {
+                        let ei = i * a + j;
+                        let o0 = b.tmp();
+                        b.line(&format!("  {o0} = add i64 %mi, {}", ei * g.m));
+                        let o1 = b.tmp();
+                        b.line(&format!("  {o1} = mul i64 {o0}, {}", wn.tiles));
+                        let o2 = b.tmp();
+                        b.line(&format!("  {o2} = add i64 {o1}, {tb}"));
+                        let o = b.tmp();
+                        b.line(&format!("  {o} = add i64 {o2}, {tx0}"));
+                        let p = b.gep_vec_at("%q", &o);
+                        b.masked_load(&p, &mk)
+                    })
+                    .collect();
+                mv.push(row);
             }
             // A^T M A: rows, then columns
-            let s = combine4(b, &AT, &mv);
+            let s = mat_rows(b, &mt.at, &mv);
             for (i, si) in s.iter().enumerate() {
-                let y = combine_vec(b, &AT, si);
-                // output row 2 ty + i (the last one may be past an odd height)
+                let y = mat_vec(b, &mt.at, si);
+                // output row m ty + i (the last tile row may be past the output)
                 let oy0 = b.tmp();
-                b.line(&format!("  {oy0} = mul i64 {ty}, 2"));
+                b.line(&format!("  {oy0} = mul i64 {ty}, {m}"));
                 let oy = b.tmp();
                 b.line(&format!("  {oy} = add i64 {oy0}, {i}"));
                 let inb = b.tmp();
@@ -347,26 +415,17 @@ impl ConvKernel {
                 b.line(&format!(
                     "  {rp} = getelementptr float, float* %rc, i64 {ro}"
                 ));
-                // columns 2 (tx0 + l) and 2 (tx0 + l) + 1, interleaved
-                for half in 0..2 {
-                    let idx: Vec<String> = (0..w)
-                        .map(|k| {
-                            let l = half * w / 2 + k / 2;
-                            format!("i32 {}", if k % 2 == 0 { l } else { w + l })
-                        })
+                // output columns m tx0 + h w + k: tile (h w + k) / m, column (h w + k) % m
+                for h in 0..m {
+                    let picks: Vec<Option<(usize, usize)>> = (0..w)
+                        .map(|k| Some(((h * w + k) % m, (h * w + k) / m)))
                         .collect();
-                    let v = b.tmp();
-                    b.line(&format!(
-                        "  {v} = shufflevector {vt} {}, {vt} {}, <{w} x i32> <{}>",
-                        y[0],
-                        y[1],
-                        idx.join(", ")
-                    ));
+                    let v = gather_lanes(b, &y, &picks);
                     let v = match &bias {
                         Some(bs) => b.bin("fadd", &v, bs),
                         None => v,
                     };
-                    let col = 2 * tx0 + half * w;
+                    let col = m * tx0 + h * w;
                     let cm = b.tmp();
                     b.line(&format!(
                         "  {cm} = icmp slt <{w} x i32> {}, {}",
@@ -392,47 +451,103 @@ impl ConvKernel {
     }
 }
 
-/// `out[i][j] = sum_r k[i][r] x[r][j]` for 4 rows of 4 vectors (`k` with 4 columns).
-fn combine4<const R: usize>(
-    b: &mut Emit,
-    k: &[[f32; 4]; R],
-    x: &[[String; 4]; 4],
-) -> Vec<[String; 4]> {
-    (0..R)
-        .map(|i| {
-            let mut row: [String; 4] = Default::default();
-            for (j, slot) in row.iter_mut().enumerate() {
-                let col = [
-                    x[0][j].clone(),
-                    x[1][j].clone(),
-                    x[2][j].clone(),
-                    x[3][j].clone(),
-                ];
-                *slot = dot(b, &k[i], &col);
-            }
-            row
+/// One vector whose lane `k` is lane `picks[k].1` of `srcs[picks[k].0]` (undefined for
+/// `None`): a tree of two-source shuffles.
+fn gather_lanes(b: &mut Emit, srcs: &[String], picks: &[Option<(usize, usize)>]) -> String {
+    let (w, vt) = (b.w, b.vt.clone());
+    let mask = |f: &dyn Fn(usize, usize) -> usize| -> String {
+        let items: Vec<String> = picks
+            .iter()
+            .map(|p| match p {
+                Some((s, l)) => format!("i32 {}", f(*s, *l)),
+                None => "i32 undef".into(),
+            })
+            .collect();
+        format!("<{w} x i32> <{}>", items.join(", "))
+    };
+    let r = b.tmp();
+    match srcs.len() {
+        1 => b.line(&format!(
+            "  {r} = shufflevector {vt} {}, {vt} undef, {}",
+            srcs[0],
+            mask(&|_, l| l)
+        )),
+        2 => b.line(&format!(
+            "  {r} = shufflevector {vt} {}, {vt} {}, {}",
+            srcs[0],
+            srcs[1],
+            mask(&|s, l| s * w + l)
+        )),
+        n => {
+            // each half gathers its lanes into their final positions, then one shuffle merges
+            let h = n / 2;
+            let part = |lo: bool| -> Vec<Option<(usize, usize)>> {
+                picks
+                    .iter()
+                    .map(|p| match p {
+                        Some((s, l)) if (*s < h) == lo => Some((if lo { *s } else { s - h }, *l)),
+                        _ => None,
+                    })
+                    .collect()
+            };
+            let (pl, pr) = (part(true), part(false));
+            let left = gather_lanes(b, &srcs[..h], &pl);
+            let right = gather_lanes(b, &srcs[h..], &pr);
+            let items: Vec<String> = picks
+                .iter()
+                .enumerate()
+                .map(|(k, p)| match p {
+                    Some((s, _)) if *s < h => format!("i32 {k}"),
+                    Some(_) => format!("i32 {}", w + k),
+                    None => "i32 undef".into(),
+                })
+                .collect();
+            b.line(&format!(
+                "  {r} = shufflevector {vt} {left}, {vt} {right}, <{w} x i32> <{}>",
+                items.join(", ")
+            ));
+        }
+    }
+    r
+}
+
+/// `out[i][j] = sum_r k[i][r] x[r][j]` (rows of vectors).
+fn mat_rows(b: &mut Emit, k: &[Vec<f32>], x: &[Vec<String>]) -> Vec<Vec<String>> {
+    k.iter()
+        .map(|ki| {
+            (0..x[0].len())
+                .map(|j| {
+                    let col: Vec<String> = x.iter().map(|row| row[j].clone()).collect();
+                    dot(b, ki, &col)
+                })
+                .collect()
         })
         .collect()
 }
 
-/// `k x` for one vector of 4 operands per output (`k` with 4 columns).
-fn combine_vec<const R: usize>(b: &mut Emit, k: &[[f32; 4]; R], x: &[String; 4]) -> Vec<String> {
-    (0..R).map(|i| dot(b, &k[i], x)).collect()
+/// `k x` for one row of vectors: `out[i] = sum_r k[i][r] x[r]`.
+fn mat_vec(b: &mut Emit, k: &[Vec<f32>], x: &[String]) -> Vec<String> {
+    k.iter().map(|ki| dot(b, ki, x)).collect()
 }
 
-/// `sum_r c[r] x[r]` with coefficients 0, 1 or -1.
-fn dot(b: &mut Emit, c: &[f32; 4], x: &[String; 4]) -> String {
+/// `sum_r c[r] x[r]`, skipping zero coefficients and multiplying only by those other than
+/// +-1.
+fn dot(b: &mut Emit, c: &[f32], x: &[String]) -> String {
     let mut acc: Option<String> = None;
     for (r, &cr) in c.iter().enumerate() {
         if cr == 0.0 {
             continue;
         }
-        debug_assert!(cr == 1.0 || cr == -1.0);
-        acc = Some(match (acc, cr > 0.0) {
-            (None, true) => x[r].clone(),
-            (None, false) => b.bin("fsub", "zeroinitializer", &x[r]),
-            (Some(a), true) => b.bin("fadd", &a, &x[r]),
-            (Some(a), false) => b.bin("fsub", &a, &x[r]),
+        let (term, neg) = if cr.abs() == 1.0 {
+            (x[r].clone(), cr < 0.0)
+        } else {
+            (b.bin("fmul", &x[r], &b.fsplat(cr.abs())), cr < 0.0)
+        };
+        acc = Some(match (acc, neg) {
+            (None, false) => term,
+            (None, true) => b.bin("fsub", "zeroinitializer", &term),
+            (Some(a), false) => b.bin("fadd", &a, &term),
+            (Some(a), true) => b.bin("fsub", &a, &term),
         });
     }
     acc.unwrap_or_else(|| "zeroinitializer".into())

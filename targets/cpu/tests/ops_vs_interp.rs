@@ -128,8 +128,14 @@ fn check_with(g: &Graph, inputs: &[Tensor], want: &[Tensor], opts: &kiln_target_
         let got = Tensor::from_bytes(&w.ty(), got).unwrap();
         match (w.as_f32(), got.as_f32()) {
             (Some(a), Some(b)) => {
+                // plus a share of the output's largest value: Winograd convolutions are exact
+                // to a few ulps of the partial sums, not of each (possibly cancelled) result
+                let scale = a
+                    .iter()
+                    .filter(|x| x.is_finite())
+                    .fold(0f32, |m, x| m.max(x.abs()));
                 for (i, (x, y)) in a.iter().zip(b).enumerate() {
-                    let tol = 1e-5 + 1e-4 * x.abs();
+                    let tol = 1e-5 + 1e-4 * x.abs() + 1e-5 * scale;
                     assert!(
                         (x - y).abs() <= tol || (x.is_nan() && y.is_nan()),
                         "{}: output {k}[{i}]: interp {x} vs compiled {y} (cpu {:?}, wide {}, {:?})",
@@ -920,6 +926,9 @@ fn wide_kernel_edges() {
     conv_case(&[2, 16, 9, 11], &[24, 16, 3, 3], c(3, 1, 1, 1), true);
     conv_case(&[1, 16, 6, 40], &[17, 16, 3, 3], c(3, 1, 0, 1), false);
     conv_case(&[1, 20, 5, 37], &[16, 20, 3, 3], c(3, 1, 2, 1), true);
+    // F(4x4) tiles from 24x24 outputs: partial last tile rows and columns, no padding
+    conv_case(&[1, 16, 26, 30], &[24, 16, 3, 3], c(3, 1, 1, 1), true);
+    conv_case(&[2, 17, 27, 29], &[16, 17, 3, 3], c(3, 1, 0, 1), false);
     conv_case(&[2, 5, 13, 9], &[11, 5, 3, 3], c(3, 2, 1, 1), true);
     conv_case(&[1, 9, 11, 11], &[13, 9, 1, 1], c(1, 1, 0, 1), false);
     conv_case(&[1, 24, 9, 9], &[24, 1, 3, 3], c(3, 1, 1, 24), true);
