@@ -557,6 +557,16 @@ fn wide_conv(kb: &mut Kb, ck: &crate::ukernel::ConvKernel, f: FuncRef, n_in: usi
     let g = &ck.g;
     let zero = kb.ic(0);
     let out_img = (g.m * g.oh * g.ow * 4) as i64;
+    // image ni's output and residual (null without one)
+    let out_res = |kb: &mut Kb, ni: Value| {
+        let oo = kb.b.ins().imul_imm_u(ni, out_img);
+        let o = kb.b.ins().iadd(op, oo);
+        let r = match rp {
+            Some(rp) => kb.b.ins().iadd(rp, oo),
+            None => zero,
+        };
+        (o, r)
+    };
     if let Some(wn) = &ck.wino {
         // Winograd: pack, input transform, 16 products, output transform (`wino.rs`)
         let [wi, wo] = kb.wino.expect("winograd transforms");
@@ -573,12 +583,7 @@ fn wide_conv(kb: &mut Kb, ck: &crate::ukernel::ConvKernel, f: FuncRef, n_in: usi
             call_wide(kb, wi, [sp, zero, zero, zero, v], g.c, par);
             let f = kb.ukernel.as_ref().expect("wide kernel").1;
             call_wide(kb, f, [v, wp, zero, zero, mm], ck.work(), par);
-            let oo = kb.b.ins().imul_imm_u(ni, out_img);
-            let o = kb.b.ins().iadd(op, oo);
-            let r = match rp {
-                Some(rp) => kb.b.ins().iadd(rp, oo),
-                None => zero,
-            };
+            let (o, r) = out_res(kb, ni);
             let b = bp.unwrap_or(zero);
             call_wide(kb, wo, [mm, zero, b, r, o], g.m, par);
         });
@@ -596,12 +601,7 @@ fn wide_conv(kb: &mut Kb, ck: &crate::ukernel::ConvKernel, f: FuncRef, n_in: usi
             let off = kb.b.ins().imul_imm_u(ni, (g.c * g.h * g.w * 4) as i64);
             kb.b.ins().iadd(xp, off)
         };
-        let oo = kb.b.ins().imul_imm_u(ni, out_img);
-        let o = kb.b.ins().iadd(op, oo);
-        let r = match rp {
-            Some(rp) => kb.b.ins().iadd(rp, oo),
-            None => zero,
-        };
+        let (o, r) = out_res(kb, ni);
         let b = bp.unwrap_or(zero);
         call_wide(kb, f, [q, wp, b, r, o], ck.work(), ck.parallel);
     });

@@ -1113,54 +1113,46 @@ pub fn plan_for(g: &Graph, wide: bool, schedule: ConvSchedule) -> MemPlan {
     })
 }
 
+/// A 2-D f32 convolution with constant weights (what the wide convolution kernels take): its
+/// attributes and geometry.
+fn wide_conv_geom<'a>(
+    g: &Graph,
+    node: &'a kiln_ir::Node,
+) -> Option<(&'a kiln_ir::ops::ConvAttrs, kernels::Geom)> {
+    let kiln_ir::Op::Conv(a) = &node.op else {
+        return None;
+    };
+    let ins: Vec<&TensorType> = node.inputs.iter().map(|v| g.ty(*v)).collect();
+    let out = g.ty(node.outputs[0]);
+    let f32s = ins
+        .iter()
+        .chain([&out])
+        .all(|t| t.dtype == kiln_ir::DType::F32);
+    if !f32s || g.const_data(node.inputs[1]).is_none() || ins[0].shape.len() != 4 {
+        return None;
+    }
+    let geom = kernels::Geom::new(
+        (&a.kernel, &a.strides, &a.pads, &a.dilations),
+        a.groups,
+        ins[0],
+        out,
+    )
+    .ok()?;
+    Some((a, geom))
+}
+
 /// The geometry of a convolution the wide depthwise kernel runs (f32, constant weights, 2-D),
 /// if `node` is one.
 fn wide_depthwise(g: &Graph, node: &kiln_ir::Node) -> Option<kernels::Geom> {
-    let kiln_ir::Op::Conv(a) = &node.op else {
-        return None;
-    };
-    let ins: Vec<&TensorType> = node.inputs.iter().map(|v| g.ty(*v)).collect();
-    let out = g.ty(node.outputs[0]);
-    let f32s = ins
-        .iter()
-        .chain([&out])
-        .all(|t| t.dtype == kiln_ir::DType::F32);
-    if !f32s || g.const_data(node.inputs[1]).is_none() || ins[0].shape.len() != 4 {
-        return None;
-    }
-    let geom = kernels::Geom::new(
-        (&a.kernel, &a.strides, &a.pads, &a.dilations),
-        a.groups,
-        ins[0],
-        out,
-    )
-    .ok()?;
+    let (a, geom) = wide_conv_geom(g, node)?;
     (ukernel::depthwise_ok(&geom, &a.epilogue) && kernels::taps_unrollable(&geom.k)).then_some(geom)
 }
 
-/// The geometry of a convolution that runs as Winograd F(2x2, 3x3) under `schedule`, if
+/// The geometry of a convolution that runs as Winograd F(m x m, 3x3) under `schedule`, if
 /// `node` is one (f32, constant weights, 2-D, 3x3 stride 1 ungrouped; `Auto` also asks for
 /// enough channels).
 fn wino_geom(g: &Graph, node: &kiln_ir::Node, schedule: ConvSchedule) -> Option<kernels::Geom> {
-    let kiln_ir::Op::Conv(a) = &node.op else {
-        return None;
-    };
-    let ins: Vec<&TensorType> = node.inputs.iter().map(|v| g.ty(*v)).collect();
-    let out = g.ty(node.outputs[0]);
-    let f32s = ins
-        .iter()
-        .chain([&out])
-        .all(|t| t.dtype == kiln_ir::DType::F32);
-    if !f32s || g.const_data(node.inputs[1]).is_none() || ins[0].shape.len() != 4 {
-        return None;
-    }
-    let geom = kernels::Geom::new(
-        (&a.kernel, &a.strides, &a.pads, &a.dilations),
-        a.groups,
-        ins[0],
-        out,
-    )
-    .ok()?;
+    let (a, geom) = wide_conv_geom(g, node)?;
     // an epilogue the wide kernels cannot apply sends the node to the Cranelift kernels
     if !ukernel::epilogue_supported(&a.epilogue) {
         return None;

@@ -457,6 +457,32 @@ impl ConvKernel {
         out
     }
 
+    /// IR for the offset in `q` of (input channel, kernel row) pair number `ct` (`ci * kh +
+    /// th`): `ci * per_c` plus that kernel row's row phase and packed row (`Packing::at`).
+    fn kernel_row_offset(&self, b: &mut Emit, ct: &str) -> String {
+        let (g, pk) = (&self.g, &self.pk);
+        let (ci, th) = (b.tmp(), b.tmp());
+        b.line(&format!("  {ci} = udiv i64 {ct}, {}", g.k[0]));
+        b.line(&format!("  {th} = urem i64 {ct}, {}", g.k[0]));
+        let thd = b.tmp();
+        b.line(&format!("  {thd} = mul i64 {th}, {}", g.d[0]));
+        let (r0, row) = (b.tmp(), b.tmp());
+        b.line(&format!("  {r0} = urem i64 {thd}, {}", pk.s0));
+        b.line(&format!("  {row} = udiv i64 {thd}, {}", pk.s0));
+        // ((r0 * s1) * hq + row) * wq + ci * per_c
+        let r0h = b.tmp();
+        b.line(&format!("  {r0h} = mul i64 {r0}, {}", pk.s1 * pk.hq));
+        let rr = b.tmp();
+        b.line(&format!("  {rr} = add i64 {r0h}, {row}"));
+        let rb = b.tmp();
+        b.line(&format!("  {rb} = mul i64 {rr}, {}", pk.wq));
+        let cq = b.tmp();
+        b.line(&format!("  {cq} = mul i64 {ci}, {}", pk.per_c()));
+        let qc = b.tmp();
+        b.line(&format!("  {qc} = add i64 {cq}, {rb}"));
+        qc
+    }
+
     /// Offsets in `q` of the taps of one kernel row, relative to that row's base (see
     /// `Packing::at`: the column phase and column, which are the same for every row).
     fn tap_offsets(&self) -> Vec<usize> {
@@ -573,25 +599,7 @@ impl ConvKernel {
             }
             // one iteration = one input channel and one kernel row (its taps unrolled): big
             // unrolled bodies (7x7) made LLVM's scheduler spill the accumulators
-            let (ci, th) = (b.tmp(), b.tmp());
-            b.line(&format!("  {ci} = udiv i64 {c}, {}", g.k[0]));
-            b.line(&format!("  {th} = urem i64 {c}, {}", g.k[0]));
-            let thd = b.tmp();
-            b.line(&format!("  {thd} = mul i64 {th}, {}", g.d[0]));
-            let (r0, row) = (b.tmp(), b.tmp());
-            b.line(&format!("  {r0} = urem i64 {thd}, {}", pk.s0));
-            b.line(&format!("  {row} = udiv i64 {thd}, {}", pk.s0));
-            // ((r0 * s1) * hq + row) * wq + c * per_c
-            let r0h = b.tmp();
-            b.line(&format!("  {r0h} = mul i64 {r0}, {}", pk.s1 * pk.hq));
-            let rr = b.tmp();
-            b.line(&format!("  {rr} = add i64 {r0h}, {row}"));
-            let rb = b.tmp();
-            b.line(&format!("  {rb} = mul i64 {rr}, {}", pk.wq));
-            let cq = b.tmp();
-            b.line(&format!("  {cq} = mul i64 {ci}, {per_c}"));
-            let qc = b.tmp();
-            b.line(&format!("  {qc} = add i64 {cq}, {rb}"));
+            let qc = self.kernel_row_offset(b, &c);
             let qp = b.tmp();
             b.line(&format!(
                 "  {qp} = getelementptr float, float* %qb, i64 {qc}"
@@ -864,22 +872,10 @@ impl ConvKernel {
             // one iteration = one (input channel, kernel row, kernel column) tap: with a
             // kernel row's taps unrolled, LLVM hoisted the next taps' weight loads and spilled
             // accumulators
-            let (ct, tw, ci, th) = (b.tmp(), b.tmp(), b.tmp(), b.tmp());
+            let (ct, tw) = (b.tmp(), b.tmp());
             b.line(&format!("  {ct} = udiv i64 {c}, {}", g.k[1]));
             b.line(&format!("  {tw} = urem i64 {c}, {}", g.k[1]));
-            b.line(&format!("  {ci} = udiv i64 {ct}, {}", g.k[0]));
-            b.line(&format!("  {th} = urem i64 {ct}, {}", g.k[0]));
-            let thd = b.tmp();
-            b.line(&format!("  {thd} = mul i64 {th}, {}", g.d[0]));
-            let (r0, row) = (b.tmp(), b.tmp());
-            b.line(&format!("  {r0} = urem i64 {thd}, {}", pk.s0));
-            b.line(&format!("  {row} = udiv i64 {thd}, {}", pk.s0));
-            let r0h = b.tmp();
-            b.line(&format!("  {r0h} = mul i64 {r0}, {}", pk.s1 * pk.hq));
-            let rr = b.tmp();
-            b.line(&format!("  {rr} = add i64 {r0h}, {row}"));
-            let rb = b.tmp();
-            b.line(&format!("  {rb} = mul i64 {rr}, {}", pk.wq));
+            let rb = self.kernel_row_offset(b, &ct);
             // the column tap: phase (col % s1) and packed column (col / s1), as tap_offsets
             let twd = b.tmp();
             b.line(&format!("  {twd} = mul i64 {tw}, {}", g.d[1]));
@@ -890,12 +886,8 @@ impl ConvKernel {
             b.line(&format!("  {r1o} = mul i64 {r1}, {}", pk.hq * pk.wq));
             let toff = b.tmp();
             b.line(&format!("  {toff} = add i64 {r1o}, {xq}"));
-            let cq = b.tmp();
-            b.line(&format!("  {cq} = mul i64 {ci}, {per_c}"));
-            let qc0 = b.tmp();
-            b.line(&format!("  {qc0} = add i64 {cq}, {rb}"));
             let qc = b.tmp();
-            b.line(&format!("  {qc} = add i64 {qc0}, {toff}"));
+            b.line(&format!("  {qc} = add i64 {rb}, {toff}"));
             let qp = b.tmp();
             b.line(&format!(
                 "  {qp} = getelementptr float, float* %qb, i64 {qc}"

@@ -317,16 +317,7 @@ impl ConvKernel {
             b.line(&format!("  {tb} = mul i64 {ty}, {}", wn.tw));
             for (i, row) in t.iter().enumerate() {
                 for (j, v) in row.iter().enumerate() {
-                    let ei = i * a + j;
-                    let o0 = b.tmp();
-                    b.line(&format!("  {o0} = add i64 %c, {}", ei * g.c));
-                    let o1 = b.tmp();
-                    b.line(&format!("  {o1} = mul i64 {o0}, {}", wn.tiles));
-                    let o2 = b.tmp();
-                    b.line(&format!("  {o2} = add i64 {o1}, {tb}"));
-                    let o = b.tmp();
-                    b.line(&format!("  {o} = add i64 {o2}, {tx0}"));
-                    let p = b.gep_vec_at("%o", &o);
+                    let p = transformed_at(b, "%o", ("%c", g.c), (i * a + j, wn.tiles), (&tb, tx0));
                     b.line(&format!(
                         "  call void @llvm.masked.store.v{w}f32.p0v{w}f32({vt} {v}, {vt}* {p}, i32 4, <{w} x i1> {mk})"
                     ));
@@ -376,16 +367,8 @@ impl ConvKernel {
             for i in 0..a {
                 let row = (0..a)
                     .map(|j| {
-                        let ei = i * a + j;
-                        let o0 = b.tmp();
-                        b.line(&format!("  {o0} = add i64 %mi, {}", ei * g.m));
-                        let o1 = b.tmp();
-                        b.line(&format!("  {o1} = mul i64 {o0}, {}", wn.tiles));
-                        let o2 = b.tmp();
-                        b.line(&format!("  {o2} = add i64 {o1}, {tb}"));
-                        let o = b.tmp();
-                        b.line(&format!("  {o} = add i64 {o2}, {tx0}"));
-                        let p = b.gep_vec_at("%q", &o);
+                        let at = (i * a + j, wn.tiles);
+                        let p = transformed_at(b, "%q", ("%mi", g.m), at, (&tb, tx0));
                         b.masked_load(&p, &mk)
                     })
                     .collect();
@@ -449,6 +432,27 @@ impl ConvKernel {
         b.items_end("mi");
         out.push_str(&e.s);
     }
+}
+
+/// `<w x float>*` to element `[e][ch][row + tx0]` of a transformed tensor `V` or `M` laid out
+/// `[e][channels][tiles]`: `ch` = (SSA name, channel count), `e` = (element, tiles per image),
+/// `row` = the SSA offset of the tile row.
+fn transformed_at(
+    b: &mut Emit,
+    base: &str,
+    (ch, chans): (&str, usize),
+    (e, tiles): (usize, usize),
+    (row, tx0): (&str, usize),
+) -> String {
+    let o0 = b.tmp();
+    b.line(&format!("  {o0} = add i64 {ch}, {}", e * chans));
+    let o1 = b.tmp();
+    b.line(&format!("  {o1} = mul i64 {o0}, {tiles}"));
+    let o2 = b.tmp();
+    b.line(&format!("  {o2} = add i64 {o1}, {row}"));
+    let o = b.tmp();
+    b.line(&format!("  {o} = add i64 {o2}, {tx0}"));
+    b.gep_vec_at(base, &o)
 }
 
 /// One vector whose lane `k` is lane `picks[k].1` of `srcs[picks[k].0]` (undefined for
