@@ -153,7 +153,8 @@ pub(crate) fn scratch_parts(g: &Geom) -> (usize, usize, usize) {
 }
 
 impl ConvKernel {
-    /// A 3x3 stride-1 convolution as Winograd F(2x2, 3x3) ([`eligible`] shapes only).
+    /// A 3x3 stride-1 convolution as Winograd F(m x m, 3x3), m from [`tile_size`] ([`eligible`]
+    /// shapes only).
     pub fn winograd(
         name: String,
         g: Geom,
