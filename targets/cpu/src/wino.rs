@@ -89,7 +89,7 @@ pub(crate) fn tile_size(g: &Geom) -> usize {
     if g.oh >= 24 && g.ow >= 24 { 4 } else { 2 }
 }
 
-/// Whether a convolution of this geometry can run as Winograd F(2x2, 3x3).
+/// Whether a convolution of this geometry can run as Winograd F(m x m, 3x3).
 pub(crate) fn eligible(g: &Geom) -> bool {
     g.k == [3, 3]
         && g.s == [1, 1]
