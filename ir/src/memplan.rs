@@ -200,6 +200,8 @@ pub fn plan_with_scratch(g: &Graph, scratch: &dyn Fn(&Node) -> usize) -> MemPlan
     // concats whose inputs are computed into their output: part -> (whole, byte offset)
     let uses = reader_counts(g);
     let mut part_of: Vec<Option<(ValueId, usize)>> = vec![None; nv];
+    // outputs of the concats computed in place
+    let mut whole = vec![false; nv];
     let mut concat_in_place = Vec::new();
     for &nid in &order {
         let n = g.node(nid);
@@ -207,16 +209,13 @@ pub fn plan_with_scratch(g: &Graph, scratch: &dyn Fn(&Node) -> usize) -> MemPlan
             continue;
         };
         // a concat that is itself a part keeps its inputs (no nested offsets)
-        if part_of[n.outputs[0].index()].is_some()
-            || parts
-                .iter()
-                .any(|&(x, _)| part_of.iter().any(|p| p.is_some_and(|(w, _)| w == x)))
-        {
+        if part_of[n.outputs[0].index()].is_some() || parts.iter().any(|&(x, _)| whole[x.index()]) {
             continue;
         }
         for &(x, off) in &parts {
             part_of[x.index()] = Some((n.outputs[0], off));
         }
+        whole[n.outputs[0].index()] = true;
         concat_in_place.push(nid);
     }
 

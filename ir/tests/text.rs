@@ -330,6 +330,7 @@ fn matmul_epilogue_errors() {
             "  %y = chain(%a, %v) {steps=\"relu+mul+frob\"} : f32[3,4]",
             "unknown epilogue step",
         ),
+        ("  %y = chain(%a) : f32[3,4]", "steps"),
     ];
     for (body, want) in cases {
         let (line, msg) = err_line(&base(body));

@@ -244,6 +244,18 @@ impl Emit {
         }
         cur.pop().unwrap()
     }
+    /// The mask of the lanes `l` of a vector starting at element `from` with `from + l < limit`
+    /// (compile-time bounds: tails of rows, tiles and columns).
+    pub(crate) fn lanes_below(&mut self, from: usize, limit: usize) -> String {
+        let w = self.w;
+        let m = self.tmp();
+        self.line(&format!(
+            "  {m} = icmp slt <{w} x i32> {}, {}",
+            iota(w, from),
+            splat_const_i32(w, limit as i64)
+        ));
+        m
+    }
     pub(crate) fn tmp(&mut self) -> String {
         self.n += 1;
         format!("%v{}", self.n)

@@ -142,6 +142,11 @@ impl Wide {
                         .chain([&out])
                         .all(|t| t.dtype == kiln_ir::DType::F32);
                     let const_w = g.const_data(node.inputs[1]).is_some();
+                    let (name, bias, res) = (
+                        format!("{prefix}_k{k}_wide"),
+                        ins.len() >= 3,
+                        ins.len() == 4,
+                    );
                     match kernels::Geom::new(
                         (&a.kernel, &a.strides, &a.pads, &a.dilations),
                         a.groups,
@@ -149,32 +154,18 @@ impl Wide {
                         out,
                     ) {
                         Ok(geom) if wide_depthwise(g, node).is_some() => {
-                            ukernel::ConvKernel::depthwise(
-                                format!("{prefix}_k{k}_wide"),
-                                geom,
-                                ins.len() >= 3,
-                                ins.len() == 4,
-                                &a.epilogue,
-                                &t,
-                            )
+                            ukernel::ConvKernel::depthwise(name, geom, bias, res, &a.epilogue, &t)
                         }
                         Ok(geom) if wino_geom(g, node, opts.conv_schedule).is_some() => {
-                            ukernel::ConvKernel::winograd(
-                                format!("{prefix}_k{k}_wide"),
-                                geom,
-                                ins.len() >= 3,
-                                ins.len() == 4,
-                                &a.epilogue,
-                                &t,
-                            )
+                            ukernel::ConvKernel::winograd(name, geom, bias, res, &a.epilogue, &t)
                         }
                         Ok(geom) if f32s && const_w && ins[0].shape.len() == 4 => {
                             ukernel::ConvKernel::new(
-                                format!("{prefix}_k{k}_wide"),
+                                name,
                                 geom,
                                 a.groups,
-                                ins.len() >= 3,
-                                ins.len() == 4,
+                                bias,
+                                res,
                                 &a.epilogue,
                                 &t,
                             )

@@ -4,7 +4,7 @@
 //! signature: five pointers and the item range). Rows are read with full vectors and one masked
 //! tail vector; the reductions keep a vector accumulator and reduce it once per row.
 
-use crate::emit::{Emit, fconst, iota, splat_const_i32};
+use crate::emit::{Emit, fconst};
 use crate::llvm::LlvmTarget;
 
 /// What a row kernel computes.
@@ -155,12 +155,7 @@ impl RowKernel {
             accs = (0..c).map(|i| format!("%accn{i}")).collect();
         }
         if k % w > 0 {
-            let m = e.tmp();
-            e.line(&format!(
-                "  {m} = icmp slt <{w} x i32> {}, {}",
-                iota(w, 0),
-                splat_const_i32(w, (k % w) as i64)
-            ));
+            let m = e.lanes_below(0, k % w);
             let off = (nv * w).to_string();
             let xv = load(&mut e, "%x", &off, Some(&m), "zeroinitializer");
             for (i, (_, _, rp)) in rows.iter().enumerate() {
@@ -237,12 +232,7 @@ impl RowLoops {
         }
         let tail = self.len % w;
         if tail > 0 {
-            let m = e.tmp();
-            e.line(&format!(
-                "  {m} = icmp slt <{w} x i32> {}, {}",
-                iota(w, 0),
-                splat_const_i32(w, tail as i64)
-            ));
+            let m = e.lanes_below(0, tail);
             let off = (nv * w).to_string();
             acc = body(e, &off, Some(&m), &acc);
         }

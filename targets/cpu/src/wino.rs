@@ -21,7 +21,7 @@
 
 use kiln_ir::ops::EpilogueStep;
 
-use crate::emit::{Emit, Src, iota, splat_const_i32};
+use crate::emit::{Emit, Src};
 use crate::kernels::{Geom, Packing};
 use crate::llvm::LlvmTarget;
 use crate::ukernel::{ConvKernel, ConvSchedule};
@@ -281,12 +281,7 @@ impl ConvKernel {
                     let vs = (0..m)
                         .map(|v| {
                             let col = m * tx0 + o + v * w;
-                            let mk = b.tmp();
-                            b.line(&format!(
-                                "  {mk} = icmp slt <{w} x i32> {}, {}",
-                                iota(w, col),
-                                splat_const_i32(w, pk.wq as i64)
-                            ));
+                            let mk = b.lanes_below(col, pk.wq);
                             let p = b.gep_vec(&rp, col);
                             b.masked_load(&p, &mk)
                         })
@@ -308,12 +303,7 @@ impl ConvKernel {
             let rows = mat_rows(b, &mt.bt, &d);
             let t: Vec<Vec<String>> = rows.iter().map(|r| mat_vec(b, &mt.bt, r)).collect();
             // V[e][c][ty * tw + tx0 ..], masked to the tiles of the row
-            let mk = b.tmp();
-            b.line(&format!(
-                "  {mk} = icmp slt <{w} x i32> {}, {}",
-                iota(w, tx0),
-                splat_const_i32(w, wn.tw as i64)
-            ));
+            let mk = b.lanes_below(tx0, wn.tw);
             let tb = b.tmp();
             b.line(&format!("  {tb} = mul i64 {ty}, {}", wn.tw));
             for (i, row) in t.iter().enumerate() {
@@ -356,12 +346,7 @@ impl ConvKernel {
         b.line("  %rc = getelementptr float, float* %r, i64 %ob");
         let ty = b.loop_begin("ty", 0, wn.th);
         for tx0 in (0..wn.tw).step_by(w) {
-            let mk = b.tmp();
-            b.line(&format!(
-                "  {mk} = icmp slt <{w} x i32> {}, {}",
-                iota(w, tx0),
-                splat_const_i32(w, wn.tw as i64)
-            ));
+            let mk = b.lanes_below(tx0, wn.tw);
             let tb = b.tmp();
             b.line(&format!("  {tb} = mul i64 {ty}, {}", wn.tw));
             let mut mv: Vec<Vec<String>> = Vec::new();
@@ -410,12 +395,7 @@ impl ConvKernel {
                         None => v,
                     };
                     let col = m * tx0 + h * w;
-                    let cm = b.tmp();
-                    b.line(&format!(
-                        "  {cm} = icmp slt <{w} x i32> {}, {}",
-                        iota(w, col),
-                        splat_const_i32(w, g.ow as i64)
-                    ));
+                    let cm = b.lanes_below(col, g.ow);
                     let srcs: Vec<Src> = if self.has_res {
                         vec![Src::Vec(rp.clone())]
                     } else {
