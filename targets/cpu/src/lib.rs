@@ -184,16 +184,23 @@ impl Wide {
                             (s[s.len() - 2], s[s.len() - 1])
                         })
                         .collect();
+                    // a constant B shared by every batch is packed at compile time
+                    let b_const = g.const_data(node.inputs[1]).is_some();
                     kernels::matmul_dims(a, b)
                         .filter(|_| a.dtype == kiln_ir::DType::F32)
                         .map(|dims| {
-                            ukernel::ConvKernel::matmul(
+                            let ck = ukernel::ConvKernel::matmul(
                                 format!("{prefix}_k{k}_wide"),
                                 dims,
                                 &ma.epilogue,
                                 &operands,
                                 &t,
-                            )
+                            );
+                            if b_const && b.numel() == dims.1 * dims.2 {
+                                ck.with_const_b(false)
+                            } else {
+                                ck
+                            }
                         })
                 }
                 kiln_ir::Op::MaxPool(pa) => {
