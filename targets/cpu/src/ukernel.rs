@@ -489,6 +489,42 @@ impl ConvKernel {
         (L2_BLOCK / tile_bytes).clamp(1, self.jt.max(1))
     }
 
+    /// The epilogue operands of output channel `mi` (SSA) whose lane 0 is output element `d`
+    /// (SSA): the residual, and a product's operands (one output row, so lane 0 is column
+    /// `%j0`), as vectors or per-row scalars.
+    fn row_srcs(&self, b: &mut Emit, mi: &str, d: &str) -> Vec<Src> {
+        let mut srcs = Vec::new();
+        if self.has_res {
+            let rp = b.tmp();
+            b.line(&format!("  {rp} = getelementptr float, float* %r, i64 {d}"));
+            srcs.push(Src::Vec(rp));
+        }
+        for (k, &(si, sj)) in self.operands.iter().enumerate() {
+            let base = if k == 0 { "%b" } else { "%r" };
+            let ro = b.tmp();
+            b.line(&format!("  {ro} = mul i64 {mi}, {si}"));
+            let ro = if sj == 1 {
+                let t = b.tmp();
+                b.line(&format!("  {t} = add i64 {ro}, %j0"));
+                t
+            } else {
+                ro
+            };
+            let rp = b.tmp();
+            b.line(&format!(
+                "  {rp} = getelementptr float, float* {base}, i64 {ro}"
+            ));
+            srcs.push(if sj == 1 {
+                Src::Vec(rp)
+            } else {
+                let s = b.tmp();
+                b.line(&format!("  {s} = load float, float* {rp}, align 4"));
+                Src::Splat(b.splat(&s))
+            });
+        }
+        srcs
+    }
+
     /// IR decoding work item `%t` into `%gi` (group), `%mb` (m-block), `%gm` (`gi * mb +
     /// mb`, the packed weights' block) and the pixel tile `tile` (`0..jt`). Within a group the
     /// items run in blocks of `pblock` pixel tiles: every m-block over the block's tiles, then
@@ -501,12 +537,15 @@ impl ConvKernel {
         b.line(&format!("  %jb = udiv i64 %tg, {}", mb * pb));
         b.line(&format!("  %tb = urem i64 %tg, {}", mb * pb));
         b.line(&format!("  %jb0 = mul i64 %jb, {pb}"));
-        // the last block may be narrower
-        b.line(&format!("  %jleft = sub i64 {jt}, %jb0"));
-        b.line(&format!("  %jlt = icmp ult i64 %jleft, {pb}"));
-        b.line(&format!("  %pw = select i1 %jlt, i64 %jleft, i64 {pb}"));
-        b.line("  %mb = udiv i64 %tb, %pw");
-        b.line("  %jin = urem i64 %tb, %pw");
+        // the last block may be narrower; both widths are constants, so no run-time division
+        let last = jt - (jt - 1) / pb * pb;
+        b.line(&format!("  %jlast = icmp eq i64 %jb, {}", (jt - 1) / pb));
+        b.line(&format!("  %mbf = udiv i64 %tb, {pb}"));
+        b.line(&format!("  %jinf = urem i64 %tb, {pb}"));
+        b.line(&format!("  %mbl = udiv i64 %tb, {last}"));
+        b.line(&format!("  %jinl = urem i64 %tb, {last}"));
+        b.line("  %mb = select i1 %jlast, i64 %mbl, i64 %mbf");
+        b.line("  %jin = select i1 %jlast, i64 %jinl, i64 %jinf");
         b.line(&format!("  {tile} = add i64 %jb0, %jin"));
         b.line(&format!("  %gmg = mul i64 %gi, {mb}"));
         b.line("  %gm = add i64 %gmg, %mb");
@@ -752,7 +791,39 @@ impl ConvKernel {
         ));
         b.line(&format!("  %y0 = udiv i64 %j0, {row_w}"));
         b.line(&format!("  %y1 = udiv i64 %jl, {row_w}"));
-        b.line("  br label %row_0");
+        if pk.wq == g.ow {
+            // a tile inside the output is one contiguous run per channel: plain stores, no
+            // masks (1x1 convolutions over 16-24 channels spent a third of their time storing)
+            b.line(&format!("  %sfull = icmp ule i64 %jend, {jtotal}"));
+            b.line("  br i1 %sfull, label %fast_0, label %row_0");
+            let all = format!("<{}>", vec!["i1 true"; w].join(", "));
+            for i in 0..mr {
+                let after = if i + 1 < mr {
+                    format!("fast_{}", i + 1)
+                } else {
+                    "next".into()
+                };
+                b.line(&format!("fast_{i}:"));
+                b.line(&format!("  %frv_{i} = icmp ugt i64 %rem, {i}"));
+                b.line(&format!("  br i1 %frv_{i}, label %fastb_{i}, label %next"));
+                b.line(&format!("fastb_{i}:"));
+                b.line(&format!("  %fmi_{i} = add i64 %m0, {i}"));
+                b.line(&format!("  %fob_{i} = mul i64 %fmi_{i}, {plane}"));
+                b.line(&format!("  %fd_{i} = add i64 %fob_{i}, %j0"));
+                b.line(&format!(
+                    "  %fop_{i} = getelementptr float, float* %o, i64 %fd_{i}"
+                ));
+                let srcs = self.row_srcs(b, &format!("%fmi_{i}"), &format!("%fd_{i}"));
+                for v in 0..vn {
+                    let acc = &accs[i * vn + v];
+                    let op = format!("%fop_{i}");
+                    b.store_tile(&self.epilogue, acc, &all, (&op, &srcs), v * w);
+                }
+                b.line(&format!("  br label %{after}"));
+            }
+        } else {
+            b.line("  br label %row_0");
+        }
         for i in 0..mr {
             b.line(&format!("row_{i}:"));
             b.line(&format!("  %rv_{i} = icmp ugt i64 %rem, {i}"));
@@ -784,36 +855,7 @@ impl ConvKernel {
             b.line(&format!("  {d} = sub i64 {d0}, {sh}"));
             let op = b.tmp();
             b.line(&format!("  {op} = getelementptr float, float* %o, i64 {d}"));
-            let mut srcs = Vec::new();
-            if self.has_res {
-                let rp = b.tmp();
-                b.line(&format!("  {rp} = getelementptr float, float* %r, i64 {d}"));
-                srcs.push(Src::Vec(rp));
-            }
-            for (k, &(si, sj)) in self.operands.iter().enumerate() {
-                // products: one output row, so lane 0 of the tile is column j0
-                let base = if k == 0 { "%b" } else { "%r" };
-                let ro = b.tmp();
-                b.line(&format!("  {ro} = mul i64 %mi_{i}, {si}"));
-                let ro = if sj == 1 {
-                    let t = b.tmp();
-                    b.line(&format!("  {t} = add i64 {ro}, %j0"));
-                    t
-                } else {
-                    ro
-                };
-                let rp = b.tmp();
-                b.line(&format!(
-                    "  {rp} = getelementptr float, float* {base}, i64 {ro}"
-                ));
-                srcs.push(if sj == 1 {
-                    Src::Vec(rp)
-                } else {
-                    let s = b.tmp();
-                    b.line(&format!("  {s} = load float, float* {rp}, align 4"));
-                    Src::Splat(b.splat(&s))
-                });
-            }
+            let srcs = self.row_srcs(b, &format!("%mi_{i}"), &d);
             for v in 0..vn {
                 let ge = b.tmp();
                 b.line(&format!(
