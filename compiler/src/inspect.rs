@@ -1,6 +1,7 @@
 //! `kiln inspect MODEL`: a per-op table of the optimized graph (op, output shape, FLOPs, fused
 //! epilogue, buffer from the CPU back end's memory plan) and totals: planned vs naive workspace
-//! (with and without kernel scratch) and the unfused epilogue candidates.
+//! (with and without kernel scratch), the layouts the `layout` pass chose and the unfused
+//! epilogue candidates.
 
 use kiln_ir::memplan::Storage;
 use kiln_ir::ops::{BinaryOp, EpilogueStep, epilogue_text};
@@ -57,6 +58,12 @@ pub struct Summary {
     /// Conv/ConvTranspose/Gemm/MatMul nodes whose single reader is an elementwise op that is
     /// not fused into it.
     pub unfused: Vec<Unfused>,
+    /// Conv nodes writing a channel-blocked layout.
+    pub blocked_convs: usize,
+    /// Node outputs stored channel-blocked.
+    pub blocked_values: usize,
+    /// `relayout` nodes (joins between blocked and plain).
+    pub relayouts: usize,
 }
 
 /// A product (Conv, ConvTranspose, Gemm, MatMul) whose output's only reader is an elementwise
@@ -161,8 +168,17 @@ pub fn summary(g: &Graph) -> Summary {
             }
             Op::Gemm(_) => s.gemms += 1,
             Op::BatchNorm { .. } => s.batchnorms += 1,
+            Op::Relayout { .. } => s.relayouts += 1,
             _ => {}
         }
+        if let Op::Conv(a) = &n.op {
+            s.blocked_convs += !a.layout.is_plain() as usize;
+        }
+        s.blocked_values += n
+            .outputs
+            .iter()
+            .filter(|&&o| !g.ty(o).layout.is_plain())
+            .count();
     }
     s
 }
@@ -170,7 +186,12 @@ pub fn summary(g: &Graph) -> Summary {
 fn shape(g: &Graph, n: &Node) -> String {
     let t = g.ty(n.outputs[0]);
     let dims: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
-    format!("{}[{}]", t.dtype, dims.join(","))
+    let layout = if t.layout.is_plain() {
+        String::new()
+    } else {
+        format!("@{}", t.layout)
+    };
+    format!("{}[{}]{layout}", t.dtype, dims.join(","))
 }
 
 /// The per-op table and totals for an (optimized) graph.
@@ -179,7 +200,7 @@ pub fn table(g: &Graph) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:>4}  {:<22} {:<20} {:>14}  {:<26} {:>12}  node",
+        "{:>4}  {:<22} {:<27} {:>14}  {:<26} {:>12}  node",
         "#", "op", "output", "FLOPs", "fused", "buffer"
     );
     for (i, (nid, n)) in g.iter_nodes().enumerate() {
@@ -201,7 +222,7 @@ pub fn table(g: &Graph) -> String {
         };
         let _ = writeln!(
             s,
-            "{:>4}  {:<22} {:<20} {:>14}  {:<26} {:>12}  {}",
+            "{:>4}  {:<22} {:<27} {:>14}  {:<26} {:>12}  {}",
             i,
             n.op.name(),
             shape(g, n),
@@ -259,6 +280,11 @@ pub fn table(g: &Graph) -> String {
         s,
         "concats computed in place: {} of {concats}",
         plan.concat_in_place.len()
+    );
+    let _ = writeln!(
+        s,
+        "layouts: {} of {} convs write channel-blocked outputs, {} blocked values, {} relayouts",
+        sm.blocked_convs, sm.convs, sm.blocked_values, sm.relayouts
     );
     let _ = writeln!(s, "unfused epilogue candidates: {}", sm.unfused.len());
     for u in &sm.unfused {

@@ -54,7 +54,7 @@ struct OptArgs {
 }
 
 impl OptArgs {
-    fn options(&self) -> Result<OptOptions, String> {
+    fn options(&self, target: &pipeline::TargetOpts) -> Result<OptOptions, String> {
         for p in &self.print_after {
             if p != "all"
                 && !passes::PASS_NAMES.contains(&p.as_str())
@@ -78,12 +78,17 @@ impl OptArgs {
             level: self.opt,
             print_after: self.print_after.clone(),
             disabled,
+            layout: target.layout_target().map_err(|e| e.to_string())?,
         })
     }
 
-    /// Optimize `g`, printing `--print-after` dumps to stderr.
-    fn optimize(&self, g: &mut kiln_ir::Graph) -> Result<(), String> {
-        let r = pipeline::optimize(g, &self.options()?).map_err(|e| e.to_string())?;
+    /// Optimize `g` for `target`, printing `--print-after` dumps to stderr.
+    fn optimize(
+        &self,
+        g: &mut kiln_ir::Graph,
+        target: &pipeline::TargetOpts,
+    ) -> Result<(), String> {
+        let r = pipeline::optimize(g, &self.options(target)?).map_err(|e| e.to_string())?;
         for (pass, ir) in &r.printed {
             eprintln!("// ----- IR after {pass} -----");
             eprint!("{ir}");
@@ -98,6 +103,9 @@ fn list_fusions() {
     println!("{:<w$} {:<10} description", "rule", "pass");
     for r in rules {
         println!("{:<w$} {:<10} {}", r.name, r.pass, r.about);
+    }
+    for (name, pass, about) in passes::SWITCHABLE_PASSES {
+        println!("{name:<w$} {pass:<10} {about}");
     }
 }
 
@@ -265,7 +273,8 @@ fn real_main(cli: Cli) -> Result<(), String> {
             }
             let model = model.ok_or("a model file is required")?;
             let mut g = load(&model, largs)?;
-            opt.optimize(&mut g)?;
+            let target = cpu.target(target);
+            opt.optimize(&mut g, &target)?;
             if report {
                 eprint!("{}", kiln_compiler::inspect::table(&g));
             }
@@ -283,8 +292,7 @@ fn real_main(cli: Cli) -> Result<(), String> {
                     format!("{base}.{ext}")
                 })
             });
-            pipeline::emit(&g, emit, &out, &name, &cpu.target(target))
-                .map_err(|e| e.to_string())?;
+            pipeline::emit(&g, emit, &out, &name, &target).map_err(|e| e.to_string())?;
             eprintln!("wrote {}", out.display());
             Ok(())
         }
@@ -303,8 +311,9 @@ fn real_main(cli: Cli) -> Result<(), String> {
             load: largs,
         } => {
             let mut g = load(&model, largs)?;
-            opt.optimize(&mut g)?;
-            run(&model, g, &inputs, &output_dir, &cpu.target(None))
+            let target = cpu.target(None);
+            opt.optimize(&mut g, &target)?;
+            run(&model, g, &inputs, &output_dir, &target)
         }
         Cmd::Inspect {
             file,
@@ -325,7 +334,7 @@ fn real_main(cli: Cli) -> Result<(), String> {
                     ..LoadArgs::default()
                 };
                 let mut g = load(&file, largs)?;
-                opt.optimize(&mut g)?;
+                opt.optimize(&mut g, &pipeline::TargetOpts::default())?;
                 print!("{}", kiln_compiler::inspect::table(&g));
                 return Ok(());
             }

@@ -239,6 +239,16 @@ impl Default for TargetOpts {
 }
 
 impl TargetOpts {
+    /// The back end's layout model for the `layout` pass (`None`: Cranelift-only kernels, all
+    /// plain).
+    pub fn layout_target(
+        &self,
+    ) -> Result<Option<std::sync::Arc<dyn kiln_ir::layout::LayoutTarget>>, Error> {
+        let t = kiln_target_cpu::layout_target(&self.cpu_options("layout", false))
+            .map_err(|e| Error::Msg(e.to_string()))?;
+        Ok(t.map(|t| std::sync::Arc::new(t) as std::sync::Arc<dyn kiln_ir::layout::LayoutTarget>))
+    }
+
     /// Back-end options for an artefact or in-memory model called `name`.
     pub fn cpu_options(&self, name: &str, export_default: bool) -> CpuOptions {
         CpuOptions {

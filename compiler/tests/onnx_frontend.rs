@@ -208,6 +208,7 @@ fn conv_relu_gemm() {
             dilations: vec![1, 1],
             groups: 1,
             epilogue: Vec::new(),
+            layout: kiln_ir::Layout::Plain,
         })
     );
     assert_eq!(out_shape(&g, 0), [1, 10]);

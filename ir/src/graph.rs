@@ -355,6 +355,25 @@ impl Graph {
         self.nodes = nodes;
     }
 
+    /// Put the live nodes in the order `order` (every live node once, a topological order),
+    /// dropping tombstones; values keep their ids.
+    pub fn reorder(&mut self, order: &[NodeId]) {
+        let mut nodes = Vec::with_capacity(order.len());
+        let mut map = vec![None; self.nodes.len()];
+        for (k, &n) in order.iter().enumerate() {
+            map[n.index()] = Some(NodeId(k as u32));
+            nodes.push(self.nodes[n.index()].take());
+        }
+        for v in &mut self.values {
+            if let ValueDef::Node(n, j) = v.def
+                && let Some(m) = map.get(n.index()).copied().flatten()
+            {
+                v.def = ValueDef::Node(m, j);
+            }
+        }
+        self.nodes = nodes;
+    }
+
     /// Find a value by name.
     pub fn find_value(&self, name: &str) -> Option<ValueId> {
         self.values

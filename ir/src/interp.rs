@@ -322,7 +322,8 @@ pub fn eval_op(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
     }
     let tys: Vec<TensorType> = inputs.iter().map(|t| t.ty()).collect();
     let refs: Vec<&TensorType> = tys.iter().collect();
-    let out_tys = op.infer(&refs)?;
+    // tensors here are logical: a layout only says where a back end stores them
+    let out_tys = op.infer_logical(&refs)?;
     let out_shape = out_tys.first().map(|t| t.shape.clone()).unwrap_or_default();
     let x = inputs[0];
     let one = |t: Tensor| Ok(vec![t]);
@@ -579,6 +580,7 @@ pub fn eval_op(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
                 .collect();
             one(from_f64(x.dtype(), out_shape, out)?)
         }
+        Op::Relayout { .. } => one((*x).clone()),
         Op::Reshape { .. } => one(Tensor {
             shape: out_shape,
             data: x.data.clone(),

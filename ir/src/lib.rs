@@ -7,6 +7,7 @@ pub mod data;
 pub mod dtype;
 pub mod graph;
 pub mod interp;
+pub mod layout;
 pub mod memplan;
 pub mod ops;
 pub mod text;

@@ -3,7 +3,7 @@
 //! interpreter (`interp.rs`), and each back end's lowering.
 
 use crate::DType;
-use crate::types::TensorType;
+use crate::types::{Layout, TensorType};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConvAttrs {
@@ -17,6 +17,10 @@ pub struct ConvAttrs {
     /// convolution). An [`EpilogueStep::Add`] reads a fourth input (the residual, same type as
     /// the output); a convolution with a residual always has a bias input.
     pub epilogue: Vec<EpilogueStep>,
+    /// The output's layout (`Plain`, or `Nchwc(c)` for a 2-D convolution whose output
+    /// channels are a multiple of `c`); the input may be plain or channel-blocked. Chosen by
+    /// the `layout` pass, never by a front end.
+    pub layout: Layout,
 }
 
 /// One elementwise step of a fused kernel epilogue (see [`ConvAttrs::epilogue`]).
@@ -577,6 +581,11 @@ pub enum Op {
     },
     AveragePool(PoolAttrs),
     GlobalAveragePool,
+    /// The same tensor in another physical layout (inserted by the `layout` pass where a
+    /// channel-blocked value meets an op that reads plain ones).
+    Relayout {
+        to: Layout,
+    },
     /// Shape-only: the bytes are unchanged (covers Flatten, Squeeze, Unsqueeze).
     Reshape {
         shape: Vec<usize>,
@@ -905,6 +914,7 @@ impl Op {
             Op::AveragePool(_) => "average_pool",
             Op::GlobalAveragePool => "global_average_pool",
             Op::Reshape { .. } => "reshape",
+            Op::Relayout { .. } => "relayout",
             Op::Transpose { .. } => "transpose",
             Op::Expand { .. } => "expand",
             Op::Concat { .. } => "concat",
@@ -957,6 +967,9 @@ impl Op {
                 ];
                 if !a.epilogue.is_empty() {
                     v.push(("epilogue", Attr::Str(epilogue_text(&a.epilogue))));
+                }
+                if !a.layout.is_plain() {
+                    v.push(("layout", Attr::Str(a.layout.to_string())));
                 }
                 v
             }
@@ -1018,6 +1031,7 @@ impl Op {
                 v
             }
             Op::Reshape { shape } => vec![("shape", us(shape))],
+            Op::Relayout { to } => vec![("to", Attr::Str(to.to_string()))],
             Op::Transpose { perm } => vec![("perm", us(perm))],
             Op::Expand { shape } => vec![("shape", us(shape))],
             Op::Concat { axis } => vec![("axis", Attr::Int(*axis as i64))],
@@ -1176,6 +1190,10 @@ impl Op {
                     Some((_, a)) => parse_epilogue(a.str()?)?,
                     None => Vec::new(),
                 },
+                layout: match attrs.iter().find(|(n, _)| n == "layout") {
+                    Some((_, a)) => a.str()?.parse()?,
+                    None => Layout::Plain,
+                },
             }),
             "conv_transpose" => Op::ConvTranspose(ConvTransposeAttrs {
                 kernel: get("kernel")?.uints()?,
@@ -1220,6 +1238,9 @@ impl Op {
             "global_average_pool" => Op::GlobalAveragePool,
             "reshape" => Op::Reshape {
                 shape: get("shape")?.uints()?,
+            },
+            "relayout" => Op::Relayout {
+                to: get("to")?.str()?.parse()?,
             },
             "transpose" => Op::Transpose {
                 perm: get("perm")?.uints()?,
@@ -1327,9 +1348,146 @@ impl Op {
         })
     }
 
-    /// Shape and type inference: output types from input types. Errors are plain messages; the
-    /// caller adds the node name.
+    /// Shape and type inference: output types from input types, layouts included (see
+    /// [`Self::layouts`]). Errors are plain messages; the caller adds the node name.
     pub fn infer(&self, ins: &[&TensorType]) -> Result<Vec<TensorType>, String> {
+        let mut out = self.infer_logical(ins)?;
+        let layouts = self.layouts(ins, &out)?;
+        for (t, l) in out.iter_mut().zip(layouts) {
+            t.layout = l;
+        }
+        Ok(out)
+    }
+
+    /// The layout rule: which physical layouts the op reads and which it writes. Layouts never
+    /// change values, only where they are stored: every op reads plain (row-major) tensors and
+    /// writes plain outputs, except
+    /// - `conv`: input 0 plain or channel-blocked, output in [`ConvAttrs::layout`], a residual
+    ///   in the output's layout;
+    /// - elementwise ops (and `chain`): any layout when every operand with more than one
+    ///   element has the output's shape and one common layout (no broadcasting through a
+    ///   blocked layout); the output takes it;
+    /// - `max_pool`/`average_pool`: the input's layout;
+    /// - `global_average_pool`: a blocked input, a plain output (a `[N,C,1,1]` tensor is
+    ///   stored the same way in both);
+    /// - `relayout`: any input layout, output `to`.
+    ///
+    /// A blocked layout `Nchwc(c)` needs a rank-4 tensor whose channels are a multiple of `c`.
+    pub fn layouts(&self, ins: &[&TensorType], outs: &[TensorType]) -> Result<Vec<Layout>, String> {
+        let valid = |t: &TensorType, l: Layout| -> Result<(), String> {
+            match l {
+                Layout::Plain => Ok(()),
+                Layout::Nchwc(c)
+                    if c > 0 && t.rank() == 4 && t.shape[1].is_multiple_of(c as usize) =>
+                {
+                    Ok(())
+                }
+                Layout::Nchwc(_) => Err(format!(
+                    "layout {l} needs a rank-4 tensor whose channels are a multiple of the block, got {}",
+                    t.with_layout(Layout::Plain)
+                )),
+                _ => Err(format!("layout {l} is not supported by any op yet")),
+            }
+        };
+        for t in ins {
+            valid(t, t.layout)?;
+        }
+        let plain_only = |from: usize| -> Result<(), String> {
+            match ins
+                .iter()
+                .enumerate()
+                .skip(from)
+                .find(|(_, t)| !t.layout.is_plain())
+            {
+                Some((i, t)) => Err(format!(
+                    "{} reads input {i} in the plain layout, got {t}",
+                    self.name()
+                )),
+                None => Ok(()),
+            }
+        };
+        let all = |l: Layout| Ok(vec![l; outs.len()]);
+        match self {
+            Op::Relayout { to } => {
+                valid(&outs[0], *to)?;
+                all(*to)
+            }
+            Op::Conv(a) => {
+                if let Some((i, t)) = ins
+                    .iter()
+                    .enumerate()
+                    .take(3)
+                    .skip(1)
+                    .find(|(_, t)| !t.layout.is_plain())
+                {
+                    return Err(format!("conv reads input {i} in the plain layout, got {t}"));
+                }
+                if !a.layout.is_plain() && a.kernel.len() != 2 {
+                    return Err(format!("layout {} needs a 2-D convolution", a.layout));
+                }
+                valid(&outs[0], a.layout)?;
+                if ins.len() == 4 && ins[3].layout != a.layout {
+                    return Err(format!(
+                        "the residual {} must be in the output's layout {}",
+                        ins[3], a.layout
+                    ));
+                }
+                all(a.layout)
+            }
+            Op::Unary(_)
+            | Op::Clip { .. }
+            | Op::Act { .. }
+            | Op::Binary(_)
+            | Op::Chain { .. }
+            | Op::IsNaN
+            | Op::IsInf { .. }
+            | Op::Compare(_)
+            | Op::Logical(_)
+            | Op::Not
+            | Op::Where
+            | Op::Cast { .. } => {
+                let big: Vec<&&TensorType> = ins.iter().filter(|t| t.numel() > 1).collect();
+                let l = big.first().map_or(Layout::Plain, |t| t.layout);
+                if !l.is_plain()
+                    && big
+                        .iter()
+                        .any(|t| t.layout != l || t.shape != outs[0].shape)
+                {
+                    return Err(format!(
+                        "{} on layout {l} needs every operand in it with the output's shape",
+                        self.name()
+                    ));
+                }
+                if l.is_plain() {
+                    plain_only(0)?;
+                }
+                all(l)
+            }
+            Op::MaxPool(a) | Op::AveragePool(a) => {
+                if !ins[0].layout.is_plain() && a.kernel.len() != 2 {
+                    return Err(format!("layout {} needs a 2-D pool", ins[0].layout));
+                }
+                all(ins[0].layout)
+            }
+            Op::GlobalAveragePool => all(Layout::Plain),
+            _ => {
+                plain_only(0)?;
+                all(Layout::Plain)
+            }
+        }
+    }
+
+    /// Shape and dtype inference alone: every output `Plain` (the interpreter, which holds
+    /// every tensor in its logical order whatever its layout, uses this).
+    pub fn infer_logical(&self, ins: &[&TensorType]) -> Result<Vec<TensorType>, String> {
+        let mut out = self.infer_shapes(ins)?;
+        for t in &mut out {
+            t.layout = Layout::Plain;
+        }
+        Ok(out)
+    }
+
+    fn infer_shapes(&self, ins: &[&TensorType]) -> Result<Vec<TensorType>, String> {
         let arity = |lo: usize, hi: usize| -> Result<(), String> {
             if ins.len() < lo || ins.len() > hi {
                 Err(format!("expects {lo}..={hi} inputs, got {}", ins.len()))
@@ -1655,6 +1813,10 @@ impl Op {
                 let mut out = x.shape[..2].to_vec();
                 out.extend(std::iter::repeat_n(1, x.rank() - 2));
                 Ok(vec![x.with_shape(out)])
+            }
+            Op::Relayout { .. } => {
+                arity(1, 1)?;
+                Ok(vec![ins[0].clone()])
             }
             Op::Reshape { shape } => {
                 arity(1, 1)?;

@@ -108,6 +108,12 @@ impl TensorType {
             ..self.clone()
         }
     }
+    pub fn with_layout(&self, layout: Layout) -> Self {
+        TensorType {
+            layout,
+            ..self.clone()
+        }
+    }
     pub fn with_dtype(&self, dtype: DType) -> Self {
         TensorType {
             dtype,

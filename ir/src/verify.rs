@@ -15,6 +15,12 @@ pub fn verify(g: &Graph) -> Result<()> {
         }
         match &v.def {
             ValueDef::Const(d) => {
+                if !v.ty.layout.is_plain() {
+                    return Err(IrError::Msg(format!(
+                        "constant '{}' has layout {}: constants are stored plain",
+                        v.name, v.ty.layout
+                    )));
+                }
                 if d.len() != v.ty.size_bytes() {
                     return Err(IrError::Msg(format!(
                         "constant '{}' has {} bytes, type {} needs {}",
@@ -72,7 +78,7 @@ pub fn verify(g: &Graph) -> Result<()> {
                     v.name
                 )));
             }
-            if v.ty.dtype != t.dtype || v.ty.shape != t.shape {
+            if v.ty.dtype != t.dtype || v.ty.shape != t.shape || v.ty.layout != t.layout {
                 return Err(err(format!(
                     "output '{}' recorded as {}, inferred {}",
                     v.name, v.ty, t
@@ -86,6 +92,16 @@ pub fn verify(g: &Graph) -> Result<()> {
             return Err(IrError::Msg(format!(
                 "graph output {} is not defined by a live node, input or constant",
                 o.0
+            )));
+        }
+    }
+    // the artefact's interface is logical: callers pass and receive plain tensors
+    for &v in g.inputs.iter().chain(&g.outputs) {
+        let val = g.value(v);
+        if !val.ty.layout.is_plain() {
+            return Err(IrError::Msg(format!(
+                "graph input/output '{}' has layout {}: the interface is plain",
+                val.name, val.ty.layout
             )));
         }
     }

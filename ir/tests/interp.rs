@@ -40,6 +40,7 @@ fn conv_op(k: &[usize], s: &[usize], p: &[usize], d: &[usize], groups: usize) ->
         dilations: d.to_vec(),
         groups,
         epilogue: Vec::new(),
+        layout: kiln_ir::Layout::Plain,
     })
 }
 

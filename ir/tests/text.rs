@@ -12,6 +12,7 @@ fn conv(k: usize, pads: usize) -> Op {
         dilations: vec![1, 1],
         groups: 1,
         epilogue: Vec::new(),
+        layout: kiln_ir::Layout::Plain,
     })
 }
 
@@ -122,11 +123,29 @@ fn sample() -> Graph {
         axis: Some(0),
     });
     let q = g.add_input("q in", qty);
-    let mut lty = TensorType::f32([1, 8, 2, 2]);
-    lty.layout = Layout::Nchwc(8);
-    let l = g.add_input("l", lty);
+    // layouts: a plain input relaid out, an op on the blocked value, back to plain
+    let l = g.add_input("l", TensorType::f32([1, 8, 2, 2]));
+    let lb = g
+        .add_node(
+            "lb",
+            Op::Relayout {
+                to: Layout::Nchwc(8),
+            },
+            vec![l],
+            vec!["lb".into()],
+        )
+        .unwrap();
+    assert_eq!(g.ty(lb[0]).layout, Layout::Nchwc(8));
+    let lrb = g
+        .add_node("lrb", Op::Unary(UnaryOp::Relu), lb, vec!["lrb".into()])
+        .unwrap();
     let lr = g
-        .add_node("lr", Op::Unary(UnaryOp::Relu), vec![l], vec!["lr".into()])
+        .add_node(
+            "lr",
+            Op::Relayout { to: Layout::Plain },
+            lrb,
+            vec!["lr".into()],
+        )
         .unwrap();
     g.outputs = vec![c[0], rs[0], ab[1], q, lr[0], b];
     kiln_ir::verify::verify(&g).unwrap();
@@ -190,7 +209,14 @@ fn round_trip() {
         "{s}"
     );
     assert!(s.contains("const %scalar: f32[] = [1e-7]"), "{s}");
-    assert!(s.contains("input %l: f32[1,8,2,2]@nchw8c"), "{s}");
+    assert!(
+        s.contains("%lb = relayout(%l) {to=\"nchw8c\"} : f32[1,8,2,2]@nchw8c\n"),
+        "{s}"
+    );
+    assert!(
+        s.contains("%lrb = relu(%lb) : f32[1,8,2,2]@nchw8c\n"),
+        "{s}"
+    );
     assert!(
         s.contains(
             "%a, %\"b.1\" = split(%y) {axis=1, sizes=[1, 1]} : f32[1,1,4,4], f32[1,1,4,4]\n"

@@ -181,8 +181,10 @@ fn opt_levels(name: &str) {
     let mut outs = Vec::new();
     for level in [OptLevel::O0, OptLevel::O1, OptLevel::O2] {
         let mut g = g0.clone();
+        // as `kiln build` runs it: with the host target's layout model
         let opts = OptOptions {
             level,
+            layout: pipeline::TargetOpts::default().layout_target().unwrap(),
             ..Default::default()
         };
         pipeline::optimize(&mut g, &opts).unwrap();
@@ -247,8 +249,12 @@ fn artefacts(name: &str) {
         },
     )
     .unwrap();
-    // as `kiln build` does: optimized at the default level (-O2)
-    pipeline::optimize(&mut g, &Default::default()).unwrap();
+    // as `kiln build` does: optimized at the default level (-O2) for the host target
+    let opts = kiln_compiler::passes::OptOptions {
+        layout: pipeline::TargetOpts::default().layout_target().unwrap(),
+        ..Default::default()
+    };
+    pipeline::optimize(&mut g, &opts).unwrap();
     let so = tmp.path().join(format!("lib{name}.so"));
     pipeline::emit(&g, pipeline::Emit::So, &so, name, &Default::default()).unwrap();
     let m = Model::load(&so).unwrap();

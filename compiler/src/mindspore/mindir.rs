@@ -1339,6 +1339,7 @@ impl<'a> Imp<'a> {
                 dilations: dil,
                 groups: group,
                 epilogue: Vec::new(),
+                layout: kiln_ir::Layout::Plain,
             }),
             vec![x, w],
             "",

@@ -1660,6 +1660,7 @@ impl<'a> Imp<'a> {
             dilations,
             groups,
             epilogue: Vec::new(),
+            layout: kiln_ir::Layout::Plain,
         };
         self.emit(c, Op::Conv(a), ins)
     }

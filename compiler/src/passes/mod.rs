@@ -9,10 +9,12 @@
 //! CSE, DCE), `-O2` (the default) adds weight folding (BatchNormalization into
 //! Conv/Gemm/ConvTranspose, per-channel Mul/Add into Conv), recognition of exported primitive
 //! subgraphs (HardSwish, GELU, Softmax) and kernel-epilogue fusion (activation and residual Add
-//! into Conv).
+//! into Conv), elementwise chains, and — given the target's layout model — channel-blocked
+//! layouts (`layout`, last).
 
 mod cleanup;
 mod fuse;
+mod layout;
 
 use kiln_ir::Graph;
 use std::collections::BTreeSet;
@@ -127,7 +129,17 @@ pub struct OptOptions {
     pub print_after: Vec<String>,
     /// Rules turned off by name (the fusion switch file).
     pub disabled: BTreeSet<String>,
+    /// The back end's layout model; without one the `layout` pass keeps every value plain.
+    pub layout: Option<std::sync::Arc<dyn kiln_ir::layout::LayoutTarget>>,
 }
+
+/// Whole-graph passes the fusion switch file can turn off, with what they do (listed by
+/// `--list-fusions` after the rules).
+pub const SWITCHABLE_PASSES: [(&str, &str, &str); 1] = [(
+    "layout_nchwc",
+    "layout",
+    "channel-blocked NCHWc activations where the target's kernels are faster on them (relayouts at the edges)",
+)];
 
 /// What the pass manager did.
 #[derive(Debug, Clone, Default)]
@@ -149,7 +161,7 @@ impl OptReport {
 }
 
 /// The names of the whole-graph passes and rule drivers (what `--print-after` accepts).
-pub const PASS_NAMES: [&str; 7] = [
+pub const PASS_NAMES: [&str; 8] = [
     "const_fold",
     "simplify",
     "cse",
@@ -157,6 +169,7 @@ pub const PASS_NAMES: [&str; 7] = [
     "fold",
     "fuse",
     "chain",
+    "layout",
 ];
 
 fn driver(name: &'static str, disabled: &BTreeSet<String>) -> RuleDriver {
@@ -171,8 +184,15 @@ fn driver(name: &'static str, disabled: &BTreeSet<String>) -> RuleDriver {
 
 /// A pass by name: a whole-graph pass, a rule driver (all its enabled rules), or a single rule
 /// (a driver running only that rule). Filetests use this.
-pub fn pass_by_name(name: &str, disabled: &BTreeSet<String>) -> Option<Box<dyn Pass>> {
+pub fn pass_by_name(name: &str, opts: &OptOptions) -> Option<Box<dyn Pass>> {
+    let disabled = &opts.disabled;
     Some(match name {
+        "layout" => Box::new(layout::LayoutPass {
+            target: match &opts.layout {
+                Some(t) if !disabled.contains("layout_nchwc") => t.clone(),
+                _ => std::sync::Arc::new(layout::PlainOnly),
+            },
+        }),
         "const_fold" => Box::new(cleanup::ConstFold),
         "cse" => Box::new(cleanup::Cse),
         "dce" => Box::new(cleanup::Dce),
@@ -204,13 +224,18 @@ pub fn pipeline(level: OptLevel) -> Vec<&'static str> {
             "fuse",
             "chain",
             "dce",
+            "layout",
         ],
     }
 }
 
 /// Check rule names (from a fusion switch file) against the known rules.
 pub fn check_rule_names<'a>(names: impl IntoIterator<Item = &'a String>) -> Result<(), String> {
-    let known: Vec<&str> = rules().iter().map(|r| r.name).collect();
+    let known: Vec<&str> = rules()
+        .iter()
+        .map(|r| r.name)
+        .chain(SWITCHABLE_PASSES.iter().map(|p| p.0))
+        .collect();
     for n in names {
         if !known.contains(&n.as_str()) {
             return Err(format!("unknown rule '{n}' (known: {})", known.join(", ")));
@@ -251,8 +276,8 @@ pub fn optimize(g: &mut Graph, opts: &OptOptions) -> Result<OptReport, String> {
 pub fn run_passes(g: &mut Graph, names: &[&str], opts: &OptOptions) -> Result<OptReport, String> {
     let mut report = OptReport::default();
     for &name in names {
-        let pass = pass_by_name(name, &opts.disabled)
-            .ok_or_else(|| format!("unknown pass or rule '{name}'"))?;
+        let pass =
+            pass_by_name(name, opts).ok_or_else(|| format!("unknown pass or rule '{name}'"))?;
         let n = pass.run(g);
         kiln_ir::verify::verify(g)
             .map_err(|e| format!("internal error: the IR is invalid after pass '{name}': {e}"))?;

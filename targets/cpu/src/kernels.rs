@@ -30,7 +30,58 @@ pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&Tenso
             ))
         }
     };
+    let blocked = ins.iter().chain(outs).any(|t| !t.layout.is_plain());
     match &node.op {
+        Op::Relayout { .. } => {
+            if let Some((rk, f)) = kb.rows.clone() {
+                // to or from the wide kernels' block: the LLVM transposing row kernel
+                let zero = kb.ic(0);
+                let (xp, op) = (kb.params[0], kb.params[1]);
+                call_wide(kb, f, [xp, zero, zero, zero, op], rk.work(), rk.parallel);
+            } else {
+                relayout(kb, ins[0], outs[0]);
+            }
+            return Ok(());
+        }
+        // channel-blocked convolutions and pools exist only as wide kernels
+        Op::Conv(_) | Op::MaxPool(_) if blocked && kb.ukernel.is_none() => {
+            return Err(format!(
+                "{} with layouts {} -> {} has no kernel without the wide (LLVM) kernels",
+                node.op.name(),
+                ins[0].layout,
+                outs[0].layout
+            ));
+        }
+        Op::GlobalAveragePool if blocked => {
+            float_only(ins[0])?;
+            blocked_global_pool(kb, ins[0]);
+            return Ok(());
+        }
+        // elementwise ops see operands of one shape and layout: the same loop serves
+        Op::Unary(_)
+        | Op::Clip { .. }
+        | Op::Act { .. }
+        | Op::Binary(_)
+        | Op::Chain { .. }
+        | Op::IsNaN
+        | Op::IsInf { .. }
+        | Op::Cast { .. }
+        | Op::Compare(_)
+        | Op::Logical(_)
+        | Op::Not
+        | Op::Where
+        | Op::Conv(_)
+        | Op::MaxPool(_) => {}
+        _ if blocked => {
+            return Err(format!(
+                "{} on layouts other than plain is not supported by the CPU back end",
+                node.op.name()
+            ));
+        }
+        _ => {}
+    }
+    match &node.op {
+        Op::Relayout { .. } => unreachable!("handled above"),
         Op::Unary(_)
         | Op::Clip { .. }
         | Op::Act { .. }
@@ -1504,6 +1555,7 @@ fn matmul_product(
             dilations: vec![1, 1],
             groups: 1,
             epilogue: Vec::new(),
+            layout: kiln_ir::Layout::Plain,
         };
         let (xt, wt, ot) = (
             TensorType::f32([1, k, 1, n]),
@@ -2030,6 +2082,89 @@ pub(crate) fn copy_bytes(kb: &mut Kb, s: Value, d: Value, bytes: usize) {
     kb.for_n(words, &mut |kb, i| copy_elem(kb, 8, s, i, d, i));
     kb.for_range(words * 8, bytes, 1, &mut |kb, i| {
         copy_elem(kb, 1, s, i, d, i)
+    });
+}
+
+/// `Relayout`: plain `[N, C, H, W]` to or from channel-blocked `[N, C/c, H, W, c]`, as the
+/// transpose of `[N, C/c, c, H*W]` to `[N, C/c, H*W, c]` (or back).
+fn relayout(kb: &mut Kb, x: &TensorType, out: &TensorType) {
+    let block = |t: &TensorType| match t.layout {
+        kiln_ir::Layout::Nchwc(c) => Some(c as usize),
+        _ => None,
+    };
+    let (n, ch, hw) = (x.shape[0], x.shape[1], x.shape[2] * x.shape[3]);
+    let t = |shape: [usize; 4]| TensorType::new(x.dtype, shape);
+    match (block(x), block(out)) {
+        (None, Some(c)) => transpose(
+            kb,
+            &[0, 1, 3, 2],
+            &t([n, ch / c, c, hw]),
+            &t([n, ch / c, hw, c]),
+        ),
+        (Some(c), None) => transpose(
+            kb,
+            &[0, 1, 3, 2],
+            &t([n, ch / c, hw, c]),
+            &t([n, ch / c, c, hw]),
+        ),
+        (Some(a), Some(b)) if a != b => {
+            // through the plain order: element (n, ch, p) is read from block layout a and
+            // written in block layout b
+            let es = x.dtype.size();
+            let (xp, op) = (kb.params[0], kb.params[1]);
+            kb.for_nd(&[n, ch, hw], &mut |kb, idx| {
+                let xo = blocked_offset(kb, idx, (ch, hw), a);
+                let oo = blocked_offset(kb, idx, (ch, hw), b);
+                copy_elem(kb, es, xp, xo, op, oo);
+            });
+        }
+        _ => copy(kb, 0, 1, x.size_bytes()),
+    }
+}
+
+/// The element offset of `(n, channel, pixel)` in a `Nchwc(c)` tensor of `ch` channels and
+/// `hw` pixels.
+fn blocked_offset(kb: &mut Kb, idx: &[Value], (ch, hw): (usize, usize), c: usize) -> Value {
+    let cb = kb.b.ins().udiv_imm_u(idx[1], c as i64);
+    let ci = kb.b.ins().urem_imm_u(idx[1], c as i64);
+    let base = kb.offset(&[idx[0], cb, idx[2]], &[ch * hw, hw * c, c]);
+    kb.b.ins().iadd(base, ci)
+}
+
+/// GlobalAveragePool of a channel-blocked input: per block of `c` channels, `H*W` vectors of
+/// `c` lanes summed four lanes at a time; the `[N, C, 1, 1]` output is plain (its blocked and
+/// plain orders agree).
+fn blocked_global_pool(kb: &mut Kb, x: &TensorType) {
+    let kiln_ir::Layout::Nchwc(c) = x.layout else {
+        unreachable!("a blocked input")
+    };
+    let c = c as usize;
+    let (xp, op) = (kb.params[0], kb.params[1]);
+    let hw = x.shape[2] * x.shape[3];
+    let rows = x.shape[0] * x.shape[1] / c;
+    let scale = 1.0 / hw as f32;
+    kb.for_n(rows, &mut |kb, r| {
+        let base = kb.b.ins().imul_imm_u(r, (hw * c) as i64);
+        for q in (0..c).step_by(4) {
+            let z = kb.fc(0.0);
+            let zv = kb.b.ins().splat(F32X4, z);
+            let acc = kb.var(F32X4, zv);
+            kb.for_range(0, hw * c, c, &mut |kb, p| {
+                let o = kb.b.ins().iadd(base, p);
+                let o = kb.b.ins().iadd_imm_u(o, q as i64);
+                let v = kb.load_f32x4(xp, o);
+                let a0 = kb.b.use_var(acc);
+                let a1 = kb.b.ins().fadd(a0, v);
+                kb.b.def_var(acc, a1);
+            });
+            let a = kb.b.use_var(acc);
+            let sc = kb.fc(scale);
+            let sv = kb.b.ins().splat(F32X4, sc);
+            let m = kb.b.ins().fmul(a, sv);
+            let oo = kb.b.ins().imul_imm_u(r, c as i64);
+            let oo = kb.b.ins().iadd_imm_u(oo, q as i64);
+            kb.store_f32x4(m, op, oo);
+        }
     });
 }
 

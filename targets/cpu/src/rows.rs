@@ -23,6 +23,10 @@ pub(crate) enum RowOp {
     /// one row and `transB`: a classifier's last layer): `rows` is `n`, one work item is
     /// [`GEMV_COLS`] outputs; each weight row is streamed once, contiguously.
     Gemv { bias: bool },
+    /// Plain `[C][H*W]` to channel-blocked `[C/w][H*W][w]` (`to_blocked`) or back: one row is
+    /// one block of `w = lanes` channels (`len` pixels), transposed `w x w` at a time in
+    /// registers.
+    Relayout { to_blocked: bool },
 }
 
 /// Outputs per work item of a [`RowOp::Gemv`] (one vector accumulator each).
@@ -63,6 +67,7 @@ impl RowKernel {
             RowOp::Softmax => 24,
             RowOp::LayerNorm { .. } => 8,
             RowOp::Gemv { .. } => 2,
+            RowOp::Relayout { .. } => self.lanes,
         };
         self.rows * self.len * per
     }
@@ -80,6 +85,9 @@ impl RowKernel {
         if let RowOp::Gemv { bias } = self.op {
             return self.gemv_ir(bias, attrs_group, out);
         }
+        if let RowOp::Relayout { to_blocked } = self.op {
+            return self.relayout_ir(to_blocked, attrs_group, out);
+        }
         let mut e = Emit::new(self.lanes);
         e.items_begin(&self.name, ROW_PARAMS, attrs_group, "t", "row_end");
         e.line(&format!("  %ro = mul i64 %t, {}", self.len));
@@ -96,7 +104,7 @@ impl RowKernel {
                 scale,
                 bias,
             } => layer_norm(&mut e, &rl, *epsilon, (*scale, *bias)),
-            RowOp::Gemv { .. } => unreachable!("gemv_ir"),
+            RowOp::Gemv { .. } | RowOp::Relayout { .. } => unreachable!("own generators"),
         }
         e.line("  br label %row_end");
         e.line("row_end:");
@@ -109,6 +117,75 @@ impl RowKernel {
 type VecBody<'a> = dyn FnMut(&mut Emit, &str, Option<&str>, &str) -> String + 'a;
 
 impl RowKernel {
+    /// `void name(x, _, _, _, y, t0, t1)`: channel blocks `t0..t1` (each `w * len` floats in
+    /// both layouts) from plain to blocked (`to_blocked`) or back, `w` pixels at a time: `w`
+    /// vector loads, an in-register transpose, `w` vector stores; the last `len % w` pixels
+    /// with masked loads and stores.
+    fn relayout_ir(&self, to_blocked: bool, attrs_group: usize, out: &mut String) {
+        let (w, len) = (self.lanes, self.len);
+        let mut e = Emit::new(w);
+        e.items_begin(&self.name, ROW_PARAMS, attrs_group, "t", "item_end");
+        e.line(&format!("  %bo = mul i64 %t, {}", w * len));
+        e.line("  %xb = getelementptr float, float* %x, i64 %bo");
+        e.line("  %ob = getelementptr float, float* %o, i64 %bo");
+        // pixels p0 .. p0 + n (n = w, or the tail) of the block
+        let chunk = |e: &mut Emit, p0: &str, n: usize| {
+            let m = (n < w).then(|| e.lanes_below(0, n));
+            let mut rows = Vec::new();
+            for i in 0..w {
+                // plain: channel i's pixels; blocked: pixel i's channels (only n of them)
+                let off = e.tmp();
+                if to_blocked {
+                    e.line(&format!("  {off} = add i64 {p0}, {}", i * len));
+                    rows.push(load(e, "%xb", &off, m.as_deref(), "zeroinitializer"));
+                } else if i < n {
+                    e.line(&format!("  {off} = mul i64 {p0}, {w}"));
+                    let o2 = e.tmp();
+                    e.line(&format!("  {o2} = add i64 {off}, {}", i * w));
+                    rows.push(load(e, "%xb", &o2, None, "zeroinitializer"));
+                } else {
+                    e.line(&format!("  {off} = add i64 0, 0"));
+                    rows.push("zeroinitializer".into());
+                }
+            }
+            let cols = e.transpose(&rows);
+            for (j, c) in cols.iter().enumerate() {
+                let off = e.tmp();
+                if to_blocked {
+                    if j >= n {
+                        continue;
+                    }
+                    e.line(&format!("  {off} = mul i64 {p0}, {w}"));
+                    let o2 = e.tmp();
+                    e.line(&format!("  {o2} = add i64 {off}, {}", j * w));
+                    store(e, c, "%ob", &o2, None);
+                } else {
+                    e.line(&format!("  {off} = add i64 {p0}, {}", j * len));
+                    store(e, c, "%ob", &off, m.as_deref());
+                }
+            }
+        };
+        let nv = len / w;
+        if nv > 0 {
+            e.line("  br label %p_head");
+            e.line("p_head:");
+            e.line("  %p_i = phi i64 [ 0, %item ], [ %p_n, %p_head ]");
+            e.line(&format!("  %p0 = mul i64 %p_i, {w}"));
+            chunk(&mut e, "%p0", w);
+            e.line("  %p_n = add i64 %p_i, 1");
+            e.line(&format!("  %p_c = icmp eq i64 %p_n, {nv}"));
+            e.line("  br i1 %p_c, label %p_exit, label %p_head");
+            e.line("p_exit:");
+        }
+        if len % w > 0 {
+            chunk(&mut e, &(nv * w).to_string(), len % w);
+        }
+        e.line("  br label %item_end");
+        e.line("item_end:");
+        e.items_end("t");
+        out.push_str(&e.s);
+    }
+
     /// `void name(x, w, bias, _, y, t0, t1)`: outputs `t * GEMV_COLS ..` for items `t0..t1`.
     /// Rows past `n` read the last row (always valid memory) and are not stored.
     fn gemv_ir(&self, bias: bool, attrs_group: usize, out: &mut String) {

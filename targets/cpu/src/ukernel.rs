@@ -77,6 +77,8 @@ pub(crate) struct ConvKernel {
     /// Run as Winograd F(2x2, 3x3) (`wino.rs`): this kernel then only describes the input
     /// packing and the epilogue; the products run in the boxed kernel.
     pub wino: Option<Box<crate::wino::Wino>>,
+    /// Input and output channel-blocked (`Nchwc(lanes)`, `blocked.rs`) rather than plain.
+    pub blocked: (bool, bool),
 }
 
 /// The tiling of a convolution with output channels along the vector lanes: a register tile
@@ -198,6 +200,7 @@ impl ConvKernel {
             operands: Vec::new(),
             cl: None,
             wino: None,
+            blocked: (false, false),
             g,
         })
     }
@@ -223,6 +226,31 @@ impl ConvKernel {
             self.cl = Some(cl);
         }
         self
+    }
+
+    /// This dense (ungrouped) convolution writing a channel-blocked output (`Nchwc(lanes)`),
+    /// reading a plain input through the usual packing or, `in_blocked`, a blocked input
+    /// directly (an unpacked convolution: 1x1, stride 1, no padding): always the
+    /// channels-along-lanes tiling, whose accumulators are then whole output vectors.
+    pub fn blocked_dense(mut self, in_blocked: bool, t: &LlvmTarget) -> Option<ConvKernel> {
+        let g = &self.g;
+        if self.groups != 1
+            || self.depthwise
+            || self.wino.is_some()
+            || self.a_strides.is_some()
+            || !g.m.is_multiple_of(t.lanes)
+            || (in_blocked && (self.pk.needed || !g.c.is_multiple_of(t.lanes)))
+        {
+            return None;
+        }
+        let cl = self.channel_tiles(t);
+        self.mr = cl.vo * self.lanes;
+        self.vn = 1;
+        self.mb = self.g.mg.div_ceil(self.mr);
+        self.jt = cl.rows * cl.xt;
+        self.cl = Some(cl);
+        self.blocked = (in_blocked, true);
+        Some(self)
     }
 
     /// Whether the channels-along-lanes tiling `cl` should beat this (pixels-along-lanes)
@@ -336,6 +364,7 @@ impl ConvKernel {
             operands: Vec::new(),
             cl: None,
             wino: None,
+            blocked: (false, false),
             g,
         })
     }
@@ -591,6 +620,9 @@ impl ConvKernel {
 
     /// LLVM IR of `void name(q, w, bias, res, out, t0, t1)`: work items `t0..t1` of one image.
     pub fn ir(&self, attrs_group: usize, out: &mut String) {
+        if self.depthwise && self.blocked.1 {
+            return self.ir_depthwise_blocked(attrs_group, out);
+        }
         if self.depthwise {
             return self.ir_depthwise(attrs_group, out);
         }
@@ -910,10 +942,18 @@ impl ConvKernel {
         b.line(&format!("  %xt = urem i64 %tile, {}", cl.xt));
         b.line(&format!("  %row = udiv i64 %tile, {}", cl.xt));
         b.line(&format!("  %x0 = mul i64 %xt, {}", cl.px));
-        b.line(&format!("  %qo0 = mul i64 %gi, {}", g.cg * per_c));
-        b.line(&format!("  %qr = mul i64 %row, {}", cl.pitch));
-        b.line("  %qo1 = add i64 %qo0, %qr");
-        b.line("  %qo = add i64 %qo1, %x0");
+        let (in_blocked, out_blocked) = self.blocked;
+        // a blocked input (an unpadded 1x1 convolution, one row of all pixels): pixel p of
+        // channel ci at (ci / w * plane + p) * w + ci % w
+        let pstride = if in_blocked { w } else { 1 };
+        if in_blocked {
+            b.line(&format!("  %qo = mul i64 %x0, {w}"));
+        } else {
+            b.line(&format!("  %qo0 = mul i64 %gi, {}", g.cg * per_c));
+            b.line(&format!("  %qr = mul i64 %row, {}", cl.pitch));
+            b.line("  %qo1 = add i64 %qo0, %qr");
+            b.line("  %qo = add i64 %qo1, %x0");
+        }
         b.line("  %qb = getelementptr float, float* %q, i64 %qo");
         b.line(&format!("  %wo = mul i64 %gm, {}", g.cg * kk * mr));
         b.line("  %wb = getelementptr float, float* %w, i64 %wo");
@@ -983,22 +1023,34 @@ impl ConvKernel {
             // one iteration = one (input channel, kernel row, kernel column) tap: with a
             // kernel row's taps unrolled, LLVM hoisted the next taps' weight loads and spilled
             // accumulators
-            let (ct, tw) = (b.tmp(), b.tmp());
-            b.line(&format!("  {ct} = udiv i64 {c}, {}", g.k[1]));
-            b.line(&format!("  {tw} = urem i64 {c}, {}", g.k[1]));
-            let rb = self.kernel_row_offset(b, &ct);
-            // the column tap: phase (col % s1) and packed column (col / s1), as tap_offsets
-            let twd = b.tmp();
-            b.line(&format!("  {twd} = mul i64 {tw}, {}", g.d[1]));
-            let (r1, xq) = (b.tmp(), b.tmp());
-            b.line(&format!("  {r1} = urem i64 {twd}, {}", pk.s1));
-            b.line(&format!("  {xq} = udiv i64 {twd}, {}", pk.s1));
-            let r1o = b.tmp();
-            b.line(&format!("  {r1o} = mul i64 {r1}, {}", pk.hq * pk.wq));
-            let toff = b.tmp();
-            b.line(&format!("  {toff} = add i64 {r1o}, {xq}"));
-            let qc = b.tmp();
-            b.line(&format!("  {qc} = add i64 {rb}, {toff}"));
+            let qc = if in_blocked {
+                let (cb, ci) = (b.tmp(), b.tmp());
+                b.line(&format!("  {cb} = udiv i64 {c}, {w}"));
+                b.line(&format!("  {ci} = urem i64 {c}, {w}"));
+                let cbo = b.tmp();
+                b.line(&format!("  {cbo} = mul i64 {cb}, {}", plane * w));
+                let qc = b.tmp();
+                b.line(&format!("  {qc} = add i64 {cbo}, {ci}"));
+                qc
+            } else {
+                let (ct, tw) = (b.tmp(), b.tmp());
+                b.line(&format!("  {ct} = udiv i64 {c}, {}", g.k[1]));
+                b.line(&format!("  {tw} = urem i64 {c}, {}", g.k[1]));
+                let rb = self.kernel_row_offset(b, &ct);
+                // the column tap: phase (col % s1) and packed column (col / s1), as tap_offsets
+                let twd = b.tmp();
+                b.line(&format!("  {twd} = mul i64 {tw}, {}", g.d[1]));
+                let (r1, xq) = (b.tmp(), b.tmp());
+                b.line(&format!("  {r1} = urem i64 {twd}, {}", pk.s1));
+                b.line(&format!("  {xq} = udiv i64 {twd}, {}", pk.s1));
+                let r1o = b.tmp();
+                b.line(&format!("  {r1o} = mul i64 {r1}, {}", pk.hq * pk.wq));
+                let toff = b.tmp();
+                b.line(&format!("  {toff} = add i64 {r1o}, {xq}"));
+                let qc = b.tmp();
+                b.line(&format!("  {qc} = add i64 {rb}, {toff}"));
+                qc
+            };
             let qp = b.tmp();
             b.line(&format!(
                 "  {qp} = getelementptr float, float* %qb, i64 {qc}"
@@ -1021,7 +1073,8 @@ impl ConvKernel {
             for p in 0..px {
                 let sp = b.tmp();
                 b.line(&format!(
-                    "  {sp} = getelementptr float, float* {qp}, i64 {p}"
+                    "  {sp} = getelementptr float, float* {qp}, i64 {}",
+                    p * pstride
                 ));
                 let s = b.tmp();
                 b.line(&format!("  {s} = load float, float* {sp}, align 4"));
@@ -1047,9 +1100,56 @@ impl ConvKernel {
             b.line(&format!(
                 "  br i1 %ce_{sfx}, label %store_{sfx}, label %loop_{sfx}"
             ));
+            b.line(&format!("store_{sfx}:"));
+            if out_blocked {
+                // each accumulator is one pixel of a block of `w` channels: stored as it is
+                // at ((m0 / w + v) * plane + pixel) * w (groups == 1, m0 a multiple of w)
+                let all = format!("<{}>", vec!["i1 true"; w].join(", "));
+                let ob = b.tmp();
+                b.line(&format!("  {ob} = mul i64 %m0, {plane}"));
+                let pb = b.tmp();
+                b.line(&format!("  {pb} = sub i64 %obase, %ob0"));
+                let pbw = b.tmp();
+                b.line(&format!("  {pbw} = mul i64 {pb}, {w}"));
+                let base = b.tmp();
+                b.line(&format!("  {base} = add i64 {ob}, {pbw}"));
+                for v in 0..vo {
+                    // channel vector v exists unless the m-block runs past the channels
+                    let l = b.label();
+                    if (v + 1) * w > g.mg % mr && g.mg % mr != 0 {
+                        let ok = b.tmp();
+                        b.line(&format!("  {ok} = icmp ugt i64 %rem, {}", v * w));
+                        b.line(&format!("  br i1 {ok}, label %{l}_st, label %{l}_sk"));
+                    } else {
+                        b.line(&format!("  br label %{l}_st"));
+                    }
+                    b.line(&format!("{l}_st:"));
+                    let vo_ = b.tmp();
+                    b.line(&format!("  {vo_} = add i64 {base}, {}", v * plane * w));
+                    let op = b.tmp();
+                    b.line(&format!(
+                        "  {op} = getelementptr float, float* %o, i64 {vo_}"
+                    ));
+                    let srcs = if self.has_res {
+                        let rp = b.tmp();
+                        b.line(&format!(
+                            "  {rp} = getelementptr float, float* %r, i64 {vo_}"
+                        ));
+                        vec![Src::Vec(rp)]
+                    } else {
+                        Vec::new()
+                    };
+                    for p in 0..px {
+                        b.store_tile(&self.epilogue, &cur[v * px + p], &all, (&op, &srcs), p * w);
+                    }
+                    b.line(&format!("  br label %{l}_sk"));
+                    b.line(&format!("{l}_sk:"));
+                }
+                b.line("  br label %next");
+                continue;
+            }
             // each accumulator is one pixel of `w` channels: transposed in registers into
             // segments of `seg` pixels of one channel, stored (masked) into the channel planes
-            b.line(&format!("store_{sfx}:"));
             let seg = cl.seg;
             let pxm: Vec<String> = (0..seg).map(|p| format!("i1 {}", p < px)).collect();
             let pxm = format!("<{}>", pxm.join(", "));
@@ -1507,7 +1607,7 @@ impl ConvKernel {
 }
 
 /// Parameters of a kernel: packed input, weights, bias, residual, output (then the work range).
-const KERNEL_PARAMS: &str =
+pub(crate) const KERNEL_PARAMS: &str =
     "float* noalias %q, float* noalias %w, float* noalias %b, float* noalias %r, float* noalias %o";
 /// Parameters of a packing function: source, three unused, destination (same C signature).
 const PACK_PARAMS: &str =

@@ -725,6 +725,7 @@ fn conv_variants() {
         dilations: d,
         groups,
         epilogue: Vec::new(),
+        layout: kiln_ir::Layout::Plain,
     };
     conv_case(
         &[1, 3, 8, 8],
@@ -874,6 +875,7 @@ fn concat_in_place() {
             dilations: vec![1, 1],
             groups,
             epilogue: vec![EpilogueStep::Unary(UnaryOp::Relu)],
+            layout: kiln_ir::Layout::Plain,
         };
         parts.extend(
             g.add_node(
@@ -919,6 +921,7 @@ fn wide_kernel_edges() {
         dilations: vec![1, 1],
         groups,
         epilogue: Vec::new(),
+        layout: kiln_ir::Layout::Plain,
     };
     conv_case(&[1, 17, 7, 7], &[20, 17, 3, 3], c(3, 1, 1, 1), true);
     // Winograd under `Auto` (16+ channels): odd sizes (a half last tile row and column),
@@ -1752,6 +1755,7 @@ fn direct_nd_conv_and_pools() {
         dilations: dil.to_vec(),
         groups,
         epilogue: Vec::new(),
+        layout: kiln_ir::Layout::Plain,
     };
     conv_case(
         &[1, 4, 5, 6, 4],
@@ -1852,6 +1856,7 @@ fn direct_nd_conv_and_pools() {
         dilations: vec![1, 1],
         groups: 1,
         epilogue: Vec::new(),
+        layout: kiln_ir::Layout::Plain,
     };
     g.outputs = g
         .add_node("c", Op::Conv(a), vec![x, w], vec!["y".into()])
@@ -2005,6 +2010,7 @@ fn conv_epilogues() {
             dilations: vec![1; sp],
             groups,
             epilogue: epi.clone(),
+            layout: kiln_ir::Layout::Plain,
         };
         let mut g = Graph::new(format!("conv_epilogue_{k}"));
         let xi = g.add_input("x", TensorType::f32(x.clone()));
@@ -2043,5 +2049,197 @@ fn conv_epilogues() {
         }
         g.outputs = g.add_node("c", Op::Conv(a), ins, vec!["y".into()]).unwrap();
         check(&g, &tensors);
+    }
+}
+
+/// Channel-blocked (`Nchwc`) kernels against the interpreter, for every vector width the host
+/// can run (the block is the target's lanes): depthwise convolutions (strides 1 and 2,
+/// dilation, 5x5, odd sizes, left/right padding tiles, a residual), dense convolutions with a
+/// plain packed input (a stem) or a blocked 1x1 input, max pooling, global average pooling,
+/// elementwise ops on blocked operands and relayouts both ways.
+#[test]
+fn blocked_layouts() {
+    let mut r = Rng(0xB10C);
+    for cpu in [None, Some("x86-64-v3"), Some("x86-64")] {
+        let lanes = kiln_target_cpu::llvm::LlvmTarget::new(None, cpu)
+            .unwrap()
+            .lanes;
+        let bl = kiln_ir::Layout::Nchwc(lanes as u32);
+        let opts = kiln_target_cpu::CpuOptions {
+            par_min_macs: 0,
+            target_cpu: cpu.map(Into::into),
+            ..kiln_target_cpu::CpuOptions::host("t")
+        };
+        let conv =
+            |k: usize, s: usize, p: usize, d: usize, groups: usize, epi: Vec<EpilogueStep>| {
+                ConvAttrs {
+                    kernel: vec![k, k],
+                    strides: vec![s, s],
+                    pads: vec![p; 4],
+                    dilations: vec![d, d],
+                    groups,
+                    epilogue: epi,
+                    layout: bl,
+                }
+            };
+        let clip = EpilogueStep::Clip { min: 0.0, max: 6.0 };
+        // (name, channels in, out, h, w, attrs, residual)
+        let cases = [
+            (
+                "dw3s1",
+                2 * lanes,
+                2 * lanes,
+                9,
+                13,
+                conv(3, 1, 1, 1, 2 * lanes, vec![clip]),
+                false,
+            ),
+            (
+                "dw3s2",
+                lanes,
+                lanes,
+                10,
+                11,
+                conv(3, 2, 1, 1, lanes, vec![]),
+                false,
+            ),
+            (
+                "dw5s2",
+                lanes,
+                lanes,
+                15,
+                15,
+                conv(5, 2, 2, 1, lanes, vec![clip]),
+                false,
+            ),
+            (
+                "dw3d2",
+                lanes,
+                lanes,
+                8,
+                8,
+                conv(3, 1, 2, 2, lanes, vec![]),
+                false,
+            ),
+            (
+                "dw3res",
+                lanes,
+                lanes,
+                7,
+                7,
+                conv(3, 1, 1, 1, lanes, vec![EpilogueStep::Add, clip]),
+                true,
+            ),
+            (
+                "pw",
+                2 * lanes,
+                3 * lanes,
+                7,
+                7,
+                conv(1, 1, 0, 1, 1, vec![clip]),
+                false,
+            ),
+            (
+                "pwres",
+                lanes,
+                lanes,
+                5,
+                9,
+                conv(1, 1, 0, 1, 1, vec![EpilogueStep::Add]),
+                true,
+            ),
+        ];
+        for (name, c, m, h, w, a, res) in cases {
+            let mut g = Graph::new(format!("{name}_{lanes}"));
+            let x = g.add_input("x", TensorType::f32([1, c, h, w]));
+            let xb = g
+                .add_node("to", Op::Relayout { to: bl }, vec![x], vec!["xb".into()])
+                .unwrap()[0];
+            let wt = TensorType::f32([m, c / a.groups, a.kernel[0], a.kernel[1]]);
+            let wv = g
+                .add_const("w", wt.clone(), ConstData::from_f32(&r.vec(wt.numel())))
+                .unwrap();
+            let bv = g
+                .add_const("b", TensorType::f32([m]), ConstData::from_f32(&r.vec(m)))
+                .unwrap();
+            let mut ins = vec![xb, wv, bv];
+            if res {
+                ins.push(xb);
+            }
+            let y = g.add_node("c", Op::Conv(a), ins, vec!["y".into()]).unwrap()[0];
+            // an elementwise op between blocked values, then back to plain
+            let z = g
+                .add_node("n", Op::Unary(UnaryOp::Neg), vec![y], vec!["z".into()])
+                .unwrap()[0];
+            g.outputs = g
+                .add_node(
+                    "back",
+                    Op::Relayout {
+                        to: kiln_ir::Layout::Plain,
+                    },
+                    vec![z],
+                    vec!["out".into()],
+                )
+                .unwrap();
+            let xt = Tensor::f32([1, c, h, w], r.vec(c * h * w));
+            kiln_ir::verify::verify(&g).unwrap();
+            let want = interp::run(&g, std::slice::from_ref(&xt)).unwrap();
+            check_with(&g, &[xt], &want, &opts);
+        }
+        // a stem: plain 3-channel input, blocked output; then a blocked max pool and a global
+        // average pool of the blocked result
+        let mut g = Graph::new(format!("stem_{lanes}"));
+        let x = g.add_input("x", TensorType::f32([2, 3, 17, 15]));
+        let wv = g
+            .add_const(
+                "w",
+                TensorType::f32([2 * lanes, 3, 3, 3]),
+                ConstData::from_f32(&r.vec(2 * lanes * 27)),
+            )
+            .unwrap();
+        let bv = g
+            .add_const(
+                "b",
+                TensorType::f32([2 * lanes]),
+                ConstData::from_f32(&r.vec(2 * lanes)),
+            )
+            .unwrap();
+        let y = g
+            .add_node(
+                "c",
+                Op::Conv(conv(3, 2, 1, 1, 1, vec![clip])),
+                vec![x, wv, bv],
+                vec!["y".into()],
+            )
+            .unwrap()[0];
+        let pool = PoolAttrs {
+            kernel: vec![3, 3],
+            strides: vec![2, 2],
+            pads: vec![1, 1, 1, 1],
+            dilations: vec![1, 1],
+            ceil_mode: false,
+            count_include_pad: false,
+        };
+        let p = g
+            .add_node("p", Op::MaxPool(pool), vec![y], vec!["p".into()])
+            .unwrap()[0];
+        let gap = g
+            .add_node("gap", Op::GlobalAveragePool, vec![p], vec!["gap".into()])
+            .unwrap()[0];
+        let back = g
+            .add_node(
+                "back",
+                Op::Relayout {
+                    to: kiln_ir::Layout::Plain,
+                },
+                vec![p],
+                vec!["pp".into()],
+            )
+            .unwrap()[0];
+        g.outputs = vec![gap, back];
+        let xt = Tensor::f32([2, 3, 17, 15], r.vec(2 * 3 * 17 * 15));
+        kiln_ir::verify::verify(&g).unwrap();
+        let want = interp::run(&g, std::slice::from_ref(&xt)).unwrap();
+        check_with(&g, &[xt], &want, &opts);
     }
 }

@@ -1255,6 +1255,7 @@ impl Imp<'_> {
             dilations,
             groups: usize::try_from(c.i("group", 1)).map_err(|_| "bad group")?,
             epilogue: Vec::new(),
+            layout: kiln_ir::Layout::Plain,
         };
         let mut ins = vec![xi, wi];
         if qlinear && let Some(b) = self.inp(c, 8)? {

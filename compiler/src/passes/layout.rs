@@ -1,0 +1,390 @@
+//! The `layout` pass: choose a physical layout — plain or the target's channel-blocked
+//! `Nchwc(c)` — for every activation, and insert the `relayout`s that joins need.
+//!
+//! Layouts are part of the value types (`kiln_ir::ops::Op::layouts` says which ops read and
+//! write which). Values that must share a layout (an elementwise op's operands and output, a
+//! pool's input and output) form one class; convolutions read and write classes
+//! independently. The pass picks one layout per class minimizing the target's estimates
+//! ([`LayoutTarget`]): the cost of every convolution and pool in its (input, output) layouts,
+//! plus a relayout for each blocked value that an op needing plain reads. It is a local search
+//! from two starts, all plain and all blocked, flipping one class at a time while the total
+//! falls; the better end wins (a region of blocked convolutions is found from the all-blocked
+//! start even when blocking any one class alone costs a relayout).
+//!
+//! Graph inputs, outputs and constants stay plain (the artefact's interface is logical), and
+//! the pass never changes values — only where they are stored; the interpreter ignores
+//! layouts, so every filetest compares the result with the original graph.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use kiln_ir::layout::LayoutTarget;
+use kiln_ir::{Graph, Layout, NodeId, Op, ValueId};
+
+use super::Pass;
+
+/// The pass, for one target.
+pub struct LayoutPass {
+    pub target: Arc<dyn LayoutTarget>,
+}
+
+/// The target of a build without a layout model: every value stays plain.
+#[derive(Debug)]
+pub struct PlainOnly;
+
+impl LayoutTarget for PlainOnly {
+    fn block(&self) -> Option<u32> {
+        None
+    }
+    fn cost(&self, _: &Graph, _: &kiln_ir::Node, _: Layout, _: Layout) -> Option<f64> {
+        None
+    }
+    fn relayout_cost(&self, _: usize) -> f64 {
+        0.0
+    }
+}
+
+/// A cost standing for "no kernel": large, but finite so sums stay comparable.
+const NEVER: f64 = 1e18;
+
+/// How a node constrains its values' layouts.
+enum Role {
+    /// Input 0 and output 0 have separate classes; the target prices each combination
+    /// (`conv`; a conv's residual must be in the output's layout).
+    Priced,
+    /// Every operand with more than one element and every output share one class
+    /// (elementwise ops with same-shape operands; pools, which the target also prices).
+    Joined,
+    /// Reads anything, writes plain (`global_average_pool`).
+    AnyIn,
+    /// Reads and writes plain only.
+    Plain,
+}
+
+fn role(g: &Graph, op: &Op, inputs: &[ValueId], out: Option<ValueId>) -> Role {
+    match op {
+        Op::Conv(a) if a.kernel.len() == 2 => Role::Priced,
+        Op::MaxPool(a) | Op::AveragePool(a) if a.kernel.len() == 2 => Role::Joined,
+        Op::GlobalAveragePool => Role::AnyIn,
+        Op::Unary(_)
+        | Op::Clip { .. }
+        | Op::Act { .. }
+        | Op::Binary(_)
+        | Op::Chain { .. }
+        | Op::IsNaN
+        | Op::IsInf { .. }
+        | Op::Compare(_)
+        | Op::Logical(_)
+        | Op::Not
+        | Op::Where
+        | Op::Cast { .. } => {
+            let shape = out.map(|o| &g.ty(o).shape);
+            let same = inputs
+                .iter()
+                .all(|&v| g.ty(v).numel() <= 1 || Some(&g.ty(v).shape) == shape);
+            if same { Role::Joined } else { Role::Plain }
+        }
+        _ => Role::Plain,
+    }
+}
+
+/// Union-find over value ids.
+struct Classes(Vec<usize>);
+
+impl Classes {
+    fn find(&mut self, v: usize) -> usize {
+        let mut r = v;
+        while self.0[r] != r {
+            r = self.0[r];
+        }
+        let mut x = v;
+        while self.0[x] != r {
+            let n = self.0[x];
+            self.0[x] = r;
+            x = n;
+        }
+        r
+    }
+    fn union(&mut self, a: usize, b: usize) {
+        let (a, b) = (self.find(a), self.find(b));
+        if a != b {
+            self.0[a] = b;
+        }
+    }
+}
+
+/// The layout problem of one graph: classes, which may be blocked, and what each choice costs.
+struct Problem {
+    block: Layout,
+    /// Class (dense index) of every value.
+    class: Vec<usize>,
+    /// Whether each class may be blocked.
+    eligible: Vec<bool>,
+    /// Priced nodes: (class of input 0, class of output 0, cost plain->plain, plain->blocked,
+    /// blocked->plain, blocked->blocked), the cost of the input's class combined with the
+    /// output's.
+    priced: Vec<(usize, usize, [f64; 4])>,
+    /// Values read in a fixed layout by some node: (class, bytes, needs-blocked? — false:
+    /// plain, true: the layout of `other` class (a residual follows its conv's output)).
+    joins: Vec<(usize, f64, Option<usize>)>,
+}
+
+impl Problem {
+    fn build(g: &Graph, t: &dyn LayoutTarget, c: u32) -> Problem {
+        let block = Layout::Nchwc(c);
+        let nv = g.values.len();
+        let mut uf = Classes((0..nv).collect());
+        let mut ok = vec![false; nv];
+        for (_, n) in g.iter_nodes() {
+            for &o in &n.outputs {
+                let ty = g.ty(o);
+                ok[o.index()] = ty.rank() == 4 && ty.shape[1].is_multiple_of(c as usize);
+            }
+        }
+        for &v in &g.outputs {
+            ok[v.index()] = false;
+        }
+        let mut roles = Vec::new();
+        for (id, n) in g.iter_nodes() {
+            let r = role(g, &n.op, &n.inputs, n.outputs.first().copied());
+            match r {
+                Role::Joined => {
+                    for &i in &n.inputs {
+                        if g.ty(i).numel() > 1 {
+                            uf.union(i.index(), n.outputs[0].index());
+                        }
+                    }
+                    for &o in &n.outputs[1..] {
+                        uf.union(o.index(), n.outputs[0].index());
+                    }
+                }
+                Role::AnyIn | Role::Plain => {
+                    for &o in &n.outputs {
+                        ok[o.index()] = false;
+                    }
+                }
+                Role::Priced => {}
+            }
+            roles.push((id, r));
+        }
+        // dense class numbers; a class is eligible when every value in it is
+        let mut dense: HashMap<usize, usize> = HashMap::new();
+        let mut class = vec![0; nv];
+        let mut eligible: Vec<bool> = Vec::new();
+        for v in 0..nv {
+            let root = uf.find(v);
+            let k = *dense.entry(root).or_insert_with(|| {
+                eligible.push(true);
+                eligible.len() - 1
+            });
+            class[v] = k;
+            eligible[k] &= ok[v];
+        }
+        let mut priced = Vec::new();
+        let mut joins = Vec::new();
+        let bytes = |v: ValueId| g.ty(v).size_bytes() as f64;
+        for (id, r) in roles {
+            let n = g.node(id);
+            match r {
+                Role::Priced | Role::Joined
+                    if matches!(n.op, Op::Conv(_) | Op::MaxPool(_) | Op::AveragePool(_)) =>
+                {
+                    let (x, y) = (n.inputs[0], n.outputs[0]);
+                    let mut cost = [NEVER; 4];
+                    for (k, (li, lo)) in [
+                        (Layout::Plain, Layout::Plain),
+                        (Layout::Plain, block),
+                        (block, Layout::Plain),
+                        (block, block),
+                    ]
+                    .into_iter()
+                    .enumerate()
+                    {
+                        if let Some(c) = t.cost(g, n, li, lo) {
+                            cost[k] = c;
+                        }
+                    }
+                    priced.push((class[x.index()], class[y.index()], cost));
+                    // a conv's other inputs: weights and bias plain (constants), the residual
+                    // in the output's layout
+                    if let Op::Conv(_) = n.op {
+                        for (i, &v) in n.inputs.iter().enumerate().skip(1) {
+                            let follows = (i == 3).then_some(class[y.index()]);
+                            joins.push((class[v.index()], bytes(v), follows));
+                        }
+                    }
+                }
+                Role::Plain => {
+                    for &v in &n.inputs {
+                        joins.push((class[v.index()], bytes(v), None));
+                    }
+                }
+                _ => {}
+            }
+        }
+        for &v in &g.outputs {
+            joins.push((class[v.index()], bytes(v), None));
+        }
+        Problem {
+            block,
+            class,
+            eligible,
+            priced,
+            joins,
+        }
+    }
+
+    fn total(&self, t: &dyn LayoutTarget, blocked: &[bool]) -> f64 {
+        let mut sum = 0.0;
+        for &(i, o, cost) in &self.priced {
+            sum += cost[(blocked[i] as usize) * 2 + blocked[o] as usize];
+        }
+        for &(k, bytes, follows) in &self.joins {
+            let want = follows.is_some_and(|f| blocked[f]);
+            if blocked[k] != want {
+                sum += t.relayout_cost(bytes as usize);
+            }
+        }
+        sum
+    }
+
+    /// Flip one class, or the input and output classes of one priced node together (a
+    /// depthwise convolution runs blocked only with both blocked), while the total falls.
+    fn descend(&self, t: &dyn LayoutTarget, mut blocked: Vec<bool>) -> (f64, Vec<bool>) {
+        let mut best = self.total(t, &blocked);
+        let moves: Vec<Vec<usize>> = (0..blocked.len())
+            .map(|k| vec![k])
+            .chain(
+                self.priced
+                    .iter()
+                    .filter(|(i, o, _)| i != o)
+                    .map(|&(i, o, _)| vec![i, o]),
+            )
+            .collect();
+        for _ in 0..32 {
+            let mut improved = false;
+            for m in &moves {
+                if m.iter().any(|&k| !self.eligible[k] && !blocked[k]) {
+                    continue;
+                }
+                for &k in m {
+                    blocked[k] = !blocked[k];
+                }
+                let c = self.total(t, &blocked);
+                if c < best - 1e-9 {
+                    best = c;
+                    improved = true;
+                } else {
+                    for &k in m {
+                        blocked[k] = !blocked[k];
+                    }
+                }
+            }
+            if !improved {
+                break;
+            }
+        }
+        (best, blocked)
+    }
+}
+
+impl Pass for LayoutPass {
+    fn name(&self) -> &'static str {
+        "layout"
+    }
+
+    fn run(&self, g: &mut Graph) -> usize {
+        let Some(c) = self.target.block() else {
+            return 0;
+        };
+        let t = self.target.as_ref();
+        let p = Problem::build(g, t, c);
+        let plain = vec![false; p.eligible.len()];
+        let (c0, b0) = p.descend(t, plain.clone());
+        let (c1, b1) = p.descend(t, p.eligible.clone());
+        let blocked = if c1 < c0 { b1 } else { b0 };
+        if blocked == plain {
+            return 0;
+        }
+        apply(g, &p, &blocked)
+    }
+}
+
+/// Rewrite `g` to the chosen layouts: value types, conv output layouts, and one `relayout`
+/// per (value, layout) that a reader needs, placed right after the value's producer. Returns
+/// the number of blocked values plus relayouts.
+fn apply(g: &mut Graph, p: &Problem, blocked: &[bool]) -> usize {
+    let layout_of = |v: ValueId| {
+        if blocked[p.class[v.index()]] {
+            p.block
+        } else {
+            Layout::Plain
+        }
+    };
+    let mut changes = 0;
+    for v in 0..g.values.len() {
+        let l = layout_of(ValueId(v as u32));
+        if g.values[v].ty.layout != l {
+            g.values[v].ty.layout = l;
+            changes += 1;
+        }
+    }
+    // the layout each reader needs of each input
+    let ids: Vec<NodeId> = g.iter_nodes().map(|(id, _)| id).collect();
+    let mut wanted: Vec<(NodeId, usize, Layout)> = Vec::new();
+    for &id in &ids {
+        let n = g.node(id);
+        let r = role(g, &n.op, &n.inputs, n.outputs.first().copied());
+        let out_l = n.outputs.first().map(|&o| layout_of(o));
+        for (i, &v) in n.inputs.iter().enumerate() {
+            let need = match (&r, &n.op) {
+                (Role::Priced, _) if i == 0 => None,
+                (Role::Priced, _) if i == 3 => out_l,
+                (Role::Priced, _) => Some(Layout::Plain),
+                (Role::Joined, _) => None,
+                (Role::AnyIn, _) => None,
+                (Role::Plain, _) => Some(Layout::Plain),
+            };
+            if let Some(l) = need
+                && layout_of(v) != l
+            {
+                wanted.push((id, i, l));
+            }
+        }
+        if let (Op::Conv(a), Some(l)) = (&mut g.nodes[id.index()].as_mut().unwrap().op, out_l) {
+            a.layout = l;
+        }
+    }
+    // one relayout per (value, layout), after the producer
+    let mut made: HashMap<(ValueId, Layout), ValueId> = HashMap::new();
+    let mut after: HashMap<Option<NodeId>, Vec<NodeId>> = HashMap::new();
+    for (id, i, l) in wanted {
+        let v = g.node(id).inputs[i];
+        let r = match made.get(&(v, l)) {
+            Some(&r) => r,
+            None => {
+                let base = format!("{}_{}", g.value(v).name, l);
+                let name = g.fresh_name(&base);
+                let r = g
+                    .add_node(name.clone(), Op::Relayout { to: l }, vec![v], vec![name])
+                    .expect("a relayout of a valid value")[0];
+                let nid = g.producer(r).expect("just added");
+                after.entry(g.producer(v)).or_default().push(nid);
+                made.insert((v, l), r);
+                changes += 1;
+                r
+            }
+        };
+        g.nodes[id.index()].as_mut().unwrap().inputs[i] = r;
+    }
+    for &o in g.outputs.clone().iter() {
+        debug_assert!(layout_of(o).is_plain(), "graph outputs stay plain");
+    }
+    let mut order: Vec<NodeId> = after.remove(&None).unwrap_or_default();
+    for id in ids {
+        order.push(id);
+        order.extend(after.remove(&Some(id)).unwrap_or_default());
+    }
+    g.reorder(&order);
+    changes
+}
