@@ -79,6 +79,9 @@ pub(crate) struct ConvKernel {
     pub wino: Option<Box<crate::wino::Wino>>,
     /// Input and output channel-blocked (`Nchwc(lanes)`, `blocked.rs`) rather than plain.
     pub blocked: (bool, bool),
+    /// Keep the pixel kernel's reduction loop rolled: with 16 vector registers the tile uses
+    /// 15 and an unrolled loop spills (see `Emit::no_unroll`); with 32 LLVM may unroll.
+    pub rolled: bool,
 }
 
 /// The tiling of a convolution with output channels along the vector lanes: a register tile
@@ -201,6 +204,7 @@ impl ConvKernel {
             cl: None,
             wino: None,
             blocked: (false, false),
+            rolled: t.regs < 32,
             g,
         })
     }
@@ -365,6 +369,7 @@ impl ConvKernel {
             cl: None,
             wino: None,
             blocked: (false, false),
+            rolled: t.regs < 32,
             g,
         })
     }
@@ -792,7 +797,11 @@ impl ConvKernel {
                 "  %ce_{sfx} = icmp eq i64 %cn_{sfx}, {}",
                 g.cg * g.k[0]
             ));
-            let hint = b.no_unroll();
+            let hint = if self.rolled {
+                b.no_unroll()
+            } else {
+                String::new()
+            };
             b.line(&format!(
                 "  br i1 %ce_{sfx}, label %store, label %loop_{sfx}{hint}"
             ));
