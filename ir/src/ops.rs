@@ -1370,6 +1370,8 @@ impl Op {
     /// - `max_pool`/`average_pool`: the input's layout;
     /// - `global_average_pool`: a blocked input, a plain output (a `[N,C,1,1]` tensor is
     ///   stored the same way in both);
+    /// - `concat`/`split` along the channels (axis 1): every operand in one layout (each part's
+    ///   channels a multiple of the block);
     /// - `relayout`: any input layout, output `to`.
     ///
     /// A blocked layout `Nchwc(c)` needs a rank-4 tensor whose channels are a multiple of `c`.
@@ -1470,6 +1472,18 @@ impl Op {
                 all(ins[0].layout)
             }
             Op::GlobalAveragePool => all(Layout::Plain),
+            // along the channels, a channel-blocked part is a run of whole blocks, stored
+            // where the plain part would be
+            Op::Concat { axis: 1 } | Op::Split { axis: 1, .. } if !ins[0].layout.is_plain() => {
+                let l = ins[0].layout;
+                if ins.iter().any(|t| t.layout != l) {
+                    return Err(format!("{} operands in different layouts", self.name()));
+                }
+                for t in outs {
+                    valid(t, l)?;
+                }
+                all(l)
+            }
             _ => {
                 plain_only(0)?;
                 all(Layout::Plain)

@@ -53,7 +53,8 @@ enum Role {
     /// (`conv`; a conv's residual must be in the output's layout).
     Priced,
     /// Every operand with more than one element and every output share one class
-    /// (elementwise ops with same-shape operands; pools, which the target also prices).
+    /// (elementwise ops with same-shape operands; concat and split along the channels;
+    /// pools, which the target also prices).
     Joined,
     /// Reads anything, writes plain (`global_average_pool`).
     AnyIn,
@@ -66,6 +67,11 @@ fn role(g: &Graph, op: &Op, inputs: &[ValueId], out: Option<ValueId>) -> Role {
         Op::Conv(a) if a.kernel.len() == 2 => Role::Priced,
         Op::MaxPool(a) | Op::AveragePool(a) if a.kernel.len() == 2 => Role::Joined,
         Op::GlobalAveragePool => Role::AnyIn,
+        Op::Concat { axis: 1 } | Op::Split { axis: 1, .. }
+            if inputs.iter().all(|&v| g.ty(v).rank() == 4) =>
+        {
+            Role::Joined
+        }
         Op::Unary(_)
         | Op::Clip { .. }
         | Op::Act { .. }

@@ -72,6 +72,9 @@ pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&Tenso
         | Op::Where
         | Op::Conv(_)
         | Op::MaxPool(_) => {}
+        // along the channels a blocked part is one run of whole blocks per image, where the
+        // plain part would be: the same block copies serve
+        Op::Concat { axis: 1 } | Op::Split { axis: 1, .. } => {}
         _ if blocked => {
             return Err(format!(
                 "{} on layouts other than plain is not supported by the CPU back end",

@@ -2238,6 +2238,68 @@ fn blocked_layouts() {
         let gap = g
             .add_node("gap", Op::GlobalAveragePool, vec![p], vec!["gap".into()])
             .unwrap()[0];
+        // concat and split along the blocked channels (two images: block copies per image)
+        let w1 = g
+            .add_const(
+                "w1",
+                TensorType::f32([lanes, 2 * lanes, 1, 1]),
+                ConstData::from_f32(&r.vec(2 * lanes * lanes)),
+            )
+            .unwrap();
+        let b1 = g
+            .add_const(
+                "b1",
+                TensorType::f32([lanes]),
+                ConstData::from_f32(&r.vec(lanes)),
+            )
+            .unwrap();
+        let z = g
+            .add_node(
+                "pw",
+                Op::Conv(conv(1, 1, 0, 1, 1, vec![])),
+                vec![y, w1, b1],
+                vec!["z".into()],
+            )
+            .unwrap()[0];
+        let cat = g
+            .add_node(
+                "cat",
+                Op::Concat { axis: 1 },
+                vec![z, y],
+                vec!["cat".into()],
+            )
+            .unwrap()[0];
+        let parts = g
+            .add_node(
+                "split",
+                Op::Split {
+                    axis: 1,
+                    sizes: vec![2 * lanes, lanes],
+                },
+                vec![cat],
+                vec!["s0".into(), "s1".into()],
+            )
+            .unwrap();
+        let s1 = g
+            .add_node(
+                "s1p",
+                Op::Relayout {
+                    to: kiln_ir::Layout::Plain,
+                },
+                vec![parts[1]],
+                vec!["s1p".into()],
+            )
+            .unwrap()[0];
+        let s0 = g
+            .add_node(
+                "s0p",
+                Op::Relayout {
+                    to: kiln_ir::Layout::Plain,
+                },
+                vec![parts[0]],
+                vec!["s0p".into()],
+            )
+            .unwrap()[0];
         let back = g
             .add_node(
                 "back",
@@ -2248,7 +2310,7 @@ fn blocked_layouts() {
                 vec!["pp".into()],
             )
             .unwrap()[0];
-        g.outputs = vec![gap, back];
+        g.outputs = vec![gap, back, s0, s1];
         let xt = Tensor::f32([2, 3, 17, 15], r.vec(2 * 3 * 17 * 15));
         kiln_ir::verify::verify(&g).unwrap();
         let want = interp::run(&g, std::slice::from_ref(&xt)).unwrap();
