@@ -1514,10 +1514,11 @@ fn matmul_product(
         return err.map_or(Ok(0), Err);
     }
     if let Some((ck, f)) = kb.ukernel.clone() {
-        // the wide kernel: pack A per batch into scratch, then C = A B as a 1x1 convolution
-        let sp = kb.params[3];
+        // the wide kernel: pack A per batch into scratch (a constant A was packed at compile
+        // time and comes in its place), then C = A B as a 1x1 convolution
+        let sp = (!ck.prepacked).then(|| kb.params[3]);
         assert!(
-            ck.packed_len() <= matmul_pack_floats(m, k),
+            ck.prepacked || ck.packed_len() <= matmul_pack_floats(m, k),
             "scratch too small"
         );
         let zero = kb.ic(0);
@@ -1535,8 +1536,14 @@ fn matmul_product(
             let bo = kb.offset(idx, &sb);
             let oo = kb.offset(idx, &so);
             let a = kb.addr(ap, ab, 4);
-            let pack = kb.pack.expect("operand packing function");
-            call_wide(kb, pack, [a, zero, zero, zero, sp], ck.mb, ck.parallel);
+            let w = match sp {
+                Some(sp) => {
+                    let pack = kb.pack.expect("operand packing function");
+                    call_wide(kb, pack, [a, zero, zero, zero, sp], ck.mb, ck.parallel);
+                    sp
+                }
+                None => a,
+            };
             let q = kb.addr(bp, bo, 4);
             let o = kb.addr(op, oo, 4);
             let mut e = [zero, zero];
@@ -1544,7 +1551,7 @@ fn matmul_product(
                 let off = kb.offset(idx, st);
                 e[k] = kb.addr(operands[k], off, 4);
             }
-            call_wide(kb, f, [q, sp, e[0], e[1], o], ck.work(), ck.parallel);
+            call_wide(kb, f, [q, w, e[0], e[1], o], ck.work(), ck.parallel);
         });
         return Ok(ck.epilogue.len());
     }

@@ -189,7 +189,8 @@ impl Wide {
                             (s[s.len() - 2], s[s.len() - 1])
                         })
                         .collect();
-                    // a constant B shared by every batch is packed at compile time
+                    // constant operands shared by every batch are packed at compile time
+                    let a_const = const_left_operand(g, node);
                     let b_const = g.const_data(node.inputs[1]).is_some();
                     kernels::matmul_dims(a, b)
                         .filter(|_| a.dtype == kiln_ir::DType::F32)
@@ -201,6 +202,7 @@ impl Wide {
                                 &operands,
                                 &t,
                             );
+                            let ck = if a_const { ck.with_const_a() } else { ck };
                             if b_const && b.numel() == dims.1 * dims.2 {
                                 ck.with_const_b(false)
                             } else {
@@ -288,6 +290,18 @@ impl Wide {
             ir,
         })
     }
+}
+
+/// Whether `node` is an f32 MatMul whose left operand is a constant shared by every batch
+/// (the wide kernel then reads it packed at compile time, not packed into scratch per run).
+fn const_left_operand(g: &Graph, node: &kiln_ir::Node) -> bool {
+    let kiln_ir::Op::MatMul(_) = node.op else {
+        return false;
+    };
+    let (a, b) = (g.ty(node.inputs[0]), g.ty(node.inputs[1]));
+    a.dtype == kiln_ir::DType::F32
+        && g.const_data(node.inputs[0]).is_some()
+        && kernels::matmul_dims(a, b).is_some_and(|(m, k, _)| a.numel() == m * k)
 }
 
 /// The wide kernel of a convolution with a channel-blocked input or output, if there is one:
@@ -817,12 +831,12 @@ fn generate<M: Module>(
     let mut raw_use: std::collections::HashSet<kiln_ir::ValueId> =
         g.outputs.iter().copied().collect();
     for (k, (_, node)) in g.iter_nodes().enumerate() {
+        let packed = wide.convs[k]
+            .as_ref()
+            .map(|c| c.packed_inputs())
+            .unwrap_or_default();
         for (i, v) in node.inputs.iter().enumerate() {
-            if !(i == 1
-                && wide.convs[k]
-                    .as_ref()
-                    .is_some_and(|c| c.prepacked || c.b_const.is_some()))
-            {
+            if !packed.contains(&i) {
                 raw_use.insert(*v);
             }
         }
@@ -836,7 +850,8 @@ fn generate<M: Module>(
         let id = define_const(module, &format!("{prefix}_c{}", v.0), bytes)?;
         const_ids.insert(v.index(), id);
     }
-    let mut packed_ids: HashMap<usize, DataId> = HashMap::new();
+    // (kernel, input) -> the input's constant in the kernel's layout
+    let mut packed_ids: HashMap<(usize, usize), DataId> = HashMap::new();
     let mut wide_ids: HashMap<usize, WideIds> = HashMap::new();
     for (k, (_, node)) in g.iter_nodes().enumerate() {
         if let Some(rk) = &wide.rows[k] {
@@ -887,28 +902,22 @@ fn generate<M: Module>(
                 wino,
             },
         );
-        if !ck.prepacked && ck.b_const.is_none() {
-            continue;
+        for i in ck.packed_inputs() {
+            let w: Vec<f32> = g
+                .const_data(node.inputs[i])
+                .expect("a packed input is a constant")
+                .bytes()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            let bytes: Vec<u8> = ck
+                .packed_input(i, &w)
+                .iter()
+                .flat_map(|f| f.to_le_bytes())
+                .collect();
+            let id = define_const(module, &format!("{prefix}_k{k}_in{i}_pk"), &bytes)?;
+            packed_ids.insert((k, i), id);
         }
-        let w: Vec<f32> = g
-            .const_data(node.inputs[1])
-            .unwrap()
-            .bytes()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        let packed = if ck.wino.is_some() {
-            ck.wino_weights(&w)
-        } else if ck.depthwise && ck.blocked.1 {
-            ck.pack_depthwise_blocked(&w)
-        } else if ck.prepacked {
-            ck.pack_weights(&w)
-        } else {
-            ck.pack_b(&w)
-        };
-        let bytes: Vec<u8> = packed.iter().flat_map(|f| f.to_le_bytes()).collect();
-        let id = define_const(module, &format!("{prefix}_k{k}_wpk"), &bytes)?;
-        packed_ids.insert(k, id);
     }
 
     // the task trampoline of parallel wide kernels: `task(block, begin, end)` calls
@@ -1071,12 +1080,12 @@ fn generate<M: Module>(
             let fref = module.declare_func_in_func(fid, b.func);
             let mut args = Vec::new();
             for (i, &v) in node.inputs.iter().chain(&node.outputs).enumerate() {
-                args.push(match packed_ids.get(&k) {
-                    Some(pid) if i == 1 => {
+                args.push(match packed_ids.get(&(k, i)) {
+                    Some(pid) => {
                         let gv = module.declare_data_in_func(*pid, b.func);
                         b.ins().symbol_value(types::I64, gv)
                     }
-                    _ => storage_ptr(&mut b, module, v),
+                    None => storage_ptr(&mut b, module, v),
                 });
             }
             if let Some(off) = plan.scratch[nid.index()] {
@@ -1293,6 +1302,10 @@ pub fn plan(g: &Graph) -> MemPlan {
 pub fn plan_for(g: &Graph, wide: bool, schedule: ConvSchedule) -> MemPlan {
     memplan::plan_with_scratch(g, &|n| {
         if wide && wide_depthwise(g, n).is_some() {
+            return 0;
+        }
+        // a constant left operand of a product was packed at compile time
+        if wide && const_left_operand(g, n) {
             return 0;
         }
         // blocked depthwise convolutions (and pools) read their input in place

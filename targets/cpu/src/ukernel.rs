@@ -422,6 +422,49 @@ impl ConvKernel {
         Some(ck)
     }
 
+    /// This product with a constant left operand (a `[m][k]` weight, `W x`: PP-OCR det's
+    /// ConvTranspose as a GEMM), packed at compile time like convolution weights instead of
+    /// at every run.
+    pub fn with_const_a(mut self) -> ConvKernel {
+        if self.a_strides == Some((self.g.c, 1)) {
+            self.prepacked = true;
+        }
+        self
+    }
+
+    /// The inputs this kernel reads as constants re-laid out at compile time
+    /// ([`Self::packed_input`]): convolution weights, a product's constant operands.
+    pub fn packed_inputs(&self) -> Vec<usize> {
+        if self.a_strides.is_none() {
+            return if self.prepacked || self.wino.is_some() {
+                vec![1]
+            } else {
+                Vec::new()
+            };
+        }
+        let mut v = Vec::new();
+        if self.prepacked {
+            v.push(0);
+        }
+        if self.b_const.is_some() {
+            v.push(1);
+        }
+        v
+    }
+
+    /// Input `i`'s constant data in the layout the kernel reads.
+    pub fn packed_input(&self, i: usize, data: &[f32]) -> Vec<f32> {
+        if self.wino.is_some() {
+            self.wino_weights(data)
+        } else if self.depthwise && self.blocked.1 {
+            self.pack_depthwise_blocked(data)
+        } else if self.a_strides.is_some() && i == 1 {
+            self.pack_b(data)
+        } else {
+            self.pack_weights(data)
+        }
+    }
+
     /// This product with a constant B given as `[k][n]` (`trans_b = false`) or `[n][k]`,
     /// packed at compile time ([`Self::pack_b`]).
     pub fn with_const_b(mut self, trans_b: bool) -> ConvKernel {
@@ -1442,7 +1485,7 @@ impl ConvKernel {
     /// Whether the kernel reads an operand packed at run time by [`Self::pack_ir`]: the
     /// convolution input, or a matrix product's left operand.
     pub fn packs(&self) -> bool {
-        self.a_strides.is_some() || (self.pk.needed && !self.depthwise)
+        (self.a_strides.is_some() && !self.prepacked) || (self.pk.needed && !self.depthwise)
     }
 
     /// The symbol of the packing function.

@@ -2317,3 +2317,40 @@ fn blocked_layouts() {
         check_with(&g, &[xt], &want, &opts);
     }
 }
+
+/// A product whose left operand is a constant (`W x`, PP-OCR det's ConvTranspose as a GEMM):
+/// the wide kernel reads it packed at compile time, for every batch of a batched right
+/// operand, with partial row blocks and a fused bias/activation epilogue.
+#[test]
+fn matmul_constant_left_operand() {
+    let mut r = Rng(0xA11);
+    for (m, k, n, batch) in [(13, 20, 9, 2), (8, 64, 33, 1), (1, 7, 16, 1)] {
+        let mut g = Graph::new(format!("wx_{m}_{k}_{n}_{batch}"));
+        let w = g
+            .add_const(
+                "w",
+                TensorType::f32([m, k]),
+                ConstData::from_f32(&r.vec(m * k)),
+            )
+            .unwrap();
+        let x = g.add_input("x", TensorType::f32([batch, k, n]));
+        let bias = g
+            .add_const("b", TensorType::f32([m, 1]), ConstData::from_f32(&r.vec(m)))
+            .unwrap();
+        let a = MatMulAttrs {
+            epilogue: vec![EpilogueStep::Add, EpilogueStep::Unary(UnaryOp::Relu)],
+        };
+        g.outputs = g
+            .add_node("mm", Op::MatMul(a), vec![w, x, bias], vec!["y".into()])
+            .unwrap();
+        let plan = kiln_target_cpu::plan(&g);
+        let (mm, _) = g.iter_nodes().next().unwrap();
+        assert_eq!(
+            plan.scratch[mm.index()],
+            None,
+            "no packing scratch: A is packed already"
+        );
+        let xt = Tensor::f32([batch, k, n], r.vec(batch * k * n));
+        check(&g, &[xt]);
+    }
+}
