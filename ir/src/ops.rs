@@ -949,6 +949,26 @@ impl Op {
         }
     }
 
+    /// Elementwise ops of any layout (`Op::layouts`): the output element `i` depends on
+    /// element `i` of each operand of the output's shape (and on scalars) only.
+    pub fn is_elementwise(&self) -> bool {
+        matches!(
+            self,
+            Op::Unary(_)
+                | Op::Clip { .. }
+                | Op::Act { .. }
+                | Op::Binary(_)
+                | Op::Chain { .. }
+                | Op::IsNaN
+                | Op::IsInf { .. }
+                | Op::Compare(_)
+                | Op::Logical(_)
+                | Op::Not
+                | Op::Where
+                | Op::Cast { .. }
+        )
+    }
+
     /// True for ops that only reinterpret the bytes (no data movement).
     pub fn is_view(&self) -> bool {
         matches!(self, Op::Reshape { .. })
@@ -1436,18 +1456,7 @@ impl Op {
                 }
                 all(a.layout)
             }
-            Op::Unary(_)
-            | Op::Clip { .. }
-            | Op::Act { .. }
-            | Op::Binary(_)
-            | Op::Chain { .. }
-            | Op::IsNaN
-            | Op::IsInf { .. }
-            | Op::Compare(_)
-            | Op::Logical(_)
-            | Op::Not
-            | Op::Where
-            | Op::Cast { .. } => {
+            _ if self.is_elementwise() => {
                 let big: Vec<&&TensorType> = ins.iter().filter(|t| t.numel() > 1).collect();
                 let l = big.first().map_or(Layout::Plain, |t| t.layout);
                 if !l.is_plain()

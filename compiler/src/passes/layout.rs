@@ -72,18 +72,7 @@ fn role(g: &Graph, op: &Op, inputs: &[ValueId], out: Option<ValueId>) -> Role {
         {
             Role::Joined
         }
-        Op::Unary(_)
-        | Op::Clip { .. }
-        | Op::Act { .. }
-        | Op::Binary(_)
-        | Op::Chain { .. }
-        | Op::IsNaN
-        | Op::IsInf { .. }
-        | Op::Compare(_)
-        | Op::Logical(_)
-        | Op::Not
-        | Op::Where
-        | Op::Cast { .. } => {
+        _ if op.is_elementwise() => {
             let shape = out.map(|o| &g.ty(o).shape);
             let same = inputs
                 .iter()

@@ -85,24 +85,13 @@ impl ConvKernel {
         let mut e = Emit::new(self.lanes);
         let g = &self.g;
         let (w, px) = (self.lanes, self.vn);
-        let (s0, s1, d0, d1) = (g.s[0], g.s[1], g.d[0], g.d[1]);
+        let (s1, d0, d1) = (g.s[1], g.d[0], g.d[1]);
         let (kh, kw) = (g.k[0], g.k[1]);
         let vt = e.vt.clone();
         let b = &mut e;
         b.items_begin(&self.name, KERNEL_PARAMS, attrs_group, "t", "next");
-        b.line(&format!("  %xt = urem i64 %t, {}", self.xt));
-        b.line(&format!("  %cy = udiv i64 %t, {}", self.xt));
-        b.line(&format!("  %y = urem i64 %cy, {}", g.oh));
-        b.line(&format!("  %cb = udiv i64 %cy, {}", g.oh));
-        b.line(&format!("  %x0 = mul i64 %xt, {px}"));
-        b.line(&format!("  %ixs = mul i64 %x0, {s1}"));
-        b.line(&format!("  %ix0 = sub i64 %ixs, {}", g.p[1]));
-        b.line(&format!("  %iys = mul i64 %y, {s0}"));
-        b.line(&format!("  %iy0 = sub i64 %iys, {}", g.p[0]));
-        b.line(&format!("  %qc = mul i64 %cb, {}", g.h * g.w * w));
-        b.line("  %qcp = getelementptr float, float* %q, i64 %qc");
-        b.line(&format!("  %wc = mul i64 %cb, {}", kh * kw * w));
-        b.line("  %wp = getelementptr float, float* %w, i64 %wc");
+        // %ci is the channel block
+        self.depthwise_item(b, px, g.h * g.w * w, kh * kw * w);
         // interior tile: every column of every tap inside the input, every pixel an output
         let span = (px - 1) * s1 + (kw - 1) * d1;
         b.line("  %in0 = icmp sge i64 %ix0, 0");
@@ -120,7 +109,7 @@ impl ConvKernel {
         let init = if self.pool_max {
             pad.clone()
         } else if self.has_bias {
-            b.line(&format!("  %bo = mul i64 %cb, {w}"));
+            b.line(&format!("  %bo = mul i64 %ci, {w}"));
             let p = b.gep_vec_at("%b", "%bo");
             let x = b.tmp();
             b.line(&format!("  {x} = load {vt}, {vt}* {p}, align 4"));
@@ -190,15 +179,7 @@ impl ConvKernel {
                 }
                 b.line(&format!("  br label %{after}_m"));
                 b.line(&format!("{after}_m:"));
-                let mut merged = Vec::new();
-                for (a0, a1) in acc.iter().zip(&cur) {
-                    let m = b.tmp();
-                    b.line(&format!(
-                        "  {m} = phi {vt} [ {a0}, %{blk} ], [ {a1}, %{body} ]"
-                    ));
-                    merged.push(m);
-                }
-                acc = merged;
+                acc = b.phis(&acc, &blk, &cur, &body);
                 b.line(&format!("  br label %{after}"));
             }
             b.line(&format!("r{kh}_{sfx}:"));

@@ -361,6 +361,27 @@ impl Emit {
         self.n += 1;
         format!("%v{}", self.n)
     }
+    /// Vector phis joining two predecessors pairwise: `a[i]` from block `from_a`, `b[i]` from
+    /// `from_b` (an accumulator after a skipped or computed row).
+    pub(crate) fn phis(
+        &mut self,
+        a: &[String],
+        from_a: &str,
+        b: &[String],
+        from_b: &str,
+    ) -> Vec<String> {
+        let vt = self.vt.clone();
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| {
+                let m = self.tmp();
+                self.line(&format!(
+                    "  {m} = phi {vt} [ {x}, %{from_a} ], [ {y}, %{from_b} ]"
+                ));
+                m
+            })
+            .collect()
+    }
     /// A fresh block-name prefix.
     pub(crate) fn label(&mut self) -> String {
         self.n += 1;

@@ -58,20 +58,8 @@ pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&Tenso
             return Ok(());
         }
         // elementwise ops see operands of one shape and layout: the same loop serves
-        Op::Unary(_)
-        | Op::Clip { .. }
-        | Op::Act { .. }
-        | Op::Binary(_)
-        | Op::Chain { .. }
-        | Op::IsNaN
-        | Op::IsInf { .. }
-        | Op::Cast { .. }
-        | Op::Compare(_)
-        | Op::Logical(_)
-        | Op::Not
-        | Op::Where
-        | Op::Conv(_)
-        | Op::MaxPool(_) => {}
+        op if op.is_elementwise() => {}
+        Op::Conv(_) | Op::MaxPool(_) => {}
         // along the channels a blocked part is one run of whole blocks per image, where the
         // plain part would be: the same block copies serve
         Op::Concat { axis: 1 } | Op::Split { axis: 1, .. } => {}

@@ -325,6 +325,27 @@ impl ConvKernel {
         }
     }
 
+    /// The prologue of a depthwise-style work item `%t` (channel, or channel block, `%ci`;
+    /// output row `%y`; the tile of `px` pixels from column `%x0`): its first input row
+    /// `%iy0` and column `%ix0` (negative in the padding), and the channel's input `%qcp`
+    /// (`q_per` floats a channel) and weights `%wp` (`w_per` floats a channel).
+    pub(crate) fn depthwise_item(&self, b: &mut Emit, px: usize, q_per: usize, w_per: usize) {
+        let g = &self.g;
+        b.line(&format!("  %xt = urem i64 %t, {}", self.xt));
+        b.line(&format!("  %cy = udiv i64 %t, {}", self.xt));
+        b.line(&format!("  %y = urem i64 %cy, {}", g.oh));
+        b.line(&format!("  %ci = udiv i64 %cy, {}", g.oh));
+        b.line(&format!("  %x0 = mul i64 %xt, {px}"));
+        b.line(&format!("  %ixs = mul i64 %x0, {}", g.s[1]));
+        b.line(&format!("  %ix0 = sub i64 %ixs, {}", g.p[1]));
+        b.line(&format!("  %iys = mul i64 %y, {}", g.s[0]));
+        b.line(&format!("  %iy0 = sub i64 %iys, {}", g.p[0]));
+        b.line(&format!("  %qc = mul i64 %ci, {q_per}"));
+        b.line("  %qcp = getelementptr float, float* %q, i64 %qc");
+        b.line(&format!("  %wc = mul i64 %ci, {w_per}"));
+        b.line("  %wp = getelementptr float, float* %w, i64 %wc");
+    }
+
     /// A depthwise convolution (one input and one output channel per group, strides 1 or 2):
     /// tiles of `vn` vectors along one output row of one channel read the input directly, with
     /// masked loads where a tap falls into the padding and rows outside the input skipped, so
@@ -1268,26 +1289,12 @@ impl ConvKernel {
         let g = &self.g;
         let (vn, w) = (self.vn, self.lanes);
         let nr = vn * w;
-        let (s0, s1) = (g.s[0], g.s[1]);
+        let s1 = g.s[1];
         let kk = g.k[0] * g.k[1];
         let vt = e.vt.clone();
         let b = &mut e;
         b.items_begin(&self.name, KERNEL_PARAMS, attrs_group, "t", "next");
-
-        b.line(&format!("  %xt = urem i64 %t, {}", self.xt));
-        b.line(&format!("  %cy = udiv i64 %t, {}", self.xt));
-        b.line(&format!("  %y = urem i64 %cy, {}", g.oh));
-        b.line(&format!("  %ci = udiv i64 %cy, {}", g.oh));
-        b.line(&format!("  %x0 = mul i64 %xt, {nr}"));
-        // first input column of the tile (may be negative: left padding)
-        b.line(&format!("  %ixs = mul i64 %x0, {s1}"));
-        b.line(&format!("  %ix0 = sub i64 %ixs, {}", g.p[1]));
-        b.line(&format!("  %iys = mul i64 %y, {s0}"));
-        b.line(&format!("  %iy0 = sub i64 %iys, {}", g.p[0]));
-        b.line(&format!("  %qc = mul i64 %ci, {}", g.h * g.w));
-        b.line("  %qcp = getelementptr float, float* %q, i64 %qc");
-        b.line(&format!("  %wc = mul i64 %ci, {kk}"));
-        b.line("  %wp = getelementptr float, float* %w, i64 %wc");
+        self.depthwise_item(b, nr, g.h * g.w, kk);
         // interior tile: every column of every tap inside the input, every lane a real output
         let span = nr * s1 - 1 + (g.k[1] - 1) * g.d[1];
         b.line("  %in0 = icmp sge i64 %ix0, 0");
@@ -1423,15 +1430,7 @@ impl ConvKernel {
                 b.line(&format!("  br label %{after}_m"));
                 // merge: the row's contribution, or nothing when the row is padding
                 b.line(&format!("{after}_m:"));
-                let mut merged = Vec::new();
-                for (a0, a1) in acc.iter().zip(&cur) {
-                    let m = b.tmp();
-                    b.line(&format!(
-                        "  {m} = phi {vt} [ {a0}, %{blk} ], [ {a1}, %{body} ]"
-                    ));
-                    merged.push(m);
-                }
-                acc = merged;
+                acc = b.phis(&acc, &blk, &cur, &body);
                 b.line(&format!("  br label %{after}"));
             }
             b.line(&format!("r{}_{sfx}:", g.k[0]));

@@ -2280,36 +2280,15 @@ fn blocked_layouts() {
                 vec!["s0".into(), "s1".into()],
             )
             .unwrap();
-        let s1 = g
-            .add_node(
-                "s1p",
-                Op::Relayout {
-                    to: kiln_ir::Layout::Plain,
-                },
-                vec![parts[1]],
-                vec!["s1p".into()],
-            )
-            .unwrap()[0];
-        let s0 = g
-            .add_node(
-                "s0p",
-                Op::Relayout {
-                    to: kiln_ir::Layout::Plain,
-                },
-                vec![parts[0]],
-                vec!["s0p".into()],
-            )
-            .unwrap()[0];
-        let back = g
-            .add_node(
-                "back",
-                Op::Relayout {
-                    to: kiln_ir::Layout::Plain,
-                },
-                vec![p],
-                vec!["pp".into()],
-            )
-            .unwrap()[0];
+        // every blocked result back to plain for the outputs
+        let plain = |g: &mut Graph, v, name: &str| {
+            let to = kiln_ir::Layout::Plain;
+            g.add_node(name, Op::Relayout { to }, vec![v], vec![name.into()])
+                .unwrap()[0]
+        };
+        let s0 = plain(&mut g, parts[0], "s0p");
+        let s1 = plain(&mut g, parts[1], "s1p");
+        let back = plain(&mut g, p, "pp");
         g.outputs = vec![gap, back, s0, s1];
         let xt = Tensor::f32([2, 3, 17, 15], r.vec(2 * 3 * 17 * 15));
         kiln_ir::verify::verify(&g).unwrap();
