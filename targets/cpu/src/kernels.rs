@@ -46,7 +46,8 @@ pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&Tenso
         // channel-blocked convolutions and pools exist only as wide kernels
         Op::Conv(_) | Op::MaxPool(_) if blocked && kb.ukernel.is_none() => {
             return Err(format!(
-                "{} with layouts {} -> {} has no kernel without the wide (LLVM) kernels",
+                "{} with layouts {} -> {} has no CPU kernel (blocked convolutions and pools are \
+                 wide LLVM kernels on blocks of the target's vector width)",
                 node.op.name(),
                 ins[0].layout,
                 outs[0].layout

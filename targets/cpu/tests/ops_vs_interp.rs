@@ -2297,6 +2297,59 @@ fn blocked_layouts() {
     }
 }
 
+/// A blocked convolution whose block is not the target's vector width has no kernel: a clear
+/// error naming the node and the layouts, not a crash or a wrong result.
+#[test]
+fn blocked_layout_without_kernel_is_an_error() {
+    let mut g = Graph::new("odd_block");
+    let x = g.add_input("x", TensorType::f32([1, 6, 5, 5]));
+    let xb = g
+        .add_node(
+            "to",
+            Op::Relayout {
+                to: kiln_ir::Layout::Nchwc(3),
+            },
+            vec![x],
+            vec!["xb".into()],
+        )
+        .unwrap()[0];
+    let w = g
+        .add_const(
+            "w",
+            TensorType::f32([6, 1, 3, 3]),
+            ConstData::from_f32(&[0.5; 54]),
+        )
+        .unwrap();
+    let a = ConvAttrs {
+        kernel: vec![3, 3],
+        strides: vec![1, 1],
+        pads: vec![1; 4],
+        dilations: vec![1, 1],
+        groups: 6,
+        epilogue: vec![],
+        layout: kiln_ir::Layout::Nchwc(3),
+    };
+    let y = g
+        .add_node("dw", Op::Conv(a), vec![xb, w], vec!["y".into()])
+        .unwrap()[0];
+    g.outputs = g
+        .add_node(
+            "back",
+            Op::Relayout {
+                to: kiln_ir::Layout::Plain,
+            },
+            vec![y],
+            vec!["out".into()],
+        )
+        .unwrap();
+    kiln_ir::verify::verify(&g).unwrap();
+    let err = kiln_target_cpu::compile_jit(&g, "t")
+        .err()
+        .expect("no kernel");
+    let msg = err.to_string();
+    assert!(msg.contains("dw") && msg.contains("nchw3c"), "{msg}");
+}
+
 /// A product whose left operand is a constant (`W x`, PP-OCR det's ConvTranspose as a GEMM):
 /// the wide kernel reads it packed at compile time, for every batch of a batched right
 /// operand, with partial row blocks and a fused bias/activation epilogue.
