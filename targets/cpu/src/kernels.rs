@@ -2130,9 +2130,9 @@ fn blocked_offset(kb: &mut Kb, idx: &[Value], (ch, hw): (usize, usize), c: usize
     kb.b.ins().iadd(base, ci)
 }
 
-/// GlobalAveragePool of a channel-blocked input: per block of `c` channels, `H*W` vectors of
-/// `c` lanes summed four lanes at a time; the `[N, C, 1, 1]` output is plain (its blocked and
-/// plain orders agree).
+/// GlobalAveragePool of a channel-blocked input: per block of `c` channels, `H*W` pixels of
+/// `c` lanes summed four lanes at a time (the last `c % 4` lanes one at a time); the
+/// `[N, C, 1, 1]` output is plain (its blocked and plain orders agree).
 fn blocked_global_pool(kb: &mut Kb, x: &TensorType) {
     let kiln_ir::Layout::Nchwc(c) = x.layout else {
         unreachable!("a blocked input")
@@ -2144,25 +2144,45 @@ fn blocked_global_pool(kb: &mut Kb, x: &TensorType) {
     let scale = 1.0 / hw as f32;
     kb.for_n(rows, &mut |kb, r| {
         let base = kb.b.ins().imul_imm_u(r, (hw * c) as i64);
+        // lanes q..q + 4 as one F32X4, or lane q alone: never past the block
         for q in (0..c).step_by(4) {
-            let z = kb.fc(0.0);
-            let zv = kb.b.ins().splat(F32X4, z);
-            let acc = kb.var(F32X4, zv);
-            kb.for_range(0, hw * c, c, &mut |kb, p| {
-                let o = kb.b.ins().iadd(base, p);
-                let o = kb.b.ins().iadd_imm_u(o, q as i64);
-                let v = kb.load_f32x4(xp, o);
-                let a0 = kb.b.use_var(acc);
-                let a1 = kb.b.ins().fadd(a0, v);
-                kb.b.def_var(acc, a1);
-            });
-            let a = kb.b.use_var(acc);
-            let sc = kb.fc(scale);
-            let sv = kb.b.ins().splat(F32X4, sc);
-            let m = kb.b.ins().fmul(a, sv);
-            let oo = kb.b.ins().imul_imm_u(r, c as i64);
-            let oo = kb.b.ins().iadd_imm_u(oo, q as i64);
-            kb.store_f32x4(m, op, oo);
+            let (ty, n) = if q + 4 <= c { (F32X4, 4) } else { (F32, 1) };
+            for q in (q..(q + 4).min(c)).step_by(n) {
+                let z = kb.fc(0.0);
+                let z = if n == 4 {
+                    kb.b.ins().splat(F32X4, z)
+                } else {
+                    z
+                };
+                let acc = kb.var(ty, z);
+                kb.for_range(0, hw * c, c, &mut |kb, p| {
+                    let o = kb.b.ins().iadd(base, p);
+                    let o = kb.b.ins().iadd_imm_u(o, q as i64);
+                    let v = if n == 4 {
+                        kb.load_f32x4(xp, o)
+                    } else {
+                        kb.load_f32(xp, o)
+                    };
+                    let a0 = kb.b.use_var(acc);
+                    let a1 = kb.b.ins().fadd(a0, v);
+                    kb.b.def_var(acc, a1);
+                });
+                let a = kb.b.use_var(acc);
+                let sc = kb.fc(scale);
+                let sc = if n == 4 {
+                    kb.b.ins().splat(F32X4, sc)
+                } else {
+                    sc
+                };
+                let m = kb.b.ins().fmul(a, sc);
+                let oo = kb.b.ins().imul_imm_u(r, c as i64);
+                let oo = kb.b.ins().iadd_imm_u(oo, q as i64);
+                if n == 4 {
+                    kb.store_f32x4(m, op, oo);
+                } else {
+                    kb.store_f32(m, op, oo);
+                }
+            }
         }
     });
 }

@@ -2297,6 +2297,49 @@ fn blocked_layouts() {
     }
 }
 
+/// Blocks other than the wide kernels' (a hand-written or foreign IR file may hold any
+/// `Nchwc(c)`) run on the generic kernels, exactly: relayouts from and to plain and between
+/// blocks, elementwise ops, a channel concat, and global average pooling with blocks of 3 and 6
+/// lanes (not whole F32X4 vectors).
+#[test]
+fn odd_blocks_on_generic_kernels() {
+    let mut r = Rng(0x0DD);
+    let b6 = kiln_ir::Layout::Nchwc(6);
+    let b3 = kiln_ir::Layout::Nchwc(3);
+    let mut g = Graph::new("odd_blocks");
+    let x = g.add_input("x", TensorType::f32([2, 12, 5, 7]));
+    let node = |g: &mut Graph, name: &str, op: Op, ins: Vec<kiln_ir::ValueId>| {
+        g.add_node(name, op, ins, vec![name.into()]).unwrap()[0]
+    };
+    let x6 = node(&mut g, "x6", Op::Relayout { to: b6 }, vec![x]);
+    let e6 = node(&mut g, "e6", Op::Unary(UnaryOp::Exp), vec![x6]);
+    let cat = node(&mut g, "cat", Op::Concat { axis: 1 }, vec![e6, x6]);
+    let c3 = node(&mut g, "c3", Op::Relayout { to: b3 }, vec![cat]);
+    let g3 = node(&mut g, "g3", Op::GlobalAveragePool, vec![c3]);
+    let g6 = node(&mut g, "g6", Op::GlobalAveragePool, vec![cat]);
+    let plain = kiln_ir::Layout::Plain;
+    let back = node(&mut g, "back", Op::Relayout { to: plain }, vec![c3]);
+    g.outputs = vec![g3, g6, back];
+    let xt = Tensor::f32([2, 12, 5, 7], r.vec(2 * 12 * 35));
+    check(&g, std::slice::from_ref(&xt));
+    // nothing is written past an output (each output is followed by guard bytes)
+    let jit = kiln_target_cpu::compile_jit(&g, "t").expect("compile");
+    let m = model(&jit);
+    let mut ws = m.workspace().unwrap();
+    let input = xt.to_bytes();
+    let sizes: Vec<usize> = m.outputs().iter().map(|o| o.nbytes).collect();
+    let mut bufs: Vec<Vec<u8>> = sizes.iter().map(|n| vec![0xAB; n + 64]).collect();
+    let mut outs: Vec<&mut [u8]> = bufs
+        .iter_mut()
+        .zip(&sizes)
+        .map(|(b, &n)| &mut b[..n])
+        .collect();
+    m.run(&[&input], &mut outs, &mut ws).expect("run");
+    for (b, &n) in bufs.iter().zip(&sizes) {
+        assert!(b[n..].iter().all(|&x| x == 0xAB), "written past an output");
+    }
+}
+
 /// A blocked convolution whose block is not the target's vector width has no kernel: a clear
 /// error naming the node and the layouts, not a crash or a wrong result.
 #[test]
