@@ -219,7 +219,7 @@ impl Wide {
                         out,
                     ) {
                         Ok(geom) if !x.layout.is_plain() => {
-                            blocked_pool(node, geom, &t, k, &prefix)
+                            blocked_pool(node, geom, x.layout, &t, format!("{prefix}_k{k}_wide"))
                         }
                         Ok(geom)
                             if x.dtype == kiln_ir::DType::F32
@@ -423,7 +423,7 @@ impl kiln_ir::layout::LayoutTarget for CpuLayouts {
                     }
                 }
                 (true, true) => {
-                    blocked_pool(node, geom, t, 0, "k")?;
+                    blocked_pool(node, geom, input, t, "k".into())?;
                     if s1 { 30.0 } else { 17.0 }
                 }
                 _ => return None,
@@ -456,18 +456,21 @@ impl kiln_ir::layout::LayoutTarget for CpuLayouts {
     }
 }
 
-/// The wide kernel of a max pool over a channel-blocked input (`Nchwc(t.lanes)`).
+/// The wide kernel of a max pool over an input in `layout`, if it is the kernels' block
+/// (`Nchwc(t.lanes)`).
 fn blocked_pool(
     node: &kiln_ir::Node,
     geom: kernels::Geom,
+    layout: kiln_ir::Layout,
     t: &llvm::LlvmTarget,
-    k: usize,
-    prefix: &str,
+    name: String,
 ) -> Option<ukernel::ConvKernel> {
-    if node.outputs.len() != 1 || !kernels::taps_unrollable(&geom.k) {
+    if layout != kiln_ir::Layout::Nchwc(t.lanes as u32)
+        || node.outputs.len() != 1
+        || !kernels::taps_unrollable(&geom.k)
+    {
         return None;
     }
-    let name = format!("{prefix}_k{k}_wide");
     ukernel::ConvKernel::depthwise_blocked(name, geom, (false, false), &[], true, t)
 }
 

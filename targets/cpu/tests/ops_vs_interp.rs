@@ -2391,6 +2391,49 @@ fn blocked_layout_without_kernel_is_an_error() {
         .expect("no kernel");
     let msg = err.to_string();
     assert!(msg.contains("dw") && msg.contains("nchw3c"), "{msg}");
+    // a max pool over blocks of 4 channels: the SSE kernels' block (run, exact); for AVX2
+    // (blocks of 8; 8 channels would fit its kernel's shape) an error, not a misread
+    let mut g = Graph::new("pool_block4");
+    let x = g.add_input("x", TensorType::f32([1, 8, 6, 6]));
+    let to = |l| Op::Relayout { to: l };
+    let xb = g
+        .add_node(
+            "to",
+            to(kiln_ir::Layout::Nchwc(4)),
+            vec![x],
+            vec!["xb".into()],
+        )
+        .unwrap()[0];
+    let pool = PoolAttrs {
+        kernel: vec![3, 3],
+        strides: vec![2, 2],
+        pads: vec![1; 4],
+        dilations: vec![1, 1],
+        ceil_mode: false,
+        count_include_pad: false,
+    };
+    let y = g
+        .add_node("mp", Op::MaxPool(pool), vec![xb], vec!["y".into()])
+        .unwrap()[0];
+    g.outputs = g
+        .add_node(
+            "back",
+            to(kiln_ir::Layout::Plain),
+            vec![y],
+            vec!["out".into()],
+        )
+        .unwrap();
+    let opts = |cpu: &str| kiln_target_cpu::CpuOptions {
+        target_cpu: Some(cpu.into()),
+        ..kiln_target_cpu::CpuOptions::host("t")
+    };
+    let xt = Tensor::f32([1, 8, 6, 6], Rng(4).vec(288));
+    let want = interp::run(&g, std::slice::from_ref(&xt)).unwrap();
+    check_with(&g, &[xt], &want, &opts("x86-64"));
+    let err = kiln_target_cpu::compile_jit_with(&g, &opts("x86-64-v3"))
+        .err()
+        .expect("no AVX2 kernel for blocks of 4");
+    assert!(err.to_string().contains("nchw4c"), "{err}");
 }
 
 /// A product whose left operand is a constant (`W x`, PP-OCR det's ConvTranspose as a GEMM):
