@@ -1414,10 +1414,12 @@ impl Op {
         for t in ins {
             valid(t, t.layout)?;
         }
-        let plain_only = |from: usize| -> Result<(), String> {
+        // inputs `from..to` (clipped to the inputs there are) must be plain
+        let plain_only = |from: usize, to: usize| -> Result<(), String> {
             match ins
                 .iter()
                 .enumerate()
+                .take(to)
                 .skip(from)
                 .find(|(_, t)| !t.layout.is_plain())
             {
@@ -1435,15 +1437,8 @@ impl Op {
                 all(*to)
             }
             Op::Conv(a) => {
-                if let Some((i, t)) = ins
-                    .iter()
-                    .enumerate()
-                    .take(3)
-                    .skip(1)
-                    .find(|(_, t)| !t.layout.is_plain())
-                {
-                    return Err(format!("conv reads input {i} in the plain layout, got {t}"));
-                }
+                // weights and bias
+                plain_only(1, 3)?;
                 if !a.layout.is_plain() && a.kernel.len() != 2 {
                     return Err(format!("layout {} needs a 2-D convolution", a.layout));
                 }
@@ -1470,7 +1465,7 @@ impl Op {
                     ));
                 }
                 if l.is_plain() {
-                    plain_only(0)?;
+                    plain_only(0, ins.len())?;
                 }
                 all(l)
             }
@@ -1494,7 +1489,7 @@ impl Op {
                 all(l)
             }
             _ => {
-                plain_only(0)?;
+                plain_only(0, ins.len())?;
                 all(Layout::Plain)
             }
         }

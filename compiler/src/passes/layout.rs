@@ -83,6 +83,25 @@ fn role(g: &Graph, op: &Op, inputs: &[ValueId], out: Option<ValueId>) -> Role {
     }
 }
 
+/// What a node needs of its input `i`'s layout.
+#[derive(Clone, Copy, PartialEq)]
+enum Need {
+    /// Whatever its class has (a priced input 0, a joined operand, `AnyIn`).
+    Free,
+    Plain,
+    /// The layout of the node's output (a conv's residual).
+    Output,
+}
+
+fn need(r: &Role, i: usize) -> Need {
+    match r {
+        Role::Priced if i == 0 => Need::Free,
+        Role::Priced if i == 3 => Need::Output,
+        Role::Priced | Role::Plain => Need::Plain,
+        Role::Joined | Role::AnyIn => Need::Free,
+    }
+}
+
 /// Union-find over value ids.
 struct Classes(Vec<usize>);
 
@@ -119,8 +138,9 @@ struct Problem {
     /// blocked->plain, blocked->blocked), the cost of the input's class combined with the
     /// output's.
     priced: Vec<(usize, usize, [f64; 4])>,
-    /// Values read in a fixed layout by some node: (class, bytes, needs-blocked? — false:
-    /// plain, true: the layout of `other` class (a residual follows its conv's output)).
+    /// Values read in a fixed layout by some node: (class, bytes, `None`: plain, or
+    /// `Some(k)`: the layout of class `k` — a residual follows its conv's output); a relayout
+    /// when the classes' layouts differ.
     joins: Vec<(usize, f64, Option<usize>)>,
 }
 
@@ -180,6 +200,14 @@ impl Problem {
         let bytes = |v: ValueId| g.ty(v).size_bytes() as f64;
         for (id, r) in roles {
             let n = g.node(id);
+            let y = n.outputs.first().map(|o| class[o.index()]);
+            for (i, &v) in n.inputs.iter().enumerate() {
+                match need(&r, i) {
+                    Need::Free => {}
+                    Need::Plain => joins.push((class[v.index()], bytes(v), None)),
+                    Need::Output => joins.push((class[v.index()], bytes(v), y)),
+                }
+            }
             match r {
                 Role::Priced | Role::Joined
                     if matches!(n.op, Op::Conv(_) | Op::MaxPool(_) | Op::AveragePool(_)) =>
@@ -200,19 +228,6 @@ impl Problem {
                         }
                     }
                     priced.push((class[x.index()], class[y.index()], cost));
-                    // a conv's other inputs: weights and bias plain (constants), the residual
-                    // in the output's layout
-                    if let Op::Conv(_) = n.op {
-                        for (i, &v) in n.inputs.iter().enumerate().skip(1) {
-                            let follows = (i == 3).then_some(class[y.index()]);
-                            joins.push((class[v.index()], bytes(v), follows));
-                        }
-                    }
-                }
-                Role::Plain => {
-                    for &v in &n.inputs {
-                        joins.push((class[v.index()], bytes(v), None));
-                    }
                 }
                 _ => {}
             }
@@ -332,15 +347,12 @@ fn apply(g: &mut Graph, p: &Problem, blocked: &[bool]) -> usize {
         let r = role(g, &n.op, &n.inputs, n.outputs.first().copied());
         let out_l = n.outputs.first().map(|&o| layout_of(o));
         for (i, &v) in n.inputs.iter().enumerate() {
-            let need = match (&r, &n.op) {
-                (Role::Priced, _) if i == 0 => None,
-                (Role::Priced, _) if i == 3 => out_l,
-                (Role::Priced, _) => Some(Layout::Plain),
-                (Role::Joined, _) => None,
-                (Role::AnyIn, _) => None,
-                (Role::Plain, _) => Some(Layout::Plain),
+            let want = match need(&r, i) {
+                Need::Free => None,
+                Need::Plain => Some(Layout::Plain),
+                Need::Output => out_l,
             };
-            if let Some(l) = need
+            if let Some(l) = want
                 && layout_of(v) != l
             {
                 wanted.push((id, i, l));
@@ -372,9 +384,10 @@ fn apply(g: &mut Graph, p: &Problem, blocked: &[bool]) -> usize {
         };
         g.nodes[id.index()].as_mut().unwrap().inputs[i] = r;
     }
-    for &o in g.outputs.clone().iter() {
-        debug_assert!(layout_of(o).is_plain(), "graph outputs stay plain");
-    }
+    debug_assert!(
+        g.outputs.iter().all(|&o| layout_of(o).is_plain()),
+        "graph outputs stay plain"
+    );
     let mut order: Vec<NodeId> = after.remove(&None).unwrap_or_default();
     for id in ids {
         order.push(id);

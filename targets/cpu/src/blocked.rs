@@ -11,11 +11,11 @@
 //!
 //! Dense convolutions with a blocked output (and, for unpadded 1x1 convolutions, a blocked
 //! input) are the channels-along-lanes kernel of `ukernel.rs` with its store writing whole
-//! vectors ([`crate::ukernel::ChannelTiles`], `ConvKernel::blocked`).
+//! vectors ([`crate::ukernel::ChannelTiles`], `ConvKernel::blocked_dense`).
 
 use kiln_ir::ops::EpilogueStep;
 
-use crate::emit::Emit;
+use crate::emit::{Emit, all_lanes};
 use crate::kernels::{Geom, Packing};
 use crate::llvm::LlvmTarget;
 use crate::ukernel::{ConvKernel, KERNEL_PARAMS};
@@ -48,7 +48,8 @@ impl ConvKernel {
             return None;
         }
         let px = depthwise_px(&g, t);
-        let (xt, groups, jt) = (g.ow.div_ceil(px), g.c / t.lanes, g.oh * g.ow.div_ceil(px));
+        let xt = g.ow.div_ceil(px);
+        let (groups, jt) = (g.c / t.lanes, g.oh * xt);
         let mut pk = Packing::of(&g);
         pk.needed = false;
         let mut ck = ConvKernel::new(name, g, 1, has_bias, has_res, epilogue, t)?;
@@ -205,7 +206,7 @@ impl ConvKernel {
             } else {
                 Vec::new()
             };
-            let all = format!("<{}>", vec!["i1 true"; w].join(", "));
+            let all = all_lanes(w);
             for (p, a) in acc.iter().enumerate() {
                 if checked {
                     // only pixels inside the output row

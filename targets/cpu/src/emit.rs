@@ -38,6 +38,11 @@ pub(crate) fn declarations(lanes: usize) -> String {
     )
 }
 
+/// The `<w x i1>` mask with every lane set (a store or load that needs no mask).
+pub(crate) fn all_lanes(w: usize) -> String {
+    format!("<{}>", vec!["i1 true"; w].join(", "))
+}
+
 pub(crate) fn iota(w: usize, from: usize) -> String {
     let items: Vec<String> = (0..w).map(|i| format!("i32 {}", from + i)).collect();
     format!("<{}>", items.join(", "))

@@ -190,8 +190,7 @@ impl Wide {
                         })
                         .collect();
                     // constant operands shared by every batch are packed at compile time
-                    let a_const = const_left_operand(g, node);
-                    let b_const = g.const_data(node.inputs[1]).is_some();
+                    let (a_const, b_const) = (const_operand(g, node, 0), const_operand(g, node, 1));
                     kernels::matmul_dims(a, b)
                         .filter(|_| a.dtype == kiln_ir::DType::F32)
                         .map(|dims| {
@@ -203,11 +202,7 @@ impl Wide {
                                 &t,
                             );
                             let ck = if a_const { ck.with_const_a() } else { ck };
-                            if b_const && b.numel() == dims.1 * dims.2 {
-                                ck.with_const_b(false)
-                            } else {
-                                ck
-                            }
+                            if b_const { ck.with_const_b(false) } else { ck }
                         })
                 }
                 kiln_ir::Op::MaxPool(pa) => {
@@ -292,16 +287,19 @@ impl Wide {
     }
 }
 
-/// Whether `node` is an f32 MatMul whose left operand is a constant shared by every batch
-/// (the wide kernel then reads it packed at compile time, not packed into scratch per run).
-fn const_left_operand(g: &Graph, node: &kiln_ir::Node) -> bool {
+/// Whether operand `i` (0: A, 1: B) of `node`, an f32 MatMul, is a constant matrix shared by
+/// every batch: the wide kernel then reads it packed at compile time (A like convolution
+/// weights, not packed into scratch per run; B in panels).
+fn const_operand(g: &Graph, node: &kiln_ir::Node, i: usize) -> bool {
     let kiln_ir::Op::MatMul(_) = node.op else {
         return false;
     };
     let (a, b) = (g.ty(node.inputs[0]), g.ty(node.inputs[1]));
+    let numel = g.ty(node.inputs[i]).numel();
     a.dtype == kiln_ir::DType::F32
-        && g.const_data(node.inputs[0]).is_some()
-        && kernels::matmul_dims(a, b).is_some_and(|(m, k, _)| a.numel() == m * k)
+        && g.const_data(node.inputs[i]).is_some()
+        && kernels::matmul_dims(a, b)
+            .is_some_and(|(m, k, n)| numel == if i == 0 { m * k } else { k * n })
 }
 
 /// The wide kernel of a convolution with a channel-blocked input or output, if there is one:
@@ -411,42 +409,35 @@ impl kiln_ir::layout::LayoutTarget for CpuLayouts {
         let macs =
             (x.shape[0] * geom.m * geom.cg * geom.k[0] * geom.k[1] * geom.oh * geom.ow) as f64;
         let s1 = geom.s[0].max(geom.s[1]) == 1;
-        let per_channel = geom.cg == 1 && geom.mg == 1 && attrs.4 > 1;
-        let rate = match &node.op {
-            kiln_ir::Op::AveragePool(_) => return (!in_b && !out_b).then_some(macs),
-            kiln_ir::Op::MaxPool(_) => match (in_b, out_b) {
-                (false, false) => {
-                    if s1 {
-                        15.0
-                    } else {
-                        6.0
-                    }
+        let pool = matches!(node.op, kiln_ir::Op::MaxPool(_));
+        // depthwise convolutions and max pools: one window per channel
+        let per_channel = pool || (geom.cg == 1 && geom.mg == 1 && attrs.4 > 1);
+        if matches!(node.op, kiln_ir::Op::AveragePool(_)) || (pool && in_b != out_b) {
+            return (!in_b && !out_b).then_some(macs);
+        }
+        let rate = match (in_b, out_b) {
+            (false, false) if wino_geom(g, node, self.schedule).is_some() => 88.0,
+            (false, false) if per_channel => {
+                if s1 {
+                    15.0
+                } else {
+                    6.0
                 }
-                (true, true) => {
+            }
+            (false, false) => 40.0,
+            _ => {
+                // only where a kernel takes these layouts
+                if pool {
                     blocked_pool(node, geom, input, t, "k".into())?;
-                    if s1 { 30.0 } else { 17.0 }
-                }
-                _ => return None,
-            },
-            _ => match (in_b, out_b) {
-                (false, false) if wino_geom(g, node, self.schedule).is_some() => 88.0,
-                (false, false) if per_channel => {
-                    if s1 {
-                        15.0
-                    } else {
-                        6.0
-                    }
-                }
-                (false, false) => 40.0,
-                _ => {
+                } else {
                     blocked_conv(g, node, geom, t, "k".into(), (input, output))?;
-                    if per_channel {
-                        if s1 { 30.0 } else { 17.0 }
-                    } else {
-                        47.0
-                    }
                 }
-            },
+                match (per_channel, s1) {
+                    (true, true) => 30.0,
+                    (true, false) => 17.0,
+                    (false, _) => 47.0,
+                }
+            }
         };
         Some(macs / rate)
     }
@@ -1308,7 +1299,7 @@ pub fn plan_for(g: &Graph, wide: bool, schedule: ConvSchedule) -> MemPlan {
             return 0;
         }
         // a constant left operand of a product was packed at compile time
-        if wide && const_left_operand(g, n) {
+        if wide && const_operand(g, n, 0) {
             return 0;
         }
         // blocked depthwise convolutions (and pools) read their input in place

@@ -22,7 +22,7 @@
 
 use kiln_ir::ops::{ActKind, EpilogueStep, MatMulAttrs, UnaryOp};
 
-use crate::emit::{Emit, Src, iota, splat_const_i32};
+use crate::emit::{Emit, Src, all_lanes, iota, splat_const_i32};
 
 use crate::kernels::{Geom, Packing};
 use crate::llvm::LlvmTarget;
@@ -901,7 +901,7 @@ impl ConvKernel {
             // masks (1x1 convolutions over 16-24 channels spent a third of their time storing)
             b.line(&format!("  %sfull = icmp ule i64 %jend, {jtotal}"));
             b.line("  br i1 %sfull, label %fast_0, label %row_0");
-            let all = format!("<{}>", vec!["i1 true"; w].join(", "));
+            let all = all_lanes(w);
             for i in 0..mr {
                 let after = if i + 1 < mr {
                     format!("fast_{}", i + 1)
@@ -1177,11 +1177,12 @@ impl ConvKernel {
             if out_blocked {
                 // each accumulator is one pixel of a block of `w` channels: stored as it is
                 // at ((m0 / w + v) * plane + pixel) * w (groups == 1, m0 a multiple of w)
-                let all = format!("<{}>", vec!["i1 true"; w].join(", "));
+                let all = all_lanes(w);
                 let ob = b.tmp();
                 b.line(&format!("  {ob} = mul i64 %m0, {plane}"));
+                // the tile's first pixel
                 let pb = b.tmp();
-                b.line(&format!("  {pb} = sub i64 %obase, %ob0"));
+                b.line(&format!("  {pb} = add i64 %orow, %x0"));
                 let pbw = b.tmp();
                 b.line(&format!("  {pbw} = mul i64 {pb}, {w}"));
                 let base = b.tmp();
