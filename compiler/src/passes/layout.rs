@@ -142,6 +142,9 @@ struct Problem {
     /// `Some(k)`: the layout of class `k` — a residual follows its conv's output); a relayout
     /// when the classes' layouts differ.
     joins: Vec<(usize, f64, Option<usize>)>,
+    /// The terms (`priced` then `joins` indices, numbered on) that mention each class: a flip
+    /// changes only these.
+    touch: Vec<Vec<usize>>,
 }
 
 impl Problem {
@@ -235,33 +238,76 @@ impl Problem {
         for &v in &g.outputs {
             joins.push((class[v.index()], bytes(v), None));
         }
+        let mut touch = vec![Vec::new(); eligible.len()];
+        for (id, &(i, o, _)) in priced.iter().enumerate() {
+            touch[i].push(id);
+            if o != i {
+                touch[o].push(id);
+            }
+        }
+        for (j, &(k, _, follows)) in joins.iter().enumerate() {
+            let id = priced.len() + j;
+            touch[k].push(id);
+            if let Some(f) = follows.filter(|&f| f != k) {
+                touch[f].push(id);
+            }
+        }
         Problem {
             block,
             class,
             eligible,
             priced,
             joins,
+            touch,
+        }
+    }
+
+    /// Term `id` of the total (a priced node's cost, or a join's relayout).
+    fn term(&self, t: &dyn LayoutTarget, id: usize, blocked: &[bool]) -> f64 {
+        match self.priced.get(id) {
+            Some(&(i, o, cost)) => cost[(blocked[i] as usize) * 2 + blocked[o] as usize],
+            None => {
+                let (k, bytes, follows) = self.joins[id - self.priced.len()];
+                let want = follows.is_some_and(|f| blocked[f]);
+                if blocked[k] != want {
+                    t.relayout_cost(bytes as usize)
+                } else {
+                    0.0
+                }
+            }
         }
     }
 
     fn total(&self, t: &dyn LayoutTarget, blocked: &[bool]) -> f64 {
-        let mut sum = 0.0;
-        for &(i, o, cost) in &self.priced {
-            sum += cost[(blocked[i] as usize) * 2 + blocked[o] as usize];
+        (0..self.priced.len() + self.joins.len())
+            .map(|id| self.term(t, id, blocked))
+            .sum()
+    }
+
+    /// How much the total changes when the classes of move `m` flip (only the terms that
+    /// mention them).
+    fn delta(&self, t: &dyn LayoutTarget, blocked: &mut [bool], m: &[usize]) -> f64 {
+        let mut ids: Vec<usize> = m
+            .iter()
+            .flat_map(|&k| self.touch[k].iter().copied())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let sum = |blocked: &[bool]| ids.iter().map(|&id| self.term(t, id, blocked)).sum::<f64>();
+        let before = sum(blocked);
+        for &k in m {
+            blocked[k] = !blocked[k];
         }
-        for &(k, bytes, follows) in &self.joins {
-            let want = follows.is_some_and(|f| blocked[f]);
-            if blocked[k] != want {
-                sum += t.relayout_cost(bytes as usize);
-            }
+        let after = sum(blocked);
+        for &k in m {
+            blocked[k] = !blocked[k];
         }
-        sum
+        after - before
     }
 
     /// Flip one class, or the input and output classes of one priced node together (a
     /// depthwise convolution runs blocked only with both blocked), while the total falls.
     fn descend(&self, t: &dyn LayoutTarget, mut blocked: Vec<bool>) -> (f64, Vec<bool>) {
-        let mut best = self.total(t, &blocked);
         let moves: Vec<Vec<usize>> = (0..blocked.len())
             .map(|k| vec![k])
             .chain(
@@ -277,24 +323,18 @@ impl Problem {
                 if m.iter().any(|&k| !self.eligible[k] && !blocked[k]) {
                     continue;
                 }
-                for &k in m {
-                    blocked[k] = !blocked[k];
-                }
-                let c = self.total(t, &blocked);
-                if c < best - 1e-9 {
-                    best = c;
-                    improved = true;
-                } else {
+                if self.delta(t, &mut blocked, m) < -1e-9 {
                     for &k in m {
                         blocked[k] = !blocked[k];
                     }
+                    improved = true;
                 }
             }
             if !improved {
                 break;
             }
         }
-        (best, blocked)
+        (self.total(t, &blocked), blocked)
     }
 }
 
