@@ -459,10 +459,15 @@ fn run_ref_cases(work: &Path, cases: &[RefCase]) {
     }
 }
 
-/// The tolerance of each golden model against ONNX Runtime's reference (see
-/// `golden_models_round_trip`).
+/// The tolerance (atol, rtol) of each golden model against ONNX Runtime's reference: 1e-5
+/// (measured: at most 4.4e-6). PP-OCRv4 det is the exception, 1e-5 + 1e-4 relative
+/// (measured 8.6e-6 at -O0, 1.5e-5 on a 0.33 probability at -O2): kiln imports its
+/// non-overlapping ConvTranspose as a GEMM + pixel shuffle and -O2 folds the BatchNorms into
+/// those weights (in f64, rounded once), so ORT sums other products in another order through
+/// ~100 layers before the sigmoid.
 fn golden_tol(name: &str) -> (f64, f64) {
     match name {
+        "ppocr_det" => (1e-5, 1e-4),
         _ => (1e-5, 1e-5),
     }
 }
@@ -645,9 +650,11 @@ fn external_data_forced_by_threshold() {
                 .find(|e| e.key() == k)
                 .map(|e| e.value().to_string())
         };
-        let c = g.const_data(g.find_value(t.name()).unwrap()).unwrap();
+        // a kiln constant (helper constants of the translation have other names)
+        let c = g.find_value(t.name()).and_then(|v| g.const_data(v));
         let Some(loc) = kv("location") else {
-            assert!(c.len() < 1024, "{}: {} bytes inline", t.name(), c.len());
+            let n = c.map_or(t.raw_data().len(), |c| c.len());
+            assert!(n < 1024, "{}: {n} bytes inline", t.name());
             continue;
         };
         external += 1;
@@ -655,8 +662,10 @@ fn external_data_forced_by_threshold() {
         let off: usize = kv("offset").unwrap().parse().unwrap();
         let len: usize = kv("length").unwrap().parse().unwrap();
         assert_eq!(off % 4096, 0, "{}: offset {off}", t.name());
-        assert_eq!(len, c.len());
-        assert_eq!(&data[off..off + len], c.bytes(), "{}", t.name());
+        if let Some(c) = c {
+            assert_eq!(len, c.len());
+            assert_eq!(&data[off..off + len], c.bytes(), "{}", t.name());
+        }
         assert!(t.raw_data.is_none());
     }
     assert!(external >= 4, "{external} external tensors");
