@@ -311,7 +311,7 @@ fn build(g: &Graph, opts: &ExportOptions) -> Result<Built, ExportError> {
             ex.raw_node(
                 "Identity",
                 &g.value(v).name,
-                &[t.clone()],
+                std::slice::from_ref(&t),
                 &[ex.names[v.index()].clone()],
                 vec![],
             );
