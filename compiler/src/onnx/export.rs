@@ -19,10 +19,16 @@
 //!
 //! Opset 21 (IR version 10) is the default: every op used exists there (Gelu needs 20,
 //! LayerNormalization 17, axes-as-input reductions and Split/Pad/ScatterND reductions 18,
-//! AveragePool dilations and Pad `wrap` 19), onnx 1.22's checker knows it and ONNX Runtime has
-//! had a kernel for every opset-21 op since 1.20 (1.32 is the project's version). `bit_cast`
-//! needs opset 26 (ONNX BitCast), where `cum_prod` also becomes CumProd; ONNX Runtime 1.32 runs
-//! both there ([`ExportOptions::opset`]).
+//! AveragePool dilations and Pad `wrap` 19), onnx 1.22's checker knows it and ONNX Runtime
+//! implements it since 1.20 (1.32 is the project's version). `bit_cast` needs opset 26 (ONNX
+//! BitCast), where `cum_prod` also becomes CumProd ([`ExportOptions::opset`]; the op tests run
+//! every op in ONNX Runtime at 21 and 26). Where ONNX Runtime has no kernel for an element type
+//! and a standard form it runs exists, that form is written (i64 Relu as Max, PRelu outside
+//! f32/f16 as Where, signed right shifts without a Where on unsigned types); f64 activations
+//! stay the standard ops (valid ONNX, though ONNX Runtime implements many for f32 only).
+//!
+//! NaN inputs follow ONNX where the interpreter's `f64::max`/`min` drop NaN (`clip`, reduce
+//! max/min): ONNX Runtime propagates it.
 //!
 //! Models whose initializers exceed [`ExportOptions::external_threshold`] (2e9 bytes by default,
 //! below protobuf's 2 GiB limit) keep their tensors of at least
