@@ -338,7 +338,6 @@ fn build(g: &Graph, opts: &ExportOptions) -> Result<Built, ExportError> {
     }
     for (_, n) in g.iter_nodes() {
         ex.cur = n.name.clone();
-        ex.cur_op = n.op.name();
         let ins: Vec<V> = n.inputs.iter().map(|&v| ex.val(v)).collect();
         let outs: Vec<V> = n.outputs.iter().map(|&v| ex.val(v)).collect();
         ex.op(&n.op, &ins, &outs).map_err(|msg| ExportError::Node {
@@ -515,7 +514,8 @@ struct Ex<'g> {
     consts: HashMap<(i32, Vec<usize>, Vec<u8>), String>,
     /// The kiln node being translated (helper names and node names derive from it).
     cur: String,
-    cur_op: &'static str,
+    /// The next suffix to try for a base name (so that uniquifying stays linear).
+    next: HashMap<String, usize>,
 }
 
 type R<T> = Result<T, String>;
@@ -550,7 +550,7 @@ impl<'g> Ex<'g> {
             inits: Vec::new(),
             consts: HashMap::new(),
             cur: String::new(),
-            cur_op: "",
+            next: HashMap::new(),
         }
     }
 
@@ -564,12 +564,7 @@ impl<'g> Ex<'g> {
 
     /// A new value name `<base>` or `<base>_<k>`, unused by kiln and by earlier helpers.
     fn fresh(&mut self, base: &str) -> String {
-        let mut n = base.to_string();
-        let mut k = 1;
-        while self.taken.contains(&n) {
-            n = format!("{base}_{k}");
-            k += 1;
-        }
+        let n = unique(&self.taken, &mut self.next, base, base);
         self.taken.insert(n.clone());
         n
     }
@@ -588,12 +583,17 @@ impl<'g> Ex<'g> {
         outputs: &[String],
         attrs: Vec<AttributeProto>,
     ) {
-        let mut name = base_name.to_string();
-        let mut k = 1;
-        while name.is_empty() || self.node_names.contains(&name) {
-            name = format!("{base_name}/{op_type}_{k}");
-            k += 1;
-        }
+        let name = if base_name.is_empty() || self.node_names.contains(base_name) {
+            let base = format!("{base_name}/{op_type}");
+            unique(
+                &mut self.node_names,
+                &mut self.next,
+                &base,
+                &format!("node:{base}"),
+            )
+        } else {
+            base_name.to_string()
+        };
         self.node_names.insert(name.clone());
         self.nodes.push(NodeProto {
             input: inputs.to_vec(),
@@ -730,6 +730,15 @@ impl<'g> Ex<'g> {
                 self.with_epilogue("Gemm", &names, attrs, &a.epilogue, &[], &out)
             }
             Op::MatMul(a) => {
+                let dt = x.ty.dtype;
+                if !dt.is_float()
+                    && !matches!(dt, DType::I32 | DType::I64 | DType::U32 | DType::U64)
+                {
+                    return Err(format!(
+                        "a {dt} matmul has no ONNX expression (MatMul takes floats and 32/64-bit \
+                         integers)"
+                    ));
+                }
                 let names = [xn, ins[1].name.as_str()];
                 self.with_epilogue("MatMul", &names, vec![], &a.epilogue, &ins[2..], &out)
             }
@@ -1810,6 +1819,27 @@ impl<'g> Ex<'g> {
             }
         }
         Ok(())
+    }
+}
+
+/// `base` if `taken` lacks it, else the first free `<base>_<k>`; `next[key]` remembers where
+/// the search for `key` stopped.
+fn unique(
+    taken: &HashSet<String>,
+    next: &mut HashMap<String, usize>,
+    base: &str,
+    key: &str,
+) -> String {
+    if !taken.contains(base) {
+        return base.to_string();
+    }
+    let k = next.entry(key.to_string()).or_insert(1);
+    loop {
+        let n = format!("{base}_{k}");
+        *k += 1;
+        if !taken.contains(&n) {
+            return n;
+        }
     }
 }
 
