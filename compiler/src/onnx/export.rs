@@ -586,7 +586,7 @@ impl<'g> Ex<'g> {
         let name = if base_name.is_empty() || self.node_names.contains(base_name) {
             let base = format!("{base_name}/{op_type}");
             unique(
-                &mut self.node_names,
+                &self.node_names,
                 &mut self.next,
                 &base,
                 &format!("node:{base}"),
