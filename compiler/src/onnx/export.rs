@@ -1499,15 +1499,24 @@ impl<'g> Ex<'g> {
         };
         let xs = &x.ty.shape;
         // ONNX derives the coordinate scale from `sizes` as out / in (in f32, as the IR's
-        // importer does), or takes `scales` and floors in * scale for the output
+        // importer does), or takes `scales` and floors in * scale for the output (ONNX
+        // Runtime and onnx's shape inference multiply in f32)
         let from_sizes = (0..xs.len())
             .all(|d| xs[d] != 0 && a.scales[d] == a.out_shape[d] as f32 / xs[d] as f32);
         let from_scales = (0..xs.len()).all(|d| {
             let s = a.scales[d];
-            s > 0.0
-                && (xs[d] as f32 * s).floor() as usize == a.out_shape[d]
-                && (xs[d] as f64 * s as f64).floor() as usize == a.out_shape[d]
+            s > 0.0 && (xs[d] as f32 * s).floor() as usize == a.out_shape[d]
         });
+        let unit = |d: usize| xs[d] == a.out_shape[d] && a.scales[d] == 1.0;
+        let ort_linear = match xs.len() {
+            2 | 3 => true,
+            4 => unit(0) && (unit(1) || unit(3)),
+            5 => unit(0) && unit(1),
+            _ => false,
+        };
+        if a.mode == ResizeMode::Linear && !ort_linear {
+            return self.resize_separable(a, x, out);
+        }
         let attrs = vec![
             a_str("mode", mode),
             a_str("coordinate_transformation_mode", coord),
@@ -1569,25 +1578,17 @@ impl<'g> Ex<'g> {
                 (self.node1("Min", &[&a, &hi], vec![]), true)
             }
         };
-        let gathered = self.node1(
-            "Gather",
-            &[&x.name, &clamped],
-            vec![a_int("axis", axis as i64)],
-        );
         let mut wshape = vec![n_out, taps];
         wshape.extend(std::iter::repeat_n(1, trailing));
         let mut wv = self.reshaped(w, &wshape, "weights");
         if dt != DType::F32 {
             wv = self.node1("Cast", &[&wv], vec![a_int("to", dt.abi_code() as i64)]);
         }
-        let prod = self.node1("Mul", &[&gathered, &wv], vec![]);
-        let tap_axis = self.k_usize(&[axis + 1], "taps_axis");
-        let attrs = vec![a_int("keepdims", 0)];
         if !needs_fill {
-            self.node("ReduceSum", &[&prod, &tap_axis], &[&out.name], attrs);
+            self.weighted_sum(&x.name, axis, &clamped, &wv, Some(&out.name));
             return Ok(());
         }
-        let sum = self.node1("ReduceSum", &[&prod, &tap_axis], attrs);
+        let sum = self.weighted_sum(&x.name, axis, &clamped, &wv, None);
         // the fill mask: the first tap's index < 0, shaped [out, 1, ..] over the trailing axes
         let first = match &const_idx {
             Some(v) => {
@@ -1611,6 +1612,70 @@ impl<'g> Ex<'g> {
         };
         let f = self.k_scalar(dt, fill as f64, "fill");
         self.node("Where", &[&first, &f, &sum], &[&out.name], vec![]);
+        Ok(())
+    }
+
+    /// `sum_t w[o,t] x[.., idx[o,t], ..]` along `axis` (`idx` `[out, taps]` in range, `w`
+    /// `[out, taps, 1, ..]` of x's type): Gather, Mul, ReduceSum over the taps; into `out` or a
+    /// new value, whose name is returned.
+    fn weighted_sum(
+        &mut self,
+        x: &str,
+        axis: usize,
+        idx: &str,
+        w: &str,
+        out: Option<&str>,
+    ) -> String {
+        let gathered = self.node1("Gather", &[x, idx], vec![a_int("axis", axis as i64)]);
+        let prod = self.node1("Mul", &[&gathered, w], vec![]);
+        let tap_axis = self.k_usize(&[axis + 1], "taps_axis");
+        let attrs = vec![a_int("keepdims", 0)];
+        match out {
+            Some(o) => {
+                self.node("ReduceSum", &[&prod, &tap_axis], &[o], attrs);
+                o.to_string()
+            }
+            None => self.node1("ReduceSum", &[&prod, &tap_axis], attrs),
+        }
+    }
+
+    /// A linear Resize that ONNX Runtime's Resize kernel does not take (it interpolates 2-D
+    /// and 3-D tensors, and 4-D/5-D ones whose outer two scales are 1): one two-tap weighted
+    /// sum per resized axis with the interpreter's taps (`interp::linear_taps`).
+    fn resize_separable(&mut self, a: &kiln_ir::ops::ResizeAttrs, x: &V, out: &V) -> R<()> {
+        let dt = x.ty.dtype;
+        let r = x.ty.rank();
+        let dims: Vec<usize> = (0..r)
+            .filter(|&d| !(a.scales[d] == 1.0 && x.ty.shape[d] == a.out_shape[d]))
+            .collect();
+        let mut cur = x.name.clone();
+        for (k, &d) in dims.iter().enumerate() {
+            let il = x.ty.shape[d];
+            if il == 0 {
+                return Err(format!("resizing the empty axis {d}"));
+            }
+            let taps = kiln_ir::interp::linear_taps(a, d, il);
+            let n = taps.len();
+            let idx: Vec<u8> = taps
+                .iter()
+                .flat_map(|&(i0, i1, _)| [i0 as i32, i1 as i32])
+                .flat_map(|i| i.to_le_bytes())
+                .collect();
+            let mut w = Vec::with_capacity(n * 2 * dt.size());
+            for &(_, _, t) in &taps {
+                w.extend(scalar_bytes(dt, 1.0 - t)?);
+                w.extend(scalar_bytes(dt, t)?);
+            }
+            let mut wshape = vec![n, 2];
+            wshape.extend(std::iter::repeat_n(1, r - d - 1));
+            let iv = self.konst(DType::I32, &[n, 2], idx, "linear_indices");
+            let wv = self.konst(dt, &wshape, w, "linear_weights");
+            let last = k + 1 == dims.len();
+            cur = self.weighted_sum(&cur, d, &iv, &wv, last.then_some(out.name.as_str()));
+        }
+        if dims.is_empty() {
+            self.node("Identity", &[&x.name], &[&out.name], vec![]);
+        }
         Ok(())
     }
 
