@@ -786,6 +786,27 @@ fn failed_writes_leave_nothing_behind() {
     };
     export::write_file(&g, &blocked, &ext).unwrap_err();
     assert_eq!(listing(work.path()), ["d.onnx"]);
+    // every node without an ONNX expression is listed
+    let two = r#"graph two {
+  input %x: f32[2,3]
+  input %a: i8[2,3]
+  input %b: i8[3,2]
+  %y = bit_cast(%x) {to="i32"} : i32[2,3]
+  %m = matmul(%a, %b) : i8[2,2]
+  output %y, %m
+}"#;
+    let e = export::write(
+        &kiln_ir::text::parse(two).unwrap(),
+        &ExportOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        e,
+        "graph 'two': 2 nodes have no ONNX expression: node 'y' (bit_cast): bit_cast (ONNX \
+         BitCast) needs opset 26 or newer (exporting opset 21); node 'm' (matmul): a i8 matmul \
+         has no ONNX expression (MatMul takes floats and 32/64-bit integers)"
+    );
     // a value listed twice as a graph output has no ONNX form
     let mut g2 = g.clone();
     g2.outputs.push(g2.outputs[0]);

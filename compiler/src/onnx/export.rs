@@ -98,10 +98,25 @@ pub enum ExportError {
         op: String,
         msg: String,
     },
+    /// Several such nodes, every one listed.
+    #[error("graph '{graph}': {} nodes have no ONNX expression: {}", .nodes.len(), list(.nodes))]
+    Nodes {
+        graph: String,
+        /// (node, op, why) per node.
+        nodes: Vec<(String, String, String)>,
+    },
     #[error("graph '{graph}': {msg}")]
     Graph { graph: String, msg: String },
     #[error("{path}: {msg}")]
     Io { path: PathBuf, msg: String },
+}
+
+fn list(nodes: &[(String, String, String)]) -> String {
+    nodes
+        .iter()
+        .map(|(n, op, msg)| format!("node '{n}' ({op}): {msg}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The model with every initializer inline.
@@ -336,15 +351,25 @@ fn build(g: &Graph, opts: &ExportOptions) -> Result<Built, ExportError> {
             )));
         }
     }
+    // every node without an ONNX expression is reported, not just the first
+    let mut failed = Vec::new();
     for (_, n) in g.iter_nodes() {
         ex.cur = n.name.clone();
         let ins: Vec<V> = n.inputs.iter().map(|&v| ex.val(v)).collect();
         let outs: Vec<V> = n.outputs.iter().map(|&v| ex.val(v)).collect();
-        ex.op(&n.op, &ins, &outs).map_err(|msg| ExportError::Node {
-            node: n.name.clone(),
-            op: n.op.name().to_string(),
-            msg,
-        })?;
+        if let Err(msg) = ex.op(&n.op, &ins, &outs) {
+            failed.push((n.name.clone(), n.op.name().to_string(), msg));
+        }
+    }
+    if failed.len() == 1 {
+        let (node, op, msg) = failed.remove(0);
+        return Err(ExportError::Node { node, op, msg });
+    }
+    if !failed.is_empty() {
+        return Err(ExportError::Nodes {
+            graph: g.name.clone(),
+            nodes: failed,
+        });
     }
     for &o in &g.outputs {
         graph.output.push(value_info(&ex.names[o.index()], g.ty(o)));
