@@ -6,6 +6,7 @@
 //! ([`consteval`]). Large weights stored as external data are memory-mapped, not copied.
 
 mod consteval;
+pub mod export;
 mod import;
 pub(crate) mod tensor;
 
