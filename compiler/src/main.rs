@@ -193,11 +193,12 @@ enum Cmd {
         #[command(flatten)]
         load: LoadArgs,
     },
-    /// Convert a model to another format: .air (Ascend AIR), .kir (kiln IR). The output format
+    /// Convert a model to another format: .onnx, .air (Ascend AIR), .kir (kiln IR). The output format
     /// is the output file's extension; the graph is written before any back-end rewrite.
     ///
     /// Examples:
     ///   kiln convert resnet18.onnx -o resnet18.air
+    ///   kiln convert model.air -o model.onnx
     ///   kiln convert lenet.mindir --weights lenet.ckpt -o lenet.air
     ///   kiln convert model.air -o model.kir -O1
     Convert {

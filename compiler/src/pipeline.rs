@@ -344,6 +344,8 @@ pub fn emit(
 /// Output formats of `kiln convert`, by file extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConvertFormat {
+    /// ONNX (opset 21; external data beside it over 2 GB).
+    Onnx,
     /// Ascend AIR (a GraphEngine `ModelDef`).
     Air,
     /// kiln IR, textual form.
@@ -359,11 +361,12 @@ impl ConvertFormat {
             .unwrap_or("")
             .to_ascii_lowercase();
         Ok(match ext.as_str() {
+            "onnx" => ConvertFormat::Onnx,
             "air" => ConvertFormat::Air,
             "kir" => ConvertFormat::Kir,
             _ => {
                 return Err(Error::Msg(format!(
-                    "{}: unknown output format '.{ext}' (kiln convert writes .air, .kir)",
+                    "{}: unknown output format '.{ext}' (kiln convert writes .onnx, .air, .kir)",
                     path.display()
                 )));
             }
@@ -375,6 +378,8 @@ impl ConvertFormat {
 /// written atomically; a failure leaves nothing behind.
 pub fn write_model(g: &Graph, out: &Path) -> Result<(), Error> {
     match ConvertFormat::of(out)? {
+        ConvertFormat::Onnx => crate::onnx::export::write_file(g, out, &Default::default())
+            .map_err(|e| Error::Msg(format!("{}: {e}", out.display()))),
         ConvertFormat::Air => crate::air::export::write_file(g, out, &Default::default())
             .map_err(|e| Error::Msg(format!("{}: {e}", out.display()))),
         ConvertFormat::Kir => Ok(link::write_atomic(out, kiln_ir::text::print(g).as_bytes())?),

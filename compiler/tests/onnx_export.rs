@@ -610,6 +610,43 @@ fn mindspore_nets_round_trip() {
             .collect();
         inputs.truncate(g0.inputs.len());
         let want = vec![npy::read(&dir.join("output_0.npy")).unwrap()];
+        // as users run it: `kiln convert net.mindir --weights net.ckpt -o net.onnx`, and
+        // through AIR: the .onnx written from the .air file `kiln convert` made
+        let ckpt = dir.join("net.ckpt");
+        let mut chain = vec![("convert", work.path().join(format!("{net}_convert.onnx")))];
+        let cli = |args: &[&std::ffi::OsStr]| {
+            let st = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+                .arg("convert")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                st.status.success(),
+                "{net}: kiln convert: {}",
+                String::from_utf8_lossy(&st.stderr)
+            );
+        };
+        let mut args: Vec<&std::ffi::OsStr> = vec![model.as_os_str()];
+        if ckpt.exists() {
+            args.extend(["--weights".as_ref(), ckpt.as_os_str()]);
+        }
+        cli(&[&args[..], &["-o".as_ref(), chain[0].1.as_os_str()]].concat());
+        let airf = work.path().join(format!("{net}.air"));
+        cli(&[&args[..], &["-o".as_ref(), airf.as_os_str()]].concat());
+        chain.push(("air", work.path().join(format!("{net}_air.onnx"))));
+        cli(&[airf.as_os_str(), "-o".as_ref(), chain[1].1.as_os_str()]);
+        for (tag, path) in chain {
+            let (ins, outs) = graph_io_names(&g0);
+            cases.push(RefCase {
+                what: format!("{net} {tag}"),
+                model: path,
+                inputs: inputs.clone(),
+                want: want.clone(),
+                input_names: Some(ins),
+                output_names: Some(outs),
+                tol: (1e-5, 1e-5),
+            });
+        }
         for prep in [Prep::Level(OptLevel::O0), Prep::Blocked] {
             let g = prepare(&g0, prep);
             let path = work.path().join(format!("{net}_{}.onnx", prep.tag()));

@@ -949,7 +949,7 @@ pub fn export(g: &Graph) -> R<ModelDef> {
         let ValueDef::Const(d) = &val.def else {
             continue;
         };
-        let n = w.const_op(&val.name, &val.ty, Bytes::copy_from_slice(d.bytes()));
+        let n = w.const_op(&val.name, &val.ty, Bytes::from_owner(d.clone()));
         w.edge.insert(Val::G(v), format!("{n}:0"));
     }
     for (_, n) in g.iter_nodes() {

@@ -223,6 +223,14 @@ impl Data {
             Data::Owned(v) => v,
         }
     }
+
+    /// The bytes as a protobuf `bytes` field (a constant's window is shared, not copied).
+    fn to_proto(&self) -> bytes::Bytes {
+        match self {
+            Data::Const(c) => bytes::Bytes::from_owner(c.clone()),
+            Data::Owned(v) => bytes::Bytes::copy_from_slice(v),
+        }
+    }
 }
 
 /// A translated model whose initializers have no data yet; `data[i]` belongs to initializer `i`.
@@ -248,7 +256,7 @@ impl Built {
         let mut m = self.model;
         let gp = m.graph.as_mut().expect("graph");
         for (t, d) in gp.initializer.iter_mut().zip(&self.data) {
-            t.raw_data = Some(d.bytes().to_vec());
+            t.raw_data = Some(d.to_proto());
         }
         m
     }
@@ -263,7 +271,7 @@ impl Built {
         for (t, d) in gp.initializer.iter_mut().zip(self.data) {
             let len = d.bytes().len();
             if len < min.max(1) {
-                t.raw_data = Some(d.bytes().to_vec());
+                t.raw_data = Some(d.to_proto());
                 continue;
             }
             let offset = at.div_ceil(EXTERNAL_ALIGN) * EXTERNAL_ALIGN;
