@@ -163,6 +163,26 @@ impl CpuArgs {
     }
 }
 
+/// `kiln build --emit om` options.
+#[derive(Args, Clone, Default)]
+struct OmArgs {
+    /// Ascend SoC written into the OM header and the atc command: Ascend310, Ascend310P3,
+    /// Ascend910.
+    #[arg(long = "soc-version", default_value = "Ascend310")]
+    soc_version: kiln_target_om::SocVersion,
+    /// ATC's --precision_mode: force_fp16 (default), allow_fp32_to_fp16,
+    /// must_keep_origin_dtype, allow_mix_precision.
+    #[arg(long = "precision-mode", default_value = "force_fp16")]
+    precision_mode: kiln_target_om::precision::PrecisionMode,
+    /// Also write kiln's AIR, ATC's option files (fusion switch, AIPP, mix list) and the exact
+    /// atc command (atc.sh) into DIR.
+    #[arg(long = "atc-config", value_name = "DIR")]
+    atc_config: Option<PathBuf>,
+    /// Preprocessing for ATC's AIPP: mean=R:G:B,std=R:G:B,format=RGB888_U8|YUV420SP_U8.
+    #[arg(long)]
+    aipp: Option<kiln_target_om::atc::Aipp>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Compile a model into a native artefact.
@@ -192,6 +212,8 @@ enum Cmd {
         name: Option<String>,
         #[command(flatten)]
         load: LoadArgs,
+        #[command(flatten)]
+        om: OmArgs,
     },
     /// Convert a model to another format: .onnx, .air (Ascend AIR), .kir (kiln IR). The output format
     /// is the output file's extension; the graph is written before any back-end rewrite.
@@ -287,6 +309,7 @@ fn real_main(cli: Cli) -> Result<(), String> {
             cpu,
             name,
             load: largs,
+            om,
         } => {
             if list {
                 list_fusions();
@@ -294,6 +317,9 @@ fn real_main(cli: Cli) -> Result<(), String> {
             }
             let model = model.ok_or("a model file is required")?;
             let mut g = load(&model, largs)?;
+            if emit == Emit::Om {
+                return build_om(&model, &g, &opt, output, name, om);
+            }
             let target = cpu.target(target);
             opt.optimize(&mut g, &target)?;
             if report {
@@ -381,6 +407,47 @@ fn real_main(cli: Cli) -> Result<(), String> {
             inspect(&file, decrypt_key_file.as_deref())
         }
     }
+}
+
+/// `kiln build --emit om`: the OM, and with --atc-config the AIR, ATC's option files and command.
+fn build_om(
+    model: &Path,
+    g: &kiln_ir::Graph,
+    opt: &OptArgs,
+    output: Option<PathBuf>,
+    name: Option<String>,
+    om: OmArgs,
+) -> Result<(), String> {
+    let name = name.unwrap_or_else(|| pipeline::default_name(model));
+    let out = output.unwrap_or_else(|| PathBuf::from(format!("{name}.om")));
+    let mut opts = opt.options(&pipeline::TargetOpts::default())?;
+    opts.layout = None;
+    let b = pipeline::OmBuild {
+        soc: om.soc_version,
+        precision: om.precision_mode,
+        opt: opts,
+        atc_config: om.atc_config.clone(),
+        aipp: om.aipp,
+    };
+    let r = pipeline::emit_om(g, &out, &name, &b).map_err(|e| e.to_string())?;
+    let by_format: Vec<String> = r
+        .weights_by_format
+        .iter()
+        .map(|(f, n)| format!("{f} {n}"))
+        .collect();
+    eprintln!(
+        "wrote {}: {} bytes, weights {} bytes ({}), feature-map memory {} bytes, {} ops",
+        out.display(),
+        r.file_bytes,
+        r.weight_size,
+        by_format.join(", "),
+        r.memory_size,
+        r.ops.values().sum::<usize>()
+    );
+    if let Some(d) = &om.atc_config {
+        eprintln!("wrote ATC options and atc.sh to {}", d.display());
+    }
+    Ok(())
 }
 
 /// Load, bind `--weights`, print the binding's notes and warnings.

@@ -36,6 +36,9 @@ pub enum Emit {
     Header,
     /// kiln IR, textual form
     Ir,
+    /// Ascend offline model (.om): the graph in GE ops with device-layout weights and GE's
+    /// memory plan (--soc-version, --precision-mode, --atc-config)
+    Om,
 }
 
 impl Emit {
@@ -47,6 +50,7 @@ impl Emit {
             Emit::Exe => "",
             Emit::Header => "h",
             Emit::Ir => "kir",
+            Emit::Om => "om",
         }
     }
 }
@@ -175,6 +179,7 @@ fn load_model(path: &Path, opts: &LoadOptions, extra: &ExtraOptions) -> Result<G
             &crate::air::AirOptions {
                 input_shapes: opts.input_shapes.clone(),
                 frozen_inputs: opts.frozen_inputs.clone(),
+                ..Default::default()
             },
         )?,
         "om" => {
@@ -188,6 +193,10 @@ fn load_model(path: &Path, opts: &LoadOptions, extra: &ExtraOptions) -> Result<G
                 &crate::air::AirOptions {
                     input_shapes: opts.input_shapes.clone(),
                     frozen_inputs: opts.frozen_inputs.clone(),
+                    weights: om
+                        .partition(crate::om::partition::WEIGHTS_DATA)
+                        .map(|p| p.data.clone()),
+                    widen_fp16: true,
                 },
             )?
         }
@@ -289,6 +298,11 @@ pub fn emit(
     target: &TargetOpts,
 ) -> Result<(), Error> {
     match emit {
+        Emit::Om => {
+            return Err(Error::Msg(
+                "an OM is built from the loaded graph: use pipeline::emit_om".into(),
+            ));
+        }
         Emit::Ir => return Ok(link::write_atomic(out, kiln_ir::text::print(g).as_bytes())?),
         Emit::Header => {
             let plan = kiln_target_cpu::plan_for(g, target.wide, target.conv_schedule);
@@ -384,4 +398,88 @@ pub fn write_model(g: &Graph, out: &Path) -> Result<(), Error> {
             .map_err(|e| Error::Msg(format!("{}: {e}", out.display()))),
         ConvertFormat::Kir => Ok(link::write_atomic(out, kiln_ir::text::print(g).as_bytes())?),
     }
+}
+
+/// What `kiln build --emit om` is asked for.
+#[derive(Debug, Clone, Default)]
+pub struct OmBuild {
+    pub soc: kiln_target_om::SocVersion,
+    pub precision: kiln_target_om::precision::PrecisionMode,
+    /// The optimizer's level and switched-off rules (the `layout` pass gets the Ascend model).
+    pub opt: crate::passes::OptOptions,
+    /// Write the ATC option files, kiln's AIR and the `atc` command into this directory.
+    pub atc_config: Option<PathBuf>,
+    /// Preprocessing for ATC's AIPP (`--insert_op_conf`).
+    pub aipp: Option<kiln_target_om::atc::Aipp>,
+}
+
+/// Build an Ascend OM from a loaded (unoptimized) graph: optimize with the Ascend layout model,
+/// write the OM atomically, and with `atc_config` the AIR of the graph as loaded plus ATC's
+/// option files and command. Nothing is written unless everything succeeds (files written
+/// before a later failure are removed).
+pub fn emit_om(
+    g: &Graph,
+    out: &Path,
+    name: &str,
+    b: &OmBuild,
+) -> Result<kiln_target_om::om::OmReport, Error> {
+    let mut opt = b.opt.clone();
+    opt.layout = Some(std::sync::Arc::new(kiln_target_om::ascend::AscendLayouts));
+    let mut og = g.clone();
+    optimize(&mut og, &opt)?;
+    let (bytes, report) = kiln_target_om::om::build(
+        &og,
+        &kiln_target_om::om::OmOptions {
+            name: name.to_string(),
+            soc: b.soc,
+            precision: b.precision,
+        },
+    )
+    .map_err(|e| Error::Msg(format!("{}: {e}", out.display())))?;
+    let mut files: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+    if let Some(dir) = &b.atc_config {
+        use kiln_target_om::atc;
+        let air = crate::air::export::export(g)
+            .map_err(|e| Error::Msg(format!("{}: {e}", dir.display())))?;
+        let air_name = format!("{name}.air");
+        files.push((dir.join(&air_name), prost::Message::encode_to_vec(&air)));
+        files.push((
+            dir.join("fusion_switch.cfg"),
+            atc::fusion_switch(&b.opt.disabled).into_bytes(),
+        ));
+        if let Some(a) = &b.aipp {
+            let (h, w) = g
+                .inputs
+                .first()
+                .map(|&v| g.ty(v))
+                .filter(|t| t.rank() == 4)
+                .map(|t| (t.shape[2], t.shape[3]))
+                .ok_or_else(|| Error::Msg("--aipp needs a 4-D (NCHW) first input".into()))?;
+            files.push((dir.join("aipp.cfg"), atc::aipp_config(a, h, w).into_bytes()));
+        }
+        if b.precision == kiln_target_om::precision::PrecisionMode::AllowMixPrecision {
+            files.push((dir.join("mixlist.json"), atc::mixlist().into_bytes()));
+        }
+        let cmd = atc::command(&air_name, name, b.soc, b.precision, b.aipp.is_some());
+        let script = format!(
+            "#!/bin/sh\n# Compile kiln's AIR into an OM the NPU runs (needs CANN's atc; run in this directory).\n# kiln's own OM carries the graph, device-layout weights and memory plan; the AI Core\n# kernels (TBE_KERNELS) and tasks (TASK_INFO) come from atc.\ncd \"$(dirname \"$0\")\"\n{cmd}\n"
+        );
+        files.push((dir.join("atc.sh"), script.into_bytes()));
+        std::fs::create_dir_all(dir).map_err(|err| Error::Io {
+            path: dir.clone(),
+            err,
+        })?;
+    }
+    files.push((out.to_path_buf(), bytes));
+    let mut written: Vec<&Path> = Vec::new();
+    for (p, data) in &files {
+        if let Err(e) = link::write_atomic(p, data) {
+            for w in written {
+                let _ = std::fs::remove_file(w);
+            }
+            return Err(e.into());
+        }
+        written.push(p);
+    }
+    Ok(report)
 }

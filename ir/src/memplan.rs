@@ -164,10 +164,11 @@ fn last_uses(g: &Graph, order: &[NodeId], root: &[ValueId]) -> Vec<Option<usize>
 }
 
 /// One workspace allocation and the schedule positions during which it is live.
-struct Buf {
-    size: usize,
-    start: usize,
-    end: usize,
+#[derive(Debug, Clone, Copy)]
+pub struct Buf {
+    pub size: usize,
+    pub start: usize,
+    pub end: usize,
 }
 
 /// Plan memory; `scratch(node)` is the number of temporary bytes a back end's kernel for that
@@ -340,10 +341,12 @@ fn reader_counts(g: &Graph) -> Vec<usize> {
     uses
 }
 
-/// Greedy by size: largest buffer first (ties: earlier start), each at the lowest aligned offset
-/// that overlaps no placed buffer with an intersecting lifetime. Returns the offsets and the
-/// total size.
-fn place(bufs: &[Buf]) -> (Vec<usize>, usize) {
+/// Greedy by size: largest buffer first (ties: earlier start), each at the lowest offset that
+/// overlaps no placed buffer with an intersecting lifetime (offsets are sums of sizes, so sizes
+/// that are multiples of an alignment give aligned offsets). Returns the offsets and the total
+/// size (rounded to [`ALIGN`]). Back ends with their own buffers (the Ascend writer's GE ops)
+/// place them with this too.
+pub fn place(bufs: &[Buf]) -> (Vec<usize>, usize) {
     let mut by_size: Vec<usize> = (0..bufs.len()).collect();
     by_size.sort_by_key(|&b| (std::cmp::Reverse(bufs[b].size), bufs[b].start, b));
     let mut offsets = vec![0usize; bufs.len()];

@@ -1,0 +1,388 @@
+//! The Ascend offline model (`.om`) kiln writes: the compiled graph ([`crate::ge`] in the
+//! compiled style) with its constants moved into WEIGHTS_DATA, GE's static memory plan recorded
+//! on every op, the model attributes GE sets, an empty TASK_INFO, and the container
+//! (../shared/docs/formats.md §4: the 256-byte `ModelFileHeader` in the v2 layout with a 64-bit
+//! partition table).
+
+use std::collections::{BTreeMap, HashMap};
+
+use bytes::Bytes;
+use kiln_ir::memplan::{Buf, place};
+use kiln_ir::{DType, Graph};
+use prost::Message;
+
+use crate::SocVersion;
+use crate::ge::{GeOptions, a_i, a_s, av, export_with};
+use crate::names::dtype_of_proto;
+use crate::precision::{PrecisionMode, fp16_nodes, fp32_list};
+use crate::proto::attr_def::Value as AV;
+use crate::proto::attr_def::{ListValue, list_value};
+use crate::proto::{ModelDef, TensorDescriptor};
+use crate::task::ModelTaskDef;
+
+/// `"IMOD"` as a little-endian u32.
+pub const MAGIC: u32 = 0x444F_4D49;
+pub const HEADER_LEN: usize = 256;
+/// Header `version` of the v2 layout.
+pub const VERSION_2: u32 = 0x2000_0000;
+/// WEIGHTS_DATA starts with this many reserved bytes, and every constant is aligned to it
+/// (`kWeightsStartOffset`).
+pub const WEIGHT_ALIGN: usize = 512;
+/// Feature-map offsets are aligned to this (GE's `MEM_ALIGN_SIZE`).
+pub const MEM_ALIGN: usize = 512;
+
+/// Partition types (`ModelPartitionType`).
+pub mod partition {
+    pub const MODEL_DEF: u32 = 0;
+    pub const WEIGHTS_DATA: u32 = 1;
+    pub const TASK_INFO: u32 = 2;
+    pub const TBE_KERNELS: u32 = 3;
+    pub const CUST_AICPU_KERNELS: u32 = 4;
+    pub const SO_BINS: u32 = 5;
+    pub const FLOW_MODEL: u32 = 6;
+    pub const FLOW_SUBMODEL: u32 = 7;
+    pub const MODEL_INOUT_INFO: u32 = 8;
+
+    /// A partition type's name.
+    pub fn name(t: u32) -> &'static str {
+        match t {
+            0 => "MODEL_DEF",
+            1 => "WEIGHTS_DATA",
+            2 => "TASK_INFO",
+            3 => "TBE_KERNELS",
+            4 => "CUST_AICPU_KERNELS",
+            5 => "SO_BINS",
+            6 => "FLOW_MODEL",
+            7 => "FLOW_SUBMODEL",
+            8 => "MODEL_INOUT_INFO",
+            9 => "STATIC_TASK_DESC",
+            10 => "DYNAMIC_TASK_DESC",
+            11 => "TASK_PARAM",
+            12 => "TILING_DATA",
+            20 => "PRE_MODEL_DESC",
+            21 => "PRE_MODEL_SQE",
+            22 => "PRE_KERNEL_ARGS",
+            23 => "PRE_MODEL_DESC_EXTEND",
+            24 => "BUNDLE_MODEL_INFO",
+            25 => "BUNDLE_MODEL_VAR_INFO",
+            26 => "CUSTOM_OPS",
+            _ => "unknown",
+        }
+    }
+}
+
+/// What `kiln build --emit om` is asked for.
+#[derive(Debug, Clone, Default)]
+pub struct OmOptions {
+    /// The model name in the header (31 bytes at most are kept) and the ModelDef.
+    pub name: String,
+    pub soc: SocVersion,
+    pub precision: PrecisionMode,
+}
+
+/// What an OM holds, for `kiln build --emit om --report` and the tests.
+#[derive(Debug, Clone, Default)]
+pub struct OmReport {
+    pub file_bytes: usize,
+    /// WEIGHTS_DATA bytes (512 reserved + aligned constants).
+    pub weight_size: usize,
+    /// Feature-map memory of GE's static plan.
+    pub memory_size: usize,
+    /// Distinct constant bytes per GE format (`"FRACTAL_Z"`, `"NCHW"`, ...), padding included.
+    pub weights_by_format: BTreeMap<String, usize>,
+    /// Constants whose bytes another constant already holds.
+    pub deduplicated: usize,
+    /// GE op count per type.
+    pub ops: BTreeMap<String, usize>,
+    /// The nodes kept in fp32 by `allow_mix_precision` (node name, IR op).
+    pub fp32_nodes: Vec<(String, &'static str)>,
+}
+
+fn align(x: usize, a: usize) -> usize {
+    x.div_ceil(a) * a
+}
+
+/// Bytes of the tensor a descriptor describes (`None`: unknown dtype or overflow).
+pub fn desc_bytes(d: &TensorDescriptor) -> Option<usize> {
+    let dt = dtype_of_proto(d.dtype).ok()?;
+    let dims = d.shape.as_ref().map(|s| s.dim.as_slice()).unwrap_or(&[]);
+    dims.iter().try_fold(dt.size(), |a, &x| {
+        usize::try_from(x).ok().and_then(|x| a.checked_mul(x))
+    })
+}
+
+/// GE's tensor size (`size` field): the bytes rounded up to 32, plus 32.
+fn ge_size(bytes: usize) -> i64 {
+    (align(bytes, 32) + 32) as i64
+}
+
+/// Move every `Const` op's data into WEIGHTS_DATA: identical bytes stored once, each at a
+/// 512-aligned offset after 512 reserved bytes; the tensor keeps `data_offset`/`weight_size`
+/// (also on the readers' input descriptors) and no data.
+fn move_weights(md: &mut ModelDef, report: &mut OmReport) -> Vec<u8> {
+    let mut weights = vec![0u8; WEIGHT_ALIGN];
+    let mut seen: HashMap<Bytes, usize> = HashMap::new();
+    let mut placed: HashMap<String, (i64, i64)> = HashMap::new();
+    let g = &mut md.graph[0];
+    for op in &mut g.op {
+        if op.r#type != "Const" {
+            continue;
+        }
+        let Some(AV::T(t)) = op.attr.get_mut("value").and_then(|a| a.value.as_mut()) else {
+            continue;
+        };
+        if t.data.is_empty() {
+            continue;
+        }
+        let data = std::mem::take(&mut t.data);
+        let len = data.len();
+        let off = match seen.get(&data) {
+            Some(&o) => {
+                report.deduplicated += 1;
+                o
+            }
+            None => {
+                let o = weights.len();
+                weights.extend_from_slice(&data);
+                weights.resize(align(weights.len(), WEIGHT_ALIGN), 0);
+                let fmt = t.desc.as_ref().map_or("ND", |d| d.layout.as_str());
+                *report.weights_by_format.entry(fmt.to_string()).or_default() += len;
+                seen.insert(data, o);
+                o
+            }
+        };
+        if let Some(d) = t.desc.as_mut() {
+            d.data_offset = off as i64;
+            d.weight_size = len as i64;
+        }
+        if let Some(d) = op.output_desc.first_mut() {
+            d.size = ge_size(len);
+        }
+        placed.insert(format!("{}:0", op.name), (off as i64, len as i64));
+    }
+    for op in &mut g.op {
+        for (k, e) in op.input.iter().enumerate() {
+            if let (Some(&(off, len)), Some(d)) = (placed.get(e), op.input_desc.get_mut(k)) {
+                d.data_offset = off;
+                d.weight_size = len;
+            }
+        }
+    }
+    weights
+}
+
+/// GE's static memory plan over the compiled graph: every op output (but constants) is a
+/// buffer of its descriptor's size (`size`: rounded to 32, plus 32), live from its producer to
+/// its last reader (model inputs from the start, values read by `NetOutput` to the end),
+/// placed in one feature-map region by kiln's greedy-by-size planner
+/// ([`kiln_ir::memplan::place`]) at 512-byte granularity. Each op records its outputs' offsets
+/// (`output_i`) and its inputs' (`input_i`: feature-map offsets, or WEIGHTS_DATA offsets for
+/// constants), as GE does. Returns the region's size.
+fn plan_memory(md: &mut ModelDef) -> Result<usize, String> {
+    let g = &mut md.graph[0];
+    let n = g.op.len();
+    let index: HashMap<String, usize> =
+        g.op.iter()
+            .enumerate()
+            .map(|(i, o)| (o.name.clone(), i))
+            .collect();
+    let mut bufs: Vec<Buf> = Vec::new();
+    let mut buf_of: HashMap<(usize, usize), usize> = HashMap::new();
+    for (pos, op) in g.op.iter_mut().enumerate() {
+        if op.r#type == "Const" || op.r#type == "NetOutput" {
+            continue;
+        }
+        let start = if op.r#type == "Data" { 0 } else { pos };
+        for (k, d) in op.output_desc.iter_mut().enumerate() {
+            let bytes =
+                desc_bytes(d).ok_or_else(|| format!("op '{}': output {k} has no size", op.name))?;
+            d.size = ge_size(bytes);
+            buf_of.insert((pos, k), bufs.len());
+            bufs.push(Buf {
+                size: align(d.size as usize, MEM_ALIGN),
+                start,
+                end: start,
+            });
+        }
+    }
+    // lifetimes: to the last reader
+    let mut input_srcs: Vec<Vec<Option<(usize, usize)>>> = Vec::with_capacity(n);
+    for (pos, op) in g.op.iter().enumerate() {
+        let mut srcs = Vec::new();
+        for e in &op.input {
+            let src = e
+                .rsplit_once(':')
+                .and_then(|(p, k)| Some((*index.get(p)?, k.parse::<usize>().ok()?)));
+            if let Some(s) = src
+                && let Some(&b) = buf_of.get(&s)
+            {
+                let end = if op.r#type == "NetOutput" { n } else { pos };
+                bufs[b].end = bufs[b].end.max(end);
+            }
+            srcs.push(src);
+        }
+        input_srcs.push(srcs);
+    }
+    let (offsets, total) = place(&bufs);
+    let total = align(total, MEM_ALIGN);
+    let weight_off = |op: &crate::proto::OpDef| -> i64 {
+        match op.attr.get("value").and_then(|a| a.value.as_ref()) {
+            Some(AV::T(t)) => t.desc.as_ref().map_or(0, |d| d.data_offset),
+            _ => 0,
+        }
+    };
+    let consts: Vec<i64> = g.op.iter().map(weight_off).collect();
+    for (pos, op) in g.op.iter_mut().enumerate() {
+        op.output_i = (0..op.output_desc.len())
+            .map(|k| {
+                buf_of
+                    .get(&(pos, k))
+                    .map_or(consts[pos], |&b| offsets[b] as i64)
+            })
+            .collect();
+        op.input_i = input_srcs[pos]
+            .iter()
+            .map(|s| match s {
+                Some((p, k)) => buf_of
+                    .get(&(*p, *k))
+                    .map_or(consts[*p], |&b| offsets[b] as i64),
+                None => -1,
+            })
+            .collect();
+        op.id = pos as i64;
+        op.stream_id = 0;
+    }
+    Ok(total)
+}
+
+fn attr_list_s(v: &[String]) -> crate::proto::AttrDef {
+    av(AV::List(ListValue {
+        s: v.iter().map(|s| Bytes::from(s.clone())).collect(),
+        val_type: list_value::ListValueType::VtListString as i32,
+        ..Default::default()
+    }))
+}
+
+/// The container: header (v2, 64-bit table), one partition table, the partitions in order.
+pub fn container(name: &str, soc: SocVersion, parts: &[(u32, &[u8])]) -> Result<Vec<u8>, String> {
+    let table = 8 + 24 * parts.len();
+    let body: usize = table + parts.iter().map(|(_, d)| d.len()).sum::<usize>();
+    let mut f = Vec::with_capacity(HEADER_LEN + body);
+    f.extend_from_slice(&MAGIC.to_le_bytes());
+    f.extend_from_slice(&(HEADER_LEN as u32).to_le_bytes());
+    f.extend_from_slice(&VERSION_2.to_le_bytes());
+    f.resize(76, 0); // checksum[64]
+    f.extend_from_slice(&0u32.to_le_bytes()); // length: 0 with a 64-bit table
+    f.extend_from_slice(&[0, 0, 0, 0]); // unencrypted, checksum, model type IR, offline
+    let mut nm = [0u8; 32];
+    let nb = name.as_bytes();
+    nm[..nb.len().min(31)].copy_from_slice(&nb[..nb.len().min(31)]);
+    f.extend_from_slice(&nm); // 84..116
+    f.resize(156, 0); // ops, userdefineinfo, om_ir_version
+    f.extend_from_slice(&1u32.to_le_bytes()); // model_num
+    let mut pv = [0u8; 20];
+    let sb = soc.name().as_bytes();
+    pv[..sb.len()].copy_from_slice(sb);
+    f.extend_from_slice(&pv); // 160..180
+    f.push(1); // platform_type: MINI
+    f.resize(184, 0);
+    f.extend_from_slice(&(body as u64).to_le_bytes()); // model_length
+    f.resize(HEADER_LEN, 0);
+    f.extend_from_slice(&(parts.len() as u32).to_le_bytes());
+    f.extend_from_slice(&0u32.to_le_bytes());
+    let mut off = 0u64;
+    for (kind, d) in parts {
+        f.extend_from_slice(&kind.to_le_bytes());
+        f.extend_from_slice(&0u32.to_le_bytes());
+        f.extend_from_slice(&off.to_le_bytes());
+        f.extend_from_slice(&(d.len() as u64).to_le_bytes());
+        off += d.len() as u64;
+    }
+    for (_, d) in parts {
+        f.extend_from_slice(d);
+    }
+    debug_assert_eq!(f.len(), HEADER_LEN + body);
+    Ok(f)
+}
+
+/// The OM of a graph optimized for Ascend (`layout` pass with [`crate::ascend::AscendLayouts`]).
+pub fn build(g: &Graph, opts: &OmOptions) -> Result<(Vec<u8>, OmReport), String> {
+    let mut report = OmReport::default();
+    let fp16 = fp16_nodes(g, opts.precision);
+    let mut md = export_with(
+        g,
+        &GeOptions {
+            compiled: true,
+            fp16,
+        },
+    )?;
+    let name = if opts.name.is_empty() {
+        g.name.clone()
+    } else {
+        opts.name.clone()
+    };
+    md.name = name.clone();
+    md.graph[0].name = format!("{name}_0");
+    let weights = move_weights(&mut md, &mut report);
+    let memory = plan_memory(&mut md)?;
+    for op in &md.graph[0].op {
+        *report.ops.entry(op.r#type.clone()).or_default() += 1;
+    }
+    report.fp32_nodes = fp32_list(g, opts.precision);
+    let task = ModelTaskDef {
+        version: "1.0".into(),
+        memory_size: memory as u64,
+        stream_num: 1,
+        event_num: 0,
+        weight_size: weights.len() as u64,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let attrs: Vec<(&str, crate::proto::AttrDef)> = vec![
+        ("memory_size", a_i(memory as i64)),
+        ("weight_size", a_i(weights.len() as i64)),
+        ("stream_num", a_i(1)),
+        ("event_num", a_i(0)),
+        ("label_num", a_i(0)),
+        ("soc_version", a_s(opts.soc.name())),
+        ("target_type", a_s(opts.soc.target_type())),
+        ("precision_mode", a_s(opts.precision.name())),
+        (
+            "om_info_list",
+            crate::ge::a_ints(&[weights.len() as i64, 0, 0, task.len() as i64, 0]),
+        ),
+        (
+            "kiln_keep_fp32_nodes",
+            attr_list_s(
+                &report
+                    .fp32_nodes
+                    .iter()
+                    .map(|(n, _)| n.clone())
+                    .collect::<Vec<_>>(),
+            ),
+        ),
+        ("kiln_version", a_s(env!("CARGO_PKG_VERSION"))),
+    ];
+    for (k, v) in attrs {
+        md.attr.insert(k.to_string(), v);
+    }
+    let model_def = md.encode_to_vec();
+    let file = container(
+        &name,
+        opts.soc,
+        &[
+            (partition::MODEL_DEF, &model_def),
+            (partition::WEIGHTS_DATA, &weights),
+            (partition::TASK_INFO, &task),
+        ],
+    )?;
+    report.file_bytes = file.len();
+    report.weight_size = weights.len();
+    report.memory_size = memory;
+    Ok((file, report))
+}
+
+/// The element type a value has in an fp16 model (`f32` read back as `f16`), for reports.
+pub fn fp16_of(d: DType) -> DType {
+    if d == DType::F32 { DType::F16 } else { d }
+}
