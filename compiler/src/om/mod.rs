@@ -90,6 +90,11 @@ pub fn parse(bytes: Bytes, file: &str) -> Result<OmFile, FrontendError> {
         return Err(err(format!("header size {headsize}, expected 256")));
     }
     let version = u32_at(b, 8);
+    if !(0x1000_0000..0x3000_0000).contains(&version) {
+        return Err(err(format!(
+            "header version {version:#010x} is out of range (v1 0x10000000, v2 0x20000000)"
+        )));
+    }
     let v2 = version >= 0x2000_0000;
     let header = Header {
         version,
@@ -105,6 +110,12 @@ pub fn parse(bytes: Bytes, file: &str) -> Result<OmFile, FrontendError> {
     };
     if header.is_encrypt != 0 {
         return Err(err("encrypted OM files are not supported".into()));
+    }
+    if header.model_type > 5 {
+        return Err(err(format!(
+            "model type {} is out of range (0 IR .. 5 bundle)",
+            header.model_type
+        )));
     }
     if header.model_type == 3 {
         return Err(err(

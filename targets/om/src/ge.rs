@@ -1167,8 +1167,25 @@ pub fn export_with(g: &Graph, opts: &GeOptions) -> R<ModelDef> {
     w.fp16 = false;
     let mut outputs: Vec<String> = Vec::new();
     for &v in &g.outputs {
-        // the interface keeps the IR's types (a Cast back from fp16)
-        outputs.push(w.input(Val::G(v)).0);
+        // the interface keeps the IR's types (a Cast back from fp16), and its names: the Cast
+        // takes the output's name, the fp16 value is renamed
+        let native = w.edge.get(&Val::G(v)).map(|(e, _)| e.clone());
+        let e = w.input(Val::G(v)).0;
+        if opts.compiled && native.as_ref().is_some_and(|n| *n != e) {
+            let name = g.value(v).name.clone();
+            let find = |edge: &str| edge.rsplit_once(':').map(|(op, k)| (op.to_string(), k.parse::<usize>().unwrap_or(0)));
+            if let (Some((pop, pk)), Some((cop, _))) = (native.as_deref().and_then(find), find(&e)) {
+                for op in w.ops.iter_mut() {
+                    if op.name == pop && let Some(d) = op.output_desc.get_mut(pk) {
+                        d.name = format!("{name}_fp16");
+                    }
+                    if op.name == cop && let Some(d) = op.output_desc.get_mut(0) {
+                        d.name = name.clone();
+                    }
+                }
+            }
+        }
+        outputs.push(e);
     }
     let mut graph = GraphDef {
         name: g.name.clone(),
