@@ -60,7 +60,10 @@ fn python() -> Option<PathBuf> {
     if py.exists() {
         return Some(py);
     }
-    skip(&format!("{} missing: run scripts/setup-python.sh", py.display()));
+    skip(&format!(
+        "{} missing: run scripts/setup-python.sh",
+        py.display()
+    ));
     None
 }
 
@@ -113,7 +116,11 @@ fn check_netron(om: &Path, md: &ModelDef) -> Option<usize> {
         .filter(|o| o.r#type != "Const")
         .collect();
     let header = format!("graph {}: {} nodes", md.graph[0].name, ops.len());
-    assert!(text.contains(&header), "{}: want '{header}' in {text}", om.display());
+    assert!(
+        text.contains(&header),
+        "{}: want '{header}' in {text}",
+        om.display()
+    );
     let listed: Vec<(&str, &str)> = text
         .lines()
         .filter(|l| l.starts_with("  "))
@@ -217,13 +224,7 @@ fn compare(what: &str, want: &[f32], got: &[f32], atol: f32, rtol: f32) -> (f32,
 
 /// Packing cases for `golden/ascend_pack.py`: every constant the Ascend `layout` pass packs
 /// (a `relayout` of a constant) in the optimized graph, against the bytes `om` holds.
-fn pack_cases(
-    g: &Graph,
-    om: &Path,
-    fp16: bool,
-    dir: &Path,
-    tag: &str,
-) -> Vec<serde_json::Value> {
+fn pack_cases(g: &Graph, om: &Path, fp16: bool, dir: &Path, tag: &str) -> Vec<serde_json::Value> {
     let mut og = g.clone();
     pipeline::optimize(
         &mut og,
@@ -323,6 +324,7 @@ fn om_case(
     inputs: &[(String, PathBuf)],
     want: &[Vec<f32>],
     src_bytes: u64,
+    fp16_band: Option<(f32, f32)>,
 ) {
     let tmp = tempfile::tempdir().unwrap();
     let mut cases = vec![];
@@ -340,6 +342,20 @@ fn om_case(
         .unwrap_or_else(|e| panic!("{name} {}: {e}", mode.name()));
         let (md, weights) = read_om(&om);
         assert_eq!(weights.len(), r.weight_size);
+        // MODEL_INOUT_INFO describes the interface
+        let file = kiln_compiler::om::read(&om).unwrap();
+        let io = file
+            .partition(kiln_compiler::om::partition::MODEL_INOUT_INFO)
+            .expect("MODEL_INOUT_INFO");
+        let (ins, outs) = kiln_target_om::om::parse_inout_info(&io.data).unwrap();
+        assert_eq!(ins.len(), g.inputs.len());
+        for (t, &v) in ins.iter().zip(&g.inputs) {
+            assert_eq!(t.name, g.value(v).name);
+            let dims: Vec<i64> = g.ty(v).shape.iter().map(|&d| d as i64).collect();
+            assert_eq!(t.dims, dims);
+            assert_eq!(t.size as usize, g.ty(v).size_bytes());
+        }
+        assert_eq!(outs.len(), g.outputs.len());
         assert_eq!(weights.len() % 512, 0);
         assert_eq!(
             md.attr.get("weight_size").and_then(|a| a.value.clone()),
@@ -361,13 +377,30 @@ fn om_case(
             } else {
                 atol_scale * scale
             };
-            let (abs, rel) = compare(
-                &format!("{name} {} output {k}", mode.name()),
-                w,
-                o,
-                atol,
-                rtol,
-            );
+            let what = format!("{name} {} output {k}", mode.name());
+            let (abs, rel) = match (fp16_band, atol_scale == 0.0) {
+                // a deep network's fp16 weights: a bound on the worst element and on the mean
+                (Some((max_abs, mean_abs)), false) => {
+                    let d: Vec<f32> = w.iter().zip(o).map(|(a, b)| (a - b).abs()).collect();
+                    let worst = d.iter().fold(0f32, |m, &x| m.max(x));
+                    let mean = d.iter().sum::<f32>() / d.len() as f32;
+                    let over = d
+                        .iter()
+                        .zip(w)
+                        .filter(|&(&x, &v)| x > atol + rtol * v.abs())
+                        .count();
+                    assert!(
+                        worst <= max_abs && mean <= mean_abs,
+                        "{what}: max |err| {worst}, mean {mean} (bounds {max_abs}, {mean_abs})"
+                    );
+                    eprintln!(
+                        "OM {what}: {over} of {} elements beyond 1e-2 + 1e-2 |want| (fp16 band: max {worst:.2e}, mean {mean:.2e})",
+                        d.len()
+                    );
+                    (worst, worst / scale.max(1e-30))
+                }
+                _ => compare(&what, w, o, atol, rtol),
+            };
             eprintln!(
                 "OM {name} {}: {} bytes (source {src_bytes}), weights {:?}, Netron nodes {}, output {k} max abs {abs:.2e} rel {rel:.2e}",
                 mode.name(),
@@ -424,10 +457,20 @@ fn golden_onnx(name: &str) {
         .as_array()
         .unwrap()
         .iter()
-        .map(|o| f32s(&npy::read(&dir.join(o["file"].as_str().unwrap())).unwrap().data))
+        .map(|o| {
+            f32s(
+                &npy::read(&dir.join(o["file"].as_str().unwrap()))
+                    .unwrap()
+                    .data,
+            )
+        })
         .collect();
     let size = std::fs::metadata(&model).unwrap().len();
-    om_case(name, &g, &MODES, &inputs, &want, size);
+    // PP-OCRv4 det: 487 ops deep with BatchNorm folded into the filters; with fp16 weights its
+    // sigmoid map differs by up to ~0.03 on ~0.2 % of the pixels (the steep band of the
+    // sigmoid), 7e-5 on average
+    let band = (name == "ppocr_det").then_some((0.05, 5e-4));
+    om_case(name, &g, &MODES, &inputs, &want, size, band);
 }
 
 fn golden_mindspore(net: &str, modes: &[PrecisionMode]) {
@@ -438,7 +481,15 @@ fn golden_mindspore(net: &str, modes: &[PrecisionMode]) {
     let n = g.value(g.inputs[0]).name.clone();
     let want = vec![f32s(&npy::read(&dir.join("output_0.npy")).unwrap().data)];
     let size = std::fs::metadata(&src).unwrap().len();
-    om_case(&format!("ms_{net}"), &g, modes, &[(n, x)], &want, size);
+    om_case(
+        &format!("ms_{net}"),
+        &g,
+        modes,
+        &[(n, x)],
+        &want,
+        size,
+        None,
+    );
 }
 
 macro_rules! cases {
@@ -585,7 +636,11 @@ fn atc_model_runs_on_cpu() {
         .arg(&conv)
         .output()
         .unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     // eight inputs: kiln run (the .om itself, and the graph with the extra output) vs ORT
     let mut cases = vec![];
     let mut ins = vec![];
@@ -625,7 +680,11 @@ fn atc_model_runs_on_cpu() {
         .arg(&rpath)
         .output()
         .unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let res: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&rpath).unwrap()).unwrap();
     let mut worst = 0f32;
@@ -651,9 +710,23 @@ fn atc_model_runs_on_cpu() {
             .arg(&dir)
             .output()
             .unwrap();
-        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
-        let p = f32s(&npy::read(&dir.join("W_0_actor_ap_Softmax.npy")).unwrap().data);
-        let (e, _) = compare("a3c probabilities", &f32s(&ort(2 * k, 1).data), &p, 1e-5, 1e-4);
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        let p = f32s(
+            &npy::read(&dir.join("W_0_actor_ap_Softmax.npy"))
+                .unwrap()
+                .data,
+        );
+        let (e, _) = compare(
+            "a3c probabilities",
+            &f32s(&ort(2 * k, 1).data),
+            &p,
+            1e-5,
+            1e-4,
+        );
         worst = worst.max(e);
         // the action: kiln run on the .om, ORT on the graph and on `kiln convert`'s ONNX
         let dir = tmp.path().join(format!("om_{k}"));
@@ -666,10 +739,18 @@ fn atc_model_runs_on_cpu() {
             .arg(&dir)
             .output()
             .unwrap();
-        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
         let a = npy::read(&dir.join("out_a.npy")).unwrap();
         assert_eq!(a.data, ort(2 * k, 0).data, "a3c action, input {k}");
-        assert_eq!(a.data, ort(2 * k + 1, 0).data, "a3c action (kiln convert), input {k}");
+        assert_eq!(
+            a.data,
+            ort(2 * k + 1, 0).data,
+            "a3c action (kiln convert), input {k}"
+        );
         actions.insert(a.data.clone());
     }
     eprintln!(
@@ -690,17 +771,31 @@ fn shared_om_files_inspect() {
     for (f, want) in [
         (
             "a3c_pong_atc.om",
-            &["version 0x10000000", "32-bit partition table", "TBE_KERNELS", "Conv2D"][..],
+            &[
+                "version 0x10000000",
+                "32-bit partition table",
+                "TBE_KERNELS",
+                "Conv2D",
+            ][..],
         ),
         (
             "ge_root_model.om",
-            &["version 0x20000000", "64-bit partition table", "MODEL_INOUT_INFO"][..],
+            &[
+                "version 0x20000000",
+                "64-bit partition table",
+                "MODEL_INOUT_INFO input '_arg_0': dims [16], ge::DataType 3, ge::Format 2",
+                "MODEL_INOUT_INFO output 'output_0_out_0': dims [-1]",
+            ][..],
         ),
         ("ge_multi_model.om", &["3 model(s)", "PartitionedCall"][..]),
     ] {
         let st = kiln().arg("inspect").arg(dir.join(f)).output().unwrap();
         let text = String::from_utf8_lossy(&st.stdout);
-        assert!(st.status.success(), "{f}: {}", String::from_utf8_lossy(&st.stderr));
+        assert!(
+            st.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
         for w in want {
             assert!(text.contains(w), "{f}: no '{w}' in {text}");
         }
@@ -724,12 +819,23 @@ fn corrupt_om_files_are_clear_errors() {
     pipeline::emit_om(&g, &good_path, "lenet", &OmBuild::default()).unwrap();
     let good = std::fs::read(&good_path).unwrap();
     assert!(pipeline::load(&good_path, &LoadOptions::default()).is_ok());
-    let put32 = |b: &mut Vec<u8>, off: usize, v: u32| b[off..off + 4].copy_from_slice(&v.to_le_bytes());
-    let put64 = |b: &mut Vec<u8>, off: usize, v: u64| b[off..off + 8].copy_from_slice(&v.to_le_bytes());
-    // table: u32 num, u32 pad, then {u32 type, u32 pad, u64 offset, u64 size} at 264 + 24k
+    let put32 =
+        |b: &mut Vec<u8>, off: usize, v: u32| b[off..off + 4].copy_from_slice(&v.to_le_bytes());
+    let put64 =
+        |b: &mut Vec<u8>, off: usize, v: u64| b[off..off + 8].copy_from_slice(&v.to_le_bytes());
+    // table: u32 num, u32 pad, then {u32 type, u32 pad, u64 offset, u64 size} at 264 + 24k;
+    // partitions MODEL_INOUT_INFO, MODEL_DEF, WEIGHTS_DATA, TASK_INFO
     let entry = |k: usize| 264 + 24 * k;
+    let kinds: Vec<u32> = (0..4)
+        .map(|k| u32::from_le_bytes(good[entry(k)..entry(k) + 4].try_into().unwrap()))
+        .collect();
+    assert_eq!(kinds, [8, 0, 1, 2]);
     let body = (good.len() - 256) as u64;
-    let md_len = u64::from_le_bytes(good[entry(0) + 16..entry(0) + 24].try_into().unwrap());
+    let field = |k: usize, at: usize| {
+        u64::from_le_bytes(good[entry(k) + at..entry(k) + at + 8].try_into().unwrap())
+    };
+    let md_off = field(1, 8);
+    let md_len = field(1, 16);
     let mut cases: Vec<(&str, Vec<u8>, &str)> = vec![];
     let mut b = good.clone();
     put32(&mut b, 0, 0x1234_5678);
@@ -759,26 +865,26 @@ fn corrupt_om_files_are_clear_errors() {
     put32(&mut b, entry(1) + 4, 1);
     cases.push(("table padding", b, "nonzero padding"));
     let mut b = good.clone();
-    put64(&mut b, entry(1) + 8, md_len - 16);
+    put64(&mut b, entry(2) + 8, md_off + md_len - 16);
     cases.push(("overlap", b, "starts at"));
     let mut b = good.clone();
-    put64(&mut b, entry(2) + 16, body * 4);
+    put64(&mut b, entry(3) + 16, body * 4);
     cases.push(("past the end", b, "runs past the end of the file"));
     let mut b = good.clone();
-    put64(&mut b, entry(2) + 8, u64::MAX - 8);
+    put64(&mut b, entry(3) + 8, u64::MAX - 8);
     cases.push(("offset overflow", b, "offset/size overflow"));
     let mut b = good.clone();
-    put64(&mut b, entry(0) + 16, u64::MAX);
+    put64(&mut b, entry(1) + 16, u64::MAX);
     cases.push(("size overflow", b, "overflow"));
     let mut b = good.clone();
-    put32(&mut b, entry(2), 1);
+    put32(&mut b, entry(3), 1);
     cases.push(("duplicate type", b, "appears twice"));
     let mut b = good[..good.len() - 100].to_vec();
     let len = (b.len() - 256) as u64;
     put64(&mut b, 184, len);
     cases.push(("truncated", b, "runs past the end of the file"));
     let mut b = good.clone();
-    let md0 = 256 + 8 + 24 * 3;
+    let md0 = 256 + 8 + 24 * 4 + md_off as usize;
     for x in &mut b[md0..md0 + 64] {
         *x = 0xff;
     }
@@ -795,11 +901,8 @@ fn corrupt_om_files_are_clear_errors() {
     }
     let mdb = prost::Message::encode_to_vec(&md);
     let (_, w) = read_om(&good_path);
-    let b = kiln_target_om::om::container("lenet", Default::default(), &[
-        (0, &mdb),
-        (1, &w),
-    ])
-    .unwrap();
+    let b =
+        kiln_target_om::om::container("lenet", Default::default(), &[(0, &mdb), (1, &w)]).unwrap();
     cases.push(("weights outside", b, "lie outside WEIGHTS_DATA"));
     for (what, bytes, want) in cases {
         let p = tmp.path().join("bad.om");
@@ -822,7 +925,10 @@ fn corrupt_om_files_are_clear_errors() {
                 .output()
                 .unwrap();
             let err = String::from_utf8_lossy(&st.stderr);
-            assert!(!st.status.success() && err.contains("bad.om"), "{what}: {err}");
+            assert!(
+                !st.status.success() && err.contains("bad.om"),
+                "{what}: {err}"
+            );
             assert!(!err.contains("panicked"), "{what}: {err}");
             assert!(!out.exists(), "{what}: {} left behind", out.display());
         }
@@ -863,7 +969,10 @@ fn corrupt_om_files_are_clear_errors() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&st.stderr);
-    assert!(!st.status.success() && err.contains("has no GE equivalent"), "{err}");
+    assert!(
+        !st.status.success() && err.contains("has no GE equivalent"),
+        "{err}"
+    );
     assert!(!out.exists() && !atc.join("x.air").exists());
     let _ = ValueDef::Input;
 }
@@ -884,7 +993,10 @@ fn atc_option_files() {
         .args(["--emit", "om", "--soc-version", "Ascend310P3"])
         .args(["--precision-mode", "allow_mix_precision", "--fusion-switch"])
         .arg(&sw)
-        .args(["--aipp", "mean=123.675:116.28:103.53,std=58.395:57.12:57.375,format=YUV420SP_U8"])
+        .args([
+            "--aipp",
+            "mean=123.675:116.28:103.53,std=58.395:57.12:57.375,format=YUV420SP_U8",
+        ])
         .arg("--atc-config")
         .arg(&dir)
         .arg("-o")
@@ -913,12 +1025,13 @@ fn atc_option_files() {
         assert!(aipp.contains(w), "{w}: {aipp}");
     }
     let mix: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("mixlist.json")).unwrap())
-            .unwrap();
-    assert!(mix["black-list"]["to-add"]
-        .as_array()
-        .unwrap()
-        .contains(&"SoftmaxV2".into()));
+        serde_json::from_str(&std::fs::read_to_string(dir.join("mixlist.json")).unwrap()).unwrap();
+    assert!(
+        mix["black-list"]["to-add"]
+            .as_array()
+            .unwrap()
+            .contains(&"SoftmaxV2".into())
+    );
     let sh = std::fs::read_to_string(dir.join("atc.sh")).unwrap();
     assert!(
         sh.contains(

@@ -1648,7 +1648,13 @@ impl<'a> Imp<'a> {
                     return self.node1(c, Op::Cast { to: DType::F32 }, vec![h]);
                 }
                 if self.ty(x).dtype == to {
-                    return Ok(vec![x]);
+                    // an fp16 value read as f32: the Cast back is the identity, its name kept
+                    // (an OM's output is named after the Cast)
+                    return if self.widen {
+                        self.rename_out(c, vec![x])
+                    } else {
+                        Ok(vec![x])
+                    };
                 }
                 self.node1(c, Op::Cast { to }, vec![x])
             }

@@ -277,6 +277,24 @@ pub fn describe(om: &OmFile, file: &str) -> String {
             );
         }
     }
+    if let Some(p) = om.partition(partition::MODEL_INOUT_INFO) {
+        match kiln_target_om::om::parse_inout_info(&p.data) {
+            Ok((ins, outs)) => {
+                for (what, ts) in [("input", ins), ("output", outs)] {
+                    for t in ts {
+                        let _ = writeln!(
+                            s,
+                            "  MODEL_INOUT_INFO {what} '{}': dims {:?}, ge::DataType {}, ge::Format {}, {} bytes",
+                            t.name, t.dims, t.dtype, t.format, t.size
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(s, "  MODEL_INOUT_INFO: {e}");
+            }
+        }
+    }
     match model_def(om, file) {
         Ok(md) => s += &crate::air::describe(&md),
         Err(e) => {

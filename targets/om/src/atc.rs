@@ -139,7 +139,7 @@ impl std::str::FromStr for Aipp {
         if mean.len() != 3 || std.len() != 3 {
             return Err("--aipp: mean and std take 1 or 3 channel values".into());
         }
-        if std.iter().any(|&x| x == 0.0) {
+        if std.contains(&0.0) {
             return Err("--aipp: std must not be 0".into());
         }
         Ok(Aipp { mean, std, format })

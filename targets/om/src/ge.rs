@@ -508,6 +508,31 @@ impl Writer<'_> {
                     ),
                     ActKind::Swish => ("Swish", vec![("scale", a_f(alpha))]),
                     ActKind::Selu if alpha == 1.673_263_2 && beta == 1.050_701 => ("Selu", vec![]),
+                    ActKind::Affine => {
+                        // alpha x + beta: a Mul and an Add of scalar constants
+                        let base = match &out {
+                            Out::Value(v) => self.g.value(*v).name.clone(),
+                            Out::Temp(_, n) => n.clone(),
+                        };
+                        let t = self.ty(x);
+                        let dt = t.dtype;
+                        let a = self.aux_scalar(&format!("{base}/alpha"), alpha as f64, dt)?;
+                        let b = self.aux_scalar(&format!("{base}/beta"), beta as f64, dt)?;
+                        let m = self.emit1(
+                            "Mul",
+                            Out::Temp(t, format!("{base}/scaled")),
+                            &[Some(x), Some(a)],
+                            &["x1", "x2"],
+                            vec![],
+                        );
+                        return Ok(self.emit1(
+                            "Add",
+                            out,
+                            &[Some(m), Some(b)],
+                            &["x1", "x2"],
+                            vec![],
+                        ));
+                    }
                     k => return Err(format!("activation {} has no GE op", k.name())),
                 };
                 self.emit1(t, out, &xin, &["x"], attrs)
@@ -1173,13 +1198,21 @@ pub fn export_with(g: &Graph, opts: &GeOptions) -> R<ModelDef> {
         let e = w.input(Val::G(v)).0;
         if opts.compiled && native.as_ref().is_some_and(|n| *n != e) {
             let name = g.value(v).name.clone();
-            let find = |edge: &str| edge.rsplit_once(':').map(|(op, k)| (op.to_string(), k.parse::<usize>().unwrap_or(0)));
-            if let (Some((pop, pk)), Some((cop, _))) = (native.as_deref().and_then(find), find(&e)) {
+            let find = |edge: &str| {
+                edge.rsplit_once(':')
+                    .map(|(op, k)| (op.to_string(), k.parse::<usize>().unwrap_or(0)))
+            };
+            if let (Some((pop, pk)), Some((cop, _))) = (native.as_deref().and_then(find), find(&e))
+            {
                 for op in w.ops.iter_mut() {
-                    if op.name == pop && let Some(d) = op.output_desc.get_mut(pk) {
+                    if op.name == pop
+                        && let Some(d) = op.output_desc.get_mut(pk)
+                    {
                         d.name = format!("{name}_fp16");
                     }
-                    if op.name == cop && let Some(d) = op.output_desc.get_mut(0) {
+                    if op.name == cop
+                        && let Some(d) = op.output_desc.get_mut(0)
+                    {
                         d.name = name.clone();
                     }
                 }

@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
+use kiln_ir::Graph;
 use kiln_ir::memplan::{Buf, place};
-use kiln_ir::{DType, Graph};
 use prost::Message;
 
 use crate::SocVersion;
@@ -366,11 +366,18 @@ pub fn build(g: &Graph, opts: &OmOptions) -> Result<(Vec<u8>, OmReport), String>
     for (k, v) in attrs {
         md.attr.insert(k.to_string(), v);
     }
+    let (ins, outs) = io_tensors(&md);
+    md.attr.insert(
+        "attr_model_out_nodes_name".into(),
+        attr_list_s(&outs.iter().map(|t| t.name.clone()).collect::<Vec<_>>()),
+    );
+    let inout = inout_info(&ins, &outs);
     let model_def = md.encode_to_vec();
     let file = container(
         &name,
         opts.soc,
         &[
+            (partition::MODEL_INOUT_INFO, &inout),
             (partition::MODEL_DEF, &model_def),
             (partition::WEIGHTS_DATA, &weights),
             (partition::TASK_INFO, &task),
@@ -382,7 +389,154 @@ pub fn build(g: &Graph, opts: &OmOptions) -> Result<(Vec<u8>, OmReport), String>
     Ok((file, report))
 }
 
-/// The element type a value has in an fp16 model (`f32` read back as `f16`), for reports.
-pub fn fp16_of(d: DType) -> DType {
-    if d == DType::F32 { DType::F16 } else { d }
+/// The model's inputs (`Data` ops in `index` order) and outputs (`NetOutput`'s inputs, named
+/// `<op>:<k>` as `attr_model_out_nodes_name` has them) for MODEL_INOUT_INFO.
+fn io_tensors(md: &ModelDef) -> (Vec<IoTensor>, Vec<IoTensor>) {
+    let ge_dtype = |d: &TensorDescriptor| {
+        dtype_of_proto(d.dtype).map_or(28, |t| crate::names::ge_of_dtype(t) as i32)
+    };
+    let fmt = |d: &TensorDescriptor| -> i32 {
+        match d.attr.get("format_for_int").and_then(|a| a.value.as_ref()) {
+            Some(AV::I(f)) => *f as i32,
+            _ => crate::names::format::ND as i32,
+        }
+    };
+    let io = |name: String, d: &TensorDescriptor| IoTensor {
+        name,
+        size: desc_bytes(d).unwrap_or(0) as u64,
+        format: fmt(d),
+        dtype: ge_dtype(d),
+        dims: d.shape.as_ref().map(|s| s.dim.clone()).unwrap_or_default(),
+    };
+    let g = &md.graph[0];
+    let mut ins: Vec<(i64, IoTensor)> =
+        g.op.iter()
+            .filter(|o| o.r#type == "Data")
+            .filter_map(|o| {
+                let idx = match o.attr.get("index").and_then(|a| a.value.as_ref()) {
+                    Some(AV::I(i)) => *i,
+                    _ => 0,
+                };
+                Some((idx, io(o.name.clone(), o.output_desc.first()?)))
+            })
+            .collect();
+    ins.sort_by_key(|(i, _)| *i);
+    let outs =
+        g.op.iter()
+            .filter(|o| o.r#type == "NetOutput")
+            .flat_map(|o| o.input.iter().zip(&o.input_desc))
+            .map(|(e, d)| io(e.clone(), d))
+            .collect();
+    (ins.into_iter().map(|(_, t)| t).collect(), outs)
+}
+
+/// One tensor of MODEL_INOUT_INFO (GE's `ModelTensorDesc`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IoTensor {
+    pub name: String,
+    /// Bytes (GE's tensor size).
+    pub size: u64,
+    /// `ge::Format`.
+    pub format: i32,
+    /// C++ `ge::DataType`.
+    pub dtype: i32,
+    pub dims: Vec<i64>,
+}
+
+/// MODEL_INOUT_INFO: TLV blocks `{u32 ModelDescType; u32 length; payload}`; kiln writes and
+/// reads the input (0) and output (1) descriptions: `u32 count`, then per tensor a 32-byte
+/// `ModelTensorDescBaseInfo` (`u64 size; i32 format; i32 dtype; u32 name_len, dims_len,
+/// dimsV2_len, shape_range_len`) followed by the name, the dims (i64), dimsV2 (i64) and the
+/// shape ranges (i64 pairs) — GE's `ModelIntroduction`, checked on GraphEngine's
+/// `root_model.om`.
+pub fn inout_info(inputs: &[IoTensor], outputs: &[IoTensor]) -> Vec<u8> {
+    let mut b = Vec::new();
+    for (kind, ts) in [(0u32, inputs), (1u32, outputs)] {
+        if ts.is_empty() {
+            continue;
+        }
+        let mut p = Vec::new();
+        p.extend_from_slice(&(ts.len() as u32).to_le_bytes());
+        for t in ts {
+            let dl = (t.dims.len() * 8) as u32;
+            p.extend_from_slice(&t.size.to_le_bytes());
+            p.extend_from_slice(&t.format.to_le_bytes());
+            p.extend_from_slice(&t.dtype.to_le_bytes());
+            p.extend_from_slice(&(t.name.len() as u32).to_le_bytes());
+            p.extend_from_slice(&dl.to_le_bytes());
+            p.extend_from_slice(&dl.to_le_bytes());
+            p.extend_from_slice(&0u32.to_le_bytes());
+            p.extend_from_slice(t.name.as_bytes());
+            for _ in 0..2 {
+                for d in &t.dims {
+                    p.extend_from_slice(&d.to_le_bytes());
+                }
+            }
+        }
+        b.extend_from_slice(&kind.to_le_bytes());
+        b.extend_from_slice(&(p.len() as u32).to_le_bytes());
+        b.extend_from_slice(&p);
+    }
+    b
+}
+
+/// Read the inputs and outputs of a MODEL_INOUT_INFO partition (other blocks are skipped);
+/// every length is checked against the data.
+pub fn parse_inout_info(b: &[u8]) -> Result<(Vec<IoTensor>, Vec<IoTensor>), String> {
+    let u32_at = |p: &[u8], i: usize| -> Result<u32, String> {
+        p.get(i..i + 4)
+            .map(|x| u32::from_le_bytes([x[0], x[1], x[2], x[3]]))
+            .ok_or_else(|| format!("MODEL_INOUT_INFO is truncated at byte {i}"))
+    };
+    let (mut ins, mut outs) = (vec![], vec![]);
+    let mut i = 0usize;
+    while i < b.len() {
+        let kind = u32_at(b, i)?;
+        let len = u32_at(b, i + 4)? as usize;
+        let p = b.get(i + 8..(i + 8).saturating_add(len)).ok_or_else(|| {
+            format!("MODEL_INOUT_INFO block at {i} ({len} bytes) runs past its end")
+        })?;
+        i += 8 + len;
+        if kind > 1 {
+            continue;
+        }
+        let n = u32_at(p, 0)? as usize;
+        let mut j = 4usize;
+        let mut ts = vec![];
+        for _ in 0..n {
+            let h = p
+                .get(j..j + 32)
+                .ok_or("MODEL_INOUT_INFO tensor description is truncated")?;
+            let size = u64::from_le_bytes(h[0..8].try_into().unwrap());
+            let format = i32::from_le_bytes(h[8..12].try_into().unwrap());
+            let dtype = i32::from_le_bytes(h[12..16].try_into().unwrap());
+            let lens: Vec<usize> = (0..4)
+                .map(|k| u32::from_le_bytes(h[16 + 4 * k..20 + 4 * k].try_into().unwrap()) as usize)
+                .collect();
+            j += 32;
+            let total = lens.iter().try_fold(0usize, |a, &l| a.checked_add(l));
+            let body = total
+                .and_then(|t| p.get(j..j.checked_add(t)?))
+                .ok_or("MODEL_INOUT_INFO tensor description runs past its block")?;
+            let name = String::from_utf8_lossy(&body[..lens[0]]).into_owned();
+            let dims = body[lens[0]..lens[0] + lens[1]]
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            j += body.len();
+            ts.push(IoTensor {
+                name,
+                size,
+                format,
+                dtype,
+                dims,
+            });
+        }
+        if kind == 0 {
+            ins = ts;
+        } else {
+            outs = ts;
+        }
+    }
+    Ok((ins, outs))
 }
