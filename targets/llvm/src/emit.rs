@@ -90,11 +90,20 @@ impl Emit {
     /// iteration's loads and spills an accumulator into the FMA chain (AVX2 6x16 tile with a
     /// GELU epilogue: 1.8x slower).
     pub fn no_unroll(&mut self) -> String {
+        self.loop_hint("!{!\"llvm.loop.unroll.disable\"}")
+    }
+    /// `, !llvm.loop !N` for a loop's back-edge branch: unroll the loop `count` times
+    /// whatever the target's scheduling model says (LLVM 19 partially unrolls less than 14
+    /// did on Zen 3, and not at all for most CPUs; kernels whose address arithmetic needs
+    /// unrolling to become immediates ask for it).
+    pub fn unroll(&mut self, count: usize) -> String {
+        self.loop_hint(&format!("!{{!\"llvm.loop.unroll.count\", i32 {count}}}"))
+    }
+    fn loop_hint(&mut self, hint: &str) -> String {
         let id = META_IDS.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
         let (l, d) = (id, id + 1);
-        self.meta.push_str(&format!(
-            "!{l} = distinct !{{!{l}, !{d}}}\n!{d} = !{{!\"llvm.loop.unroll.disable\"}}\n"
-        ));
+        self.meta
+            .push_str(&format!("!{l} = distinct !{{!{l}, !{d}}}\n!{d} = {hint}\n"));
         format!(", !llvm.loop !{l}")
     }
     /// `define void @name(<params>, i64 %t0, i64 %t1)` and the loop over work items `%<iv>` in
@@ -125,6 +134,10 @@ impl Emit {
         self.line(&format!("  br i1 %{iv}_e, label %done, label %item"));
         self.line("done:");
         self.line("  ret void");
+        self.function_end();
+    }
+    /// Close the current function: its `}` and then the metadata its loop hints refer to.
+    pub fn function_end(&mut self) {
         self.line("}");
         let meta = std::mem::take(&mut self.meta);
         self.s.push_str(&meta);

@@ -168,3 +168,41 @@ fn cpu_targets() {
     }
     assert!(LlvmTarget::new(Some("aarch64-unknown-linux-gnu"), Some("native")).is_err());
 }
+
+/// `Emit::unroll` makes LLVM unroll a loop by exactly that count, whatever the CPU's scheduling
+/// model would do (the baseline x86-64 CPU does not unroll this loop, an `exp` per iteration,
+/// on its own).
+#[test]
+fn unroll_hint() {
+    let t = LlvmTarget::new(Some("x86_64-unknown-linux-gnu"), None).unwrap();
+    let exps = |count: Option<usize>| {
+        let mut e = Emit::new(W);
+        let vt = e.vt.clone();
+        e.line("define void @sum(ptr noalias %x, ptr noalias %y) #0 {");
+        e.line("entry:");
+        e.line("  br label %l");
+        e.line("l:");
+        e.line("  %i = phi i64 [ 0, %entry ], [ %n, %l ]");
+        e.line(&format!(
+            "  %acc = phi {vt} [ zeroinitializer, %entry ], [ %a, %l ]"
+        ));
+        e.line(&format!("  %o = mul i64 %i, {W}"));
+        let v = e.load_at("%x", "%o", None, "");
+        let x = e.exp(&v);
+        e.line(&format!("  %a = fadd {vt} %acc, {x}"));
+        e.line("  %n = add i64 %i, 1");
+        e.line("  %c = icmp eq i64 %n, 147");
+        let hint = count.map(|n| e.unroll(n)).unwrap_or_default();
+        e.line(&format!("  br i1 %c, label %done, label %l{hint}"));
+        e.line("done:");
+        e.store_vec("%a", "%y");
+        e.line("  ret void");
+        e.function_end();
+        e.line(&declarations(W));
+        e.line(&format!("attributes #0 = {{ {} }}", t.fn_attributes()));
+        let opt = kiln_target_llvm::optimized_ir(&e.s, &t).unwrap();
+        opt.matches("@llvm.floor.v4f32(<4 x float>").count() - 1 // less the declaration
+    };
+    assert_eq!(exps(Some(7)), 7);
+    assert_eq!(exps(None), 1);
+}
