@@ -139,7 +139,7 @@ impl Wide {
         if !opts.wide {
             return Ok(Wide::none(g));
         }
-        let t = LlvmTarget::new(opts.target.as_deref(), opts.target_cpu.as_deref())?;
+        let t = LlvmTarget::cpu(opts.target.as_deref(), opts.target_cpu.as_deref())?;
         let prefix = sym(&opts.name);
         let mut convs = Vec::new();
         let mut row_kernels = Vec::new();
@@ -379,7 +379,7 @@ pub fn layout_target(opts: &CpuOptions) -> Result<Option<CpuLayouts>, CpuError> 
     if !opts.wide {
         return Ok(None);
     }
-    let target = LlvmTarget::new(opts.target.as_deref(), opts.target_cpu.as_deref())?;
+    let target = LlvmTarget::cpu(opts.target.as_deref(), opts.target_cpu.as_deref())?;
     Ok(Some(CpuLayouts {
         target,
         schedule: opts.conv_schedule,

@@ -45,27 +45,41 @@ pub fn host_triple() -> String {
 }
 
 impl LlvmTarget {
-    /// The target for `triple` (`None` = host) and `cpu`: on x86_64 and aarch64 `native` (the
-    /// default on the host; another architecture's default is its baseline) or one of
-    /// [`X86_CPUS`] / [`AARCH64_CPUS`]; for [`NVPTX_TRIPLE`] an `sm_XX` of [`NVPTX_SMS`]
-    /// (default `sm_80`) with that architecture's minimum PTX version ([`Self::nvptx`]). Any
-    /// other name is an error (LLVM aborts the process on a CPU it does not know).
+    /// The target for `triple` (`None` = host) and `cpu`: [`Self::nvptx`] for
+    /// [`NVPTX_TRIPLE`] (`cpu` an `sm_XX`, default `sm_80`), [`Self::cpu`] otherwise.
     pub fn new(triple: Option<&str>, cpu: Option<&str>) -> Result<LlvmTarget, LlvmError> {
+        match triple.map(|t| t.split('-').next().unwrap_or("")) {
+            Some("nvptx64") => LlvmTarget::nvptx(cpu.unwrap_or("sm_80"), None),
+            Some(a) if !matches!(a, "x86_64" | "aarch64") => Err(LlvmError::Target(
+                triple.unwrap_or_default().into(),
+                "LLVM kernels support x86_64 and aarch64 CPUs and nvptx64-nvidia-cuda GPUs".into(),
+            )),
+            _ => LlvmTarget::cpu(triple, cpu),
+        }
+    }
+
+    /// A CPU target for `triple` (`None` = host) and `cpu`: `native` (the default on the host;
+    /// another architecture's default is its baseline) or one of [`X86_CPUS`] /
+    /// [`AARCH64_CPUS`]. Any other name is an error (LLVM aborts the process on a CPU it does
+    /// not know), and so is a triple other than x86_64 or aarch64.
+    pub fn cpu(triple: Option<&str>, cpu: Option<&str>) -> Result<LlvmTarget, LlvmError> {
         init_targets();
         let host = host_triple();
         let triple_s = triple.map_or_else(|| host.clone(), str::to_string);
         let arch = triple_s.split('-').next().unwrap_or("").to_string();
-        if arch == "nvptx64" {
-            return LlvmTarget::nvptx(cpu.unwrap_or("sm_80"), None);
+        if !matches!(arch.as_str(), "x86_64" | "aarch64") {
+            let gpu = if arch == "nvptx64" {
+                " (nvptx64 is the GPU back end's)"
+            } else {
+                ""
+            };
+            return Err(LlvmError::Target(
+                triple_s,
+                format!("LLVM kernels support x86_64 and aarch64 CPUs{gpu}"),
+            ));
         }
         let is_host = triple.is_none() || arch == host.split('-').next().unwrap_or("");
         let cpu = cpu.unwrap_or(if triple.is_none() { "native" } else { "" });
-        if !matches!(arch.as_str(), "x86_64" | "aarch64") {
-            return Err(LlvmError::Target(
-                triple_s,
-                "LLVM kernels support x86_64, aarch64 and nvptx64".into(),
-            ));
-        }
         let (cpu_name, features) = match (arch.as_str(), cpu) {
             (_, "native") if is_host => (
                 TargetMachine::get_host_cpu_name().to_string(),

@@ -167,6 +167,11 @@ fn cpu_targets() {
         assert!(e.contains(triple), "{e}");
     }
     assert!(LlvmTarget::new(Some("aarch64-unknown-linux-gnu"), Some("native")).is_err());
+    // a CPU back end asking for a CPU target gets none for the GPU triple
+    let e = LlvmTarget::cpu(Some("nvptx64-nvidia-cuda"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("GPU back end"), "{e}");
 }
 
 /// `Emit::unroll` makes LLVM unroll a loop by exactly that count, whatever the CPU's scheduling
