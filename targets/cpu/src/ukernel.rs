@@ -1,4 +1,4 @@
-//! Wide-vector compute kernels generated as LLVM IR (compiled by `llvm.rs`).
+//! Wide-vector compute kernels generated as LLVM IR through the shared layer `kiln-target-llvm`.
 //!
 //! **Convolution** (and every f32 product that is run as one): a direct convolution over the
 //! packed input `q` of `kernels::Packing` (zero-padded, row- and column-stride-phase split), so
