@@ -847,3 +847,77 @@ fn large_weight_transforms_fold() {
     .unwrap();
     assert_eq!(ops(&g), ["matmul"]);
 }
+
+/// `If` on a condition known at compile time (here after `--freeze sr=...`, as a voice-activity
+/// detector's `Equal(sample_rate, 16000)`): the taken branch is inlined, the other dropped; a
+/// run-time condition is an error naming the input to freeze.
+#[test]
+fn if_with_a_constant_condition_is_inlined() {
+    let branch = |op: &str, out_name: &str| GraphProto {
+        name: Some(format!("{op}_branch")),
+        node: vec![
+            node(op, &format!("{op}_node"), &["x"], &["t"], vec![]),
+            node(
+                "Mul",
+                &format!("{op}_scale"),
+                &["t", "k"],
+                &[out_name],
+                vec![],
+            ),
+        ],
+        initializer: vec![tensor_f32("k", &[1], &[2.0])],
+        output: vec![out(out_name)],
+        ..Default::default()
+    };
+    let attr_g = |name: &str, g: GraphProto| AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(5),
+        g: Some(g),
+        ..Default::default()
+    };
+    let g = GraphProto {
+        node: vec![
+            node("Equal", "is16k", &["sr", "c16k"], &["cond"], vec![]),
+            node(
+                "If",
+                "by_rate",
+                &["cond"],
+                &["y"],
+                vec![
+                    attr_g("then_branch", branch("Relu", "a")),
+                    attr_g("else_branch", branch("Neg", "b")),
+                ],
+            ),
+        ],
+        input: vec![fixed("x", &[3]), fixed_i64("sr", &[1])],
+        initializer: vec![tensor_i64("c16k", &[1], &[16000])],
+        output: vec![out("y")],
+        ..Default::default()
+    };
+    let m = model(g, 13);
+    let e = load_model(&m, &OnnxOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("node 'by_rate' (If)") && e.contains("--freeze"),
+        "{e}"
+    );
+    let freeze = |rate: i64| OnnxOptions {
+        frozen_inputs: vec![(
+            "sr".into(),
+            kiln_ir::TensorType::new(DType::I64, vec![1]),
+            kiln_ir::ConstData::from_i64(&[rate]),
+        )],
+        ..Default::default()
+    };
+    // (the output keeps the If's name through a free view)
+    let g = load_model(&m, &freeze(16000)).unwrap();
+    assert_eq!(ops(&g), ["relu", "mul", "reshape"]);
+    assert_eq!(g.value(g.outputs[0]).name, "y");
+    let g = load_model(&m, &freeze(8000)).unwrap();
+    assert_eq!(ops(&g), ["neg", "mul", "reshape"]);
+    let x = [1.5f32, -2.0, 0.0];
+    let ins = kiln_ir::interp::Tensor::f32(vec![3], x.to_vec());
+    let out = kiln_ir::interp::run(&g, &[ins]).unwrap();
+    assert_eq!(out[0].as_f32().unwrap(), [-3.0, 4.0, 0.0]);
+}
