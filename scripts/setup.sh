@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What every job needs on a fresh machine: LLVM 14 (scripts/setup-llvm.sh), the Python reference
+# What every job needs on a fresh machine: LLVM 19 (scripts/setup-llvm.sh), the Python reference
 # environment (scripts/setup-python.sh), Netron for the OM tests (scripts/setup-netron.sh, when
 # ../shared is present) and the (git-ignored) golden ONNX models. Prints the venv's python as
 # its last line.

@@ -30,6 +30,8 @@ pub const MAX_OPSET: i64 = 27;
 
 #[path = "arity.rs"]
 mod arity;
+#[path = "contrib.rs"]
+pub(crate) mod contrib;
 mod lower;
 
 /// Largest constant the importer materializes (ConstantOfShape splats): 1 GiB.
@@ -217,6 +219,8 @@ const SUPPORTED: &[&str] = &[
     "Attention",
     "RotaryEmbedding",
     "LinearAttention",
+    // With a condition known at compile time (constant after folding / --freeze).
+    "If",
 ];
 
 fn unary_of(op: &str) -> Option<UnaryOp> {
@@ -575,6 +579,11 @@ impl<'a> Imp<'a> {
             name: name.clone(),
             op: n.op_type(),
         };
+        let domain = n.domain();
+        if domain == "com.microsoft" || domain.is_empty() && contrib::DEFAULT_DOMAIN.contains(&c.op)
+        {
+            return self.import_contrib(n, &name);
+        }
         if let Some(&(_, lo_in, hi_in, lo_out, hi_out)) =
             arity::ARITY.iter().find(|a| a.0 == n.op_type())
         {
@@ -607,6 +616,113 @@ impl<'a> Imp<'a> {
         }
         self.translate(&c, value_t)
             .map_err(|msg| FrontendError::node(self.b.file, &name, n.op_type(), msg))
+    }
+
+    /// `If` whose condition is known at compile time (a constant after shape folding and
+    /// `--freeze`): the taken branch is inlined (its nodes see the outer scope; its own names
+    /// shadow it) and the other dropped. A run-time condition is an error that says which
+    /// input to freeze.
+    fn if_op(&mut self, c: &Ctx) -> R<()> {
+        let cond = self.req(c, 0)?;
+        let cv = self.cval(cond).ok_or_else(|| {
+            format!(
+                "input 0 ('{}') must be a constant (after folding): the condition is only known at run time; fix the inputs it depends on with --freeze NAME=FILE.npy (run-time control flow is not supported yet)",
+                c.n.input[0]
+            )
+        })?;
+        let bits = cv.as_i64();
+        let [b] = bits[..] else {
+            return Err(format!(
+                "the condition must have one element, has {}",
+                bits.len()
+            ));
+        };
+        let which = if b != 0 { "then_branch" } else { "else_branch" };
+        let g = c
+            .attr(which)
+            .and_then(|a| a.g.as_ref())
+            .ok_or_else(|| format!("missing graph attribute '{which}'"))?;
+        if g.output.len() != c.n.output.len() {
+            return Err(format!(
+                "{which} has {} outputs, the node {}",
+                g.output.len(),
+                c.n.output.len()
+            ));
+        }
+        if !g.sparse_initializer.is_empty() {
+            return Err(format!("{which}: sparse initializers are not supported"));
+        }
+        self.b.push_scope();
+        let res = (|| -> R<Vec<ValueId>> {
+            for t in &g.initializer {
+                let mut t = t.clone();
+                let (ty, data) = decode_tensor(&mut t, self.base_dir, &mut self.ext)
+                    .map_err(|e| format!("{which} initializer '{}': {e}", t.name()))?;
+                let v = self
+                    .b
+                    .add_const(&format!("{}/{}", c.name, t.name()), ty, data)?;
+                self.b.bind(t.name(), v)?;
+            }
+            for (i, n) in g.node.iter().enumerate() {
+                let mut n = n.clone();
+                let label = node_label(n.name(), n.op_type(), i);
+                n.name = Some(format!("{}/{which}/{label}", c.name));
+                self.import_node(&mut n, i).map_err(|e| match e {
+                    FrontendError::Node { node, op, msg, .. } => format!("{node} ({op}): {msg}"),
+                    e => e.to_string(),
+                })?;
+            }
+            g.output
+                .iter()
+                .map(|o| {
+                    self.b
+                        .lookup(o.name())
+                        .copied()
+                        .ok_or_else(|| format!("{which} output '{}' is not produced", o.name()))
+                })
+                .collect()
+        })();
+        self.b.pop_scope();
+        for (i, v) in res?.into_iter().enumerate() {
+            self.set_out(c, i, v)?;
+        }
+        Ok(())
+    }
+
+    /// A contrib op: expanded into standard ONNX nodes, imported with the newest opset's
+    /// semantics (the expansion writes them in that form); errors name the contrib node.
+    fn import_contrib(&mut self, n: &NodeProto, name: &str) -> Result<(), OnnxError> {
+        struct Vals<'i, 'a>(&'i Imp<'a>);
+        impl contrib::Inputs for Vals<'_, '_> {
+            fn ty(&self, name: &str) -> Option<TensorType> {
+                self.0.b.lookup(name).map(|v| self.0.ty(*v).clone())
+            }
+            fn data(&self, name: &str) -> Option<ConstData> {
+                self.0
+                    .b
+                    .lookup(name)
+                    .and_then(|v| self.0.b.g.const_data(*v).cloned())
+            }
+        }
+        let op = format!("com.microsoft:{}", n.op_type());
+        let file = self.b.file;
+        let nodes = contrib::expand(n, name, &Vals(self))
+            .map_err(|m| FrontendError::node(file, name, &op, m))?;
+        let saved = self.opset;
+        self.opset = MAX_OPSET;
+        let mut res = Ok(());
+        for (i, mut sub) in nodes.into_iter().enumerate() {
+            if let Err(e) = self.import_node(&mut sub, i) {
+                let msg = match e {
+                    FrontendError::Node { node, op, msg, .. } => format!("in {node} ({op}): {msg}"),
+                    e => e.to_string(),
+                };
+                res = Err(FrontendError::node(file, name, &op, msg));
+                break;
+            }
+        }
+        self.opset = saved;
+        res
     }
 
     fn translate(&mut self, c: &Ctx, value_t: Option<TensorProto>) -> R<()> {
@@ -1415,6 +1531,7 @@ impl<'a> Imp<'a> {
             "RotaryEmbedding" => self.rotary_embedding(c)?,
             "LinearAttention" => self.linear_attention(c)?,
             "FlexAttention" if c.n.domain() == "ai.onnx.preview" => self.flex_attention(c)?,
+            "If" => self.if_op(c)?,
             _ => return Err("unsupported op".into()),
         }
         Ok(())
@@ -1973,7 +2090,10 @@ fn unsupported(nodes: &[NodeProto]) -> Unsupported {
     for (i, n) in nodes.iter().enumerate() {
         let op = n.op_type();
         let domain = n.domain();
-        let label = if domain == "ai.onnx.preview" && op == "FlexAttention" {
+        let label = if domain == "ai.onnx.preview" && op == "FlexAttention"
+            || domain == "com.microsoft" && contrib::CONTRIB.contains(&op)
+            || domain.is_empty() && contrib::DEFAULT_DOMAIN.contains(&op)
+        {
             None
         } else if !(domain.is_empty() || domain == "ai.onnx") {
             Some(format!("{domain}:{op}"))
