@@ -433,6 +433,10 @@ pub fn emit_om(
             name: name.to_string(),
             soc: b.soc,
             precision: b.precision,
+            aipp: b
+                .aipp
+                .clone()
+                .filter(|a| a.format == kiln_target_om::atc::AippFormat::Rgb888U8),
         },
     )
     .map_err(|e| Error::Msg(format!("{}: {e}", out.display())))?;

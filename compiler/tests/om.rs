@@ -1063,3 +1063,110 @@ fn atc_option_files() {
         assert!(!st.status.success() && e.contains(want), "{want}: {e}");
     }
 }
+
+/// `--aipp` with RGB888_U8: the OM takes 8-bit NHWC pixels and its `Aipp` op does the
+/// normalization; `kiln run` on pixels equals the source model on `(x - mean) / std` in NCHW.
+#[test]
+fn aipp_in_the_om() {
+    let src = root().join("golden/mindspore/mobilenet_small/net.mindir");
+    let tmp = tempfile::tempdir().unwrap();
+    let g = pipeline::load(&src, &LoadOptions::default()).unwrap();
+    let (mean, std) = ([123.675f32, 116.28, 103.53], [58.395f32, 57.12, 57.375]);
+    let om = tmp.path().join("m.om");
+    pipeline::emit_om(
+        &g,
+        &om,
+        "m",
+        &OmBuild {
+            precision: PrecisionMode::MustKeepOriginDtype,
+            aipp: Some(
+                format!(
+                    "mean={}:{}:{},std={}:{}:{},format=RGB888_U8",
+                    mean[0], mean[1], mean[2], std[0], std[1], std[2]
+                )
+                .parse()
+                .unwrap(),
+            ),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (md, _) = read_om(&om);
+    assert!(md.graph[0].op.iter().any(|o| o.r#type == "Aipp"));
+    check_netron(&om, &md);
+    // pixels [1, 16, 16, 3] and the float input they stand for, [1, 3, 16, 16]
+    let (h, w) = (16usize, 16usize);
+    let pix: Vec<u8> = (0..h * w * 3)
+        .map(|i| ((i * 37 + 11) % 256) as u8)
+        .collect();
+    let mut x = vec![0f32; 3 * h * w];
+    for y in 0..h {
+        for xx in 0..w {
+            for c in 0..3 {
+                let p = pix[(y * w + xx) * 3 + c] as f32;
+                x[c * h * w + y * w + xx] = (p - mean[c]) / std[c];
+            }
+        }
+    }
+    let pp = tmp.path().join("pix.npy");
+    npy::write(
+        &pp,
+        &Npy {
+            dtype: kiln_ir::DType::U8.abi_code(),
+            shape: vec![1, h, w, 3],
+            data: pix,
+        },
+    )
+    .unwrap();
+    let xp = tmp.path().join("x.npy");
+    npy::write(
+        &xp,
+        &Npy {
+            dtype: kiln_ir::DType::F32.abi_code(),
+            shape: vec![1, 3, h, w],
+            data: x.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        },
+    )
+    .unwrap();
+    let name = g.value(g.inputs[0]).name.clone();
+    let got = run_om(&om, &[(name.clone(), pp)], &tmp.path().join("om"));
+    // the source model on the normalized input
+    let kir = tmp.path().join("src.kir");
+    std::fs::write(&kir, kiln_ir::text::print(&g)).unwrap();
+    let want = run_om_like(&kir, &g, &[(name, xp)], &tmp.path().join("src"));
+    let (abs, _) = compare("aipp", &want[0], &got[0], 1e-5, 1e-4);
+    eprintln!("AIPP OM on 8-bit pixels vs the source on normalized input: max |err| {abs:.2e}");
+}
+
+/// `kiln run FILE` for any model file whose graph is `g`; outputs in `g`'s order.
+fn run_om_like(file: &Path, g: &Graph, inputs: &[(String, PathBuf)], dir: &Path) -> Vec<Vec<f32>> {
+    let mut cmd = kiln();
+    cmd.arg("run").arg(file);
+    for (n, p) in inputs {
+        cmd.arg("--input").arg(format!("{n}={}", p.display()));
+    }
+    let st = cmd.arg("--output-dir").arg(dir).output().unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    g.outputs
+        .iter()
+        .map(|&o| {
+            let f: String = g
+                .value(o)
+                .name
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "_-.".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            f32s(&npy::read(&dir.join(format!("{f}.npy"))).unwrap().data)
+        })
+        .collect()
+}

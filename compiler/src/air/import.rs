@@ -169,6 +169,7 @@ pub const SUPPORTED: &[&str] = &[
     "LogicalOr",
     "LogicalNot",
     "TransData",
+    "Aipp",
     "Identity",
     "StopGradient",
     "Rank",
@@ -1557,6 +1558,7 @@ impl<'a> Imp<'a> {
                     self.rename_out(c, vec![y])
                 }
             }
+            "Aipp" => self.aipp(c),
             "Conv2D" => self.conv(c, false),
             "DepthwiseConv2D" => self.conv(c, true),
             "Conv2DBackpropInput"
@@ -2026,6 +2028,82 @@ impl<'a> Imp<'a> {
             }
             _ => Err(format!("op type {t} is not supported")),
         }
+    }
+
+    /// Static AIPP (an offline model's image preprocessing): 8-bit NHWC pixels -> the model's
+    /// NCHW input, `(x - mean_chn - min_chn) * var_reci_chn` per channel (RGB888_U8, no colour
+    /// conversion).
+    fn aipp(&mut self, c: &Ctx) -> R<Vec<ValueId>> {
+        let Some(AV::Func(p)) = attr(c.op, "aipp") else {
+            return Err(
+                "Aipp without its 'aipp' parameters (dynamic AIPP is not supported)".into(),
+            );
+        };
+        let num = |k: &str, def: f64| -> f64 {
+            match p.attr.get(k).and_then(|a| a.value.as_ref()) {
+                Some(AV::I(i)) => *i as f64,
+                Some(AV::F(f)) => *f as f64,
+                Some(AV::List(l)) => {
+                    l.f.first()
+                        .map(|&f| f as f64)
+                        .or(l.i.first().map(|&i| i as f64))
+                        .unwrap_or(def)
+                }
+                _ => def,
+            }
+        };
+        let text = |k: &str| match p.attr.get(k).and_then(|a| a.value.as_ref()) {
+            Some(AV::S(s)) => String::from_utf8_lossy(s).into_owned(),
+            _ => String::new(),
+        };
+        let mode = text("aipp_mode");
+        if !mode.is_empty() && mode != "static" {
+            return Err(format!("AIPP mode '{mode}' is not supported (static)"));
+        }
+        let fmt = text("input_format");
+        if !matches!(fmt.as_str(), "" | "RGB888_U8") {
+            return Err(format!(
+                "AIPP input format {fmt} is not supported (RGB888_U8)"
+            ));
+        }
+        if num("csc_switch", 0.0) != 0.0 || num("rbuv_swap_switch", 0.0) != 0.0 {
+            return Err("AIPP colour-space conversion / channel swap is not supported".into());
+        }
+        let x = c.req(0)?;
+        let xs = self.ty(x).shape.clone();
+        if xs.len() != 4 || xs[3] != 3 {
+            return Err(format!("AIPP input {xs:?} must be NHWC with 3 channels"));
+        }
+        let n = c.name().to_string();
+        let f = self.step(c, "f32", Op::Cast { to: DType::F32 }, vec![x])?;
+        let t = self.step(
+            c,
+            "nchw",
+            Op::Transpose {
+                perm: vec![0, 3, 1, 2],
+            },
+            vec![f],
+        )?;
+        let shift: Vec<u8> = (0..3)
+            .flat_map(|k| {
+                ((num(&format!("mean_chn_{k}"), 0.0) + num(&format!("min_chn_{k}"), 0.0)) as f32)
+                    .to_le_bytes()
+            })
+            .collect();
+        let scale: Vec<u8> = (0..3)
+            .flat_map(|k| (num(&format!("var_reci_chn_{k}"), 1.0) as f32).to_le_bytes())
+            .collect();
+        let ty = TensorType::new(DType::F32, vec![1, 3, 1, 1]);
+        let sh = self.b.add_const(
+            &format!("{n}/shift"),
+            ty.clone(),
+            ConstData::from_vec(shift),
+        )?;
+        let sc = self
+            .b
+            .add_const(&format!("{n}/scale"), ty, ConstData::from_vec(scale))?;
+        let d = self.step(c, "centred", Op::Binary(BinaryOp::Sub), vec![t, sh])?;
+        self.node1(c, Op::Binary(BinaryOp::Mul), vec![d, sc])
     }
 
     /// Apply the activation ATC fused into op `c` to its result `y`.

@@ -78,6 +78,9 @@ pub struct OmOptions {
     pub name: String,
     pub soc: SocVersion,
     pub precision: PrecisionMode,
+    /// Static AIPP on the first input (RGB888_U8 images): the OM takes 8-bit NHWC pixels and
+    /// an `Aipp` op computes the model's input from them.
+    pub aipp: Option<crate::atc::Aipp>,
 }
 
 /// What an OM holds, for `kiln build --emit om --report` and the tests.
@@ -323,6 +326,9 @@ pub fn build(g: &Graph, opts: &OmOptions) -> Result<(Vec<u8>, OmReport), String>
     };
     md.name = name.clone();
     md.graph[0].name = format!("{name}_0");
+    if let Some(a) = &opts.aipp {
+        insert_aipp(&mut md, a)?;
+    }
     let weights = move_weights(&mut md, &mut report);
     let memory = plan_memory(&mut md)?;
     for op in &md.graph[0].op {
@@ -387,6 +393,118 @@ pub fn build(g: &Graph, opts: &OmOptions) -> Result<(Vec<u8>, OmReport), String>
     report.weight_size = weights.len();
     report.memory_size = memory;
     Ok((file, report))
+}
+
+/// Static AIPP (ATC's `--insert_op_conf`) on input 0, as GE inserts it: the `Data` op takes
+/// 8-bit NHWC pixels and an `Aipp` op (attribute `aipp`: the static parameters —
+/// `input_format`, `src_image_size_w/h`, `mean_chn_i`, `min_chn_i`, `var_reci_chn_i`) computes
+/// `(x - mean_chn - min_chn) * var_reci_chn` per channel into the model's NCHW input. Only
+/// RGB888_U8 is written (YUV420SP's colour conversion is left to ATC's option file).
+fn insert_aipp(md: &mut ModelDef, a: &crate::atc::Aipp) -> Result<(), String> {
+    use crate::atc::AippFormat;
+    use crate::proto::{NamedAttrs, OpDef, ShapeDef};
+    if a.format != AippFormat::Rgb888U8 {
+        return Err(format!(
+            "--aipp format {} is written into the ATC option file only (kiln's OM supports RGB888_U8)",
+            a.format.name()
+        ));
+    }
+    let g = &mut md.graph[0];
+    let k =
+        g.op.iter()
+            .position(|o| {
+                o.r#type == "Data"
+                    && matches!(
+                        o.attr.get("index").and_then(|x| x.value.as_ref()),
+                        Some(AV::I(0))
+                    )
+            })
+            .ok_or("--aipp: the model has no input 0")?;
+    let data = g.op[k].name.clone();
+    let out = g.op[k]
+        .output_desc
+        .first()
+        .cloned()
+        .ok_or("--aipp: input without descriptor")?;
+    let dims = out
+        .shape
+        .as_ref()
+        .map(|s| s.dim.clone())
+        .unwrap_or_default();
+    let [n, c, h, w] = dims[..] else {
+        return Err(format!(
+            "--aipp needs a 4-D NCHW input, '{data}' is {dims:?}"
+        ));
+    };
+    if c != 3 || out.layout != "NCHW" {
+        return Err(format!(
+            "--aipp needs 3 channels in NCHW, '{data}' is {dims:?} {}",
+            out.layout
+        ));
+    }
+    let mut pix = crate::ge::descriptor(
+        &kiln_ir::TensorType::new(
+            kiln_ir::DType::U8,
+            vec![n as usize, h as usize, w as usize, 3],
+        ),
+        &data,
+    );
+    pix.layout = "NHWC".into();
+    pix.attr.insert("origin_format".into(), a_s("NHWC"));
+    pix.attr
+        .insert("format_for_int".into(), a_i(crate::names::format::NHWC));
+    pix.attr.insert(
+        "origin_format_for_int".into(),
+        a_i(crate::names::format::NHWC),
+    );
+    pix.shape = Some(ShapeDef {
+        dim: vec![n, h, w, 3],
+    });
+    g.op[k].output_desc = vec![pix.clone()];
+    g.op[k].input_desc = vec![pix.clone()];
+    let aipp = format!("{data}_aipp");
+    let old = format!("{data}:0");
+    for op in g.op.iter_mut() {
+        for e in op.input.iter_mut() {
+            if *e == old {
+                *e = format!("{aipp}:0");
+            }
+        }
+    }
+    let mut p = BTreeMap::new();
+    p.insert("aipp_mode".to_string(), a_s("static"));
+    p.insert("input_format".to_string(), a_s(a.format.name()));
+    p.insert("src_image_size_w".to_string(), a_i(w));
+    p.insert("src_image_size_h".to_string(), a_i(h));
+    p.insert("csc_switch".to_string(), crate::ge::a_b(false));
+    for ch in 0..3 {
+        p.insert(format!("mean_chn_{ch}"), a_i(0));
+        p.insert(format!("min_chn_{ch}"), av(AV::F(a.mean[ch])));
+        p.insert(format!("var_reci_chn_{ch}"), av(AV::F(1.0 / a.std[ch])));
+    }
+    let mut attr = BTreeMap::new();
+    attr.insert(
+        "aipp".to_string(),
+        av(AV::Func(NamedAttrs {
+            name: "aipp".into(),
+            attr: p,
+        })),
+    );
+    let mut o = out.clone();
+    o.name = aipp.clone();
+    g.op.insert(
+        k + 1,
+        OpDef {
+            name: aipp,
+            r#type: "Aipp".into(),
+            input: vec![old],
+            attr,
+            input_desc: vec![pix],
+            output_desc: vec![o],
+            ..Default::default()
+        },
+    );
+    Ok(())
 }
 
 /// The model's inputs (`Data` ops in `index` order) and outputs (`NetOutput`'s inputs, named
