@@ -8,31 +8,7 @@ use kiln_ir::ops::{BinaryOp, EpilogueStep, epilogue_text};
 use kiln_ir::{Graph, Node, Op};
 use std::fmt::Write;
 
-/// Floating-point operations of one node: 2 per multiply-accumulate for Conv/Gemm/MatMul,
-/// otherwise one per output element.
-pub fn flops(g: &Graph, n: &Node) -> u64 {
-    let out = g.ty(n.outputs[0]);
-    let numel = out.numel() as u64;
-    match &n.op {
-        Op::Conv(_) => {
-            // each output element: C/groups x kernel taps multiply-accumulates
-            let w = g.ty(n.inputs[1]);
-            let per_out: u64 = w.shape[1..].iter().product::<usize>() as u64;
-            2 * numel * per_out
-        }
-        Op::Gemm(a) => {
-            let x = g.ty(n.inputs[0]);
-            let k = if a.trans_a { x.shape[0] } else { x.shape[1] };
-            2 * numel * k as u64
-        }
-        Op::MatMul(_) => {
-            let x = g.ty(n.inputs[0]);
-            let k = *x.shape.last().unwrap_or(&1);
-            2 * numel * k as u64
-        }
-        _ => n.outputs.iter().map(|&o| g.ty(o).numel() as u64).sum(),
-    }
-}
+pub use kiln_ir::cost::flops;
 
 /// Counts of what the optimizer produced.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

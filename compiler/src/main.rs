@@ -223,6 +223,8 @@ enum Cmd {
         cpu: CpuArgs,
         #[command(flatten)]
         load: LoadArgs,
+        #[command(flatten)]
+        profile: ProfileArgs,
     },
     /// Describe a file: a checkpoint (.ckpt, .safetensors) lists its parameters (name, dtype,
     /// shape, bytes) and totals; a .mindir model its inputs, outputs and op histogram; an
@@ -309,11 +311,12 @@ fn real_main(cli: Cli) -> Result<(), String> {
             output_dir,
             cpu,
             load: largs,
+            profile,
         } => {
             let mut g = load(&model, largs)?;
             let target = cpu.target(None);
             opt.optimize(&mut g, &target)?;
-            run(&model, g, &inputs, &output_dir, &target)
+            run(&model, g, &inputs, &output_dir, &target, &profile)
         }
         Cmd::Inspect {
             file,
@@ -452,12 +455,33 @@ fn conformance(
     Ok(())
 }
 
+/// `kiln run` profiling and threads.
+#[derive(Args, Clone, Default)]
+struct ProfileArgs {
+    /// Split convolutions and matrix products over N threads.
+    #[arg(long, default_value = "1", value_parser = clap::value_parser!(u32).range(1..=256))]
+    threads: u32,
+    /// Print each schedule step's time (ms, %, GFLOP/s), slowest first, over --profile-runs
+    /// runs after the normal one.
+    #[arg(long)]
+    profile: bool,
+    /// Write the profiled runs as a Chrome trace (chrome://tracing, Perfetto; the format of
+    /// ONNX Runtime's profiler) to FILE.
+    #[arg(long = "profile-json", value_name = "FILE")]
+    profile_json: Option<PathBuf>,
+    /// Number of profiled runs.
+    #[arg(long = "profile-runs", default_value = "10", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    profile_runs: u32,
+}
+
 fn run(
     model: &Path,
     g: kiln_ir::Graph,
     inputs: &[String],
     out_dir: &Path,
     target: &pipeline::TargetOpts,
+    prof: &ProfileArgs,
 ) -> Result<(), String> {
     let name = pipeline::default_name(model);
     let jit = kiln_target_cpu::compile_jit_with(&g, &target.cpu_options(&name, false))
@@ -513,7 +537,14 @@ fn run(
         .map_err(|e| e.to_string())?;
     let ins: Vec<&[u8]> = data.iter().map(|d| d.as_slice()).collect();
     let mut outs_ref: Vec<&mut [u8]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
-    m.run(&ins, &mut outs_ref, &mut ws)
+    let pool = match prof.threads {
+        1 => None,
+        n => Some(
+            kiln_runtime::ThreadPool::new(n as usize)
+                .map_err(|e| format!("cannot start {n} threads: {e}"))?,
+        ),
+    };
+    m.run_pool(&ins, &mut outs_ref, &mut ws, pool.as_ref())
         .map_err(|e| e.to_string())?;
     std::fs::create_dir_all(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
     for (o, bytes) in outs_info.iter().zip(&outs) {
@@ -537,6 +568,22 @@ fn run(
         };
         kiln_runtime::npy::write(&path, &arr).map_err(|e| format!("{}: {e}", path.display()))?;
         eprintln!("wrote {}", path.display());
+    }
+    if prof.profile || prof.profile_json.is_some() {
+        let mut p = m.new_profile();
+        let mut outs_ref: Vec<&mut [u8]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+        for _ in 0..prof.profile_runs {
+            m.run_profiled(&ins, &mut outs_ref, &mut ws, pool.as_ref(), &mut p)
+                .map_err(|e| e.to_string())?;
+        }
+        if prof.profile {
+            print!("{}", p.table());
+        }
+        if let Some(path) = &prof.profile_json {
+            kiln_target_cpu::link::write_atomic(path, p.chrome_trace().as_bytes())
+                .map_err(|e| e.to_string())?;
+            eprintln!("wrote {}", path.display());
+        }
     }
     Ok(())
 }

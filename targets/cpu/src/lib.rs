@@ -41,7 +41,7 @@ use std::collections::HashMap;
 use target_lexicon::Triple;
 
 /// Version of the `kiln_model` descriptor layout (runtime/include/kiln.h).
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CpuError {
@@ -1009,14 +1009,34 @@ fn generate<M: Module>(
         copy_ids.push(id.map_err(CpuError::Codegen)?);
     }
 
-    // run(inputs, outputs, workspace) -> status
-    let mut run_sig = ptr_sig(module, 4);
-    run_sig.returns.push(AbiParam::new(types::I32));
-    let run_pool_id = module
-        .declare_function(&format!("{prefix}_run_pool"), Linkage::Local, &run_sig)
-        .map_err(cg)?;
-    ctx.func = Function::with_name_signature(UserFuncName::user(0, run_pool_id.as_u32()), run_sig);
-    {
+    // The schedule's steps for profiles (ABI v3): each called kernel, then the output copies.
+    let mut steps: Vec<(String, String, u64)> = Vec::new();
+    for (k, (_, node)) in g.iter_nodes().enumerate() {
+        if kernel_ids[k].is_some() {
+            steps.push((
+                node.name.clone(),
+                kiln_ir::cost::op_label(node),
+                kiln_ir::cost::flops(g, node),
+            ));
+        }
+    }
+    for (oi, _) in &plan.output_copies {
+        steps.push((g.value(g.outputs[*oi]).name.clone(), "copy".into(), 0));
+    }
+
+    // run_pool(inputs, outputs, workspace, pool) -> status, and the instrumented
+    // run_profile(inputs, outputs, workspace, pool, profiler): the same schedule with
+    // profiler->begin(ctx, i) / end(ctx, i) around step i (a separate function, so the normal
+    // run path carries no profiling code)
+    let mut sched_ids = Vec::new();
+    for profile in [false, true] {
+        let mut run_sig = ptr_sig(module, 4 + profile as usize);
+        run_sig.returns.push(AbiParam::new(types::I32));
+        let fname = if profile { "run_profile" } else { "run_pool" };
+        let fid = module
+            .declare_function(&format!("{prefix}_{fname}"), Linkage::Local, &run_sig)
+            .map_err(cg)?;
+        ctx.func = Function::with_name_signature(UserFuncName::user(0, fid.as_u32()), run_sig);
         let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
@@ -1032,6 +1052,30 @@ fn generate<M: Module>(
         };
         check_null(&mut b, inp);
         check_null(&mut b, outp);
+        // (ctx, begin, end, callback signature) of the profiler
+        let prof = if profile {
+            check_null(&mut b, p[4]);
+            let fl = MemFlagsData::trusted();
+            let pctx = b.ins().load(types::I64, fl, p[4], 0);
+            let begin = b.ins().load(types::I64, fl, p[4], 8);
+            let end = b.ins().load(types::I64, fl, p[4], 16);
+            check_null(&mut b, begin);
+            check_null(&mut b, end);
+            let mut cb = module.make_signature();
+            cb.params.push(AbiParam::new(types::I64));
+            cb.params.push(AbiParam::new(types::I32));
+            let sref = b.import_signature(cb);
+            Some((pctx, begin, end, sref))
+        } else {
+            None
+        };
+        let mark = |b: &mut FunctionBuilder, f: usize, step: usize| {
+            if let Some((pctx, begin, end, sref)) = prof {
+                let i = b.ins().iconst(types::I32, step as i64);
+                b.ins()
+                    .call_indirect(sref, if f == 0 { begin } else { end }, &[pctx, i]);
+            }
+        };
         if plan.workspace_size > 0 {
             check_null(&mut b, ws);
             let low = b.ins().band_imm_u(ws, (memplan::ALIGN - 1) as i64);
@@ -1069,6 +1113,7 @@ fn generate<M: Module>(
                 }
             }
         };
+        let mut step = 0;
         for (k, (nid, node)) in g.iter_nodes().enumerate() {
             let Some(fid) = kernel_ids[k] else { continue };
             let fref = module.declare_func_in_func(fid, b.func);
@@ -1088,13 +1133,20 @@ fn generate<M: Module>(
             if wide.convs[k].is_some() || wide.rows[k].is_some() {
                 args.push(pool);
             }
+            mark(&mut b, 0, step);
             b.ins().call(fref, &args);
+            mark(&mut b, 1, step);
+            step += 1;
         }
         for (j, (oi, v)) in plan.output_copies.iter().enumerate() {
             let fref = module.declare_func_in_func(copy_ids[j], b.func);
             let src = storage_ptr(&mut b, module, *v);
+            mark(&mut b, 0, step);
             b.ins().call(fref, &[src, out_ptrs[*oi]]);
+            mark(&mut b, 1, step);
+            step += 1;
         }
+        debug_assert_eq!(step, steps.len());
         let zero = b.ins().iconst(types::I32, 0);
         b.ins().return_(&[zero]);
         b.switch_to_block(fail_null);
@@ -1105,9 +1157,11 @@ fn generate<M: Module>(
         b.ins().return_(&[two]);
         b.seal_all_blocks();
         b.finalize(fcfg);
+        module.define_function(fid, &mut ctx).map_err(cg)?;
+        ctx.clear();
+        sched_ids.push(fid);
     }
-    module.define_function(run_pool_id, &mut ctx).map_err(cg)?;
-    ctx.clear();
+    let (run_pool_id, run_profile_id) = (sched_ids[0], sched_ids[1]);
 
     // run(inputs, outputs, workspace) = run_pool(inputs, outputs, workspace, NULL)
     let mut run_sig = ptr_sig(module, 3);
@@ -1131,7 +1185,15 @@ fn generate<M: Module>(
     )?;
 
     // descriptor
-    let desc_id = emit_descriptor(module, g, &prefix, &opts.name, &plan, [run_id, run_pool_id])?;
+    let desc_id = emit_descriptor(
+        module,
+        g,
+        &prefix,
+        &opts.name,
+        &plan,
+        &steps,
+        [run_id, run_pool_id, run_profile_id],
+    )?;
     let mut getters = vec![format!("{prefix}_model")];
     if opts.export_default {
         getters.push("kiln_model_default".into());
@@ -1386,7 +1448,8 @@ fn emit_descriptor<M: Module>(
     prefix: &str,
     name: &str,
     plan: &MemPlan,
-    run: [FuncId; 2],
+    steps: &[(String, String, u64)],
+    run: [FuncId; 3],
 ) -> Result<DataId, CpuError> {
     let mut n = 0usize;
     let mut data = |module: &mut M, bytes: Vec<u8>, align: u64| -> Result<DataId, CpuError> {
@@ -1455,6 +1518,35 @@ fn emit_descriptor<M: Module>(
         module.define_data(id, &d).map_err(cg)?;
         tables.push(id);
     }
+    // the schedule's steps (kiln_node_info: name, op, flops)
+    let mut step_strs = Vec::new();
+    for (n, op, _) in steps {
+        step_strs.push((data(module, cstr(n), 1)?, data(module, cstr(op), 1)?));
+    }
+    let nodes_id = module
+        .declare_data(&format!("{prefix}_nodes"), Linkage::Local, false, false)
+        .map_err(cg)?;
+    {
+        let mut d = DataDescription::new();
+        let mut bytes = Vec::new();
+        for (_, _, flops) in steps {
+            bytes.extend(0u64.to_le_bytes());
+            bytes.extend(0u64.to_le_bytes());
+            bytes.extend(flops.to_le_bytes());
+        }
+        if bytes.is_empty() {
+            bytes.push(0);
+        }
+        d.define(bytes.into_boxed_slice());
+        d.set_align(8);
+        for (k, (nm, op)) in step_strs.iter().enumerate() {
+            let gn = module.declare_data_in_data(*nm, &mut d);
+            d.write_data_addr((24 * k) as u32, gn, 0);
+            let go = module.declare_data_in_data(*op, &mut d);
+            d.write_data_addr((24 * k + 8) as u32, go, 0);
+        }
+        module.define_data(nodes_id, &d).map_err(cg)?;
+    }
     let name_id = data(module, cstr(name), 1)?;
     let id = module
         .declare_data(
@@ -1465,12 +1557,13 @@ fn emit_descriptor<M: Module>(
         )
         .map_err(cg)?;
     let mut d = DataDescription::new();
-    let mut bytes = vec![0u8; 80];
+    let mut bytes = vec![0u8; 104];
     bytes[0..4].copy_from_slice(&ABI_VERSION.to_le_bytes());
     bytes[16..20].copy_from_slice(&(g.inputs.len() as u32).to_le_bytes());
     bytes[32..36].copy_from_slice(&(g.outputs.len() as u32).to_le_bytes());
     bytes[48..56].copy_from_slice(&(plan.workspace_size as u64).to_le_bytes());
     bytes[56..60].copy_from_slice(&(memplan::ALIGN as u32).to_le_bytes());
+    bytes[80..84].copy_from_slice(&(steps.len() as u32).to_le_bytes());
     d.define(bytes.into_boxed_slice());
     d.set_align(8);
     let gn = module.declare_data_in_data(name_id, &mut d);
@@ -1479,7 +1572,9 @@ fn emit_descriptor<M: Module>(
     d.write_data_addr(24, gi, 0);
     let go = module.declare_data_in_data(tables[1], &mut d);
     d.write_data_addr(40, go, 0);
-    for (off, f) in [(64, run[0]), (72, run[1])] {
+    let gs = module.declare_data_in_data(nodes_id, &mut d);
+    d.write_data_addr(88, gs, 0);
+    for (off, f) in [(64, run[0]), (72, run[1]), (96, run[2])] {
         let fr = module.declare_func_in_data(f, &mut d);
         d.write_function_addr(off, fr);
     }
