@@ -281,19 +281,7 @@ fn real_main(cli: Cli) -> Result<(), String> {
                 eprint!("{}", kiln_compiler::inspect::table(&g));
             }
             let name = name.unwrap_or_else(|| pipeline::default_name(&model));
-            let out = output.unwrap_or_else(|| {
-                let ext = emit.default_extension();
-                let base = if emit == Emit::So || emit == Emit::Staticlib {
-                    format!("lib{name}")
-                } else {
-                    name.clone()
-                };
-                PathBuf::from(if ext.is_empty() {
-                    base
-                } else {
-                    format!("{base}.{ext}")
-                })
-            });
+            let out = output.unwrap_or_else(|| emit.default_output(&name));
             pipeline::emit(&g, emit, &out, &name, &target).map_err(|e| e.to_string())?;
             eprintln!("wrote {}", out.display());
             Ok(())

@@ -40,6 +40,22 @@ pub enum Emit {
 }
 
 impl Emit {
+    /// The artefact's default file name for model `name`: `lib<name>.so`, `lib<name>.a`,
+    /// `<name>.o`, `<name>` (executable), `<name>.h`, `<name>.kir`.
+    pub fn default_output(self, name: &str) -> PathBuf {
+        let ext = self.default_extension();
+        let base = if self == Emit::So || self == Emit::Staticlib {
+            format!("lib{name}")
+        } else {
+            name.to_string()
+        };
+        PathBuf::from(if ext.is_empty() {
+            base
+        } else {
+            format!("{base}.{ext}")
+        })
+    }
+
     pub fn default_extension(self) -> &'static str {
         match self {
             Emit::So => "so",
@@ -286,6 +302,10 @@ pub fn emit(
         _ => {}
     }
     let export_default = matches!(emit, Emit::So | Emit::Exe);
+    if export_default {
+        // a missing cross toolchain is reported before code generation
+        link::c_compiler(target.triple.as_deref())?;
+    }
     let opts = target.cpu_options(name, export_default);
     let (objs, _info) = kiln_target_cpu::compile_object(g, &opts)?;
     if emit == Emit::Obj && objs.kernels.is_none() {
@@ -312,9 +332,9 @@ pub fn emit(
     if r.is_ok() {
         let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
         r = match emit {
-            Emit::So => link::link_shared(&refs, out),
-            Emit::Staticlib => link::link_static(&refs, out),
-            Emit::Exe => link::link_exe(&refs, out),
+            Emit::So => link::link_shared(&refs, out, target.triple.as_deref()),
+            Emit::Staticlib => link::link_static(&refs, out, target.triple.as_deref()),
+            Emit::Exe => link::link_exe(&refs, out, target.triple.as_deref()),
             Emit::Obj => link::link_relocatable(&refs, out, target.triple.as_deref()),
             _ => unreachable!(),
         }
