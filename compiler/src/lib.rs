@@ -10,3 +10,4 @@ pub mod mindspore;
 pub mod onnx;
 pub mod passes;
 pub mod pipeline;
+pub mod progress;

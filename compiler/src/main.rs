@@ -10,12 +10,55 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(
     name = "kiln",
-    version,
-    about = "Ahead-of-time compiler for neural-network models"
+    version = version_line(),
+    about = "Ahead-of-time compiler for neural-network models",
+    after_help = "Examples:
+  kiln build model.onnx --emit so -o libmodel.so          shared library (also: obj, staticlib, exe, header, ir, pc)
+  kiln build model.onnx --emit staticlib,header,pc -o out/ several artefacts into a directory
+  kiln build model.onnx --target aarch64-unknown-linux-gnu --emit exe   cross-compile
+  kiln run model.onnx --input x=image.npy --profile       run in memory, per-node times
+  kiln inspect model.onnx --html report.html              op table, memory plan, profile
+  kiln completions bash > ~/.local/share/bash-completion/completions/kiln"
 )]
 struct Cli {
+    /// No progress bars and no 'wrote FILE' notes (errors and warnings still go to stderr).
+    #[arg(short, long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// `kiln --version`: the version, the LLVM the vector kernels are built with, the
+/// architectures code is generated for, and the artefact ABI.
+fn version_line() -> &'static str {
+    let targets: Vec<String> = kiln_target_cpu::enabled_targets()
+        .into_iter()
+        .map(|(arch, gens)| format!("{arch} ({})", gens.join(" + ")))
+        .collect();
+    Box::leak(
+        format!(
+            "{}\nLLVM {}\ntargets: {}\nartefact ABI: {}",
+            env!("CARGO_PKG_VERSION"),
+            kiln_target_cpu::llvm::VERSION,
+            targets.join(", "),
+            kiln_runtime::KILN_ABI_VERSION
+        )
+        .into_boxed_str(),
+    )
+}
+
+/// `--quiet`: no progress bars, no notes.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// An informational line on stderr (`wrote FILE`), unless `--quiet`.
+fn note(line: &str) {
+    if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("{line}");
+    }
+}
+
+fn bars() -> kiln_compiler::progress::Bars {
+    kiln_compiler::progress::Bars::new(!QUIET.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 type Frozen = (String, kiln_ir::TensorType, kiln_ir::ConstData);
@@ -150,6 +193,7 @@ enum ConvScheduleArg {
 impl CpuArgs {
     fn target(&self, triple: Option<String>) -> pipeline::TargetOpts {
         pipeline::TargetOpts {
+            progress: None,
             triple,
             cpu: self.target_cpu.clone(),
             wide: self.kernels == Kernels::Auto,
@@ -166,6 +210,12 @@ impl CpuArgs {
 #[derive(Subcommand)]
 enum Cmd {
     /// Compile a model into a native artefact.
+    #[command(after_help = "Examples:
+  kiln build resnet18.onnx                                 libresnet18.so in the current directory
+  kiln build det.onnx --input-shape x=1,3,640,640 --emit exe -o det
+  kiln build m.onnx --emit staticlib,header,pc -o build/   liba.a + m.h + m.pc for pkg-config
+  kiln build m.onnx --target aarch64-unknown-linux-gnu --emit so   (needs gcc-aarch64-linux-gnu)
+  kiln build m.onnx -O1 --print-after fold --report")]
     Build {
         #[arg(required_unless_present = "list_fusions")]
         model: Option<PathBuf>,
@@ -177,11 +227,14 @@ enum Cmd {
         /// Print the per-op report (as `kiln inspect`) of the optimized graph.
         #[arg(long)]
         report: bool,
-        /// Output path (default: the model's name with the artefact's extension).
+        /// Output path (default: the model's name with the artefact's extension); a directory
+        /// when several --emit kinds are given.
         #[arg(short, long)]
         output: Option<PathBuf>,
-        #[arg(long, value_enum, default_value = "so")]
-        emit: Emit,
+        /// What to write; several (comma-separated: staticlib,header,pc) go into one directory
+        /// under their default names.
+        #[arg(long, value_enum, default_value = "so", value_delimiter = ',')]
+        emit: Vec<Emit>,
         /// Target triple (default: the host).
         #[arg(long)]
         target: Option<String>,
@@ -226,6 +279,13 @@ enum Cmd {
         #[command(flatten)]
         profile: ProfileArgs,
     },
+    /// Print a shell completion script: `kiln completions bash > /etc/bash_completion.d/kiln`
+    /// (zsh: into a directory on $fpath as `_kiln`; fish:
+    /// ~/.config/fish/completions/kiln.fish).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Describe a file: a checkpoint (.ckpt, .safetensors) lists its parameters (name, dtype,
     /// shape, bytes) and totals; a .mindir model its inputs, outputs and op histogram; an
     /// .onnx/.kir model (or a .mindir with --report) the per-op table after optimization: op,
@@ -246,6 +306,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
     match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -274,16 +335,45 @@ fn real_main(cli: Cli) -> Result<(), String> {
                 return Ok(());
             }
             let model = model.ok_or("a model file is required")?;
-            let mut g = load(&model, largs)?;
-            let target = cpu.target(target);
-            opt.optimize(&mut g, &target)?;
+            let bars = bars();
+            let mut g = {
+                let _p = bars.phase("load");
+                load(&model, largs)?
+            };
+            let mut target = cpu.target(target);
+            {
+                let _p = bars.phase("optimize");
+                opt.optimize(&mut g, &target)?;
+            }
             if report {
                 eprint!("{}", kiln_compiler::inspect::table(&g));
             }
+            target.progress = bars.backend();
             let name = name.unwrap_or_else(|| pipeline::default_name(&model));
-            let out = output.unwrap_or_else(|| emit.default_output(&name));
-            pipeline::emit(&g, emit, &out, &name, &target).map_err(|e| e.to_string())?;
-            eprintln!("wrote {}", out.display());
+            let mut emit = emit;
+            emit.dedup();
+            let outs: Vec<PathBuf> = match (output, emit.len()) {
+                (Some(o), 1) => vec![o],
+                (dir, _) => {
+                    let dir = dir.unwrap_or_default();
+                    if emit.len() > 1 && !dir.as_os_str().is_empty() {
+                        std::fs::create_dir_all(&dir)
+                            .map_err(|e| format!("{}: {e}", dir.display()))?;
+                    }
+                    emit.iter()
+                        .map(|e| dir.join(e.default_output(&name)))
+                        .collect()
+                }
+            };
+            for (kind, out) in emit.iter().zip(&outs) {
+                pipeline::emit(&g, *kind, out, &name, &target).map_err(|e| e.to_string())?;
+                bars.println(&format!("wrote {}", out.display()));
+            }
+            Ok(())
+        }
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "kiln", &mut std::io::stdout());
             Ok(())
         }
         Cmd::Conformance {
@@ -301,9 +391,17 @@ fn real_main(cli: Cli) -> Result<(), String> {
             load: largs,
             profile,
         } => {
-            let mut g = load(&model, largs)?;
-            let target = cpu.target(None);
-            opt.optimize(&mut g, &target)?;
+            let bars = bars();
+            let mut g = {
+                let _p = bars.phase("load");
+                load(&model, largs)?
+            };
+            let mut target = cpu.target(None);
+            {
+                let _p = bars.phase("optimize");
+                opt.optimize(&mut g, &target)?;
+            }
+            target.progress = bars.backend();
             run(&model, g, &inputs, &output_dir, &target, &profile)
         }
         Cmd::Inspect {
@@ -438,7 +536,7 @@ fn conformance(
     if let Some(md) = markdown {
         kiln_target_cpu::link::write_atomic(&md, cf::ops_markdown(&all).as_bytes())
             .map_err(|e| format!("{}: {e}", md.display()))?;
-        eprintln!("wrote {}", md.display());
+        note(&format!("wrote {}", md.display()));
     }
     Ok(())
 }
@@ -555,7 +653,7 @@ fn run(
             data: bytes.clone(),
         };
         kiln_runtime::npy::write(&path, &arr).map_err(|e| format!("{}: {e}", path.display()))?;
-        eprintln!("wrote {}", path.display());
+        note(&format!("wrote {}", path.display()));
     }
     if prof.profile || prof.profile_json.is_some() {
         let mut p = m.new_profile();
@@ -570,7 +668,7 @@ fn run(
         if let Some(path) = &prof.profile_json {
             kiln_target_cpu::link::write_atomic(path, p.chrome_trace().as_bytes())
                 .map_err(|e| e.to_string())?;
-            eprintln!("wrote {}", path.display());
+            note(&format!("wrote {}", path.display()));
         }
     }
     Ok(())

@@ -64,6 +64,49 @@ fn cg<E: std::fmt::Display>(e: E) -> CpuError {
     CpuError::Codegen(e.to_string())
 }
 
+/// Progress of code generation for a UI: `(phase, done, total)` with phases `llvm kernels`
+/// (0 of 1, then 1 of 1) and `codegen` (one step per node).
+#[derive(Clone)]
+pub struct Progress(pub std::sync::Arc<dyn Fn(&str, usize, usize) + Send + Sync>);
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress(..)")
+    }
+}
+
+impl Progress {
+    fn report(p: &Option<Progress>, phase: &str, done: usize, total: usize) {
+        if let Some(p) = p {
+            (p.0)(phase, done, total);
+        }
+    }
+}
+
+/// The architectures this build generates code for, with the generators that support each:
+/// `("x86_64", ["Cranelift", "LLVM"])`, ... (Cranelift ISAs and LLVM targets compiled in).
+pub fn enabled_targets() -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut v = Vec::new();
+    for (arch, llvm_name) in [
+        ("x86_64", "x86-64"),
+        ("aarch64", "aarch64"),
+        ("riscv64", "riscv64"),
+        ("s390x", "systemz"),
+    ] {
+        let mut gens = Vec::new();
+        if cranelift_codegen::isa::lookup_by_name(&format!("{arch}-unknown-linux-gnu")).is_ok() {
+            gens.push("Cranelift");
+        }
+        if llvm::has_target(llvm_name) {
+            gens.push("LLVM");
+        }
+        if !gens.is_empty() {
+            v.push((arch, gens));
+        }
+    }
+    v
+}
+
 #[derive(Debug, Clone)]
 pub struct CpuOptions {
     /// Symbol prefix: the artefact exports `<name>_model`.
@@ -82,6 +125,8 @@ pub struct CpuOptions {
     pub par_min_macs: usize,
     /// The register tiling of convolutions run by the wide kernels.
     pub conv_schedule: ConvSchedule,
+    /// Where code generation reports its progress (`None`: nowhere).
+    pub progress: Option<Progress>,
 }
 
 impl CpuOptions {
@@ -95,6 +140,7 @@ impl CpuOptions {
             wide: true,
             par_min_macs: 1 << 17,
             conv_schedule: ConvSchedule::Auto,
+            progress: None,
         }
     }
 }
@@ -590,7 +636,12 @@ fn make_isa(target: Option<&str>, pic: bool) -> Result<OwnedTargetIsa, CpuError>
 pub fn compile_object(g: &Graph, opts: &CpuOptions) -> Result<(Objects, CompileInfo), CpuError> {
     let wide = Wide::plan(g, opts)?;
     let kernels = match &wide.target {
-        Some(t) => Some(llvm::compile_object(&wide.ir, t)?),
+        Some(t) => {
+            Progress::report(&opts.progress, "llvm kernels", 0, 1);
+            let o = llvm::compile_object(&wide.ir, t)?;
+            Progress::report(&opts.progress, "llvm kernels", 1, 1);
+            Some(o)
+        }
         None => None,
     };
     let isa = make_isa(opts.target.as_deref(), true)?;
@@ -668,7 +719,12 @@ pub fn compile_jit_with(g: &Graph, opts: &CpuOptions) -> Result<JitModel, CpuErr
     }
     let wide = Wide::plan(g, opts)?;
     let wide_jit = match &wide.target {
-        Some(t) => Some(llvm::LlvmJit::new(&wide.ir, t)?),
+        Some(t) => {
+            Progress::report(&opts.progress, "llvm kernels", 0, 1);
+            let j = llvm::LlvmJit::new(&wide.ir, t)?;
+            Progress::report(&opts.progress, "llvm kernels", 1, 1);
+            Some(j)
+        }
         None => None,
     };
     let isa = make_isa(None, false)?;
@@ -946,7 +1002,9 @@ fn generate<M: Module>(
     // one kernel per node
     let mut kernel_ids = Vec::new();
     let mut unsupported = Vec::new();
+    let n_nodes = g.iter_nodes().count();
     for (i, (nid, node)) in g.iter_nodes().enumerate() {
+        Progress::report(&opts.progress, "codegen", i, n_nodes);
         // views sharing their input's storage, concats whose inputs were computed in place
         if (node.op.is_view() && same_storage(&plan, node.inputs[0], node.outputs[0]))
             || plan.concat_in_place.contains(&nid)
@@ -982,6 +1040,7 @@ fn generate<M: Module>(
             }
         }
     }
+    Progress::report(&opts.progress, "codegen", n_nodes, n_nodes);
     if unsupported.len() == 1 {
         return Err(unsupported.pop().unwrap());
     }

@@ -135,19 +135,23 @@ fn produce(dest: &Path, f: impl FnOnce(&Path) -> Result<(), LinkError>) -> Resul
     r
 }
 
-/// A shared library for `triple` (`None`: the host) from the objects.
+/// A shared library for `triple` (`None`: the host) from the objects. Its SONAME is its file
+/// name, so programs linked with it find it by name (on their rpath or `LD_LIBRARY_PATH`), not
+/// by the path it was linked from.
 pub fn link_shared(objs: &[&Path], dest: &Path, triple: Option<&str>) -> Result<(), LinkError> {
     let cc = c_compiler(triple)?;
+    let soname = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     produce(dest, |tmp| {
-        run(
-            Command::new(&cc)
-                .arg("-shared")
-                .arg("-o")
-                .arg(tmp)
-                .args(objs)
-                .arg("-lm"),
-            &cc,
-        )
+        let mut cmd = Command::new(&cc);
+        cmd.arg("-shared");
+        // (the linker flag syntax cannot carry a comma)
+        if !soname.is_empty() && !soname.contains(',') {
+            cmd.arg(format!("-Wl,-soname,{soname}"));
+        }
+        run(cmd.arg("-o").arg(tmp).args(objs).arg("-lm"), &cc)
     })
 }
 

@@ -31,6 +31,16 @@ pub struct LlvmTarget {
     pub regs: usize,
 }
 
+/// The version of the LLVM the wide kernels are generated with (`llvm-config --version` at
+/// build time).
+pub const VERSION: &str = env!("KILN_LLVM_VERSION");
+
+/// Whether this build's LLVM has the target `name` (as LLVM spells it: `x86-64`, `aarch64`).
+pub fn has_target(name: &str) -> bool {
+    init_targets();
+    Target::from_name(name).is_some()
+}
+
 fn init_targets() {
     let cfg = InitializationConfig::default();
     Target::initialize_x86(&cfg);
