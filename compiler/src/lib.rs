@@ -11,3 +11,4 @@ pub mod onnx;
 pub mod passes;
 pub mod pipeline;
 pub mod progress;
+pub mod report;

@@ -286,6 +286,11 @@ enum Cmd {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    #[command(after_help = "Examples:
+  kiln inspect resnet18.onnx                               the per-op table and memory totals
+  kiln inspect m.onnx --dot | dot -Tsvg > m.svg            the optimized graph (--dot-stage before: as loaded)
+  kiln run m.onnx --input x=x.npy --profile-json t.json && kiln inspect m.onnx --html r.html --profile t.json
+  kiln inspect trained.ckpt                                parameters of a checkpoint")]
     /// Describe a file: a checkpoint (.ckpt, .safetensors) lists its parameters (name, dtype,
     /// shape, bytes) and totals; a .mindir model its inputs, outputs and op histogram; an
     /// .onnx/.kir model (or a .mindir with --report) the per-op table after optimization: op,
@@ -301,7 +306,36 @@ enum Cmd {
         input_shapes: Vec<(String, Vec<usize>)>,
         #[arg(long = "decrypt-key-file")]
         decrypt_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        pictures: PictureArgs,
     },
+}
+
+/// `kiln inspect` pictures.
+#[derive(Args, Clone, Default)]
+struct PictureArgs {
+    /// Print the graph as Graphviz text (`kiln inspect m.onnx --dot | dot -Tsvg > m.svg`):
+    /// fused nodes filled orange with their steps, channel-blocked values and relayouts blue.
+    #[arg(long)]
+    dot: bool,
+    /// Which graph --dot draws: as loaded (`before` the passes) or optimized (`after`).
+    #[arg(long = "dot-stage", value_enum, default_value = "after")]
+    dot_stage: DotStage,
+    /// Write an HTML report: totals, the op table, the memory plan as a timeline (SVG), and
+    /// the per-node profile given with --profile.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+    /// A Chrome trace from `kiln run --profile-json` or an executable's --profile-json, shown
+    /// in the HTML report.
+    #[arg(long, value_name = "TRACE.json", requires = "html")]
+    profile: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+enum DotStage {
+    Before,
+    #[default]
+    After,
 }
 
 fn main() -> ExitCode {
@@ -410,6 +444,7 @@ fn real_main(cli: Cli) -> Result<(), String> {
             report,
             input_shapes,
             decrypt_key_file,
+            pictures,
         } => {
             let ext = file
                 .extension()
@@ -423,8 +458,31 @@ fn real_main(cli: Cli) -> Result<(), String> {
                     ..LoadArgs::default()
                 };
                 let mut g = load(&file, largs)?;
+                let title = pipeline::default_name(&file);
+                if pictures.dot && pictures.dot_stage == DotStage::Before {
+                    print!("{}", kiln_compiler::report::dot(&g, &title));
+                    return Ok(());
+                }
                 opt.optimize(&mut g, &pipeline::TargetOpts::default())?;
-                print!("{}", kiln_compiler::inspect::table(&g));
+                if pictures.dot {
+                    print!("{}", kiln_compiler::report::dot(&g, &title));
+                } else if let Some(html) = &pictures.html {
+                    let profile = match &pictures.profile {
+                        Some(p) => Some(
+                            std::fs::read_to_string(p)
+                                .map_err(|e| e.to_string())
+                                .and_then(|t| kiln_compiler::report::read_trace(&t))
+                                .map_err(|e| format!("{}: {e}", p.display()))?,
+                        ),
+                        None => None,
+                    };
+                    let page = kiln_compiler::report::html(&g, &title, profile.as_ref())?;
+                    kiln_target_cpu::link::write_atomic(html, page.as_bytes())
+                        .map_err(|e| e.to_string())?;
+                    note(&format!("wrote {}", html.display()));
+                } else {
+                    print!("{}", kiln_compiler::inspect::table(&g));
+                }
                 return Ok(());
             }
             inspect(&file, decrypt_key_file.as_deref())
