@@ -3,12 +3,15 @@ fn main() {
         "proto/onnx.proto",
         "proto/ms_checkpoint.proto",
         "proto/mind_ir.proto",
+        "proto/ge_ir.proto",
         "build.rs",
     ] {
         println!("cargo:rerun-if-changed={p}");
     }
+    // ONNX: tensor bytes are `bytes::Bytes`, windows into the memory-mapped model file.
     let fds = protox::compile(["onnx.proto"], ["proto"]).expect("compile proto/onnx.proto");
     prost_build::Config::new()
+        .bytes([".onnx.TensorProto.raw_data"])
         .compile_fds(fds)
         .expect("generate onnx.rs from proto/onnx.proto");
     // MindSpore messages: `bytes` fields become `bytes::Bytes`, so decoding from a memory map
@@ -19,4 +22,12 @@ fn main() {
         .bytes(["."])
         .compile_fds(fds)
         .expect("generate MindSpore types from proto/*.proto");
+    // GraphEngine (AIR / OM model definitions): `bytes` fields are `bytes::Bytes`, and attribute
+    // maps are ordered so that written files are deterministic.
+    let fds = protox::compile(["ge_ir.proto"], ["proto"]).expect("compile proto/ge_ir.proto");
+    prost_build::Config::new()
+        .bytes(["."])
+        .btree_map(["."])
+        .compile_fds(fds)
+        .expect("generate GraphEngine types from proto/ge_ir.proto");
 }

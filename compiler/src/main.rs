@@ -246,6 +246,26 @@ enum Cmd {
         #[command(flatten)]
         load: LoadArgs,
     },
+    /// Convert a model to another format: .onnx, .air (Ascend AIR), .kir (kiln IR). The output format
+    /// is the output file's extension; the graph is written before any back-end rewrite.
+    ///
+    /// Examples:
+    ///   kiln convert resnet18.onnx -o resnet18.air
+    ///   kiln convert model.air -o model.onnx
+    ///   kiln convert lenet.mindir --weights lenet.ckpt -o lenet.air
+    ///   kiln convert model.air -o model.kir -O1
+    Convert {
+        input: PathBuf,
+        /// Output file; its extension picks the format.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Optimization before writing: -O0 (default) the graph as read, -O1 constant folding
+        /// and cleanup, -O2 also fusions (no back-end layouts).
+        #[arg(short = 'O', default_value = "0", value_name = "LEVEL")]
+        opt: OptLevel,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
     /// Run the ONNX backend test suites through the compiled CPU path and print the per-op
     /// coverage table (needs onnx==1.22.0's test data: scripts/setup-python.sh).
     Conformance {
@@ -292,14 +312,15 @@ enum Cmd {
   kiln run m.onnx --input x=x.npy --profile-json t.json && kiln inspect m.onnx --html r.html --profile t.json
   kiln inspect trained.ckpt                                parameters of a checkpoint")]
     /// Describe a file: a checkpoint (.ckpt, .safetensors) lists its parameters (name, dtype,
-    /// shape, bytes) and totals; a .mindir model its inputs, outputs and op histogram; an
-    /// .onnx/.kir model (or a .mindir with --report) the per-op table after optimization: op,
-    /// output shape, FLOPs, fused epilogue, buffer offset, and the planned workspace.
+    /// shape, bytes) and totals; a .mindir/.air model its inputs, outputs and op histogram; an
+    /// .om file its header, partitions and graph; an .onnx/.kir model (or a .mindir/.air/.om
+    /// with --report) the per-op table after optimization: op, output shape, FLOPs, fused
+    /// epilogue, buffer offset, and the planned workspace.
     Inspect {
         file: PathBuf,
         #[command(flatten)]
         opt: OptArgs,
-        /// For .mindir: the optimized per-op table instead of the file summary.
+        /// For .mindir/.air/.om: the optimized per-op table instead of the file summary.
         #[arg(long)]
         report: bool,
         #[arg(long = "input-shape", value_parser = pipeline::parse_input_shape)]
@@ -416,6 +437,23 @@ fn real_main(cli: Cli) -> Result<(), String> {
             case,
             markdown,
         } => conformance(data, suites, case, markdown),
+        Cmd::Convert {
+            input,
+            output,
+            opt,
+            load: largs,
+        } => {
+            let mut g = load(&input, largs)?;
+            // the graph as a format carries it: no back-end layouts
+            let opts = OptOptions {
+                level: opt,
+                ..Default::default()
+            };
+            pipeline::optimize(&mut g, &opts).map_err(|e| e.to_string())?;
+            pipeline::write_model(&g, &output).map_err(|e| e.to_string())?;
+            eprintln!("wrote {}", output.display());
+            Ok(())
+        }
         Cmd::Run {
             model,
             opt,
@@ -451,7 +489,9 @@ fn real_main(cli: Cli) -> Result<(), String> {
                 .and_then(|e| e.to_str())
                 .unwrap_or("")
                 .to_ascii_lowercase();
-            if matches!(ext.as_str(), "onnx" | "kir") || (report && ext == "mindir") {
+            if matches!(ext.as_str(), "onnx" | "kir")
+                || (report && matches!(ext.as_str(), "mindir" | "air" | "om"))
+            {
                 let largs = LoadArgs {
                     input_shapes,
                     decrypt_key_file: decrypt_key_file.clone(),
@@ -529,9 +569,16 @@ fn inspect(file: &Path, key_file: Option<&Path>) -> Result<(), String> {
                     .map_err(|e| e.to_string())?;
             mindspore::mindir::describe(&m)
         }
+        "air" => kiln_compiler::air::describe(
+            &kiln_compiler::air::read(file).map_err(|e| e.to_string())?,
+        ),
+        "om" => kiln_compiler::om::describe(
+            &kiln_compiler::om::read(file).map_err(|e| e.to_string())?,
+            &file.display().to_string(),
+        ),
         _ => {
             return Err(format!(
-                "{}: inspect supports .onnx, .kir, .mindir, .ckpt and .safetensors files",
+                "{}: inspect supports .onnx, .kir, .mindir, .air, .om, .ckpt and .safetensors files",
                 file.display()
             ));
         }

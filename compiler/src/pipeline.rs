@@ -6,10 +6,9 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Any front end (ONNX, MindIR, ckpt, AIR, OM).
     #[error("{0}")]
-    Onnx(#[from] crate::onnx::OnnxError),
-    #[error("{0}")]
-    MindSpore(#[from] crate::mindspore::MsError),
+    Frontend(#[from] crate::frontend::FrontendError),
     #[error("{path}: {err}")]
     Ir { path: String, err: kiln_ir::IrError },
     #[error("{0}")]
@@ -182,17 +181,35 @@ fn load_model(path: &Path, opts: &LoadOptions, extra: &ExtraOptions) -> Result<G
                 frozen_inputs: opts.frozen_inputs.clone(),
             },
         )?,
-        "mindir" => freeze(
-            crate::mindspore::mindir::load(
-                path,
-                &crate::mindspore::mindir::MindirOptions {
-                    input_shapes: opts.input_shapes.clone(),
-                    key: extra.key.clone(),
-                },
-            )?,
+        "mindir" => crate::mindspore::mindir::load(
             path,
-            opts,
+            &crate::mindspore::mindir::MindirOptions {
+                input_shapes: opts.input_shapes.clone(),
+                key: extra.key.clone(),
+                frozen_inputs: opts.frozen_inputs.clone(),
+            },
         )?,
+        "air" => crate::air::load(
+            path,
+            &crate::air::AirOptions {
+                input_shapes: opts.input_shapes.clone(),
+                frozen_inputs: opts.frozen_inputs.clone(),
+            },
+        )?,
+        "om" => {
+            let file = path.display().to_string();
+            let om = crate::om::read(path)?;
+            let md = crate::om::model_def(&om, &file)?;
+            crate::air::import::import_model(
+                &md,
+                crate::frontend::data::model_dir(path),
+                &file,
+                &crate::air::AirOptions {
+                    input_shapes: opts.input_shapes.clone(),
+                    frozen_inputs: opts.frozen_inputs.clone(),
+                },
+            )?
+        }
         "kir" => {
             let text = std::fs::read_to_string(path).map_err(|err| Error::Io {
                 path: path.into(),
@@ -206,7 +223,7 @@ fn load_model(path: &Path, opts: &LoadOptions, extra: &ExtraOptions) -> Result<G
         }
         _ => {
             return Err(Error::Msg(format!(
-                "{}: unknown model type '.{ext}' (supported: .onnx, .mindir, .kir)",
+                "{}: unknown model type '.{ext}' (supported: .onnx, .mindir, .air, .om, .kir)",
                 path.display()
             )));
         }
@@ -391,4 +408,49 @@ pub fn emit(
         (p.0)("link", 1, 1);
     }
     r
+}
+
+/// Output formats of `kiln convert`, by file extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvertFormat {
+    /// ONNX (opset 21; external data beside it over 2 GB).
+    Onnx,
+    /// Ascend AIR (a GraphEngine `ModelDef`).
+    Air,
+    /// kiln IR, textual form.
+    Kir,
+}
+
+impl ConvertFormat {
+    /// The format of an output path, by its extension.
+    pub fn of(path: &Path) -> Result<Self, Error> {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        Ok(match ext.as_str() {
+            "onnx" => ConvertFormat::Onnx,
+            "air" => ConvertFormat::Air,
+            "kir" => ConvertFormat::Kir,
+            _ => {
+                return Err(Error::Msg(format!(
+                    "{}: unknown output format '.{ext}' (kiln convert writes .onnx, .air, .kir)",
+                    path.display()
+                )));
+            }
+        })
+    }
+}
+
+/// Write `g` to `out` in the format its extension names (`kiln convert`). Every file is
+/// written atomically; a failure leaves nothing behind.
+pub fn write_model(g: &Graph, out: &Path) -> Result<(), Error> {
+    match ConvertFormat::of(out)? {
+        ConvertFormat::Onnx => crate::onnx::export::write_file(g, out, &Default::default())
+            .map_err(|e| Error::Msg(format!("{}: {e}", out.display()))),
+        ConvertFormat::Air => crate::air::export::write_file(g, out, &Default::default())
+            .map_err(|e| Error::Msg(format!("{}: {e}", out.display()))),
+        ConvertFormat::Kir => Ok(link::write_atomic(out, kiln_ir::text::print(g).as_bytes())?),
+    }
 }

@@ -699,3 +699,93 @@ fn absurd_lowering_sizes_are_errors() {
         "hidden_size",
     );
 }
+
+/// Graph structure errors the front-end layer catches, each naming the file and the node or
+/// value: two nodes writing one value, a graph input listed twice, an initializer listed
+/// twice, and ops with more or fewer inputs/outputs than their schema allows.
+#[test]
+fn malformed_structure_is_rejected() {
+    let err = |g: GraphProto| {
+        load_model(&model(g, 13), &OnnxOptions::default())
+            .unwrap_err()
+            .to_string()
+    };
+    // two nodes write `t`
+    let e = err(GraphProto {
+        node: vec![
+            node("Relu", "a", &["x"], &["t"], vec![]),
+            node("Sigmoid", "b", &["x"], &["t"], vec![]),
+            node("Neg", "c", &["t"], &["y"], vec![]),
+        ],
+        input: vec![fixed("x", &[2])],
+        output: vec![out("y")],
+        ..Default::default()
+    });
+    assert!(
+        e.contains("test.onnx")
+            && e.contains("node 'b' (Sigmoid)")
+            && e.contains("'t' is defined twice"),
+        "{e}"
+    );
+    // a node writes a graph input
+    let e = err(GraphProto {
+        node: vec![node("Relu", "a", &["x"], &["x"], vec![])],
+        input: vec![fixed("x", &[2])],
+        output: vec![out("x")],
+        ..Default::default()
+    });
+    assert!(
+        e.contains("node 'a' (Relu)") && e.contains("'x' is defined twice"),
+        "{e}"
+    );
+    // a graph input listed twice
+    let e = err(GraphProto {
+        node: vec![node("Relu", "a", &["x"], &["y"], vec![])],
+        input: vec![fixed("x", &[2]), fixed("x", &[2])],
+        output: vec![out("y")],
+        ..Default::default()
+    });
+    assert!(e.contains("graph input 'x' is listed twice"), "{e}");
+    // an initializer listed twice
+    let e = err(GraphProto {
+        node: vec![node("Add", "a", &["x", "w"], &["y"], vec![])],
+        input: vec![fixed("x", &[2])],
+        initializer: vec![
+            tensor_f32("w", &[2], &[1.0, 2.0]),
+            tensor_f32("w", &[2], &[3.0, 4.0]),
+        ],
+        output: vec![out("y")],
+        ..Default::default()
+    });
+    assert!(
+        e.contains("initializer 'w'") && e.contains("defined twice"),
+        "{e}"
+    );
+    // wrong arity: too many inputs, too few, too many outputs
+    for (n, want) in [
+        (
+            node("Relu", "r", &["x", "x"], &["y"], vec![]),
+            "has 2 inputs, the op takes 1",
+        ),
+        (
+            node("Add", "r", &["x"], &["y"], vec![]),
+            "has 1 inputs, the op takes 2",
+        ),
+        (
+            node("Relu", "r", &["x"], &["y", "z"], vec![]),
+            "has 2 outputs, the op has 1",
+        ),
+        (
+            node("Conv", "r", &["x", "x", "x", "x"], &["y"], vec![]),
+            "has 4 inputs, the op takes 2 to 3",
+        ),
+    ] {
+        let e = err(GraphProto {
+            node: vec![n],
+            input: vec![fixed("x", &[1, 1, 2, 2])],
+            output: vec![out("y")],
+            ..Default::default()
+        });
+        assert!(e.contains("node 'r'") && e.contains(want), "{e}");
+    }
+}
