@@ -451,7 +451,7 @@ fn real_main(cli: Cli) -> Result<(), String> {
             };
             pipeline::optimize(&mut g, &opts).map_err(|e| e.to_string())?;
             pipeline::write_model(&g, &output).map_err(|e| e.to_string())?;
-            eprintln!("wrote {}", output.display());
+            note(&format!("wrote {}", output.display()));
             Ok(())
         }
         Cmd::Run {

@@ -6,6 +6,7 @@
     outs = m.run({"x": np.zeros((1, 3, 224, 224), np.float32)})   # {"name": ndarray}
     print(kiln.inspect("model.onnx"))             # the per-op table after optimization
     print(m.profile({"x": x}, runs=10))           # per-node times, slowest first
+    kiln.convert("model.onnx", "model.air")       # another format: .onnx, .air, .kir
 
 Errors in a model (unsupported ops, corrupt files, wrong shapes) raise kiln.KilnError with the
 file, node and op; wrong inputs to Model.run raise TypeError / ValueError / KeyError.
@@ -18,6 +19,7 @@ from ._native import KilnError, Model, Profile, __version__
 
 __all__ = [
     "compile",
+    "convert",
     "inspect",
     "load",
     "Table",
@@ -27,7 +29,7 @@ __all__ = [
     "__version__",
 ]
 
-EMIT_KINDS = ("so", "obj", "staticlib", "exe", "header", "ir")
+EMIT_KINDS = ("so", "obj", "staticlib", "exe", "header", "ir", "pc")
 
 
 def compile(
@@ -65,6 +67,20 @@ def compile(
         name=name,
         weights=None if weights is None else str(weights),
         kernels=kernels,
+    )
+
+
+def convert(model, output, *, opt_level: int = 0, input_shapes: dict | None = None, weights=None) -> str:
+    """Convert a model (.onnx, .mindir, .air, .kir) to the format of `output`'s extension
+    (.onnx, .air, .kir), as `kiln convert` does, and return the path written. opt_level 0
+    writes the graph as read; 1 folds constants and cleans up; 2 also fuses. weights: a
+    MindSpore checkpoint to bind first. The GIL is released while converting."""
+    return _native.convert(
+        str(model),
+        str(output),
+        opt_level=opt_level,
+        input_shapes=_shapes(input_shapes),
+        weights=None if weights is None else str(weights),
     )
 
 

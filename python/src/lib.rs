@@ -100,6 +100,12 @@ impl Source {
 
     /// Load and optimize, as `kiln build` does (messages of `--weights` binding go to stderr).
     fn graph(&self) -> Result<kiln_ir::Graph, String> {
+        self.graph_for(true)
+    }
+
+    /// Load and optimize; `layouts`: with the back end's layout choices (compiling) or
+    /// without (converting: the graph as a format carries it).
+    fn graph_for(&self, layouts: bool) -> Result<kiln_ir::Graph, String> {
         let key = kiln_compiler::mindspore::DecryptKey::from_file_or_env(None)?;
         let l = pipeline::load_with(
             &self.model,
@@ -119,7 +125,11 @@ impl Source {
         let mut g = l.graph;
         let opts = OptOptions {
             level: self.opt_level,
-            layout: self.target.layout_target().map_err(|e| e.to_string())?,
+            layout: if layouts {
+                self.target.layout_target().map_err(|e| e.to_string())?
+            } else {
+                None
+            },
             ..Default::default()
         };
         pipeline::optimize(&mut g, &opts).map_err(|e| e.to_string())?;
@@ -173,6 +183,27 @@ fn compile(
     })
     .map_err(kerr)?;
     Ok(out.display().to_string())
+}
+
+/// Convert a model to another format (.onnx, .air, .kir: the output's extension), as
+/// `kiln convert` does; returns the path written.
+#[pyfunction]
+#[pyo3(signature = (model, output, *, opt_level=0, input_shapes=None, weights=None))]
+fn convert(
+    py: Python<'_>,
+    model: PathBuf,
+    output: PathBuf,
+    opt_level: u8,
+    input_shapes: Option<HashMap<String, Vec<usize>>>,
+    weights: Option<PathBuf>,
+) -> PyResult<String> {
+    let src = Source::new(model, input_shapes, opt_level, weights, None, None, "auto")?;
+    py.detach(|| -> Result<(), String> {
+        let g = src.graph_for(false)?;
+        pipeline::write_model(&g, &output).map_err(|e| e.to_string())
+    })
+    .map_err(kerr)?;
+    Ok(output.display().to_string())
 }
 
 /// The per-op table of the optimized graph: (columns, rows, summary, text).
@@ -670,6 +701,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(compile, m)?)?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
+    m.add_function(wrap_pyfunction!(convert, m)?)?;
     m.add_function(wrap_pyfunction!(load, m)?)?;
     m.add_function(wrap_pyfunction!(versions, m)?)?;
     m.add_class::<PyModel>()?;

@@ -255,3 +255,24 @@ def test_errors_are_kiln_errors(tmp_path):
         kiln.inspect(bad, opt_level=7)
     with pytest.raises(ValueError, match="threads"):
         kiln.load(bad, threads=0)
+
+
+def test_convert_round_trips_through_onnxruntime(tmp_path):
+    """kiln.convert: ONNX -> .kir -> ONNX (and -> AIR) at -O0 and -O2; the converted ONNX
+    runs in ONNX Runtime with the golden outputs, and compiles with kiln again."""
+    model, shapes, inputs, stored = golden("lenet5")
+    kir = kiln.convert(model, tmp_path / "lenet5.kir")
+    assert "conv" in pathlib.Path(kir).read_text()
+    for level in (0, 2):
+        onnx_path = kiln.convert(kir, tmp_path / f"lenet5_O{level}.onnx", opt_level=level)
+        live = onnxruntime_outputs(onnx_path, inputs)
+        for k in stored:
+            assert_close(live[k], stored[k], f"converted -O{level} in onnxruntime")
+        outs = kiln.load(onnx_path).run(inputs)
+        for k in stored:
+            assert_close(outs[k], stored[k], f"converted -O{level} compiled by kiln")
+    air = kiln.convert(model, tmp_path / "lenet5.air")
+    assert pathlib.Path(air).stat().st_size > 0
+    with pytest.raises(kiln.KilnError, match="lenet5.xyz"):
+        kiln.convert(model, tmp_path / "lenet5.xyz")
+    assert not (tmp_path / "lenet5.xyz").exists()
