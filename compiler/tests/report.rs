@@ -31,8 +31,11 @@ fn ok(cmd: &mut Command) -> String {
 
 const TINY: &str = "examples/models/tiny_cnn.onnx";
 
+/// (from, to, attributes) of a DOT edge.
+type Edge = (String, String, String);
+
 /// Nodes declared and edges of a DOT text; every edge joins declared nodes.
-fn parse_dot(dot: &str) -> (HashMap<String, String>, Vec<(String, String, String)>) {
+fn parse_dot(dot: &str) -> (HashMap<String, String>, Vec<Edge>) {
     assert!(
         dot.starts_with("digraph ") && dot.trim_end().ends_with('}'),
         "{dot}"

@@ -158,7 +158,7 @@ fn compile(
     let kind = <Emit as clap::ValueEnum>::from_str(emit, true).map_err(|_| {
         let known: Vec<String> = <Emit as clap::ValueEnum>::value_variants()
             .iter()
-            .filter_map(|v| clap::ValueEnum::to_possible_value(v))
+            .filter_map(clap::ValueEnum::to_possible_value)
             .map(|v| v.get_name().to_string())
             .collect();
         PyValueError::new_err(format!(

@@ -67,7 +67,10 @@ fn cg<E: std::fmt::Display>(e: E) -> CpuError {
 /// Progress of code generation for a UI: `(phase, done, total)` with phases `llvm kernels`
 /// (0 of 1, then 1 of 1) and `codegen` (one step per node).
 #[derive(Clone)]
-pub struct Progress(pub std::sync::Arc<dyn Fn(&str, usize, usize) + Send + Sync>);
+pub struct Progress(pub std::sync::Arc<ProgressFn>);
+
+/// The callback of [`Progress`]: `(phase, done, total)`.
+pub type ProgressFn = dyn Fn(&str, usize, usize) + Send + Sync;
 
 impl std::fmt::Debug for Progress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
