@@ -156,12 +156,22 @@ fn driver_end_to_end() {
     let o = run(
         &exe,
         dir,
-        &["in.npy", "--profile", "--profile-runs", "3", "--profile-json", "t.json"],
+        &[
+            "in.npy",
+            "--profile",
+            "--profile-runs",
+            "3",
+            "--profile-json",
+            "t.json",
+        ],
     );
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let out = text(&o.stdout);
     assert!(out.starts_with("profile of 'fake': 3 runs"), "{out}");
-    assert!(out.lines().nth(2).unwrap().contains("plus \"one\""), "{out}");
+    assert!(
+        out.lines().nth(2).unwrap().contains("plus \"one\""),
+        "{out}"
+    );
     let trace = std::fs::read_to_string(dir.join("t.json")).unwrap();
     assert!(trace.contains("\"name\":\"plus \\\"one\\\"\""), "{trace}");
     assert_eq!(trace.matches("\"cat\":\"Node\"").count(), 3, "{trace}");

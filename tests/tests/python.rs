@@ -3,8 +3,12 @@
 //! the GIL, profiles and the inspect table.
 //!
 //! The package is built into `.venv` by `scripts/setup-python-package.sh` (part of
-//! `scripts/setup.sh`, which `scripts/test.sh` runs first). Without it this test skips with a
-//! message, unless `KILN_REQUIRE_TOOLS=1` (set by `scripts/test.sh`) makes that a failure.
+//! `scripts/setup.sh`, which `scripts/test.sh` runs first). When this cargo build also built
+//! the extension (`cargo test --workspace` builds `target/<profile>/lib_native.so`) and it is
+//! newer, the suite runs on that one instead (the package's Python half from python/kiln, in a
+//! temporary directory), so the tests never run an extension older than the sources. Without
+//! the venv's package this test skips with a message, unless `KILN_REQUIRE_TOOLS=1` (set by
+//! `scripts/test.sh`) makes that a failure.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -49,7 +53,29 @@ fn pytest_suite() {
         Path::new(&location).starts_with(root.join("python")),
         "kiln in .venv comes from {location}, not from this checkout: rerun scripts/setup-python-package.sh"
     );
-    let out = Command::new(&py)
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    // target/<profile>/lib_native.so beside target/<profile>/deps/<this test>
+    let fresh = std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.parent()?.join("lib_native.so")))
+        .filter(|so| mtime(so) > mtime(Path::new(&location)));
+    let pkg = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(&py);
+    if let Some(so) = &fresh {
+        let dir = pkg.path().join("kiln");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::copy(
+            root.join("python/kiln/__init__.py"),
+            dir.join("__init__.py"),
+        )
+        .unwrap();
+        std::fs::copy(so, dir.join("_native.so")).unwrap();
+        cmd.env("PYTHONPATH", pkg.path());
+        eprintln!("testing the extension of this build: {}", so.display());
+    } else {
+        eprintln!("testing the venv's extension: {location}");
+    }
+    let out = cmd
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-ra"])
         .arg(root.join("python/tests"))
         .current_dir(&root)
