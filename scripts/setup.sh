@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What every job needs on a fresh machine: LLVM 14 (scripts/setup-llvm.sh), the integration
+# What every job needs on a fresh machine: LLVM 19 (scripts/setup-llvm.sh), the integration
 # tests' system tools (scripts/setup-tools.sh: cmake, the aarch64 cross toolchain and qemu,
 # chromium), the Python reference environment (scripts/setup-python.sh), the (git-ignored)
 # golden ONNX models and the kiln Python package in the venv (scripts/setup-python-package.sh).

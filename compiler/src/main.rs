@@ -39,7 +39,7 @@ fn version_line() -> &'static str {
         format!(
             "{}\nLLVM {}\ntargets: {}\nartefact ABI: {}",
             env!("CARGO_PKG_VERSION"),
-            kiln_target_cpu::llvm::VERSION,
+            kiln_target_cpu::llvm_version(),
             targets.join(", "),
             kiln_runtime::KILN_ABI_VERSION
         )

@@ -789,3 +789,61 @@ fn malformed_structure_is_rejected() {
         assert!(e.contains("node 'r'") && e.contains(want), "{e}");
     }
 }
+
+/// Work on constant weights never reaches run time, whatever their size: a large weight's
+/// transpose, slice, cast and concatenation fold at import (a 400x300 weight, far above the
+/// 2^16-element limit for arithmetic), and so do the same ops when passes create them.
+#[test]
+fn large_weight_transforms_fold() {
+    let w: Vec<f32> = (0..400 * 300).map(|i| (i % 97) as f32 * 0.01).collect();
+    let g = GraphProto {
+        node: vec![
+            node(
+                "Transpose",
+                "t",
+                &["w"],
+                &["wt"],
+                vec![ais("perm", &[1, 0])],
+            ),
+            node("Slice", "s", &["wt", "st", "en", "ax"], &["ws"], vec![]),
+            node("Concat", "c", &["ws", "ws"], &["wc"], vec![ai("axis", 1)]),
+            node("MatMul", "m", &["x", "wc"], &["y"], vec![]),
+        ],
+        input: vec![fixed("x", &[2, 300])],
+        initializer: vec![
+            tensor_f32("w", &[400, 300], &w),
+            tensor_i64("st", &[1], &[0]),
+            tensor_i64("en", &[1], &[300]),
+            tensor_i64("ax", &[1], &[1]),
+        ],
+        output: vec![out("y")],
+        ..Default::default()
+    };
+    let g = load_model(&model(g, 13), &OnnxOptions::default()).unwrap();
+    assert_eq!(ops(&g), ["matmul"]);
+    let wc = g.iter_nodes().next().unwrap().1.inputs[1];
+    assert_eq!(g.ty(wc).shape, [300, 600]);
+    let d = g.const_data(wc).unwrap().to_f32();
+    // wc[r][c] = w[c % 300][r]
+    assert_eq!(d[5 * 600 + 301], w[300 + 5]);
+    assert_eq!(d[7 * 600 + 2], w[2 * 300 + 7]);
+
+    // built by hand: a cast and a transpose of a large constant fold in the const_fold pass
+    let text = format!(
+        "graph g {{\n  input %x: f32[2,300]\n  const %w: f64[400,300] = hex\"{}\"\n  %c = cast(%w) {{to=\"f32\"}} : f32[400,300]\n  %t = transpose(%c) {{perm=[1, 0]}} : f32[300,400]\n  %y = matmul(%x, %t) : f32[2,400]\n  output %y\n}}\n",
+        w.iter()
+            .flat_map(|v| (*v as f64).to_le_bytes())
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let mut g = kiln_ir::text::parse(&text).unwrap();
+    kiln_compiler::pipeline::optimize(
+        &mut g,
+        &kiln_compiler::passes::OptOptions {
+            level: kiln_compiler::passes::OptLevel::O1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(ops(&g), ["matmul"]);
+}

@@ -974,6 +974,23 @@ impl Op {
         matches!(self, Op::Reshape { .. })
     }
 
+    /// Ops that only move, select or convert their input's elements (no output is larger
+    /// than its inputs together, but for a gather's repeated rows): on constant inputs they
+    /// are folded whatever their size, so a weight's transpose, slice, concatenation or cast
+    /// never runs at run time.
+    pub fn moves_data(&self) -> bool {
+        matches!(
+            self,
+            Op::Reshape { .. }
+                | Op::Transpose { .. }
+                | Op::Slice(_)
+                | Op::Concat { .. }
+                | Op::Split { .. }
+                | Op::Cast { .. }
+                | Op::Gather { .. }
+        )
+    }
+
     /// The op's attributes as name/value pairs (the text form prints these).
     pub fn attrs(&self) -> Vec<(&'static str, Attr)> {
         match self {

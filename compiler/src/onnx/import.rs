@@ -30,6 +30,8 @@ pub const MAX_OPSET: i64 = 27;
 
 #[path = "arity.rs"]
 mod arity;
+#[path = "contrib.rs"]
+pub(crate) mod contrib;
 mod lower;
 
 /// Largest constant the importer materializes (ConstantOfShape splats): 1 GiB.
@@ -575,6 +577,11 @@ impl<'a> Imp<'a> {
             name: name.clone(),
             op: n.op_type(),
         };
+        let domain = n.domain();
+        if domain == "com.microsoft" || domain.is_empty() && contrib::DEFAULT_DOMAIN.contains(&c.op)
+        {
+            return self.import_contrib(n, &name);
+        }
         if let Some(&(_, lo_in, hi_in, lo_out, hi_out)) =
             arity::ARITY.iter().find(|a| a.0 == n.op_type())
         {
@@ -607,6 +614,42 @@ impl<'a> Imp<'a> {
         }
         self.translate(&c, value_t)
             .map_err(|msg| FrontendError::node(self.b.file, &name, n.op_type(), msg))
+    }
+
+    /// A contrib op: expanded into standard ONNX nodes, imported with the newest opset's
+    /// semantics (the expansion writes them in that form); errors name the contrib node.
+    fn import_contrib(&mut self, n: &NodeProto, name: &str) -> Result<(), OnnxError> {
+        struct Vals<'i, 'a>(&'i Imp<'a>);
+        impl contrib::Inputs for Vals<'_, '_> {
+            fn ty(&self, name: &str) -> Option<TensorType> {
+                self.0.b.lookup(name).map(|v| self.0.ty(*v).clone())
+            }
+            fn data(&self, name: &str) -> Option<ConstData> {
+                self.0
+                    .b
+                    .lookup(name)
+                    .and_then(|v| self.0.b.g.const_data(*v).cloned())
+            }
+        }
+        let op = format!("com.microsoft:{}", n.op_type());
+        let file = self.b.file;
+        let nodes = contrib::expand(n, name, &Vals(self))
+            .map_err(|m| FrontendError::node(file, name, &op, m))?;
+        let saved = self.opset;
+        self.opset = MAX_OPSET;
+        let mut res = Ok(());
+        for (i, mut sub) in nodes.into_iter().enumerate() {
+            if let Err(e) = self.import_node(&mut sub, i) {
+                let msg = match e {
+                    FrontendError::Node { node, op, msg, .. } => format!("in {node} ({op}): {msg}"),
+                    e => e.to_string(),
+                };
+                res = Err(FrontendError::node(file, name, &op, msg));
+                break;
+            }
+        }
+        self.opset = saved;
+        res
     }
 
     fn translate(&mut self, c: &Ctx, value_t: Option<TensorProto>) -> R<()> {
@@ -1973,7 +2016,10 @@ fn unsupported(nodes: &[NodeProto]) -> Unsupported {
     for (i, n) in nodes.iter().enumerate() {
         let op = n.op_type();
         let domain = n.domain();
-        let label = if domain == "ai.onnx.preview" && op == "FlexAttention" {
+        let label = if domain == "ai.onnx.preview" && op == "FlexAttention"
+            || domain == "com.microsoft" && contrib::CONTRIB.contains(&op)
+            || domain.is_empty() && contrib::DEFAULT_DOMAIN.contains(&op)
+        {
             None
         } else if !(domain.is_empty() || domain == "ai.onnx") {
             Some(format!("{domain}:{op}"))

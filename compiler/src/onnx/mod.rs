@@ -71,3 +71,8 @@ pub fn read_tensor(path: &Path) -> Result<(kiln_ir::TensorType, kiln_ir::ConstDa
     let mut ext = data::ExternalFiles::default();
     tensor::decode_tensor(&mut t, None, &mut ext).map_err(|msg| OnnxError::model(&file, msg))
 }
+
+/// The `com.microsoft` contrib ops the importer expands, with what each becomes.
+pub fn contrib_expansions() -> &'static [(&'static str, &'static str)] {
+    import::contrib::EXPANSIONS
+}

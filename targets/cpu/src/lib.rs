@@ -1,12 +1,14 @@
 //! kiln's CPU back end: Cranelift generates one function per op plus a straight-line `run`
-//! schedule over a statically planned workspace, and the model descriptor of the runtime C ABI.
-//! Output: an object file (cranelift-object) or in-memory code (cranelift-jit).
+//! schedule over a statically planned workspace, and the model descriptor of the runtime C ABI;
+//! the wide kernels (convolutions, products, pools, row kernels) are LLVM IR written through
+//! the shared LLVM layer (`kiln-target-llvm`).
+//! Output: object files (cranelift-object + LLVM) or in-memory code (cranelift-jit + MCJIT).
 //!
-//! Invariant: this crate depends on `kiln-ir` only (no front end, no file formats).
+//! Invariant: this crate depends on `kiln-ir` and `kiln-target-llvm` only (no front end, no
+//! file formats).
 
 mod blocked;
 mod direct;
-mod emit;
 mod ew;
 mod fp16;
 mod header;
@@ -14,13 +16,13 @@ mod index;
 mod kb;
 mod kernels;
 pub mod link;
-pub mod llvm;
 mod rows;
 mod scan;
 mod ukernel;
 mod wino;
 
 pub use header::generate_header;
+pub use kiln_target_llvm::LlvmTarget;
 pub use ukernel::ConvSchedule;
 
 use cranelift_codegen::Context;
@@ -60,6 +62,15 @@ pub enum CpuError {
     Codegen(String),
 }
 
+impl From<kiln_target_llvm::LlvmError> for CpuError {
+    fn from(e: kiln_target_llvm::LlvmError) -> CpuError {
+        match e {
+            kiln_target_llvm::LlvmError::Target(t, m) => CpuError::Target(t, m),
+            kiln_target_llvm::LlvmError::Codegen(m) => CpuError::Codegen(m),
+        }
+    }
+}
+
 fn cg<E: std::fmt::Display>(e: E) -> CpuError {
     CpuError::Codegen(e.to_string())
 }
@@ -86,6 +97,11 @@ impl Progress {
     }
 }
 
+/// The version of the LLVM the wide kernels are generated with.
+pub fn llvm_version() -> String {
+    kiln_target_llvm::version()
+}
+
 /// The architectures this build generates code for, with the generators that support each:
 /// `("x86_64", ["Cranelift", "LLVM"])`, ... (Cranelift ISAs and LLVM targets compiled in).
 pub fn enabled_targets() -> Vec<(&'static str, Vec<&'static str>)> {
@@ -100,7 +116,7 @@ pub fn enabled_targets() -> Vec<(&'static str, Vec<&'static str>)> {
         if cranelift_codegen::isa::lookup_by_name(&format!("{arch}-unknown-linux-gnu")).is_ok() {
             gens.push("Cranelift");
         }
-        if llvm::has_target(llvm_name) {
+        if kiln_target_llvm::has_target(llvm_name) {
             gens.push("LLVM");
         }
         if !gens.is_empty() {
@@ -157,7 +173,7 @@ pub struct Objects {
 
 /// The wide kernels chosen for a graph (per node, in `iter_nodes` order) and their LLVM IR.
 struct Wide {
-    target: Option<llvm::LlvmTarget>,
+    target: Option<LlvmTarget>,
     convs: Vec<Option<ukernel::ConvKernel>>,
     rows: Vec<Option<rows::RowKernel>>,
     ir: String,
@@ -177,7 +193,7 @@ impl Wide {
         if !opts.wide {
             return Ok(Wide::none(g));
         }
-        let t = llvm::LlvmTarget::new(opts.target.as_deref(), opts.target_cpu.as_deref())?;
+        let t = LlvmTarget::cpu(opts.target.as_deref(), opts.target_cpu.as_deref())?;
         let prefix = sym(&opts.name);
         let mut convs = Vec::new();
         let mut row_kernels = Vec::new();
@@ -321,7 +337,7 @@ impl Wide {
         if convs.iter().all(Option::is_none) && row_kernels.iter().all(Option::is_none) {
             return Ok(Wide::none(g));
         }
-        ir.push_str(&emit::declarations(t.lanes));
+        ir.push_str(&kiln_target_llvm::declarations(t.lanes));
         ir.push_str(&format!("attributes #0 = {{ {} }}\n", t.fn_attributes()));
         if let Ok(path) = std::env::var("KILN_DUMP_LLVM") {
             // debugging aid: the kernels' LLVM IR before optimization
@@ -357,7 +373,7 @@ fn blocked_conv(
     g: &Graph,
     node: &kiln_ir::Node,
     geom: kernels::Geom,
-    t: &llvm::LlvmTarget,
+    t: &LlvmTarget,
     name: String,
     (input, output): (kiln_ir::Layout, kiln_ir::Layout),
 ) -> Option<ukernel::ConvKernel> {
@@ -407,7 +423,7 @@ fn blocked_conv(
 /// and, at stride 2, a de-interleaving shuffle); relayouts (LLVM transposes) ~20 bytes/ns.
 #[derive(Debug, Clone)]
 pub struct CpuLayouts {
-    target: llvm::LlvmTarget,
+    target: LlvmTarget,
     schedule: ConvSchedule,
 }
 
@@ -417,7 +433,7 @@ pub fn layout_target(opts: &CpuOptions) -> Result<Option<CpuLayouts>, CpuError> 
     if !opts.wide {
         return Ok(None);
     }
-    let target = llvm::LlvmTarget::new(opts.target.as_deref(), opts.target_cpu.as_deref())?;
+    let target = LlvmTarget::cpu(opts.target.as_deref(), opts.target_cpu.as_deref())?;
     Ok(Some(CpuLayouts {
         target,
         schedule: opts.conv_schedule,
@@ -502,7 +518,7 @@ fn blocked_pool(
     node: &kiln_ir::Node,
     geom: kernels::Geom,
     layout: kiln_ir::Layout,
-    t: &llvm::LlvmTarget,
+    t: &LlvmTarget,
     name: String,
 ) -> Option<ukernel::ConvKernel> {
     if layout != kiln_ir::Layout::Nchwc(t.lanes as u32)
@@ -550,7 +566,7 @@ fn rows_kernel(
     g: &Graph,
     node: &kiln_ir::Node,
     name: String,
-    t: &llvm::LlvmTarget,
+    t: &LlvmTarget,
 ) -> Option<rows::RowKernel> {
     let x = g.ty(node.inputs[0]);
     if x.dtype != kiln_ir::DType::F32 || x.numel() == 0 {
@@ -641,7 +657,7 @@ pub fn compile_object(g: &Graph, opts: &CpuOptions) -> Result<(Objects, CompileI
     let kernels = match &wide.target {
         Some(t) => {
             Progress::report(&opts.progress, "llvm kernels", 0, 1);
-            let o = llvm::compile_object(&wide.ir, t)?;
+            let o = kiln_target_llvm::compile_object(&wide.ir, t)?;
             Progress::report(&opts.progress, "llvm kernels", 1, 1);
             Some(o)
         }
@@ -667,7 +683,7 @@ pub struct JitModel {
     descriptor: *const u8,
     pub info: CompileInfo,
     /// The wide kernels the code calls (freed after the Cranelift code).
-    _wide: Option<llvm::LlvmJit>,
+    _wide: Option<kiln_target_llvm::LlvmJit>,
 }
 
 impl Drop for JitModel {
@@ -724,7 +740,7 @@ pub fn compile_jit_with(g: &Graph, opts: &CpuOptions) -> Result<JitModel, CpuErr
     let wide_jit = match &wide.target {
         Some(t) => {
             Progress::report(&opts.progress, "llvm kernels", 0, 1);
-            let j = llvm::LlvmJit::new(&wide.ir, t)?;
+            let j = kiln_target_llvm::LlvmJit::new(&wide.ir, t)?;
             Progress::report(&opts.progress, "llvm kernels", 1, 1);
             Some(j)
         }
@@ -1488,7 +1504,7 @@ fn wide_depthwise(g: &Graph, node: &kiln_ir::Node) -> Option<kernels::Geom> {
 fn wino_geom(g: &Graph, node: &kiln_ir::Node, schedule: ConvSchedule) -> Option<kernels::Geom> {
     let (a, geom) = wide_conv_geom(g, node)?;
     // an epilogue the wide kernels cannot apply sends the node to the Cranelift kernels
-    if !ukernel::epilogue_supported(&a.epilogue) {
+    if !kiln_target_llvm::epilogue_supported(&a.epilogue) {
         return None;
     }
     let pick = match schedule {
