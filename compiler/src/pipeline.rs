@@ -39,9 +39,27 @@ pub enum Emit {
     /// Ascend offline model (.om): the graph in GE ops with device-layout weights and GE's
     /// memory plan (--soc-version, --precision-mode, --atc-config)
     Om,
+    /// pkg-config file (`<name>.pc`) for the library and header beside it
+    Pc,
 }
 
 impl Emit {
+    /// The artefact's default file name for model `name`: `lib<name>.so`, `lib<name>.a`,
+    /// `<name>.o`, `<name>` (executable), `<name>.h`, `<name>.kir`.
+    pub fn default_output(self, name: &str) -> PathBuf {
+        let ext = self.default_extension();
+        let base = if self == Emit::So || self == Emit::Staticlib {
+            format!("lib{name}")
+        } else {
+            name.to_string()
+        };
+        PathBuf::from(if ext.is_empty() {
+            base
+        } else {
+            format!("{base}.{ext}")
+        })
+    }
+
     pub fn default_extension(self) -> &'static str {
         match self {
             Emit::So => "so",
@@ -51,6 +69,7 @@ impl Emit {
             Emit::Header => "h",
             Emit::Ir => "kir",
             Emit::Om => "om",
+            Emit::Pc => "pc",
         }
     }
 }
@@ -251,6 +270,8 @@ pub struct TargetOpts {
     pub wide: bool,
     /// Register tiling of the wide convolution kernels.
     pub conv_schedule: kiln_target_cpu::ConvSchedule,
+    /// Where code generation reports progress (`kiln`'s progress bars).
+    pub progress: Option<kiln_target_cpu::Progress>,
 }
 
 impl Default for TargetOpts {
@@ -260,6 +281,7 @@ impl Default for TargetOpts {
             cpu: None,
             wide: true,
             conv_schedule: kiln_target_cpu::ConvSchedule::Auto,
+            progress: None,
         }
     }
 }
@@ -284,9 +306,45 @@ impl TargetOpts {
             target_cpu: self.cpu.clone(),
             wide: self.wide,
             conv_schedule: self.conv_schedule,
+            progress: self.progress.clone(),
             ..CpuOptions::host(name)
         }
     }
+}
+
+/// A pkg-config file for model `name`: the library (`lib<name>.a` or `.so`) and the header
+/// (`<name>.h`) are found in the `.pc` file's own directory (`${pcfiledir}`), so the three can
+/// be moved together: `cc app.c $(pkg-config --cflags --libs <name>)` with
+/// `PKG_CONFIG_PATH=<dir>`.
+pub fn pkg_config(g: &Graph, name: &str) -> String {
+    let list = |vs: &[kiln_ir::ValueId]| {
+        vs.iter()
+            .map(|&v| {
+                let t = g.ty(v);
+                let dims: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
+                format!("{} {}[{}]", g.value(v).name, t.dtype, dims.join(","))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    // pkg-config fields are one line each
+    let clean = |s: String| s.replace(['\n', '\r'], " ");
+    format!(
+        "# pkg-config file of the model '{name}' compiled by kiln {}\n\
+         prefix=${{pcfiledir}}\nlibdir=${{prefix}}\nincludedir=${{prefix}}\n\n\
+         Name: {name}\n\
+         Description: {}\n\
+         Version: {}\n\
+         Cflags: -I${{includedir}}\n\
+         Libs: -L${{libdir}} -l{name} -lm\n",
+        env!("CARGO_PKG_VERSION"),
+        clean(format!(
+            "kiln model {name}: inputs {}; outputs {}; include {name}.h, call {name}_model()",
+            list(&g.inputs),
+            list(&g.outputs)
+        )),
+        env!("CARGO_PKG_VERSION"),
+    )
 }
 
 /// Emit an artefact for `g` to `out`. Every file is written atomically.
@@ -304,6 +362,7 @@ pub fn emit(
             ));
         }
         Emit::Ir => return Ok(link::write_atomic(out, kiln_ir::text::print(g).as_bytes())?),
+        Emit::Pc => return Ok(link::write_atomic(out, pkg_config(g, name).as_bytes())?),
         Emit::Header => {
             let plan = kiln_target_cpu::plan_for(g, target.wide, target.conv_schedule);
             let h = kiln_target_cpu::generate_header(
@@ -317,6 +376,10 @@ pub fn emit(
         _ => {}
     }
     let export_default = matches!(emit, Emit::So | Emit::Exe);
+    if export_default {
+        // a missing cross toolchain is reported before code generation
+        link::c_compiler(target.triple.as_deref())?;
+    }
     let opts = target.cpu_options(name, export_default);
     let (objs, _info) = kiln_target_cpu::compile_object(g, &opts)?;
     if emit == Emit::Obj && objs.kernels.is_none() {
@@ -342,16 +405,22 @@ pub fn emit(
     }
     if r.is_ok() {
         let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
+        if let Some(p) = &target.progress {
+            (p.0)("link", 0, 1);
+        }
         r = match emit {
-            Emit::So => link::link_shared(&refs, out),
-            Emit::Staticlib => link::link_static(&refs, out),
-            Emit::Exe => link::link_exe(&refs, out),
+            Emit::So => link::link_shared(&refs, out, target.triple.as_deref()),
+            Emit::Staticlib => link::link_static(&refs, out, target.triple.as_deref()),
+            Emit::Exe => link::link_exe(&refs, out, target.triple.as_deref()),
             Emit::Obj => link::link_relocatable(&refs, out, target.triple.as_deref()),
             _ => unreachable!(),
         }
         .map_err(Error::from);
     }
     let _ = std::fs::remove_dir_all(&dir);
+    if let (Ok(()), Some(p)) = (&r, &target.progress) {
+        (p.0)("link", 1, 1);
+    }
     r
 }
 

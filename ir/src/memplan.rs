@@ -383,6 +383,77 @@ pub fn place(bufs: &[Buf]) -> (Vec<usize>, usize) {
 /// producer where [`may_overwrite_input`] allows it (same offset). Graph inputs, outputs and
 /// constants keep their own storage, views share their input's, and every graph output is
 /// either computed in place or copied.
+/// What a workspace buffer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum What {
+    /// A tensor that owns its storage (with the tensors written in place over it).
+    Value(ValueId),
+    /// A node's kernel scratch, live while that node runs.
+    Scratch(NodeId),
+}
+
+/// One workspace buffer of a plan: where it lives and when (positions in schedule order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Buffer {
+    pub offset: usize,
+    pub size: usize,
+    /// Position of the node that writes it first / reads it last.
+    pub first: usize,
+    pub last: usize,
+    pub what: What,
+}
+
+/// The workspace buffers of `plan` with their lifetimes (what [`check`] verifies and
+/// `kiln inspect --html` draws).
+pub fn buffers(g: &Graph, plan: &MemPlan) -> Result<Vec<Buffer>, String> {
+    let root = roots(g);
+    let order: Vec<NodeId> = g.iter_nodes().map(|(id, _)| id).collect();
+    let last_use = last_uses(g, &order, &root);
+    buffers_of(g, plan, &order, &root, &last_use)
+}
+
+fn buffers_of(
+    g: &Graph,
+    plan: &MemPlan,
+    order: &[NodeId],
+    root: &[ValueId],
+    last_use: &[Option<usize>],
+) -> Result<Vec<Buffer>, String> {
+    let mut items = Vec::new();
+    for (pos, &nid) in order.iter().enumerate() {
+        let n = g.node(nid);
+        for &o in &n.outputs {
+            if root[o.index()] != o {
+                continue;
+            }
+            match plan.storage[o.index()] {
+                Some(Storage::Workspace(off)) => {
+                    let end = last_use[o.index()].unwrap_or(pos).max(pos);
+                    items.push(Buffer {
+                        offset: off,
+                        size: g.ty(o).size_bytes(),
+                        first: pos,
+                        last: end,
+                        what: What::Value(o),
+                    });
+                }
+                Some(_) => {}
+                None => return Err(format!("'{}' has no storage", g.value(o).name)),
+            }
+        }
+        if let Some(off) = plan.scratch[nid.index()] {
+            items.push(Buffer {
+                offset: off,
+                size: plan.scratch_bytes[nid.index()],
+                first: pos,
+                last: pos,
+                what: What::Scratch(nid),
+            });
+        }
+    }
+    Ok(items)
+}
+
 pub fn check(g: &Graph, plan: &MemPlan) -> Result<(), String> {
     let root = roots(g);
     let order: Vec<NodeId> = g.iter_nodes().map(|(id, _)| id).collect();
@@ -465,31 +536,11 @@ pub fn check(g: &Graph, plan: &MemPlan) -> Result<(), String> {
     }
 
     // (offset, size, first pos, last pos, what): workspace roots and scratch buffers
-    enum What {
-        Value(ValueId),
-        Scratch(NodeId),
-    }
-    let mut items: Vec<(usize, usize, usize, usize, What)> = Vec::new();
-    for (pos, &nid) in order.iter().enumerate() {
-        let n = g.node(nid);
-        for &o in &n.outputs {
-            if root[o.index()] != o {
-                continue;
-            }
-            match plan.storage[o.index()] {
-                Some(Storage::Workspace(off)) => {
-                    let end = last_use[o.index()].unwrap_or(pos).max(pos);
-                    items.push((off, g.ty(o).size_bytes(), pos, end, What::Value(o)));
-                }
-                Some(_) => {}
-                None => return Err(format!("'{}' has no storage", name(o))),
-            }
-        }
-        if let Some(off) = plan.scratch[nid.index()] {
-            let size = plan.scratch_bytes[nid.index()];
-            items.push((off, size, pos, pos, What::Scratch(nid)));
-        }
-    }
+    let items: Vec<(usize, usize, usize, usize, What)> =
+        buffers_of(g, plan, &order, &root, &last_use)?
+            .into_iter()
+            .map(|b| (b.offset, b.size, b.first, b.last, b.what))
+            .collect();
     let what = |w: &What| match w {
         What::Value(v) => format!("'{}'", name(*v)),
         What::Scratch(n) => format!("the scratch of node '{}'", g.node(*n).name),
