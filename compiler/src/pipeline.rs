@@ -293,11 +293,9 @@ pub fn emit(
     }
     // link steps read the objects from a private temp directory (the names become archive
     // member names: `<name>.o`, `<name>_kernels.o`)
-    let dir = std::env::temp_dir().join(format!("kiln-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|err| Error::Io {
-        path: dir.clone(),
-        err,
-    })?;
+    let base = std::env::temp_dir().join(format!("kiln-{name}"));
+    let dir = kiln_runtime::atomic::temp_dir_beside(&base)
+        .map_err(|err| Error::Io { path: base, err })?;
     let mut paths = Vec::new();
     let mut r = Ok(());
     for (what, bytes) in [("", Some(&objs.main)), ("_kernels", objs.kernels.as_ref())] {

@@ -32,6 +32,11 @@ extern "C" {
 #define KILN_ERR_ARITY 3 /* wrong number of inputs/outputs (checked helper) */
 #define KILN_ERR_SIZE 4  /* wrong buffer size (checked helper) */
 #define KILN_ERR_ABI 5   /* descriptor has an unsupported abi_version */
+/* Run-time errors of the model's own computation. The run stops at the failing
+ * kernel before any access outside a tensor; outputs are then unspecified. */
+#define KILN_ERR_INDEX 6  /* an index input is out of range (Gather, GatherElements,
+                             GatherND, ScatterElements, ScatterND) */
+#define KILN_ERR_DIVIDE 7 /* integer Div/Mod by zero, or signed MIN / -1 */
 
 /* Element type codes (ONNX TensorProto numbering). */
 #define KILN_DTYPE_F32 1
@@ -80,8 +85,8 @@ typedef struct kiln_model {
   const kiln_tensor_info *outputs;
   uint64_t workspace_size;  /* bytes of scratch memory run needs (may be 0) */
   uint32_t workspace_align; /* required alignment of the workspace */
-  /* Returns KILN_OK or KILN_ERR_*. `workspace` may be NULL when
-   * workspace_size is 0. Buffers must not overlap. */
+  /* Returns KILN_OK or KILN_ERR_* (NULL, ALIGN, INDEX, DIVIDE). `workspace`
+   * may be NULL when workspace_size is 0. Buffers must not overlap. */
   int32_t (*run)(const void *const *inputs, void *const *outputs,
                  void *workspace);
   /* As run, with convolutions and matrix products split over `pool`'s
@@ -97,9 +102,9 @@ _Static_assert(sizeof(kiln_model) == 80, "kiln_model layout");
 _Static_assert(sizeof(kiln_pool) == 24, "kiln_pool layout");
 #endif
 
-/* Calls m->run_pool (pool may be NULL) after validating the ABI version, the
- * number of buffers, their sizes in bytes, null pointers and the workspace
- * alignment. */
+/* Calls m->run_pool (pool may be NULL, but a pool's parallel_for may not)
+ * after validating the ABI version, the number of buffers, their sizes in
+ * bytes, null pointers and the workspace alignment. */
 static inline int32_t kiln_run_pool_checked(const kiln_model *m, uint32_t n_in,
                                        const void *const *in,
                                        const uint64_t *in_bytes,
@@ -109,6 +114,7 @@ static inline int32_t kiln_run_pool_checked(const kiln_model *m, uint32_t n_in,
                                        const kiln_pool *pool) {
   uint32_t i;
   if (m == NULL || m->run == NULL || m->run_pool == NULL) return KILN_ERR_NULL;
+  if (pool != NULL && pool->parallel_for == NULL) return KILN_ERR_NULL;
   if (m->abi_version != KILN_ABI_VERSION) return KILN_ERR_ABI;
   if (n_in != m->n_inputs || n_out != m->n_outputs) return KILN_ERR_ARITY;
   if ((n_in > 0 && (in == NULL || in_bytes == NULL || m->inputs == NULL)) ||

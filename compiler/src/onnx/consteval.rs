@@ -256,6 +256,20 @@ pub fn binary(op: BinOp, a: &CT, b: &CT) -> Result<CT, String> {
                         if q == 0 {
                             return Err("integer division by zero".into());
                         }
+                        // the quotient of MIN / -1 does not fit the element type
+                        let min = match a.dtype {
+                            DType::I8 => i8::MIN as i64,
+                            DType::I16 => i16::MIN as i64,
+                            DType::I32 => i32::MIN as i64,
+                            DType::I64 => i64::MIN,
+                            _ => 0,
+                        };
+                        if q == -1 && p == min && min != 0 {
+                            return Err(format!(
+                                "integer division overflows ({p} / -1 in {})",
+                                a.dtype
+                            ));
+                        }
                         p.wrapping_div(q)
                     }
                     BinOp::Pow => {

@@ -794,11 +794,19 @@ int main(int argc, char **argv) {
     free(times);
   }
   if (status != 0) {
-    static const char *const names[] = {"ok", "null pointer",
-                                        "misaligned workspace"};
+    /* KILN_ERR_* of kiln.h */
+    static const char *const names[] = {
+        "ok",
+        "null pointer",
+        "misaligned workspace",
+        "wrong number of buffers",
+        "wrong buffer size",
+        "unsupported ABI version",
+        "index out of range",
+        "integer division by zero or overflow"};
     fprintf(stderr, "%s: model '%s' failed with status %d (%s)\n", prog,
             m->name, status,
-            status > 0 && status < 3 ? names[status] : "error");
+            status > 0 && status < 8 ? names[status] : "error");
     return EXIT_RUN;
   }
 
