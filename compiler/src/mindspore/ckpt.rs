@@ -259,6 +259,9 @@ pub fn read_bytes(
         file: file.to_string(),
         msg,
     };
+    if bytes.is_empty() {
+        return Err(err("empty file: not a checkpoint".into()));
+    }
     if is_safetensors(&bytes) {
         return read_safetensors(bytes, file);
     }

@@ -534,4 +534,30 @@ mod tests {
         let m = binary(BinOp::Mul, &s, &CT::i64s(vec![], vec![2])).unwrap();
         assert_eq!(m.as_i64(), vec![2, 6, 448, 448]);
     }
+
+    #[test]
+    fn integer_division_errors() {
+        let div = |dt: DType, a: i64, b: i64| {
+            let t = |v: i64| CT {
+                dtype: dt,
+                shape: vec![1],
+                v: Vals::I(vec![v]),
+            };
+            binary(BinOp::Div, &t(a), &t(b)).map(|r| r.as_i64()[0])
+        };
+        assert!(div(DType::I64, 5, 0).unwrap_err().contains("by zero"));
+        assert!(
+            div(DType::I64, i64::MIN, -1)
+                .unwrap_err()
+                .contains("overflows")
+        );
+        assert!(
+            div(DType::I32, i32::MIN as i64, -1)
+                .unwrap_err()
+                .contains("overflows")
+        );
+        assert!(div(DType::I8, -128, -1).unwrap_err().contains("overflows"));
+        assert_eq!(div(DType::I32, i32::MIN as i64, 1), Ok(i32::MIN as i64));
+        assert_eq!(div(DType::I64, -7, -1), Ok(7));
+    }
 }

@@ -785,6 +785,13 @@ fn generate<M: Module>(
     let prefix = sym(&opts.name);
     let fcfg = module.isa().frontend_config();
     let plan: MemPlan = plan_for(g, opts.wide, opts.conv_schedule);
+    if plan.workspace_size > kiln_ir::limits::MAX_WORKSPACE_BYTES {
+        return Err(CpuError::Codegen(format!(
+            "the model needs a {}-byte workspace, more than the limit of {} bytes (16 TiB)",
+            plan.workspace_size,
+            kiln_ir::limits::MAX_WORKSPACE_BYTES
+        )));
+    }
     let mut fctx = FunctionBuilderContext::new();
     let mut ctx = Context::new();
 
