@@ -68,7 +68,10 @@ typedef void (*kiln_task_fn)(void *arg, int64_t begin, int64_t end);
 /* A thread pool a model may split its parallel kernels over (run_pool).
  * parallel_for(ctx, fn, arg, n) must call fn(arg, b, e) on disjoint ranges
  * covering [0, n) -- from any threads, in any order -- and return when all
- * calls have returned. `threads` is informational (>= 1). */
+ * calls have returned. `threads` is informational (>= 1). A pool shared by
+ * runs on several threads must accept concurrent parallel_for calls (the Rust
+ * runtime's pool runs one job at a time; a caller that finds it busy runs its
+ * own ranges). */
 typedef struct kiln_pool {
   void *ctx;
   int32_t threads;

@@ -2108,3 +2108,138 @@ pub fn cases() -> Vec<Case> {
     v.extend(output_cases());
     v
 }
+
+// ---------------------------------------------------------------------------------------------
+// fuzzing seeds
+
+/// Seeds for the fuzz targets (`fuzz/`): valid small files of each format, and every corpus
+/// case's file of that format. `(target, name, bytes)`.
+pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+    let mut v: Vec<(&'static str, String, Vec<u8>)> = Vec::new();
+    // valid models
+    v.push(("onnx", "conv".into(), enc(conv_graph())));
+    let x4 = || vi("x", F32, &[4]);
+    for (name, bytes) in [
+        (
+            "gather",
+            one_node("Gather", "g", x4(), vec![ti64("i", &[2], &[1, -1])], vec![]),
+        ),
+        (
+            "expand",
+            one_node(
+                "Expand",
+                "e",
+                vi("x", F32, &[1]),
+                vec![ti64("s", &[2], &[2, 3])],
+                vec![],
+            ),
+        ),
+        (
+            "div",
+            one_node(
+                "Div",
+                "d",
+                vi("x", I32, &[2]),
+                vec![ti32("z", &[2], &[3, 2])],
+                vec![],
+            ),
+        ),
+        (
+            "pool",
+            one_node(
+                "MaxPool",
+                "p",
+                vi("x", F32, &[1, 1, 4, 4]),
+                vec![],
+                vec![ais("kernel_shape", &[2, 2])],
+            ),
+        ),
+        (
+            "softmax",
+            one_node("Softmax", "s", x4(), vec![], vec![ai("axis", 0)]),
+        ),
+    ] {
+        v.push(("onnx", name.into(), bytes));
+    }
+    v.push(("kir", "small".into(), KIR_OK.as_bytes().to_vec()));
+    let ok_ckpt = kiln_compiler::mindspore::ckpt::write_protobuf(
+        &[
+            ("conv.weight", "Float32", &[3, 2, 1, 1], &f32b(&[1.0; 6])),
+            ("step", "Int64", &[1], &7i64.to_le_bytes()),
+        ],
+        2,
+        true,
+    );
+    let key = DecryptKey::from_bytes(b"0123456789ABCDEF").unwrap();
+    v.push(("ckpt", "ok".into(), ok_ckpt.clone()));
+    v.push((
+        "ckpt",
+        "gcm".into(),
+        crypto::encrypt(&ok_ckpt, &key, true, [1; 16], 40).unwrap(),
+    ));
+    v.push((
+        "ckpt",
+        "cbc".into(),
+        crypto::encrypt(&ok_ckpt, &key, false, [2; 16], 40).unwrap(),
+    ));
+    // safetensors target: [bytes of data after the header] + header + data
+    let header = r#"{"__metadata__":{"format":"ms"},"a.weight":{"dtype":"F32","shape":[3],"data_offsets":[0,12]},"b":{"dtype":"I64","shape":[],"data_offsets":[12,20]}}"#;
+    let mut st = vec![20u8];
+    st.extend_from_slice(header.as_bytes());
+    st.extend_from_slice(&f32b(&[1.0, 2.0, 3.0]));
+    st.extend_from_slice(&5i64.to_le_bytes());
+    v.push(("safetensors", "ok".into(), st));
+    let ok_mindir = mindir(&[2, 3], mi_param(&[2, 3]), add_node()).encode_to_vec();
+    v.push(("mindir", "add".into(), ok_mindir.clone()));
+    let mut plain = vec![1u8];
+    plain.extend_from_slice(&ok_mindir);
+    v.push(("mindir_encrypted", "plain_gcm".into(), plain.clone()));
+    plain[0] = 3;
+    v.push(("mindir_encrypted", "plain_cbc".into(), plain));
+    let mut framed = vec![0u8];
+    framed.extend(crypto::encrypt(&ok_mindir, &key, true, [3; 16], 64).unwrap());
+    v.push(("mindir_encrypted", "framed_gcm".into(), framed));
+    for (name, descr, shape, data) in [
+        ("f32", "<f4", "(1, 2, 4, 4)", f32b(&[0.5; 32])),
+        (
+            "i64",
+            "<i8",
+            "(2,)",
+            [1i64.to_le_bytes(), 2i64.to_le_bytes()].concat(),
+        ),
+        ("bool", "|b1", "()", vec![1]),
+        ("f16", "<f2", "(0, 3)", vec![]),
+    ] {
+        v.push(("npy", name.into(), npy(descr, shape, &data)));
+    }
+    v.push((
+        "fusion_switch",
+        "ok".into(),
+        br#"{"fuse_conv_activation": "off", "layout_nchwc": "on"}"#.to_vec(),
+    ));
+    // every corpus file, by format
+    for c in cases() {
+        for (path, bytes) in &c.files {
+            let target = match path.rsplit('.').next() {
+                Some("onnx") => "onnx",
+                Some("kir") => "kir",
+                Some("ckpt") => "ckpt",
+                Some("mindir") => "mindir",
+                Some("npy") => "npy",
+                Some("json") => "fusion_switch",
+                Some("safetensors") => {
+                    // as the safetensors target takes it: drop the length prefix
+                    if bytes.len() >= 8 {
+                        let mut s = vec![255u8];
+                        s.extend_from_slice(&bytes[8..]);
+                        v.push(("safetensors", c.name.clone(), s));
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            v.push((target, c.name.clone(), bytes.clone()));
+        }
+    }
+    v
+}

@@ -147,7 +147,7 @@ pub fn decode_tensor(
         };
         if length != nbytes {
             return Err(format!(
-                "external data '{location}' ({length} bytes from offset {offset}) does not match type {ty} ({nbytes} bytes)"
+                "external data '{location}': length {length} (from offset {offset}) does not match type {ty} ({nbytes} bytes)"
             ));
         }
         let data = ConstData::from_owner(owner, offset, length).ok_or_else(|| {
