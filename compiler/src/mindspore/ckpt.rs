@@ -15,8 +15,8 @@ use super::crypto::{self, DecryptKey};
 use super::proto::ckpt as pb;
 use super::{MsError, bytes_data, map_file};
 
-/// Largest tensor rank accepted.
-const MAX_RANK: usize = 32;
+/// Largest tensor rank accepted: the IR's size policy.
+use kiln_ir::limits::MAX_RANK;
 
 /// Element type of a checkpoint entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -28,9 +28,8 @@ use super::{MsError, bytes_data, map_file};
 
 type R<T> = Result<T, String>;
 
-/// Largest tensor accepted (bytes); anything larger is treated as corrupt.
-const MAX_TENSOR_BYTES: usize = 1 << 40;
-const MAX_RANK: usize = 32;
+/// Largest tensor accepted (bytes) and rank: the IR's size policy; anything larger is corrupt.
+use kiln_ir::limits::{MAX_RANK, MAX_TENSOR_BYTES};
 
 /// Options for loading a MindIR model.
 #[derive(Debug, Clone, Default)]

@@ -9,8 +9,8 @@ use kiln_ir::{ConstData, DType, TensorType};
 
 use super::proto::TensorProto;
 
-/// Largest constant accepted (bytes). Anything above is treated as corrupt.
-const MAX_TENSOR_BYTES: usize = 1 << 40;
+/// Largest constant accepted (bytes): the IR's size policy. Anything above is treated as corrupt.
+use kiln_ir::limits::MAX_TENSOR_BYTES;
 
 /// ONNX `TensorProto.DataType` code -> kiln dtype (kiln's ABI codes are ONNX's).
 pub fn dtype_from_onnx(code: i32) -> Result<DType, String> {
