@@ -439,3 +439,44 @@ fn write_fuzz_seeds() {
     }
     eprintln!("wrote {} seeds to {}", seeds.len(), out.display());
 }
+
+/// OneHot is the one index op whose out-of-range indices ONNX defines: an all-`off` row (not
+/// a clamp, not an error), in range negative indices counting from the end.
+#[test]
+fn one_hot_out_of_range_rows_are_off() {
+    let g = kiln_compiler::onnx::load_bytes(
+        &corpus::one_hot_model(),
+        None,
+        "onehot.onnx",
+        &Default::default(),
+    )
+    .unwrap();
+    kiln_ir::verify::verify(&g).unwrap();
+    let jit = kiln_target_cpu::compile_jit(&g, "onehot").unwrap();
+    // SAFETY: the descriptor lives as long as `jit`.
+    let m = unsafe {
+        kiln_runtime::Model::from_raw(jit.descriptor() as *const kiln_runtime::KilnModel)
+    }
+    .unwrap();
+    let idx: Vec<u8> = [1i64, 9, -6, -1, 4, -4]
+        .chunks(3)
+        .flat_map(|c| c.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>())
+        .collect();
+    let want: [[f32; 12]; 2] = [
+        // 1 -> row 1; 9 and -6 are outside [-4, 4): off
+        [0., 1., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0.],
+        // -1 -> row 3; 4 is outside; -4 -> row 0
+        [0., 0., 0., 1., 0., 0., 0., 0., 1., 0., 0., 0.],
+    ];
+    for (k, chunk) in idx.chunks(24).enumerate() {
+        let mut ws = m.workspace().unwrap();
+        let mut outs = m.output_buffers().unwrap();
+        let mut refs: Vec<&mut [u8]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+        m.run(&[chunk], &mut refs, &mut ws).unwrap();
+        let got: Vec<f32> = outs[0]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(got, want[k], "case {k}");
+    }
+}

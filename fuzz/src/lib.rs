@@ -1,6 +1,7 @@
-//! What the fuzz targets share: after a front end accepts an input, the graph must verify and
-//! compile (Cranelift kernels, no optimization) without a panic, for graphs up to
-//! [`MAX_NODES`] nodes (bigger ones only cost time per execution).
+//! What the fuzz targets share: after a front end accepts an input, the graph is verified (as
+//! `pipeline::load` does) and, when the verifier accepts it, compiled (Cranelift kernels, no
+//! optimization) — all without a panic — for graphs up to [`MAX_NODES`] nodes (bigger ones
+//! only cost time per execution).
 
 use kiln_ir::Graph;
 
@@ -9,9 +10,10 @@ pub const MAX_NODES: usize = 64;
 
 /// Verify `g` and, when it is small, generate its code (an object file in memory).
 pub fn compile_small(g: &Graph) {
+    // the pipeline verifies what a front end returns (a constant index out of range, say, is
+    // found there): a rejected graph is a clean error
     if kiln_ir::verify::verify(g).is_err() {
-        // a front end must hand over verified graphs or an error: this one did neither
-        panic!("a front end returned a graph the verifier rejects");
+        return;
     }
     if g.iter_nodes().count() > MAX_NODES {
         return;

@@ -2243,3 +2243,14 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     }
     v
 }
+
+/// `y = OneHot(i, depth 4, [off, on] = [0, 1])` on i64 indices `i[3]` (a graph input): ONNX
+/// defines an index outside `[-depth, depth)` to give an all-`off` row.
+pub fn one_hot_model() -> Vec<u8> {
+    enc(graph(
+        vec![node("OneHot", "oh", &["i", "depth", "v"], &["y"], vec![])],
+        vec![vi("i", I64, &[3])],
+        vec![out("y")],
+        vec![ti64("depth", &[], &[4]), tf32("v", &[2], &[0.0, 1.0])],
+    ))
+}

@@ -2321,6 +2321,11 @@ fn slice(kb: &mut Kb, a: &SliceAttrs, x: &TensorType) {
     kb.for_nd(&a.sizes.clone(), &mut |kb, idx| {
         let mut xo = kb.ic(base as i64);
         for d in 0..idx.len() {
+            // a dim of one element reads only its start, whatever the step (a file may give
+            // i64::MAX); otherwise |step| * (size - 1) < dim, so the product fits
+            if a.sizes[d] <= 1 {
+                continue;
+            }
             let step = a.steps[d] * xs[d] as i64;
             let t = kb.b.ins().imul_imm_s(idx[d], step);
             xo = kb.b.ins().iadd(xo, t);

@@ -304,3 +304,20 @@ fn absurd_strides_and_pads_compile_quickly() {
     }
     assert_eq!(ran, n);
 }
+
+/// A slice of one element along a dim reads only its start, whatever the step: a step of
+/// i64::MAX made the kernel generator overflow (found by the `onnx` fuzz target).
+#[test]
+fn slice_with_huge_steps() {
+    use kiln_ir::ops::SliceAttrs;
+    let x = Tensor::f32([4, 6], (0..24).map(|v| v as f32).collect());
+    for steps in [[i64::MAX, 1], [i64::MIN + 1, i64::MAX], [1, -i64::MAX]] {
+        let op = Op::Slice(SliceAttrs {
+            starts: vec![3, 2],
+            steps: steps.to_vec(),
+            sizes: vec![1, if steps[1] == 1 { 3 } else { 1 }],
+        });
+        let g = graph(op, &[x.ty()]);
+        matches_interp(&g, std::slice::from_ref(&x));
+    }
+}
