@@ -7,8 +7,10 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={p}");
     }
+    // ONNX: tensor bytes are `bytes::Bytes`, windows into the memory-mapped model file.
     let fds = protox::compile(["onnx.proto"], ["proto"]).expect("compile proto/onnx.proto");
     prost_build::Config::new()
+        .bytes([".onnx.TensorProto.raw_data"])
         .compile_fds(fds)
         .expect("generate onnx.rs from proto/onnx.proto");
     // MindSpore messages: `bytes` fields become `bytes::Bytes`, so decoding from a memory map

@@ -9,7 +9,8 @@ VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
 PYTHON3="${PYTHON3:-python3}"
 
-PKGS=(onnx==1.22.0 onnxruntime==1.32.0 numpy==2.4.6)
+# sympy: onnxruntime.transformers' optimizer (shape inference), used to make contrib-op test models
+PKGS=(onnx==1.22.0 onnxruntime==1.32.0 numpy==2.4.6 sympy==1.14.0)
 
 if [ ! -x "$PY" ]; then
     "$PYTHON3" -m venv "$VENV"

@@ -600,5 +600,18 @@ pub fn ops_markdown(suites: &[(String, Vec<CaseResult>)]) -> String {
             ));
         }
     }
+    s.push_str(&contrib_markdown());
+    s
+}
+
+/// The `com.microsoft` contrib ops kiln imports and the standard ops each becomes (checked
+/// against ONNX Runtime by `compiler/tests/contrib.rs`, not by the ONNX suites).
+fn contrib_markdown() -> String {
+    let mut s = String::from(
+        "\n## com.microsoft contrib ops\n\nImported by expansion into the standard ops below; each is checked against ONNX Runtime\n(`compiler/tests/contrib.rs`), not by the ONNX backend suites.\n\n| op | becomes |\n|---|---|\n",
+    );
+    for (op, what) in crate::onnx::contrib_expansions() {
+        s.push_str(&format!("| {op} | {what} |\n"));
+    }
     s
 }

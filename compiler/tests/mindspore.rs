@@ -57,6 +57,7 @@ fn load_mindir(p: &Path, key: Option<DecryptKey>) -> Result<Graph, MsError> {
         &MindirOptions {
             input_shapes: vec![],
             key,
+            ..Default::default()
         },
     )
 }
@@ -362,6 +363,7 @@ fn hostile_bytes_never_panic() {
                 &MindirOptions {
                     input_shapes: vec![],
                     key: Some(key.clone()),
+                    ..Default::default()
                 },
             ) {
                 kiln_ir::verify::verify(&g).unwrap();
@@ -751,6 +753,7 @@ fn mindir_encrypted_cbc_and_dynamic_input() {
     let opts = |shapes: Vec<(String, Vec<usize>)>, key: Option<DecryptKey>| MindirOptions {
         input_shapes: shapes,
         key,
+        ..Default::default()
     };
     let load =
         |o: MindirOptions| mindir::load_bytes(Bytes::from(enc.clone()), None, "e.mindir", &o);

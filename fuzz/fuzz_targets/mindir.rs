@@ -1,15 +1,6 @@
 //! MindIR import (+ verify + compile at -O0): any bytes as a plain `.mindir` file.
+//! The body is `kiln_fuzz::mindir` (fuzz/src/lib.rs), which the smoke test also runs.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let opts = kiln_compiler::mindspore::mindir::MindirOptions::default();
-    if let Ok(g) = kiln_compiler::mindspore::mindir::load_bytes(
-        bytes::Bytes::copy_from_slice(data),
-        None,
-        "fuzz.mindir",
-        &opts,
-    ) {
-        kiln_fuzz::compile_small(&g);
-    }
-});
+fuzz_target!(|data: &[u8]| kiln_fuzz::mindir(data));

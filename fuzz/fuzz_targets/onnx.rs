@@ -1,10 +1,6 @@
 //! ONNX import (+ verify + compile at -O0): any bytes as a `.onnx` file.
+//! The body is `kiln_fuzz::onnx` (fuzz/src/lib.rs), which the smoke test also runs.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let opts = kiln_compiler::onnx::OnnxOptions::default();
-    if let Ok(g) = kiln_compiler::onnx::load_bytes(data, None, "fuzz.onnx", &opts) {
-        kiln_fuzz::compile_small(&g);
-    }
-});
+fuzz_target!(|data: &[u8]| kiln_fuzz::onnx(data));

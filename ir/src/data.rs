@@ -25,6 +25,12 @@ pub struct ConstData {
     len: usize,
 }
 
+impl AsRef<[u8]> for ConstData {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
 impl ConstData {
     /// Wrap owned bytes.
     pub fn from_vec(v: Vec<u8>) -> Self {

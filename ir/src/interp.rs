@@ -253,7 +253,7 @@ impl Tensor {
     }
 
     /// Float elements widened to f64 (f32 or f64 tensors only).
-    fn floats(&self) -> Result<Vec<f64>, String> {
+    pub fn floats(&self) -> Result<Vec<f64>, String> {
         match &self.data {
             TensorData::F32(v) => Ok(v.iter().map(|&x| x as f64).collect()),
             TensorData::F64(v) => Ok(v.clone()),
@@ -1764,6 +1764,25 @@ pub fn nearest_sources(a: &ResizeAttrs, d: usize, in_len: usize) -> Vec<usize> {
         .collect()
 }
 
+/// A linear-mode Resize's taps along dim `d` (input length `in_len`, at least 1): for each
+/// output index, (lower source index, upper source index, upper weight); the output is the
+/// product over dims of these 1-D interpolations.
+pub fn linear_taps(a: &ResizeAttrs, d: usize, in_len: usize) -> Vec<(usize, usize, f64)> {
+    let out_len = a.out_shape[d];
+    (0..out_len)
+        .map(|o| {
+            if a.scales[d] == 1.0 && in_len == out_len {
+                return (o, o, 0.0);
+            }
+            let c = resize_coord(a.coord, o, a.scales[d], in_len, out_len)
+                .clamp(0.0, (in_len - 1) as f32);
+            let i0 = (c.floor() as usize).min(in_len - 1);
+            let i1 = (i0 + 1).min(in_len - 1);
+            (i0, i1, (c - i0 as f32) as f64)
+        })
+        .collect()
+}
+
 fn resize(a: &ResizeAttrs, xt: &Tensor, out_shape: Vec<usize>) -> Result<Tensor, String> {
     let r = xt.shape.len();
     let n: usize = out_shape.iter().product();
@@ -1789,24 +1808,8 @@ fn resize(a: &ResizeAttrs, xt: &Tensor, out_shape: Vec<usize>) -> Result<Tensor,
         }
         ResizeMode::Linear => {
             let x = xt.floats()?;
-            // Per dim, per output index: (lower index, upper index, upper weight).
-            let taps: Vec<Vec<(usize, usize, f64)>> = (0..r)
-                .map(|d| {
-                    let il = xt.shape[d];
-                    (0..out_shape[d])
-                        .map(|o| {
-                            if a.scales[d] == 1.0 && il == out_shape[d] {
-                                return (o, o, 0.0);
-                            }
-                            let c = resize_coord(a.coord, o, a.scales[d], il, out_shape[d])
-                                .clamp(0.0, (il - 1) as f32);
-                            let i0 = (c.floor() as usize).min(il - 1);
-                            let i1 = (i0 + 1).min(il - 1);
-                            (i0, i1, (c - i0 as f32) as f64)
-                        })
-                        .collect()
-                })
-                .collect();
+            let taps: Vec<Vec<(usize, usize, f64)>> =
+                (0..r).map(|d| linear_taps(a, d, xt.shape[d])).collect();
             let mut out = Vec::with_capacity(n);
             for i in 0..n {
                 unravel(i, &out_shape, &mut idx);

@@ -8,6 +8,8 @@
 //! * [`ThreadPool`]: optional worker threads for [`Model::run_pool`] (`kiln_pool` in C).
 //! * [`npy`]: a small, defensive `.npy` reader/writer.
 //! * [`atomic`]: the one atomic file writer (kiln's outputs, `.npy` files).
+//! * [`Profile`]: per-node times of profiled runs ([`Model::run_profiled`], ABI v3), as a
+//!   sorted table or a Chrome trace.
 
 mod abi;
 pub mod atomic;
@@ -15,12 +17,14 @@ mod error;
 mod model;
 pub mod npy;
 mod pool;
+pub mod profile;
 mod workspace;
 
 pub use abi::*;
 pub use error::{Error, status_str};
 pub use model::{Model, TensorInfo};
 pub use pool::{KilnPool, KilnTaskFn, ThreadPool};
+pub use profile::{NodeInfo, NodeStat, Profile};
 pub use workspace::{Workspace, Zeroed, zeroed_vec};
 
 /// The C header (`kiln.h`) describing the ABI, for tools that emit it next to artefacts.

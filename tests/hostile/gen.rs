@@ -1,6 +1,6 @@
 //! The hostile-input corpus: malformed, truncated, overflowing, escaping and misused inputs
-//! for every format kiln reads (ONNX, MindSpore ckpt and safetensors, MindIR, `.npy`, the
-//! `.kir` text IR, the fusion-switch JSON) and for its output paths. Every case is generated
+//! for every format kiln reads (ONNX, MindSpore ckpt and safetensors, MindIR, Ascend AIR and
+//! OM, `.npy`, the `.kir` text IR, the fusion-switch JSON) and for its output paths. Every case is generated
 //! here from a few valid models (no binary blobs are committed); `compiler/tests/hostile.rs`
 //! runs each with the `kiln` binary and asserts a clean failure (see README.md).
 
@@ -352,7 +352,7 @@ fn onnx_cases() -> Vec<Case> {
     g.initializer[1].dims = vec![1 << 40, 1 << 40];
     v.push(build("onnx_init_dims_overflow", m, enc(g), &["'b'"]));
     let mut g = conv_graph();
-    g.initializer[0].raw_data = Some(vec![0u8; 10]);
+    g.initializer[0].raw_data = Some(vec![0u8; 10].into());
     v.push(build("onnx_init_short_raw", m, enc(g), &["'w'"]));
     let mut g = conv_graph();
     g.initializer[1].data_type = Some(99);
@@ -2096,6 +2096,518 @@ fn output_cases() -> Vec<Case> {
     ]
 }
 
+// ---------------------------------------------------------------------------------------------
+// Ascend AIR (a GraphEngine ModelDef) and OM (the offline-model container around one)
+
+use ge::attr_def::Value as GeAv;
+use kiln_compiler::air::proto as ge;
+
+/// The conv + relu model as kiln loads it.
+fn conv_ir() -> kiln_ir::Graph {
+    kiln_compiler::onnx::load_bytes(&enc(conv_graph()), None, "m.onnx", &Default::default())
+        .unwrap()
+}
+
+/// The conv + relu model as an AIR ModelDef (kiln's writer, as MindSpore's exporter writes).
+pub fn air_model() -> ge::ModelDef {
+    kiln_compiler::air::export::export(&conv_ir()).unwrap()
+}
+
+fn ge_ints(v: &[i64]) -> ge::AttrDef {
+    ge::AttrDef {
+        value: Some(GeAv::List(ge::attr_def::ListValue {
+            i: v.to_vec(),
+            val_type: 2,
+            ..Default::default()
+        })),
+    }
+}
+
+/// The index of the first op of type `t` in the main graph.
+fn ge_op(m: &ge::ModelDef, t: &str) -> usize {
+    m.graph[0].op.iter().position(|o| o.r#type == t).unwrap()
+}
+
+/// The first constant's tensor (`Const` op with inline data).
+fn ge_const(m: &mut ge::ModelDef) -> (&mut ge::OpDef, usize) {
+    let k = m.graph[0]
+        .op
+        .iter()
+        .position(|o| o.r#type == "Const" || o.r#type == "Constant")
+        .unwrap();
+    (&mut m.graph[0].op[k], k)
+}
+
+fn air_mutated(f: impl FnOnce(&mut ge::ModelDef)) -> Vec<u8> {
+    let mut m = air_model();
+    f(&mut m);
+    m.encode_to_vec()
+}
+
+/// `len` 1 + a chain of sub-graphs: the main graph calls `g0` twice (on x, then on the first
+/// call's result), `gk` calls `gk+1` twice, `depth` levels: inlining would give 2^depth ops.
+fn air_call_bomb(depth: usize) -> Vec<u8> {
+    let mut m = air_model();
+    let main = &mut m.graph[0];
+    let relu = main.op.iter().position(|o| o.r#type == "Relu").unwrap();
+    let data = main.op.iter().position(|o| o.r#type == "Data").unwrap();
+    let data_name = main.op[data].name.clone();
+    let desc = main.op[data]
+        .output_desc
+        .first()
+        .cloned()
+        .unwrap_or_default();
+    // the relu reads a call chain instead of the conv
+    let call = |name: &str, input: &str, sub: &str| ge::OpDef {
+        name: name.into(),
+        r#type: "PartitionedCall".into(),
+        input: vec![input.into()],
+        input_desc: vec![desc.clone()],
+        output_desc: vec![desc.clone()],
+        subgraph_name: vec![sub.into()],
+        ..Default::default()
+    };
+    main.op
+        .push(call("call_a", &format!("{data_name}:0"), "g0"));
+    main.op.push(call("call_b", "call_a:0", "g0"));
+    main.op[relu].input[0] = "call_b:0".into();
+    // (the conv now feeds nothing; the relu's shape is the input's, [1, 2, 4, 4] -> the net
+    // output type changes, which the importer only sees after inlining)
+    for k in 0..depth {
+        let sub = if k + 1 < depth {
+            format!("g{}", k + 1)
+        } else {
+            String::new()
+        };
+        let d = ge::OpDef {
+            name: "x".into(),
+            r#type: "Data".into(),
+            attr: [(
+                "index".to_string(),
+                ge::AttrDef {
+                    value: Some(GeAv::I(0)),
+                },
+            )]
+            .into(),
+            output_desc: vec![desc.clone()],
+            ..Default::default()
+        };
+        let mut ops = vec![d];
+        if sub.is_empty() {
+            ops.push(ge::OpDef {
+                name: "r".into(),
+                r#type: "Relu".into(),
+                input: vec!["x:0".into()],
+                input_desc: vec![desc.clone()],
+                output_desc: vec![desc.clone()],
+                ..Default::default()
+            });
+        } else {
+            ops.push(call("a", "x:0", &sub));
+            ops.push(call("r", "a:0", &sub));
+        }
+        ops.push(ge::OpDef {
+            name: "out".into(),
+            r#type: "NetOutput".into(),
+            input: vec!["r:0".into()],
+            input_desc: vec![desc.clone()],
+            ..Default::default()
+        });
+        m.graph.push(ge::GraphDef {
+            name: format!("g{k}"),
+            op: ops,
+            ..Default::default()
+        });
+    }
+    m.encode_to_vec()
+}
+
+fn air_cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    let f = "model.air";
+    let ok = air_model().encode_to_vec();
+    v.push(build("air_empty", f, vec![], &[]));
+    v.push(build("air_noise", f, noise(21, 3000), &[]));
+    v.push(build(
+        "air_truncated_half",
+        f,
+        ok[..ok.len() / 2].to_vec(),
+        &[],
+    ));
+    v.push(build(
+        "air_no_graph",
+        f,
+        ge::ModelDef {
+            name: "m".into(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        &["no graph"],
+    ));
+    v.push(build(
+        "air_dangling_edge",
+        f,
+        air_mutated(|m| {
+            let c = ge_op(m, "Conv2D");
+            m.graph[0].op[c].input[1] = "nope:0".into();
+        }),
+        &["nope"],
+    ));
+    v.push(build(
+        "air_hostile_name_dangling",
+        f,
+        air_mutated(|m| {
+            let c = ge_op(m, "Conv2D");
+            m.graph[0].op[c].input[1] = "a'\"*/../b:0".into();
+        }),
+        &["a'\"*/../b"],
+    ));
+    v.push(build(
+        "air_output_index",
+        f,
+        air_mutated(|m| {
+            let c = ge_op(m, "Conv2D");
+            let r = ge_op(m, "Relu");
+            let conv = m.graph[0].op[c].name.clone();
+            m.graph[0].op[r].input[0] = format!("{conv}:7");
+        }),
+        &["no output 7"],
+    ));
+    v.push(build(
+        "air_cycle",
+        f,
+        air_mutated(|m| {
+            let c = ge_op(m, "Conv2D");
+            let r = ge_op(m, "Relu");
+            let relu = m.graph[0].op[r].name.clone();
+            m.graph[0].op[c].input[0] = format!("{relu}:0");
+        }),
+        &["cycle"],
+    ));
+    v.push(build(
+        "air_self_call",
+        f,
+        air_mutated(|m| {
+            let r = ge_op(m, "Relu");
+            let g = m.graph[0].name.clone();
+            let op = &mut m.graph[0].op[r];
+            op.r#type = "PartitionedCall".into();
+            op.subgraph_name = vec![g];
+        }),
+        &["calls itself"],
+    ));
+    v.push(build(
+        "air_call_bomb",
+        f,
+        air_call_bomb(40),
+        &["inline more than"],
+    ));
+    v.push(build(
+        "air_dtype_99",
+        f,
+        air_mutated(|m| {
+            let (op, _) = ge_const(m);
+            if let Some(GeAv::T(t)) = op.attr.get_mut("value").and_then(|a| a.value.as_mut()) {
+                t.desc.as_mut().unwrap().dtype = 99;
+            }
+        }),
+        &["99"],
+    ));
+    for (name, dims) in [
+        ("air_const_dims_overflow", vec![1i64 << 40, 1 << 40]),
+        ("air_const_negative_dim", vec![3, -2, 3, 3]),
+        ("air_const_short_data", vec![64, 64, 3, 3]),
+        ("air_const_rank_40", vec![1; 40]),
+    ] {
+        v.push(build(
+            name,
+            f,
+            air_mutated(|m| {
+                let (op, _) = ge_const(m);
+                if let Some(GeAv::T(t)) = op.attr.get_mut("value").and_then(|a| a.value.as_mut()) {
+                    t.desc.as_mut().unwrap().shape = Some(ge::ShapeDef { dim: dims.clone() });
+                }
+                for d in &mut op.output_desc {
+                    d.shape = Some(ge::ShapeDef { dim: dims.clone() });
+                }
+            }),
+            &[],
+        ));
+    }
+    for (name, dims) in [
+        ("air_data_negative_dim", vec![1i64, -7, 4, 4]),
+        ("air_data_dims_overflow", vec![1 << 62, 1 << 62, 4, 4]),
+        ("air_data_rank_40", vec![1; 40]),
+    ] {
+        v.push(build(
+            name,
+            f,
+            air_mutated(|m| {
+                let d = ge_op(m, "Data");
+                let op = &mut m.graph[0].op[d];
+                for t in op.input_desc.iter_mut().chain(op.output_desc.iter_mut()) {
+                    t.shape = Some(ge::ShapeDef { dim: dims.clone() });
+                }
+            }),
+            &[],
+        ));
+    }
+    for (name, pads) in [
+        ("air_conv_pads_2_31", vec![1i64 << 31; 4]),
+        ("air_conv_pads_i64_max", vec![i64::MAX; 4]),
+        ("air_conv_pads_negative", vec![-9; 4]),
+    ] {
+        v.push(build(
+            name,
+            f,
+            air_mutated(|m| {
+                let c = ge_op(m, "Conv2D");
+                let op = &mut m.graph[0].op[c];
+                op.attr.insert("pads".into(), ge_ints(&pads));
+                op.attr.insert(
+                    "padding".into(),
+                    ge::AttrDef {
+                        value: Some(GeAv::S("CALCULATED".into())),
+                    },
+                );
+            }),
+            &[],
+        ));
+    }
+    v.push(build(
+        "air_conv_strides_zero",
+        f,
+        air_mutated(|m| {
+            let c = ge_op(m, "Conv2D");
+            m.graph[0].op[c]
+                .attr
+                .insert("strides".into(), ge_ints(&[1, 1, 0, 0]));
+        }),
+        &[],
+    ));
+    v.push(build(
+        "air_unsupported_op",
+        f,
+        air_mutated(|m| {
+            let c = ge_op(m, "Conv2D");
+            m.graph[0].op[c].r#type = "Conv2DFancy".into();
+        }),
+        &["Conv2DFancy"],
+    ));
+    // external weights: missing, escaping, absolute, too short
+    for (name, loc, extra) in [
+        ("air_external_missing", "w/missing.bin", None),
+        ("air_external_escaping", "../outside.bin", None),
+        ("air_external_absolute", "/etc/passwd", None),
+        ("air_external_short", "w.bin", Some(vec![0u8; 10])),
+    ] {
+        let mut c = build(
+            name,
+            f,
+            air_mutated(|m| {
+                let (op, _) = ge_const(m);
+                if let Some(GeAv::T(t)) = op.attr.get_mut("value").and_then(|a| a.value.as_mut()) {
+                    t.data = Default::default();
+                }
+                op.attr.insert(
+                    "location".into(),
+                    ge::AttrDef {
+                        value: Some(GeAv::S(loc.as_bytes().to_vec().into())),
+                    },
+                );
+            }),
+            &[],
+        );
+        if let Some(b) = extra {
+            c = c.file(loc, b);
+        }
+        v.push(c);
+    }
+    v.push(inspect("air_inspect_noise", f, noise(22, 500), &[]));
+    v.push(inspect(
+        "air_inspect_truncated",
+        f,
+        ok[..ok.len() / 3].to_vec(),
+        &[],
+    ));
+    v
+}
+
+/// The conv + relu model as kiln's OM (`kiln build --emit om`): header, partition table
+/// (MODEL_INOUT_INFO, MODEL_DEF, WEIGHTS_DATA, TASK_INFO), partitions.
+pub fn om_model() -> Vec<u8> {
+    let dir = std::env::temp_dir().join(format!("kiln-hostile-om-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("m.om");
+    kiln_compiler::pipeline::emit_om(&conv_ir(), &p, "m", &Default::default()).unwrap();
+    let b = std::fs::read(&p).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    b
+}
+
+/// (type, offset, size) of each partition-table entry of an OM with a 64-bit table.
+fn om_table(b: &[u8]) -> Vec<(u32, u64, u64)> {
+    let n = u32::from_le_bytes(b[256..260].try_into().unwrap()) as usize;
+    (0..n)
+        .map(|k| {
+            let e = 264 + 24 * k;
+            (
+                u32::from_le_bytes(b[e..e + 4].try_into().unwrap()),
+                u64::from_le_bytes(b[e + 8..e + 16].try_into().unwrap()),
+                u64::from_le_bytes(b[e + 16..e + 24].try_into().unwrap()),
+            )
+        })
+        .collect()
+}
+
+fn om_cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    let f = "model.om";
+    let ok = om_model();
+    let table = om_table(&ok);
+    let entry = |kind: u32| 264 + 24 * table.iter().position(|e| e.0 == kind).unwrap();
+    let body = (ok.len() - 256) as u64;
+    let put32 = |off: usize, val: u32| {
+        let mut b = ok.clone();
+        b[off..off + 4].copy_from_slice(&val.to_le_bytes());
+        b
+    };
+    let put64 = |off: usize, val: u64| {
+        let mut b = ok.clone();
+        b[off..off + 8].copy_from_slice(&val.to_le_bytes());
+        b
+    };
+    let (md, w) = (0u32, 1u32); // MODEL_DEF, WEIGHTS_DATA
+    v.push(build("om_empty", f, vec![], &[]));
+    v.push(build("om_noise", f, noise(23, 4000), &[]));
+    v.push(build("om_header_only", f, ok[..256].to_vec(), &[]));
+    v.push(build("om_bad_magic", f, put32(0, 0x1234_5678), &["magic"]));
+    v.push(build("om_header_size", f, put32(4, 255), &["header size"]));
+    v.push(build("om_version", f, put32(8, 0x7000_0000), &["version"]));
+    v.push(build(
+        "om_model_type",
+        f,
+        put32(80, 0x0009_0000),
+        &["model type"],
+    ));
+    v.push(build("om_model_length", f, put64(184, body + 1), &[]));
+    v.push(build("om_model_num", f, put32(156, 1000), &["model_num"]));
+    v.push(build("om_no_partitions", f, put32(256, 0), &["partition"]));
+    v.push(build(
+        "om_partition_count",
+        f,
+        put32(256, 0xffff_ffff),
+        &["partition"],
+    ));
+    v.push(build(
+        "om_table_padding",
+        f,
+        put32(entry(md) + 4, 1),
+        &["padding"],
+    ));
+    let (_, md_off, md_len) = table[table.iter().position(|e| e.0 == md).unwrap()];
+    v.push(build(
+        "om_overlap",
+        f,
+        put64(entry(w) + 8, md_off + md_len - 16),
+        &[],
+    ));
+    v.push(build(
+        "om_past_end",
+        f,
+        put64(entry(w) + 16, body * 4),
+        &["past the end"],
+    ));
+    v.push(build(
+        "om_offset_overflow",
+        f,
+        put64(entry(w) + 8, u64::MAX - 8),
+        &["overflow"],
+    ));
+    v.push(build(
+        "om_size_overflow",
+        f,
+        put64(entry(md) + 16, u64::MAX),
+        &["overflow"],
+    ));
+    v.push(build(
+        "om_duplicate_type",
+        f,
+        put32(entry(w), md),
+        &["twice"],
+    ));
+    let mut b = ok[..ok.len() - 100].to_vec();
+    let len = (b.len() - 256) as u64;
+    b[184..192].copy_from_slice(&len.to_le_bytes());
+    v.push(build("om_truncated", f, b, &[]));
+    let mut b = ok.clone();
+    let md0 = 256 + 8 + 24 * table.len() + md_off as usize;
+    for x in &mut b[md0..md0 + 64.min(md_len as usize)] {
+        *x = 0xff;
+    }
+    v.push(build("om_model_def_not_protobuf", f, b, &["MODEL_DEF"]));
+    // containers around hostile graphs and weights
+    let part = |kind: u32| {
+        let (_, off, len) = table[table.iter().position(|e| e.0 == kind).unwrap()];
+        let at = 256 + 8 + 24 * table.len() + off as usize;
+        ok[at..at + len as usize].to_vec()
+    };
+    let ge_md = <ge::ModelDef as Message>::decode(&part(md)[..]).unwrap();
+    let weights = part(w);
+    let om = |m: &ge::ModelDef, parts: &[(u32, &[u8])]| {
+        let mdb = m.encode_to_vec();
+        let mut all = vec![(md, &mdb[..])];
+        all.extend_from_slice(parts);
+        kiln_target_om::om::container("m", Default::default(), &all).unwrap()
+    };
+    v.push(build(
+        "om_no_model_def",
+        f,
+        kiln_target_om::om::container("m", Default::default(), &[(w, &weights)]).unwrap(),
+        &["MODEL_DEF"],
+    ));
+    let mut far = ge_md.clone();
+    let mut moved = false;
+    for o in &mut far.graph[0].op {
+        if let Some(GeAv::T(t)) = o.attr.get_mut("value").and_then(|a| a.value.as_mut())
+            && t.data.is_empty()
+            && !moved
+        {
+            t.desc.as_mut().unwrap().data_offset = 1 << 40;
+            moved = true;
+        }
+    }
+    v.push(build(
+        "om_weights_outside",
+        f,
+        om(&far, &[(w, &weights)]),
+        &["WEIGHTS_DATA"],
+    ));
+    v.push(build("om_weights_missing", f, om(&ge_md, &[]), &[]));
+    let mut dangling = ge_md.clone();
+    let c = dangling.graph[0]
+        .op
+        .iter()
+        .position(|o| !o.input.is_empty() && o.r#type != "NetOutput")
+        .unwrap();
+    dangling.graph[0].op[c].input[0] = "nope:0".into();
+    v.push(build(
+        "om_dangling_edge",
+        f,
+        om(&dangling, &[(w, &weights)]),
+        &["nope"],
+    ));
+    v.push(inspect("om_inspect_noise", f, noise(24, 600), &[]));
+    v.push(inspect("om_inspect_truncated", f, ok[..300].to_vec(), &[]));
+    v.push(inspect(
+        "om_inspect_partition_count",
+        f,
+        put32(256, 0xffff_ffff),
+        &["partition"],
+    ));
+    v
+}
+
 /// Every case of the corpus, with unique names.
 pub fn cases() -> Vec<Case> {
     let mut v = Vec::new();
@@ -2103,6 +2615,8 @@ pub fn cases() -> Vec<Case> {
     v.extend(kir_cases());
     v.extend(ckpt_cases());
     v.extend(mindir_cases());
+    v.extend(air_cases());
+    v.extend(om_cases());
     v.extend(npy_cases());
     v.extend(fusion_cases());
     v.extend(output_cases());
@@ -2191,6 +2705,8 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     v.push(("safetensors", "ok".into(), st));
     let ok_mindir = mindir(&[2, 3], mi_param(&[2, 3]), add_node()).encode_to_vec();
     v.push(("mindir", "add".into(), ok_mindir.clone()));
+    v.push(("air", "conv".into(), air_model().encode_to_vec()));
+    v.push(("om", "conv".into(), om_model()));
     let mut plain = vec![1u8];
     plain.extend_from_slice(&ok_mindir);
     v.push(("mindir_encrypted", "plain_gcm".into(), plain.clone()));
@@ -2225,6 +2741,8 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
                 Some("kir") => "kir",
                 Some("ckpt") => "ckpt",
                 Some("mindir") => "mindir",
+                Some("air") => "air",
+                Some("om") => "om",
                 Some("npy") => "npy",
                 Some("json") => "fusion_switch",
                 Some("safetensors") => {

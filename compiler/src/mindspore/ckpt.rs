@@ -11,9 +11,10 @@ use bytes::Bytes;
 use kiln_ir::{ConstData, DType, TensorType};
 use prost::Message;
 
+use super::MsError;
 use super::crypto::{self, DecryptKey};
 use super::proto::ckpt as pb;
-use super::{MsError, bytes_data, map_file};
+use crate::frontend::data::{bytes_data, map_file};
 
 /// Largest tensor rank accepted: the IR's size policy.
 use kiln_ir::limits::MAX_RANK;

@@ -12,24 +12,24 @@
 //! side-effect plumbing (`Load`, `UpdateState`, `Depend`, `MakeTuple`, `TupleGetItem`) is
 //! resolved on these values and produces no IR.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Component, Path, PathBuf};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 
 use bytes::Bytes;
 use kiln_ir::ops::{BinaryOp, ConvAttrs, GemmAttrs, PoolAttrs, ReduceKind, SliceAttrs, UnaryOp};
-use kiln_ir::{ConstData, DType, Graph, IrError, Op, TensorType, ValueId};
+use kiln_ir::{ConstData, DType, Graph, Op, TensorType, ValueId};
 use prost::Message;
 
+use super::MsError;
 use super::crypto::{self, DecryptKey};
 use super::proto::mind_ir::{
     AttributeProto, GraphProto, ModelProto, NodeProto, PrimitiveProto, TensorProto,
 };
-use super::{MsError, bytes_data, map_file};
+use crate::frontend::data::{self, External, ExternalFiles, RawTensor, map_file};
+use crate::frontend::tf::{reshape_target, same_pads, strided_slice};
+use crate::frontend::{Dim, GraphBuilder, InputFixes, Unsupported, node_label, norm_axis};
 
 type R<T> = Result<T, String>;
-
-/// Largest tensor accepted (bytes) and rank: the IR's size policy; anything larger is corrupt.
-use kiln_ir::limits::{MAX_RANK, MAX_TENSOR_BYTES};
 
 /// Options for loading a MindIR model.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +38,8 @@ pub struct MindirOptions {
     pub input_shapes: Vec<(String, Vec<usize>)>,
     /// Key for encrypted files.
     pub key: Option<DecryptKey>,
+    /// Inputs fixed to constants at compile time (`--freeze NAME=FILE.npy`).
+    pub frozen_inputs: Vec<(String, TensorType, ConstData)>,
 }
 
 /// Primitives with IR translations (plus the plumbing in [`PLUMBING`]).
@@ -184,27 +186,6 @@ fn dtype_of(code: i32) -> R<DType> {
         })
 }
 
-fn checked_shape(dims: &[i64], dtype: DType) -> R<(Vec<usize>, usize)> {
-    if dims.len() > MAX_RANK {
-        return Err(format!("rank {} is too large", dims.len()));
-    }
-    let mut numel: usize = 1;
-    let mut shape = Vec::with_capacity(dims.len());
-    for &d in dims {
-        let u =
-            usize::try_from(d).map_err(|_| format!("dynamic or negative dimension in {dims:?}"))?;
-        numel = numel
-            .checked_mul(u)
-            .ok_or_else(|| format!("shape {dims:?} is too large"))?;
-        shape.push(u);
-    }
-    let bytes = numel
-        .checked_mul(dtype.size())
-        .filter(|&b| b <= MAX_TENSOR_BYTES)
-        .ok_or_else(|| format!("shape {dims:?} is too large"))?;
-    Ok((shape, bytes))
-}
-
 /// Decode an attribute into an import value.
 fn attr_value(a: &AttributeProto) -> R<V> {
     const FLOAT: i32 = 1;
@@ -288,40 +269,8 @@ fn attr_value(a: &AttributeProto) -> R<V> {
     }
 }
 
-/// Memory maps of external data files (`<prefix>_variables/data_N`).
-#[derive(Default)]
-struct ExternalFiles {
-    maps: HashMap<PathBuf, Bytes>,
-}
-
-impl ExternalFiles {
-    fn open(&mut self, base: &Path, location: &str) -> R<Bytes> {
-        let rel = Path::new(location);
-        if location.is_empty()
-            || rel
-                .components()
-                .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-        {
-            return Err(format!(
-                "external data location '{location}' must be a relative path inside the model directory"
-            ));
-        }
-        let path = base.join(rel);
-        if let Some(m) = self.maps.get(&path) {
-            return Ok(m.clone());
-        }
-        let m = map_file(&path)
-            .map_err(|e| format!("cannot open external data '{}': {e}", path.display()))?;
-        self.maps.insert(path, m.clone());
-        Ok(m)
-    }
-}
-
 struct Imp<'a> {
-    file: &'a str,
-    g: Graph,
-    env: HashMap<String, V>,
-    names: HashSet<String>,
+    b: GraphBuilder<'a, V>,
     prims: HashMap<&'a str, &'a PrimitiveProto>,
     base_dir: Option<&'a Path>,
     ext: ExternalFiles,
@@ -333,13 +282,6 @@ struct Ctx<'n> {
     name: String,
     op: String,
     attrs: BTreeMap<String, &'n AttributeProto>,
-}
-
-fn ir_msg(e: IrError) -> String {
-    match e {
-        IrError::Node { msg, .. } => msg,
-        e => e.to_string(),
-    }
 }
 
 /// The graph-local part of a MindIR name: `graph:cnode:uid` -> `cnode:uid`, `graph:x` -> `x`.
@@ -384,111 +326,41 @@ fn resolve<'n>(
 }
 
 impl<'a> Imp<'a> {
-    fn fresh(&mut self, base: &str) -> String {
-        let base = if base.is_empty() { "v" } else { base };
-        if self.names.insert(base.to_string()) {
-            return base.to_string();
-        }
-        let mut k = 1;
-        loop {
-            let n = format!("{base}_{k}");
-            if self.names.insert(n.clone()) {
-                return n;
-            }
-            k += 1;
-        }
-    }
-
     fn ty(&self, v: ValueId) -> &TensorType {
-        self.g.ty(v)
+        self.b.ty(v)
     }
 
     /// Decode a tensor (inline raw_data, typed fields, or external data) as a graph constant.
     fn tensor_const(&mut self, t: &TensorProto, name: &str) -> R<ValueId> {
         let dtype = dtype_of(t.data_type())?;
-        let (shape, nbytes) = checked_shape(&t.dims, dtype)?;
         if t.compression_type.is_some_and(|c| c != 0) || !t.quant_params.is_empty() {
             return Err(format!(
                 "compressed or quantized parameters (compression_type {}) are not supported",
                 t.compression_type.unwrap_or(0)
             ));
         }
-        let data = if let Some(ext) = &t.external_data {
-            let base = self
-                .base_dir
-                .ok_or("external data needs the model's directory")?;
-            let m = self.ext.open(base, ext.location())?;
-            let off = usize::try_from(ext.offset()).map_err(|_| "negative external offset")?;
-            let len = usize::try_from(ext.length.unwrap_or(nbytes as i64))
-                .map_err(|_| "negative external length")?;
-            if len != nbytes {
-                return Err(format!(
-                    "external data length {len} does not match {nbytes} bytes of {dtype}{shape:?}"
-                ));
-            }
-            let end = off
-                .checked_add(len)
-                .filter(|&e| e <= m.len())
-                .ok_or_else(|| {
-                    format!(
-                        "external data [{off}, {off}+{len}) is outside '{}' ({} bytes)",
-                        ext.location(),
-                        m.len()
-                    )
-                })?;
-            bytes_data(m.slice(off..end))
-        } else if let Some(raw) = &t.raw_data {
-            if raw.len() != nbytes {
-                return Err(format!(
-                    "raw_data holds {} bytes, {dtype}{shape:?} needs {nbytes}",
-                    raw.len()
-                ));
-            }
-            bytes_data(raw.clone())
-        } else {
-            let numel = nbytes / dtype.size().max(1);
-            let v: Vec<u8> = match dtype {
-                DType::F32 if t.float_data.len() == numel => {
-                    t.float_data.iter().flat_map(|x| x.to_le_bytes()).collect()
-                }
-                DType::F64 if t.double_data.len() == numel => {
-                    t.double_data.iter().flat_map(|x| x.to_le_bytes()).collect()
-                }
-                DType::I32 if t.int32_data.len() == numel => {
-                    t.int32_data.iter().flat_map(|x| x.to_le_bytes()).collect()
-                }
-                DType::I64 if t.int64_data.len() == numel => {
-                    t.int64_data.iter().flat_map(|x| x.to_le_bytes()).collect()
-                }
-                _ if numel == 0 => vec![],
-                _ => return Err(format!("tensor '{name}' ({dtype}{shape:?}) holds no data")),
-            };
-            ConstData::from_vec(v)
+        let raw = RawTensor {
+            dims: &t.dims,
+            raw: t.raw_data.clone(),
+            floats: &t.float_data,
+            doubles: &t.double_data,
+            int32s: &t.int32_data,
+            int64s: &t.int64_data,
+            uint64s: &t.uint64_data,
+            external: t.external_data.as_ref().map(|e| External {
+                location: e.location().to_string(),
+                offset: e.offset(),
+                length: e.length,
+            }),
         };
-        let n = self.fresh(name);
-        self.g
-            .add_const(n, TensorType::new(dtype, shape), data)
-            .map_err(ir_msg)
+        let (ty, data) = data::decode_tensor(raw, dtype, self.base_dir, &mut self.ext)
+            .map_err(|e| format!("tensor '{name}': {e}"))?;
+        self.b.add_const(name, ty, data)
     }
 
     /// A scalar constant of `dtype`.
     fn scalar(&mut self, v: f64, dtype: DType, name: &str) -> R<ValueId> {
-        let bytes: Vec<u8> = match dtype {
-            DType::F32 => (v as f32).to_le_bytes().to_vec(),
-            DType::F64 => v.to_le_bytes().to_vec(),
-            DType::F16 => half::f16::from_f64(v).to_le_bytes().to_vec(),
-            DType::I32 => (v as i32).to_le_bytes().to_vec(),
-            DType::I64 => (v as i64).to_le_bytes().to_vec(),
-            d => return Err(format!("scalar operand of type {d} is not supported")),
-        };
-        let n = self.fresh(name);
-        self.g
-            .add_const(
-                n,
-                TensorType::new(dtype, vec![]),
-                ConstData::from_vec(bytes),
-            )
-            .map_err(ir_msg)
+        self.b.scalar(v, dtype, name)
     }
 
     fn value(&self, c: &Ctx, i: usize) -> R<V> {
@@ -496,7 +368,7 @@ impl<'a> Imp<'a> {
             c.n.input
                 .get(i)
                 .ok_or_else(|| format!("missing input {i}"))?;
-        self.env.get(name).cloned().ok_or_else(|| {
+        self.b.lookup(name).cloned().ok_or_else(|| {
             format!("input '{name}' is not defined by an earlier node, parameter or graph input")
         })
     }
@@ -555,12 +427,8 @@ impl<'a> Imp<'a> {
     }
 
     fn node(&mut self, c: &Ctx, op: Op, inputs: Vec<ValueId>, suffix: &str) -> R<ValueId> {
-        let out = self.fresh(&format!("{}{suffix}", c.name));
-        let outs = self
-            .g
-            .add_node(c.name.clone(), op, inputs, vec![out])
-            .map_err(ir_msg)?;
-        Ok(outs[0])
+        self.b
+            .node1(&c.name, op, inputs, &format!("{}{suffix}", c.name))
     }
 
     fn bin(&mut self, c: &Ctx, op: BinaryOp, a: ValueId, b: ValueId, sfx: &str) -> R<ValueId> {
@@ -572,14 +440,6 @@ impl<'a> Imp<'a> {
             return Ok(x);
         }
         self.node(c, Op::Reshape { shape }, vec![x], sfx)
-    }
-
-    fn norm_axis(&self, axis: i64, rank: usize) -> R<usize> {
-        let a = if axis < 0 { axis + rank as i64 } else { axis };
-        if a < 0 || a >= rank as i64 {
-            return Err(format!("axis {axis} out of range for rank {rank}"));
-        }
-        Ok(a as usize)
     }
 
     fn check_nchw(&self, c: &Ctx, idx: Option<usize>) -> R<()> {
@@ -783,21 +643,10 @@ impl<'a> Imp<'a> {
             "Reshape" => {
                 let x = self.tensor(c, 0)?;
                 let spec = match self.value(c, 1)? {
-                    V::T(t) => {
-                        let d = self
-                            .g
-                            .const_data(t)
-                            .ok_or("the shape input must be a constant")?;
-                        match self.ty(t).dtype {
-                            DType::I64 => d.to_i64(),
-                            DType::I32 => d
-                                .bytes()
-                                .chunks_exact(4)
-                                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64)
-                                .collect(),
-                            dt => return Err(format!("shape tensor of type {dt}")),
-                        }
-                    }
+                    V::T(t) => self
+                        .b
+                        .const_ints(t)
+                        .map_err(|e| format!("the shape input {e}"))?,
                     v => v.ints()?,
                 };
                 let numel = self.ty(x).numel();
@@ -811,7 +660,7 @@ impl<'a> Imp<'a> {
                     .arg_req(c, Some(1), "perm")?
                     .ints()?
                     .into_iter()
-                    .map(|p| self.norm_axis(p, r))
+                    .map(|p| norm_axis(p, r))
                     .collect::<R<Vec<_>>>()?;
                 Ok(V::T(self.node(c, Op::Transpose { perm }, vec![x], "")?))
             }
@@ -825,7 +674,7 @@ impl<'a> Imp<'a> {
                     .unwrap_or_default();
                 let axes = axes
                     .iter()
-                    .map(|&a| self.norm_axis(a, shape.len()))
+                    .map(|&a| norm_axis(a, shape.len()))
                     .collect::<R<Vec<_>>>()?;
                 let out: Vec<usize> = shape
                     .iter()
@@ -848,7 +697,7 @@ impl<'a> Imp<'a> {
                 let x = self.tensor(c, 0)?;
                 let mut shape = self.ty(x).shape.clone();
                 let a = self.arg_req(c, Some(1), "axis")?.int()?;
-                let a = self.norm_axis(a, shape.len() + 1)?;
+                let a = norm_axis(a, shape.len() + 1)?;
                 shape.insert(a, 1);
                 Ok(V::T(self.reshape(c, x, shape, "")?))
             }
@@ -873,7 +722,7 @@ impl<'a> Imp<'a> {
                     .map(|v| v.int())
                     .transpose()?
                     .unwrap_or(0);
-                let axis = self.norm_axis(axis, self.ty(first).rank())?;
+                let axis = norm_axis(axis, self.ty(first).rank())?;
                 Ok(V::T(self.node(c, Op::Concat { axis }, ts, "")?))
             }
             "Softmax" => {
@@ -888,7 +737,7 @@ impl<'a> Imp<'a> {
                         "softmax over axes {axes:?} (only one axis is supported)"
                     ));
                 }
-                let axis = self.norm_axis(axes[0], self.ty(x).rank())?;
+                let axis = norm_axis(axes[0], self.ty(x).rank())?;
                 Ok(V::T(self.node(
                     c,
                     Op::Softmax {
@@ -914,7 +763,7 @@ impl<'a> Imp<'a> {
                 };
                 let mut axes = axes
                     .iter()
-                    .map(|&a| self.norm_axis(a, r))
+                    .map(|&a| norm_axis(a, r))
                     .collect::<R<Vec<_>>>()?;
                 if axes.is_empty() {
                     // MindSpore: an empty axis tuple reduces every dim
@@ -1076,8 +925,8 @@ impl<'a> Imp<'a> {
             .map(|v| v.float())
             .transpose()?
             .unwrap_or(1e-7);
-        let a = self.norm_axis(bna, r)?;
-        let pa = self.norm_axis(bpa, r)?;
+        let a = norm_axis(bna, r)?;
+        let pa = norm_axis(bpa, r)?;
         let pshape = xt.shape[pa..].to_vec();
         for p in [gamma, beta] {
             if self.ty(p).shape != pshape {
@@ -1220,20 +1069,17 @@ impl<'a> Imp<'a> {
             let gh = self.node(c, gemm.clone(), vec![h, w_hh], &format!("{s}/gh"))?;
             let gates = self.bin(c, BinaryOp::Add, gx, gh, &format!("{s}/gates"))?;
             let names = (0..4)
-                .map(|k| self.fresh(&format!("{}{s}/gate{k}", c.name)))
-                .collect();
-            let parts = self
-                .g
-                .add_node(
-                    c.name.clone(),
-                    Op::Split {
-                        axis: 1,
-                        sizes: vec![hsz; 4],
-                    },
-                    vec![gates],
-                    names,
-                )
-                .map_err(ir_msg)?;
+                .map(|k| format!("{}{s}/gate{k}", c.name))
+                .collect::<Vec<_>>();
+            let parts = self.b.node(
+                &c.name,
+                Op::Split {
+                    axis: 1,
+                    sizes: vec![hsz; 4],
+                },
+                vec![gates],
+                &names,
+            )?;
             let act = |imp: &mut Self, u: UnaryOp, v: ValueId, n: &str| {
                 imp.node(c, Op::Unary(u), vec![v], &format!("{s}/{n}"))
             };
@@ -1431,131 +1277,6 @@ fn hw(v: &[i64], what: &str) -> R<Vec<usize>> {
         .collect()
 }
 
-/// MindSpore/TensorFlow "same" padding: output `ceil(in / stride)`, the extra pixel at the end.
-fn same_pads(input: &[usize], k: &[usize], s: &[usize], d: &[usize]) -> Vec<usize> {
-    let mut begin = vec![];
-    let mut end = vec![];
-    for i in 0..input.len() {
-        let out = input[i].div_ceil(s[i]);
-        let ext = d[i] * (k[i] - 1) + 1;
-        let total = ((out.saturating_sub(1)) * s[i] + ext).saturating_sub(input[i]);
-        begin.push(total / 2);
-        end.push(total - total / 2);
-    }
-    begin.extend(end);
-    begin
-}
-
-/// MindSpore/TensorFlow `StridedSlice` on a static shape: the IR slice and the final shape (after
-/// `shrink_axis_mask`). `ellipsis_mask` and `new_axis_mask` are not supported.
-fn strided_slice(
-    shape: &[usize],
-    begin: &[i64],
-    end: &[i64],
-    strides: &[i64],
-    masks: [i64; 5],
-) -> R<(SliceAttrs, Vec<usize>)> {
-    let [bm, em, ellipsis, new_axis, shrink] = masks;
-    if ellipsis != 0 || new_axis != 0 {
-        return Err("ellipsis_mask and new_axis_mask are not supported".into());
-    }
-    let n = begin.len();
-    if end.len() != n || strides.len() != n || n > shape.len() {
-        return Err(format!(
-            "begin {begin:?}, end {end:?}, strides {strides:?} do not fit shape {shape:?}"
-        ));
-    }
-    let mut a = SliceAttrs {
-        starts: vec![0; shape.len()],
-        steps: vec![1; shape.len()],
-        sizes: shape.to_vec(),
-    };
-    let mut out = vec![];
-    for (d, &dim) in shape.iter().enumerate() {
-        if d >= n {
-            out.push(dim);
-            continue;
-        }
-        let dim_i = dim as i64;
-        let s = strides[d];
-        if s == 0 {
-            return Err("stride 0".into());
-        }
-        let bit = |m: i64| (m >> d) & 1 == 1;
-        let norm = |v: i64| if v < 0 { v + dim_i } else { v };
-        if bit(shrink) {
-            let b = norm(begin[d]);
-            if b < 0 || b >= dim_i {
-                return Err(format!(
-                    "index {} out of range for dim {d} of {shape:?}",
-                    begin[d]
-                ));
-            }
-            a.starts[d] = b as usize;
-            a.sizes[d] = 1;
-            continue;
-        }
-        let (b, e, size) = if s > 0 {
-            let b = if bit(bm) {
-                0
-            } else {
-                norm(begin[d]).clamp(0, dim_i)
-            };
-            let e = if bit(em) {
-                dim_i
-            } else {
-                norm(end[d]).clamp(0, dim_i)
-            };
-            (b, e, if e > b { (e - b + s - 1) / s } else { 0 })
-        } else {
-            let b = if bit(bm) {
-                dim_i - 1
-            } else {
-                norm(begin[d]).clamp(-1, dim_i - 1)
-            };
-            let e = if bit(em) {
-                -1
-            } else {
-                norm(end[d]).clamp(-1, dim_i - 1)
-            };
-            (b, e, if b > e { (b - e + (-s) - 1) / (-s) } else { 0 })
-        };
-        let _ = e;
-        a.starts[d] = if size > 0 { b as usize } else { 0 };
-        a.steps[d] = s;
-        a.sizes[d] = size as usize;
-        out.push(size as usize);
-    }
-    Ok((a, out))
-}
-
-/// Reshape target with one `-1` allowed.
-fn reshape_target(numel: usize, spec: &[i64]) -> R<Vec<usize>> {
-    let mut infer = None;
-    let mut known: usize = 1;
-    let mut out = vec![0; spec.len()];
-    for (i, &d) in spec.iter().enumerate() {
-        if d == -1 {
-            if infer.replace(i).is_some() {
-                return Err(format!("shape {spec:?} has more than one -1"));
-            }
-        } else {
-            let u = usize::try_from(d).map_err(|_| format!("bad dimension {d} in {spec:?}"))?;
-            known = known.checked_mul(u).ok_or("shape too large")?;
-            out[i] = u;
-        }
-    }
-    if let Some(i) = infer {
-        if known == 0 || !numel.is_multiple_of(known) {
-            return Err(format!("cannot reshape {numel} elements to {spec:?}"));
-        }
-        out[i] = numel / known;
-    } else if known != numel {
-        return Err(format!("cannot reshape {numel} elements to {spec:?}"));
-    }
-    Ok(out)
-}
-
 /// MindSpore `TypeId` numbers (`mindspore/core/ir/dtype/type_id.h`) for the dtypes kiln has.
 fn type_id(id: i64) -> Option<DType> {
     Some(match id {
@@ -1578,18 +1299,8 @@ fn type_id(id: i64) -> Option<DType> {
 /// Read and import a `.mindir` file (decrypting it when a key is given and it is encrypted).
 pub fn load(path: &Path, opts: &MindirOptions) -> Result<Graph, MsError> {
     let file = path.display().to_string();
-    let bytes = map_file(path).map_err(|source| MsError::Io {
-        file: file.clone(),
-        source,
-    })?;
-    let base = path.parent().map(|p| {
-        if p.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            p
-        }
-    });
-    load_bytes(bytes, base, &file, opts)
+    let bytes = map_file(path).map_err(|e| MsError::io(&file, e))?;
+    load_bytes(bytes, data::model_dir(path), &file, opts)
 }
 
 /// Decode (and decrypt) a MindIR model from bytes.
@@ -1685,20 +1396,13 @@ pub fn describe(model: &ModelProto) -> String {
 }
 
 /// Unsupported primitives with their nodes.
-fn unsupported(
-    g: &GraphProto,
-    prims: &HashMap<&str, &PrimitiveProto>,
-) -> BTreeMap<String, Vec<String>> {
-    let mut bad: BTreeMap<String, Vec<String>> = BTreeMap::new();
+fn unsupported(g: &GraphProto, prims: &HashMap<&str, &PrimitiveProto>) -> Unsupported {
+    let mut bad = Unsupported::default();
     for (i, n) in g.node.iter().enumerate() {
         let (op, _) = resolve(n, prims);
         if !SUPPORTED.contains(&op.as_str()) && !PLUMBING.contains(&op.as_str()) {
-            let name = if n.name().is_empty() {
-                format!("{op}_{i}")
-            } else {
-                short(n.name(), g.name())
-            };
-            bad.entry(op).or_default().push(name);
+            let name = node_label(&short(n.name(), g.name()), &op, i);
+            bad.add(op, name);
         }
     }
     bad
@@ -1710,39 +1414,28 @@ pub fn import_model(
     file: &str,
     opts: &MindirOptions,
 ) -> Result<Graph, MsError> {
-    let merr = |msg: String| MsError::Model {
-        file: file.to_string(),
-        msg,
-    };
+    let merr = |msg: String| MsError::model(file, msg);
     let g = model
         .graph
         .as_ref()
         .ok_or_else(|| merr("model has no graph".into()))?;
     let prims: HashMap<&str, &PrimitiveProto> =
         model.primitives.iter().map(|p| (p.name(), p)).collect();
-    let bad = unsupported(g, &prims);
-    if !bad.is_empty() {
-        let list = bad
-            .iter()
-            .map(|(op, nodes)| format!("{op} (nodes: {})", nodes.join(", ")))
-            .collect::<Vec<_>>()
-            .join("; ");
-        return Err(MsError::Unsupported {
-            file: file.to_string(),
-            list,
-        });
-    }
+    unsupported(g, &prims).check(file)?;
     let gname = g.name();
+    let fixes = InputFixes {
+        shapes: opts.input_shapes.clone(),
+        frozen: opts.frozen_inputs.clone(),
+    };
     let mut imp = Imp {
-        file,
-        g: Graph::new(if gname.is_empty() { "mindir" } else { gname }),
-        env: HashMap::new(),
-        names: HashSet::new(),
+        b: GraphBuilder::new(file, if gname.is_empty() { "mindir" } else { gname }, fixes),
         prims,
         base_dir,
         ext: ExternalFiles::default(),
     };
     // inputs
+    let names: Vec<String> = g.input.iter().map(|i| short(i.name(), gname)).collect();
+    imp.b.check_fixes(names.iter().map(|n| n.as_str()))?;
     for i in &g.input {
         let name = short(i.name(), gname);
         let t = i
@@ -1750,33 +1443,11 @@ pub fn import_model(
             .first()
             .ok_or_else(|| merr(format!("input '{name}' has no tensor type")))?;
         let dtype = dtype_of(t.data_type()).map_err(|e| merr(format!("input '{name}': {e}")))?;
-        let shape =
-            match opts.input_shapes.iter().find(|(n, _)| *n == name) {
-                Some((_, s)) => {
-                    if s.len() != t.dims.len()
-                        || s.iter()
-                            .zip(&t.dims)
-                            .any(|(&a, &b)| b >= 0 && a as i64 != b)
-                    {
-                        return Err(merr(format!(
-                            "--input-shape {name}={s:?} does not fit the model's {:?}",
-                            t.dims
-                        )));
-                    }
-                    s.clone()
-                }
-                None => checked_shape(&t.dims, dtype)
-                    .map_err(|e| {
-                        merr(format!(
-                            "input '{name}' {:?}: {e}; fix it with --input-shape {name}=d0,d1,...",
-                            t.dims
-                        ))
-                    })?
-                    .0,
-            };
-        let vn = imp.fresh(&name);
-        let v = imp.g.add_input(vn, TensorType::new(dtype, shape));
-        imp.env.insert(i.name().to_string(), V::T(v));
+        let dims: Vec<Dim> = t.dims.iter().map(|&d| Dim::from_i64(d)).collect();
+        let v = imp.b.input(&name, dtype, Some(&dims))?;
+        imp.b
+            .bind(i.name(), V::T(v))
+            .map_err(|e| merr(format!("input '{name}': {e}")))?;
     }
     // parameters: named by their checkpoint name (ref_key, or the text after the graph prefix)
     for p in &g.parameter {
@@ -1785,16 +1456,15 @@ pub fn import_model(
             .clone()
             .filter(|k| !k.is_empty())
             .unwrap_or_else(|| short(p.name(), gname));
-        let v = imp
-            .tensor_const(p, &pname)
-            .map_err(|e| merr(format!("parameter '{pname}': {e}")))?;
-        imp.env.insert(p.name().to_string(), V::T(v));
+        let perr = |e: String| merr(format!("parameter '{pname}': {e}"));
+        let v = imp.tensor_const(p, &pname).map_err(perr)?;
+        imp.b.bind(p.name(), V::T(v)).map_err(perr)?;
     }
     for n in &g.node {
         imp.import_node(n)?;
     }
     for o in &g.output {
-        let v = imp.env.get(o.name()).cloned().ok_or_else(|| {
+        let v = imp.b.lookup(o.name()).cloned().ok_or_else(|| {
             merr(format!(
                 "graph output '{}' is not produced by any node",
                 o.name()
@@ -1802,20 +1472,15 @@ pub fn import_model(
         })?;
         imp.add_output(v, o.name())?;
     }
-    if imp.g.outputs.is_empty() {
-        return Err(merr("model has no tensor outputs".into()));
-    }
-    imp.g.remove_dead_nodes();
-    Ok(imp.g)
+    let mut g = imp.b.finish()?;
+    g.remove_dead_nodes();
+    Ok(g)
 }
 
 impl Imp<'_> {
     fn add_output(&mut self, v: V, name: &str) -> Result<(), MsError> {
         match v {
-            V::T(t) => {
-                self.g.outputs.push(t);
-                Ok(())
-            }
+            V::T(t) => self.b.output(t, None),
             V::Seq(s) => {
                 for x in s {
                     self.add_output(x, name)?;
@@ -1823,15 +1488,15 @@ impl Imp<'_> {
                 Ok(())
             }
             V::Monad | V::None => Ok(()),
-            other => Err(MsError::Model {
-                file: self.file.to_string(),
-                msg: format!("graph output '{name}' is a {} (not a tensor)", other.kind()),
-            }),
+            other => Err(self.b.err(format!(
+                "graph output '{name}' is a {} (not a tensor)",
+                other.kind()
+            ))),
         }
     }
 
     fn import_node(&mut self, n: &NodeProto) -> Result<(), MsError> {
-        let gname = self.g.name.clone();
+        let gname = self.b.g.name.clone();
         let (op, attrs) = resolve(n, &self.prims);
         let node_name = if n.name().is_empty() {
             n.output.first().cloned().unwrap_or_default()
@@ -1844,12 +1509,8 @@ impl Imp<'_> {
             op: op.clone(),
             attrs,
         };
-        let nerr = |msg: String| MsError::Node {
-            file: self.file.to_string(),
-            node: c.name.clone(),
-            op: op.clone(),
-            msg,
-        };
+        let file = self.b.file;
+        let nerr = |msg: String| MsError::node(file, &c.name, &op, msg);
         let v = match op.as_str() {
             "Constant" => self.constant(n, &c.name).map_err(nerr)?,
             "Load" | "Depend" => self.value(&c, 0).map_err(nerr)?,
@@ -1877,7 +1538,7 @@ impl Imp<'_> {
             _ => self.translate(&c).map_err(nerr)?,
         };
         for o in &n.output {
-            self.env.insert(o.clone(), v.clone());
+            self.b.bind(o, v.clone()).map_err(nerr)?;
         }
         Ok(())
     }

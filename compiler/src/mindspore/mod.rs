@@ -17,77 +17,7 @@ pub mod crypto;
 pub mod mindir;
 pub mod proto;
 
-use std::path::Path;
-use std::sync::Arc;
-
-use bytes::Bytes;
-use kiln_ir::ConstData;
-use kiln_ir::data::ByteOwner;
-
 pub use crypto::DecryptKey;
 
-/// Errors from the MindSpore front ends. Every message names the file; node errors also name the
-/// node and its primitive.
-#[derive(Debug, thiserror::Error)]
-pub enum MsError {
-    #[error("{file}: cannot read: {source}")]
-    Io {
-        file: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{file}: not a valid {what} (protobuf decode failed): {source}")]
-    Decode {
-        file: String,
-        what: &'static str,
-        #[source]
-        source: prost::DecodeError,
-    },
-    #[error("{file}: {msg}")]
-    Model { file: String, msg: String },
-    #[error("{file}: node '{node}' ({op}): {msg}")]
-    Node {
-        file: String,
-        node: String,
-        op: String,
-        msg: String,
-    },
-    #[error("{file}: unsupported ops: {list}")]
-    Unsupported { file: String, list: String },
-}
-
-struct MmapOwner(memmap2::Mmap);
-
-impl AsRef<[u8]> for MmapOwner {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-/// A `Bytes` window as a `ConstData` owner (no copy).
-struct BytesOwner(Bytes);
-
-impl ByteOwner for BytesOwner {
-    fn bytes(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-/// A constant sharing `b`'s storage.
-pub(crate) fn bytes_data(b: Bytes) -> ConstData {
-    let len = b.len();
-    ConstData::from_owner(Arc::new(BytesOwner(b)), 0, len)
-        .unwrap_or_else(|| ConstData::from_vec(vec![]))
-}
-
-/// Memory-map a file read-only, as `Bytes` (an empty file gives empty bytes).
-pub(crate) fn map_file(path: &Path) -> std::io::Result<Bytes> {
-    let f = std::fs::File::open(path)?;
-    if f.metadata()?.len() == 0 {
-        return Ok(Bytes::new());
-    }
-    // SAFETY: mapped read-only; like every memory-mapped model loader we assume the file is not
-    // truncated or modified while the compiler runs.
-    let m = unsafe { memmap2::Mmap::map(&f) }?;
-    Ok(Bytes::from_owner(MmapOwner(m)))
-}
+/// Errors from the MindSpore front ends: the front-end layer's error type.
+pub type MsError = crate::frontend::FrontendError;

@@ -18,7 +18,7 @@ use kiln_ir::ops::{BinaryOp, CmpOp, SoftmaxKind, UnaryOp};
 use kiln_ir::{DType, Op, ValueId};
 
 use super::{CT, ce};
-use super::{Ctx, GraphProto, Imp, R, decode_tensor, dtype_from_onnx, ir_msg, to_usizes};
+use super::{Ctx, GraphProto, Imp, R, decode_tensor, dtype_from_onnx, to_usizes};
 
 /// A float constant of `dtype` with `shape`.
 fn fconst(dtype: DType, shape: Vec<usize>, v: Vec<f64>) -> CT {
@@ -143,8 +143,8 @@ impl Imp<'_> {
             }
             _ => (k4, v4, 0),
         };
-        self.set_out(c, 1, pk);
-        self.set_out(c, 2, pv);
+        self.set_out(c, 1, pk)?;
+        self.set_out(c, 2, pv)?;
         let t = self.ty(pk).shape[2];
 
         // Scaled QKᵀ; grouped-query attention broadcasts K/V over the group axis.
@@ -333,7 +333,7 @@ impl Imp<'_> {
                 ));
             }
         };
-        self.set_out(c, 3, qk_out);
+        self.set_out(c, 3, qk_out)?;
 
         // probs · V, back to the input layout.
         let y4 = if g == 1 {
@@ -352,7 +352,7 @@ impl Imp<'_> {
         } else {
             y4
         };
-        self.set_out(c, 0, y);
+        self.set_out(c, 0, y)?;
         Ok(())
     }
 
@@ -539,7 +539,7 @@ impl Imp<'_> {
         } else {
             y
         };
-        self.set_out(c, 0, y);
+        self.set_out(c, 0, y)?;
         Ok(())
     }
 
@@ -778,13 +778,13 @@ impl Imp<'_> {
             let n = self.out_name(c, 0);
             y = self.step1(c, Op::Cast { to: dt }, vec![y], &n)?;
         }
-        self.set_out(c, 0, y);
+        self.set_out(c, 0, y)?;
         let mut st = state.expect("at least one step");
         if state_dt != DType::F32 {
             let n = self.out_name(c, 1);
             st = self.step1(c, Op::Cast { to: state_dt }, vec![st], &n)?;
         }
-        self.set_out(c, 1, st);
+        self.set_out(c, 1, st)?;
         Ok(())
     }
 
@@ -886,7 +886,7 @@ impl Imp<'_> {
             let y5 = self.step1(c, Op::matmul(), vec![p5, v5], &name("y_groups"))?;
             self.reshape(c, y5, vec![b, hq, s, dv], &y_name)?
         };
-        self.set_out(c, 0, y);
+        self.set_out(c, 0, y)?;
         Ok(())
     }
 
@@ -911,17 +911,18 @@ impl Imp<'_> {
             return Err(format!("{what}: sparse initializers are not supported"));
         }
         // The subgraph sees the outer scope; its own names shadow it only while inlining.
-        let saved = self.env.clone();
+        self.b.push_scope();
         let res = (|| -> R<ValueId> {
             for t in &sg.initializer {
                 let mut t = t.clone();
                 let (ty, data) = decode_tensor(&mut t, self.base_dir, &mut self.ext)
                     .map_err(|e| format!("{what} initializer '{}': {e}", t.name()))?;
-                let n = self.fresh(&format!("{}/{what}/{}", c.name, t.name()));
-                let v = self.g.add_const(n, ty, data).map_err(ir_msg)?;
-                self.env.insert(t.name().to_string(), v);
+                let v = self
+                    .b
+                    .add_const(&format!("{}/{what}/{}", c.name, t.name()), ty, data)?;
+                self.b.bind(t.name(), v)?;
             }
-            self.env.insert(ins[0].to_string(), x);
+            self.b.bind(ins[0], x)?;
             for (i, n) in sg.node.iter().enumerate() {
                 let mut n = n.clone();
                 let label = if n.name().is_empty() {
@@ -935,8 +936,8 @@ impl Imp<'_> {
             }
             let o = sg.output[0].name();
             let y = *self
-                .env
-                .get(o)
+                .b
+                .lookup(o)
                 .ok_or_else(|| format!("{what}: output '{o}' is not produced"))?;
             if self.ty(y) != self.ty(x) {
                 return Err(format!(
@@ -947,7 +948,7 @@ impl Imp<'_> {
             }
             Ok(y)
         })();
-        self.env = saved;
+        self.b.pop_scope();
         res
     }
 }

@@ -1,6 +1,6 @@
 //! ModelProto -> Graph translation.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use kiln_ir::ops::{
@@ -8,7 +8,7 @@ use kiln_ir::ops::{
     NearestMode, PoolAttrs, ReduceKind, ResizeAttrs, ResizeMode, ScatterReduction, SliceAttrs,
     SoftmaxKind, UnaryOp,
 };
-use kiln_ir::{ConstData, DType, Graph, IrError, Op, TensorType, ValueDef, ValueId};
+use kiln_ir::{ConstData, DType, Graph, Op, TensorType, ValueDef, ValueId};
 
 use super::consteval::{self as ce, BinOp, CT, FOLD_LIMIT};
 #[path = "attention.rs"]
@@ -17,12 +17,21 @@ use super::proto::{
     AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, tensor_shape_proto::dimension,
     type_proto,
 };
-use super::tensor::{ExternalFiles, decode_tensor, dtype_from_onnx};
+use super::tensor::{decode_tensor, dtype_from_onnx};
 use super::{OnnxError, OnnxOptions};
+use crate::frontend::data::ExternalFiles;
+use crate::frontend::norm_axis;
+use crate::frontend::{
+    Dim, FrontendError, GraphBuilder, InputFixes, Unsupported, ir_msg, node_label,
+};
 
 pub const MIN_OPSET: i64 = 6;
 pub const MAX_OPSET: i64 = 27;
 
+#[path = "arity.rs"]
+mod arity;
+#[path = "contrib.rs"]
+pub(crate) mod contrib;
 mod lower;
 
 /// Largest constant the importer materializes (ConstantOfShape splats): 1 GiB.
@@ -210,6 +219,8 @@ const SUPPORTED: &[&str] = &[
     "Attention",
     "RotaryEmbedding",
     "LinearAttention",
+    // With a condition known at compile time (constant after folding / --freeze).
+    "If",
 ];
 
 fn unary_of(op: &str) -> Option<UnaryOp> {
@@ -278,23 +289,6 @@ fn fold_of(b: BinaryOp) -> Option<BinOp> {
     })
 }
 
-fn ir_msg(e: IrError) -> String {
-    match e {
-        IrError::Node { op, msg, .. } => format!("{op}: {msg}"),
-        e => e.to_string(),
-    }
-}
-
-/// Normalize a possibly negative axis against `rank`.
-fn norm_axis(axis: i64, rank: usize) -> R<usize> {
-    let r = rank as i64;
-    let a = if axis < 0 { axis + r } else { axis };
-    if a < 0 || a >= r.max(1) {
-        return Err(format!("axis {axis} out of range for rank {rank}"));
-    }
-    Ok(a as usize)
-}
-
 fn to_usizes(v: &[i64], what: &str) -> R<Vec<usize>> {
     v.iter()
         .map(|&x| usize::try_from(x).map_err(|_| format!("{what} has negative value {x}")))
@@ -339,11 +333,8 @@ impl Ctx<'_> {
 }
 
 struct Imp<'a> {
-    file: &'a str,
     opset: i64,
-    g: Graph,
-    env: HashMap<String, ValueId>,
-    names: HashSet<String>,
+    b: GraphBuilder<'a>,
     ext: ExternalFiles,
     base_dir: Option<&'a Path>,
     /// Names read by some node or listed as graph outputs.
@@ -352,23 +343,8 @@ struct Imp<'a> {
 }
 
 impl<'a> Imp<'a> {
-    fn fresh(&mut self, base: &str) -> String {
-        let base = if base.is_empty() { "v" } else { base };
-        if self.names.insert(base.to_string()) {
-            return base.to_string();
-        }
-        let mut k = 1;
-        loop {
-            let n = format!("{base}_{k}");
-            if self.names.insert(n.clone()) {
-                return n;
-            }
-            k += 1;
-        }
-    }
-
     fn ty(&self, v: ValueId) -> &TensorType {
-        self.g.ty(v)
+        self.b.ty(v)
     }
 
     /// The value of a constant (decoded), if `v` is a constant small enough to evaluate.
@@ -376,7 +352,7 @@ impl<'a> Imp<'a> {
         if let Some(c) = self.cache.get(&v) {
             return Some(c.clone());
         }
-        let val = self.g.value(v);
+        let val = self.b.g.value(v);
         let ValueDef::Const(d) = &val.def else {
             return None;
         };
@@ -389,9 +365,8 @@ impl<'a> Imp<'a> {
     }
 
     fn add_ct(&mut self, base: &str, ct: CT) -> R<ValueId> {
-        let name = self.fresh(base);
         let (ty, data) = ct.to_bytes();
-        let v = self.g.add_const(name, ty, data).map_err(ir_msg)?;
+        let v = self.b.add_const(base, ty, data)?;
         self.cache.insert(v, ct);
         Ok(v)
     }
@@ -399,7 +374,7 @@ impl<'a> Imp<'a> {
     fn inp(&self, c: &Ctx, i: usize) -> R<Option<ValueId>> {
         match c.n.input.get(i).map(|s| s.as_str()) {
             None | Some("") => Ok(None),
-            Some(n) => self.env.get(n).copied().map(Some).ok_or_else(|| {
+            Some(n) => self.b.lookup(n).copied().map(Some).ok_or_else(|| {
                 format!("input '{n}' is not defined by an earlier node, initializer or graph input")
             }),
         }
@@ -423,9 +398,10 @@ impl<'a> Imp<'a> {
         })
     }
 
-    fn set_out(&mut self, c: &Ctx, i: usize, v: ValueId) {
-        if let Some(n) = c.out(i) {
-            self.env.insert(n.to_string(), v);
+    fn set_out(&mut self, c: &Ctx, i: usize, v: ValueId) -> R<()> {
+        match c.out(i) {
+            Some(n) => self.b.bind(n, v),
+            None => Ok(()),
         }
     }
 
@@ -438,88 +414,26 @@ impl<'a> Imp<'a> {
     fn out_const(&mut self, c: &Ctx, i: usize, ct: CT) -> R<()> {
         let name = self.out_name(c, i);
         let v = self.add_ct(&name, ct)?;
-        self.set_out(c, i, v);
+        self.set_out(c, i, v)?;
         Ok(())
     }
 
-    /// Add an IR node named after the ONNX node, with value names `names`.
+    /// Add an IR node named after the ONNX node, with value names `names` (folded into
+    /// constants when its inputs are small constants).
     fn node(&mut self, c: &Ctx, op: Op, inputs: Vec<ValueId>, names: &[String]) -> R<Vec<ValueId>> {
-        if let Some(outs) = self.try_fold(&op, &inputs, names)? {
-            return Ok(outs);
-        }
-        let names: Vec<String> = names.iter().map(|n| self.fresh(n)).collect();
-        self.g
-            .add_node(c.name.clone(), op, inputs, names)
-            .map_err(ir_msg)
-    }
-
-    /// Constant folding through the reference interpreter: an op whose inputs are all small
-    /// constants becomes constants (shape arithmetic, masks and index tables built from
-    /// constants). `None` when the op must stay a node.
-    fn try_fold(
-        &mut self,
-        op: &Op,
-        inputs: &[ValueId],
-        names: &[String],
-    ) -> R<Option<Vec<ValueId>>> {
-        const LIMIT: usize = 1 << 16;
-        if inputs.is_empty()
-            || inputs.iter().any(|v| {
-                !matches!(self.g.value(*v).def, ValueDef::Const(_)) || self.ty(*v).numel() > LIMIT
-            })
-        {
-            return Ok(None);
-        }
-        let tys: Vec<TensorType> = inputs.iter().map(|v| self.ty(*v).clone()).collect();
-        let Ok(out_tys) = op.infer(&tys.iter().collect::<Vec<_>>()) else {
-            return Ok(None);
-        };
-        if out_tys.iter().map(|t| t.numel()).sum::<usize>() > LIMIT {
-            return Ok(None);
-        }
-        let mut ts = Vec::with_capacity(inputs.len());
-        for v in inputs {
-            let ValueDef::Const(d) = &self.g.value(*v).def else {
-                return Ok(None);
-            };
-            match kiln_ir::interp::Tensor::from_const(self.ty(*v), d) {
-                Ok(t) => ts.push(t),
-                Err(_) => return Ok(None),
-            }
-        }
-        let Ok(res) = kiln_ir::interp::eval_op(op, &ts.iter().collect::<Vec<_>>()) else {
-            return Ok(None);
-        };
-        if res.len() != out_tys.len()
-            || res
-                .iter()
-                .zip(&out_tys)
-                .any(|(t, ty)| t.dtype() != ty.dtype || t.shape != ty.shape)
-        {
-            return Ok(None);
-        }
-        let mut outs = Vec::with_capacity(res.len());
-        for ((t, ty), name) in res.into_iter().zip(out_tys).zip(names) {
-            let name = self.fresh(name);
-            let v = self
-                .g
-                .add_const(name, ty, ConstData::from_vec(t.to_bytes()))
-                .map_err(ir_msg)?;
-            outs.push(v);
-        }
-        Ok(Some(outs))
+        self.b.node(&c.name, op, inputs, names)
     }
 
     /// Emit a node whose outputs are the ONNX node's outputs.
     fn emit(&mut self, c: &Ctx, op: Op, inputs: Vec<ValueId>) -> R<()> {
         let n_out = op
-            .infer(&inputs.iter().map(|v| self.g.ty(*v)).collect::<Vec<_>>())
+            .infer(&inputs.iter().map(|v| self.b.g.ty(*v)).collect::<Vec<_>>())
             .map_err(|e| format!("{}: {e}", op.name()))?
             .len();
         let names: Vec<String> = (0..n_out).map(|i| self.out_name(c, i)).collect();
         let outs = self.node(c, op, inputs, &names)?;
         for (i, v) in outs.into_iter().enumerate() {
-            self.set_out(c, i, v);
+            self.set_out(c, i, v)?;
         }
         Ok(())
     }
@@ -560,12 +474,13 @@ impl<'a> Imp<'a> {
             vec![centred, centred],
         )?;
         let var = step(self, "var", mean_op, vec![sq])?;
-        let eps_name = self.fresh(&format!("{base}/epsilon"));
+        let eps_name = self.b.fresh(&format!("{base}/epsilon"));
         let eps_ty = TensorType::new(self.ty(x).dtype, Vec::<usize>::new());
         if eps_ty.dtype != DType::F32 {
             return Err(format!("{op} on {} is not supported", eps_ty.dtype));
         }
         let eps = self
+            .b
             .g
             .add_const(
                 eps_name,
@@ -595,41 +510,29 @@ impl<'a> Imp<'a> {
             }
             None => self.node(c, Op::Binary(BinaryOp::Mul), vec![normed, scale], &[y_name])?[0],
         };
-        self.set_out(c, 0, y);
+        self.set_out(c, 0, y)?;
         if let Some(m) = mean {
-            self.set_out(c, 1, m);
-            self.set_out(c, 2, inv);
+            self.set_out(c, 1, m)?;
+            self.set_out(c, 2, inv)?;
         }
         Ok(())
     }
 
     /// `x` reshaped to `shape`: a constant view, an alias, or a Reshape node.
     fn reshape(&mut self, c: &Ctx, x: ValueId, shape: Vec<usize>, out: &str) -> R<ValueId> {
-        let ty = self.ty(x).clone();
-        if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) != Some(ty.numel()) {
-            return Err(format!("cannot reshape {ty} to {shape:?}"));
+        let v = self.b.reshape(&c.name, x, shape.clone(), out)?;
+        if v != x
+            && let Some(ct) = self.cache.get(&x).cloned()
+        {
+            self.cache.insert(v, ct.reshape(shape));
         }
-        if ty.shape == shape {
-            return Ok(x);
-        }
-        if let Some(d) = self.g.const_data(x).cloned() {
-            let name = self.fresh(out);
-            let v = self
-                .g
-                .add_const(name, ty.with_shape(shape.clone()), d)
-                .map_err(ir_msg)?;
-            if let Some(ct) = self.cache.get(&x).cloned() {
-                self.cache.insert(v, ct.reshape(shape));
-            }
-            return Ok(v);
-        }
-        Ok(self.node(c, Op::Reshape { shape }, vec![x], &[out.to_string()])?[0])
+        Ok(v)
     }
 
     fn reshape_out(&mut self, c: &Ctx, x: ValueId, shape: Vec<usize>) -> R<()> {
         let name = self.out_name(c, 0);
         let v = self.reshape(c, x, shape, &name)?;
-        self.set_out(c, 0, v);
+        self.set_out(c, 0, v)?;
         Ok(())
     }
 
@@ -676,12 +579,150 @@ impl<'a> Imp<'a> {
             name: name.clone(),
             op: n.op_type(),
         };
-        self.translate(&c, value_t).map_err(|msg| OnnxError::Node {
-            file: self.file.to_string(),
-            node: name,
-            op_type: n.op_type().to_string(),
-            msg,
-        })
+        let domain = n.domain();
+        if domain == "com.microsoft" || domain.is_empty() && contrib::DEFAULT_DOMAIN.contains(&c.op)
+        {
+            return self.import_contrib(n, &name);
+        }
+        if let Some(&(_, lo_in, hi_in, lo_out, hi_out)) =
+            arity::ARITY.iter().find(|a| a.0 == n.op_type())
+        {
+            let (ni, no) = (n.input.len() as u64, n.output.len() as u64);
+            let range = |lo: u32, hi: u32| {
+                if hi == u32::MAX {
+                    format!("at least {lo}")
+                } else if lo == hi {
+                    format!("{lo}")
+                } else {
+                    format!("{lo} to {hi}")
+                }
+            };
+            let msg = if ni < lo_in as u64 || ni > hi_in as u64 {
+                Some(format!(
+                    "has {ni} inputs, the op takes {}",
+                    range(lo_in, hi_in)
+                ))
+            } else if no < lo_out as u64 || no > hi_out as u64 {
+                Some(format!(
+                    "has {no} outputs, the op has {}",
+                    range(lo_out, hi_out)
+                ))
+            } else {
+                None
+            };
+            if let Some(m) = msg {
+                return Err(FrontendError::node(self.b.file, &name, n.op_type(), m));
+            }
+        }
+        self.translate(&c, value_t)
+            .map_err(|msg| FrontendError::node(self.b.file, &name, n.op_type(), msg))
+    }
+
+    /// `If` whose condition is known at compile time (a constant after shape folding and
+    /// `--freeze`): the taken branch is inlined (its nodes see the outer scope; its own names
+    /// shadow it) and the other dropped. A run-time condition is an error that says which
+    /// input to freeze.
+    fn if_op(&mut self, c: &Ctx) -> R<()> {
+        let cond = self.req(c, 0)?;
+        let cv = self.cval(cond).ok_or_else(|| {
+            format!(
+                "input 0 ('{}') must be a constant (after folding): the condition is only known at run time; fix the inputs it depends on with --freeze NAME=FILE.npy (run-time control flow is not supported yet)",
+                c.n.input[0]
+            )
+        })?;
+        let bits = cv.as_i64();
+        let [b] = bits[..] else {
+            return Err(format!(
+                "the condition must have one element, has {}",
+                bits.len()
+            ));
+        };
+        let which = if b != 0 { "then_branch" } else { "else_branch" };
+        let g = c
+            .attr(which)
+            .and_then(|a| a.g.as_ref())
+            .ok_or_else(|| format!("missing graph attribute '{which}'"))?;
+        if g.output.len() != c.n.output.len() {
+            return Err(format!(
+                "{which} has {} outputs, the node {}",
+                g.output.len(),
+                c.n.output.len()
+            ));
+        }
+        if !g.sparse_initializer.is_empty() {
+            return Err(format!("{which}: sparse initializers are not supported"));
+        }
+        self.b.push_scope();
+        let res = (|| -> R<Vec<ValueId>> {
+            for t in &g.initializer {
+                let mut t = t.clone();
+                let (ty, data) = decode_tensor(&mut t, self.base_dir, &mut self.ext)
+                    .map_err(|e| format!("{which} initializer '{}': {e}", t.name()))?;
+                let v = self
+                    .b
+                    .add_const(&format!("{}/{}", c.name, t.name()), ty, data)?;
+                self.b.bind(t.name(), v)?;
+            }
+            for (i, n) in g.node.iter().enumerate() {
+                let mut n = n.clone();
+                let label = node_label(n.name(), n.op_type(), i);
+                n.name = Some(format!("{}/{which}/{label}", c.name));
+                self.import_node(&mut n, i).map_err(|e| match e {
+                    FrontendError::Node { node, op, msg, .. } => format!("{node} ({op}): {msg}"),
+                    e => e.to_string(),
+                })?;
+            }
+            g.output
+                .iter()
+                .map(|o| {
+                    self.b
+                        .lookup(o.name())
+                        .copied()
+                        .ok_or_else(|| format!("{which} output '{}' is not produced", o.name()))
+                })
+                .collect()
+        })();
+        self.b.pop_scope();
+        for (i, v) in res?.into_iter().enumerate() {
+            self.set_out(c, i, v)?;
+        }
+        Ok(())
+    }
+
+    /// A contrib op: expanded into standard ONNX nodes, imported with the newest opset's
+    /// semantics (the expansion writes them in that form); errors name the contrib node.
+    fn import_contrib(&mut self, n: &NodeProto, name: &str) -> Result<(), OnnxError> {
+        struct Vals<'i, 'a>(&'i Imp<'a>);
+        impl contrib::Inputs for Vals<'_, '_> {
+            fn ty(&self, name: &str) -> Option<TensorType> {
+                self.0.b.lookup(name).map(|v| self.0.ty(*v).clone())
+            }
+            fn data(&self, name: &str) -> Option<ConstData> {
+                self.0
+                    .b
+                    .lookup(name)
+                    .and_then(|v| self.0.b.g.const_data(*v).cloned())
+            }
+        }
+        let op = format!("com.microsoft:{}", n.op_type());
+        let file = self.b.file;
+        let nodes = contrib::expand(n, name, &Vals(self))
+            .map_err(|m| FrontendError::node(file, name, &op, m))?;
+        let saved = self.opset;
+        self.opset = MAX_OPSET;
+        let mut res = Ok(());
+        for (i, mut sub) in nodes.into_iter().enumerate() {
+            if let Err(e) = self.import_node(&mut sub, i) {
+                let msg = match e {
+                    FrontendError::Node { node, op, msg, .. } => format!("in {node} ({op}): {msg}"),
+                    e => e.to_string(),
+                };
+                res = Err(FrontendError::node(file, name, &op, msg));
+                break;
+            }
+        }
+        self.opset = saved;
+        res
     }
 
     fn translate(&mut self, c: &Ctx, value_t: Option<TensorProto>) -> R<()> {
@@ -741,13 +782,13 @@ impl<'a> Imp<'a> {
                 };
                 acc = self.binary(c, b, acc, v, &out)?;
             }
-            self.set_out(c, 0, acc);
+            self.set_out(c, 0, acc)?;
             return Ok(());
         }
         match op {
             "Identity" => {
                 let x = self.req(c, 0)?;
-                self.set_out(c, 0, x);
+                self.set_out(c, 0, x)?;
             }
             "Dropout" => {
                 if let Some(t) = self.inp(c, 2)? {
@@ -757,7 +798,7 @@ impl<'a> Imp<'a> {
                     }
                 }
                 let x = self.req(c, 0)?;
-                self.set_out(c, 0, x);
+                self.set_out(c, 0, x)?;
                 if let Some(m) = c.out(1)
                     && self.used.contains(m)
                 {
@@ -776,9 +817,9 @@ impl<'a> Imp<'a> {
                 let ct = self.constant_value(c, value_t)?;
                 match ct {
                     Ok((ty, data)) => {
-                        let name = self.fresh(&self.out_name(c, 0));
-                        let v = self.g.add_const(name, ty, data).map_err(ir_msg)?;
-                        self.set_out(c, 0, v);
+                        let name = self.b.fresh(&self.out_name(c, 0));
+                        let v = self.b.g.add_const(name, ty, data).map_err(ir_msg)?;
+                        self.set_out(c, 0, v)?;
                     }
                     Err(ct) => self.out_const(c, 0, ct)?,
                 }
@@ -1075,12 +1116,13 @@ impl<'a> Imp<'a> {
                         return Err(format!("a constant of shape {shape:?} is too large"));
                     }
                     let data = ConstData::from_vec(one.bytes().repeat(n));
-                    let name = self.fresh(&self.out_name(c, 0));
+                    let name = self.b.fresh(&self.out_name(c, 0));
                     let v = self
+                        .b
                         .g
                         .add_const(name, ty.with_shape(shape), data)
                         .map_err(ir_msg)?;
-                    self.set_out(c, 0, v);
+                    self.set_out(c, 0, v)?;
                     return Ok(());
                 }
                 let v = match &fill.v {
@@ -1106,7 +1148,7 @@ impl<'a> Imp<'a> {
                     dtype_from_onnx(c.i("to", 0) as i32)?
                 };
                 if self.ty(x).dtype == to {
-                    self.set_out(c, 0, x);
+                    self.set_out(c, 0, x)?;
                 } else if let Some(cx) = self.cval(x) {
                     self.out_const(c, 0, cx.cast(to))?;
                 } else {
@@ -1203,7 +1245,7 @@ impl<'a> Imp<'a> {
                     return self.out_const(c, 0, r);
                 }
                 if ins.len() == 1 {
-                    self.set_out(c, 0, ins[0]);
+                    self.set_out(c, 0, ins[0])?;
                     return Ok(());
                 }
                 self.emit(c, Op::Concat { axis }, ins)?;
@@ -1225,7 +1267,7 @@ impl<'a> Imp<'a> {
                     return Err(format!("perm {perm:?} is not a permutation of rank {r}"));
                 }
                 if perm.iter().enumerate().all(|(i, &p)| i == p) {
-                    self.set_out(c, 0, x);
+                    self.set_out(c, 0, x)?;
                 } else if let Some(cx) = self.cval(x) {
                     self.out_const(c, 0, ce::transpose(&cx, &perm))?;
                 } else {
@@ -1309,7 +1351,7 @@ impl<'a> Imp<'a> {
                 };
                 let out = self.out_name(c, 0);
                 let v = self.binary(c, f, a, b, &out)?;
-                self.set_out(c, 0, v);
+                self.set_out(c, 0, v)?;
             }
             "Mean" => {
                 let ins: Vec<ValueId> = (0..c.n.input.len())
@@ -1331,7 +1373,7 @@ impl<'a> Imp<'a> {
                 )?;
                 let out = self.out_name(c, 0);
                 let v = self.binary(c, BinaryOp::Div, acc, n, &out)?;
-                self.set_out(c, 0, v);
+                self.set_out(c, 0, v)?;
             }
             "MatMul" => {
                 let (a, b) = (self.req(c, 0)?, self.req(c, 1)?);
@@ -1371,7 +1413,7 @@ impl<'a> Imp<'a> {
                 let epsilon = c.f("epsilon", 1e-5);
                 let names = [self.out_name(c, 0)];
                 let v = self.node(c, Op::BatchNorm { epsilon }, ins, &names)?[0];
-                self.set_out(c, 0, v);
+                self.set_out(c, 0, v)?;
             }
             "Conv" => self.conv(c)?,
             "ConvTranspose" => self.conv_transpose(c)?,
@@ -1433,7 +1475,7 @@ impl<'a> Imp<'a> {
                     let s = self.node(c, Op::Softmax { axis: 1, kind }, vec![t], &names)?[0];
                     let out = self.out_name(c, 0);
                     let o = self.reshape(c, s, sh, &out)?;
-                    self.set_out(c, 0, o);
+                    self.set_out(c, 0, o)?;
                 }
             }
             "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd"
@@ -1463,7 +1505,7 @@ impl<'a> Imp<'a> {
                 let keepdims = c.i("keepdims", 1) != 0;
                 let mut ax = if axes.is_empty() {
                     if c.i("noop_with_empty_axes", 0) != 0 {
-                        self.set_out(c, 0, x);
+                        self.set_out(c, 0, x)?;
                         return Ok(());
                     }
                     (0..r).collect()
@@ -1489,6 +1531,7 @@ impl<'a> Imp<'a> {
             "RotaryEmbedding" => self.rotary_embedding(c)?,
             "LinearAttention" => self.linear_attention(c)?,
             "FlexAttention" if c.n.domain() == "ai.onnx.preview" => self.flex_attention(c)?,
+            "If" => self.if_op(c)?,
             _ => return Err("unsupported op".into()),
         }
         Ok(())
@@ -1568,7 +1611,7 @@ impl<'a> Imp<'a> {
             a.sizes[d] = size;
         }
         if a.sizes == sh && a.starts.iter().all(|&s| s == 0) && a.steps.iter().all(|&s| s == 1) {
-            self.set_out(c, 0, x);
+            self.set_out(c, 0, x)?;
         } else if let Some(cx) = self.cval(x) {
             self.out_const(c, 0, ce::slice(&cx, &a))?;
         } else {
@@ -1820,12 +1863,12 @@ impl<'a> Imp<'a> {
                 let b = self.reshape(c, b, vec![m, 1, 1], &format!("{base}/bias_c"))?;
                 let name = self.out_name(c, 0);
                 let v = self.node(c, Op::Binary(BinaryOp::Add), vec![y, b], &[name])?[0];
-                self.set_out(c, 0, v);
+                self.set_out(c, 0, v)?;
             }
             None => {
                 let name = self.out_name(c, 0);
                 let v = self.reshape(c, y, out_shape, &name)?;
-                self.set_out(c, 0, v);
+                self.set_out(c, 0, v)?;
             }
         }
         Ok(true)
@@ -1864,7 +1907,7 @@ impl<'a> Imp<'a> {
             };
             let names = [self.out_name(c, 1)];
             let v = self.node(c, op, vec![x], &names)?[0];
-            self.set_out(c, 1, v);
+            self.set_out(c, 1, v)?;
         }
         let op = if max {
             Op::MaxPool(a)
@@ -1873,7 +1916,7 @@ impl<'a> Imp<'a> {
         };
         let names = [self.out_name(c, 0)];
         let v = self.node(c, op, vec![x], &names)?[0];
-        self.set_out(c, 0, v);
+        self.set_out(c, 0, v)?;
         Ok(())
     }
 
@@ -1966,7 +2009,7 @@ impl<'a> Imp<'a> {
         };
         let names = [self.out_name(c, 0)];
         let v = self.node(c, Op::Resize(a), vec![x], &names)?[0];
-        self.set_out(c, 0, v);
+        self.set_out(c, 0, v)?;
         Ok(())
     }
 }
@@ -2042,12 +2085,15 @@ fn slice_dim(dim: usize, start: i64, end: i64, step: i64) -> R<(usize, usize)> {
 }
 
 /// Op types (or op variants) the importer cannot translate, with their node names.
-fn unsupported(nodes: &[NodeProto]) -> BTreeMap<String, Vec<String>> {
-    let mut bad: BTreeMap<String, Vec<String>> = BTreeMap::new();
+fn unsupported(nodes: &[NodeProto]) -> Unsupported {
+    let mut bad = Unsupported::default();
     for (i, n) in nodes.iter().enumerate() {
         let op = n.op_type();
         let domain = n.domain();
-        let label = if domain == "ai.onnx.preview" && op == "FlexAttention" {
+        let label = if domain == "ai.onnx.preview" && op == "FlexAttention"
+            || domain == "com.microsoft" && contrib::CONTRIB.contains(&op)
+            || domain.is_empty() && contrib::DEFAULT_DOMAIN.contains(&op)
+        {
             None
         } else if !(domain.is_empty() || domain == "ai.onnx") {
             Some(format!("{domain}:{op}"))
@@ -2082,12 +2128,7 @@ fn unsupported(nodes: &[NodeProto]) -> BTreeMap<String, Vec<String>> {
             }
         };
         if let Some(l) = label {
-            let name = if n.name().is_empty() {
-                format!("{op}_{i}")
-            } else {
-                n.name().to_string()
-            };
-            bad.entry(l).or_default().push(name);
+            bad.add(l, node_label(n.name(), op, i));
         }
     }
     bad
@@ -2099,10 +2140,7 @@ pub fn import_model(
     file: &str,
     opts: &OnnxOptions,
 ) -> Result<Graph, OnnxError> {
-    let merr = |msg: String| OnnxError::Model {
-        file: file.to_string(),
-        msg,
-    };
+    let merr = |msg: String| FrontendError::model(file, msg);
     let opset = model
         .opset_import
         .iter()
@@ -2126,18 +2164,7 @@ pub fn import_model(
         .collect();
     used.extend(graph.output.iter().map(|o| o.name().to_string()));
 
-    let bad = unsupported(&graph.node);
-    if !bad.is_empty() {
-        let list = bad
-            .iter()
-            .map(|(op, nodes)| format!("{op} (nodes: {})", nodes.join(", ")))
-            .collect::<Vec<_>>()
-            .join("; ");
-        return Err(OnnxError::Unsupported {
-            file: file.to_string(),
-            list,
-        });
-    }
+    unsupported(&graph.node).check(file)?;
     if !graph.sparse_initializer.is_empty() {
         return Err(merr("sparse initializers are not supported".into()));
     }
@@ -2150,12 +2177,13 @@ pub fn import_model(
     } else {
         graph.name().to_string()
     };
+    let fixes = InputFixes {
+        shapes: opts.input_shapes.clone(),
+        frozen: opts.frozen_inputs.clone(),
+    };
     let mut imp = Imp {
-        file,
         opset,
-        g: Graph::new(gname),
-        env: HashMap::new(),
-        names: HashSet::new(),
+        b: GraphBuilder::new(file, &gname, fixes),
         ext: ExternalFiles::default(),
         base_dir,
         used,
@@ -2166,37 +2194,21 @@ pub fn import_model(
     let mut init_names = HashSet::new();
     for t in graph.initializer.iter_mut() {
         let tname = t.name().to_string();
-        let (ty, data) = decode_tensor(t, base_dir, &mut imp.ext)
-            .map_err(|e| merr(format!("initializer '{tname}': {e}")))?;
-        let name = imp.fresh(&tname);
-        let v = imp
-            .g
-            .add_const(name, ty, data)
-            .map_err(|e| merr(format!("initializer '{tname}': {e}")))?;
-        imp.env.insert(tname.clone(), v);
+        let ierr = |e: String| merr(format!("initializer '{tname}': {e}"));
+        let (ty, data) = decode_tensor(t, base_dir, &mut imp.ext).map_err(ierr)?;
+        let v = imp.b.add_const(&tname, ty, data).map_err(ierr)?;
+        imp.b.bind(&tname, v).map_err(ierr)?;
         init_names.insert(tname);
     }
 
-    // Graph inputs.
-    let mut overrides: HashMap<&str, &Vec<usize>> = HashMap::new();
-    for (n, s) in &opts.input_shapes {
-        if init_names.contains(n) || !graph.input.iter().any(|i| i.name() == n) {
-            return Err(merr(format!(
-                "--input-shape names '{n}', which is not a graph input"
-            )));
-        }
-        overrides.insert(n.as_str(), s);
-    }
-    let mut frozen: HashMap<&str, (&TensorType, &ConstData)> = HashMap::new();
-    for (n, ty, d) in &opts.frozen_inputs {
-        if init_names.contains(n) || !graph.input.iter().any(|i| i.name() == n) {
-            return Err(merr(format!(
-                "--freeze names '{n}', which is not a graph input"
-            )));
-        }
-        frozen.insert(n.as_str(), (ty, d));
-        overrides.entry(n.as_str()).or_insert(&ty.shape);
-    }
+    // Graph inputs (an initializer listed as an input too, as IR < 4 requires, is a constant).
+    imp.b.check_fixes(
+        graph
+            .input
+            .iter()
+            .map(|i| i.name())
+            .filter(|n| !init_names.contains(*n)),
+    )?;
     for vi in &graph.input {
         let iname = vi.name().to_string();
         if init_names.contains(&iname) {
@@ -2209,136 +2221,51 @@ pub fn import_model(
         };
         let dtype =
             dtype_from_onnx(tt.elem_type()).map_err(|e| merr(format!("input '{iname}': {e}")))?;
-        let over = overrides.remove(iname.as_str());
-        let shape: Vec<usize> = match (&tt.shape, over) {
-            (Some(s), Some(o)) => {
-                if s.dim.len() != o.len() {
-                    return Err(merr(format!(
-                        "--input-shape for '{iname}' has rank {}, the model says {}",
-                        o.len(),
-                        s.dim.len()
-                    )));
-                }
-                for (d, (dim, &ov)) in s.dim.iter().zip(o.iter()).enumerate() {
-                    if let Some(dimension::Value::DimValue(v)) = dim.value
-                        && v >= 0
-                        && v as usize != ov
-                    {
-                        return Err(merr(format!(
-                            "--input-shape for '{iname}' sets dim {d} to {ov}, the model fixes it to {v}"
-                        )));
-                    }
-                }
-                o.clone()
-            }
-            (None, Some(o)) => o.clone(),
-            (None, None) => {
-                return Err(OnnxError::DynamicInput {
-                    file: file.to_string(),
-                    input: iname,
-                    dim: 0,
-                    what: "the model gives no shape".into(),
-                });
-            }
-            (Some(s), None) => {
-                let mut out = Vec::with_capacity(s.dim.len());
-                for (d, dim) in s.dim.iter().enumerate() {
-                    match &dim.value {
-                        Some(dimension::Value::DimValue(v)) if *v >= 0 => out.push(*v as usize),
-                        other => {
-                            return Err(OnnxError::DynamicInput {
-                                file: file.to_string(),
-                                input: iname,
-                                dim: d,
-                                what: match other {
-                                    Some(dimension::Value::DimParam(p)) => format!("'{p}'"),
-                                    Some(dimension::Value::DimValue(v)) => format!("{v}"),
-                                    None => "unknown".into(),
-                                },
-                            });
-                        }
-                    }
-                }
-                out
-            }
-        };
-        let ty = TensorType::new(dtype, shape);
-        if ty
-            .shape
-            .iter()
-            .try_fold(dtype.size(), |a, &d| a.checked_mul(d))
-            .is_none()
-        {
-            return Err(merr(format!(
-                "input '{iname}' shape {:?} is too large",
-                ty.shape
-            )));
-        }
-        let name = imp.fresh(&iname);
-        let v = if let Some((fty, data)) = frozen.remove(iname.as_str()) {
-            if fty.dtype != ty.dtype || fty.shape != ty.shape {
-                return Err(merr(format!(
-                    "--freeze for '{iname}' gives {fty}, the model's input is {ty}"
-                )));
-            }
-            imp.g
-                .add_const(name, ty, data.clone())
-                .map_err(|e| merr(format!("--freeze for '{iname}': {e}")))?
-        } else {
-            imp.g.add_input(name, ty)
-        };
-        imp.env.insert(iname, v);
+        let dims: Option<Vec<Dim>> = tt.shape.as_ref().map(|s| {
+            s.dim
+                .iter()
+                .map(|d| match &d.value {
+                    Some(dimension::Value::DimValue(v)) if *v >= 0 => Dim::Fixed(*v as usize),
+                    Some(dimension::Value::DimParam(p)) => Dim::Dynamic(format!("'{p}'")),
+                    Some(dimension::Value::DimValue(v)) => Dim::Dynamic(format!("{v}")),
+                    None => Dim::Dynamic("unknown".into()),
+                })
+                .collect()
+        });
+        let v = imp.b.input(&iname, dtype, dims.as_deref())?;
+        imp.b
+            .bind(&iname, v)
+            .map_err(|e| merr(format!("input '{iname}': {e}")))?;
     }
-    // Reserve all node output names so generated names never take them.
+    // Reserve all node output names so generated names never take them; each is released
+    // when its node is imported.
     for n in &graph.node {
         for o in &n.output {
-            if !o.is_empty() && !imp.env.contains_key(o) {
-                imp.names.insert(o.clone());
+            if !o.is_empty() && !imp.b.is_bound(o) {
+                imp.b.reserve(o);
             }
         }
     }
-    // Release reserved names as they are bound: fresh() on a reserved name would rename it, so
-    // node outputs are named through `claim` below.
     let nodes = std::mem::take(&mut graph.node);
-    let mut reserved: HashSet<String> = imp.names.clone();
     for (i, mut n) in nodes.into_iter().enumerate() {
         for o in &n.output {
-            if reserved.remove(o) {
-                imp.names.remove(o);
+            if !o.is_empty() && !imp.b.is_bound(o) {
+                imp.b.release(o);
             }
         }
         imp.import_node(&mut n, i)?;
     }
 
     for o in &graph.output {
-        let v = *imp.env.get(o.name()).ok_or_else(|| {
+        let v = *imp.b.lookup(o.name()).ok_or_else(|| {
             merr(format!(
                 "graph output '{}' is not produced by any node, initializer or input",
                 o.name()
             ))
         })?;
-        // An output that aliases another value (Identity, Dropout, no-op Cast...) keeps its
-        // ONNX name through a same-shape view; the memory planner makes it free.
-        let v = if imp.g.value(v).name != o.name() {
-            let name = imp.fresh(o.name());
-            let shape = imp.g.ty(v).shape.clone();
-            imp.g
-                .add_node(
-                    name.clone(),
-                    kiln_ir::Op::Reshape { shape },
-                    vec![v],
-                    vec![name],
-                )
-                .map_err(|e| merr(e.to_string()))?[0]
-        } else {
-            v
-        };
-        imp.g.outputs.push(v);
+        imp.b.output(v, Some(o.name()))?;
     }
-    if imp.g.outputs.is_empty() {
-        return Err(merr("graph has no outputs".into()));
-    }
-    Ok(imp.g)
+    imp.b.finish()
 }
 
 /// Resize output sizes and per-dim scale factors (f64) from `scales` or `sizes` given for

@@ -6,6 +6,7 @@
 //! ([`consteval`]). Large weights stored as external data are memory-mapped, not copied.
 
 mod consteval;
+pub mod export;
 mod import;
 pub(crate) mod tensor;
 
@@ -20,6 +21,8 @@ use std::path::Path;
 use kiln_ir::Graph;
 use prost::Message;
 
+use crate::frontend::data;
+
 /// Options for loading an ONNX model.
 #[derive(Debug, Clone, Default)]
 pub struct OnnxOptions {
@@ -32,59 +35,20 @@ pub struct OnnxOptions {
     pub frozen_inputs: Vec<(String, kiln_ir::TensorType, kiln_ir::ConstData)>,
 }
 
-/// Errors from the ONNX front end. Every message names the model file; node errors also name the
-/// node and its op type.
-#[derive(Debug, thiserror::Error)]
-pub enum OnnxError {
-    #[error("{file}: cannot read: {source}")]
-    Io {
-        file: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{file}: not a valid ONNX model (protobuf decode failed): {source}")]
-    Decode {
-        file: String,
-        #[source]
-        source: prost::DecodeError,
-    },
-    #[error("{file}: {msg}")]
-    Model { file: String, msg: String },
-    #[error("{file}: node '{node}' ({op_type}): {msg}")]
-    Node {
-        file: String,
-        node: String,
-        op_type: String,
-        msg: String,
-    },
-    #[error("{file}: unsupported ops: {list}")]
-    Unsupported { file: String, list: String },
-    #[error(
-        "{file}: input '{input}' has dynamic dimension {dim} ({what}); fix it with --input-shape {input}=d0,d1,..."
-    )]
-    DynamicInput {
-        file: String,
-        input: String,
-        dim: usize,
-        what: String,
-    },
-}
+/// Errors from the ONNX front end: the front-end layer's error type.
+pub type OnnxError = crate::frontend::FrontendError;
 
-/// Load an ONNX model file. External data files are resolved relative to the model's directory.
+/// Load an ONNX model file (memory-mapped: weights stay windows into the map). External data
+/// files are resolved relative to the model's directory.
 pub fn load(path: &Path, opts: &OnnxOptions) -> Result<Graph, OnnxError> {
     let file = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| OnnxError::Io {
-        file: file.clone(),
-        source,
-    })?;
-    let base = path.parent().map(|p| {
-        if p.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            p
-        }
-    });
-    load_bytes(&bytes, base, &file, opts)
+    let bytes = data::map_file(path).map_err(|e| OnnxError::io(&file, e))?;
+    let model = decode(bytes, &file)?;
+    import::import_model(model, data::model_dir(path), &file, opts)
+}
+
+fn decode(bytes: impl bytes::Buf, file: &str) -> Result<proto::ModelProto, OnnxError> {
+    proto::ModelProto::decode(bytes).map_err(|e| OnnxError::decode(file, "ONNX model", e))
 }
 
 /// Load an ONNX model from bytes. `base_dir` is where external data files live (`None`: a model
@@ -95,25 +59,20 @@ pub fn load_bytes(
     name: &str,
     opts: &OnnxOptions,
 ) -> Result<Graph, OnnxError> {
-    let model = proto::ModelProto::decode(bytes).map_err(|source| OnnxError::Decode {
-        file: name.to_string(),
-        source,
-    })?;
-    import::import_model(model, base_dir, name, opts)
+    import::import_model(decode(bytes, name)?, base_dir, name, opts)
 }
 
 /// Read a serialized `TensorProto` file (the ONNX test-data format `input_0.pb`).
 pub fn read_tensor(path: &Path) -> Result<(kiln_ir::TensorType, kiln_ir::ConstData), OnnxError> {
     let file = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| OnnxError::Io {
-        file: file.clone(),
-        source,
-    })?;
-    let mut t =
-        proto::TensorProto::decode(bytes.as_slice()).map_err(|source| OnnxError::Decode {
-            file: file.clone(),
-            source,
-        })?;
-    let mut ext = tensor::ExternalFiles::default();
-    tensor::decode_tensor(&mut t, None, &mut ext).map_err(|msg| OnnxError::Model { file, msg })
+    let bytes = data::map_file(path).map_err(|e| OnnxError::io(&file, e))?;
+    let mut t = proto::TensorProto::decode(bytes)
+        .map_err(|e| OnnxError::decode(&file, "ONNX tensor", e))?;
+    let mut ext = data::ExternalFiles::default();
+    tensor::decode_tensor(&mut t, None, &mut ext).map_err(|msg| OnnxError::model(&file, msg))
+}
+
+/// The `com.microsoft` contrib ops the importer expands, with what each becomes.
+pub fn contrib_expansions() -> &'static [(&'static str, &'static str)] {
+    import::contrib::EXPANSIONS
 }

@@ -15,9 +15,9 @@
 
 use kiln_ir::ops::EpilogueStep;
 
-use crate::emit::{Emit, all_lanes};
+use kiln_target_llvm::{Emit, LlvmTarget, all_lanes};
+
 use crate::kernels::{Geom, Packing};
-use crate::llvm::LlvmTarget;
 use crate::ukernel::{ConvKernel, KERNEL_PARAMS};
 
 /// Output pixels per depthwise work item: accumulators plus the input vectors a row of taps
@@ -43,7 +43,7 @@ impl ConvKernel {
         if g.cg != 1
             || g.mg != 1
             || !g.c.is_multiple_of(t.lanes)
-            || !crate::ukernel::epilogue_supported(epilogue)
+            || !kiln_target_llvm::epilogue_supported(epilogue)
         {
             return None;
         }
@@ -111,10 +111,8 @@ impl ConvKernel {
             pad.clone()
         } else if self.has_bias {
             b.line(&format!("  %bo = mul i64 %ci, {w}"));
-            let p = b.gep_vec_at("%b", "%bo");
-            let x = b.tmp();
-            b.line(&format!("  {x} = load {vt}, {vt}* {p}, align 4"));
-            x
+            let p = b.gep("%b", "%bo");
+            b.load_vec(&p)
         } else {
             "zeroinitializer".into()
         };
@@ -137,19 +135,14 @@ impl ConvKernel {
                 b.line(&format!("{body}:"));
                 let ro = b.tmp();
                 b.line(&format!("  {ro} = mul i64 {iy}, {}", g.w * w));
-                let rp = b.tmp();
-                b.line(&format!(
-                    "  {rp} = getelementptr float, float* %qcp, i64 {ro}"
-                ));
+                let rp = b.gep("%qcp", &ro);
                 let mut cur = acc.clone();
                 for tw in 0..kw {
                     let wv = if self.pool_max {
                         String::new()
                     } else {
                         let p = b.gep_vec("%wp", (th * kw + tw) * w);
-                        let x = b.tmp();
-                        b.line(&format!("  {x} = load {vt}, {vt}* {p}, align 4"));
-                        x
+                        b.load_vec(&p)
                     };
                     for (p, c) in cur.iter_mut().enumerate() {
                         let ix = b.tmp();
@@ -193,16 +186,9 @@ impl ConvKernel {
             b.line(&format!("  {ob2} = add i64 {ob}, %x0"));
             let ob3 = b.tmp();
             b.line(&format!("  {ob3} = mul i64 {ob2}, {w}"));
-            let op = b.tmp();
-            b.line(&format!(
-                "  {op} = getelementptr float, float* %o, i64 {ob3}"
-            ));
+            let op = b.gep("%o", &ob3);
             let srcs = if self.has_res {
-                let rp = b.tmp();
-                b.line(&format!(
-                    "  {rp} = getelementptr float, float* %r, i64 {ob3}"
-                ));
-                vec![crate::emit::Src::Vec(rp)]
+                vec![kiln_target_llvm::Src::Vec(b.gep("%r", &ob3))]
             } else {
                 Vec::new()
             };
@@ -234,11 +220,8 @@ impl ConvKernel {
 
 /// The vector of `w` channels at column `ix` (SSA) of row pointer `rp`.
 fn load_px(b: &mut Emit, rp: &str, ix: &str, w: usize) -> String {
-    let vt = b.vt.clone();
     let o = b.tmp();
     b.line(&format!("  {o} = mul i64 {ix}, {w}"));
-    let p = b.gep_vec_at(rp, &o);
-    let x = b.tmp();
-    b.line(&format!("  {x} = load {vt}, {vt}* {p}, align 4"));
-    x
+    let p = b.gep(rp, &o);
+    b.load_vec(&p)
 }

@@ -4,8 +4,7 @@
 //! signature: five pointers and the item range). Rows are read with full vectors and one masked
 //! tail vector; the reductions keep a vector accumulator and reduce it once per row.
 
-use crate::emit::{Emit, fconst};
-use crate::llvm::LlvmTarget;
+use kiln_target_llvm::{Emit, LlvmTarget, fconst};
 
 /// What a row kernel computes.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,7 +46,7 @@ pub(crate) struct RowKernel {
 
 /// Parameters: input rows, scale row, bias row, unused, output rows (then the work range).
 const ROW_PARAMS: &str =
-    "float* noalias %x, float* noalias %sc, float* noalias %bi, float* %u3, float* noalias %o";
+    "ptr noalias %x, ptr noalias %sc, ptr noalias %bi, ptr %u3, ptr noalias %o";
 
 impl RowKernel {
     pub fn new(name: String, op: RowOp, rows: usize, len: usize, t: &LlvmTarget) -> RowKernel {
@@ -91,19 +90,15 @@ impl RowKernel {
         let mut e = Emit::new(self.lanes);
         e.items_begin(&self.name, ROW_PARAMS, attrs_group, "t", "row_end");
         e.line(&format!("  %ro = mul i64 %t, {}", self.len));
-        e.line("  %xr = getelementptr float, float* %x, i64 %ro");
-        e.line("  %or = getelementptr float, float* %o, i64 %ro");
-        let rl = RowLoops {
-            w: self.lanes,
-            len: self.len,
-        };
+        e.line("  %xr = getelementptr float, ptr %x, i64 %ro");
+        e.line("  %or = getelementptr float, ptr %o, i64 %ro");
         match &self.op {
-            RowOp::Softmax => softmax(&mut e, &rl),
+            RowOp::Softmax => softmax(&mut e, self.len),
             RowOp::LayerNorm {
                 epsilon,
                 scale,
                 bias,
-            } => layer_norm(&mut e, &rl, *epsilon, (*scale, *bias)),
+            } => layer_norm(&mut e, self.len, *epsilon, (*scale, *bias)),
             RowOp::Gemv { .. } | RowOp::Relayout { .. } => unreachable!("own generators"),
         }
         e.line("  br label %row_end");
@@ -112,9 +107,6 @@ impl RowKernel {
         out.push_str(&e.s);
     }
 }
-
-/// The body of a row loop: `(emit, float offset, tail mask, accumulator) -> new accumulator`.
-type VecBody<'a> = dyn FnMut(&mut Emit, &str, Option<&str>, &str) -> String + 'a;
 
 impl RowKernel {
     /// `void name(x, _, _, _, y, t0, t1)`: channel blocks `t0..t1` (each `w * len` floats in
@@ -126,8 +118,8 @@ impl RowKernel {
         let mut e = Emit::new(w);
         e.items_begin(&self.name, ROW_PARAMS, attrs_group, "t", "item_end");
         e.line(&format!("  %bo = mul i64 %t, {}", w * len));
-        e.line("  %xb = getelementptr float, float* %x, i64 %bo");
-        e.line("  %ob = getelementptr float, float* %o, i64 %bo");
+        e.line("  %xb = getelementptr float, ptr %x, i64 %bo");
+        e.line("  %ob = getelementptr float, ptr %o, i64 %bo");
         // pixels p0 .. p0 + n (n = w, or the tail) of the block
         let chunk = |e: &mut Emit, p0: &str, n: usize| {
             let m = (n < w).then(|| e.lanes_below(0, n));
@@ -137,12 +129,12 @@ impl RowKernel {
                 let off = e.tmp();
                 if to_blocked {
                     e.line(&format!("  {off} = add i64 {p0}, {}", i * len));
-                    rows.push(load(e, "%xb", &off, m.as_deref(), "zeroinitializer"));
+                    rows.push(e.load_at("%xb", &off, m.as_deref(), "zeroinitializer"));
                 } else if i < n {
                     e.line(&format!("  {off} = mul i64 {p0}, {w}"));
                     let o2 = e.tmp();
                     e.line(&format!("  {o2} = add i64 {off}, {}", i * w));
-                    rows.push(load(e, "%xb", &o2, None, "zeroinitializer"));
+                    rows.push(e.load_at("%xb", &o2, None, "zeroinitializer"));
                 } else {
                     e.line(&format!("  {off} = add i64 0, 0"));
                     rows.push("zeroinitializer".into());
@@ -158,10 +150,10 @@ impl RowKernel {
                     e.line(&format!("  {off} = mul i64 {p0}, {w}"));
                     let o2 = e.tmp();
                     e.line(&format!("  {o2} = add i64 {off}, {}", j * w));
-                    store(e, c, "%ob", &o2, None);
+                    e.store_at(c, "%ob", &o2, None);
                 } else {
                     e.line(&format!("  {off} = add i64 {p0}, {}", j * len));
-                    store(e, c, "%ob", &off, m.as_deref());
+                    e.store_at(c, "%ob", &off, m.as_deref());
                 }
             }
         };
@@ -196,14 +188,12 @@ impl RowKernel {
         e.line(&format!("  %n0 = mul i64 %t, {c}"));
         let mut rows = Vec::new();
         for i in 0..c {
-            let (ni, ok, nc, ro, rp) = (e.tmp(), e.tmp(), e.tmp(), e.tmp(), e.tmp());
+            let (ni, ok, nc, ro) = (e.tmp(), e.tmp(), e.tmp(), e.tmp());
             e.line(&format!("  {ni} = add i64 %n0, {i}"));
             e.line(&format!("  {ok} = icmp ult i64 {ni}, {n}"));
             e.line(&format!("  {nc} = select i1 {ok}, i64 {ni}, i64 {}", n - 1));
             e.line(&format!("  {ro} = mul i64 {nc}, {k}"));
-            e.line(&format!(
-                "  {rp} = getelementptr float, float* %sc, i64 {ro}"
-            ));
+            let rp = e.gep("%sc", &ro);
             rows.push((ni, ok, rp));
         }
         let nv = k / w;
@@ -219,11 +209,11 @@ impl RowKernel {
             }
             let off = e.tmp();
             e.line(&format!("  {off} = mul i64 %k_i, {w}"));
-            let xv = load(&mut e, "%x", &off, None, "zeroinitializer");
+            let xv = e.load_at("%x", &off, None, "zeroinitializer");
             for (i, (_, _, rp)) in rows.iter().enumerate() {
-                let wv = load(&mut e, rp, &off, None, "zeroinitializer");
+                let wv = e.load_at(rp, &off, None, "zeroinitializer");
                 let f = e.fma(&xv, &wv, &format!("%acc{i}"));
-                e.line(&format!("  %accn{i} = {}", copy(&vt, &f)));
+                e.copy_to(&format!("%accn{i}"), &vt, &f);
             }
             e.line("  %k_n = add i64 %k_i, 1");
             e.line(&format!("  %k_c = icmp eq i64 %k_n, {nv}"));
@@ -234,32 +224,27 @@ impl RowKernel {
         if k % w > 0 {
             let m = e.lanes_below(0, k % w);
             let off = (nv * w).to_string();
-            let xv = load(&mut e, "%x", &off, Some(&m), "zeroinitializer");
+            let xv = e.load_at("%x", &off, Some(&m), "zeroinitializer");
             for (i, (_, _, rp)) in rows.iter().enumerate() {
-                let wv = load(&mut e, rp, &off, Some(&m), "zeroinitializer");
+                let wv = e.load_at(rp, &off, Some(&m), "zeroinitializer");
                 accs[i] = e.fma(&xv, &wv, &accs[i]);
             }
         }
         for (i, (ni, ok, _)) in rows.iter().enumerate() {
-            let mut s = hsum(&mut e, &accs[i]);
+            let mut s = e.hsum(&accs[i]);
             if bias {
-                let (bp, bv, t) = (e.tmp(), e.tmp(), e.tmp());
                 let nc = e.tmp();
                 e.line(&format!("  {nc} = select i1 {ok}, i64 {ni}, i64 {}", n - 1));
-                e.line(&format!(
-                    "  {bp} = getelementptr float, float* %bi, i64 {nc}"
-                ));
-                e.line(&format!("  {bv} = load float, float* {bp}, align 4"));
+                let bp = e.gep("%bi", &nc);
+                let bv = e.load_f32(&bp);
+                let t = e.tmp();
                 e.line(&format!("  {t} = fadd float {s}, {bv}"));
                 s = t;
             }
             e.line(&format!("  br i1 {ok}, label %st{i}, label %sk{i}"));
             e.line(&format!("st{i}:"));
-            let op = e.tmp();
-            e.line(&format!(
-                "  {op} = getelementptr float, float* %o, i64 {ni}"
-            ));
-            e.line(&format!("  store float {s}, float* {op}, align 4"));
+            let op = e.gep("%o", ni);
+            e.store_f32(&s, &op);
             e.line(&format!("  br label %sk{i}"));
             e.line(&format!("sk{i}:"));
         }
@@ -270,163 +255,60 @@ impl RowKernel {
     }
 }
 
-/// Loops over one row: `len / w` full vectors, then a masked tail.
-struct RowLoops {
-    w: usize,
-    len: usize,
-}
-
-impl RowLoops {
-    /// A loop over the row's vectors with one vector accumulator starting at `init`, then the
-    /// tail (if any); `body(e, ptr_offset, mask, acc)` returns the new accumulator. Returns
-    /// the final accumulator.
-    fn fold(&self, e: &mut Emit, tag: &str, init: &str, body: &mut VecBody) -> String {
-        let (w, vt) = (self.w, e.vt.clone());
-        let nv = self.len / w;
-        let mut acc = init.to_string();
-        if nv > 0 {
-            e.line(&format!("  br label %{tag}_pre"));
-            e.line(&format!("{tag}_pre:"));
-            e.line(&format!("  br label %{tag}_head"));
-            e.line(&format!("{tag}_head:"));
-            e.line(&format!(
-                "  %{tag}_i = phi i64 [ 0, %{tag}_pre ], [ %{tag}_n, %{tag}_head ]"
-            ));
-            e.line(&format!(
-                "  %{tag}_acc = phi {vt} [ {acc}, %{tag}_pre ], [ %{tag}_accn, %{tag}_head ]"
-            ));
-            let off = e.tmp();
-            e.line(&format!("  {off} = mul i64 %{tag}_i, {w}"));
-            let next = body(e, &off, None, &format!("%{tag}_acc"));
-            e.line(&format!("  %{tag}_accn = {}", copy(&vt, &next)));
-            e.line(&format!("  %{tag}_n = add i64 %{tag}_i, 1"));
-            e.line(&format!("  %{tag}_c = icmp eq i64 %{tag}_n, {nv}"));
-            e.line(&format!(
-                "  br i1 %{tag}_c, label %{tag}_exit, label %{tag}_head"
-            ));
-            e.line(&format!("{tag}_exit:"));
-            acc = format!("%{tag}_accn");
-        }
-        let tail = self.len % w;
-        if tail > 0 {
-            let m = e.lanes_below(0, tail);
-            let off = (nv * w).to_string();
-            acc = body(e, &off, Some(&m), &acc);
-        }
-        acc
-    }
-}
-
-/// `%r = <value>` as an instruction (a vector select that always takes `v`).
-fn copy(vt: &str, v: &str) -> String {
-    format!("select i1 true, {vt} {v}, {vt} {v}")
-}
-
-/// Load the vector at float offset `off` of row `base` (masked lanes read `other`).
-fn load(e: &mut Emit, base: &str, off: &str, m: Option<&str>, other: &str) -> String {
-    let c = e.gep_vec_at(base, off);
-    match m {
-        Some(m) => e.masked_load_or(&c, m, other),
-        None => {
-            let vt = e.vt.clone();
-            let x = e.tmp();
-            e.line(&format!("  {x} = load {vt}, {vt}* {c}, align 4"));
-            x
-        }
-    }
-}
-
-fn store(e: &mut Emit, v: &str, base: &str, off: &str, m: Option<&str>) {
-    let (w, vt) = (e.w, e.vt.clone());
-    let c = e.gep_vec_at(base, off);
-    match m {
-        Some(m) => e.line(&format!(
-            "  call void @llvm.masked.store.v{w}f32.p0v{w}f32({vt} {v}, {vt}* {c}, i32 4, <{w} x i1> {m})"
-        )),
-        None => e.line(&format!("  store {vt} {v}, {vt}* {c}, align 4")),
-    }
-}
-
-/// Horizontal sum of a vector (in lane order, like a scalar loop would not: the lanes hold
-/// strided partial sums).
-fn hsum(e: &mut Emit, v: &str) -> String {
-    let (w, vt) = (e.w, e.vt.clone());
-    let s = e.tmp();
-    e.line(&format!(
-        "  {s} = call float @llvm.vector.reduce.fadd.v{w}f32(float 0.0, {vt} {v})"
-    ));
-    s
-}
-
-fn softmax(e: &mut Emit, rl: &RowLoops) {
-    let (w, vt) = (rl.w, e.vt.clone());
+/// Softmax of the row at `%xr` into `%or`: the maximum, `exp(x - max)` stored and summed, the
+/// division (each a loop over the row's vectors, then a masked tail).
+fn softmax(e: &mut Emit, len: usize) {
     let ninf = e.fsplat(f32::NEG_INFINITY);
     // the maximum: only a strictly greater value moves a lane (NaN never does), as Cranelift's
-    let mx = rl.fold(e, "mx", &ninf, &mut |e, off, m, acc| {
-        let v = load(e, "%xr", off, m, &e.fsplat(f32::NEG_INFINITY));
+    let mx = e.fold_row("mx", len, &ninf, &mut |e, off, m, acc| {
+        let v = e.load_at("%xr", off, m, &e.fsplat(f32::NEG_INFINITY));
         e.select("ogt", &v, acc, &v, acc)
     });
-    let m = e.tmp();
-    e.line(&format!(
-        "  {m} = call float @llvm.vector.reduce.fmax.v{w}f32({vt} {mx})"
-    ));
+    let m = e.hmax(&mx);
     let ms = e.splat(&m);
     // exp(x - max), stored, and summed
-    let sum = rl.fold(e, "ex", "zeroinitializer", &mut |e, off, mask, acc| {
-        let v = load(e, "%xr", off, mask, "zeroinitializer");
+    let sum = e.fold_row("ex", len, "zeroinitializer", &mut |e, off, mask, acc| {
+        let v = e.load_at("%xr", off, mask, "zeroinitializer");
         let d = e.bin("fsub", &v, &ms);
         let x = e.exp(&d);
-        store(e, &x, "%or", off, mask);
+        e.store_at(&x, "%or", off, mask);
         let x = match mask {
-            Some(mask) => {
-                let r = e.tmp();
-                e.line(&format!(
-                    "  {r} = select <{w} x i1> {mask}, {vt} {x}, {vt} zeroinitializer"
-                ));
-                r
-            }
+            Some(mask) => e.zero_unless(mask, &x),
             None => x,
         };
         e.bin("fadd", acc, &x)
     });
-    let s = hsum(e, &sum);
+    let s = e.hsum(&sum);
     let ss = e.splat(&s);
-    rl.fold(e, "dv", "zeroinitializer", &mut |e, off, mask, acc| {
-        let v = load(e, "%or", off, mask, "zeroinitializer");
+    e.fold_row("dv", len, "zeroinitializer", &mut |e, off, mask, acc| {
+        let v = e.load_at("%or", off, mask, "zeroinitializer");
         let q = e.bin("fdiv", &v, &ss);
-        store(e, &q, "%or", off, mask);
+        e.store_at(&q, "%or", off, mask);
         acc.to_string()
     });
 }
 
-fn layer_norm(e: &mut Emit, rl: &RowLoops, eps: f32, (scale, bias): (bool, bool)) {
-    let (w, vt) = (rl.w, e.vt.clone());
-    let n = rl.len as f32;
-    let sum = rl.fold(e, "mu", "zeroinitializer", &mut |e, off, m, acc| {
-        let v = load(e, "%xr", off, m, "zeroinitializer");
+fn layer_norm(e: &mut Emit, len: usize, eps: f32, (scale, bias): (bool, bool)) {
+    let n = len as f32;
+    let sum = e.fold_row("mu", len, "zeroinitializer", &mut |e, off, m, acc| {
+        let v = e.load_at("%xr", off, m, "zeroinitializer");
         e.bin("fadd", acc, &v)
     });
-    let s = hsum(e, &sum);
+    let s = e.hsum(&sum);
     let mean = e.tmp();
     e.line(&format!("  {mean} = fdiv float {s}, {}", fconst(n)));
     let ms = e.splat(&mean);
     // the variance from the centred values (two passes: no cancellation)
-    let sq = rl.fold(e, "va", "zeroinitializer", &mut |e, off, m, acc| {
-        let v = load(e, "%xr", off, m, "zeroinitializer");
+    let sq = e.fold_row("va", len, "zeroinitializer", &mut |e, off, m, acc| {
+        let v = e.load_at("%xr", off, m, "zeroinitializer");
         let d = e.bin("fsub", &v, &ms);
         let d = match m {
-            Some(m) => {
-                let r = e.tmp();
-                e.line(&format!(
-                    "  {r} = select <{w} x i1> {m}, {vt} {d}, {vt} zeroinitializer"
-                ));
-                r
-            }
+            Some(m) => e.zero_unless(m, &d),
             None => d,
         };
         e.fma(&d, &d, acc)
     });
-    let ss = hsum(e, &sq);
+    let ss = e.hsum(&sq);
     let var = e.tmp();
     e.line(&format!("  {var} = fdiv float {ss}, {}", fconst(n)));
     let ve = e.tmp();
@@ -436,19 +318,19 @@ fn layer_norm(e: &mut Emit, rl: &RowLoops, eps: f32, (scale, bias): (bool, bool)
     let inv = e.tmp();
     e.line(&format!("  {inv} = fdiv float 1.0, {sd}"));
     let is = e.splat(&inv);
-    rl.fold(e, "nm", "zeroinitializer", &mut |e, off, m, acc| {
-        let v = load(e, "%xr", off, m, "zeroinitializer");
+    e.fold_row("nm", len, "zeroinitializer", &mut |e, off, m, acc| {
+        let v = e.load_at("%xr", off, m, "zeroinitializer");
         let d = e.bin("fsub", &v, &ms);
         let mut y = e.bin("fmul", &d, &is);
         if scale {
-            let g = load(e, "%sc", off, m, "zeroinitializer");
+            let g = e.load_at("%sc", off, m, "zeroinitializer");
             y = e.bin("fmul", &y, &g);
         }
         if bias {
-            let b = load(e, "%bi", off, m, "zeroinitializer");
+            let b = e.load_at("%bi", off, m, "zeroinitializer");
             y = e.bin("fadd", &y, &b);
         }
-        store(e, &y, "%or", off, m);
+        e.store_at(&y, "%or", off, m);
         acc.to_string()
     });
 }

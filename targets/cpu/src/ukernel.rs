@@ -1,4 +1,4 @@
-//! Wide-vector compute kernels generated as LLVM IR (compiled by `llvm.rs`).
+//! Wide-vector compute kernels generated as LLVM IR through the shared layer `kiln-target-llvm`.
 //!
 //! **Convolution** (and every f32 product that is run as one): a direct convolution over the
 //! packed input `q` of `kernels::Packing` (zero-padded, row- and column-stride-phase split), so
@@ -20,12 +20,10 @@
 //! (a 1x1 over 16 channels). `ConvSchedule::Auto` picks per convolution
 //! ([`ConvKernel::with_schedule`]).
 
-use kiln_ir::ops::{ActKind, EpilogueStep, MatMulAttrs, UnaryOp};
-
-use crate::emit::{Emit, Src, all_lanes, iota, splat_const_i32};
+use kiln_ir::ops::{EpilogueStep, MatMulAttrs};
+use kiln_target_llvm::{Emit, LlvmTarget, Src, all_lanes, iota, splat_const_i32, step_supported};
 
 use crate::kernels::{Geom, Packing};
-use crate::llvm::LlvmTarget;
 
 /// The bytes of image a block of pixel tiles may read while every m-block passes over it:
 /// about half of the smallest L2 cache of the CPUs we target (512 KB), so that block, the
@@ -123,33 +121,6 @@ pub enum ConvSchedule {
 /// Whether [`ConvKernel::depthwise`] takes a convolution of this shape and epilogue.
 pub(crate) fn depthwise_ok(g: &Geom, epilogue: &[EpilogueStep]) -> bool {
     g.cg == 1 && g.mg == 1 && g.s[0] <= 2 && g.s[1] <= 2 && epilogue.iter().all(step_supported)
-}
-
-/// Whether every step of an epilogue has a vector lowering here.
-pub(crate) fn epilogue_supported(steps: &[EpilogueStep]) -> bool {
-    steps.iter().all(step_supported)
-}
-
-/// Whether an epilogue step has a vector lowering here.
-fn step_supported(s: &EpilogueStep) -> bool {
-    match s {
-        EpilogueStep::Add | EpilogueStep::Clip { .. } => true,
-        // only in elementwise chains, which run in Cranelift
-        EpilogueStep::Mul => false,
-        EpilogueStep::Unary(u) => matches!(
-            u,
-            UnaryOp::Relu
-                | UnaryOp::HardSwish
-                | UnaryOp::Sigmoid
-                | UnaryOp::Tanh
-                | UnaryOp::Gelu
-                | UnaryOp::GeluTanh
-        ),
-        EpilogueStep::Act { kind, .. } => matches!(
-            kind,
-            ActKind::HardSigmoid | ActKind::LeakyRelu | ActKind::Affine | ActKind::Swish
-        ),
-    }
 }
 
 impl ConvKernel {
@@ -341,9 +312,9 @@ impl ConvKernel {
         b.line(&format!("  %iys = mul i64 %y, {}", g.s[0]));
         b.line(&format!("  %iy0 = sub i64 %iys, {}", g.p[0]));
         b.line(&format!("  %qc = mul i64 %ci, {q_per}"));
-        b.line("  %qcp = getelementptr float, float* %q, i64 %qc");
+        b.line("  %qcp = getelementptr float, ptr %q, i64 %qc");
         b.line(&format!("  %wc = mul i64 %ci, {w_per}"));
-        b.line("  %wp = getelementptr float, float* %w, i64 %wc");
+        b.line("  %wp = getelementptr float, ptr %w, i64 %wc");
     }
 
     /// A depthwise convolution (one input and one output channel per group, strides 1 or 2):
@@ -593,8 +564,7 @@ impl ConvKernel {
     fn row_srcs(&self, b: &mut Emit, mi: &str, d: &str) -> Vec<Src> {
         let mut srcs = Vec::new();
         if self.has_res {
-            let rp = b.tmp();
-            b.line(&format!("  {rp} = getelementptr float, float* %r, i64 {d}"));
+            let rp = b.gep("%r", d);
             srcs.push(Src::Vec(rp));
         }
         for (k, &(si, sj)) in self.operands.iter().enumerate() {
@@ -608,15 +578,11 @@ impl ConvKernel {
             } else {
                 ro
             };
-            let rp = b.tmp();
-            b.line(&format!(
-                "  {rp} = getelementptr float, float* {base}, i64 {ro}"
-            ));
+            let rp = b.gep(base, &ro);
             srcs.push(if sj == 1 {
                 Src::Vec(rp)
             } else {
-                let s = b.tmp();
-                b.line(&format!("  {s} = load float, float* {rp}, align 4"));
+                let s = b.load_f32(&rp);
                 Src::Splat(b.splat(&s))
             });
         }
@@ -724,9 +690,9 @@ impl ConvKernel {
             b.line(&format!("  %qo0 = mul i64 %gi, {}", g.cg * per_c));
             b.line("  %qo = add i64 %qo0, %j0");
         }
-        b.line("  %qb = getelementptr float, float* %q, i64 %qo");
+        b.line("  %qb = getelementptr float, ptr %q, i64 %qo");
         b.line(&format!("  %wo = mul i64 %gm, {}", g.cg * kk * mr));
-        b.line("  %wb = getelementptr float, float* %w, i64 %wo");
+        b.line("  %wb = getelementptr float, ptr %w, i64 %wo");
         b.line(&format!("  %mr0 = mul i64 %mb, {mr}"));
         b.line(&format!("  %gmf = mul i64 %gi, {}", g.mg));
         b.line("  %m0 = add i64 %gmf, %mr0");
@@ -750,10 +716,8 @@ impl ConvKernel {
                     "  {mc} = select i1 {ok}, i64 {mi}, i64 {}",
                     g.m - 1
                 ));
-                let p = b.tmp();
-                b.line(&format!("  {p} = getelementptr float, float* %b, i64 {mc}"));
-                let s = b.tmp();
-                b.line(&format!("  {s} = load float, float* {p}, align 4"));
+                let p = b.gep("%b", &mc);
+                let s = b.load_f32(&p);
                 init.push(b.splat(&s));
             } else {
                 init.push("zeroinitializer".to_string());
@@ -808,16 +772,10 @@ impl ConvKernel {
             } else {
                 self.kernel_row_offset(b, &c)
             };
-            let qp = b.tmp();
-            b.line(&format!(
-                "  {qp} = getelementptr float, float* %qb, i64 {qc}"
-            ));
+            let qp = b.gep("%qb", &qc);
             let wc = b.tmp();
             b.line(&format!("  {wc} = mul i64 {c}, {}", g.k[1] * mr));
-            let wp = b.tmp();
-            b.line(&format!(
-                "  {wp} = getelementptr float, float* %wb, i64 {wc}"
-            ));
+            let wp = b.gep("%wb", &wc);
             let mut cur = acc.clone();
             for (ti, off) in taps.iter().enumerate() {
                 let xs: Vec<String> = (0..vn)
@@ -826,20 +784,13 @@ impl ConvKernel {
                         if masked {
                             b.masked_load(&p, &masks[v])
                         } else {
-                            let x = b.tmp();
-                            b.line(&format!("  {x} = load {vt}, {vt}* {p}, align 4"));
-                            x
+                            b.load_vec(&p)
                         }
                     })
                     .collect();
                 for i in 0..mr {
-                    let p = b.tmp();
-                    b.line(&format!(
-                        "  {p} = getelementptr float, float* {wp}, i64 {}",
-                        ti * mr + i
-                    ));
-                    let s = b.tmp();
-                    b.line(&format!("  {s} = load float, float* {p}, align 4"));
+                    let p = b.gep(&wp, &(ti * mr + i).to_string());
+                    let s = b.load_f32(&p);
                     let sv = b.splat(&s);
                     for (v, x) in xs.iter().enumerate() {
                         let k = i * vn + v;
@@ -916,7 +867,7 @@ impl ConvKernel {
                 b.line(&format!("  %fob_{i} = mul i64 %fmi_{i}, {plane}"));
                 b.line(&format!("  %fd_{i} = add i64 %fob_{i}, %j0"));
                 b.line(&format!(
-                    "  %fop_{i} = getelementptr float, float* %o, i64 %fd_{i}"
+                    "  %fop_{i} = getelementptr float, ptr %o, i64 %fd_{i}"
                 ));
                 let srcs = self.row_srcs(b, &format!("%fmi_{i}"), &format!("%fd_{i}"));
                 for v in 0..vn {
@@ -958,8 +909,7 @@ impl ConvKernel {
             b.line(&format!("  {d0} = add i64 %ob_{i}, %j0"));
             let d = b.tmp();
             b.line(&format!("  {d} = sub i64 {d0}, {sh}"));
-            let op = b.tmp();
-            b.line(&format!("  {op} = getelementptr float, float* %o, i64 {d}"));
+            let op = b.gep("%o", &d);
             let srcs = self.row_srcs(b, &format!("%mi_{i}"), &d);
             for v in 0..vn {
                 let ge = b.tmp();
@@ -1027,9 +977,9 @@ impl ConvKernel {
             b.line("  %qo1 = add i64 %qo0, %qr");
             b.line("  %qo = add i64 %qo1, %x0");
         }
-        b.line("  %qb = getelementptr float, float* %q, i64 %qo");
+        b.line("  %qb = getelementptr float, ptr %q, i64 %qo");
         b.line(&format!("  %wo = mul i64 %gm, {}", g.cg * kk * mr));
-        b.line("  %wb = getelementptr float, float* %w, i64 %wo");
+        b.line("  %wb = getelementptr float, ptr %w, i64 %wo");
         b.line(&format!("  %mr0 = mul i64 %mb, {mr}"));
         b.line(&format!("  %gmf = mul i64 %gi, {}", g.mg));
         b.line("  %m0 = add i64 %gmf, %mr0");
@@ -1055,7 +1005,7 @@ impl ConvKernel {
             if self.has_bias {
                 let o = b.tmp();
                 b.line(&format!("  {o} = add i64 %m0, {}", v * w));
-                let p = b.gep_vec_at("%b", &o);
+                let p = b.gep("%b", &o);
                 init.push(b.masked_load(&p, &m));
             } else {
                 init.push("zeroinitializer".to_string());
@@ -1124,33 +1074,20 @@ impl ConvKernel {
                 b.line(&format!("  {qc} = add i64 {rb}, {toff}"));
                 qc
             };
-            let qp = b.tmp();
-            b.line(&format!(
-                "  {qp} = getelementptr float, float* %qb, i64 {qc}"
-            ));
+            let qp = b.gep("%qb", &qc);
             let wc = b.tmp();
             b.line(&format!("  {wc} = mul i64 {c}, {mr}"));
-            let wp = b.tmp();
-            b.line(&format!(
-                "  {wp} = getelementptr float, float* %wb, i64 {wc}"
-            ));
+            let wp = b.gep("%wb", &wc);
             let ws: Vec<String> = (0..vo)
                 .map(|v| {
                     let p = b.gep_vec(&wp, v * w);
-                    let x = b.tmp();
-                    b.line(&format!("  {x} = load {vt}, {vt}* {p}, align 4"));
-                    x
+                    b.load_vec(&p)
                 })
                 .collect();
             let mut cur = acc.clone();
             for p in 0..px {
-                let sp = b.tmp();
-                b.line(&format!(
-                    "  {sp} = getelementptr float, float* {qp}, i64 {}",
-                    p * pstride
-                ));
-                let s = b.tmp();
-                b.line(&format!("  {s} = load float, float* {sp}, align 4"));
+                let sp = b.gep(&qp, &(p * pstride).to_string());
+                let s = b.load_f32(&sp);
                 let sv = b.splat(&s);
                 for (v, wv) in ws.iter().enumerate() {
                     let k = v * px + p;
@@ -1167,11 +1104,13 @@ impl ConvKernel {
                 "  %ce_{sfx} = icmp eq i64 %cn_{sfx}, {}",
                 g.cg * g.k[0] * g.k[1]
             ));
-            // unrolled: the channel tiles' iterations are one tap each, and LLVM's unrolling
-            // strength-reduces their (channel, tap) address arithmetic (rolled: ResNet-18's
-            // stride-2 layers 2x slower)
+            // unrolled: the channel tiles' iterations are one tap each, and unrolling turns
+            // their (channel, tap) address arithmetic into immediates (rolled: ResNet-18's
+            // stride-2 layers 2-3x slower). Asked for explicitly: LLVM 14 did it unasked on
+            // Zen 3 (by 7 for 7x7, 9 for 3x3, 16 for 1x1), LLVM 19 does not.
+            let hint = b.unroll(tap_unroll(g.k[0] * g.k[1], g.k[1]));
             b.line(&format!(
-                "  br i1 %ce_{sfx}, label %store_{sfx}, label %loop_{sfx}"
+                "  br i1 %ce_{sfx}, label %store_{sfx}, label %loop_{sfx}{hint}"
             ));
             b.line(&format!("store_{sfx}:"));
             if out_blocked {
@@ -1200,15 +1139,9 @@ impl ConvKernel {
                     b.line(&format!("{l}_st:"));
                     let vo_ = b.tmp();
                     b.line(&format!("  {vo_} = add i64 {base}, {}", v * plane * w));
-                    let op = b.tmp();
-                    b.line(&format!(
-                        "  {op} = getelementptr float, float* %o, i64 {vo_}"
-                    ));
+                    let op = b.gep("%o", &vo_);
                     let srcs = if self.has_res {
-                        let rp = b.tmp();
-                        b.line(&format!(
-                            "  {rp} = getelementptr float, float* %r, i64 {vo_}"
-                        ));
+                        let rp = b.gep("%r", &vo_);
                         vec![Src::Vec(rp)]
                     } else {
                         Vec::new()
@@ -1227,7 +1160,6 @@ impl ConvKernel {
             let seg = cl.seg;
             let pxm: Vec<String> = (0..seg).map(|p| format!("i1 {}", p < px)).collect();
             let pxm = format!("<{}>", pxm.join(", "));
-            let st = format!("<{seg} x float>");
             for v in 0..vo {
                 let mut rows: Vec<String> = cur[v * px..(v + 1) * px].to_vec();
                 rows.resize(seg, "undef".into());
@@ -1243,13 +1175,7 @@ impl ConvKernel {
                     ));
                     let o = b.tmp();
                     b.line(&format!("  {o} = add i64 %obase, {}", c * plane));
-                    let p0 = b.tmp();
-                    b.line(&format!(
-                        "  {p0} = getelementptr float, float* {base}, i64 {o}"
-                    ));
-                    let p = b.tmp();
-                    b.line(&format!("  {p} = bitcast float* {p0} to {st}*"));
-                    (p, m, ok)
+                    (b.gep(base, &o), m, ok)
                 };
                 for (j, col) in cols.iter().enumerate() {
                     let mut ops = Vec::new();
@@ -1257,11 +1183,7 @@ impl ConvKernel {
                         let parts: Vec<String> = (0..w / seg)
                             .map(|s| {
                                 let (p, m, _) = seg_at(b, j, s, "%r");
-                                let x = b.tmp();
-                                b.line(&format!(
-                                    "  {x} = call {st} @llvm.masked.load.v{seg}f32.p0v{seg}f32({st}* {p}, i32 4, <{seg} x i1> {m}, {st} zeroinitializer)"
-                                ));
-                                x
+                                b.masked_load_n(seg, &p, &m, "zeroinitializer")
                             })
                             .collect();
                         ops.push(b.concat(&parts));
@@ -1309,8 +1231,8 @@ impl ConvKernel {
         let init = if self.pool_max {
             ninf.clone()
         } else if self.has_bias {
-            b.line("  %bp = getelementptr float, float* %b, i64 %ci");
-            b.line("  %bs = load float, float* %bp, align 4");
+            b.line("  %bp = getelementptr float, ptr %b, i64 %ci");
+            b.line("  %bs = load float, ptr %bp, align 4");
             b.splat("%bs")
         } else {
             "zeroinitializer".into()
@@ -1335,22 +1257,14 @@ impl ConvKernel {
                 b.line(&format!("{body}:"));
                 let ro = b.tmp();
                 b.line(&format!("  {ro} = mul i64 {iy}, {}", g.w));
-                let rp = b.tmp();
-                b.line(&format!(
-                    "  {rp} = getelementptr float, float* %qcp, i64 {ro}"
-                ));
+                let rp = b.gep("%qcp", &ro);
                 let mut cur = acc.clone();
                 for tw in 0..g.k[1] {
                     let wv = if self.pool_max {
                         String::new()
                     } else {
-                        let wq = b.tmp();
-                        b.line(&format!(
-                            "  {wq} = getelementptr float, float* %wp, i64 {}",
-                            th * g.k[1] + tw
-                        ));
-                        let ws = b.tmp();
-                        b.line(&format!("  {ws} = load float, float* {wq}, align 4"));
+                        let wq = b.gep("%wp", &(th * g.k[1] + tw).to_string());
+                        let ws = b.load_f32(&wq);
                         b.splat(&ws)
                     };
                     for (v, c) in cur.iter_mut().enumerate() {
@@ -1364,12 +1278,7 @@ impl ConvKernel {
                             .map(|part| {
                                 let pix = b.tmp();
                                 b.line(&format!("  {pix} = add i64 {ix}, {}", part * w));
-                                let p = b.tmp();
-                                b.line(&format!(
-                                    "  {p} = getelementptr float, float* {rp}, i64 {pix}"
-                                ));
-                                let pv = b.tmp();
-                                b.line(&format!("  {pv} = bitcast float* {p} to {vt}*"));
+                                let pv = b.gep(&rp, &pix);
                                 if masked {
                                     let p32 = b.tmp();
                                     b.line(&format!("  {p32} = trunc i64 {pix} to i32"));
@@ -1396,9 +1305,7 @@ impl ConvKernel {
                                         b.masked_load(&pv, &m)
                                     }
                                 } else {
-                                    let x = b.tmp();
-                                    b.line(&format!("  {x} = load {vt}, {vt}* {pv}, align 4"));
-                                    x
+                                    b.load_vec(&pv)
                                 }
                             })
                             .collect();
@@ -1450,9 +1357,9 @@ impl ConvKernel {
         }
         b.line(&format!("  %ob0 = mul i64 %cy, {}", g.ow));
         b.line("  %ob = add i64 %ob0, %x0");
-        b.line("  %op = getelementptr float, float* %o, i64 %ob");
+        b.line("  %op = getelementptr float, ptr %o, i64 %ob");
         if self.has_res {
-            b.line("  %rp = getelementptr float, float* %r, i64 %ob");
+            b.line("  %rp = getelementptr float, ptr %r, i64 %ob");
         }
         b.line("  %x032 = trunc i64 %x0 to i32");
         let xs = b.splat_i32("%x032");
@@ -1507,9 +1414,9 @@ impl ConvKernel {
         b.items_begin(&self.pack_name(), PACK_PARAMS, attrs_group, "c", "next");
 
         b.line(&format!("  %xo = mul i64 %c, {}", g.h * g.w));
-        b.line("  %xc = getelementptr float, float* %x, i64 %xo");
+        b.line("  %xc = getelementptr float, ptr %x, i64 %xo");
         b.line(&format!("  %qo = mul i64 %c, {per_c}"));
-        b.line("  %qc = getelementptr float, float* %q, i64 %qo");
+        b.line("  %qc = getelementptr float, ptr %q, i64 %qo");
 
         for r0 in 0..pk.s0 {
             for r1 in 0..pk.s1 {
@@ -1529,10 +1436,7 @@ impl ConvKernel {
                 ));
                 let dst = b.tmp();
                 b.line(&format!("  {dst} = mul i64 {dst0}, {}", pk.wq));
-                let drow = b.tmp();
-                b.line(&format!(
-                    "  {drow} = getelementptr float, float* %qc, i64 {dst}"
-                ));
+                let drow = b.gep("%qc", &dst);
                 // input row iy = yq * s0 + r0 - pt (unsigned compare: negative is outside)
                 let iy0 = b.tmp();
                 b.line(&format!("  {iy0} = mul i64 {yq}, {}", pk.s0));
@@ -1551,10 +1455,7 @@ impl ConvKernel {
                 b.line(&format!("{tag}_in:"));
                 let srow0 = b.tmp();
                 b.line(&format!("  {srow0} = mul i64 {iy}, {}", g.w));
-                let srow = b.tmp();
-                b.line(&format!(
-                    "  {srow} = getelementptr float, float* %xc, i64 {srow0}"
-                ));
+                let srow = b.gep("%xc", &srow0);
                 b.zero_fill(&format!("{tag}_zl"), &drow, 0, lo);
                 let xq = b.loop_begin(&format!("{tag}_cp"), lo, hi);
                 let ix0 = b.tmp();
@@ -1564,17 +1465,10 @@ impl ConvKernel {
                     "  {ix} = add i64 {ix0}, {}",
                     r1 as i64 - g.p[1] as i64
                 ));
-                let sp = b.tmp();
-                b.line(&format!(
-                    "  {sp} = getelementptr float, float* {srow}, i64 {ix}"
-                ));
-                let v = b.tmp();
-                b.line(&format!("  {v} = load float, float* {sp}, align 4"));
-                let dp = b.tmp();
-                b.line(&format!(
-                    "  {dp} = getelementptr float, float* {drow}, i64 {xq}"
-                ));
-                b.line(&format!("  store float {v}, float* {dp}, align 4"));
+                let sp = b.gep(&srow, &ix);
+                let v = b.load_f32(&sp);
+                let dp = b.gep(&drow, &xq);
+                b.store_f32(&v, &dp);
                 b.loop_end(&format!("{tag}_cp"), &xq);
                 b.zero_fill(&format!("{tag}_zr"), &drow, hi, pk.wq);
                 b.line(&format!("  br label %{tag}_row_end"));
@@ -1592,7 +1486,7 @@ impl ConvKernel {
         );
         b.line("slack:");
         b.line(&format!(
-            "  %sq = getelementptr float, float* %q, i64 {}",
+            "  %sq = getelementptr float, ptr %q, i64 {}",
             g.c * per_c
         ));
         b.zero_fill("sl", "%sq", 0, crate::kernels::pack_slack(g));
@@ -1619,7 +1513,7 @@ impl ConvKernel {
         );
 
         b.line(&format!("  %qo = mul i64 %blk, {}", k * mr));
-        b.line("  %qb = getelementptr float, float* %q, i64 %qo");
+        b.line("  %qb = getelementptr float, ptr %q, i64 %qo");
         b.line(&format!("  %r0 = mul i64 %blk, {mr}"));
         let mut rows = Vec::new();
         for i in 0..mr {
@@ -1629,9 +1523,7 @@ impl ConvKernel {
             // rows past m read row 0 (in bounds) and store zero
             b.line(&format!("  {rc} = select i1 {ok}, i64 {row}, i64 0"));
             b.line(&format!("  {ro} = mul i64 {rc}, {}", s.0));
-            b.line(&format!(
-                "  {ap} = getelementptr float, float* %x, i64 {ro}"
-            ));
+            b.line(&format!("  {ap} = getelementptr float, ptr %x, i64 {ro}"));
             rows.push((ok, ap));
         }
         let c = b.loop_begin("cp", 0, k);
@@ -1640,17 +1532,13 @@ impl ConvKernel {
         let qo = b.tmp();
         b.line(&format!("  {qo} = mul i64 {c}, {mr}"));
         for (i, (ok, ap)) in rows.iter().enumerate() {
-            let (p, v, z, qi, d) = (b.tmp(), b.tmp(), b.tmp(), b.tmp(), b.tmp());
-            b.line(&format!(
-                "  {p} = getelementptr float, float* {ap}, i64 {co}"
-            ));
-            b.line(&format!("  {v} = load float, float* {p}, align 4"));
+            let p = b.gep(ap, &co);
+            let v = b.load_f32(&p);
+            let (z, qi) = (b.tmp(), b.tmp());
             b.line(&format!("  {z} = select i1 {ok}, float {v}, float 0.0"));
             b.line(&format!("  {qi} = add i64 {qo}, {i}"));
-            b.line(&format!(
-                "  {d} = getelementptr float, float* %qb, i64 {qi}"
-            ));
-            b.line(&format!("  store float {z}, float* {d}, align 4"));
+            let d = b.gep("%qb", &qi);
+            b.store_f32(&z, &d);
         }
         b.loop_end("cp", &c);
         b.items_end("blk");
@@ -1658,9 +1546,16 @@ impl ConvKernel {
     }
 }
 
+/// How many one-tap iterations of the channel tiles' reduction loop run unrolled, for a window
+/// of `taps` taps `kw` wide: every tap of a small window (at least 16 iterations: a 1x1 runs
+/// 16 channels), one kernel row of a large one, so that each unrolled copy's tap (and its
+/// offsets) is a constant.
+fn tap_unroll(taps: usize, kw: usize) -> usize {
+    if taps > 16 { kw } else { taps * (16 / taps) }
+}
+
 /// Parameters of a kernel: packed input, weights, bias, residual, output (then the work range).
 pub(crate) const KERNEL_PARAMS: &str =
-    "float* noalias %q, float* noalias %w, float* noalias %b, float* noalias %r, float* noalias %o";
+    "ptr noalias %q, ptr noalias %w, ptr noalias %b, ptr noalias %r, ptr noalias %o";
 /// Parameters of a packing function: source, three unused, destination (same C signature).
-const PACK_PARAMS: &str =
-    "float* noalias %x, float* %u1, float* %u2, float* %u3, float* noalias %q";
+const PACK_PARAMS: &str = "ptr noalias %x, ptr %u1, ptr %u2, ptr %u3, ptr noalias %q";

@@ -21,9 +21,9 @@
 
 use kiln_ir::ops::EpilogueStep;
 
-use crate::emit::{Emit, Src};
+use kiln_target_llvm::{Emit, LlvmTarget, Src};
+
 use crate::kernels::{Geom, Packing};
-use crate::llvm::LlvmTarget;
 use crate::ukernel::{ConvKernel, ConvSchedule};
 
 /// The transform matrices of F(m, 3): B^T ((m+2) x (m+2)), G ((m+2) x 3), A^T (m x (m+2)),
@@ -254,12 +254,11 @@ impl ConvKernel {
         let mt = mats(m);
         let per_c = pk.per_c();
         let mut e = Emit::new(w);
-        let vt = e.vt.clone();
         let b = &mut e;
         let [wi, _] = self.wino_names();
         b.items_begin(&wi, PARAMS, attrs_group, "c", "next");
         b.line(&format!("  %qo = mul i64 %c, {per_c}"));
-        b.line("  %qc = getelementptr float, float* %q, i64 %qo");
+        b.line("  %qc = getelementptr float, ptr %q, i64 %qo");
         let ty = b.loop_begin("ty", 0, wn.th);
         for tx0 in (0..wn.tw).step_by(w) {
             // d[i][j]: lane l = packed row m ty + i, column m (tx0 + l) + j
@@ -271,10 +270,7 @@ impl ConvKernel {
                 b.line(&format!("  {r2} = add i64 {r}, {i}"));
                 let ro = b.tmp();
                 b.line(&format!("  {ro} = mul i64 {r2}, {}", pk.wq));
-                let rp = b.tmp();
-                b.line(&format!(
-                    "  {rp} = getelementptr float, float* %qc, i64 {ro}"
-                ));
+                let rp = b.gep("%qc", &ro);
                 // m vectors from each column block start m tx0 + o (o = 0, m), masked to the row
                 let mut blocks: Vec<Vec<String>> = Vec::new();
                 for o in (0..a).step_by(m) {
@@ -294,14 +290,14 @@ impl ConvKernel {
                         let picks: Vec<Option<(usize, usize)>> = (0..w)
                             .map(|l| Some(((l * m + ph) / w, (l * m + ph) % w)))
                             .collect();
-                        gather_lanes(b, &blocks[blk], &picks)
+                        b.gather_lanes(&blocks[blk], &picks)
                     })
                     .collect();
                 d.push(row);
             }
             // B^T d B
-            let rows = mat_rows(b, &mt.bt, &d);
-            let t: Vec<Vec<String>> = rows.iter().map(|r| mat_vec(b, &mt.bt, r)).collect();
+            let rows = b.mat_rows(&mt.bt, &d);
+            let t: Vec<Vec<String>> = rows.iter().map(|r| b.mat_vec(&mt.bt, r)).collect();
             // V[e][c][ty * tw + tx0 ..], masked to the tiles of the row
             let mk = b.lanes_below(tx0, wn.tw);
             let tb = b.tmp();
@@ -309,9 +305,7 @@ impl ConvKernel {
             for (i, row) in t.iter().enumerate() {
                 for (j, v) in row.iter().enumerate() {
                     let p = transformed_at(b, "%o", ("%c", g.c), (i * a + j, wn.tiles), (&tb, tx0));
-                    b.line(&format!(
-                        "  call void @llvm.masked.store.v{w}f32.p0v{w}f32({vt} {v}, {vt}* {p}, i32 4, <{w} x i1> {mk})"
-                    ));
+                    b.masked_store(v, &p, &mk);
                 }
             }
         }
@@ -335,15 +329,15 @@ impl ConvKernel {
         let [_, wo] = self.wino_names();
         b.items_begin(&wo, PARAMS, attrs_group, "mi", "next");
         let bias = if self.has_bias {
-            b.line("  %bp = getelementptr float, float* %b, i64 %mi");
-            b.line("  %bs = load float, float* %bp, align 4");
+            b.line("  %bp = getelementptr float, ptr %b, i64 %mi");
+            b.line("  %bs = load float, ptr %bp, align 4");
             Some(b.splat("%bs"))
         } else {
             None
         };
         b.line(&format!("  %ob = mul i64 %mi, {plane}"));
-        b.line("  %oc = getelementptr float, float* %o, i64 %ob");
-        b.line("  %rc = getelementptr float, float* %r, i64 %ob");
+        b.line("  %oc = getelementptr float, ptr %o, i64 %ob");
+        b.line("  %rc = getelementptr float, ptr %r, i64 %ob");
         let ty = b.loop_begin("ty", 0, wn.th);
         for tx0 in (0..wn.tw).step_by(w) {
             let mk = b.lanes_below(tx0, wn.tw);
@@ -361,9 +355,9 @@ impl ConvKernel {
                 mv.push(row);
             }
             // A^T M A: rows, then columns
-            let s = mat_rows(b, &mt.at, &mv);
+            let s = b.mat_rows(&mt.at, &mv);
             for (i, si) in s.iter().enumerate() {
-                let y = mat_vec(b, &mt.at, si);
+                let y = b.mat_vec(&mt.at, si);
                 // output row m ty + i (the last tile row may be past the output)
                 let oy0 = b.tmp();
                 b.line(&format!("  {oy0} = mul i64 {ty}, {m}"));
@@ -376,20 +370,14 @@ impl ConvKernel {
                 b.line(&format!("{yes}:"));
                 let ro = b.tmp();
                 b.line(&format!("  {ro} = mul i64 {oy}, {}", g.ow));
-                let op = b.tmp();
-                b.line(&format!(
-                    "  {op} = getelementptr float, float* %oc, i64 {ro}"
-                ));
-                let rp = b.tmp();
-                b.line(&format!(
-                    "  {rp} = getelementptr float, float* %rc, i64 {ro}"
-                ));
+                let op = b.gep("%oc", &ro);
+                let rp = b.gep("%rc", &ro);
                 // output columns m tx0 + h w + k: tile (h w + k) / m, column (h w + k) % m
                 for h in 0..m {
                     let picks: Vec<Option<(usize, usize)>> = (0..w)
                         .map(|k| Some(((h * w + k) % m, (h * w + k) / m)))
                         .collect();
-                    let v = gather_lanes(b, &y, &picks);
+                    let v = b.gather_lanes(&y, &picks);
                     let v = match &bias {
                         Some(bs) => b.bin("fadd", &v, bs),
                         None => v,
@@ -415,7 +403,7 @@ impl ConvKernel {
     }
 }
 
-/// `<w x float>*` to element `[e][ch][row + tx0]` of a transformed tensor `V` or `M` laid out
+/// The address of element `[e][ch][row + tx0]` of a transformed tensor `V` or `M` laid out
 /// `[e][channels][tiles]`: `ch` = (SSA name, channel count), `e` = (element, tiles per image),
 /// `row` = the SSA offset of the tile row.
 fn transformed_at(
@@ -433,112 +421,10 @@ fn transformed_at(
     b.line(&format!("  {o2} = add i64 {o1}, {row}"));
     let o = b.tmp();
     b.line(&format!("  {o} = add i64 {o2}, {tx0}"));
-    b.gep_vec_at(base, &o)
-}
-
-/// One vector whose lane `k` is lane `picks[k].1` of `srcs[picks[k].0]` (undefined for
-/// `None`): a tree of two-source shuffles.
-fn gather_lanes(b: &mut Emit, srcs: &[String], picks: &[Option<(usize, usize)>]) -> String {
-    let (w, vt) = (b.w, b.vt.clone());
-    let mask = |f: &dyn Fn(usize, usize) -> usize| -> String {
-        let items: Vec<String> = picks
-            .iter()
-            .map(|p| match p {
-                Some((s, l)) => format!("i32 {}", f(*s, *l)),
-                None => "i32 undef".into(),
-            })
-            .collect();
-        format!("<{w} x i32> <{}>", items.join(", "))
-    };
-    let r = b.tmp();
-    match srcs.len() {
-        1 => b.line(&format!(
-            "  {r} = shufflevector {vt} {}, {vt} undef, {}",
-            srcs[0],
-            mask(&|_, l| l)
-        )),
-        2 => b.line(&format!(
-            "  {r} = shufflevector {vt} {}, {vt} {}, {}",
-            srcs[0],
-            srcs[1],
-            mask(&|s, l| s * w + l)
-        )),
-        n => {
-            // each half gathers its lanes into their final positions, then one shuffle merges
-            let h = n / 2;
-            let part = |lo: bool| -> Vec<Option<(usize, usize)>> {
-                picks
-                    .iter()
-                    .map(|p| match p {
-                        Some((s, l)) if (*s < h) == lo => Some((if lo { *s } else { s - h }, *l)),
-                        _ => None,
-                    })
-                    .collect()
-            };
-            let (pl, pr) = (part(true), part(false));
-            let left = gather_lanes(b, &srcs[..h], &pl);
-            let right = gather_lanes(b, &srcs[h..], &pr);
-            let items: Vec<String> = picks
-                .iter()
-                .enumerate()
-                .map(|(k, p)| match p {
-                    Some((s, _)) if *s < h => format!("i32 {k}"),
-                    Some(_) => format!("i32 {}", w + k),
-                    None => "i32 undef".into(),
-                })
-                .collect();
-            b.line(&format!(
-                "  {r} = shufflevector {vt} {left}, {vt} {right}, <{w} x i32> <{}>",
-                items.join(", ")
-            ));
-        }
-    }
-    r
-}
-
-/// `out[i][j] = sum_r k[i][r] x[r][j]` (rows of vectors).
-fn mat_rows(b: &mut Emit, k: &[Vec<f32>], x: &[Vec<String>]) -> Vec<Vec<String>> {
-    k.iter()
-        .map(|ki| {
-            (0..x[0].len())
-                .map(|j| {
-                    let col: Vec<String> = x.iter().map(|row| row[j].clone()).collect();
-                    dot(b, ki, &col)
-                })
-                .collect()
-        })
-        .collect()
-}
-
-/// `k x` for one row of vectors: `out[i] = sum_r k[i][r] x[r]`.
-fn mat_vec(b: &mut Emit, k: &[Vec<f32>], x: &[String]) -> Vec<String> {
-    k.iter().map(|ki| dot(b, ki, x)).collect()
-}
-
-/// `sum_r c[r] x[r]`, skipping zero coefficients and multiplying only by those other than
-/// +-1.
-fn dot(b: &mut Emit, c: &[f32], x: &[String]) -> String {
-    let mut acc: Option<String> = None;
-    for (r, &cr) in c.iter().enumerate() {
-        if cr == 0.0 {
-            continue;
-        }
-        let (term, neg) = if cr.abs() == 1.0 {
-            (x[r].clone(), cr < 0.0)
-        } else {
-            (b.bin("fmul", &x[r], &b.fsplat(cr.abs())), cr < 0.0)
-        };
-        acc = Some(match (acc, neg) {
-            (None, false) => term,
-            (None, true) => b.bin("fsub", "zeroinitializer", &term),
-            (Some(a), false) => b.bin("fadd", &a, &term),
-            (Some(a), true) => b.bin("fsub", &a, &term),
-        });
-    }
-    acc.unwrap_or_else(|| "zeroinitializer".into())
+    b.gep(base, &o)
 }
 
 /// Parameters of the transforms (the kernels' C signature): source, two unused or bias and
 /// residual, destination.
 const PARAMS: &str =
-    "float* noalias %q, float* noalias %w, float* noalias %b, float* noalias %r, float* noalias %o";
+    "ptr noalias %q, ptr noalias %w, ptr noalias %b, ptr noalias %r, ptr noalias %o";

@@ -2061,9 +2061,7 @@ fn conv_epilogues() {
 #[test]
 fn blocked_layouts() {
     let mut r = Rng(0xB10C);
-    let host_lanes = kiln_target_cpu::llvm::LlvmTarget::new(None, None)
-        .unwrap()
-        .lanes;
+    let host_lanes = kiln_target_cpu::LlvmTarget::new(None, None).unwrap().lanes;
     // AVX-512 kernels are only compiled (to an object: LLVM checks the IR) on a host without it
     let check_with =
         |g: &Graph, ins: &[Tensor], want: &[Tensor], opts: &kiln_target_cpu::CpuOptions| {
@@ -2074,9 +2072,7 @@ fn blocked_layouts() {
             }
         };
     for cpu in [None, Some("x86-64-v3"), Some("x86-64"), Some("x86-64-v4")] {
-        let lanes = kiln_target_cpu::llvm::LlvmTarget::new(None, cpu)
-            .unwrap()
-            .lanes;
+        let lanes = kiln_target_cpu::LlvmTarget::new(None, cpu).unwrap().lanes;
         let bl = kiln_ir::Layout::Nchwc(lanes as u32);
         let opts = kiln_target_cpu::CpuOptions {
             par_min_macs: 0,

@@ -16,7 +16,7 @@ impl Imp<'_> {
     fn op_out(&mut self, c: &Ctx, i: usize, op: Op, ins: Vec<ValueId>) -> R<ValueId> {
         let name = self.out_name(c, i);
         let v = self.node(c, op, ins, &[name])?[0];
-        self.set_out(c, i, v);
+        self.set_out(c, i, v)?;
         Ok(v)
     }
 
@@ -112,7 +112,7 @@ impl Imp<'_> {
                 // bind the output name through a view
                 let name = self.out_name(c, 0);
                 let v = self.node(c, Op::Reshape { shape: tshape }, vec![neg], &[name])?[0];
-                self.set_out(c, 0, v);
+                self.set_out(c, 0, v)?;
             }
             ("sum", w) => {
                 let l = match w {
@@ -291,27 +291,17 @@ impl Imp<'_> {
         Ok(())
     }
 
-    /// Tile as Reshape [1,d0,1,d1,..] -> Expand [r0,d0,r1,d1,..] -> Reshape [r0*d0,..].
+    /// Tile (the front-end layer's lowering).
     pub(super) fn tile(&mut self, c: &Ctx) -> R<()> {
         let x = self.req(c, 0)?;
         let reps = self.const_in(c, 1)?.ok_or("missing repeats")?.as_i64();
-        let sh = self.ty(x).shape.clone();
-        if reps.len() != sh.len() || reps.iter().any(|&r| r < 0) {
-            return Err(format!("repeats {reps:?} do not fit shape {sh:?}"));
-        }
-        let mut inter = Vec::new();
-        let mut big = Vec::new();
-        let mut out = Vec::new();
-        for (&d, &r) in sh.iter().zip(&reps) {
-            inter.extend([1, d]);
-            big.extend([r as usize, d]);
-            out.push(r as usize * d);
-        }
-        let t = self.reshape(c, x, inter, &format!("{}/interleaved", c.name))?;
-        let e = self.op1(c, "expanded", Op::Expand { shape: big }, vec![t])?;
+        let reps = reps
+            .iter()
+            .map(|&r| usize::try_from(r).map_err(|_| format!("negative repeats {reps:?}")))
+            .collect::<R<Vec<_>>>()?;
         let name = self.out_name(c, 0);
-        let v = self.reshape(c, e, out, &name)?;
-        self.set_out(c, 0, v);
+        let v = self.b.tile(&c.name, x, &reps, &name)?;
+        self.set_out(c, 0, v)?;
         Ok(())
     }
 
@@ -358,7 +348,7 @@ impl Imp<'_> {
         let t = self.op1(c, "permuted", Op::Transpose { perm }, vec![t])?;
         let name = self.out_name(c, 0);
         let v = self.reshape(c, t, out, &name)?;
-        self.set_out(c, 0, v);
+        self.set_out(c, 0, v)?;
         Ok(())
     }
 
@@ -453,7 +443,7 @@ impl Imp<'_> {
         let name = self.out_name(c, 0);
         let shape = self.ty(y).shape.clone();
         let v = self.node(c, Op::Reshape { shape }, vec![y], &[name])?[0];
-        self.set_out(c, 0, v);
+        self.set_out(c, 0, v)?;
         Ok(())
     }
 
@@ -1662,7 +1652,7 @@ impl Imp<'_> {
             None => {
                 let name = self.out_name(c, 0);
                 let v = self.reshape(c, sc, out, &name)?;
-                self.set_out(c, 0, v);
+                self.set_out(c, 0, v)?;
             }
             Some(o) => {
                 let v = self.reshape(c, sc, out.clone(), &format!("{}/unpooled", c.name))?;
@@ -1880,7 +1870,7 @@ impl Imp<'_> {
         shape.extend_from_slice(&img);
         let name = self.out_name(c, 0);
         let v = self.reshape(c, body, shape, &name)?;
-        self.set_out(c, 0, v);
+        self.set_out(c, 0, v)?;
         Ok(())
     }
 

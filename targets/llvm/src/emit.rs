@@ -1,25 +1,26 @@
-//! LLVM IR text generation: fresh SSA names, loops, masked vector loads and stores, the fused
-//! epilogue steps and vector math (exp, erf, sigmoid, tanh) shared by the kernel generators
-//! (`ukernel.rs`, `rows.rs`).
+//! LLVM IR text generation: fresh SSA names, loops, vector loads and stores (plain and
+//! masked), masks, shuffles and reductions over `<w x float>` vectors, with opaque pointers
+//! (`ptr`: a kernel's parameters are `ptr`s to f32 and every address is a `getelementptr
+//! float`). The vector math and the fused epilogue steps are in `math.rs`.
 
-use kiln_ir::ops::{ActKind, EpilogueStep, UnaryOp};
+use kiln_ir::ops::EpilogueStep;
 
 /// An epilogue operand as the store of one output row reads it.
-pub(crate) enum Src {
+pub enum Src {
     /// A vector at the store's offset from this row pointer (masked like the store).
     Vec(String),
     /// One value for the whole row.
     Splat(String),
 }
 
-/// Declarations every kernel module needs for `lanes`-wide vectors.
-pub(crate) fn declarations(lanes: usize) -> String {
+/// Declarations every kernel module needs for `lanes`-wide vectors (once per module).
+pub fn declarations(lanes: usize) -> String {
     let w = lanes;
     let vt = format!("<{w} x float>");
     format!(
         "declare {vt} @llvm.fma.v{w}f32({vt}, {vt}, {vt})\n\
-         declare {vt} @llvm.masked.load.v{w}f32.p0v{w}f32({vt}*, i32, <{w} x i1>, {vt})\n\
-         declare void @llvm.masked.store.v{w}f32.p0v{w}f32({vt}, {vt}*, i32, <{w} x i1>)\n\
+         declare {vt} @llvm.masked.load.v{w}f32.p0(ptr, i32, <{w} x i1>, {vt})\n\
+         declare void @llvm.masked.store.v{w}f32.p0({vt}, ptr, i32, <{w} x i1>)\n\
          declare {vt} @llvm.floor.v{w}f32({vt})\n\
          declare {vt} @llvm.fabs.v{w}f32({vt})\n\
          declare {vt} @llvm.copysign.v{w}f32({vt}, {vt})\n\
@@ -31,38 +32,41 @@ pub(crate) fn declarations(lanes: usize) -> String {
             .iter()
             .filter(|&&n| n < w)
             .map(|n| format!(
-                "declare <{n} x float> @llvm.masked.load.v{n}f32.p0v{n}f32(<{n} x float>*, i32, <{n} x i1>, <{n} x float>)\n\
-                 declare void @llvm.masked.store.v{n}f32.p0v{n}f32(<{n} x float>, <{n} x float>*, i32, <{n} x i1>)\n"
+                "declare <{n} x float> @llvm.masked.load.v{n}f32.p0(ptr, i32, <{n} x i1>, <{n} x float>)\n\
+                 declare void @llvm.masked.store.v{n}f32.p0(<{n} x float>, ptr, i32, <{n} x i1>)\n"
             ))
             .collect::<String>()
     )
 }
 
 /// The `<w x i1>` mask with every lane set (a store or load that needs no mask).
-pub(crate) fn all_lanes(w: usize) -> String {
+pub fn all_lanes(w: usize) -> String {
     format!("<{}>", vec!["i1 true"; w].join(", "))
 }
 
-pub(crate) fn iota(w: usize, from: usize) -> String {
+pub fn iota(w: usize, from: usize) -> String {
     let items: Vec<String> = (0..w).map(|i| format!("i32 {}", from + i)).collect();
     format!("<{}>", items.join(", "))
 }
 
-pub(crate) fn splat_const_i32(w: usize, v: i64) -> String {
+pub fn splat_const_i32(w: usize, v: i64) -> String {
     let items: Vec<String> = (0..w).map(|_| format!("i32 {v}")).collect();
     format!("<{}>", items.join(", "))
 }
 
-pub(crate) fn fconst(v: f32) -> String {
+pub fn fconst(v: f32) -> String {
     // LLVM wants float constants as the hex of the f64 with the same value
     format!("0x{:016X}", (v as f64).to_bits())
 }
 
 /// IR text with fresh SSA names.
-pub(crate) struct Emit {
+pub struct Emit {
+    /// The text so far.
     pub s: String,
     n: usize,
+    /// Lanes of a vector.
     pub w: usize,
+    /// The vector type, `<w x float>`.
     pub vt: String,
     /// Module-level metadata of this function (loop hints), written after its body.
     meta: String,
@@ -72,7 +76,7 @@ pub(crate) struct Emit {
 static META_IDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl Emit {
-    pub(crate) fn new(w: usize) -> Emit {
+    pub fn new(w: usize) -> Emit {
         Emit {
             s: String::new(),
             n: 0,
@@ -85,17 +89,26 @@ impl Emit {
     /// tiles use (nearly) every vector register; unrolled, LLVM's scheduler hoists the next
     /// iteration's loads and spills an accumulator into the FMA chain (AVX2 6x16 tile with a
     /// GELU epilogue: 1.8x slower).
-    pub(crate) fn no_unroll(&mut self) -> String {
+    pub fn no_unroll(&mut self) -> String {
+        self.loop_hint("!{!\"llvm.loop.unroll.disable\"}")
+    }
+    /// `, !llvm.loop !N` for a loop's back-edge branch: unroll the loop `count` times
+    /// whatever the target's scheduling model says (LLVM 19 partially unrolls less than 14
+    /// did on Zen 3, and not at all for most CPUs; kernels whose address arithmetic needs
+    /// unrolling to become immediates ask for it).
+    pub fn unroll(&mut self, count: usize) -> String {
+        self.loop_hint(&format!("!{{!\"llvm.loop.unroll.count\", i32 {count}}}"))
+    }
+    fn loop_hint(&mut self, hint: &str) -> String {
         let id = META_IDS.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
         let (l, d) = (id, id + 1);
-        self.meta.push_str(&format!(
-            "!{l} = distinct !{{!{l}, !{d}}}\n!{d} = !{{!\"llvm.loop.unroll.disable\"}}\n"
-        ));
+        self.meta
+            .push_str(&format!("!{l} = distinct !{{!{l}, !{d}}}\n!{d} = {hint}\n"));
         format!(", !llvm.loop !{l}")
     }
     /// `define void @name(<params>, i64 %t0, i64 %t1)` and the loop over work items `%<iv>` in
     /// `t0..t1` whose latch is block `latch` (closed by [`Self::items_end`]).
-    pub(crate) fn items_begin(
+    pub fn items_begin(
         &mut self,
         name: &str,
         params: &str,
@@ -115,19 +128,23 @@ impl Emit {
         ));
     }
     /// The latch of [`Self::items_begin`]'s loop (in the current block) and the function's end.
-    pub(crate) fn items_end(&mut self, iv: &str) {
+    pub fn items_end(&mut self, iv: &str) {
         self.line(&format!("  %{iv}_n = add i64 %{iv}, 1"));
         self.line(&format!("  %{iv}_e = icmp eq i64 %{iv}_n, %t1"));
         self.line(&format!("  br i1 %{iv}_e, label %done, label %item"));
         self.line("done:");
         self.line("  ret void");
+        self.function_end();
+    }
+    /// Close the current function: its `}` and then the metadata its loop hints refer to.
+    pub fn function_end(&mut self) {
         self.line("}");
         let meta = std::mem::take(&mut self.meta);
         self.s.push_str(&meta);
     }
     /// Open `for i in lo..hi` (constant bounds, `lo < hi` not required); returns the induction
     /// variable. Close with [`Self::loop_end`]; code then continues in block `<tag>_exit`.
-    pub(crate) fn loop_begin(&mut self, tag: &str, lo: usize, hi: usize) -> String {
+    pub fn loop_begin(&mut self, tag: &str, lo: usize, hi: usize) -> String {
         self.line(&format!("  br label %{tag}_pre"));
         self.line(&format!("{tag}_pre:"));
         self.line(&format!("  br label %{tag}_head"));
@@ -144,7 +161,7 @@ impl Emit {
         iv
     }
     /// Close a loop opened by [`Self::loop_begin`].
-    pub(crate) fn loop_end(&mut self, tag: &str, iv: &str) {
+    pub fn loop_end(&mut self, tag: &str, iv: &str) {
         self.line(&format!("  br label %{tag}_latch"));
         self.line(&format!("{tag}_latch:"));
         self.line(&format!("  %{tag}_n = add i64 {iv}, 1"));
@@ -152,22 +169,19 @@ impl Emit {
         self.line(&format!("{tag}_exit:"));
     }
     /// `row[lo..hi] = 0` as a loop (LLVM turns it into a memset).
-    pub(crate) fn zero_fill(&mut self, tag: &str, row: &str, lo: usize, hi: usize) {
+    pub fn zero_fill(&mut self, tag: &str, row: &str, lo: usize, hi: usize) {
         if lo >= hi {
             return;
         }
         let i = self.loop_begin(tag, lo, hi);
-        let p = self.tmp();
-        self.line(&format!(
-            "  {p} = getelementptr float, float* {row}, i64 {i}"
-        ));
-        self.line(&format!("  store float 0.0, float* {p}, align 4"));
+        let p = self.gep(row, &i);
+        self.store_f32("0.0", &p);
         self.loop_end(tag, &i);
     }
     /// Apply the epilogue to accumulator `acc` and store the lanes of mask `m` at `off` floats
     /// after `out`; the operands of its `Add` steps come from `srcs` in order (vectors read at
     /// the same offset under the same mask).
-    pub(crate) fn store_tile(
+    pub fn store_tile(
         &mut self,
         steps: &[EpilogueStep],
         acc: &str,
@@ -197,13 +211,13 @@ impl Emit {
     fn cheap_masked_stores(&self) -> bool {
         self.w >= 16
     }
-    /// Store the `n`-lane vector `val` at `p` (an `<n x float>*`) under the run-time mask `m`:
+    /// Store the `n`-lane vector `val` at `p` under the run-time mask `m`:
     /// where masked stores are dear, a plain store when every lane is set (the common case:
     /// tiles inside the output) and the masked store only otherwise. Splits the current block.
-    pub(crate) fn store_masked(&mut self, n: usize, val: &str, p: &str, m: &str) {
+    pub fn store_masked(&mut self, n: usize, val: &str, p: &str, m: &str) {
         let st = format!("<{n} x float>");
         let masked = format!(
-            "  call void @llvm.masked.store.v{n}f32.p0v{n}f32({st} {val}, {st}* {p}, i32 4, <{n} x i1> {m})"
+            "  call void @llvm.masked.store.v{n}f32.p0({st} {val}, ptr {p}, i32 4, <{n} x i1> {m})"
         );
         if self.cheap_masked_stores() {
             return self.line(&masked);
@@ -215,7 +229,7 @@ impl Emit {
         let l = self.label();
         self.line(&format!("  br i1 {full}, label %{l}_all, label %{l}_some"));
         self.line(&format!("{l}_all:"));
-        self.line(&format!("  store {st} {val}, {st}* {p}, align 4"));
+        self.line(&format!("  store {st} {val}, ptr {p}, align 4"));
         self.line(&format!("  br label %{l}_done"));
         self.line(&format!("{l}_some:"));
         self.line(&masked);
@@ -223,10 +237,10 @@ impl Emit {
         self.line(&format!("{l}_done:"));
     }
     /// Store lanes `0..count` (a compile-time count, `1..=n`) of the `n`-lane vector `val` at
-    /// `p` (an `<n x float>*`), if the run-time `i1` `valid` holds. Where masked stores are
+    /// `p`, if the run-time `i1` `valid` holds. Where masked stores are
     /// dear, the lanes go out as plain stores of power-of-two pieces (7 = 4 + 2 + 1) behind a
     /// branch on `valid`. Splits the current block.
-    pub(crate) fn store_prefix(&mut self, n: usize, val: &str, p: &str, count: usize, valid: &str) {
+    pub fn store_prefix(&mut self, n: usize, val: &str, p: &str, count: usize, valid: &str) {
         let st = format!("<{n} x float>");
         if self.cheap_masked_stores() {
             let lanes: Vec<String> = (0..n).map(|i| format!("i1 {}", i < count)).collect();
@@ -236,25 +250,20 @@ impl Emit {
                 lanes.join(", ")
             ));
             return self.line(&format!(
-                "  call void @llvm.masked.store.v{n}f32.p0v{n}f32({st} {val}, {st}* {p}, i32 4, <{n} x i1> {m})"
+                "  call void @llvm.masked.store.v{n}f32.p0({st} {val}, ptr {p}, i32 4, <{n} x i1> {m})"
             ));
         }
         let l = self.label();
         self.line(&format!("  br i1 {valid}, label %{l}_st, label %{l}_done"));
         self.line(&format!("{l}_st:"));
-        let base = self.tmp();
-        self.line(&format!("  {base} = bitcast {st}* {p} to float*"));
         let mut at = 0;
         while at < count {
             let k = 1usize << (usize::BITS - 1 - (count - at).leading_zeros());
-            let q = self.tmp();
-            self.line(&format!(
-                "  {q} = getelementptr float, float* {base}, i64 {at}"
-            ));
+            let q = self.gep(p, &at.to_string());
             if k == 1 {
                 let x = self.tmp();
                 self.line(&format!("  {x} = extractelement {st} {val}, i32 {at}"));
-                self.line(&format!("  store float {x}, float* {q}, align 4"));
+                self.store_f32(&x, &q);
             } else {
                 let idx: Vec<String> = (at..at + k).map(|i| format!("i32 {i}")).collect();
                 let part = self.tmp();
@@ -262,11 +271,7 @@ impl Emit {
                     "  {part} = shufflevector {st} {val}, {st} undef, <{k} x i32> <{}>",
                     idx.join(", ")
                 ));
-                let qv = self.tmp();
-                self.line(&format!("  {qv} = bitcast float* {q} to <{k} x float>*"));
-                self.line(&format!(
-                    "  store <{k} x float> {part}, <{k} x float>* {qv}, align 4"
-                ));
+                self.line(&format!("  store <{k} x float> {part}, ptr {q}, align 4"));
             }
             at += k;
         }
@@ -277,7 +282,7 @@ impl Emit {
     /// at lane `s * n + p`, lane `s * n + j` of row `p` (an `n x n` transpose of every block of
     /// `n` lanes). One swap of a row-index bit with a lane-index bit per stage, each a
     /// two-source shuffle.
-    pub(crate) fn transpose(&mut self, rows: &[String]) -> Vec<String> {
+    pub fn transpose(&mut self, rows: &[String]) -> Vec<String> {
         let (w, vt) = (self.w, self.vt.clone());
         let n = rows.len();
         assert!(
@@ -309,7 +314,7 @@ impl Emit {
         v
     }
     /// Lanes `from..from + n` of a vector as an `n`-lane vector (the vector itself if `n == w`).
-    pub(crate) fn slice(&mut self, x: &str, from: usize, n: usize) -> String {
+    pub fn slice(&mut self, x: &str, from: usize, n: usize) -> String {
         if n == self.w {
             return x.to_string();
         }
@@ -323,7 +328,7 @@ impl Emit {
         r
     }
     /// The `w / n` vectors of `n` lanes in `parts` as one `w`-lane vector.
-    pub(crate) fn concat(&mut self, parts: &[String]) -> String {
+    pub fn concat(&mut self, parts: &[String]) -> String {
         let w = self.w;
         let n = w / parts.len();
         if parts.len() == 1 {
@@ -352,7 +357,7 @@ impl Emit {
     }
     /// The mask of the lanes `l` of a vector starting at element `from` with `from + l < limit`
     /// (compile-time bounds: tails of rows, tiles and columns).
-    pub(crate) fn lanes_below(&mut self, from: usize, limit: usize) -> String {
+    pub fn lanes_below(&mut self, from: usize, limit: usize) -> String {
         let w = self.w;
         let m = self.tmp();
         self.line(&format!(
@@ -362,19 +367,13 @@ impl Emit {
         ));
         m
     }
-    pub(crate) fn tmp(&mut self) -> String {
+    pub fn tmp(&mut self) -> String {
         self.n += 1;
         format!("%v{}", self.n)
     }
     /// Vector phis joining two predecessors pairwise: `a[i]` from block `from_a`, `b[i]` from
     /// `from_b` (an accumulator after a skipped or computed row).
-    pub(crate) fn phis(
-        &mut self,
-        a: &[String],
-        from_a: &str,
-        b: &[String],
-        from_b: &str,
-    ) -> Vec<String> {
+    pub fn phis(&mut self, a: &[String], from_a: &str, b: &[String], from_b: &str) -> Vec<String> {
         let vt = self.vt.clone();
         a.iter()
             .zip(b)
@@ -388,15 +387,15 @@ impl Emit {
             .collect()
     }
     /// A fresh block-name prefix.
-    pub(crate) fn label(&mut self) -> String {
+    pub fn label(&mut self) -> String {
         self.n += 1;
         format!("b{}", self.n)
     }
-    pub(crate) fn line(&mut self, l: &str) {
+    pub fn line(&mut self, l: &str) {
         self.s.push_str(l);
         self.s.push('\n');
     }
-    pub(crate) fn splat(&mut self, scalar: &str) -> String {
+    pub fn splat(&mut self, scalar: &str) -> String {
         let (w, vt) = (self.w, self.vt.clone());
         let i = self.tmp();
         self.line(&format!(
@@ -408,7 +407,7 @@ impl Emit {
         ));
         s
     }
-    pub(crate) fn splat_i32(&mut self, scalar: &str) -> String {
+    pub fn splat_i32(&mut self, scalar: &str) -> String {
         let w = self.w;
         let i = self.tmp();
         self.line(&format!(
@@ -420,47 +419,131 @@ impl Emit {
         ));
         s
     }
-    pub(crate) fn fsplat(&self, v: f32) -> String {
+    pub fn fsplat(&self, v: f32) -> String {
         let items: Vec<String> = (0..self.w)
             .map(|_| format!("float {}", fconst(v)))
             .collect();
         format!("<{}>", items.join(", "))
     }
-    /// `<w x float>*` pointing `off` floats after `base` (a `float*`).
-    pub(crate) fn gep_vec(&mut self, base: &str, off: usize) -> String {
-        self.gep_vec_at(base, &off.to_string())
-    }
-    /// [`Self::gep_vec`] at an offset that is an SSA value (or a constant's text).
-    pub(crate) fn gep_vec_at(&mut self, base: &str, off: &str) -> String {
+    /// The address `off` floats after `base` (`off` an `i64` SSA value or constant's text).
+    pub fn gep(&mut self, base: &str, off: &str) -> String {
         let p = self.tmp();
         self.line(&format!(
-            "  {p} = getelementptr float, float* {base}, i64 {off}"
+            "  {p} = getelementptr float, ptr {base}, i64 {off}"
         ));
-        let vt = self.vt.clone();
-        let c = self.tmp();
-        self.line(&format!("  {c} = bitcast float* {p} to {vt}*"));
-        c
+        p
     }
-    pub(crate) fn masked_load(&mut self, p: &str, m: &str) -> String {
+    /// The address of the vector `off` (a constant) floats after `base`.
+    pub fn gep_vec(&mut self, base: &str, off: usize) -> String {
+        self.gep(base, &off.to_string())
+    }
+    /// The float at `p`.
+    pub fn load_f32(&mut self, p: &str) -> String {
+        let x = self.tmp();
+        self.line(&format!("  {x} = load float, ptr {p}, align 4"));
+        x
+    }
+    pub fn store_f32(&mut self, v: &str, p: &str) {
+        self.line(&format!("  store float {v}, ptr {p}, align 4"));
+    }
+    /// The vector at `p` (f32-aligned).
+    pub fn load_vec(&mut self, p: &str) -> String {
+        self.load_n(self.w, p)
+    }
+    /// The `n`-lane vector at `p` (f32-aligned).
+    pub fn load_n(&mut self, n: usize, p: &str) -> String {
+        let x = self.tmp();
+        self.line(&format!("  {x} = load <{n} x float>, ptr {p}, align 4"));
+        x
+    }
+    pub fn store_vec(&mut self, v: &str, p: &str) {
+        let vt = self.vt.clone();
+        self.line(&format!("  store {vt} {v}, ptr {p}, align 4"));
+    }
+    pub fn masked_load(&mut self, p: &str, m: &str) -> String {
         self.masked_load_or(p, m, "zeroinitializer")
     }
     /// Masked load with `other` in the masked-off lanes.
-    pub(crate) fn masked_load_or(&mut self, p: &str, m: &str, other: &str) -> String {
-        let (w, vt) = (self.w, self.vt.clone());
+    pub fn masked_load_or(&mut self, p: &str, m: &str, other: &str) -> String {
+        let w = self.w;
+        self.masked_load_n(w, p, m, other)
+    }
+    /// Masked load of an `n`-lane vector (`n` = 4 or 8 below the width, or the width itself;
+    /// see [`declarations`]) with `other` in the masked-off lanes.
+    pub fn masked_load_n(&mut self, n: usize, p: &str, m: &str, other: &str) -> String {
+        let st = format!("<{n} x float>");
         let x = self.tmp();
         self.line(&format!(
-            "  {x} = call {vt} @llvm.masked.load.v{w}f32.p0v{w}f32({vt}* {p}, i32 4, <{w} x i1> {m}, {vt} {other})"
+            "  {x} = call {st} @llvm.masked.load.v{n}f32.p0(ptr {p}, i32 4, <{n} x i1> {m}, {st} {other})"
         ));
         x
     }
-    pub(crate) fn bin(&mut self, op: &str, a: &str, b: &str) -> String {
+    /// The vector at float offset `off` of row `base`: all lanes, or those of mask `m` (the
+    /// others read `other`).
+    pub fn load_at(&mut self, base: &str, off: &str, m: Option<&str>, other: &str) -> String {
+        let p = self.gep(base, off);
+        match m {
+            Some(m) => self.masked_load_or(&p, m, other),
+            None => self.load_vec(&p),
+        }
+    }
+    /// Store `v` at float offset `off` of row `base`: all lanes, or those of mask `m` (always
+    /// through the masked store: for row tails, not for tiles; see [`Self::store_masked`]).
+    pub fn store_at(&mut self, v: &str, base: &str, off: &str, m: Option<&str>) {
+        let p = self.gep(base, off);
+        match m {
+            Some(m) => self.masked_store(v, &p, m),
+            None => self.store_vec(v, &p),
+        }
+    }
+    /// Store the lanes of mask `m` of `v` at `p` (always the masked store instruction; see
+    /// [`Self::store_masked`] for stores that are usually full).
+    pub fn masked_store(&mut self, v: &str, p: &str, m: &str) {
+        let (w, vt) = (self.w, self.vt.clone());
+        self.line(&format!(
+            "  call void @llvm.masked.store.v{w}f32.p0({vt} {v}, ptr {p}, i32 4, <{w} x i1> {m})"
+        ));
+    }
+    /// `name = v` (of type `ty`) as an instruction, a select that always takes `v`: gives a
+    /// value a fixed name for a phi.
+    pub fn copy_to(&mut self, name: &str, ty: &str, v: &str) {
+        self.line(&format!("  {name} = select i1 true, {ty} {v}, {ty} {v}"));
+    }
+    /// The lanes of mask `m` of `x`, zero in the others.
+    pub fn zero_unless(&mut self, m: &str, x: &str) -> String {
+        let (w, vt) = (self.w, self.vt.clone());
+        let r = self.tmp();
+        self.line(&format!(
+            "  {r} = select <{w} x i1> {m}, {vt} {x}, {vt} zeroinitializer"
+        ));
+        r
+    }
+    /// Sum of the lanes of `v` (in lane order).
+    pub fn hsum(&mut self, v: &str) -> String {
+        let (w, vt) = (self.w, self.vt.clone());
+        let s = self.tmp();
+        self.line(&format!(
+            "  {s} = call float @llvm.vector.reduce.fadd.v{w}f32(float 0.0, {vt} {v})"
+        ));
+        s
+    }
+    /// Maximum of the lanes of `v`.
+    pub fn hmax(&mut self, v: &str) -> String {
+        let (w, vt) = (self.w, self.vt.clone());
+        let s = self.tmp();
+        self.line(&format!(
+            "  {s} = call float @llvm.vector.reduce.fmax.v{w}f32({vt} {v})"
+        ));
+        s
+    }
+    pub fn bin(&mut self, op: &str, a: &str, b: &str) -> String {
         let vt = self.vt.clone();
         let r = self.tmp();
         self.line(&format!("  {r} = {op} {vt} {a}, {b}"));
         r
     }
     /// `cond(a, b) ? x : y` with an ordered float compare.
-    pub(crate) fn select(&mut self, cc: &str, a: &str, b: &str, x: &str, y: &str) -> String {
+    pub fn select(&mut self, cc: &str, a: &str, b: &str, x: &str, y: &str) -> String {
         let (w, vt) = (self.w, self.vt.clone());
         let c = self.tmp();
         self.line(&format!("  {c} = fcmp {cc} {vt} {a}, {b}"));
@@ -470,12 +553,12 @@ impl Emit {
         ));
         r
     }
-    pub(crate) fn clamp(&mut self, x: &str, lo: f32, hi: f32) -> String {
+    pub fn clamp(&mut self, x: &str, lo: f32, hi: f32) -> String {
         let (l, h) = (self.fsplat(lo), self.fsplat(hi));
         let a = self.select("olt", x, &l, &l, x);
         self.select("ogt", &a, &h, &h, &a)
     }
-    pub(crate) fn fma(&mut self, a: &str, b: &str, c: &str) -> String {
+    pub fn fma(&mut self, a: &str, b: &str, c: &str) -> String {
         let (w, vt) = (self.w, self.vt.clone());
         let r = self.tmp();
         self.line(&format!(
@@ -483,221 +566,153 @@ impl Emit {
         ));
         r
     }
-    pub(crate) fn call1(&mut self, f: &str, x: &str) -> String {
+    pub fn call1(&mut self, f: &str, x: &str) -> String {
         let (w, vt) = (self.w, self.vt.clone());
         let r = self.tmp();
         self.line(&format!("  {r} = call {vt} @llvm.{f}.v{w}f32({vt} {x})"));
         r
     }
-    /// Horner's scheme: `c[0] x^(n-1) + .. + c[n-1]`.
-    pub(crate) fn poly(&mut self, x: &str, c: &[f32]) -> String {
-        let mut p = self.fsplat(c[0]);
-        for &k in &c[1..] {
-            p = self.fma(&p, x, &self.fsplat(k));
-        }
-        p
-    }
-    /// `e^x` (Cephes' single-precision scheme: `x = n ln 2 + r`, a degree-7 polynomial in `r`,
-    /// `2^n` built in the exponent bits; within 2 ulp, infinity past the largest float,
-    /// flushed to `2^-126` below it; NaN stays NaN).
-    pub(crate) fn exp(&mut self, x0: &str) -> String {
-        let w = self.w;
-        let x = self.clamp(x0, -87.33654, 88.72283);
-        let fx = self.fma(
-            &x,
-            &self.fsplat(std::f32::consts::LOG2_E),
-            &self.fsplat(0.5),
-        );
-        let n = self.call1("floor", &fx);
-        let cap = self.fsplat(127.0);
-        let n = self.select("ogt", &n, &cap, &cap, &n);
-        let n = self.select("uno", &n, &n, "zeroinitializer", &n);
-        let r = self.fma(&n, &self.fsplat(-0.693_359_4), &x);
-        let r = self.fma(&n, &self.fsplat(2.121_944_4e-4), &r);
-        let p = self.poly(
-            &r,
-            &[
-                1.987_569_1e-4,
-                1.398_199_9e-3,
-                8.333_452e-3,
-                4.166_579_6e-2,
-                0.166_666_65,
-                0.5,
-            ],
-        );
-        let r2 = self.bin("fmul", &r, &r);
-        let y = self.fma(&p, &r2, &r);
-        let y = self.bin("fadd", &y, &self.fsplat(1.0));
-        let ni = self.tmp();
-        self.line(&format!("  {ni} = fptosi {} {n} to <{w} x i32>", self.vt));
-        let e = self.tmp();
-        self.line(&format!(
-            "  {e} = add <{w} x i32> {ni}, {}",
-            splat_const_i32(w, 127)
-        ));
-        let e2 = self.tmp();
-        self.line(&format!(
-            "  {e2} = shl <{w} x i32> {e}, {}",
-            splat_const_i32(w, 23)
-        ));
-        let sc = self.tmp();
-        self.line(&format!("  {sc} = bitcast <{w} x i32> {e2} to {}", self.vt));
-        let r = self.bin("fmul", &y, &sc);
-        let (big, inf) = (self.fsplat(88.72283), self.fsplat(f32::INFINITY));
-        let r = self.select("ogt", x0, &big, &inf, &r);
-        // below the smallest normal result: 0 (exp(-inf) = 0 for masked Softmax entries)
-        let small = self.fsplat(-87.33654);
-        self.select("olt", x0, &small, "zeroinitializer", &r)
-    }
-    /// `1 + e^(k x)`.
-    pub(crate) fn one_plus_exp(&mut self, x: &str, k: f32) -> String {
-        let v = self.bin("fmul", x, &self.fsplat(k));
-        let e = self.exp(&v);
-        self.bin("fadd", &e, &self.fsplat(1.0))
-    }
-    /// `1 / (1 + e^(k x))` (the sigmoid for `k = -1`).
-    pub(crate) fn sigmoid(&mut self, x: &str, k: f32) -> String {
-        let d = self.one_plus_exp(x, k);
-        self.bin("fdiv", &self.fsplat(1.0), &d)
-    }
-    /// `tanh x = 2 sigmoid(2x) - 1`, and for `|x| < 0.2` its odd Taylor polynomial to `x^9`
-    /// (the subtraction would lose the relative precision of small results).
-    pub(crate) fn tanh(&mut self, x: &str) -> String {
-        let s = self.sigmoid(x, -2.0);
-        let big = self.fma(&s, &self.fsplat(2.0), &self.fsplat(-1.0));
-        let x2 = self.bin("fmul", x, x);
-        let p = self.poly(&x2, &[62.0 / 2835.0, -17.0 / 315.0, 2.0 / 15.0, -1.0 / 3.0]);
-        let x3 = self.bin("fmul", &x2, x);
-        let small = self.fma(&p, &x3, x);
-        let a = self.call1("fabs", x);
-        let lim = self.fsplat(0.2);
-        self.select("olt", &a, &lim, &small, &big)
-    }
-    /// `erf x` (Abramowitz & Stegun 7.1.26, absolute error below 2e-7 in f32):
-    /// `1 - t (a1 + t (a2 + ..)) e^(-x^2)` with `t = 1 / (1 + p |x|)`, sign restored.
-    pub(crate) fn erf(&mut self, x: &str) -> String {
-        let a = self.call1("fabs", x);
-        let one = self.fsplat(1.0);
-        let d = self.fma(&a, &self.fsplat(0.327_591_1), &one);
-        let t = self.bin("fdiv", &one, &d);
-        let p = self.poly(
-            &t,
-            &[
-                1.061_405_4,
-                -1.453_152,
-                1.421_413_8,
-                -0.284_496_74,
-                0.254_829_6,
-            ],
-        );
-        let pt = self.bin("fmul", &p, &t);
-        let a2 = self.bin("fmul", &a, &a);
-        let na2 = self.bin("fsub", "zeroinitializer", &a2);
-        let e = self.exp(&na2);
-        let m = self.bin("fmul", &pt, &e);
-        let r = self.bin("fsub", &one, &m);
+    /// A loop over the `len` floats of a row as vectors, with one vector accumulator starting
+    /// at `init`, then the tail (if any) under a mask; `body(e, float offset, tail mask, acc)`
+    /// returns the new accumulator. Returns the final accumulator.
+    pub fn fold_row(&mut self, tag: &str, len: usize, init: &str, body: &mut RowBody) -> String {
         let (w, vt) = (self.w, self.vt.clone());
-        let s = self.tmp();
-        self.line(&format!(
-            "  {s} = call {vt} @llvm.copysign.v{w}f32({vt} {r}, {vt} {x})"
-        ));
-        s
-    }
-    /// `0.5 x (1 + v)`.
-    pub(crate) fn half_x_one_plus(&mut self, x: &str, v: &str) -> String {
-        let one = self.fsplat(1.0);
-        let s = self.bin("fadd", v, &one);
-        let h = self.bin("fmul", x, &self.fsplat(0.5));
-        self.bin("fmul", &h, &s)
-    }
-    /// The epilogue steps on one vector, in the same arithmetic as `ew.rs`.
-    pub(crate) fn epilogue(
-        &mut self,
-        steps: &[EpilogueStep],
-        x: &str,
-        operands: &[String],
-    ) -> String {
-        let mut x = x.to_string();
-        let mut operands = operands.iter();
-        for s in steps {
-            x = match *s {
-                EpilogueStep::Add => {
-                    let r = operands.next().expect("epilogue operand");
-                    self.bin("fadd", &x, r)
-                }
-                EpilogueStep::Clip { min, max } => self.clamp(&x, min, max),
-                EpilogueStep::Unary(UnaryOp::Relu) => {
-                    let z = "zeroinitializer";
-                    self.select("ogt", &x, z, &x, z)
-                }
-                EpilogueStep::Unary(UnaryOp::HardSwish) => {
-                    let a = self.fsplat(1.0 / 6.0);
-                    let h = self.fsplat(0.5);
-                    let v = self.bin("fmul", &x, &a);
-                    let v = self.bin("fadd", &v, &h);
-                    let v = self.clamp(&v, 0.0, 1.0);
-                    self.bin("fmul", &x, &v)
-                }
-                EpilogueStep::Act {
-                    kind: ActKind::HardSigmoid,
-                    alpha,
-                    beta,
-                } => {
-                    let (a, bt) = (self.fsplat(alpha), self.fsplat(beta));
-                    let v = self.bin("fmul", &x, &a);
-                    let v = self.bin("fadd", &v, &bt);
-                    self.clamp(&v, 0.0, 1.0)
-                }
-                EpilogueStep::Act {
-                    kind: ActKind::LeakyRelu,
-                    alpha,
-                    ..
-                } => {
-                    let a = self.fsplat(alpha);
-                    let neg = self.bin("fmul", &x, &a);
-                    self.select("olt", &x, "zeroinitializer", &neg, &x)
-                }
-                EpilogueStep::Act {
-                    kind: ActKind::Affine,
-                    alpha,
-                    beta,
-                } => {
-                    let (a, bt) = (self.fsplat(alpha), self.fsplat(beta));
-                    let v = self.bin("fmul", &x, &a);
-                    self.bin("fadd", &v, &bt)
-                }
-                EpilogueStep::Unary(UnaryOp::Sigmoid) => self.sigmoid(&x, -1.0),
-                EpilogueStep::Act {
-                    kind: ActKind::Swish,
-                    alpha,
-                    ..
-                } => {
-                    // x / (1 + e^(-alpha x)), as the interpreter: -0 for huge negative x
-                    let d = self.one_plus_exp(&x, -alpha);
-                    self.bin("fdiv", &x, &d)
-                }
-                EpilogueStep::Unary(UnaryOp::Tanh) => self.tanh(&x),
-                EpilogueStep::Unary(UnaryOp::Gelu) => {
-                    // 0.5 x (1 + erf(x / sqrt 2))
-                    let v = self.bin("fmul", &x, &self.fsplat(std::f32::consts::FRAC_1_SQRT_2));
-                    let e = self.erf(&v);
-                    self.half_x_one_plus(&x, &e)
-                }
-                EpilogueStep::Unary(UnaryOp::GeluTanh) => {
-                    // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-                    let x2 = self.bin("fmul", &x, &x);
-                    let c = self.fsplat(0.044715);
-                    let one = self.fsplat(1.0);
-                    let p = self.fma(&x2, &c, &one);
-                    let v = self.bin("fmul", &x, &p);
-                    let k = self.fsplat((2.0 / std::f64::consts::PI).sqrt() as f32);
-                    let v = self.bin("fmul", &v, &k);
-                    let t = self.tanh(&v);
-                    self.half_x_one_plus(&x, &t)
-                }
-                _ => unreachable!("step_supported() admits only the steps above"),
-            };
+        let nv = len / w;
+        let mut acc = init.to_string();
+        if nv > 0 {
+            self.line(&format!("  br label %{tag}_pre"));
+            self.line(&format!("{tag}_pre:"));
+            self.line(&format!("  br label %{tag}_head"));
+            self.line(&format!("{tag}_head:"));
+            self.line(&format!(
+                "  %{tag}_i = phi i64 [ 0, %{tag}_pre ], [ %{tag}_n, %{tag}_head ]"
+            ));
+            self.line(&format!(
+                "  %{tag}_acc = phi {vt} [ {acc}, %{tag}_pre ], [ %{tag}_accn, %{tag}_head ]"
+            ));
+            let off = self.tmp();
+            self.line(&format!("  {off} = mul i64 %{tag}_i, {w}"));
+            let next = body(self, &off, None, &format!("%{tag}_acc"));
+            self.copy_to(&format!("%{tag}_accn"), &vt, &next);
+            self.line(&format!("  %{tag}_n = add i64 %{tag}_i, 1"));
+            self.line(&format!("  %{tag}_c = icmp eq i64 %{tag}_n, {nv}"));
+            self.line(&format!(
+                "  br i1 %{tag}_c, label %{tag}_exit, label %{tag}_head"
+            ));
+            self.line(&format!("{tag}_exit:"));
+            acc = format!("%{tag}_accn");
         }
-        x
+        let tail = len % w;
+        if tail > 0 {
+            let m = self.lanes_below(0, tail);
+            let off = (nv * w).to_string();
+            acc = body(self, &off, Some(&m), &acc);
+        }
+        acc
+    }
+    /// One vector whose lane `k` is lane `picks[k].1` of `srcs[picks[k].0]` (undefined for
+    /// `None`): a tree of two-source shuffles.
+    pub fn gather_lanes(&mut self, srcs: &[String], picks: &[Option<(usize, usize)>]) -> String {
+        let (w, vt) = (self.w, self.vt.clone());
+        let mask = |f: &dyn Fn(usize, usize) -> usize| -> String {
+            let items: Vec<String> = picks
+                .iter()
+                .map(|p| match p {
+                    Some((s, l)) => format!("i32 {}", f(*s, *l)),
+                    None => "i32 undef".into(),
+                })
+                .collect();
+            format!("<{w} x i32> <{}>", items.join(", "))
+        };
+        let r = self.tmp();
+        match srcs.len() {
+            1 => self.line(&format!(
+                "  {r} = shufflevector {vt} {}, {vt} undef, {}",
+                srcs[0],
+                mask(&|_, l| l)
+            )),
+            2 => self.line(&format!(
+                "  {r} = shufflevector {vt} {}, {vt} {}, {}",
+                srcs[0],
+                srcs[1],
+                mask(&|s, l| s * w + l)
+            )),
+            n => {
+                // each half gathers its lanes into their final positions, then one shuffle
+                // merges
+                let h = n / 2;
+                let part = |lo: bool| -> Vec<Option<(usize, usize)>> {
+                    picks
+                        .iter()
+                        .map(|p| match p {
+                            Some((s, l)) if (*s < h) == lo => {
+                                Some((if lo { *s } else { s - h }, *l))
+                            }
+                            _ => None,
+                        })
+                        .collect()
+                };
+                let (pl, pr) = (part(true), part(false));
+                let left = self.gather_lanes(&srcs[..h], &pl);
+                let right = self.gather_lanes(&srcs[h..], &pr);
+                let items: Vec<String> = picks
+                    .iter()
+                    .enumerate()
+                    .map(|(k, p)| match p {
+                        Some((s, _)) if *s < h => format!("i32 {k}"),
+                        Some(_) => format!("i32 {}", w + k),
+                        None => "i32 undef".into(),
+                    })
+                    .collect();
+                self.line(&format!(
+                    "  {r} = shufflevector {vt} {left}, {vt} {right}, <{w} x i32> <{}>",
+                    items.join(", ")
+                ));
+            }
+        }
+        r
+    }
+    /// `out[i][j] = sum_r k[i][r] x[r][j]` for a constant matrix `k` and rows of vectors `x`.
+    pub fn mat_rows(&mut self, k: &[Vec<f32>], x: &[Vec<String>]) -> Vec<Vec<String>> {
+        k.iter()
+            .map(|ki| {
+                (0..x[0].len())
+                    .map(|j| {
+                        let col: Vec<String> = x.iter().map(|row| row[j].clone()).collect();
+                        self.lin_comb(ki, &col)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+    /// `k x` for a constant matrix `k` and one row of vectors: `out[i] = sum_r k[i][r] x[r]`.
+    pub fn mat_vec(&mut self, k: &[Vec<f32>], x: &[String]) -> Vec<String> {
+        k.iter().map(|ki| self.lin_comb(ki, x)).collect()
+    }
+    /// `sum_r c[r] x[r]` over vectors, skipping zero coefficients and multiplying only by
+    /// those other than +-1 (constant matrices applied to registers: Winograd transforms).
+    pub fn lin_comb(&mut self, c: &[f32], x: &[String]) -> String {
+        let mut acc: Option<String> = None;
+        for (r, &cr) in c.iter().enumerate() {
+            if cr == 0.0 {
+                continue;
+            }
+            let (term, neg) = if cr.abs() == 1.0 {
+                (x[r].clone(), cr < 0.0)
+            } else {
+                (self.bin("fmul", &x[r], &self.fsplat(cr.abs())), cr < 0.0)
+            };
+            acc = Some(match (acc, neg) {
+                (None, false) => term,
+                (None, true) => self.bin("fsub", "zeroinitializer", &term),
+                (Some(a), false) => self.bin("fadd", &a, &term),
+                (Some(a), true) => self.bin("fsub", &a, &term),
+            });
+        }
+        acc.unwrap_or_else(|| "zeroinitializer".into())
     }
 }
+
+/// The body of [`Emit::fold_row`]: `(emit, float offset, tail mask, accumulator) -> new
+/// accumulator`.
+pub type RowBody<'a> = dyn FnMut(&mut Emit, &str, Option<&str>, &str) -> String + 'a;
