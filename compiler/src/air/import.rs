@@ -46,7 +46,7 @@ pub struct AirOptions {
 
 /// Most ops inlined from `PartitionedCall` sub-graphs into one model (each call inlines its
 /// sub-graph again, so calls that call twice multiply).
-pub const MAX_INLINED_OPS: usize = 1 << 18;
+pub const MAX_INLINED_OPS: usize = 1 << 16;
 
 /// GE op types with IR translations (plus the graph structure ops in [`STRUCTURE`]).
 pub const SUPPORTED: &[&str] = &[
