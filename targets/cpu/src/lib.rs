@@ -28,7 +28,7 @@ pub use ukernel::ConvSchedule;
 use cranelift_codegen::Context;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{
-    AbiParam, Function, InstBuilder, MemFlagsData, Signature, UserFuncName, types,
+    AbiParam, BlockArg, Function, InstBuilder, MemFlagsData, Signature, UserFuncName, types,
 };
 use cranelift_codegen::isa::{OwnedTargetIsa, TargetIsa};
 use cranelift_codegen::settings::{self, Configurable};
@@ -43,7 +43,7 @@ use std::collections::HashMap;
 use target_lexicon::Triple;
 
 /// Version of the `kiln_model` descriptor layout (runtime/include/kiln.h).
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = kiln_runtime::KILN_ABI_VERSION;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CpuError {
@@ -214,7 +214,7 @@ impl Wide {
                         ins.len() == 4,
                     );
                     let blocked = (!ins[0].layout.is_plain(), !a.layout.is_plain());
-                    match kernels::Geom::new(
+                    match kernels::Geom::tiled(
                         (&a.kernel, &a.strides, &a.pads, &a.dilations),
                         a.groups,
                         ins[0],
@@ -272,7 +272,7 @@ impl Wide {
                 }
                 kiln_ir::Op::MaxPool(pa) => {
                     let (x, out) = (g.ty(node.inputs[0]), g.ty(node.outputs[0]));
-                    match kernels::Geom::new(
+                    match kernels::Geom::tiled(
                         (&pa.kernel, &pa.strides, &pa.pads, &pa.dilations),
                         x.shape.get(1).copied().unwrap_or(1).max(1),
                         x,
@@ -466,7 +466,7 @@ impl kiln_ir::layout::LayoutTarget for CpuLayouts {
             ),
             _ => return None,
         };
-        let geom = kernels::Geom::new((attrs.0, attrs.1, attrs.2, attrs.3), attrs.4, x, y).ok();
+        let geom = kernels::Geom::tiled((attrs.0, attrs.1, attrs.2, attrs.3), attrs.4, x, y).ok();
         let Some(geom) = geom.filter(|_| x.dtype == kiln_ir::DType::F32 && x.rank() == 4) else {
             // not a wide-kernel shape: plain only, at a cost no choice changes
             return (!in_b && !out_b).then_some(0.0);
@@ -860,6 +860,13 @@ fn generate<M: Module>(
     let prefix = sym(&opts.name);
     let fcfg = module.isa().frontend_config();
     let plan: MemPlan = plan_for(g, opts.wide, opts.conv_schedule);
+    if plan.workspace_size > kiln_ir::limits::MAX_WORKSPACE_BYTES {
+        return Err(CpuError::Codegen(format!(
+            "the model needs a {}-byte workspace, more than the limit of {} bytes (16 TiB)",
+            plan.workspace_size,
+            kiln_ir::limits::MAX_WORKSPACE_BYTES
+        )));
+    }
     let mut fctx = FunctionBuilderContext::new();
     let mut ctx = Context::new();
 
@@ -1020,6 +1027,7 @@ fn generate<M: Module>(
 
     // one kernel per node
     let mut kernel_ids = Vec::new();
+    let mut fallible = Vec::new();
     let mut unsupported = Vec::new();
     let n_nodes = g.iter_nodes().count();
     for (i, (nid, node)) in g.iter_nodes().enumerate() {
@@ -1029,6 +1037,7 @@ fn generate<M: Module>(
             || plan.concat_in_place.contains(&nid)
         {
             kernel_ids.push(None);
+            fallible.push(false);
             continue;
         }
         let ins: Vec<&TensorType> = node.inputs.iter().map(|v| g.ty(*v)).collect();
@@ -1047,8 +1056,19 @@ fn generate<M: Module>(
             rows: wide.rows[i].clone().map(|rk| (rk, wide_ids[&i].main)),
             task: task_id,
         };
-        match kd.define(&name, nparams, |kb| kernels::emit(kb, node, &ins, &outs))? {
-            Ok(id) => kernel_ids.push(Some(id)),
+        let statuses = kernel_statuses(&node.op, &ins);
+        match kd.define(&name, nparams, |kb| {
+            let r = kernels::emit(kb, node, &ins, &outs);
+            debug_assert!(
+                kb.fails.iter().all(|(s, _)| statuses.contains(s)),
+                "{name}: a status kernel_statuses does not list"
+            );
+            r
+        })? {
+            Ok((id, f)) => {
+                kernel_ids.push(Some(id));
+                fallible.push(f);
+            }
             Err(msg) => {
                 unsupported.push(CpuError::Unsupported {
                     node: node.name.clone(),
@@ -1056,6 +1076,7 @@ fn generate<M: Module>(
                     msg,
                 });
                 kernel_ids.push(None);
+                fallible.push(false);
             }
         }
     }
@@ -1080,11 +1101,13 @@ fn generate<M: Module>(
             rows: None,
             task: None,
         };
-        let id = kd.define(&format!("{prefix}_copy{j}"), 2, |kb| {
-            kernels::copy(kb, 0, 1, bytes);
-            Ok(())
-        })?;
-        copy_ids.push(id.map_err(CpuError::Codegen)?);
+        let (id, _) = kd
+            .define(&format!("{prefix}_copy{j}"), 2, |kb| {
+                kernels::copy(kb, 0, 1, bytes);
+                Ok(())
+            })?
+            .map_err(CpuError::Codegen)?;
+        copy_ids.push(id);
     }
 
     // The schedule's steps for profiles (ABI v3): each called kernel, then the output copies.
@@ -1123,6 +1146,9 @@ fn generate<M: Module>(
         let (inp, outp, ws, pool) = (p[0], p[1], p[2], p[3]);
         let fail_null = b.create_block();
         let fail_align = b.create_block();
+        // a kernel's nonzero status, returned as it is
+        let fail_status = b.create_block();
+        b.append_block_param(fail_status, types::I32);
         let check_null = |b: &mut FunctionBuilder, v| {
             let next = b.create_block();
             b.ins().brif(v, next, &[], fail_null, &[]);
@@ -1130,6 +1156,16 @@ fn generate<M: Module>(
         };
         check_null(&mut b, inp);
         check_null(&mut b, outp);
+        {
+            // a pool without its parallel_for (the pool itself may be null)
+            let with_pool = b.create_block();
+            let pool_ok = b.create_block();
+            b.ins().brif(pool, with_pool, &[], pool_ok, &[]);
+            b.switch_to_block(with_pool);
+            let pf = b.ins().load(types::I64, MemFlagsData::trusted(), pool, 16);
+            b.ins().brif(pf, pool_ok, &[], fail_null, &[]);
+            b.switch_to_block(pool_ok);
+        }
         // (ctx, begin, end, callback signature) of the profiler
         let prof = if profile {
             check_null(&mut b, p[4]);
@@ -1212,9 +1248,16 @@ fn generate<M: Module>(
                 args.push(pool);
             }
             mark(&mut b, 0, step);
-            b.ins().call(fref, &args);
+            let call = b.ins().call(fref, &args);
             mark(&mut b, 1, step);
             step += 1;
+            if fallible[k] {
+                let status = b.inst_results(call)[0];
+                let next = b.create_block();
+                b.ins()
+                    .brif(status, fail_status, &[BlockArg::Value(status)], next, &[]);
+                b.switch_to_block(next);
+            }
         }
         for (j, (oi, v)) in plan.output_copies.iter().enumerate() {
             let fref = module.declare_func_in_func(copy_ids[j], b.func);
@@ -1233,6 +1276,9 @@ fn generate<M: Module>(
         b.switch_to_block(fail_align);
         let two = b.ins().iconst(types::I32, 2);
         b.ins().return_(&[two]);
+        b.switch_to_block(fail_status);
+        let s = b.block_params(fail_status)[0];
+        b.ins().return_(&[s]);
         b.seal_all_blocks();
         b.finalize(fcfg);
         module.define_function(fid, &mut ctx).map_err(cg)?;
@@ -1355,14 +1401,17 @@ struct KernelDef<'m, M: Module> {
 }
 
 impl<M: Module> KernelDef<'_, M> {
-    /// `Ok(Err(msg))` when `body` cannot lower the op (nothing is defined then).
+    /// `Ok(Err(msg))` when `body` cannot lower the op (nothing is defined then). A kernel
+    /// returns an i32 status (`KILN_OK`, or the `KILN_ERR_*` of a [`Kb::fail_unless`]); the
+    /// flag says whether it can fail, i.e. whether `run` must look at the status.
     fn define(
         &mut self,
         name: &str,
         nparams: usize,
         body: impl FnOnce(&mut Kb) -> kernels::KResult,
-    ) -> Result<Result<FuncId, String>, CpuError> {
-        let sig = ptr_sig(&*self.module, nparams);
+    ) -> Result<Result<(FuncId, bool), String>, CpuError> {
+        let mut sig = ptr_sig(&*self.module, nparams);
+        sig.returns.push(AbiParam::new(types::I32));
         let id = self
             .module
             .declare_function(name, Linkage::Local, &sig)
@@ -1406,22 +1455,33 @@ impl<M: Module> KernelDef<'_, M> {
                 rows,
                 task,
                 fcfg,
+                fails: Vec::new(),
             };
             let r = body(&mut kb);
-            kb.b.ins().return_(&[]);
+            let ok = kb.b.ins().iconst(types::I32, kiln_runtime::KILN_OK as i64);
+            kb.b.ins().return_(&[ok]);
+            for &(status, blk) in &kb.fails {
+                kb.b.switch_to_block(blk);
+                let s = kb.b.ins().iconst(types::I32, status as i64);
+                kb.b.ins().return_(&[s]);
+            }
+            let fallible = !kb.fails.is_empty();
             kb.b.seal_all_blocks();
             kb.b.finalize(fcfg);
-            r
+            r.map(|()| fallible)
         };
-        if let Err(msg) = res {
-            self.ctx.clear();
-            return Ok(Err(msg));
-        }
+        let fallible = match res {
+            Ok(f) => f,
+            Err(msg) => {
+                self.ctx.clear();
+                return Ok(Err(msg));
+            }
+        };
         self.module
             .define_function(id, self.ctx)
             .map_err(|e| CpuError::Codegen(format!("{name}: {e:?}")))?;
         self.ctx.clear();
-        Ok(Ok(id))
+        Ok(Ok((id, fallible)))
     }
 }
 
@@ -1481,7 +1541,7 @@ fn wide_conv_geom<'a>(
     {
         return None;
     }
-    let geom = kernels::Geom::new(
+    let geom = kernels::Geom::tiled(
         (&a.kernel, &a.strides, &a.pads, &a.dilations),
         a.groups,
         ins[0],
@@ -1658,6 +1718,35 @@ fn emit_descriptor<M: Module>(
     }
     module.define_data(id, &d).map_err(cg)?;
     Ok(id)
+}
+
+/// The run-time statuses (`KILN_ERR_*`) a node's kernel may return: `KILN_ERR_INDEX` for an
+/// index op (its indices are read at run time), `KILN_ERR_DIVIDE` for an integer division.
+pub fn kernel_statuses(op: &kiln_ir::Op, ins: &[&TensorType]) -> &'static [i32] {
+    use kiln_ir::Op;
+    use kiln_ir::ops::BinaryOp;
+    match op {
+        Op::Gather { .. }
+        | Op::GatherElements { .. }
+        | Op::GatherND { .. }
+        | Op::ScatterElements { .. }
+        | Op::ScatterND { .. } => &[kiln_runtime::KILN_ERR_INDEX],
+        Op::Binary(BinaryOp::Div | BinaryOp::Mod | BinaryOp::Fmod) if !ins[0].dtype.is_float() => {
+            &[kiln_runtime::KILN_ERR_DIVIDE]
+        }
+        _ => &[],
+    }
+}
+
+/// The nodes of `g` whose kernels may return `status` (`'name' (op)`), for error messages.
+pub fn nodes_raising(g: &Graph, status: i32) -> Vec<String> {
+    g.iter_nodes()
+        .filter(|(_, n)| {
+            let ins: Vec<&TensorType> = n.inputs.iter().map(|v| g.ty(*v)).collect();
+            kernel_statuses(&n.op, &ins).contains(&status)
+        })
+        .map(|(_, n)| format!("'{}' ({})", n.name, n.op.name()))
+        .collect()
 }
 
 /// The ISA for a target, for callers that want to check a triple early.
