@@ -9,6 +9,7 @@
 //! * [`npy`]: a small, defensive `.npy` reader/writer.
 
 mod abi;
+pub mod cuda_artefact;
 mod error;
 mod model;
 pub mod npy;

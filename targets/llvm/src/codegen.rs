@@ -81,6 +81,17 @@ impl LlvmJit {
     /// executable memory. MCJIT picks its own CPU: the one the code is for comes from the
     /// function attributes ([`LlvmTarget::fn_attributes`]).
     pub fn new(ir: &str, t: &LlvmTarget) -> Result<LlvmJit, LlvmError> {
+        Self::with_symbols(ir, t, &[])
+    }
+
+    /// [`Self::new`], with the functions the module declares but does not define bound to
+    /// addresses in this process (`(name, address)`; names the module does not declare are
+    /// ignored): the GPU emulator's callbacks.
+    pub fn with_symbols(
+        ir: &str,
+        t: &LlvmTarget,
+        symbols: &[(&str, usize)],
+    ) -> Result<LlvmJit, LlvmError> {
         if !t.is_host() {
             return Err(LlvmError::Target(
                 t.triple.clone(),
@@ -97,6 +108,11 @@ impl LlvmJit {
         let engine = module
             .create_jit_execution_engine(OptimizationLevel::Aggressive)
             .map_err(|e| LlvmError::Codegen(format!("LLVM JIT: {}", e.to_string())))?;
+        for &(name, addr) in symbols {
+            if let Some(f) = module.get_function(name) {
+                engine.add_global_mapping(&f, addr);
+            }
+        }
         Ok(LlvmJit { engine, _ctx: ctx })
     }
 
