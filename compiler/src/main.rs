@@ -163,6 +163,44 @@ impl CpuArgs {
     }
 }
 
+/// `--gpu-arch` / `--gpu-precision`: the GPU back end (`--target nvptx64-nvidia-cuda`,
+/// `kiln run --device cuda|cuda-emulated`).
+#[derive(clap::Args, Clone)]
+struct GpuArgs {
+    /// NVIDIA architecture the PTX (and cubin) is for.
+    #[arg(long = "gpu-arch", default_value = "sm_80",
+          value_parser = ["sm_70", "sm_75", "sm_80", "sm_86", "sm_89", "sm_90"])]
+    gpu_arch: String,
+    /// Arithmetic of the GPU's dense products: fp32 (exact f32, default), tf32, fp16, bf16
+    /// (tensor cores, f32 accumulation).
+    #[arg(long = "gpu-precision", value_enum, default_value = "fp32")]
+    gpu_precision: GpuPrecision,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum GpuPrecision {
+    Fp32,
+    Tf32,
+    Fp16,
+    Bf16,
+}
+
+impl GpuArgs {
+    fn opts(&self) -> kiln_compiler::gpu::GpuOpts {
+        use kiln_target_ptx::Precision as P;
+        kiln_compiler::gpu::GpuOpts {
+            sm: self.gpu_arch.clone(),
+            ptx: None,
+            precision: match self.gpu_precision {
+                GpuPrecision::Fp32 => P::Fp32,
+                GpuPrecision::Tf32 => P::Tf32,
+                GpuPrecision::Fp16 => P::Fp16,
+                GpuPrecision::Bf16 => P::Bf16,
+            },
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Compile a model into a native artefact.
@@ -182,11 +220,13 @@ enum Cmd {
         output: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "so")]
         emit: Emit,
-        /// Target triple (default: the host).
+        /// Target triple (default: the host; nvptx64-nvidia-cuda: NVIDIA GPUs, --emit so|ptx).
         #[arg(long)]
         target: Option<String>,
         #[command(flatten)]
         cpu: CpuArgs,
+        #[command(flatten)]
+        gpu: GpuArgs,
         /// Symbol prefix of the artefact (`<name>_model`); default: the model file's stem.
         #[arg(long)]
         name: Option<String>,
@@ -239,8 +279,13 @@ enum Cmd {
         inputs: Vec<String>,
         #[arg(long, default_value = ".")]
         output_dir: PathBuf,
+        /// Where to run: the CPU, an NVIDIA GPU (cuda), or the GPU kernels emulated on the host.
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: kiln_compiler::gpu::Device,
         #[command(flatten)]
         cpu: CpuArgs,
+        #[command(flatten)]
+        gpu: GpuArgs,
         #[command(flatten)]
         load: LoadArgs,
     },
@@ -285,6 +330,7 @@ fn real_main(cli: Cli) -> Result<(), String> {
             emit,
             target,
             cpu,
+            gpu,
             name,
             load: largs,
         } => {
@@ -313,7 +359,12 @@ fn real_main(cli: Cli) -> Result<(), String> {
                     format!("{base}.{ext}")
                 })
             });
-            pipeline::emit(&g, emit, &out, &name, &target).map_err(|e| e.to_string())?;
+            if kiln_compiler::gpu::is_gpu(target.triple.as_deref()) {
+                kiln_compiler::gpu::emit(&g, emit, &out, &name, &gpu.opts())
+            } else {
+                pipeline::emit(&g, emit, &out, &name, &target)
+            }
+            .map_err(|e| e.to_string())?;
             eprintln!("wrote {}", out.display());
             Ok(())
         }
@@ -345,12 +396,30 @@ fn real_main(cli: Cli) -> Result<(), String> {
             opt,
             inputs,
             output_dir,
+            device,
             cpu,
+            gpu,
             load: largs,
         } => {
+            use kiln_compiler::gpu::Device;
             let mut g = load(&model, largs)?;
-            let target = cpu.target(None);
+            let on_gpu = device != Device::Cpu;
+            let target = cpu.target(on_gpu.then(|| kiln_compiler::gpu::TRIPLE.to_string()));
             opt.optimize(&mut g, &target)?;
+            if on_gpu {
+                let name = pipeline::default_name(&model);
+                for p in kiln_compiler::gpu::run_files(
+                    &g,
+                    &name,
+                    &gpu.opts(),
+                    device,
+                    &inputs,
+                    &output_dir,
+                )? {
+                    eprintln!("wrote {}", p.display());
+                }
+                return Ok(());
+            }
             run(&model, g, &inputs, &output_dir, &target)
         }
         Cmd::Inspect {

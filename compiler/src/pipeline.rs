@@ -36,6 +36,8 @@ pub enum Emit {
     Header,
     /// kiln IR, textual form
     Ir,
+    /// PTX of the GPU kernels (`--target nvptx64-nvidia-cuda`)
+    Ptx,
 }
 
 impl Emit {
@@ -47,6 +49,7 @@ impl Emit {
             Emit::Exe => "",
             Emit::Header => "h",
             Emit::Ir => "kir",
+            Emit::Ptx => "ptx",
         }
     }
 }
@@ -261,6 +264,10 @@ impl TargetOpts {
     pub fn layout_target(
         &self,
     ) -> Result<Option<std::sync::Arc<dyn kiln_ir::layout::LayoutTarget>>, Error> {
+        // the GPU kernels read plain tensors
+        if crate::gpu::is_gpu(self.triple.as_deref()) {
+            return Ok(None);
+        }
         let t = kiln_target_cpu::layout_target(&self.cpu_options("layout", false))
             .map_err(|e| Error::Msg(e.to_string()))?;
         Ok(t.map(|t| std::sync::Arc::new(t) as std::sync::Arc<dyn kiln_ir::layout::LayoutTarget>))
@@ -289,6 +296,11 @@ pub fn emit(
     target: &TargetOpts,
 ) -> Result<(), Error> {
     match emit {
+        Emit::Ptx => {
+            return Err(Error::Msg(
+                "--emit ptx needs --target nvptx64-nvidia-cuda".into(),
+            ));
+        }
         Emit::Ir => return Ok(link::write_atomic(out, kiln_ir::text::print(g).as_bytes())?),
         Emit::Header => {
             let plan = kiln_target_cpu::plan_for(g, target.wide, target.conv_schedule);

@@ -9,6 +9,8 @@
 //! * [`npy`]: a small, defensive `.npy` reader/writer.
 
 mod abi;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod cuda_artefact;
 mod error;
 mod model;
