@@ -38,6 +38,17 @@ pub const GPU_ARCHS: [&str; 4] = ["sm_80", "sm_86", "sm_89", "sm_90"];
 
 /// Compile an optimized graph for the GPU (`cubin`: also assemble with ptxas when found).
 pub fn compile(g: &Graph, name: &str, o: &GpuOpts, cubin: bool) -> Result<Compiled, Error> {
+    compile_with(g, name, o, cubin, true)
+}
+
+/// [`compile`], without the PTX when `ptx_text` is off (the host emulation needs only the IR).
+pub fn compile_with(
+    g: &Graph,
+    name: &str,
+    o: &GpuOpts,
+    cubin: bool,
+    ptx_text: bool,
+) -> Result<Compiled, Error> {
     if o.precision != Precision::Fp32 {
         return Err(Error::Msg(
             format!(
@@ -52,6 +63,7 @@ pub fn compile(g: &Graph, name: &str, o: &GpuOpts, cubin: bool) -> Result<Compil
     po.ptx = o.ptx;
     po.precision = o.precision;
     po.cubin = cubin;
+    po.ptx_text = ptx_text;
     kiln_target_ptx::compile(g, &po).map_err(|e| Error::Msg(e.to_string()))
 }
 
@@ -120,7 +132,7 @@ pub fn run_emulated(
     inputs: &[&[u8]],
     outputs: &mut [&mut [u8]],
 ) -> Result<(), Error> {
-    let c = compile(g, name, o, false)?;
+    let c = compile_with(g, name, o, false, false)?;
     let emu = Emulator::new(&c).map_err(|e| Error::Msg(e.to_string()))?;
     emu.run(inputs, outputs).map_err(Error::Msg)
 }

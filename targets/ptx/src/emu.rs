@@ -116,8 +116,12 @@ impl Emulator {
         ];
         let jit = LlvmJit::with_symbols(&ir, &t, &syms)?;
         let mut kernels = Vec::new();
-        for (k, l) in c.kernels.iter().zip(&c.artefact.launches) {
-            debug_assert_eq!(k.name, l.kernel);
+        for l in &c.artefact.launches {
+            let k = c
+                .kernels
+                .iter()
+                .find(|k| k.name == l.kernel)
+                .ok_or_else(|| PtxError::Msg(format!("kernel {} missing", l.kernel)))?;
             let th = jit.address(&format!("{}_thread", k.name))?;
             let gr = jit.address(&format!("{}_grid", k.name))?;
             kernels.push(EmuKernel {
@@ -284,10 +288,22 @@ fn run_block(k: &EmuKernel, args: &[*mut u8], smem: *mut u8, b: [u32; 3]) -> Res
         let mut released = false;
         for w in (0..n).step_by(32) {
             let lanes = w..(w + 32).min(n);
-            let live: Vec<usize> = lanes.filter(|&t| state[t] != State::Done).collect();
-            if !live.is_empty() && live.iter().all(|&t| state[t] == State::Waiting(Wait::Warp)) {
-                for t in live {
-                    state[t] = State::Ready;
+            let (mut live, mut at_warp) = (0, 0);
+            for t in lanes.clone() {
+                match state[t] {
+                    State::Done => {}
+                    State::Waiting(Wait::Warp) => {
+                        live += 1;
+                        at_warp += 1;
+                    }
+                    _ => live += 1,
+                }
+            }
+            if live > 0 && live == at_warp {
+                for t in lanes {
+                    if state[t] != State::Done {
+                        state[t] = State::Ready;
+                    }
                 }
                 released = true;
             }

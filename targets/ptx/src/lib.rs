@@ -71,6 +71,8 @@ pub struct PtxOptions {
     pub precision: Precision,
     /// Assemble a cubin with `ptxas` when one is found ([`ptxas::find`]).
     pub cubin: bool,
+    /// Generate the PTX (off for the host emulation, which needs only the kernels' IR).
+    pub ptx_text: bool,
 }
 
 impl PtxOptions {
@@ -81,6 +83,7 @@ impl PtxOptions {
             ptx: None,
             precision: Precision::Fp32,
             cubin: true,
+            ptx_text: true,
         }
     }
 }
@@ -89,9 +92,9 @@ impl PtxOptions {
 #[derive(Debug, Clone)]
 pub struct Compiled {
     pub artefact: CudaArtefact,
-    /// Every kernel, in the module's order (launch order).
+    /// Every distinct kernel, in the order of their first launch.
     pub kernels: Vec<GpuKernel>,
-    /// The node each kernel computes (name, op).
+    /// The node each launch computes (name, op).
     pub nodes: Vec<(String, String)>,
     /// `ptxas -v` per kernel when a cubin was assembled.
     pub ptxas: Option<Vec<ptxas::KernelInfo>>,
@@ -283,9 +286,18 @@ pub fn compile(g: &Graph, o: &PtxOptions) -> Result<Compiled, PtxError> {
         )
     };
     let mut plan_launches = Vec::new();
-    let mut kernels = Vec::new();
+    let mut kernels: Vec<GpuKernel> = Vec::new();
     let mut knodes = Vec::new();
-    for (l, ni) in launches {
+    // identical kernels (same body but for the name: layers of one shape) are compiled once
+    let mut same: HashMap<String, String> = HashMap::new();
+    for (mut l, ni) in launches {
+        let canon = l.kernel.body.replace(&format!("@{}_", l.kernel.name), "@K_");
+        let key = format!("{}|{:?}|{}|{}", canon, l.kernel.grid, l.kernel.threads, l.kernel.smem);
+        let first = same.entry(key).or_insert_with(|| l.kernel.name.clone()).clone();
+        let dup = first != l.kernel.name;
+        if dup {
+            l.kernel.name = first;
+        }
         let mut args = Vec::new();
         let mut sizes = Vec::new();
         for a in &l.args {
@@ -308,7 +320,9 @@ pub fn compile(g: &Graph, o: &PtxOptions) -> Result<Compiled, PtxError> {
             args,
             arg_bytes: sizes,
         });
-        kernels.push(l.kernel);
+        if !dup {
+            kernels.push(l.kernel);
+        }
         knodes.push(nodes[ni].clone());
     }
     let mut copies = Vec::new();
@@ -319,9 +333,13 @@ pub fn compile(g: &Graph, o: &PtxOptions) -> Result<Compiled, PtxError> {
             bytes: g.ty(v).size_bytes() as u64,
         });
     }
-    let ir = gpu_module(&kernels, kern::CAST_DECLS, &target);
-    let ptx = kiln_target_llvm::compile_assembly(&ir, &target)?;
-    let (cubin, info) = if o.cubin {
+    let ptx = if o.ptx_text {
+        let ir = gpu_module(&kernels, kern::CAST_DECLS, &target);
+        kiln_target_llvm::compile_assembly(&ir, &target)?
+    } else {
+        String::new()
+    };
+    let (cubin, info) = if o.cubin && o.ptx_text {
         match ptxas::find() {
             Some(p) => {
                 let (c, i) = ptxas::assemble(&p, &ptx, &o.sm).map_err(PtxError::Msg)?;
