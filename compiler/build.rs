@@ -3,7 +3,6 @@ fn main() {
         "proto/onnx.proto",
         "proto/ms_checkpoint.proto",
         "proto/mind_ir.proto",
-        "proto/ge_ir.proto",
         "build.rs",
     ] {
         println!("cargo:rerun-if-changed={p}");
@@ -22,12 +21,4 @@ fn main() {
         .bytes(["."])
         .compile_fds(fds)
         .expect("generate MindSpore types from proto/*.proto");
-    // GraphEngine (AIR / OM model definitions): `bytes` fields are `bytes::Bytes`, and attribute
-    // maps are ordered so that written files are deterministic.
-    let fds = protox::compile(["ge_ir.proto"], ["proto"]).expect("compile proto/ge_ir.proto");
-    prost_build::Config::new()
-        .bytes(["."])
-        .btree_map(["."])
-        .compile_fds(fds)
-        .expect("generate GraphEngine types from proto/ge_ir.proto");
 }

@@ -120,7 +120,7 @@ const uint8_t *kiln_cuda_artefact_default(uint64_t *len) {{ return {sym}_cuda_ar
         path: cfile.clone(),
         err,
     })?;
-    link::link_shared(&[cfile.as_path()], out)?;
+    link::link_shared(&[cfile.as_path()], out, None)?;
     Ok(())
 }
 

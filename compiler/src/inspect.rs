@@ -8,31 +8,7 @@ use kiln_ir::ops::{BinaryOp, EpilogueStep, epilogue_text};
 use kiln_ir::{Graph, Node, Op};
 use std::fmt::Write;
 
-/// Floating-point operations of one node: 2 per multiply-accumulate for Conv/Gemm/MatMul,
-/// otherwise one per output element.
-pub fn flops(g: &Graph, n: &Node) -> u64 {
-    let out = g.ty(n.outputs[0]);
-    let numel = out.numel() as u64;
-    match &n.op {
-        Op::Conv(_) => {
-            // each output element: C/groups x kernel taps multiply-accumulates
-            let w = g.ty(n.inputs[1]);
-            let per_out: u64 = w.shape[1..].iter().product::<usize>() as u64;
-            2 * numel * per_out
-        }
-        Op::Gemm(a) => {
-            let x = g.ty(n.inputs[0]);
-            let k = if a.trans_a { x.shape[0] } else { x.shape[1] };
-            2 * numel * k as u64
-        }
-        Op::MatMul(_) => {
-            let x = g.ty(n.inputs[0]);
-            let k = *x.shape.last().unwrap_or(&1);
-            2 * numel * k as u64
-        }
-        _ => n.outputs.iter().map(|&o| g.ty(o).numel() as u64).sum(),
-    }
-}
+pub use kiln_ir::cost::flops;
 
 /// Counts of what the optimizer produced.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -194,6 +170,57 @@ fn shape(g: &Graph, n: &Node) -> String {
     format!("{}[{}]{layout}", t.dtype, dims.join(","))
 }
 
+/// One row of the per-op table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    /// Position in schedule order.
+    pub index: usize,
+    pub op: &'static str,
+    /// Output 0 as `f32[1,64,56,56]`, with `@nchw8c` for a channel-blocked layout.
+    pub output: String,
+    pub flops: u64,
+    /// Fused epilogue or chain steps (`add+relu`), or `in place` for a concat computed in place.
+    pub fused: String,
+    /// Where output 0 lives: `ws+OFFSET`, `outJ`, `inJ`, `const`.
+    pub buffer: String,
+    pub node: String,
+}
+
+/// The per-op rows of an (optimized) graph, in schedule order.
+pub fn rows(g: &Graph) -> Vec<Row> {
+    let plan = kiln_target_cpu::plan(g);
+    g.iter_nodes()
+        .enumerate()
+        .map(|(i, (nid, n))| {
+            let fused = match &n.op {
+                Op::Conv(a) if !a.epilogue.is_empty() => epilogue_text(&a.epilogue),
+                Op::MatMul(a) if !a.epilogue.is_empty() => epilogue_text(&a.epilogue),
+                Op::Gemm(a) if !a.epilogue.is_empty() => epilogue_text(&a.epilogue),
+                Op::Chain { steps } => epilogue_text(steps),
+                // its inputs were computed into their place in its output
+                Op::Concat { .. } if plan.concat_in_place.contains(&nid) => "in place".into(),
+                _ => String::new(),
+            };
+            let buffer = match plan.storage[n.outputs[0].index()] {
+                Some(Storage::Workspace(off)) => format!("ws+{off}"),
+                Some(Storage::Output(j)) => format!("out{j}"),
+                Some(Storage::Input(j)) => format!("in{j}"),
+                Some(Storage::Const(_)) => "const".into(),
+                None => "-".into(),
+            };
+            Row {
+                index: i,
+                op: n.op.name(),
+                output: shape(g, n),
+                flops: flops(g, n),
+                fused,
+                buffer,
+                node: n.name.clone(),
+            }
+        })
+        .collect()
+}
+
 /// The per-op table and totals for an (optimized) graph.
 pub fn table(g: &Graph) -> String {
     let plan = kiln_target_cpu::plan(g);
@@ -203,33 +230,11 @@ pub fn table(g: &Graph) -> String {
         "{:>4}  {:<22} {:<27} {:>14}  {:<26} {:>12}  node",
         "#", "op", "output", "FLOPs", "fused", "buffer"
     );
-    for (i, (nid, n)) in g.iter_nodes().enumerate() {
-        let fused = match &n.op {
-            Op::Conv(a) if !a.epilogue.is_empty() => epilogue_text(&a.epilogue),
-            Op::MatMul(a) if !a.epilogue.is_empty() => epilogue_text(&a.epilogue),
-            Op::Gemm(a) if !a.epilogue.is_empty() => epilogue_text(&a.epilogue),
-            Op::Chain { steps } => epilogue_text(steps),
-            // its inputs were computed into their place in its output
-            Op::Concat { .. } if plan.concat_in_place.contains(&nid) => "in place".into(),
-            _ => String::new(),
-        };
-        let buf = match plan.storage[n.outputs[0].index()] {
-            Some(Storage::Workspace(off)) => format!("ws+{off}"),
-            Some(Storage::Output(j)) => format!("out{j}"),
-            Some(Storage::Input(j)) => format!("in{j}"),
-            Some(Storage::Const(_)) => "const".into(),
-            None => "-".into(),
-        };
+    for r in rows(g) {
         let _ = writeln!(
             s,
             "{:>4}  {:<22} {:<27} {:>14}  {:<26} {:>12}  {}",
-            i,
-            n.op.name(),
-            shape(g, n),
-            flops(g, n),
-            fused,
-            buf,
-            n.name
+            r.index, r.op, r.output, r.flops, r.fused, r.buffer, r.node
         );
     }
     let sm = summary(g);

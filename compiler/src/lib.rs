@@ -15,3 +15,5 @@ pub mod om;
 pub mod onnx;
 pub mod passes;
 pub mod pipeline;
+pub mod progress;
+pub mod report;

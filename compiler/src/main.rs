@@ -10,12 +10,55 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(
     name = "kiln",
-    version,
-    about = "Ahead-of-time compiler for neural-network models"
+    version = version_line(),
+    about = "Ahead-of-time compiler for neural-network models",
+    after_help = "Examples:
+  kiln build model.onnx --emit so -o libmodel.so          shared library (also: obj, staticlib, exe, header, ir, pc)
+  kiln build model.onnx --emit staticlib,header,pc -o out/ several artefacts into a directory
+  kiln build model.onnx --target aarch64-unknown-linux-gnu --emit exe   cross-compile
+  kiln run model.onnx --input x=image.npy --profile       run in memory, per-node times
+  kiln inspect model.onnx --html report.html              op table, memory plan, profile
+  kiln completions bash > ~/.local/share/bash-completion/completions/kiln"
 )]
 struct Cli {
+    /// No progress bars and no 'wrote FILE' notes (errors and warnings still go to stderr).
+    #[arg(short, long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// `kiln --version`: the version, the LLVM the vector kernels are built with, the
+/// architectures code is generated for, and the artefact ABI.
+fn version_line() -> &'static str {
+    let targets: Vec<String> = kiln_target_cpu::enabled_targets()
+        .into_iter()
+        .map(|(arch, gens)| format!("{arch} ({})", gens.join(" + ")))
+        .collect();
+    Box::leak(
+        format!(
+            "{}\nLLVM {}\ntargets: {}\nartefact ABI: {}",
+            env!("CARGO_PKG_VERSION"),
+            kiln_target_cpu::llvm_version(),
+            targets.join(", "),
+            kiln_runtime::KILN_ABI_VERSION
+        )
+        .into_boxed_str(),
+    )
+}
+
+/// `--quiet`: no progress bars, no notes.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// An informational line on stderr (`wrote FILE`), unless `--quiet`.
+fn note(line: &str) {
+    if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("{line}");
+    }
+}
+
+fn bars() -> kiln_compiler::progress::Bars {
+    kiln_compiler::progress::Bars::new(!QUIET.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 type Frozen = (String, kiln_ir::TensorType, kiln_ir::ConstData);
@@ -150,6 +193,7 @@ enum ConvScheduleArg {
 impl CpuArgs {
     fn target(&self, triple: Option<String>) -> pipeline::TargetOpts {
         pipeline::TargetOpts {
+            progress: None,
             triple,
             cpu: self.target_cpu.clone(),
             wide: self.kernels == Kernels::Auto,
@@ -201,9 +245,35 @@ impl GpuArgs {
     }
 }
 
+/// `kiln build --emit om` options.
+#[derive(Args, Clone, Default)]
+struct OmArgs {
+    /// Ascend SoC written into the OM header and the atc command: Ascend310, Ascend310P3,
+    /// Ascend910.
+    #[arg(long = "soc-version", default_value = "Ascend310")]
+    soc_version: kiln_target_om::SocVersion,
+    /// ATC's --precision_mode: force_fp16 (default), allow_fp32_to_fp16,
+    /// must_keep_origin_dtype, allow_mix_precision.
+    #[arg(long = "precision-mode", default_value = "force_fp16")]
+    precision_mode: kiln_target_om::precision::PrecisionMode,
+    /// Also write kiln's AIR, ATC's option files (fusion switch, AIPP, mix list) and the exact
+    /// atc command (atc.sh) into DIR.
+    #[arg(long = "atc-config", value_name = "DIR")]
+    atc_config: Option<PathBuf>,
+    /// Preprocessing for ATC's AIPP: mean=R:G:B,std=R:G:B,format=RGB888_U8|YUV420SP_U8.
+    #[arg(long)]
+    aipp: Option<kiln_target_om::atc::Aipp>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Compile a model into a native artefact.
+    #[command(after_help = "Examples:
+  kiln build resnet18.onnx                                 libresnet18.so in the current directory
+  kiln build det.onnx --input-shape x=1,3,640,640 --emit exe -o det
+  kiln build m.onnx --emit staticlib,header,pc -o build/   liba.a + m.h + m.pc for pkg-config
+  kiln build m.onnx --target aarch64-unknown-linux-gnu --emit so   (needs gcc-aarch64-linux-gnu)
+  kiln build m.onnx -O1 --print-after fold --report")]
     Build {
         #[arg(required_unless_present = "list_fusions")]
         model: Option<PathBuf>,
@@ -215,12 +285,15 @@ enum Cmd {
         /// Print the per-op report (as `kiln inspect`) of the optimized graph.
         #[arg(long)]
         report: bool,
-        /// Output path (default: the model's name with the artefact's extension).
+        /// Output path (default: the model's name with the artefact's extension); a directory
+        /// when several --emit kinds are given.
         #[arg(short, long)]
         output: Option<PathBuf>,
-        #[arg(long, value_enum, default_value = "so")]
-        emit: Emit,
-        /// Target triple (default: the host; nvptx64-nvidia-cuda: NVIDIA GPUs, --emit so|ptx).
+        /// What to write; several (comma-separated: staticlib,header,pc) go into one directory
+        /// under their default names.
+        #[arg(long, value_enum, default_value = "so", value_delimiter = ',')]
+        emit: Vec<Emit>,
+        /// Target triple (default: the host; nvptx64-nvidia-cuda: NVIDIA GPUs, --emit so|ptx|ir).
         #[arg(long)]
         target: Option<String>,
         #[command(flatten)]
@@ -232,6 +305,8 @@ enum Cmd {
         name: Option<String>,
         #[command(flatten)]
         load: LoadArgs,
+        #[command(flatten)]
+        om: OmArgs,
     },
     /// Convert a model to another format: .onnx, .air (Ascend AIR), .kir (kiln IR). The output format
     /// is the output file's extension; the graph is written before any back-end rewrite.
@@ -288,7 +363,21 @@ enum Cmd {
         gpu: GpuArgs,
         #[command(flatten)]
         load: LoadArgs,
+        #[command(flatten)]
+        profile: ProfileArgs,
     },
+    /// Print a shell completion script: `kiln completions bash > /etc/bash_completion.d/kiln`
+    /// (zsh: into a directory on $fpath as `_kiln`; fish:
+    /// ~/.config/fish/completions/kiln.fish).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    #[command(after_help = "Examples:
+  kiln inspect resnet18.onnx                               the per-op table and memory totals
+  kiln inspect m.onnx --dot | dot -Tsvg > m.svg            the optimized graph (--dot-stage before: as loaded)
+  kiln run m.onnx --input x=x.npy --profile-json t.json && kiln inspect m.onnx --html r.html --profile t.json
+  kiln inspect trained.ckpt                                parameters of a checkpoint")]
     /// Describe a file: a checkpoint (.ckpt, .safetensors) lists its parameters (name, dtype,
     /// shape, bytes) and totals; a .mindir/.air model its inputs, outputs and op histogram; an
     /// .om file its header, partitions and graph; an .onnx/.kir model (or a .mindir/.air/.om
@@ -305,11 +394,41 @@ enum Cmd {
         input_shapes: Vec<(String, Vec<usize>)>,
         #[arg(long = "decrypt-key-file")]
         decrypt_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        pictures: PictureArgs,
     },
+}
+
+/// `kiln inspect` pictures.
+#[derive(Args, Clone, Default)]
+struct PictureArgs {
+    /// Print the graph as Graphviz text (`kiln inspect m.onnx --dot | dot -Tsvg > m.svg`):
+    /// fused nodes filled orange with their steps, channel-blocked values and relayouts blue.
+    #[arg(long)]
+    dot: bool,
+    /// Which graph --dot draws: as loaded (`before` the passes) or optimized (`after`).
+    #[arg(long = "dot-stage", value_enum, default_value = "after")]
+    dot_stage: DotStage,
+    /// Write an HTML report: totals, the op table, the memory plan as a timeline (SVG), and
+    /// the per-node profile given with --profile.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+    /// A Chrome trace from `kiln run --profile-json` or an executable's --profile-json, shown
+    /// in the HTML report.
+    #[arg(long, value_name = "TRACE.json", requires = "html")]
+    profile: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+enum DotStage {
+    Before,
+    #[default]
+    After,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
     match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -333,39 +452,64 @@ fn real_main(cli: Cli) -> Result<(), String> {
             gpu,
             name,
             load: largs,
+            om,
         } => {
             if list {
                 list_fusions();
                 return Ok(());
             }
             let model = model.ok_or("a model file is required")?;
-            let mut g = load(&model, largs)?;
-            let target = cpu.target(target);
-            opt.optimize(&mut g, &target)?;
+            let bars = bars();
+            let mut g = {
+                let _p = bars.phase("load");
+                load(&model, largs)?
+            };
+            if emit.contains(&Emit::Om) {
+                if emit.iter().any(|e| *e != Emit::Om) {
+                    return Err("--emit om builds an Ascend OM from the graph: it does not combine with other --emit kinds (run kiln build once per back end)".into());
+                }
+                return build_om(&model, &g, &opt, output, name, om);
+            }
+            let mut target = cpu.target(target);
+            {
+                let _p = bars.phase("optimize");
+                opt.optimize(&mut g, &target)?;
+            }
             if report {
                 eprint!("{}", kiln_compiler::inspect::table(&g));
             }
+            target.progress = bars.backend();
             let name = name.unwrap_or_else(|| pipeline::default_name(&model));
-            let out = output.unwrap_or_else(|| {
-                let ext = emit.default_extension();
-                let base = if emit == Emit::So || emit == Emit::Staticlib {
-                    format!("lib{name}")
+            let mut emit = emit;
+            emit.dedup();
+            let outs: Vec<PathBuf> = match (output, emit.len()) {
+                (Some(o), 1) => vec![o],
+                (dir, _) => {
+                    let dir = dir.unwrap_or_default();
+                    if emit.len() > 1 && !dir.as_os_str().is_empty() {
+                        std::fs::create_dir_all(&dir)
+                            .map_err(|e| format!("{}: {e}", dir.display()))?;
+                    }
+                    emit.iter()
+                        .map(|e| dir.join(e.default_output(&name)))
+                        .collect()
+                }
+            };
+            let on_gpu = kiln_compiler::gpu::is_gpu(target.triple.as_deref());
+            for (kind, out) in emit.iter().zip(&outs) {
+                if on_gpu {
+                    kiln_compiler::gpu::emit(&g, *kind, out, &name, &gpu.opts())
                 } else {
-                    name.clone()
-                };
-                PathBuf::from(if ext.is_empty() {
-                    base
-                } else {
-                    format!("{base}.{ext}")
-                })
-            });
-            if kiln_compiler::gpu::is_gpu(target.triple.as_deref()) {
-                kiln_compiler::gpu::emit(&g, emit, &out, &name, &gpu.opts())
-            } else {
-                pipeline::emit(&g, emit, &out, &name, &target)
+                    pipeline::emit(&g, *kind, out, &name, &target)
+                }
+                .map_err(|e| e.to_string())?;
+                bars.println(&format!("wrote {}", out.display()));
             }
-            .map_err(|e| e.to_string())?;
-            eprintln!("wrote {}", out.display());
+            Ok(())
+        }
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "kiln", &mut std::io::stdout());
             Ok(())
         }
         Cmd::Conformance {
@@ -388,7 +532,7 @@ fn real_main(cli: Cli) -> Result<(), String> {
             };
             pipeline::optimize(&mut g, &opts).map_err(|e| e.to_string())?;
             pipeline::write_model(&g, &output).map_err(|e| e.to_string())?;
-            eprintln!("wrote {}", output.display());
+            note(&format!("wrote {}", output.display()));
             Ok(())
         }
         Cmd::Run {
@@ -400,13 +544,24 @@ fn real_main(cli: Cli) -> Result<(), String> {
             cpu,
             gpu,
             load: largs,
+            profile,
         } => {
             use kiln_compiler::gpu::Device;
-            let mut g = load(&model, largs)?;
+            let bars = bars();
+            let mut g = {
+                let _p = bars.phase("load");
+                load(&model, largs)?
+            };
             let on_gpu = device != Device::Cpu;
-            let target = cpu.target(on_gpu.then(|| kiln_compiler::gpu::TRIPLE.to_string()));
-            opt.optimize(&mut g, &target)?;
+            let mut target = cpu.target(on_gpu.then(|| kiln_compiler::gpu::TRIPLE.to_string()));
+            {
+                let _p = bars.phase("optimize");
+                opt.optimize(&mut g, &target)?;
+            }
             if on_gpu {
+                if profile.profile || profile.profile_json.is_some() {
+                    return Err("--profile times the CPU back end's schedule: it does not apply to --device cuda or cuda-emulated".into());
+                }
                 let name = pipeline::default_name(&model);
                 for p in kiln_compiler::gpu::run_files(
                     &g,
@@ -416,11 +571,12 @@ fn real_main(cli: Cli) -> Result<(), String> {
                     &inputs,
                     &output_dir,
                 )? {
-                    eprintln!("wrote {}", p.display());
+                    bars.println(&format!("wrote {}", p.display()));
                 }
                 return Ok(());
             }
-            run(&model, g, &inputs, &output_dir, &target)
+            target.progress = bars.backend();
+            run(&model, g, &inputs, &output_dir, &target, &profile)
         }
         Cmd::Inspect {
             file,
@@ -428,6 +584,7 @@ fn real_main(cli: Cli) -> Result<(), String> {
             report,
             input_shapes,
             decrypt_key_file,
+            pictures,
         } => {
             let ext = file
                 .extension()
@@ -443,13 +600,77 @@ fn real_main(cli: Cli) -> Result<(), String> {
                     ..LoadArgs::default()
                 };
                 let mut g = load(&file, largs)?;
+                let title = pipeline::default_name(&file);
+                if pictures.dot && pictures.dot_stage == DotStage::Before {
+                    print!("{}", kiln_compiler::report::dot(&g, &title));
+                    return Ok(());
+                }
                 opt.optimize(&mut g, &pipeline::TargetOpts::default())?;
-                print!("{}", kiln_compiler::inspect::table(&g));
+                if pictures.dot {
+                    print!("{}", kiln_compiler::report::dot(&g, &title));
+                } else if let Some(html) = &pictures.html {
+                    let profile = match &pictures.profile {
+                        Some(p) => Some(
+                            std::fs::read_to_string(p)
+                                .map_err(|e| e.to_string())
+                                .and_then(|t| kiln_compiler::report::read_trace(&t))
+                                .map_err(|e| format!("{}: {e}", p.display()))?,
+                        ),
+                        None => None,
+                    };
+                    let page = kiln_compiler::report::html(&g, &title, profile.as_ref())?;
+                    kiln_target_cpu::link::write_atomic(html, page.as_bytes())
+                        .map_err(|e| e.to_string())?;
+                    note(&format!("wrote {}", html.display()));
+                } else {
+                    print!("{}", kiln_compiler::inspect::table(&g));
+                }
                 return Ok(());
             }
             inspect(&file, decrypt_key_file.as_deref())
         }
     }
+}
+
+/// `kiln build --emit om`: the OM, and with --atc-config the AIR, ATC's option files and command.
+fn build_om(
+    model: &Path,
+    g: &kiln_ir::Graph,
+    opt: &OptArgs,
+    output: Option<PathBuf>,
+    name: Option<String>,
+    om: OmArgs,
+) -> Result<(), String> {
+    let name = name.unwrap_or_else(|| pipeline::default_name(model));
+    let out = output.unwrap_or_else(|| PathBuf::from(format!("{name}.om")));
+    let mut opts = opt.options(&pipeline::TargetOpts::default())?;
+    opts.layout = None;
+    let b = pipeline::OmBuild {
+        soc: om.soc_version,
+        precision: om.precision_mode,
+        opt: opts,
+        atc_config: om.atc_config.clone(),
+        aipp: om.aipp,
+    };
+    let r = pipeline::emit_om(g, &out, &name, &b).map_err(|e| e.to_string())?;
+    let by_format: Vec<String> = r
+        .weights_by_format
+        .iter()
+        .map(|(f, n)| format!("{f} {n}"))
+        .collect();
+    eprintln!(
+        "wrote {}: {} bytes, weights {} bytes ({}), feature-map memory {} bytes, {} ops",
+        out.display(),
+        r.file_bytes,
+        r.weight_size,
+        by_format.join(", "),
+        r.memory_size,
+        r.ops.values().sum::<usize>()
+    );
+    if let Some(d) = &om.atc_config {
+        eprintln!("wrote ATC options and atc.sh to {}", d.display());
+    }
+    Ok(())
 }
 
 /// Load, bind `--weights`, print the binding's notes and warnings.
@@ -563,9 +784,29 @@ fn conformance(
     if let Some(md) = markdown {
         kiln_target_cpu::link::write_atomic(&md, cf::ops_markdown(&all).as_bytes())
             .map_err(|e| format!("{}: {e}", md.display()))?;
-        eprintln!("wrote {}", md.display());
+        note(&format!("wrote {}", md.display()));
     }
     Ok(())
+}
+
+/// `kiln run` profiling and threads.
+#[derive(Args, Clone, Default)]
+struct ProfileArgs {
+    /// Split convolutions and matrix products over N threads.
+    #[arg(long, default_value = "1", value_parser = clap::value_parser!(u32).range(1..=256))]
+    threads: u32,
+    /// Print each schedule step's time (ms, %, GFLOP/s), slowest first, over --profile-runs
+    /// runs after the normal one.
+    #[arg(long)]
+    profile: bool,
+    /// Write the profiled runs as a Chrome trace (chrome://tracing, Perfetto; the format of
+    /// ONNX Runtime's profiler) to FILE.
+    #[arg(long = "profile-json", value_name = "FILE")]
+    profile_json: Option<PathBuf>,
+    /// Number of profiled runs.
+    #[arg(long = "profile-runs", default_value = "10", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    profile_runs: u32,
 }
 
 fn run(
@@ -574,6 +815,7 @@ fn run(
     inputs: &[String],
     out_dir: &Path,
     target: &pipeline::TargetOpts,
+    prof: &ProfileArgs,
 ) -> Result<(), String> {
     let name = pipeline::default_name(model);
     let jit = kiln_target_cpu::compile_jit_with(&g, &target.cpu_options(&name, false))
@@ -629,7 +871,14 @@ fn run(
         .map_err(|e| e.to_string())?;
     let ins: Vec<&[u8]> = data.iter().map(|d| d.as_slice()).collect();
     let mut outs_ref: Vec<&mut [u8]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
-    m.run(&ins, &mut outs_ref, &mut ws)
+    let pool = match prof.threads {
+        1 => None,
+        n => Some(
+            kiln_runtime::ThreadPool::new(n as usize)
+                .map_err(|e| format!("cannot start {n} threads: {e}"))?,
+        ),
+    };
+    m.run_pool(&ins, &mut outs_ref, &mut ws, pool.as_ref())
         .map_err(|e| e.to_string())?;
     std::fs::create_dir_all(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
     for (o, bytes) in outs_info.iter().zip(&outs) {
@@ -652,7 +901,23 @@ fn run(
             data: bytes.clone(),
         };
         kiln_runtime::npy::write(&path, &arr).map_err(|e| format!("{}: {e}", path.display()))?;
-        eprintln!("wrote {}", path.display());
+        note(&format!("wrote {}", path.display()));
+    }
+    if prof.profile || prof.profile_json.is_some() {
+        let mut p = m.new_profile();
+        let mut outs_ref: Vec<&mut [u8]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+        for _ in 0..prof.profile_runs {
+            m.run_profiled(&ins, &mut outs_ref, &mut ws, pool.as_ref(), &mut p)
+                .map_err(|e| e.to_string())?;
+        }
+        if prof.profile {
+            print!("{}", p.table());
+        }
+        if let Some(path) = &prof.profile_json {
+            kiln_target_cpu::link::write_atomic(path, p.chrome_trace().as_bytes())
+                .map_err(|e| e.to_string())?;
+            note(&format!("wrote {}", path.display()));
+        }
     }
     Ok(())
 }

@@ -38,9 +38,30 @@ pub enum Emit {
     Ir,
     /// PTX of the GPU kernels (`--target nvptx64-nvidia-cuda`)
     Ptx,
+    /// Ascend offline model (.om): the graph in GE ops with device-layout weights and GE's
+    /// memory plan (--soc-version, --precision-mode, --atc-config)
+    Om,
+    /// pkg-config file (`<name>.pc`) for the library and header beside it
+    Pc,
 }
 
 impl Emit {
+    /// The artefact's default file name for model `name`: `lib<name>.so`, `lib<name>.a`,
+    /// `<name>.o`, `<name>` (executable), `<name>.h`, `<name>.kir`.
+    pub fn default_output(self, name: &str) -> PathBuf {
+        let ext = self.default_extension();
+        let base = if self == Emit::So || self == Emit::Staticlib {
+            format!("lib{name}")
+        } else {
+            name.to_string()
+        };
+        PathBuf::from(if ext.is_empty() {
+            base
+        } else {
+            format!("{base}.{ext}")
+        })
+    }
+
     pub fn default_extension(self) -> &'static str {
         match self {
             Emit::So => "so",
@@ -50,6 +71,8 @@ impl Emit {
             Emit::Header => "h",
             Emit::Ir => "kir",
             Emit::Ptx => "ptx",
+            Emit::Om => "om",
+            Emit::Pc => "pc",
         }
     }
 }
@@ -178,6 +201,7 @@ fn load_model(path: &Path, opts: &LoadOptions, extra: &ExtraOptions) -> Result<G
             &crate::air::AirOptions {
                 input_shapes: opts.input_shapes.clone(),
                 frozen_inputs: opts.frozen_inputs.clone(),
+                ..Default::default()
             },
         )?,
         "om" => {
@@ -191,6 +215,10 @@ fn load_model(path: &Path, opts: &LoadOptions, extra: &ExtraOptions) -> Result<G
                 &crate::air::AirOptions {
                     input_shapes: opts.input_shapes.clone(),
                     frozen_inputs: opts.frozen_inputs.clone(),
+                    weights: om
+                        .partition(crate::om::partition::WEIGHTS_DATA)
+                        .map(|p| p.data.clone()),
+                    widen_fp16: true,
                 },
             )?
         }
@@ -245,6 +273,8 @@ pub struct TargetOpts {
     pub wide: bool,
     /// Register tiling of the wide convolution kernels.
     pub conv_schedule: kiln_target_cpu::ConvSchedule,
+    /// Where code generation reports progress (`kiln`'s progress bars).
+    pub progress: Option<kiln_target_cpu::Progress>,
 }
 
 impl Default for TargetOpts {
@@ -254,6 +284,7 @@ impl Default for TargetOpts {
             cpu: None,
             wide: true,
             conv_schedule: kiln_target_cpu::ConvSchedule::Auto,
+            progress: None,
         }
     }
 }
@@ -282,9 +313,45 @@ impl TargetOpts {
             target_cpu: self.cpu.clone(),
             wide: self.wide,
             conv_schedule: self.conv_schedule,
+            progress: self.progress.clone(),
             ..CpuOptions::host(name)
         }
     }
+}
+
+/// A pkg-config file for model `name`: the library (`lib<name>.a` or `.so`) and the header
+/// (`<name>.h`) are found in the `.pc` file's own directory (`${pcfiledir}`), so the three can
+/// be moved together: `cc app.c $(pkg-config --cflags --libs <name>)` with
+/// `PKG_CONFIG_PATH=<dir>`.
+pub fn pkg_config(g: &Graph, name: &str) -> String {
+    let list = |vs: &[kiln_ir::ValueId]| {
+        vs.iter()
+            .map(|&v| {
+                let t = g.ty(v);
+                let dims: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
+                format!("{} {}[{}]", g.value(v).name, t.dtype, dims.join(","))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    // pkg-config fields are one line each
+    let clean = |s: String| s.replace(['\n', '\r'], " ");
+    format!(
+        "# pkg-config file of the model '{name}' compiled by kiln {}\n\
+         prefix=${{pcfiledir}}\nlibdir=${{prefix}}\nincludedir=${{prefix}}\n\n\
+         Name: {name}\n\
+         Description: {}\n\
+         Version: {}\n\
+         Cflags: -I${{includedir}}\n\
+         Libs: -L${{libdir}} -l{name} -lm\n",
+        env!("CARGO_PKG_VERSION"),
+        clean(format!(
+            "kiln model {name}: inputs {}; outputs {}; include {name}.h, call {name}_model()",
+            list(&g.inputs),
+            list(&g.outputs)
+        )),
+        env!("CARGO_PKG_VERSION"),
+    )
 }
 
 /// Emit an artefact for `g` to `out`. Every file is written atomically.
@@ -301,7 +368,13 @@ pub fn emit(
                 "--emit ptx needs --target nvptx64-nvidia-cuda".into(),
             ));
         }
+        Emit::Om => {
+            return Err(Error::Msg(
+                "an OM is built from the loaded graph: use pipeline::emit_om".into(),
+            ));
+        }
         Emit::Ir => return Ok(link::write_atomic(out, kiln_ir::text::print(g).as_bytes())?),
+        Emit::Pc => return Ok(link::write_atomic(out, pkg_config(g, name).as_bytes())?),
         Emit::Header => {
             let plan = kiln_target_cpu::plan_for(g, target.wide, target.conv_schedule);
             let h = kiln_target_cpu::generate_header(
@@ -315,6 +388,10 @@ pub fn emit(
         _ => {}
     }
     let export_default = matches!(emit, Emit::So | Emit::Exe);
+    if export_default {
+        // a missing cross toolchain is reported before code generation
+        link::c_compiler(target.triple.as_deref())?;
+    }
     let opts = target.cpu_options(name, export_default);
     let (objs, _info) = kiln_target_cpu::compile_object(g, &opts)?;
     if emit == Emit::Obj && objs.kernels.is_none() {
@@ -340,16 +417,22 @@ pub fn emit(
     }
     if r.is_ok() {
         let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
+        if let Some(p) = &target.progress {
+            (p.0)("link", 0, 1);
+        }
         r = match emit {
-            Emit::So => link::link_shared(&refs, out),
-            Emit::Staticlib => link::link_static(&refs, out),
-            Emit::Exe => link::link_exe(&refs, out),
+            Emit::So => link::link_shared(&refs, out, target.triple.as_deref()),
+            Emit::Staticlib => link::link_static(&refs, out, target.triple.as_deref()),
+            Emit::Exe => link::link_exe(&refs, out, target.triple.as_deref()),
             Emit::Obj => link::link_relocatable(&refs, out, target.triple.as_deref()),
             _ => unreachable!(),
         }
         .map_err(Error::from);
     }
     let _ = std::fs::remove_dir_all(&dir);
+    if let (Ok(()), Some(p)) = (&r, &target.progress) {
+        (p.0)("link", 1, 1);
+    }
     r
 }
 
@@ -396,4 +479,92 @@ pub fn write_model(g: &Graph, out: &Path) -> Result<(), Error> {
             .map_err(|e| Error::Msg(format!("{}: {e}", out.display()))),
         ConvertFormat::Kir => Ok(link::write_atomic(out, kiln_ir::text::print(g).as_bytes())?),
     }
+}
+
+/// What `kiln build --emit om` is asked for.
+#[derive(Debug, Clone, Default)]
+pub struct OmBuild {
+    pub soc: kiln_target_om::SocVersion,
+    pub precision: kiln_target_om::precision::PrecisionMode,
+    /// The optimizer's level and switched-off rules (the `layout` pass gets the Ascend model).
+    pub opt: crate::passes::OptOptions,
+    /// Write the ATC option files, kiln's AIR and the `atc` command into this directory.
+    pub atc_config: Option<PathBuf>,
+    /// Preprocessing for ATC's AIPP (`--insert_op_conf`).
+    pub aipp: Option<kiln_target_om::atc::Aipp>,
+}
+
+/// Build an Ascend OM from a loaded (unoptimized) graph: optimize with the Ascend layout model,
+/// write the OM atomically, and with `atc_config` the AIR of the graph as loaded plus ATC's
+/// option files and command. Nothing is written unless everything succeeds (files written
+/// before a later failure are removed).
+pub fn emit_om(
+    g: &Graph,
+    out: &Path,
+    name: &str,
+    b: &OmBuild,
+) -> Result<kiln_target_om::om::OmReport, Error> {
+    let mut opt = b.opt.clone();
+    opt.layout = Some(std::sync::Arc::new(kiln_target_om::ascend::AscendLayouts));
+    let mut og = g.clone();
+    optimize(&mut og, &opt)?;
+    let (bytes, report) = kiln_target_om::om::build(
+        &og,
+        &kiln_target_om::om::OmOptions {
+            name: name.to_string(),
+            soc: b.soc,
+            precision: b.precision,
+            aipp: b
+                .aipp
+                .clone()
+                .filter(|a| a.format == kiln_target_om::atc::AippFormat::Rgb888U8),
+        },
+    )
+    .map_err(|e| Error::Msg(format!("{}: {e}", out.display())))?;
+    let mut files: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+    if let Some(dir) = &b.atc_config {
+        use kiln_target_om::atc;
+        let air = crate::air::export::export(g)
+            .map_err(|e| Error::Msg(format!("{}: {e}", dir.display())))?;
+        let air_name = format!("{name}.air");
+        files.push((dir.join(&air_name), prost::Message::encode_to_vec(&air)));
+        files.push((
+            dir.join("fusion_switch.cfg"),
+            atc::fusion_switch(&b.opt.disabled).into_bytes(),
+        ));
+        if let Some(a) = &b.aipp {
+            let (h, w) = g
+                .inputs
+                .first()
+                .map(|&v| g.ty(v))
+                .filter(|t| t.rank() == 4)
+                .map(|t| (t.shape[2], t.shape[3]))
+                .ok_or_else(|| Error::Msg("--aipp needs a 4-D (NCHW) first input".into()))?;
+            files.push((dir.join("aipp.cfg"), atc::aipp_config(a, h, w).into_bytes()));
+        }
+        if b.precision == kiln_target_om::precision::PrecisionMode::AllowMixPrecision {
+            files.push((dir.join("mixlist.json"), atc::mixlist().into_bytes()));
+        }
+        let cmd = atc::command(&air_name, name, b.soc, b.precision, b.aipp.is_some());
+        let script = format!(
+            "#!/bin/sh\n# Compile kiln's AIR into an OM the NPU runs (needs CANN's atc; run in this directory).\n# kiln's own OM carries the graph, device-layout weights and memory plan; the AI Core\n# kernels (TBE_KERNELS) and tasks (TASK_INFO) come from atc.\ncd \"$(dirname \"$0\")\"\n{cmd}\n"
+        );
+        files.push((dir.join("atc.sh"), script.into_bytes()));
+        std::fs::create_dir_all(dir).map_err(|err| Error::Io {
+            path: dir.clone(),
+            err,
+        })?;
+    }
+    files.push((out.to_path_buf(), bytes));
+    let mut written: Vec<&Path> = Vec::new();
+    for (p, data) in &files {
+        if let Err(e) = link::write_atomic(p, data) {
+            for w in written {
+                let _ = std::fs::remove_file(w);
+            }
+            return Err(e.into());
+        }
+        written.push(p);
+    }
+    Ok(report)
 }

@@ -789,3 +789,135 @@ fn malformed_structure_is_rejected() {
         assert!(e.contains("node 'r'") && e.contains(want), "{e}");
     }
 }
+
+/// Work on constant weights never reaches run time, whatever their size: a large weight's
+/// transpose, slice, cast and concatenation fold at import (a 400x300 weight, far above the
+/// 2^16-element limit for arithmetic), and so do the same ops when passes create them.
+#[test]
+fn large_weight_transforms_fold() {
+    let w: Vec<f32> = (0..400 * 300).map(|i| (i % 97) as f32 * 0.01).collect();
+    let g = GraphProto {
+        node: vec![
+            node(
+                "Transpose",
+                "t",
+                &["w"],
+                &["wt"],
+                vec![ais("perm", &[1, 0])],
+            ),
+            node("Slice", "s", &["wt", "st", "en", "ax"], &["ws"], vec![]),
+            node("Concat", "c", &["ws", "ws"], &["wc"], vec![ai("axis", 1)]),
+            node("MatMul", "m", &["x", "wc"], &["y"], vec![]),
+        ],
+        input: vec![fixed("x", &[2, 300])],
+        initializer: vec![
+            tensor_f32("w", &[400, 300], &w),
+            tensor_i64("st", &[1], &[0]),
+            tensor_i64("en", &[1], &[300]),
+            tensor_i64("ax", &[1], &[1]),
+        ],
+        output: vec![out("y")],
+        ..Default::default()
+    };
+    let g = load_model(&model(g, 13), &OnnxOptions::default()).unwrap();
+    assert_eq!(ops(&g), ["matmul"]);
+    let wc = g.iter_nodes().next().unwrap().1.inputs[1];
+    assert_eq!(g.ty(wc).shape, [300, 600]);
+    let d = g.const_data(wc).unwrap().to_f32();
+    // wc[r][c] = w[c % 300][r]
+    assert_eq!(d[5 * 600 + 301], w[300 + 5]);
+    assert_eq!(d[7 * 600 + 2], w[2 * 300 + 7]);
+
+    // built by hand: a cast and a transpose of a large constant fold in the const_fold pass
+    let text = format!(
+        "graph g {{\n  input %x: f32[2,300]\n  const %w: f64[400,300] = hex\"{}\"\n  %c = cast(%w) {{to=\"f32\"}} : f32[400,300]\n  %t = transpose(%c) {{perm=[1, 0]}} : f32[300,400]\n  %y = matmul(%x, %t) : f32[2,400]\n  output %y\n}}\n",
+        w.iter()
+            .flat_map(|v| (*v as f64).to_le_bytes())
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let mut g = kiln_ir::text::parse(&text).unwrap();
+    kiln_compiler::pipeline::optimize(
+        &mut g,
+        &kiln_compiler::passes::OptOptions {
+            level: kiln_compiler::passes::OptLevel::O1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(ops(&g), ["matmul"]);
+}
+
+/// `If` on a condition known at compile time (here after `--freeze sr=...`, as a voice-activity
+/// detector's `Equal(sample_rate, 16000)`): the taken branch is inlined, the other dropped; a
+/// run-time condition is an error naming the input to freeze.
+#[test]
+fn if_with_a_constant_condition_is_inlined() {
+    let branch = |op: &str, out_name: &str| GraphProto {
+        name: Some(format!("{op}_branch")),
+        node: vec![
+            node(op, &format!("{op}_node"), &["x"], &["t"], vec![]),
+            node(
+                "Mul",
+                &format!("{op}_scale"),
+                &["t", "k"],
+                &[out_name],
+                vec![],
+            ),
+        ],
+        initializer: vec![tensor_f32("k", &[1], &[2.0])],
+        output: vec![out(out_name)],
+        ..Default::default()
+    };
+    let attr_g = |name: &str, g: GraphProto| AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(5),
+        g: Some(g),
+        ..Default::default()
+    };
+    let g = GraphProto {
+        node: vec![
+            node("Equal", "is16k", &["sr", "c16k"], &["cond"], vec![]),
+            node(
+                "If",
+                "by_rate",
+                &["cond"],
+                &["y"],
+                vec![
+                    attr_g("then_branch", branch("Relu", "a")),
+                    attr_g("else_branch", branch("Neg", "b")),
+                ],
+            ),
+        ],
+        input: vec![fixed("x", &[3]), fixed_i64("sr", &[1])],
+        initializer: vec![tensor_i64("c16k", &[1], &[16000])],
+        output: vec![out("y")],
+        ..Default::default()
+    };
+    let m = model(g, 13);
+    let e = load_model(&m, &OnnxOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("node 'by_rate' (If)") && e.contains("--freeze"),
+        "{e}"
+    );
+    let freeze = |rate: i64| OnnxOptions {
+        frozen_inputs: vec![(
+            "sr".into(),
+            kiln_ir::TensorType::new(DType::I64, vec![1]),
+            kiln_ir::ConstData::from_i64(&[rate]),
+        )],
+        ..Default::default()
+    };
+    // (the output keeps the If's name through a free view)
+    let g = load_model(&m, &freeze(16000)).unwrap();
+    assert_eq!(ops(&g), ["relu", "mul", "reshape"]);
+    assert_eq!(g.value(g.outputs[0]).name, "y");
+    let g = load_model(&m, &freeze(8000)).unwrap();
+    assert_eq!(ops(&g), ["neg", "mul", "reshape"]);
+    let x = [1.5f32, -2.0, 0.0];
+    let ins = kiln_ir::interp::Tensor::f32(vec![3], x.to_vec());
+    let out = kiln_ir::interp::run(&g, &[ins]).unwrap();
+    assert_eq!(out[0].as_f32().unwrap(), [-3.0, 4.0, 0.0]);
+}

@@ -253,7 +253,7 @@ impl Tensor {
     }
 
     /// Float elements widened to f64 (f32 or f64 tensors only).
-    fn floats(&self) -> Result<Vec<f64>, String> {
+    pub fn floats(&self) -> Result<Vec<f64>, String> {
         match &self.data {
             TensorData::F32(v) => Ok(v.iter().map(|&x| x as f64).collect()),
             TensorData::F64(v) => Ok(v.clone()),

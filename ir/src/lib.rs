@@ -3,6 +3,7 @@
 //! Invariant: this crate knows nothing about protobuf, any model file format, Cranelift or LLVM.
 //! Everything here is pure data and pure functions; it does no IO.
 
+pub mod cost;
 pub mod data;
 pub mod dtype;
 pub mod graph;

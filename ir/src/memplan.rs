@@ -164,10 +164,11 @@ fn last_uses(g: &Graph, order: &[NodeId], root: &[ValueId]) -> Vec<Option<usize>
 }
 
 /// One workspace allocation and the schedule positions during which it is live.
-struct Buf {
-    size: usize,
-    start: usize,
-    end: usize,
+#[derive(Debug, Clone, Copy)]
+pub struct Buf {
+    pub size: usize,
+    pub start: usize,
+    pub end: usize,
 }
 
 /// Plan memory; `scratch(node)` is the number of temporary bytes a back end's kernel for that
@@ -340,10 +341,12 @@ fn reader_counts(g: &Graph) -> Vec<usize> {
     uses
 }
 
-/// Greedy by size: largest buffer first (ties: earlier start), each at the lowest aligned offset
-/// that overlaps no placed buffer with an intersecting lifetime. Returns the offsets and the
-/// total size.
-fn place(bufs: &[Buf]) -> (Vec<usize>, usize) {
+/// Greedy by size: largest buffer first (ties: earlier start), each at the lowest offset that
+/// overlaps no placed buffer with an intersecting lifetime (offsets are sums of sizes, so sizes
+/// that are multiples of an alignment give aligned offsets). Returns the offsets and the total
+/// size (rounded to [`ALIGN`]). Back ends with their own buffers (the Ascend writer's GE ops)
+/// place them with this too.
+pub fn place(bufs: &[Buf]) -> (Vec<usize>, usize) {
     let mut by_size: Vec<usize> = (0..bufs.len()).collect();
     by_size.sort_by_key(|&b| (std::cmp::Reverse(bufs[b].size), bufs[b].start, b));
     let mut offsets = vec![0usize; bufs.len()];
@@ -380,6 +383,77 @@ fn place(bufs: &[Buf]) -> (Vec<usize>, usize) {
 /// producer where [`may_overwrite_input`] allows it (same offset). Graph inputs, outputs and
 /// constants keep their own storage, views share their input's, and every graph output is
 /// either computed in place or copied.
+/// What a workspace buffer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum What {
+    /// A tensor that owns its storage (with the tensors written in place over it).
+    Value(ValueId),
+    /// A node's kernel scratch, live while that node runs.
+    Scratch(NodeId),
+}
+
+/// One workspace buffer of a plan: where it lives and when (positions in schedule order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Buffer {
+    pub offset: usize,
+    pub size: usize,
+    /// Position of the node that writes it first / reads it last.
+    pub first: usize,
+    pub last: usize,
+    pub what: What,
+}
+
+/// The workspace buffers of `plan` with their lifetimes (what [`check`] verifies and
+/// `kiln inspect --html` draws).
+pub fn buffers(g: &Graph, plan: &MemPlan) -> Result<Vec<Buffer>, String> {
+    let root = roots(g);
+    let order: Vec<NodeId> = g.iter_nodes().map(|(id, _)| id).collect();
+    let last_use = last_uses(g, &order, &root);
+    buffers_of(g, plan, &order, &root, &last_use)
+}
+
+fn buffers_of(
+    g: &Graph,
+    plan: &MemPlan,
+    order: &[NodeId],
+    root: &[ValueId],
+    last_use: &[Option<usize>],
+) -> Result<Vec<Buffer>, String> {
+    let mut items = Vec::new();
+    for (pos, &nid) in order.iter().enumerate() {
+        let n = g.node(nid);
+        for &o in &n.outputs {
+            if root[o.index()] != o {
+                continue;
+            }
+            match plan.storage[o.index()] {
+                Some(Storage::Workspace(off)) => {
+                    let end = last_use[o.index()].unwrap_or(pos).max(pos);
+                    items.push(Buffer {
+                        offset: off,
+                        size: g.ty(o).size_bytes(),
+                        first: pos,
+                        last: end,
+                        what: What::Value(o),
+                    });
+                }
+                Some(_) => {}
+                None => return Err(format!("'{}' has no storage", g.value(o).name)),
+            }
+        }
+        if let Some(off) = plan.scratch[nid.index()] {
+            items.push(Buffer {
+                offset: off,
+                size: plan.scratch_bytes[nid.index()],
+                first: pos,
+                last: pos,
+                what: What::Scratch(nid),
+            });
+        }
+    }
+    Ok(items)
+}
+
 pub fn check(g: &Graph, plan: &MemPlan) -> Result<(), String> {
     let root = roots(g);
     let order: Vec<NodeId> = g.iter_nodes().map(|(id, _)| id).collect();
@@ -462,31 +536,11 @@ pub fn check(g: &Graph, plan: &MemPlan) -> Result<(), String> {
     }
 
     // (offset, size, first pos, last pos, what): workspace roots and scratch buffers
-    enum What {
-        Value(ValueId),
-        Scratch(NodeId),
-    }
-    let mut items: Vec<(usize, usize, usize, usize, What)> = Vec::new();
-    for (pos, &nid) in order.iter().enumerate() {
-        let n = g.node(nid);
-        for &o in &n.outputs {
-            if root[o.index()] != o {
-                continue;
-            }
-            match plan.storage[o.index()] {
-                Some(Storage::Workspace(off)) => {
-                    let end = last_use[o.index()].unwrap_or(pos).max(pos);
-                    items.push((off, g.ty(o).size_bytes(), pos, end, What::Value(o)));
-                }
-                Some(_) => {}
-                None => return Err(format!("'{}' has no storage", name(o))),
-            }
-        }
-        if let Some(off) = plan.scratch[nid.index()] {
-            let size = plan.scratch_bytes[nid.index()];
-            items.push((off, size, pos, pos, What::Scratch(nid)));
-        }
-    }
+    let items: Vec<(usize, usize, usize, usize, What)> =
+        buffers_of(g, plan, &order, &root, &last_use)?
+            .into_iter()
+            .map(|b| (b.offset, b.size, b.first, b.last, b.what))
+            .collect();
     let what = |w: &What| match w {
         What::Value(v) => format!("'{}'", name(*v)),
         What::Scratch(n) => format!("the scratch of node '{}'", g.node(*n).name),

@@ -974,6 +974,23 @@ impl Op {
         matches!(self, Op::Reshape { .. })
     }
 
+    /// Ops that only move, select or convert their input's elements (no output is larger
+    /// than its inputs together, but for a gather's repeated rows): on constant inputs they
+    /// are folded whatever their size, so a weight's transpose, slice, concatenation or cast
+    /// never runs at run time.
+    pub fn moves_data(&self) -> bool {
+        matches!(
+            self,
+            Op::Reshape { .. }
+                | Op::Transpose { .. }
+                | Op::Slice(_)
+                | Op::Concat { .. }
+                | Op::Split { .. }
+                | Op::Cast { .. }
+                | Op::Gather { .. }
+        )
+    }
+
     /// The op's attributes as name/value pairs (the text form prints these).
     pub fn attrs(&self) -> Vec<(&'static str, Attr)> {
         match self {
@@ -1382,8 +1399,10 @@ impl Op {
     /// The layout rule: which physical layouts the op reads and which it writes. Layouts never
     /// change values, only where they are stored: every op reads plain (row-major) tensors and
     /// writes plain outputs, except
-    /// - `conv`: input 0 plain or channel-blocked, output in [`ConvAttrs::layout`], a residual
-    ///   in the output's layout;
+    /// - `conv`: input 0 in any activation layout (plain, channel-blocked, NC1HWC0), the
+    ///   filter plain or in FRACTAL_Z of the convolution's groups, output in
+    ///   [`ConvAttrs::layout`], a residual in the output's layout;
+    /// - `gemm`/`matmul`: the right operand plain or FRACTAL_NZ (a packed constant);
     /// - elementwise ops (and `chain`): any layout when every operand with more than one
     ///   element has the output's shape and one common layout (no broadcasting through a
     ///   blocked layout); the output takes it;
@@ -1394,22 +1413,21 @@ impl Op {
     ///   channels a multiple of the block);
     /// - `relayout`: any input layout, output `to`.
     ///
-    /// A blocked layout `Nchwc(c)` needs a rank-4 tensor whose channels are a multiple of `c`.
+    /// Every layout must fit its tensor ([`Layout::fits`]): a blocked layout `Nchwc(c)` needs
+    /// a rank-4 tensor whose channels are a multiple of `c`; the weight layouts (FRACTAL_Z,
+    /// FRACTAL_NZ) appear only where a weight is read.
     pub fn layouts(&self, ins: &[&TensorType], outs: &[TensorType]) -> Result<Vec<Layout>, String> {
         let valid = |t: &TensorType, l: Layout| -> Result<(), String> {
-            match l {
-                Layout::Plain => Ok(()),
-                Layout::Nchwc(c)
-                    if c > 0 && t.rank() == 4 && t.shape[1].is_multiple_of(c as usize) =>
-                {
-                    Ok(())
-                }
-                Layout::Nchwc(_) => Err(format!(
+            if l.fits(t) {
+                return Ok(());
+            }
+            Err(match l {
+                Layout::Nchwc(_) => format!(
                     "layout {l} needs a rank-4 tensor whose channels are a multiple of the block, got {}",
                     t.with_layout(Layout::Plain)
-                )),
-                _ => Err(format!("layout {l} is not supported by any op yet")),
-            }
+                ),
+                _ => format!("layout {l} does not fit {}", t.with_layout(Layout::Plain)),
+            })
         };
         for t in ins {
             valid(t, t.layout)?;
@@ -1437,8 +1455,24 @@ impl Op {
                 all(*to)
             }
             Op::Conv(a) => {
-                // weights and bias
-                plain_only(1, 3)?;
+                // a filter in FRACTAL_Z with the convolution's groups, plain bias
+                match ins[1].layout {
+                    Layout::Plain => {}
+                    Layout::FractalZ { groups, .. } if groups as usize == a.groups => {}
+                    l => {
+                        return Err(format!(
+                            "conv reads its filter plain or in FRACTAL_Z of {} groups, got {l}",
+                            a.groups
+                        ));
+                    }
+                }
+                plain_only(2, 3)?;
+                if !ins[0].layout.is_activation() || !a.layout.is_activation() {
+                    return Err(format!(
+                        "conv input {} / output layout {}: not an activation layout",
+                        ins[0], a.layout
+                    ));
+                }
                 if !a.layout.is_plain() && a.kernel.len() != 2 {
                     return Err(format!("layout {} needs a 2-D convolution", a.layout));
                 }
@@ -1451,9 +1485,18 @@ impl Op {
                 }
                 all(a.layout)
             }
+            // a constant right operand packed as FRACTAL_NZ
+            Op::Gemm(_) | Op::MatMul(_) if matches!(ins[1].layout, Layout::FractalNz(_)) => {
+                plain_only(0, 1)?;
+                plain_only(2, ins.len())?;
+                all(Layout::Plain)
+            }
             _ if self.is_elementwise() => {
                 let big: Vec<&&TensorType> = ins.iter().filter(|t| t.numel() > 1).collect();
                 let l = big.first().map_or(Layout::Plain, |t| t.layout);
+                if !l.is_activation() {
+                    return Err(format!("{} on weight layout {l}", self.name()));
+                }
                 if !l.is_plain()
                     && big
                         .iter()
@@ -1470,11 +1513,22 @@ impl Op {
                 all(l)
             }
             Op::MaxPool(a) | Op::AveragePool(a) => {
+                if !ins[0].layout.is_activation() {
+                    return Err(format!(
+                        "{} on weight layout {}",
+                        self.name(),
+                        ins[0].layout
+                    ));
+                }
                 if !ins[0].layout.is_plain() && a.kernel.len() != 2 {
                     return Err(format!("layout {} needs a 2-D pool", ins[0].layout));
                 }
                 all(ins[0].layout)
             }
+            Op::GlobalAveragePool if !ins[0].layout.is_activation() => Err(format!(
+                "global_average_pool on weight layout {}",
+                ins[0].layout
+            )),
             Op::GlobalAveragePool => all(Layout::Plain),
             // along the channels, a channel-blocked part is a run of whole blocks, stored
             // where the plain part would be
@@ -1485,6 +1539,19 @@ impl Op {
                 }
                 for t in outs {
                     valid(t, l)?;
+                }
+                // NC1HWC0 parts pad their channels: only whole blocks are stored contiguously
+                if let Layout::Nc1hwc0(c0) = l
+                    && ins
+                        .iter()
+                        .copied()
+                        .chain(outs)
+                        .any(|t| !t.shape[1].is_multiple_of(c0 as usize))
+                {
+                    return Err(format!(
+                        "{} along the channels in {l} needs every part's channels a multiple of {c0}",
+                        self.name()
+                    ));
                 }
                 all(l)
             }

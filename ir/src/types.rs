@@ -14,15 +14,41 @@ pub enum Layout {
     Nhwc,
     /// Channel-blocked NCHW[c]: `N, C/c, H, W, c`.
     Nchwc(u32),
-    /// Ascend NC1HWC0 (C0 = 16 for fp16).
+    /// Ascend NC1HWC0 of a rank-4 NCHW tensor: `[N, ceil(C/c0), H, W, c0]`, the channels
+    /// zero-padded to a multiple of `c0` (16 for 16/32-bit elements, 32 for 8-bit).
     Nc1hwc0(u32),
-    /// Ascend FRACTAL_Z weight layout.
-    FractalZ,
+    /// Ascend FRACTAL_Z of a rank-4 convolution filter `[Cout, Cin/groups, kh, kw]`:
+    /// `[G * C1 * kh * kw, N1, 16, c0]` (GE's grouped form; `groups` 1 is the plain
+    /// `[C1*kh*kw, ceil(Cout/16), 16, c0]`), see [`crate::layout::physical_shape`].
+    FractalZ { c0: u32, groups: u32 },
+    /// Ascend FRACTAL_NZ of a matrix `[.., M, N]` (rank >= 2):
+    /// `[.., ceil(N/n0), ceil(M/16), 16, n0]`, zero-padded (`n0` = 16, 32 for 8-bit).
+    FractalNz(u32),
 }
 
 impl Layout {
     pub fn is_plain(self) -> bool {
         self == Layout::Plain
+    }
+    /// A layout activations may take (plain, channels-last, channel-blocked, NC1HWC0), as
+    /// opposed to the weight layouts (FRACTAL_Z, FRACTAL_NZ) only relayouts of constants
+    /// produce.
+    pub fn is_activation(self) -> bool {
+        !matches!(self, Layout::FractalZ { .. } | Layout::FractalNz(_))
+    }
+    /// Whether a tensor of type `t` can be stored in this layout (rank, and the channel
+    /// multiple a channel-blocked layout needs).
+    pub fn fits(self, t: &TensorType) -> bool {
+        match self {
+            Layout::Plain => true,
+            Layout::Nhwc => t.rank() == 4,
+            Layout::Nchwc(c) => c > 0 && t.rank() == 4 && t.shape[1].is_multiple_of(c as usize),
+            Layout::Nc1hwc0(c0) => c0 > 0 && t.rank() == 4,
+            Layout::FractalZ { c0, groups } => {
+                c0 > 0 && groups > 0 && t.rank() == 4 && t.shape[0].is_multiple_of(groups as usize)
+            }
+            Layout::FractalNz(n0) => n0 > 0 && t.rank() >= 2,
+        }
     }
 }
 
@@ -33,7 +59,9 @@ impl fmt::Display for Layout {
             Layout::Nhwc => write!(f, "nhwc"),
             Layout::Nchwc(c) => write!(f, "nchw{c}c"),
             Layout::Nc1hwc0(c) => write!(f, "nc1hwc0_{c}"),
-            Layout::FractalZ => write!(f, "fractal_z"),
+            Layout::FractalZ { c0, groups: 1 } => write!(f, "fractal_z_{c0}"),
+            Layout::FractalZ { c0, groups } => write!(f, "fractal_z_{c0}_g{groups}"),
+            Layout::FractalNz(n0) => write!(f, "fractal_nz_{n0}"),
         }
     }
 }
@@ -44,8 +72,18 @@ impl std::str::FromStr for Layout {
         Ok(match s {
             "plain" => Layout::Plain,
             "nhwc" => Layout::Nhwc,
-            "fractal_z" => Layout::FractalZ,
             _ => {
+                let num = |x: &str| x.parse::<u32>().map_err(|_| format!("bad layout '{s}'"));
+                if let Some(r) = s.strip_prefix("fractal_z_") {
+                    let (c0, groups) = match r.split_once("_g") {
+                        Some((c, g)) => (num(c)?, num(g)?),
+                        None => (num(r)?, 1),
+                    };
+                    return Ok(Layout::FractalZ { c0, groups });
+                }
+                if let Some(r) = s.strip_prefix("fractal_nz_") {
+                    return Ok(Layout::FractalNz(num(r)?));
+                }
                 if let Some(c) = s.strip_prefix("nchw").and_then(|r| r.strip_suffix('c')) {
                     Layout::Nchwc(c.parse().map_err(|_| format!("bad layout '{s}'"))?)
                 } else if let Some(c) = s.strip_prefix("nc1hwc0_") {

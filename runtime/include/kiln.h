@@ -12,6 +12,11 @@
  *
  * The descriptor is immutable and lives for the whole program. `run` is
  * reentrant as long as every concurrent call gets its own workspace.
+ *
+ * Versions: fields are only ever appended. Version 2 ends at run_pool; version
+ * 3 adds the per-node profile (n_nodes, nodes, run_profile). A reader built
+ * against this header accepts descriptors of versions KILN_ABI_VERSION_MIN ..
+ * KILN_ABI_VERSION and reads the version 3 fields only when abi_version >= 3.
  */
 #ifndef KILN_H
 #define KILN_H
@@ -23,7 +28,8 @@
 extern "C" {
 #endif
 
-#define KILN_ABI_VERSION 2
+#define KILN_ABI_VERSION 3
+#define KILN_ABI_VERSION_MIN 2 /* oldest descriptor layout still read */
 
 /* Status codes returned by kiln_model.run and kiln_run_checked. */
 #define KILN_OK 0
@@ -70,7 +76,24 @@ typedef struct kiln_pool {
   void (*parallel_for)(void *ctx, kiln_task_fn fn, void *arg, int64_t n);
 } kiln_pool;
 
-/* The model descriptor. 80 bytes on LP64. */
+/* One step of the run schedule, for profiles (ABI v3): a kernel computing
+ * one node of the optimized graph, or a copy into an output. 24 bytes. */
+typedef struct kiln_node_info {
+  const char *name; /* the node's name (a fused node takes its last op's) */
+  const char *op;   /* op with fused steps: "conv+add+relu", "chain(mul+add)" */
+  uint64_t flops;   /* floating-point operations per run (2 per multiply-add) */
+} kiln_node_info;
+
+/* Callbacks of run_profile: begin(ctx, i) right before schedule step i
+ * (an index into kiln_model.nodes) and end(ctx, i) right after it, from the
+ * calling thread, in schedule order. */
+typedef struct kiln_profiler {
+  void *ctx;
+  void (*begin)(void *ctx, uint32_t node);
+  void (*end)(void *ctx, uint32_t node);
+} kiln_profiler;
+
+/* The model descriptor. 104 bytes on LP64 (80 up to ABI v2). */
 typedef struct kiln_model {
   uint32_t abi_version; /* KILN_ABI_VERSION */
   const char *name;
@@ -87,29 +110,39 @@ typedef struct kiln_model {
   /* As run, with convolutions and matrix products split over `pool`'s
    * threads (NULL: single-threaded, exactly run). */
   int32_t (*run_pool)(const void *const *inputs, void *const *outputs,
-                      void *workspace, const kiln_pool *pool);
+                      void *workspace, const kiln_pool *pool);   /* ABI v2 */
+  /* ABI v3: the run schedule and a separate, instrumented entry point (run
+   * and run_pool carry no profiling code). run_profile is run_pool calling
+   * prof->begin/end around each of the n_nodes steps; prof must not be NULL. */
+  uint32_t n_nodes;
+  const kiln_node_info *nodes;
+  int32_t (*run_profile)(const void *const *inputs, void *const *outputs,
+                         void *workspace, const kiln_pool *pool,
+                         const kiln_profiler *prof);
 } kiln_model;
 
 #if defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L && \
     UINTPTR_MAX == 0xffffffffffffffffu
 _Static_assert(sizeof(kiln_tensor_info) == 32, "kiln_tensor_info layout");
-_Static_assert(sizeof(kiln_model) == 80, "kiln_model layout");
+_Static_assert(sizeof(kiln_model) == 104, "kiln_model layout");
 _Static_assert(sizeof(kiln_pool) == 24, "kiln_pool layout");
+_Static_assert(sizeof(kiln_node_info) == 24, "kiln_node_info layout");
+_Static_assert(sizeof(kiln_profiler) == 24, "kiln_profiler layout");
 #endif
 
-/* Calls m->run_pool (pool may be NULL) after validating the ABI version, the
- * number of buffers, their sizes in bytes, null pointers and the workspace
- * alignment. */
-static inline int32_t kiln_run_pool_checked(const kiln_model *m, uint32_t n_in,
-                                       const void *const *in,
-                                       const uint64_t *in_bytes,
-                                       uint32_t n_out, void *const *out,
-                                       const uint64_t *out_bytes,
-                                       void *workspace,
-                                       const kiln_pool *pool) {
+/* Validates the ABI version, the number of buffers, their sizes in bytes,
+ * null pointers and the workspace alignment; KILN_OK or KILN_ERR_*. */
+static inline int32_t kiln_check_run(const kiln_model *m, uint32_t n_in,
+                                     const void *const *in,
+                                     const uint64_t *in_bytes, uint32_t n_out,
+                                     void *const *out,
+                                     const uint64_t *out_bytes,
+                                     void *workspace) {
   uint32_t i;
   if (m == NULL || m->run == NULL || m->run_pool == NULL) return KILN_ERR_NULL;
-  if (m->abi_version != KILN_ABI_VERSION) return KILN_ERR_ABI;
+  if (m->abi_version < KILN_ABI_VERSION_MIN ||
+      m->abi_version > KILN_ABI_VERSION)
+    return KILN_ERR_ABI;
   if (n_in != m->n_inputs || n_out != m->n_outputs) return KILN_ERR_ARITY;
   if ((n_in > 0 && (in == NULL || in_bytes == NULL || m->inputs == NULL)) ||
       (n_out > 0 && (out == NULL || out_bytes == NULL || m->outputs == NULL)))
@@ -128,7 +161,37 @@ static inline int32_t kiln_run_pool_checked(const kiln_model *m, uint32_t n_in,
         ((uintptr_t)workspace % (uintptr_t)m->workspace_align) != 0)
       return KILN_ERR_ALIGN;
   }
-  return m->run_pool(in, out, workspace, pool);
+  return KILN_OK;
+}
+
+/* Calls m->run_pool (pool may be NULL) after kiln_check_run. */
+static inline int32_t kiln_run_pool_checked(const kiln_model *m, uint32_t n_in,
+                                       const void *const *in,
+                                       const uint64_t *in_bytes,
+                                       uint32_t n_out, void *const *out,
+                                       const uint64_t *out_bytes,
+                                       void *workspace,
+                                       const kiln_pool *pool) {
+  int32_t s = kiln_check_run(m, n_in, in, in_bytes, n_out, out, out_bytes,
+                             workspace);
+  return s != KILN_OK ? s : m->run_pool(in, out, workspace, pool);
+}
+
+/* Calls m->run_profile after kiln_check_run; KILN_ERR_ABI for a descriptor
+ * older than ABI v3 (no profile). */
+static inline int32_t kiln_run_profile_checked(
+    const kiln_model *m, uint32_t n_in, const void *const *in,
+    const uint64_t *in_bytes, uint32_t n_out, void *const *out,
+    const uint64_t *out_bytes, void *workspace, const kiln_pool *pool,
+    const kiln_profiler *prof) {
+  int32_t s = kiln_check_run(m, n_in, in, in_bytes, n_out, out, out_bytes,
+                             workspace);
+  if (s != KILN_OK) return s;
+  if (m->abi_version < 3 || m->run_profile == NULL) return KILN_ERR_ABI;
+  if (prof == NULL || prof->begin == NULL || prof->end == NULL ||
+      (m->n_nodes > 0 && m->nodes == NULL))
+    return KILN_ERR_NULL;
+  return m->run_profile(in, out, workspace, pool, prof);
 }
 
 /* kiln_run_pool_checked without a pool (single-threaded). */
@@ -141,6 +204,47 @@ static inline int32_t kiln_run_checked(const kiln_model *m, uint32_t n_in,
   return kiln_run_pool_checked(m, n_in, in, in_bytes, n_out, out, out_bytes,
                                workspace, NULL);
 }
+
+/* ---- CUDA artefacts (kiln build --target nvptx64-nvidia-cuda) ----
+ * Implemented by kiln's runtime built with its `cuda` feature (the CUDA driver is
+ * loaded at run time: nothing links libcuda). A `.so` built for the GPU exports
+ * `const uint8_t *kiln_cuda_artefact_default(uint64_t *len)` (and
+ * `<name>_cuda_artefact`): the bytes to pass to kiln_cuda_load. Every call but
+ * kiln_cuda_available returns KILN_CUDA_OK or a KILN_CUDA_ERR_* code, the
+ * message of which kiln_cuda_last_error gives (per thread). */
+#define KILN_CUDA_OK 0
+#define KILN_CUDA_ERR_NO_DRIVER 100 /* libcuda.so not found: no NVIDIA driver */
+#define KILN_CUDA_ERR_DRIVER 101    /* a driver call failed (message names it) */
+#define KILN_CUDA_ERR_ARTEFACT 102  /* malformed artefact bytes */
+#define KILN_CUDA_ERR_ARGS 103      /* null pointer, wrong count or size */
+
+typedef struct kiln_cuda_model kiln_cuda_model;
+
+/* 1 if the NVIDIA driver library can be loaded, else 0 (never fails). */
+int32_t kiln_cuda_available(void);
+/* The message of this thread's last failed kiln_cuda_* call ("" if none). */
+const char *kiln_cuda_last_error(void);
+/* Load an artefact on device `ordinal`: module, weights uploaded once, one
+ * workspace; *out receives the model. */
+int32_t kiln_cuda_load(const uint8_t *data, uint64_t len, int32_t ordinal,
+                       kiln_cuda_model **out);
+void kiln_cuda_free(kiln_cuda_model *m);
+/* Number of inputs (what = 0) or outputs (what = 1), or -1. */
+int64_t kiln_cuda_count(kiln_cuda_model *m, int32_t what);
+/* Byte size of input (what = 0) or output (1) `index`, or -1. */
+int64_t kiln_cuda_tensor_bytes(kiln_cuda_model *m, int32_t what,
+                               uint32_t index);
+/* Run on host buffers, synchronously (no allocation per call). */
+int32_t kiln_cuda_run(kiln_cuda_model *m, const uint8_t *const *inputs,
+                      uint8_t *const *outputs);
+/* Enqueue a run on device pointers (CUdeviceptr) on `stream` (a CUstream;
+ * NULL: the model's own); returns without waiting. */
+int32_t kiln_cuda_run_device(kiln_cuda_model *m, const uint64_t *inputs,
+                             const uint64_t *outputs, void *stream);
+/* 1: the first run is captured as a CUDA graph, later runs replay it. */
+int32_t kiln_cuda_set_graph(kiln_cuda_model *m, int32_t on);
+/* Wait for the model's stream. */
+int32_t kiln_cuda_synchronize(kiln_cuda_model *m);
 
 #ifdef __cplusplus
 }

@@ -2,8 +2,11 @@
 
 use std::ffi::c_char;
 
-/// Version of the descriptor layout; bumped on any incompatible change.
-pub const KILN_ABI_VERSION: u32 = 2;
+/// Version of the descriptor layout; bumped whenever fields are appended (v3: the per-node
+/// profile) or anything changes.
+pub const KILN_ABI_VERSION: u32 = 3;
+/// The oldest descriptor layout the runtime still reads (v2: no profile fields).
+pub const KILN_ABI_VERSION_MIN: u32 = 2;
 
 /// Success.
 pub const KILN_OK: i32 = 0;
@@ -79,6 +82,33 @@ pub type KilnRunPoolFn = unsafe extern "C" fn(
     pool: *const crate::pool::KilnPool,
 ) -> i32;
 
+/// `run_profile` (ABI v3): `run_pool` calling `prof.begin` / `prof.end` around each step.
+pub type KilnRunProfileFn = unsafe extern "C" fn(
+    inputs: *const *const u8,
+    outputs: *const *mut u8,
+    workspace: *mut u8,
+    pool: *const crate::pool::KilnPool,
+    prof: *const KilnProfiler,
+) -> i32;
+
+/// `kiln_node_info` (ABI v3): one step of the run schedule.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct KilnNodeInfo {
+    pub name: *const c_char,
+    pub op: *const c_char,
+    pub flops: u64,
+}
+
+/// `kiln_profiler` (ABI v3): callbacks around each schedule step of `run_profile`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct KilnProfiler {
+    pub ctx: *mut std::ffi::c_void,
+    pub begin: Option<unsafe extern "C" fn(ctx: *mut std::ffi::c_void, node: u32)>,
+    pub end: Option<unsafe extern "C" fn(ctx: *mut std::ffi::c_void, node: u32)>,
+}
+
 /// `kiln_tensor_info`: one input or output tensor (dense, row-major).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -104,6 +134,11 @@ pub struct KilnModel {
     pub workspace_align: u32,
     pub run: Option<KilnRunFn>,
     pub run_pool: Option<KilnRunPoolFn>,
+    /// ABI v3 from here on (a v2 descriptor ends before `n_nodes`: never read these fields
+    /// of a descriptor whose `abi_version` is below 3).
+    pub n_nodes: u32,
+    pub nodes: *const KilnNodeInfo,
+    pub run_profile: Option<KilnRunProfileFn>,
 }
 
 // Descriptors are immutable, 'static data.
@@ -111,6 +146,8 @@ unsafe impl Sync for KilnTensorInfo {}
 unsafe impl Send for KilnTensorInfo {}
 unsafe impl Sync for KilnModel {}
 unsafe impl Send for KilnModel {}
+unsafe impl Sync for KilnNodeInfo {}
+unsafe impl Send for KilnNodeInfo {}
 
 /// Signature of `<name>_model` / `kiln_model_default`.
 pub type KilnModelFn = unsafe extern "C" fn() -> *const KilnModel;
@@ -124,7 +161,7 @@ const _: () = {
     assert!(offset_of!(KilnTensorInfo, rank) == 12);
     assert!(offset_of!(KilnTensorInfo, dims) == 16);
     assert!(offset_of!(KilnTensorInfo, nbytes) == 24);
-    assert!(size_of::<KilnModel>() == 80);
+    assert!(size_of::<KilnModel>() == 104);
     assert!(offset_of!(KilnModel, abi_version) == 0);
     assert!(offset_of!(KilnModel, name) == 8);
     assert!(offset_of!(KilnModel, n_inputs) == 16);
@@ -135,4 +172,9 @@ const _: () = {
     assert!(offset_of!(KilnModel, workspace_align) == 56);
     assert!(offset_of!(KilnModel, run) == 64);
     assert!(offset_of!(KilnModel, run_pool) == 72);
+    assert!(offset_of!(KilnModel, n_nodes) == 80);
+    assert!(offset_of!(KilnModel, nodes) == 88);
+    assert!(offset_of!(KilnModel, run_profile) == 96);
+    assert!(size_of::<KilnNodeInfo>() == 24);
+    assert!(size_of::<KilnProfiler>() == 24);
 };

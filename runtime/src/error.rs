@@ -72,7 +72,8 @@ impl fmt::Display for Error {
             Error::NullPointer(what) => write!(f, "model descriptor: null {what}"),
             Error::AbiVersion { found, expected } => write!(
                 f,
-                "model descriptor has ABI version {found}, this runtime supports {expected}"
+                "model descriptor has ABI version {found}, this runtime supports {}..={expected}",
+                crate::KILN_ABI_VERSION_MIN
             ),
             Error::BadDescriptor(m) => write!(f, "malformed model descriptor: {m}"),
             Error::Arity {

@@ -7,6 +7,8 @@
 //! * [`Workspace`]: an aligned scratch buffer allocated once and reused across runs.
 //! * [`ThreadPool`]: optional worker threads for [`Model::run_pool`] (`kiln_pool` in C).
 //! * [`npy`]: a small, defensive `.npy` reader/writer.
+//! * [`Profile`]: per-node times of profiled runs ([`Model::run_profiled`], ABI v3), as a
+//!   sorted table or a Chrome trace.
 
 mod abi;
 #[cfg(feature = "cuda")]
@@ -16,12 +18,14 @@ mod error;
 mod model;
 pub mod npy;
 mod pool;
+pub mod profile;
 mod workspace;
 
 pub use abi::*;
 pub use error::{Error, status_str};
 pub use model::{Model, TensorInfo};
 pub use pool::{KilnPool, KilnTaskFn, ThreadPool};
+pub use profile::{NodeInfo, NodeStat, Profile};
 pub use workspace::Workspace;
 
 /// The C header (`kiln.h`) describing the ABI, for tools that emit it next to artefacts.

@@ -2,9 +2,11 @@ use std::ffi::{CStr, c_char};
 #[cfg(feature = "dylib")]
 use std::path::Path;
 
+use crate::profile::{NodeInfo, Profile, Recorder, RunRecord};
 use crate::{
-    Error, KILN_ABI_VERSION, KILN_DTYPE_F32, KILN_OK, KilnModel, KilnRunFn, KilnRunPoolFn,
-    KilnTensorInfo, Workspace, dtype_name, dtype_size,
+    Error, KILN_ABI_VERSION, KILN_ABI_VERSION_MIN, KILN_DTYPE_F32, KILN_OK, KilnModel,
+    KilnNodeInfo, KilnProfiler, KilnRunFn, KilnRunPoolFn, KilnRunProfileFn, KilnTensorInfo,
+    Workspace, dtype_name, dtype_size,
 };
 
 /// An owned, validated copy of a `kiln_tensor_info`.
@@ -38,9 +40,12 @@ impl std::fmt::Display for TensorInfo {
 /// A compiled model: a validated descriptor, plus the shared library it came from (if any),
 /// kept loaded for as long as the `Model` lives.
 pub struct Model {
-    desc: *const KilnModel,
+    /// A copy of the descriptor (the ABI v3 fields zeroed for an older one).
+    desc: KilnModel,
     run_fn: KilnRunFn,
     run_pool_fn: KilnRunPoolFn,
+    run_profile_fn: Option<KilnRunProfileFn>,
+    nodes: Vec<NodeInfo>,
     name: String,
     inputs: Vec<TensorInfo>,
     outputs: Vec<TensorInfo>,
@@ -135,6 +140,29 @@ unsafe fn tensor_infos(
     Ok(out)
 }
 
+/// # Safety
+/// `arr` is null or points to `n` valid node infos (with valid strings).
+unsafe fn node_infos(arr: *const KilnNodeInfo, n: u32) -> Result<Vec<NodeInfo>, Error> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    if arr.is_null() {
+        return Err(Error::NullPointer("node table"));
+    }
+    // SAFETY: caller guarantees `n` entries.
+    let raw = unsafe { std::slice::from_raw_parts(arr, n as usize) };
+    raw.iter()
+        .map(|t| {
+            Ok(NodeInfo {
+                // SAFETY: caller guarantees valid strings.
+                name: unsafe { c_str(t.name, "node name") }?,
+                op: unsafe { c_str(t.op, "node op") }?,
+                flops: t.flops,
+            })
+        })
+        .collect()
+}
+
 /// Pointer arrays of up to this many entries are built on the stack.
 const STACK_PTRS: usize = 16;
 
@@ -150,14 +178,32 @@ impl Model {
         if ptr.is_null() {
             return Err(Error::NullPointer("model descriptor"));
         }
-        // SAFETY: caller guarantees validity.
-        let d = unsafe { &*ptr };
-        if d.abi_version != KILN_ABI_VERSION {
+        // SAFETY: caller guarantees validity; every version starts with the version field.
+        let version = unsafe { std::ptr::addr_of!((*ptr).abi_version).read() };
+        if !(KILN_ABI_VERSION_MIN..=KILN_ABI_VERSION).contains(&version) {
             return Err(Error::AbiVersion {
-                found: d.abi_version,
+                found: version,
                 expected: KILN_ABI_VERSION,
             });
         }
+        // Copy the fields this version has: a v2 descriptor ends before `n_nodes`.
+        let d = if version >= 3 {
+            // SAFETY: a v3 descriptor is a whole KilnModel.
+            unsafe { ptr.read() }
+        } else {
+            // SAFETY: the v2 prefix (everything before `n_nodes`) is valid.
+            unsafe {
+                // all-zero is a valid KilnModel (null pointers, `None` functions)
+                let mut d: KilnModel = std::mem::zeroed();
+                std::ptr::copy_nonoverlapping(
+                    ptr.cast::<u8>(),
+                    (&mut d as *mut KilnModel).cast::<u8>(),
+                    std::mem::offset_of!(KilnModel, n_nodes),
+                );
+                d
+            }
+        };
+        let d = &d;
         // SAFETY: caller guarantees validity of the pointed-to data.
         let name = unsafe { c_str(d.name, "model name") }?;
         let inputs = unsafe { tensor_infos(d.inputs, d.n_inputs, "input") }?;
@@ -173,10 +219,18 @@ impl Model {
                 "workspace alignment {workspace_align} is not a power of two"
             )));
         }
+        // SAFETY: caller guarantees `n_nodes` valid entries for a v3 descriptor.
+        let nodes = unsafe { node_infos(d.nodes, d.n_nodes) }?;
+        let run_profile_fn = d.run_profile;
+        if version >= 3 && run_profile_fn.is_none() {
+            return Err(Error::NullPointer("run_profile function"));
+        }
         Ok(Model {
-            desc: ptr,
+            desc: *d,
             run_fn,
             run_pool_fn,
+            run_profile_fn,
+            nodes,
             name,
             inputs,
             outputs,
@@ -226,10 +280,97 @@ impl Model {
         Ok(m)
     }
 
-    /// The raw descriptor.
+    /// The raw descriptor (a copy; the ABI v3 fields are zero for an older descriptor).
     pub fn raw(&self) -> &KilnModel {
-        // SAFETY: validated in from_raw and kept alive by self.
-        unsafe { &*self.desc }
+        &self.desc
+    }
+
+    /// The run schedule's steps (empty for a descriptor older than ABI v3).
+    pub fn nodes(&self) -> &[NodeInfo] {
+        &self.nodes
+    }
+
+    /// Whether the model can be profiled (ABI v3 and later).
+    pub fn can_profile(&self) -> bool {
+        self.run_profile_fn.is_some()
+    }
+
+    /// An empty [`Profile`] for this model's schedule.
+    pub fn new_profile(&self) -> Profile {
+        Profile::new(&self.name, &self.nodes)
+    }
+
+    /// [`Model::run_pool`] through the instrumented entry point, appending the run's per-node
+    /// times to `profile` (made by [`Model::new_profile`]).
+    pub fn run_profiled(
+        &self,
+        inputs: &[&[u8]],
+        outputs: &mut [&mut [u8]],
+        workspace: &mut Workspace,
+        pool: Option<&crate::ThreadPool>,
+        profile: &mut Profile,
+    ) -> Result<(), Error> {
+        let Some(f) = self.run_profile_fn else {
+            return Err(Error::BadDescriptor(format!(
+                "model '{}' has ABI version {}: profiling needs version 3",
+                self.name, self.desc.abi_version
+            )));
+        };
+        if profile.nodes != self.nodes {
+            return Err(Error::BadDescriptor(format!(
+                "the profile was made for another model ('{}')",
+                profile.model
+            )));
+        }
+        let n = self.nodes.len();
+        let mut rec = Recorder {
+            origin: profile.origin,
+            start: vec![0; n],
+            dur: vec![0; n],
+        };
+        let prof = KilnProfiler {
+            ctx: (&mut rec as *mut Recorder).cast(),
+            begin: Some(crate::profile::on_begin),
+            end: Some(crate::profile::on_end),
+        };
+        let t0 = profile.origin.elapsed().as_nanos() as u64;
+        self.call(inputs, outputs, workspace, |i, o, ws| {
+            // SAFETY: as for run_pool; `prof` and the recorder outlive the call.
+            unsafe {
+                f(
+                    i,
+                    o,
+                    ws,
+                    pool.map_or(std::ptr::null(), |p| p.as_abi()),
+                    &prof,
+                )
+            }
+        })?;
+        let t1 = profile.origin.elapsed().as_nanos() as u64;
+        profile.runs.push(RunRecord {
+            start_ns: t0,
+            wall_ns: t1 - t0,
+            node_start_ns: rec.start,
+            node_ns: rec.dur,
+        });
+        Ok(())
+    }
+
+    /// `runs` profiled runs (after one unprofiled warm-up run) into a new [`Profile`].
+    pub fn profile(
+        &self,
+        inputs: &[&[u8]],
+        outputs: &mut [&mut [u8]],
+        workspace: &mut Workspace,
+        pool: Option<&crate::ThreadPool>,
+        runs: usize,
+    ) -> Result<Profile, Error> {
+        self.run_pool(inputs, outputs, workspace, pool)?;
+        let mut p = self.new_profile();
+        for _ in 0..runs {
+            self.run_profiled(inputs, outputs, workspace, pool, &mut p)?;
+        }
+        Ok(p)
     }
 
     pub fn name(&self) -> &str {
@@ -278,6 +419,27 @@ impl Model {
         outputs: &mut [&mut [u8]],
         workspace: &mut Workspace,
         pool: Option<&crate::ThreadPool>,
+    ) -> Result<(), Error> {
+        self.call(inputs, outputs, workspace, |i, o, ws| {
+            // SAFETY: `call` checked arity, sizes and the workspace against the validated
+            // descriptor; outputs are exclusive borrows (so they alias nothing).
+            unsafe {
+                match pool {
+                    None => (self.run_fn)(i, o, ws),
+                    Some(p) => (self.run_pool_fn)(i, o, ws, p.as_abi()),
+                }
+            }
+        })
+    }
+
+    /// Checks the buffers and the workspace, builds the pointer arrays and calls `f` with
+    /// them; maps its status to an error.
+    fn call(
+        &self,
+        inputs: &[&[u8]],
+        outputs: &mut [&mut [u8]],
+        workspace: &mut Workspace,
+        f: impl FnOnce(*const *const u8, *const *mut u8, *mut u8) -> i32,
     ) -> Result<(), Error> {
         if inputs.len() != self.inputs.len() {
             return Err(Error::Arity {
@@ -348,14 +510,7 @@ impl Model {
         for (p, b) in out_ptrs.iter_mut().zip(outputs.iter_mut()) {
             *p = b.as_mut_ptr();
         }
-        // SAFETY: arity and sizes match the validated descriptor; outputs are exclusive
-        // borrows (so they alias nothing), the workspace is large enough and aligned.
-        let status = unsafe {
-            match pool {
-                None => (self.run_fn)(in_ptrs.as_ptr(), out_ptrs.as_ptr(), ws),
-                Some(p) => (self.run_pool_fn)(in_ptrs.as_ptr(), out_ptrs.as_ptr(), ws, p.as_abi()),
-            }
-        };
+        let status = f(in_ptrs.as_ptr(), out_ptrs.as_ptr(), ws);
         if status == KILN_OK {
             Ok(())
         } else {

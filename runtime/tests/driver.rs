@@ -11,6 +11,8 @@ const FAKE_MODEL: &str = r#"
 #include <stddef.h>
 typedef struct { const char *name; int32_t dtype; int32_t rank; const int64_t *dims;
                  uint64_t nbytes; } kiln_tensor_info;
+typedef struct { const char *name; const char *op; uint64_t flops; } kiln_node_info;
+typedef struct { void *ctx; void (*begin)(void *, uint32_t); void (*end)(void *, uint32_t); } kiln_profiler;
 typedef struct {
   uint32_t abi_version; const char *name;
   uint32_t n_inputs; const kiln_tensor_info *inputs;
@@ -19,6 +21,9 @@ typedef struct {
   int32_t (*run)(const void *const *inputs, void *const *outputs, void *workspace);
   int32_t (*run_pool)(const void *const *inputs, void *const *outputs, void *workspace,
                       const void *pool);
+  uint32_t n_nodes; const kiln_node_info *nodes;
+  int32_t (*run_profile)(const void *const *inputs, void *const *outputs, void *workspace,
+                         const void *pool, const kiln_profiler *prof);
 } kiln_model;
 static const int64_t dims[2] = {2, 2};
 static const kiln_tensor_info ins[1] = {{"x", 1, 2, dims, 16}};
@@ -35,7 +40,17 @@ static int32_t run_pool(const void *const *in, void *const *out, void *ws, const
   (void)pool;
   return run(in, out, ws);
 }
-static const kiln_model M = {2, "fake", 1, ins, 2, outs, 64, 32, run, run_pool};
+static int32_t run_profile(const void *const *in, void *const *out, void *ws, const void *pool,
+                           const kiln_profiler *p) {
+  (void)pool;
+  p->begin(p->ctx, 0);
+  int32_t s = run(in, out, ws);
+  p->end(p->ctx, 0);
+  return s;
+}
+static const kiln_node_info nodes[1] = {{"plus \"one\"", "add", 4}};
+static const kiln_model M = {3, "fake", 1, ins, 2, outs, 64, 32, run, run_pool, 1, nodes,
+                             run_profile};
 const kiln_model *fake_model(void) { return &M; }
 const kiln_model *kiln_model_default(void) { return &M; }
 "#;
@@ -136,6 +151,32 @@ fn driver_end_to_end() {
     );
     assert!(out.contains("min: "), "{out}");
     assert!(dir.join("out_y.npy").exists());
+
+    // --profile: a table row per step; --profile-json: a Chrome trace (names JSON-escaped)
+    let o = run(
+        &exe,
+        dir,
+        &[
+            "in.npy",
+            "--profile",
+            "--profile-runs",
+            "3",
+            "--profile-json",
+            "t.json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.starts_with("profile of 'fake': 3 runs"), "{out}");
+    assert!(
+        out.lines().nth(2).unwrap().contains("plus \"one\""),
+        "{out}"
+    );
+    let trace = std::fs::read_to_string(dir.join("t.json")).unwrap();
+    assert!(trace.contains("\"name\":\"plus \\\"one\\\"\""), "{trace}");
+    assert_eq!(trace.matches("\"cat\":\"Node\"").count(), 3, "{trace}");
+    let o = run(&exe, dir, &["in.npy", "--profile-runs", "0"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
 
     // --info
     let o = run(&exe, dir, &["--info"]);

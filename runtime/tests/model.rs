@@ -87,6 +87,39 @@ unsafe extern "C" fn add_one_nows_pool(
     unsafe { add_one_nows(inputs, outputs, workspace) }
 }
 
+static NODES: [KilnNodeInfo; 2] = [
+    KilnNodeInfo {
+        name: c"plus".as_ptr(),
+        op: c"add".as_ptr(),
+        flops: 4,
+    },
+    KilnNodeInfo {
+        name: c"out".as_ptr(),
+        op: c"copy".as_ptr(),
+        flops: 0,
+    },
+];
+
+/// `add_one` as two profiled steps, like a compiled model's `run_profile`.
+unsafe extern "C" fn add_one_profile(
+    inputs: *const *const u8,
+    outputs: *const *mut u8,
+    workspace: *mut u8,
+    _pool: *const kiln_runtime::KilnPool,
+    prof: *const KilnProfiler,
+) -> i32 {
+    unsafe {
+        let p = &*prof;
+        (p.begin.unwrap())(p.ctx, 0);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let r = add_one(inputs, outputs, workspace);
+        (p.end.unwrap())(p.ctx, 0);
+        (p.begin.unwrap())(p.ctx, 1);
+        (p.end.unwrap())(p.ctx, 1);
+        r
+    }
+}
+
 const fn model(
     run: Option<KilnRunFn>,
     run_pool: Option<kiln_runtime::KilnRunPoolFn>,
@@ -103,6 +136,9 @@ const fn model(
         workspace_align: 64,
         run,
         run_pool,
+        n_nodes: 2,
+        nodes: NODES.as_ptr(),
+        run_profile: Some(add_one_profile),
     }
 }
 
@@ -293,10 +329,13 @@ fn invalid_descriptors() {
     assert!(matches!(
         check(d),
         Error::AbiVersion {
-            found: 3,
-            expected: 2
+            found: 4,
+            expected: 3
         }
     ));
+    let mut d = model(Some(add_one), Some(add_one_pool), 16);
+    d.run_profile = None;
+    assert!(matches!(check(d), Error::NullPointer(_)));
     let mut d = model(None, Some(add_one_pool), 16);
     assert!(matches!(check(d), Error::NullPointer(_)));
     d = model(Some(add_one), None, 16);
@@ -359,4 +398,74 @@ fn load_errors() {
     let e = Model::load(std::path::Path::new("/nonexistent/libmodel.so")).unwrap_err();
     assert!(matches!(e, Error::Load { .. }), "{e}");
     assert!(e.to_string().contains("/nonexistent/libmodel.so"));
+}
+
+#[test]
+fn profiled_runs() {
+    let m = unsafe { Model::from_raw(&FAKE) }.unwrap();
+    assert!(m.can_profile());
+    assert_eq!(m.nodes().len(), 2);
+    assert_eq!(m.nodes()[0].op, "add");
+    let x = bytes(&[1.0, 2.0, 3.0, 4.0]);
+    let mut y = vec![0u8; 16];
+    let mut ws = m.workspace().unwrap();
+    let p = m.profile(&[&x], &mut [&mut y], &mut ws, None, 3).unwrap();
+    assert_eq!(y, bytes(&[2.0, 3.0, 4.0, 5.0]));
+    assert_eq!(p.runs.len(), 3);
+    let st = p.stats();
+    assert_eq!(st[0].name, "plus");
+    assert!(st[0].ms >= 2.0, "{}", p.table());
+    assert!(st[0].percent > 99.0);
+    assert!(p.run_ms() >= st[0].ms);
+    let trace = p.chrome_trace();
+    assert_eq!(trace.matches("\"cat\":\"Node\"").count(), 6);
+    // a profile of another model is refused
+    let mut other = Profile::new("other", &[]);
+    assert!(
+        m.run_profiled(&[&x], &mut [&mut y], &mut ws, None, &mut other)
+            .is_err()
+    );
+}
+
+/// A descriptor of ABI version 2 ends after `run_pool`: it loads and runs, without a profile.
+#[test]
+fn abi_v2_descriptor_loads_without_profile() {
+    #[repr(C)]
+    struct V2 {
+        abi_version: u32,
+        name: *const c_char,
+        n_inputs: u32,
+        inputs: *const KilnTensorInfo,
+        n_outputs: u32,
+        outputs: *const KilnTensorInfo,
+        workspace_size: u64,
+        workspace_align: u32,
+        run: Option<KilnRunFn>,
+        run_pool: Option<KilnRunPoolFn>,
+    }
+    assert_eq!(std::mem::size_of::<V2>(), 80);
+    // exactly 80 bytes allocated: reading a v3 field would be caught by Miri / ASan
+    let v2 = Box::new(V2 {
+        abi_version: 2,
+        name: c"old".as_ptr(),
+        n_inputs: 1,
+        inputs: INPUTS.as_ptr(),
+        n_outputs: 1,
+        outputs: OUTPUTS.as_ptr(),
+        workspace_size: 16,
+        workspace_align: 64,
+        run: Some(add_one),
+        run_pool: Some(add_one_pool),
+    });
+    let m = unsafe { Model::from_raw((&*v2 as *const V2).cast::<KilnModel>()) }.unwrap();
+    assert_eq!(m.name(), "old");
+    assert!(!m.can_profile());
+    assert!(m.nodes().is_empty());
+    assert_eq!(m.run_f32(&[&[1.0; 4]]).unwrap(), vec![vec![2.0; 4]]);
+    let mut ws = m.workspace().unwrap();
+    let (x, mut y) = (bytes(&[0.0; 4]), vec![0u8; 16]);
+    let e = m
+        .profile(&[&x], &mut [&mut y], &mut ws, None, 1)
+        .unwrap_err();
+    assert!(e.to_string().contains("version 2"), "{e}");
 }

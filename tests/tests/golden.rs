@@ -237,6 +237,62 @@ fn assert_standalone(so: &std::path::Path) {
     }
 }
 
+/// The per-node profile of a loaded artefact: profiled runs compute the same outputs, every
+/// called kernel is one step (named after its node), the steps' FLOPs are the graph's minus
+/// what needs no kernel (views, in-place concats), and the steps' times fit in the run's.
+fn check_profile(
+    m: &Model,
+    g: &kiln_ir::Graph,
+    c: &Case,
+    want: &[Vec<u8>],
+    pool: &kiln_runtime::ThreadPool,
+) {
+    let ins: Vec<Vec<u8>> = c
+        .inputs
+        .iter()
+        .map(|p| npy::read(p).unwrap().data)
+        .collect();
+    let ins: Vec<&[u8]> = ins.iter().map(|v| v.as_slice()).collect();
+    let mut outs: Vec<Vec<u8>> = m.outputs().iter().map(|o| vec![0; o.nbytes]).collect();
+    let mut outs_ref: Vec<&mut [u8]> = outs.iter_mut().map(|v| v.as_mut_slice()).collect();
+    let mut ws = m.workspace().unwrap();
+    let p = m
+        .profile(&ins, &mut outs_ref, &mut ws, Some(pool), 2)
+        .unwrap();
+    assert!(outs == want, "{}: profiled run differs", c.name);
+    assert!(m.can_profile() && !m.nodes().is_empty());
+    let names: std::collections::HashSet<&str> =
+        g.iter_nodes().map(|(_, n)| n.name.as_str()).collect();
+    let outputs: Vec<&str> = g
+        .outputs
+        .iter()
+        .map(|&v| g.value(v).name.as_str())
+        .collect();
+    let mut flops = 0;
+    for n in m.nodes() {
+        assert!(
+            names.contains(n.name.as_str())
+                || (n.op == "copy" && outputs.contains(&n.name.as_str())),
+            "{}: step '{}' is no node",
+            c.name,
+            n.name
+        );
+        flops += n.flops;
+    }
+    let total: u64 = g
+        .iter_nodes()
+        .map(|(_, n)| kiln_ir::cost::flops(g, n))
+        .sum();
+    assert!(
+        flops <= total && flops * 10 >= total * 9,
+        "{}: step FLOPs {flops} of {total}",
+        c.name
+    );
+    assert_eq!(p.runs.len(), 2);
+    assert!(p.nodes_ms() <= p.run_ms(), "{}", p.table());
+    eprintln!("{}", p.table());
+}
+
 /// Build a `.so` (loaded from Rust) and an executable (run on the .npy files) at -O2, compare both.
 fn artefacts(name: &str) {
     let Some(c) = case(name) else { return };
@@ -267,6 +323,7 @@ fn artefacts(name: &str) {
         run_model_pool(&m, &c, Some(&pool)) == single,
         "{name}: 2 threads differ from 1"
     );
+    check_profile(&m, &g, &c, &single, &pool);
 
     let exe = tmp.path().join(name);
     pipeline::emit(&g, pipeline::Emit::Exe, &exe, name, &Default::default()).unwrap();
@@ -275,8 +332,18 @@ fn artefacts(name: &str) {
     for ((n, _), p) in c.shapes.iter().zip(&c.inputs) {
         cmd.arg("--input").arg(format!("{n}={}", p.display()));
     }
+    let trace = tmp.path().join("trace.json");
     let st = cmd
-        .args(["--threads", "2", "--output-dir"])
+        .args([
+            "--threads",
+            "2",
+            "--profile",
+            "--profile-runs",
+            "2",
+            "--profile-json",
+        ])
+        .arg(&trace)
+        .arg("--output-dir")
         .arg(&outdir)
         .output()
         .unwrap();
@@ -286,6 +353,27 @@ fn artefacts(name: &str) {
         c.name,
         String::from_utf8_lossy(&st.stderr)
     );
+    // the executable's profile: a table row per step, a trace event per step and run
+    let table = String::from_utf8_lossy(&st.stdout);
+    let steps = m.nodes().len();
+    assert_eq!(
+        table.lines().count(),
+        2 + steps,
+        "{name}: --profile table:\n{table}"
+    );
+    assert!(
+        table.starts_with(&format!("profile of '{name}': 2 runs")),
+        "{table}"
+    );
+    let events: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    let events = events.as_array().unwrap();
+    assert_eq!(events.len(), 2 * (steps + 1), "{name}: trace events");
+    for (e, n) in events[1..=steps].iter().zip(m.nodes()) {
+        assert_eq!(e["name"], n.name.as_str());
+        assert_eq!(e["args"]["op_name"], n.op.as_str());
+        assert!(e["dur"].as_f64().unwrap() >= 0.0);
+    }
     let infos = m.outputs();
     let outs: Vec<Vec<u8>> = infos
         .iter()

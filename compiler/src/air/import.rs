@@ -25,6 +25,7 @@ use crate::frontend::data::{self, External, ExternalFiles, RawTensor};
 use crate::frontend::norm_axis;
 use crate::frontend::tf::{reshape_target, same_pads, strided_slice};
 use crate::frontend::{Dim, FrontendError, GraphBuilder, InputFixes, Unsupported, node_label};
+pub use kiln_target_om::names::{BINARY, COMPARE, UNARY};
 
 type R<T> = Result<T, String>;
 
@@ -35,6 +36,12 @@ pub struct AirOptions {
     pub input_shapes: Vec<(String, Vec<usize>)>,
     /// Inputs fixed to constants at compile time (`--freeze NAME=FILE.npy`).
     pub frozen_inputs: Vec<(String, TensorType, ConstData)>,
+    /// An offline model's WEIGHTS_DATA partition: constants without inline data are read from
+    /// it at `data_offset` (or the `merged_offset` attribute), `weight_size` bytes.
+    pub weights: Option<bytes::Bytes>,
+    /// Read an offline model's compiled graph: fp16 tensors become f32 (the CPU computes what
+    /// the NPU computes in fp16 in f32, on the fp16 weights; a `Cast` to fp16 rounds there).
+    pub widen_fp16: bool,
 }
 
 /// GE op types with IR translations (plus the graph structure ops in [`STRUCTURE`]).
@@ -162,6 +169,7 @@ pub const SUPPORTED: &[&str] = &[
     "LogicalOr",
     "LogicalNot",
     "TransData",
+    "Aipp",
     "Identity",
     "StopGradient",
     "Rank",
@@ -251,9 +259,10 @@ impl Ctx<'_> {
         self.input(i)?
             .ok_or_else(|| format!("missing required input {i}"))
     }
-    /// The layout string of input `i`'s descriptor (`""` when absent).
+    /// The logical format of input `i` (its descriptor's layout, or for a device format its
+    /// `origin_format`; `""` when absent).
     fn in_layout(&self, i: usize) -> &str {
-        self.op.input_desc.get(i).map_or("", |d| d.layout.as_str())
+        self.op.input_desc.get(i).map_or("", logical_format)
     }
 }
 
@@ -264,6 +273,10 @@ struct Imp<'a> {
     ext: ExternalFiles,
     /// Sub-graphs being inlined (to refuse recursion).
     stack: Vec<String>,
+    /// WEIGHTS_DATA of an offline model.
+    weights: Option<bytes::Bytes>,
+    /// fp16 read as f32 (an offline model's compiled graph).
+    widen: bool,
 }
 
 /// Every op type in `g` and the sub-graphs it calls that kiln cannot translate.
@@ -310,11 +323,45 @@ pub fn unsupported_ops(md: &ModelDef) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
-/// A tensor descriptor's static type. Device layouts are refused (an OM's compiled graph).
+/// A tensor descriptor's static type: for a device format (an offline model's compiled graph)
+/// the logical `origin_shape`.
 fn desc_type(d: &TensorDescriptor) -> R<(DType, Vec<i64>)> {
     let dt = dtype_of_proto(d.dtype)?;
+    if device_format(d).is_some() {
+        let dims = origin_shape(d)
+            .ok_or_else(|| format!("a {} descriptor without origin_shape", d.layout))?;
+        return Ok((dt, dims));
+    }
     let dims = d.shape.as_ref().map(|s| s.dim.clone()).unwrap_or_default();
     Ok((dt, dims))
+}
+
+/// The device format of a descriptor (NC1HWC0, FRACTAL_Z, FRACTAL_NZ), if it has one.
+fn device_format(d: &TensorDescriptor) -> Option<&str> {
+    match d.layout.as_str() {
+        l @ ("NC1HWC0" | "FRACTAL_Z" | "FRACTAL_NZ") => Some(l),
+        _ => None,
+    }
+}
+
+/// A descriptor's `origin_shape` attribute.
+fn origin_shape(d: &TensorDescriptor) -> Option<Vec<i64>> {
+    match d.attr.get("origin_shape").and_then(|a| a.value.as_ref()) {
+        Some(AV::List(l)) => Some(l.i.clone()),
+        _ => None,
+    }
+}
+
+/// The format a value's logical (framework) order follows: the descriptor's layout, or for a
+/// device format its `origin_format` (NCHW when unset).
+fn logical_format(d: &TensorDescriptor) -> &str {
+    if device_format(d).is_none() {
+        return d.layout.as_str();
+    }
+    match d.attr.get("origin_format").and_then(|a| a.value.as_ref()) {
+        Some(AV::S(s)) => std::str::from_utf8(s).unwrap_or("NCHW"),
+        _ => "NCHW",
+    }
 }
 
 /// Split an edge `"op:idx"`; `None` for a control edge (`idx` -1).
@@ -423,6 +470,8 @@ pub fn import_model(
         base_dir,
         ext: ExternalFiles::default(),
         stack: vec![main.name.clone()],
+        weights: opts.weights.clone(),
+        widen: opts.widen_fp16,
     };
     imp.b.check_fixes(
         main.op
@@ -480,6 +529,11 @@ impl<'a> Imp<'a> {
                     .or(op.input_desc.first())
                     .ok_or_else(|| nerr("no tensor descriptor".into()))?;
                 let (dt, dims) = desc_type(d).map_err(nerr)?;
+                let dt = if self.widen && dt == DType::F16 {
+                    DType::F32
+                } else {
+                    dt
+                };
                 check_plain(d).map_err(nerr)?;
                 let dims: Vec<Dim> = dims.iter().map(|&x| Dim::from_i64(x)).collect();
                 let v = self.b.input(&op.name, dt, Some(&dims))?;
@@ -564,7 +618,13 @@ impl<'a> Imp<'a> {
                     },
                     e => e,
                 })?,
-                _ => self.translate(&c).map_err(nerr)?,
+                _ => {
+                    let mut outs = self.translate(&c).map_err(nerr)?;
+                    if let Some(a) = fused_activation(op) {
+                        outs[0] = self.fused(&c, a, outs[0]).map_err(nerr)?;
+                    }
+                    outs
+                }
             };
             for (i, v) in outs.into_iter().enumerate() {
                 self.b.bind(&format!("{}:{i}", op.name), v).map_err(nerr)?;
@@ -619,7 +679,11 @@ impl<'a> Imp<'a> {
         r
     }
 
-    /// A `Const` op's tensor (inline data, or external weights `location`/`length`).
+    /// A `Const` op's tensor: inline data, external weights (`location`/`length`), or an
+    /// offline model's WEIGHTS_DATA (`data_offset` or `merged_offset`, `weight_size`), in a
+    /// plain format or a device format (FRACTAL_Z, NC1HWC0, FRACTAL_NZ: unpacked to the
+    /// `origin_shape` in its `origin_format`); fp16 widened to f32 when reading a compiled
+    /// graph.
     fn constant(&mut self, c: &Ctx) -> R<ValueId> {
         let Some(AV::T(t)) = attr(c.op, "value") else {
             return Err("Const without a tensor 'value'".into());
@@ -629,7 +693,10 @@ impl<'a> Imp<'a> {
             .as_ref()
             .or(c.op.output_desc.first())
             .ok_or("constant without a descriptor")?;
-        check_plain(desc)?;
+        let device = device_format(desc);
+        if device.is_none() {
+            check_plain(desc)?;
+        }
         let (dt, dims) = desc_type(desc)?;
         let external = match attr(c.op, "location") {
             Some(AV::S(loc)) => Some(External {
@@ -639,17 +706,139 @@ impl<'a> Imp<'a> {
             }),
             _ => None,
         };
+        let mut raw = if external.is_none() {
+            Some(t.data.clone())
+        } else {
+            None
+        };
+        if external.is_none() && t.data.is_empty() && desc.weight_size > 0 {
+            raw = Some(self.weight_bytes(desc)?);
+        }
+        if let Some(fmt) = device {
+            let bytes = raw.ok_or("a device-format constant must be in the model")?;
+            let (ty, data) = self.unpack_device(c, desc, fmt, dt, &dims, bytes)?;
+            return self.add_const_widened(c, ty, data);
+        }
         let raw = RawTensor {
             dims: &dims,
-            raw: if external.is_none() {
-                Some(t.data.clone())
-            } else {
-                None
-            },
+            raw,
             external,
             ..Default::default()
         };
         let (ty, data) = data::decode_tensor(raw, dt, self.base_dir, &mut self.ext)?;
+        self.add_const_widened(c, ty, data)
+    }
+
+    /// A constant's bytes in WEIGHTS_DATA, range-checked.
+    fn weight_bytes(&self, desc: &TensorDescriptor) -> R<bytes::Bytes> {
+        let w = self
+            .weights
+            .as_ref()
+            .ok_or("constant without data, and the model has no WEIGHTS_DATA")?;
+        let off = match desc
+            .attr
+            .get("merged_offset")
+            .and_then(|a| a.value.as_ref())
+        {
+            Some(AV::I(o)) => *o,
+            _ => desc.data_offset,
+        };
+        let (o, n) = (usize::try_from(off), usize::try_from(desc.weight_size));
+        match (o, n) {
+            (Ok(o), Ok(n)) if o.checked_add(n).is_some_and(|e| e <= w.len()) => {
+                Ok(w.slice(o..o + n))
+            }
+            _ => Err(format!(
+                "weights at offset {off}, {} bytes, lie outside WEIGHTS_DATA ({} bytes)",
+                desc.weight_size,
+                w.len()
+            )),
+        }
+    }
+
+    /// A device-format constant's logical tensor (in its origin format's order).
+    fn unpack_device(
+        &self,
+        c: &Ctx,
+        desc: &TensorDescriptor,
+        fmt: &str,
+        dt: DType,
+        dims: &[i64],
+        bytes: bytes::Bytes,
+    ) -> R<(TensorType, ConstData)> {
+        let (origin_shape, _) = data::checked_shape(dims, dt)?;
+        let origin = logical_format(desc);
+        let c0 = if dt.size() == 1 { 32 } else { 16 };
+        // the IR layouts are defined on NCHW (filters [Cout, Cin, kh, kw]) or a matrix
+        let (nchw, to_origin): (Vec<usize>, Option<Vec<usize>>) = match (fmt, origin) {
+            ("FRACTAL_Z" | "NC1HWC0", _) if origin_shape.len() != 4 => {
+                return Err(format!("{fmt} with origin shape {origin_shape:?}: not 4-D"));
+            }
+            ("FRACTAL_Z" | "NC1HWC0", "NCHW" | "ND" | "") => (origin_shape.clone(), None),
+            ("FRACTAL_Z" | "NC1HWC0", "NHWC") => {
+                let s = &origin_shape;
+                (vec![s[0], s[3], s[1], s[2]], Some(vec![0, 2, 3, 1]))
+            }
+            ("FRACTAL_Z", "HWCN") => {
+                let s = &origin_shape;
+                (vec![s[3], s[2], s[0], s[1]], Some(vec![2, 3, 1, 0]))
+            }
+            ("FRACTAL_NZ", _) => (origin_shape.clone(), None),
+            _ => {
+                return Err(format!(
+                    "{fmt} with origin format {origin} is not supported"
+                ));
+            }
+        };
+        let layout = match fmt {
+            "NC1HWC0" => Layout::Nc1hwc0(c0),
+            "FRACTAL_NZ" => Layout::FractalNz(c0),
+            _ => {
+                let groups = match desc.attr.get("groups").and_then(|a| a.value.as_ref()) {
+                    Some(AV::I(g)) => *g,
+                    _ => 1,
+                };
+                let groups = u32::try_from(groups)
+                    .ok()
+                    .filter(|&g| g > 0)
+                    .ok_or_else(|| format!("bad groups {groups}"))?;
+                Layout::FractalZ { c0, groups }
+            }
+        };
+        let elem = dt.size();
+        let logical = kiln_ir::layout::unpack(layout, &nchw, elem, &bytes).ok_or_else(|| {
+            format!(
+                "{fmt} weights of {} bytes do not hold a {} tensor of shape {nchw:?} ({:?} stored)",
+                bytes.len(),
+                dt,
+                kiln_ir::layout::physical_shape(layout, &nchw)
+            )
+        })?;
+        let _ = c;
+        let data = match to_origin {
+            None => logical,
+            Some(perm) => transpose_bytes(&logical, &nchw, &perm, elem),
+        };
+        Ok((TensorType::new(dt, origin_shape), ConstData::from_vec(data)))
+    }
+
+    /// Add a constant named after the op's output, fp16 widened to f32 when reading a compiled
+    /// graph.
+    fn add_const_widened(&mut self, c: &Ctx, ty: TensorType, data: ConstData) -> R<ValueId> {
+        let (ty, data) = if self.widen && ty.dtype == DType::F16 {
+            let f: Vec<u8> = data
+                .as_ref()
+                .chunks_exact(2)
+                .flat_map(|b| {
+                    half::f16::from_le_bytes([b[0], b[1]])
+                        .to_f32()
+                        .to_le_bytes()
+                })
+                .collect();
+            (ty.with_dtype(DType::F32), ConstData::from_vec(f))
+        } else {
+            (ty, data)
+        };
         let name = value_name(c.op, 0);
         self.b.add_const(&name, ty, data)
     }
@@ -819,16 +1008,35 @@ impl<'a> Imp<'a> {
             )
         };
         let ws = self.ty(w).shape.clone();
-        let strides = self.spatial(&c.ints_req("strides")?, nhwc, "strides")?;
         let dilations = match c.ints("dilations")? {
             Some(d) => self.spatial(&d, nhwc, "dilations")?,
             None => vec![1, 1],
         };
         let kernel = ws[2..].to_vec();
-        let pads = match c.s("padding")?.as_deref() {
-            Some("SAME") => same_pads(&xs[2..], &kernel, &strides, &dilations),
-            Some("VALID") => vec![0; 4],
-            _ => self.pads4(&c.ints("pads")?.unwrap_or(vec![0; 4]))?,
+        let (strides, pads) = match c.ints("strides")? {
+            Some(s) => {
+                let strides = self.spatial(&s, nhwc, "strides")?;
+                let pads = match c.s("padding")?.as_deref() {
+                    Some("SAME") => same_pads(&xs[2..], &kernel, &strides, &dilations),
+                    Some("VALID") => vec![0; 4],
+                    _ => self.pads4(&c.ints("pads")?.unwrap_or(vec![0; 4]))?,
+                };
+                (strides, pads)
+            }
+            // ATC's compiled graphs drop the convolution's attributes: the output shape
+            // decides, when only one stride and TF padding fit it
+            None => {
+                let out =
+                    c.op.output_desc
+                        .first()
+                        .ok_or("no strides and no output descriptor to infer them from")?;
+                let os = desc_type(out)?.1;
+                if os.len() != 4 {
+                    return Err(format!("output shape {os:?} must be 4-D"));
+                }
+                let ohw = if nhwc { [os[1], os[2]] } else { [os[2], os[3]] };
+                infer_window(&xs[2..], &ohw, &kernel, &dilations)?
+            }
         };
         let a = ConvAttrs {
             kernel,
@@ -1307,19 +1515,50 @@ impl<'a> Imp<'a> {
             "Const" | "Constant" => Ok(vec![self.constant(c)?]),
             "Identity" | "StopGradient" => Ok(vec![c.req(0)?]),
             "TransData" => {
-                // a layout conversion: the identity on logical values between plain layouts
-                let (src, dst) = (
-                    c.in_layout(0),
-                    c.op.output_desc.first().map_or("", |d| d.layout.as_str()),
-                );
-                let plain = |l: &str| matches!(l, "" | "ND" | "NCHW");
-                if !(plain(src) && plain(dst)) {
-                    return Err(format!(
-                        "TransData {src} -> {dst}: device layouts are read by the OM reader"
-                    ));
+                // a layout conversion: the identity on logical values, but between NCHW and
+                // NHWC (a transpose) and where the logical shape changes (ATC folds a reshape
+                // into the conversion to FRACTAL_NZ)
+                let x = c.req(0)?;
+                let out = c.op.output_desc.first();
+                let src = c.in_layout(0);
+                let dst = out.map_or("", logical_format);
+                let y = match (src, dst) {
+                    ("NCHW", "NHWC") if self.ty(x).rank() == 4 => self.step(
+                        c,
+                        "to_nhwc",
+                        Op::Transpose {
+                            perm: vec![0, 2, 3, 1],
+                        },
+                        vec![x],
+                    )?,
+                    ("NHWC", "NCHW") if self.ty(x).rank() == 4 => self.step(
+                        c,
+                        "to_nchw",
+                        Op::Transpose {
+                            perm: vec![0, 3, 1, 2],
+                        },
+                        vec![x],
+                    )?,
+                    _ => x,
+                };
+                let want = match out {
+                    Some(d) => desc_type(d)?.1,
+                    None => vec![],
+                };
+                let shape: Vec<usize> = want.iter().map(|&d| d.max(0) as usize).collect();
+                if !want.is_empty()
+                    && shape != self.ty(y).shape
+                    && shape.iter().product::<usize>() == self.ty(y).numel()
+                {
+                    return self.reshape_out(c, y, shape);
                 }
-                Ok(vec![c.req(0)?])
+                if y == x {
+                    Ok(vec![x])
+                } else {
+                    self.rename_out(c, vec![y])
+                }
             }
+            "Aipp" => self.aipp(c),
             "Conv2D" => self.conv(c, false),
             "DepthwiseConv2D" => self.conv(c, true),
             "Conv2DBackpropInput"
@@ -1405,8 +1644,19 @@ impl<'a> Imp<'a> {
             "Cast" => {
                 let to = dtype_of_ge(c.i("dst_type")?.ok_or("missing attribute 'dst_type'")?)?;
                 let x = c.req(0)?;
+                if self.widen && to == DType::F16 {
+                    // computed in f32, rounded to fp16 where the model casts
+                    let h = self.step(c, "fp16", Op::Cast { to }, vec![x])?;
+                    return self.node1(c, Op::Cast { to: DType::F32 }, vec![h]);
+                }
                 if self.ty(x).dtype == to {
-                    return Ok(vec![x]);
+                    // an fp16 value read as f32: the Cast back is the identity, its name kept
+                    // (an OM's output is named after the Cast)
+                    return if self.widen {
+                        self.rename_out(c, vec![x])
+                    } else {
+                        Ok(vec![x])
+                    };
                 }
                 self.node1(c, Op::Cast { to }, vec![x])
             }
@@ -1780,6 +2030,98 @@ impl<'a> Imp<'a> {
         }
     }
 
+    /// Static AIPP (an offline model's image preprocessing): 8-bit NHWC pixels -> the model's
+    /// NCHW input, `(x - mean_chn - min_chn) * var_reci_chn` per channel (RGB888_U8, no colour
+    /// conversion).
+    fn aipp(&mut self, c: &Ctx) -> R<Vec<ValueId>> {
+        let Some(AV::Func(p)) = attr(c.op, "aipp") else {
+            return Err(
+                "Aipp without its 'aipp' parameters (dynamic AIPP is not supported)".into(),
+            );
+        };
+        let num = |k: &str, def: f64| -> f64 {
+            match p.attr.get(k).and_then(|a| a.value.as_ref()) {
+                Some(AV::I(i)) => *i as f64,
+                Some(AV::F(f)) => *f as f64,
+                Some(AV::List(l)) => {
+                    l.f.first()
+                        .map(|&f| f as f64)
+                        .or(l.i.first().map(|&i| i as f64))
+                        .unwrap_or(def)
+                }
+                _ => def,
+            }
+        };
+        let text = |k: &str| match p.attr.get(k).and_then(|a| a.value.as_ref()) {
+            Some(AV::S(s)) => String::from_utf8_lossy(s).into_owned(),
+            _ => String::new(),
+        };
+        let mode = text("aipp_mode");
+        if !mode.is_empty() && mode != "static" {
+            return Err(format!("AIPP mode '{mode}' is not supported (static)"));
+        }
+        let fmt = text("input_format");
+        if !matches!(fmt.as_str(), "" | "RGB888_U8") {
+            return Err(format!(
+                "AIPP input format {fmt} is not supported (RGB888_U8)"
+            ));
+        }
+        if num("csc_switch", 0.0) != 0.0 || num("rbuv_swap_switch", 0.0) != 0.0 {
+            return Err("AIPP colour-space conversion / channel swap is not supported".into());
+        }
+        let x = c.req(0)?;
+        let xs = self.ty(x).shape.clone();
+        if xs.len() != 4 || xs[3] != 3 {
+            return Err(format!("AIPP input {xs:?} must be NHWC with 3 channels"));
+        }
+        let n = c.name().to_string();
+        let f = self.step(c, "f32", Op::Cast { to: DType::F32 }, vec![x])?;
+        let t = self.step(
+            c,
+            "nchw",
+            Op::Transpose {
+                perm: vec![0, 3, 1, 2],
+            },
+            vec![f],
+        )?;
+        let shift: Vec<u8> = (0..3)
+            .flat_map(|k| {
+                ((num(&format!("mean_chn_{k}"), 0.0) + num(&format!("min_chn_{k}"), 0.0)) as f32)
+                    .to_le_bytes()
+            })
+            .collect();
+        let scale: Vec<u8> = (0..3)
+            .flat_map(|k| (num(&format!("var_reci_chn_{k}"), 1.0) as f32).to_le_bytes())
+            .collect();
+        let ty = TensorType::new(DType::F32, vec![1, 3, 1, 1]);
+        let sh = self.b.add_const(
+            &format!("{n}/shift"),
+            ty.clone(),
+            ConstData::from_vec(shift),
+        )?;
+        let sc = self
+            .b
+            .add_const(&format!("{n}/scale"), ty, ConstData::from_vec(scale))?;
+        let d = self.step(c, "centred", Op::Binary(BinaryOp::Sub), vec![t, sh])?;
+        self.node1(c, Op::Binary(BinaryOp::Mul), vec![d, sc])
+    }
+
+    /// Apply the activation ATC fused into op `c` to its result `y`.
+    fn fused(&mut self, c: &Ctx, act: &str, y: ValueId) -> R<ValueId> {
+        let op = match act {
+            "Relu6" => Op::Clip { min: 0.0, max: 6.0 },
+            "Relu" => Op::Unary(UnaryOp::Relu),
+            "Sigmoid" => Op::Unary(UnaryOp::Sigmoid),
+            _ => Op::Unary(UnaryOp::Tanh),
+        };
+        // the op's own result becomes an intermediate; the activation takes its name
+        let name = self.b.g.value(y).name.clone();
+        let tmp = self.b.fresh(&format!("{}/unfused", c.name()));
+        self.b.g.value_mut(y).name = tmp;
+        self.b.release(&name);
+        self.b.node1(c.name(), op, vec![y], &name)
+    }
+
     fn act(&mut self, c: &Ctx, kind: ActKind, alpha: f32, beta: f32) -> R<Vec<ValueId>> {
         self.node1(c, Op::Act { kind, alpha, beta }, vec![c.req(0)?])
     }
@@ -1826,6 +2168,105 @@ impl<'a> Imp<'a> {
     }
 }
 
+/// Strides and pads of a window op whose attributes are gone (ATC's compiled graphs), from the
+/// input and output spatial sizes: per axis, every stride up to the kernel size (at least 8)
+/// with VALID or TF SAME padding that produces the output; an error unless exactly one
+/// (stride, pads) fits.
+fn infer_window(
+    input: &[usize],
+    output: &[i64],
+    kernel: &[usize],
+    dilations: &[usize],
+) -> R<(Vec<usize>, Vec<usize>)> {
+    let mut strides = vec![];
+    let mut pads = vec![0; 4];
+    for d in 0..2 {
+        let (i, k, dl) = (input[d], kernel[d], dilations[d]);
+        let o = usize::try_from(output[d]).map_err(|_| format!("bad output size {output:?}"))?;
+        let span = (k - 1) * dl + 1;
+        let mut fits: Vec<(usize, usize, usize)> = vec![];
+        for s in 1..=k.max(8) {
+            if i >= span && (i - span) / s + 1 == o {
+                fits.push((s, 0, 0));
+            }
+            if i.div_ceil(s) == o {
+                let p = same_pads(&[i], &[k], &[s], &[dl]);
+                if !fits.contains(&(s, p[0], p[1])) {
+                    fits.push((s, p[0], p[1]));
+                }
+            }
+        }
+        match fits[..] {
+            [(s, b, e)] => {
+                strides.push(s);
+                pads[d] = b;
+                pads[2 + d] = e;
+            }
+            [] => {
+                return Err(format!(
+                    "no stride and padding turn {input:?} into {output:?} with kernel {kernel:?}: the model has no 'strides' attribute"
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "the model has no 'strides' attribute, and {} strides/paddings turn {input:?} into {output:?} with kernel {kernel:?}",
+                    fits.len()
+                ));
+            }
+        }
+    }
+    Ok((strides, pads))
+}
+
+/// `data` (row-major, `shape`, elements of `elem` bytes) transposed by `perm` (output axis
+/// `k` is input axis `perm[k]`).
+fn transpose_bytes(data: &[u8], shape: &[usize], perm: &[usize], elem: usize) -> Vec<u8> {
+    let strides = kiln_ir::types::strides_of(shape);
+    let oshape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+    let n: usize = shape.iter().product();
+    let mut out = vec![0u8; n * elem];
+    let mut idx = vec![0usize; oshape.len()];
+    for o in 0..n {
+        let src: usize = idx.iter().zip(perm).map(|(&i, &p)| i * strides[p]).sum();
+        out[o * elem..(o + 1) * elem].copy_from_slice(&data[src * elem..(src + 1) * elem]);
+        for d in (0..idx.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < oshape[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    out
+}
+
+/// The activation ATC fused into an op (`Conv2D` + `Relu` written as one `Conv2D` named
+/// `conv/Conv2Dconv/Relu`): the GE type of the last of its `_datadump_original_op_names`
+/// (the last path component), when that is an activation other than the op itself.
+fn fused_activation(op: &OpDef) -> Option<&'static str> {
+    const ACTS: [&str; 4] = ["Relu6", "Relu", "Sigmoid", "Tanh"];
+    let names: Vec<String> = match attr(op, "_datadump_original_op_names") {
+        Some(AV::List(l)) => {
+            l.s.iter()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        }
+        _ => return None,
+    };
+    if names.len() < 2 {
+        return None;
+    }
+    let last = names.last()?;
+    let base = last.rsplit('/').next().unwrap_or(last);
+    let base = base.trim_end_matches(|c: char| c.is_ascii_digit() || c == '_');
+    let base = if base == "Relu" && last.ends_with("Relu6") {
+        "Relu6"
+    } else {
+        base
+    };
+    ACTS.into_iter().find(|a| *a == base && op.r#type != *a)
+}
+
 /// Layouts a plain kiln tensor can be read from.
 fn check_plain(d: &TensorDescriptor) -> R<()> {
     match d.layout.as_str() {
@@ -1846,60 +2287,13 @@ fn value_name(op: &OpDef, i: usize) -> String {
     }
 }
 
-/// GE elementwise unary op types and their IR op.
-pub const UNARY: &[(&str, UnaryOp)] = &[
-    ("Relu", UnaryOp::Relu),
-    ("Sigmoid", UnaryOp::Sigmoid),
-    ("Tanh", UnaryOp::Tanh),
-    ("Sqrt", UnaryOp::Sqrt),
-    ("Exp", UnaryOp::Exp),
-    ("Log", UnaryOp::Log),
-    ("Neg", UnaryOp::Neg),
-    ("Abs", UnaryOp::Abs),
-    ("Reciprocal", UnaryOp::Reciprocal),
-    ("Floor", UnaryOp::Floor),
-    ("Ceil", UnaryOp::Ceil),
-    ("Round", UnaryOp::Round),
-    ("Sign", UnaryOp::Sign),
-    ("Erf", UnaryOp::Erf),
-    ("Sin", UnaryOp::Sin),
-    ("Cos", UnaryOp::Cos),
-    ("HardSwish", UnaryOp::HardSwish),
-    ("Softplus", UnaryOp::Softplus),
-    ("Softsign", UnaryOp::Softsign),
-    ("Mish", UnaryOp::Mish),
-];
-
 fn unary_of(t: &str) -> Option<UnaryOp> {
     UNARY.iter().find(|(n, _)| *n == t).map(|(_, u)| *u)
 }
 
-/// GE elementwise binary op types and their IR op (broadcasting like NumPy).
-pub const BINARY: &[(&str, BinaryOp)] = &[
-    ("Add", BinaryOp::Add),
-    ("AddV2", BinaryOp::Add),
-    ("Sub", BinaryOp::Sub),
-    ("Mul", BinaryOp::Mul),
-    ("RealDiv", BinaryOp::Div),
-    ("Div", BinaryOp::Div),
-    ("Maximum", BinaryOp::Max),
-    ("Minimum", BinaryOp::Min),
-    ("Pow", BinaryOp::Pow),
-];
-
 fn binary_of(t: &str) -> Option<BinaryOp> {
     BINARY.iter().find(|(n, _)| *n == t).map(|(_, b)| *b)
 }
-
-/// GE comparisons: the IR comparison and whether the result is negated (`NotEqual`).
-pub const COMPARE: &[(&str, CmpOp, bool)] = &[
-    ("Equal", CmpOp::Equal, false),
-    ("NotEqual", CmpOp::Equal, true),
-    ("Less", CmpOp::Less, false),
-    ("LessEqual", CmpOp::LessOrEqual, false),
-    ("Greater", CmpOp::Greater, false),
-    ("GreaterEqual", CmpOp::GreaterOrEqual, false),
-];
 
 fn compare_of(t: &str) -> Option<(CmpOp, bool)> {
     COMPARE

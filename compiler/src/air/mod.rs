@@ -15,18 +15,16 @@
 pub mod export;
 pub mod import;
 
-#[allow(clippy::all, missing_docs)]
-pub mod proto {
-    //! Rust types generated from `compiler/proto/ge_ir.proto` (`bytes` fields are
-    //! `bytes::Bytes`: weights stay windows into the memory-mapped file).
-    include!(concat!(env!("OUT_DIR"), "/ge.proto.rs"));
-}
+pub use kiln_target_om::names::{dtype_of_ge, dtype_of_proto, ge_of_dtype, proto_of_dtype};
+/// The GraphEngine protobuf types (`targets/om/proto/ge_ir.proto`, shared with the OM back
+/// end; `bytes` fields are `bytes::Bytes`: weights stay windows into the memory-mapped file).
+pub use kiln_target_om::proto;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use bytes::Bytes;
-use kiln_ir::{DType, Graph};
+use kiln_ir::Graph;
 use prost::Message;
 
 use crate::frontend::FrontendError;
@@ -66,84 +64,6 @@ pub fn decode(bytes: Bytes, file: &str) -> Result<ModelDef, FrontendError> {
     }
     decompress(&mut md).map_err(|m| FrontendError::model(file, m))?;
     Ok(md)
-}
-
-/// kiln dtype of a tensor descriptor's `DataType` (the proto enum: `DT_FLOAT = 1`).
-pub fn dtype_of_proto(code: i32) -> Result<DType, String> {
-    Ok(match code {
-        1 => DType::F32,
-        2 => DType::F16,
-        3 => DType::I8,
-        4 => DType::U8,
-        5 => DType::I16,
-        6 => DType::U16,
-        7 => DType::I32,
-        8 => DType::I64,
-        9 => DType::U32,
-        10 => DType::U64,
-        11 => DType::Bool,
-        12 => DType::F64,
-        27 => DType::BF16,
-        c => {
-            let name = proto::DataType::try_from(c)
-                .map(|d| d.as_str_name().to_string())
-                .unwrap_or_else(|_| format!("code {c}"));
-            return Err(format!("unsupported element type {name}"));
-        }
-    })
-}
-
-/// The proto `DataType` of a kiln dtype.
-pub fn proto_of_dtype(d: DType) -> i32 {
-    match d {
-        DType::F32 => 1,
-        DType::F16 => 2,
-        DType::I8 => 3,
-        DType::U8 => 4,
-        DType::I16 => 5,
-        DType::U16 => 6,
-        DType::I32 => 7,
-        DType::I64 => 8,
-        DType::U32 => 9,
-        DType::U64 => 10,
-        DType::Bool => 11,
-        DType::F64 => 12,
-        DType::BF16 => 27,
-    }
-}
-
-/// C++ `ge::DataType` numbering (attributes such as `dst_type`, `data_type`, `dt`).
-const GE_DTYPES: [(i64, DType); 13] = [
-    (0, DType::F32),
-    (1, DType::F16),
-    (2, DType::I8),
-    (3, DType::I32),
-    (4, DType::U8),
-    (6, DType::I16),
-    (7, DType::U16),
-    (8, DType::U32),
-    (9, DType::I64),
-    (10, DType::U64),
-    (11, DType::F64),
-    (12, DType::Bool),
-    (27, DType::BF16),
-];
-
-/// kiln dtype of a C++ `ge::DataType` (attribute values).
-pub fn dtype_of_ge(code: i64) -> Result<DType, String> {
-    GE_DTYPES
-        .iter()
-        .find(|(c, _)| *c == code)
-        .map(|(_, d)| *d)
-        .ok_or_else(|| format!("unsupported ge::DataType {code}"))
-}
-
-/// The C++ `ge::DataType` of a kiln dtype.
-pub fn ge_of_dtype(d: DType) -> i64 {
-    GE_DTYPES
-        .iter()
-        .find(|(_, x)| *x == d)
-        .map_or(28, |(c, _)| *c)
 }
 
 /// Undo ATC's attribute-name compression (`ModelCompressManager`): with `om_compress_version`

@@ -419,10 +419,13 @@ impl<'f, V: Clone> GraphBuilder<'f, V> {
         inputs: &[ValueId],
         names: &[String],
     ) -> Result<Option<Vec<ValueId>>, String> {
+        // small constants anything; data movement (a weight's transpose, slice, cast...)
+        // whatever its size, as the const_fold pass does
+        let moves = op.moves_data();
         if inputs.is_empty()
             || inputs.iter().any(|v| {
                 !matches!(self.g.value(*v).def, ValueDef::Const(_))
-                    || self.ty(*v).numel() > FOLD_LIMIT
+                    || !moves && self.ty(*v).numel() > FOLD_LIMIT
             })
         {
             return Ok(None);
@@ -431,7 +434,8 @@ impl<'f, V: Clone> GraphBuilder<'f, V> {
         let Ok(out_tys) = op.infer(&tys.iter().collect::<Vec<_>>()) else {
             return Ok(None);
         };
-        if out_tys.iter().map(|t| t.numel()).sum::<usize>() > FOLD_LIMIT
+        let small = out_tys.iter().map(|t| t.numel()).sum::<usize>() <= FOLD_LIMIT;
+        if !(small || moves && crate::passes::foldable(op, &out_tys.iter().collect::<Vec<_>>()))
             || out_tys.len() != names.len()
         {
             return Ok(None);

@@ -8,49 +8,7 @@ use bytes::Bytes;
 
 use crate::frontend::FrontendError;
 
-/// `"IMOD"` as a little-endian u32.
-pub const MAGIC: u32 = 0x444F_4D49;
-pub const HEADER_LEN: usize = 256;
-
-/// Partition types (`ModelPartitionType`).
-pub mod partition {
-    pub const MODEL_DEF: u32 = 0;
-    pub const WEIGHTS_DATA: u32 = 1;
-    pub const TASK_INFO: u32 = 2;
-    pub const TBE_KERNELS: u32 = 3;
-    pub const CUST_AICPU_KERNELS: u32 = 4;
-    pub const SO_BINS: u32 = 5;
-    pub const FLOW_MODEL: u32 = 6;
-    pub const FLOW_SUBMODEL: u32 = 7;
-    pub const MODEL_INOUT_INFO: u32 = 8;
-
-    /// A partition type's name.
-    pub fn name(t: u32) -> &'static str {
-        match t {
-            0 => "MODEL_DEF",
-            1 => "WEIGHTS_DATA",
-            2 => "TASK_INFO",
-            3 => "TBE_KERNELS",
-            4 => "CUST_AICPU_KERNELS",
-            5 => "SO_BINS",
-            6 => "FLOW_MODEL",
-            7 => "FLOW_SUBMODEL",
-            8 => "MODEL_INOUT_INFO",
-            9 => "STATIC_TASK_DESC",
-            10 => "DYNAMIC_TASK_DESC",
-            11 => "TASK_PARAM",
-            12 => "TILING_DATA",
-            20 => "PRE_MODEL_DESC",
-            21 => "PRE_MODEL_SQE",
-            22 => "PRE_KERNEL_ARGS",
-            23 => "PRE_MODEL_DESC_EXTEND",
-            24 => "BUNDLE_MODEL_INFO",
-            25 => "BUNDLE_MODEL_VAR_INFO",
-            26 => "CUSTOM_OPS",
-            _ => "unknown",
-        }
-    }
-}
+pub use kiln_target_om::om::{HEADER_LEN, MAGIC, partition};
 
 /// The header fields kiln reads.
 #[derive(Debug, Clone)]
@@ -132,6 +90,11 @@ pub fn parse(bytes: Bytes, file: &str) -> Result<OmFile, FrontendError> {
         return Err(err(format!("header size {headsize}, expected 256")));
     }
     let version = u32_at(b, 8);
+    if !(0x1000_0000..0x3000_0000).contains(&version) {
+        return Err(err(format!(
+            "header version {version:#010x} is out of range (v1 0x10000000, v2 0x20000000)"
+        )));
+    }
     let v2 = version >= 0x2000_0000;
     let header = Header {
         version,
@@ -147,6 +110,12 @@ pub fn parse(bytes: Bytes, file: &str) -> Result<OmFile, FrontendError> {
     };
     if header.is_encrypt != 0 {
         return Err(err("encrypted OM files are not supported".into()));
+    }
+    if header.model_type > 5 {
+        return Err(err(format!(
+            "model type {} is out of range (0 IR .. 5 bundle)",
+            header.model_type
+        )));
     }
     if header.model_type == 3 {
         return Err(err(
@@ -306,6 +275,24 @@ pub fn describe(om: &OmFile, file: &str) -> String {
                 p.data.len(),
                 p.offset
             );
+        }
+    }
+    if let Some(p) = om.partition(partition::MODEL_INOUT_INFO) {
+        match kiln_target_om::om::parse_inout_info(&p.data) {
+            Ok((ins, outs)) => {
+                for (what, ts) in [("input", ins), ("output", outs)] {
+                    for t in ts {
+                        let _ = writeln!(
+                            s,
+                            "  MODEL_INOUT_INFO {what} '{}': dims {:?}, ge::DataType {}, ge::Format {}, {} bytes",
+                            t.name, t.dims, t.dtype, t.format, t.size
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(s, "  MODEL_INOUT_INFO: {e}");
+            }
         }
     }
     match model_def(om, file) {

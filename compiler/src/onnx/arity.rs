@@ -75,6 +75,7 @@ pub const ARITY: &[(&str, u32, u32, u32, u32)] = &[
     ("HardSwish", 1, 1, 1, 1),
     ("Hardmax", 1, 1, 1, 1),
     ("Identity", 1, 1, 1, 1),
+    ("If", 1, 1, 1, u32::MAX),
     ("InstanceNormalization", 3, 3, 1, 1),
     ("IsInf", 1, 1, 1, 1),
     ("IsNaN", 1, 1, 1, 1),

@@ -219,6 +219,8 @@ const SUPPORTED: &[&str] = &[
     "Attention",
     "RotaryEmbedding",
     "LinearAttention",
+    // With a condition known at compile time (constant after folding / --freeze).
+    "If",
 ];
 
 fn unary_of(op: &str) -> Option<UnaryOp> {
@@ -614,6 +616,77 @@ impl<'a> Imp<'a> {
         }
         self.translate(&c, value_t)
             .map_err(|msg| FrontendError::node(self.b.file, &name, n.op_type(), msg))
+    }
+
+    /// `If` whose condition is known at compile time (a constant after shape folding and
+    /// `--freeze`): the taken branch is inlined (its nodes see the outer scope; its own names
+    /// shadow it) and the other dropped. A run-time condition is an error that says which
+    /// input to freeze.
+    fn if_op(&mut self, c: &Ctx) -> R<()> {
+        let cond = self.req(c, 0)?;
+        let cv = self.cval(cond).ok_or_else(|| {
+            format!(
+                "input 0 ('{}') must be a constant (after folding): the condition is only known at run time; fix the inputs it depends on with --freeze NAME=FILE.npy (run-time control flow is not supported yet)",
+                c.n.input[0]
+            )
+        })?;
+        let bits = cv.as_i64();
+        let [b] = bits[..] else {
+            return Err(format!(
+                "the condition must have one element, has {}",
+                bits.len()
+            ));
+        };
+        let which = if b != 0 { "then_branch" } else { "else_branch" };
+        let g = c
+            .attr(which)
+            .and_then(|a| a.g.as_ref())
+            .ok_or_else(|| format!("missing graph attribute '{which}'"))?;
+        if g.output.len() != c.n.output.len() {
+            return Err(format!(
+                "{which} has {} outputs, the node {}",
+                g.output.len(),
+                c.n.output.len()
+            ));
+        }
+        if !g.sparse_initializer.is_empty() {
+            return Err(format!("{which}: sparse initializers are not supported"));
+        }
+        self.b.push_scope();
+        let res = (|| -> R<Vec<ValueId>> {
+            for t in &g.initializer {
+                let mut t = t.clone();
+                let (ty, data) = decode_tensor(&mut t, self.base_dir, &mut self.ext)
+                    .map_err(|e| format!("{which} initializer '{}': {e}", t.name()))?;
+                let v = self
+                    .b
+                    .add_const(&format!("{}/{}", c.name, t.name()), ty, data)?;
+                self.b.bind(t.name(), v)?;
+            }
+            for (i, n) in g.node.iter().enumerate() {
+                let mut n = n.clone();
+                let label = node_label(n.name(), n.op_type(), i);
+                n.name = Some(format!("{}/{which}/{label}", c.name));
+                self.import_node(&mut n, i).map_err(|e| match e {
+                    FrontendError::Node { node, op, msg, .. } => format!("{node} ({op}): {msg}"),
+                    e => e.to_string(),
+                })?;
+            }
+            g.output
+                .iter()
+                .map(|o| {
+                    self.b
+                        .lookup(o.name())
+                        .copied()
+                        .ok_or_else(|| format!("{which} output '{}' is not produced", o.name()))
+                })
+                .collect()
+        })();
+        self.b.pop_scope();
+        for (i, v) in res?.into_iter().enumerate() {
+            self.set_out(c, i, v)?;
+        }
+        Ok(())
     }
 
     /// A contrib op: expanded into standard ONNX nodes, imported with the newest opset's
@@ -1458,6 +1531,7 @@ impl<'a> Imp<'a> {
             "RotaryEmbedding" => self.rotary_embedding(c)?,
             "LinearAttention" => self.linear_attention(c)?,
             "FlexAttention" if c.n.domain() == "ai.onnx.preview" => self.flex_attention(c)?,
+            "If" => self.if_op(c)?,
             _ => return Err("unsupported op".into()),
         }
         Ok(())

@@ -6,11 +6,29 @@ use kiln_ir::interp::{Tensor, eval_op};
 use kiln_ir::{ConstData, Graph, NodeId, Op, ValueDef};
 use std::collections::HashMap;
 
-/// Results larger than this many elements are not folded (large weights stay as they are).
+/// Results larger than this many elements are not folded (large weights stay as they are),
+/// except for ops that only move data ([`Op::moves_data`]).
 pub const FOLD_MAX_ELEMS: usize = 1 << 16;
 
-/// Evaluate nodes whose inputs are all constants (outputs up to [`FOLD_MAX_ELEMS`] elements);
-/// their outputs become constants under the same names.
+/// Data-moving ops on constants (a weight's transpose, slice, reshape, concatenation, cast)
+/// are folded up to this many output bytes, whatever [`FOLD_MAX_ELEMS`] says: such work
+/// would otherwise run on every inference.
+pub const FOLD_MOVE_MAX_BYTES: usize = 1 << 32;
+
+/// Whether a node with these output types is folded when its inputs are constants.
+pub fn foldable(op: &Op, outs: &[&kiln_ir::TensorType]) -> bool {
+    if op.moves_data() {
+        outs.iter()
+            .try_fold(0usize, |a, t| a.checked_add(t.size_bytes()))
+            .is_some_and(|b| b <= FOLD_MOVE_MAX_BYTES)
+    } else {
+        outs.iter().all(|t| t.numel() <= FOLD_MAX_ELEMS)
+    }
+}
+
+/// Evaluate nodes whose inputs are all constants (outputs up to [`FOLD_MAX_ELEMS`] elements,
+/// or any size for data movement, see [`foldable`]); their outputs become constants under the
+/// same names. A reshape of a constant shares its bytes.
 pub struct ConstFold;
 
 impl Pass for ConstFold {
@@ -23,8 +41,24 @@ impl Pass for ConstFold {
             let Some(n) = &g.nodes[i] else { continue };
             if n.inputs.is_empty()
                 || !n.inputs.iter().all(|&v| g.const_data(v).is_some())
-                || n.outputs.iter().any(|&o| g.ty(o).numel() > FOLD_MAX_ELEMS)
+                || !foldable(
+                    &n.op,
+                    &n.outputs.iter().map(|&o| g.ty(o)).collect::<Vec<_>>(),
+                )
             {
+                continue;
+            }
+            if let (Op::Reshape { .. }, [x], [o]) = (&n.op, &n.inputs[..], &n.outputs[..])
+                && g.ty(*o).layout.is_plain()
+                && g.ty(*x).layout.is_plain()
+            {
+                let d = g.const_data(*x).cloned();
+                let o = *o;
+                if let Some(d) = d {
+                    g.value_mut(o).def = ValueDef::Const(d);
+                    g.remove_node(NodeId(i as u32));
+                    folded += 1;
+                }
                 continue;
             }
             let ins: Option<Vec<Tensor>> = n
@@ -183,7 +217,57 @@ fn cast_noop(g: &mut Graph, n: NodeId, ctx: &Ctx) -> bool {
     g.ty(x).dtype == to && bypass(g, n, x, ctx)
 }
 
-pub static RULES: [Rule; 4] = [
+/// `Pow(x, c)` with a constant scalar exponent `c` in {2, 3, 0.5, -1, -0.5} as multiplies,
+/// square roots and reciprocals (x*x, x*x*x, sqrt(x), 1/x, 1/sqrt(x); the last two steps of
+/// x^3 and x^-0.5 as a `chain`, f32 only). `pow` rounds once where these round once or
+/// twice, and `pow(-0, 0.5)` is +0 where `sqrt(-0)` is -0.
+fn pow_strength_reduce(g: &mut Graph, n: NodeId, _ctx: &Ctx) -> bool {
+    use kiln_ir::ops::{BinaryOp, EpilogueStep, UnaryOp};
+    let node = g.node(n);
+    let Op::Binary(BinaryOp::Pow) = node.op else {
+        return false;
+    };
+    let (x, e, y) = (node.inputs[0], node.inputs[1], node.outputs[0]);
+    let (xt, et) = (g.ty(x), g.ty(e));
+    if !xt.dtype.is_float() || xt.shape != g.ty(y).shape || et.numel() != 1 {
+        return false;
+    }
+    let Some(d) = g.const_data(e) else {
+        return false;
+    };
+    let Ok(t) = Tensor::from_const(et, d) else {
+        return false;
+    };
+    let Some(c) = t.floats().ok().and_then(|f| f.first().copied()) else {
+        return false;
+    };
+    let f32_only = xt.dtype == kiln_ir::DType::F32;
+    let chain = |steps: Vec<EpilogueStep>| Op::Chain { steps };
+    let (op, inputs) = match c {
+        2.0 => (Op::Binary(BinaryOp::Mul), vec![x, x]),
+        0.5 => (Op::Unary(UnaryOp::Sqrt), vec![x]),
+        -1.0 => (Op::Unary(UnaryOp::Reciprocal), vec![x]),
+        3.0 if f32_only => (
+            chain(vec![EpilogueStep::Mul, EpilogueStep::Mul]),
+            vec![x, x, x],
+        ),
+        -0.5 if f32_only => (
+            chain(vec![
+                EpilogueStep::Unary(UnaryOp::Sqrt),
+                EpilogueStep::Unary(UnaryOp::Reciprocal),
+            ]),
+            vec![x],
+        ),
+        _ => return false,
+    };
+    if let Some(node) = g.nodes[n.index()].as_mut() {
+        node.op = op;
+        node.inputs = inputs;
+    }
+    true
+}
+
+pub static RULES: [Rule; 5] = [
     Rule {
         name: "reshape_noop",
         pass: "simplify",
@@ -207,5 +291,11 @@ pub static RULES: [Rule; 4] = [
         pass: "simplify",
         about: "remove a Cast to the type the value already has",
         apply: cast_noop,
+    },
+    Rule {
+        name: "pow_strength_reduce",
+        pass: "simplify",
+        about: "Pow with a constant exponent 2, 3, 0.5, -1 or -0.5 -> multiplies, sqrt, reciprocal",
+        apply: pow_strength_reduce,
     },
 ];

@@ -1,5 +1,7 @@
-//! The `layout` pass: choose a physical layout — plain or the target's channel-blocked
-//! `Nchwc(c)` — for every activation, and insert the `relayout`s that joins need.
+//! The `layout` pass: choose a physical layout — plain or the target's blocked activation
+//! layout (`Nchwc(c)` for the CPU, `Nc1hwc0(16)` for Ascend) — for every activation, insert
+//! the `relayout`s that joins need, and relayout the constant operands the target reads in a
+//! weight layout (Ascend's FRACTAL_Z filters and FRACTAL_NZ matrices).
 //!
 //! Layouts are part of the value types (`kiln_ir::ops::Op::layouts` says which ops read and
 //! write which). Values that must share a layout (an elementwise op's operands and output, a
@@ -148,15 +150,14 @@ struct Problem {
 }
 
 impl Problem {
-    fn build(g: &Graph, t: &dyn LayoutTarget, c: u32) -> Problem {
-        let block = Layout::Nchwc(c);
+    fn build(g: &Graph, t: &dyn LayoutTarget, block: Layout) -> Problem {
         let nv = g.values.len();
         let mut uf = Classes((0..nv).collect());
         let mut ok = vec![false; nv];
         for (_, n) in g.iter_nodes() {
             for &o in &n.outputs {
                 let ty = g.ty(o);
-                ok[o.index()] = ty.rank() == 4 && ty.shape[1].is_multiple_of(c as usize);
+                ok[o.index()] = ty.rank() == 4 && block.fits(ty);
             }
         }
         for &v in &g.outputs {
@@ -344,20 +345,58 @@ impl Pass for LayoutPass {
     }
 
     fn run(&self, g: &mut Graph) -> usize {
-        let Some(c) = self.target.block() else {
-            return 0;
-        };
         let t = self.target.as_ref();
-        let p = Problem::build(g, t, c);
-        let plain = vec![false; p.eligible.len()];
-        let (c0, b0) = p.descend(t, plain.clone());
-        let (c1, b1) = p.descend(t, p.eligible.clone());
-        let blocked = if c1 < c0 { b1 } else { b0 };
-        if blocked == plain {
-            return 0;
+        let mut changes = 0;
+        if let Some(block) = t.blocked() {
+            let p = Problem::build(g, t, block);
+            let plain = vec![false; p.eligible.len()];
+            let (c0, b0) = p.descend(t, plain.clone());
+            let (c1, b1) = p.descend(t, p.eligible.clone());
+            let blocked = if c1 < c0 { b1 } else { b0 };
+            if blocked != plain {
+                changes += apply(g, &p, &blocked);
+            }
         }
-        apply(g, &p, &blocked)
+        changes + pack_weights(g, t)
     }
+}
+
+/// Constant operands the target reads in a weight layout (FRACTAL_Z filters, FRACTAL_NZ
+/// matrices) get a `relayout` of the constant, one per (constant, layout), placed first; a back
+/// end packs it at compile time. Returns the number of relayouts.
+fn pack_weights(g: &mut Graph, t: &dyn LayoutTarget) -> usize {
+    let ids: Vec<NodeId> = g.iter_nodes().map(|(id, _)| id).collect();
+    let mut made: HashMap<(ValueId, Layout), ValueId> = HashMap::new();
+    let mut first: Vec<NodeId> = Vec::new();
+    for &id in &ids {
+        let n = g.node(id);
+        let want: Vec<(usize, Layout)> = (0..n.inputs.len())
+            .filter(|&i| g.const_data(n.inputs[i]).is_some())
+            .filter_map(|i| t.weight_layout(g, n, i).map(|l| (i, l)))
+            .filter(|&(i, l)| l.fits(g.ty(n.inputs[i])) && !l.is_plain())
+            .collect();
+        for (i, l) in want {
+            let v = g.node(id).inputs[i];
+            let r = match made.get(&(v, l)) {
+                Some(&r) => r,
+                None => {
+                    let name = g.fresh_name(&format!("{}_{}", g.value(v).name, l));
+                    let r = g
+                        .add_node(name.clone(), Op::Relayout { to: l }, vec![v], vec![name])
+                        .expect("a relayout of a constant")[0];
+                    first.push(g.producer(r).expect("just added"));
+                    made.insert((v, l), r);
+                    r
+                }
+            };
+            g.nodes[id.index()].as_mut().unwrap().inputs[i] = r;
+        }
+    }
+    if !first.is_empty() {
+        let order: Vec<NodeId> = first.iter().copied().chain(ids).collect();
+        g.reorder(&order);
+    }
+    made.len()
 }
 
 /// Rewrite `g` to the chosen layouts: value types, conv output layouts, and one `relayout`

@@ -13,6 +13,7 @@
 //! layouts (`layout`, last).
 
 mod cleanup;
+pub use cleanup::foldable;
 mod fuse;
 mod layout;
 

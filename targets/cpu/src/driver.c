@@ -6,6 +6,7 @@
  *
  * Usage: prog [--input NAME=FILE.npy]... [FILE.npy]... [--output-dir DIR]
  *             [--bench N] [--threads N] [--info]
+ *             [--profile] [--profile-json FILE] [--profile-runs N]
  *
  * Self-contained on purpose: the ABI structs below mirror runtime/include/kiln.h.
  */
@@ -22,7 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define KILN_ABI_VERSION 2
+#define KILN_ABI_VERSION 3
 
 typedef struct kiln_tensor_info {
   const char *name;
@@ -40,6 +41,18 @@ typedef struct kiln_pool {
   void (*parallel_for)(void *ctx, kiln_task_fn fn, void *arg, int64_t n);
 } kiln_pool;
 
+typedef struct kiln_node_info {
+  const char *name;
+  const char *op;
+  uint64_t flops;
+} kiln_node_info;
+
+typedef struct kiln_profiler {
+  void *ctx;
+  void (*begin)(void *ctx, uint32_t node);
+  void (*end)(void *ctx, uint32_t node);
+} kiln_profiler;
+
 typedef struct kiln_model {
   uint32_t abi_version;
   const char *name;
@@ -53,6 +66,11 @@ typedef struct kiln_model {
                  void *workspace);
   int32_t (*run_pool)(const void *const *inputs, void *const *outputs,
                       void *workspace, const struct kiln_pool *pool);
+  uint32_t n_nodes;
+  const kiln_node_info *nodes;
+  int32_t (*run_profile)(const void *const *inputs, void *const *outputs,
+                         void *workspace, const struct kiln_pool *pool,
+                         const kiln_profiler *prof);
 } kiln_model;
 
 extern const kiln_model *kiln_model_default(void);
@@ -545,6 +563,198 @@ static double now_ms(void) {
   return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
+/* ---- profiling (--profile, --profile-json) ------------------------------ */
+
+/* Per run r and step i: start and duration in ns since `origin`. */
+typedef struct prof_state {
+  uint32_t n;
+  long runs, run;
+  double origin_ms;
+  double *start, *dur;          /* runs * n */
+  double *run_start, *run_wall; /* runs */
+} prof_state;
+
+static double prof_now_ns(const prof_state *p) {
+  return (now_ms() - p->origin_ms) * 1e6;
+}
+
+static void prof_begin(void *ctx, uint32_t i) {
+  prof_state *p = ctx;
+  if (i < p->n) p->start[(size_t)p->run * p->n + i] = prof_now_ns(p);
+}
+
+static void prof_end(void *ctx, uint32_t i) {
+  prof_state *p = ctx;
+  if (i < p->n) {
+    size_t k = (size_t)p->run * p->n + i;
+    p->dur[k] = prof_now_ns(p) - p->start[k];
+  }
+}
+
+static double *prof_mean_ms; /* for the sort comparator */
+
+static int cmp_step(const void *a, const void *b) {
+  uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+  double tx = prof_mean_ms[x], ty = prof_mean_ms[y];
+  if (tx != ty) return tx < ty ? 1 : -1;
+  return (x > y) - (x < y);
+}
+
+static void print_clipped(const char *s, int w) {
+  int n = (int)strlen(s);
+  if (n <= w) printf("%-*s", w, s);
+  else printf("%.*s~", w - 1, s);
+}
+
+/* The per-step table, slowest first (the same columns as kiln run --profile). */
+static int prof_table(const kiln_model *m, const prof_state *p) {
+  uint32_t n = p->n;
+  double *mean = calloc(n + 1, sizeof *mean);
+  uint32_t *order = calloc(n + 1, sizeof *order);
+  if (mean == NULL || order == NULL) {
+    free(mean);
+    free(order);
+    return -1;
+  }
+  double total = 0, wall = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    for (long r = 0; r < p->runs; r++) mean[i] += p->dur[(size_t)r * n + i];
+    total += mean[i];
+    mean[i] /= (double)p->runs * 1e6;
+    order[i] = i;
+  }
+  for (long r = 0; r < p->runs; r++) wall += p->run_wall[r];
+  prof_mean_ms = mean;
+  qsort(order, n, sizeof *order, cmp_step);
+  int nw = 4, ow = 2;
+  for (uint32_t i = 0; i < n; i++) {
+    int a = (int)strlen(m->nodes[i].name), b = (int)strlen(m->nodes[i].op);
+    if (a > nw) nw = a;
+    if (b > ow) ow = b;
+  }
+  if (nw > 40) nw = 40;
+  if (ow > 28) ow = 28;
+  printf("profile of '%s': %ld run%s, %.3f ms per run (%.3f ms in %u steps)\n",
+         m->name, p->runs, p->runs == 1 ? "" : "s", wall / (double)p->runs / 1e6,
+         total / (double)p->runs / 1e6, n);
+  printf("%5s  %-*s  %-*s  %10s  %6s  %8s\n", "#", nw, "node", ow, "op", "ms",
+         "%", "GFLOP/s");
+  for (uint32_t k = 0; k < n; k++) {
+    uint32_t i = order[k];
+    double ms = mean[i];
+    double pct = total > 0 ? 100.0 * ms * (double)p->runs * 1e6 / total : 0.0;
+    double gf = ms > 0 ? (double)m->nodes[i].flops / (ms * 1e6) : 0.0;
+    printf("%5u  ", i);
+    print_clipped(m->nodes[i].name, nw);
+    printf("  ");
+    print_clipped(m->nodes[i].op, ow);
+    printf("  %10.4f  %6.2f  %8.2f\n", ms, pct, gf);
+  }
+  free(mean);
+  free(order);
+  return 0;
+}
+
+static void json_str(FILE *f, const char *s) {
+  fputc('"', f);
+  for (; *s; s++) {
+    unsigned char c = (unsigned char)*s;
+    if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
+    else if (c == '\n') fputs("\\n", f);
+    else if (c == '\r') fputs("\\r", f);
+    else if (c == '\t') fputs("\\t", f);
+    else if (c < 0x20) fprintf(f, "\\u%04x", c);
+    else fputc(c, f);
+  }
+  fputc('"', f);
+}
+
+/* A Chrome trace of the profiled runs (as kiln run --profile-json writes it),
+ * written to a temporary file and renamed into place. */
+static int prof_json(const kiln_model *m, const prof_state *p, const char *path) {
+  size_t len = strlen(path);
+  char *tmp = malloc(len + 16);
+  if (tmp == NULL) return -1;
+  snprintf(tmp, len + 16, "%s.tmpXXXXXX", path);
+  int fd = mkstemp(tmp);
+  FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+  if (f == NULL) {
+    fprintf(stderr, "%s: cannot create %s: %s\n", prog, tmp, strerror(errno));
+    if (fd >= 0) close(fd), unlink(tmp);
+    free(tmp);
+    return -1;
+  }
+  fputs("[\n", f);
+  for (long r = 0; r < p->runs; r++) {
+    fprintf(f, "%s{\"cat\":\"Session\",\"pid\":1,\"tid\":1,\"ph\":\"X\",\"ts\":%.3f,"
+               "\"dur\":%.3f,\"name\":\"model_run\",\"args\":{\"model\":",
+            r ? ",\n" : "", p->run_start[r] / 1e3, p->run_wall[r] / 1e3);
+    json_str(f, m->name);
+    fprintf(f, ",\"run\":%ld}}", r);
+    for (uint32_t i = 0; i < p->n; i++) {
+      size_t k = (size_t)r * p->n + i;
+      fprintf(f, ",\n{\"cat\":\"Node\",\"pid\":1,\"tid\":1,\"ph\":\"X\",\"ts\":%.3f,"
+                 "\"dur\":%.3f,\"name\":", p->start[k] / 1e3, p->dur[k] / 1e3);
+      json_str(f, m->nodes[i].name);
+      fputs(",\"args\":{\"op_name\":", f);
+      json_str(f, m->nodes[i].op);
+      fprintf(f, ",\"flops\":%llu,\"index\":%u,\"run\":%ld}}",
+              (unsigned long long)m->nodes[i].flops, i, r);
+    }
+  }
+  fputs("\n]\n", f);
+  int rc = 0;
+  if (fflush(f) != 0 || fsync(fileno(f)) != 0) rc = -1;
+  if (fclose(f) != 0) rc = -1;
+  if (rc == 0 && rename(tmp, path) != 0) rc = -1;
+  if (rc != 0) {
+    fprintf(stderr, "%s: cannot write %s: %s\n", prog, path, strerror(errno));
+    unlink(tmp);
+  }
+  free(tmp);
+  return rc;
+}
+
+/* `runs` profiled runs; prints the table (--profile) and writes the trace
+ * (--profile-json). Returns the model's status, or -1. */
+static int32_t profile_runs(const kiln_model *m, const void **in, void **out,
+                            void *ws, const kiln_pool *pool, long runs,
+                            int table, const char *json) {
+  prof_state p = {0};
+  p.n = m->n_nodes;
+  p.runs = runs;
+  size_t cells = (size_t)runs * (p.n ? p.n : 1);
+  p.start = calloc(cells, sizeof(double));
+  p.dur = calloc(cells, sizeof(double));
+  p.run_start = calloc((size_t)runs, sizeof(double));
+  p.run_wall = calloc((size_t)runs, sizeof(double));
+  int32_t status = 0;
+  if (p.start == NULL || p.dur == NULL || p.run_start == NULL || p.run_wall == NULL) {
+    fprintf(stderr, "%s: out of memory\n", prog);
+    status = -1;
+    goto done;
+  }
+  kiln_profiler prof = {&p, prof_begin, prof_end};
+  p.origin_ms = now_ms();
+  for (p.run = 0; p.run < runs && status == 0; p.run++) {
+    p.run_start[p.run] = prof_now_ns(&p);
+    status = m->run_profile((const void *const *)in, (void *const *)out, ws, pool, &prof);
+    p.run_wall[p.run] = prof_now_ns(&p) - p.run_start[p.run];
+  }
+  if (status != 0) goto done;
+  if (table && prof_table(m, &p) != 0) {
+    fprintf(stderr, "%s: out of memory\n", prog);
+    status = -1;
+  }
+  if (status == 0 && json != NULL && prof_json(m, &p, json) != 0) status = -1;
+done:
+  free(p.start);
+  free(p.dur);
+  free(p.run_start);
+  free(p.run_wall);
+  return status;
+}
+
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return (x > y) - (x < y);
@@ -554,13 +764,19 @@ static void usage(FILE *f) {
   fprintf(f,
           "usage: %s [--input NAME=FILE.npy]... [FILE.npy]... [--output-dir DIR]\n"
           "          [--bench N] [--threads N] [--info]\n"
+          "          [--profile] [--profile-json FILE] [--profile-runs N]\n"
           "  --input NAME=FILE  input NAME from a .npy file (inputs may also be\n"
           "                     given positionally, in the model's order)\n"
           "  --output-dir DIR   where outputs are written as <name>.npy (default .)\n"
           "  --bench N          run N times after one warm-up; print median/min\n"
           "  --threads N        split convolutions and matrix products over N\n"
           "                     threads (default 1)\n"
-          "  --info             print the model's inputs and outputs\n",
+          "  --info             print the model's inputs and outputs\n"
+          "  --profile          print each step's time (ms, %%, GFLOP/s), slowest\n"
+          "                     first, over --profile-runs runs (default 10)\n"
+          "  --profile-json F   write those runs as a Chrome trace (chrome://tracing,\n"
+          "                     Perfetto) to F\n"
+          "  --profile-runs N   number of profiled runs (default 10)\n",
           prog);
 }
 
@@ -587,7 +803,8 @@ int main(int argc, char **argv) {
   }
   const kiln_model *m = kiln_model_default();
   if (m == NULL || m->abi_version != KILN_ABI_VERSION || m->run == NULL ||
-      m->run_pool == NULL ||
+      m->run_pool == NULL || m->run_profile == NULL ||
+      (m->n_nodes && m->nodes == NULL) ||
       (m->n_inputs && m->inputs == NULL) || (m->n_outputs && m->outputs == NULL)) {
     fprintf(stderr, "%s: invalid model descriptor (ABI version %u, expected %d)\n",
             prog, m ? m->abi_version : 0, KILN_ABI_VERSION);
@@ -600,8 +817,9 @@ int main(int argc, char **argv) {
     return EXIT_RUN;
   }
   const char *out_dir = ".";
-  long bench = 0, threads = 1;
-  int info = 0;
+  long bench = 0, threads = 1, prof_runs = 10;
+  int info = 0, profile = 0;
+  const char *prof_json_path = NULL;
   uint32_t next_pos = 0;
 
   for (int a = 1; a < argc; a++) {
@@ -615,7 +833,15 @@ int main(int argc, char **argv) {
     int is_out = strcmp(arg, "--output-dir") == 0 || strcmp(arg, "-o") == 0;
     int is_bench = strcmp(arg, "--bench") == 0;
     int is_threads = strcmp(arg, "--threads") == 0;
-    if (strncmp(arg, "--input=", 8) == 0) {
+    int is_pjson = strcmp(arg, "--profile-json") == 0;
+    int is_pruns = strcmp(arg, "--profile-runs") == 0;
+    if (strncmp(arg, "--profile-json=", 15) == 0) {
+      is_pjson = 1;
+      val = arg + 15;
+    } else if (strncmp(arg, "--profile-runs=", 15) == 0) {
+      is_pruns = 1;
+      val = arg + 15;
+    } else if (strncmp(arg, "--input=", 8) == 0) {
       is_input = 1;
       val = arg + 8;
     } else if (strncmp(arg, "--output-dir=", 13) == 0) {
@@ -628,7 +854,8 @@ int main(int argc, char **argv) {
       is_threads = 1;
       val = arg + 10;
     }
-    if ((is_input || is_out || is_bench || is_threads) && val == NULL) {
+    if ((is_input || is_out || is_bench || is_threads || is_pjson || is_pruns) &&
+        val == NULL) {
       if (a + 1 >= argc) {
         fprintf(stderr, "%s: %s needs a value\n", prog, arg);
         usage(stderr);
@@ -638,6 +865,19 @@ int main(int argc, char **argv) {
     }
     if (is_out) {
       out_dir = val;
+    } else if (is_pjson) {
+      prof_json_path = val;
+    } else if (is_pruns) {
+      char *end;
+      errno = 0;
+      prof_runs = strtol(val, &end, 10);
+      if (errno || *end || end == val || prof_runs < 1 || prof_runs > 1000000) {
+        fprintf(stderr, "%s: --profile-runs needs an integer in 1..1000000, got '%s'\n",
+                prog, val);
+        return EXIT_USAGE;
+      }
+    } else if (strcmp(arg, "--profile") == 0) {
+      profile = 1;
     } else if (is_bench) {
       char *end;
       errno = 0;
@@ -792,6 +1032,10 @@ int main(int argc, char **argv) {
       printf("runs: %ld\n", bench);
     }
     free(times);
+  }
+  if (status == 0 && (profile || prof_json_path != NULL)) {
+    status = profile_runs(m, in, out, ws, pool, prof_runs, profile, prof_json_path);
+    if (status < 0) return EXIT_RUN;
   }
   if (status != 0) {
     static const char *const names[] = {"ok", "null pointer",

@@ -43,7 +43,7 @@ use std::collections::HashMap;
 use target_lexicon::Triple;
 
 /// Version of the `kiln_model` descriptor layout (runtime/include/kiln.h).
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CpuError {
@@ -75,6 +75,57 @@ fn cg<E: std::fmt::Display>(e: E) -> CpuError {
     CpuError::Codegen(e.to_string())
 }
 
+/// Progress of code generation for a UI: `(phase, done, total)` with phases `llvm kernels`
+/// (0 of 1, then 1 of 1) and `codegen` (one step per node).
+#[derive(Clone)]
+pub struct Progress(pub std::sync::Arc<ProgressFn>);
+
+/// The callback of [`Progress`]: `(phase, done, total)`.
+pub type ProgressFn = dyn Fn(&str, usize, usize) + Send + Sync;
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress(..)")
+    }
+}
+
+impl Progress {
+    fn report(p: &Option<Progress>, phase: &str, done: usize, total: usize) {
+        if let Some(p) = p {
+            (p.0)(phase, done, total);
+        }
+    }
+}
+
+/// The version of the LLVM the wide kernels are generated with.
+pub fn llvm_version() -> String {
+    kiln_target_llvm::version()
+}
+
+/// The architectures this build generates code for, with the generators that support each:
+/// `("x86_64", ["Cranelift", "LLVM"])`, ... (Cranelift ISAs and LLVM targets compiled in).
+pub fn enabled_targets() -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut v = Vec::new();
+    for (arch, llvm_name) in [
+        ("x86_64", "x86-64"),
+        ("aarch64", "aarch64"),
+        ("riscv64", "riscv64"),
+        ("s390x", "systemz"),
+    ] {
+        let mut gens = Vec::new();
+        if cranelift_codegen::isa::lookup_by_name(&format!("{arch}-unknown-linux-gnu")).is_ok() {
+            gens.push("Cranelift");
+        }
+        if kiln_target_llvm::has_target(llvm_name) {
+            gens.push("LLVM");
+        }
+        if !gens.is_empty() {
+            v.push((arch, gens));
+        }
+    }
+    v
+}
+
 #[derive(Debug, Clone)]
 pub struct CpuOptions {
     /// Symbol prefix: the artefact exports `<name>_model`.
@@ -93,6 +144,8 @@ pub struct CpuOptions {
     pub par_min_macs: usize,
     /// The register tiling of convolutions run by the wide kernels.
     pub conv_schedule: ConvSchedule,
+    /// Where code generation reports its progress (`None`: nowhere).
+    pub progress: Option<Progress>,
 }
 
 impl CpuOptions {
@@ -106,6 +159,7 @@ impl CpuOptions {
             wide: true,
             par_min_macs: 1 << 17,
             conv_schedule: ConvSchedule::Auto,
+            progress: None,
         }
     }
 }
@@ -601,7 +655,12 @@ fn make_isa(target: Option<&str>, pic: bool) -> Result<OwnedTargetIsa, CpuError>
 pub fn compile_object(g: &Graph, opts: &CpuOptions) -> Result<(Objects, CompileInfo), CpuError> {
     let wide = Wide::plan(g, opts)?;
     let kernels = match &wide.target {
-        Some(t) => Some(kiln_target_llvm::compile_object(&wide.ir, t)?),
+        Some(t) => {
+            Progress::report(&opts.progress, "llvm kernels", 0, 1);
+            let o = kiln_target_llvm::compile_object(&wide.ir, t)?;
+            Progress::report(&opts.progress, "llvm kernels", 1, 1);
+            Some(o)
+        }
         None => None,
     };
     let isa = make_isa(opts.target.as_deref(), true)?;
@@ -679,7 +738,12 @@ pub fn compile_jit_with(g: &Graph, opts: &CpuOptions) -> Result<JitModel, CpuErr
     }
     let wide = Wide::plan(g, opts)?;
     let wide_jit = match &wide.target {
-        Some(t) => Some(kiln_target_llvm::LlvmJit::new(&wide.ir, t)?),
+        Some(t) => {
+            Progress::report(&opts.progress, "llvm kernels", 0, 1);
+            let j = kiln_target_llvm::LlvmJit::new(&wide.ir, t)?;
+            Progress::report(&opts.progress, "llvm kernels", 1, 1);
+            Some(j)
+        }
         None => None,
     };
     let isa = make_isa(None, false)?;
@@ -957,7 +1021,9 @@ fn generate<M: Module>(
     // one kernel per node
     let mut kernel_ids = Vec::new();
     let mut unsupported = Vec::new();
+    let n_nodes = g.iter_nodes().count();
     for (i, (nid, node)) in g.iter_nodes().enumerate() {
+        Progress::report(&opts.progress, "codegen", i, n_nodes);
         // views sharing their input's storage, concats whose inputs were computed in place
         if (node.op.is_view() && same_storage(&plan, node.inputs[0], node.outputs[0]))
             || plan.concat_in_place.contains(&nid)
@@ -993,6 +1059,7 @@ fn generate<M: Module>(
             }
         }
     }
+    Progress::report(&opts.progress, "codegen", n_nodes, n_nodes);
     if unsupported.len() == 1 {
         return Err(unsupported.pop().unwrap());
     }
@@ -1020,14 +1087,34 @@ fn generate<M: Module>(
         copy_ids.push(id.map_err(CpuError::Codegen)?);
     }
 
-    // run(inputs, outputs, workspace) -> status
-    let mut run_sig = ptr_sig(module, 4);
-    run_sig.returns.push(AbiParam::new(types::I32));
-    let run_pool_id = module
-        .declare_function(&format!("{prefix}_run_pool"), Linkage::Local, &run_sig)
-        .map_err(cg)?;
-    ctx.func = Function::with_name_signature(UserFuncName::user(0, run_pool_id.as_u32()), run_sig);
-    {
+    // The schedule's steps for profiles (ABI v3): each called kernel, then the output copies.
+    let mut steps: Vec<(String, String, u64)> = Vec::new();
+    for (k, (_, node)) in g.iter_nodes().enumerate() {
+        if kernel_ids[k].is_some() {
+            steps.push((
+                node.name.clone(),
+                kiln_ir::cost::op_label(node),
+                kiln_ir::cost::flops(g, node),
+            ));
+        }
+    }
+    for (oi, _) in &plan.output_copies {
+        steps.push((g.value(g.outputs[*oi]).name.clone(), "copy".into(), 0));
+    }
+
+    // run_pool(inputs, outputs, workspace, pool) -> status, and the instrumented
+    // run_profile(inputs, outputs, workspace, pool, profiler): the same schedule with
+    // profiler->begin(ctx, i) / end(ctx, i) around step i (a separate function, so the normal
+    // run path carries no profiling code)
+    let mut sched_ids = Vec::new();
+    for profile in [false, true] {
+        let mut run_sig = ptr_sig(module, 4 + profile as usize);
+        run_sig.returns.push(AbiParam::new(types::I32));
+        let fname = if profile { "run_profile" } else { "run_pool" };
+        let fid = module
+            .declare_function(&format!("{prefix}_{fname}"), Linkage::Local, &run_sig)
+            .map_err(cg)?;
+        ctx.func = Function::with_name_signature(UserFuncName::user(0, fid.as_u32()), run_sig);
         let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
@@ -1043,6 +1130,30 @@ fn generate<M: Module>(
         };
         check_null(&mut b, inp);
         check_null(&mut b, outp);
+        // (ctx, begin, end, callback signature) of the profiler
+        let prof = if profile {
+            check_null(&mut b, p[4]);
+            let fl = MemFlagsData::trusted();
+            let pctx = b.ins().load(types::I64, fl, p[4], 0);
+            let begin = b.ins().load(types::I64, fl, p[4], 8);
+            let end = b.ins().load(types::I64, fl, p[4], 16);
+            check_null(&mut b, begin);
+            check_null(&mut b, end);
+            let mut cb = module.make_signature();
+            cb.params.push(AbiParam::new(types::I64));
+            cb.params.push(AbiParam::new(types::I32));
+            let sref = b.import_signature(cb);
+            Some((pctx, begin, end, sref))
+        } else {
+            None
+        };
+        let mark = |b: &mut FunctionBuilder, f: usize, step: usize| {
+            if let Some((pctx, begin, end, sref)) = prof {
+                let i = b.ins().iconst(types::I32, step as i64);
+                b.ins()
+                    .call_indirect(sref, if f == 0 { begin } else { end }, &[pctx, i]);
+            }
+        };
         if plan.workspace_size > 0 {
             check_null(&mut b, ws);
             let low = b.ins().band_imm_u(ws, (memplan::ALIGN - 1) as i64);
@@ -1080,6 +1191,7 @@ fn generate<M: Module>(
                 }
             }
         };
+        let mut step = 0;
         for (k, (nid, node)) in g.iter_nodes().enumerate() {
             let Some(fid) = kernel_ids[k] else { continue };
             let fref = module.declare_func_in_func(fid, b.func);
@@ -1099,13 +1211,20 @@ fn generate<M: Module>(
             if wide.convs[k].is_some() || wide.rows[k].is_some() {
                 args.push(pool);
             }
+            mark(&mut b, 0, step);
             b.ins().call(fref, &args);
+            mark(&mut b, 1, step);
+            step += 1;
         }
         for (j, (oi, v)) in plan.output_copies.iter().enumerate() {
             let fref = module.declare_func_in_func(copy_ids[j], b.func);
             let src = storage_ptr(&mut b, module, *v);
+            mark(&mut b, 0, step);
             b.ins().call(fref, &[src, out_ptrs[*oi]]);
+            mark(&mut b, 1, step);
+            step += 1;
         }
+        debug_assert_eq!(step, steps.len());
         let zero = b.ins().iconst(types::I32, 0);
         b.ins().return_(&[zero]);
         b.switch_to_block(fail_null);
@@ -1116,9 +1235,11 @@ fn generate<M: Module>(
         b.ins().return_(&[two]);
         b.seal_all_blocks();
         b.finalize(fcfg);
+        module.define_function(fid, &mut ctx).map_err(cg)?;
+        ctx.clear();
+        sched_ids.push(fid);
     }
-    module.define_function(run_pool_id, &mut ctx).map_err(cg)?;
-    ctx.clear();
+    let (run_pool_id, run_profile_id) = (sched_ids[0], sched_ids[1]);
 
     // run(inputs, outputs, workspace) = run_pool(inputs, outputs, workspace, NULL)
     let mut run_sig = ptr_sig(module, 3);
@@ -1142,7 +1263,15 @@ fn generate<M: Module>(
     )?;
 
     // descriptor
-    let desc_id = emit_descriptor(module, g, &prefix, &opts.name, &plan, [run_id, run_pool_id])?;
+    let desc_id = emit_descriptor(
+        module,
+        g,
+        &prefix,
+        &opts.name,
+        &plan,
+        &steps,
+        [run_id, run_pool_id, run_profile_id],
+    )?;
     let mut getters = vec![format!("{prefix}_model")];
     if opts.export_default {
         getters.push("kiln_model_default".into());
@@ -1397,7 +1526,8 @@ fn emit_descriptor<M: Module>(
     prefix: &str,
     name: &str,
     plan: &MemPlan,
-    run: [FuncId; 2],
+    steps: &[(String, String, u64)],
+    run: [FuncId; 3],
 ) -> Result<DataId, CpuError> {
     let mut n = 0usize;
     let mut data = |module: &mut M, bytes: Vec<u8>, align: u64| -> Result<DataId, CpuError> {
@@ -1466,6 +1596,35 @@ fn emit_descriptor<M: Module>(
         module.define_data(id, &d).map_err(cg)?;
         tables.push(id);
     }
+    // the schedule's steps (kiln_node_info: name, op, flops)
+    let mut step_strs = Vec::new();
+    for (n, op, _) in steps {
+        step_strs.push((data(module, cstr(n), 1)?, data(module, cstr(op), 1)?));
+    }
+    let nodes_id = module
+        .declare_data(&format!("{prefix}_nodes"), Linkage::Local, false, false)
+        .map_err(cg)?;
+    {
+        let mut d = DataDescription::new();
+        let mut bytes = Vec::new();
+        for (_, _, flops) in steps {
+            bytes.extend(0u64.to_le_bytes());
+            bytes.extend(0u64.to_le_bytes());
+            bytes.extend(flops.to_le_bytes());
+        }
+        if bytes.is_empty() {
+            bytes.push(0);
+        }
+        d.define(bytes.into_boxed_slice());
+        d.set_align(8);
+        for (k, (nm, op)) in step_strs.iter().enumerate() {
+            let gn = module.declare_data_in_data(*nm, &mut d);
+            d.write_data_addr((24 * k) as u32, gn, 0);
+            let go = module.declare_data_in_data(*op, &mut d);
+            d.write_data_addr((24 * k + 8) as u32, go, 0);
+        }
+        module.define_data(nodes_id, &d).map_err(cg)?;
+    }
     let name_id = data(module, cstr(name), 1)?;
     let id = module
         .declare_data(
@@ -1476,12 +1635,13 @@ fn emit_descriptor<M: Module>(
         )
         .map_err(cg)?;
     let mut d = DataDescription::new();
-    let mut bytes = vec![0u8; 80];
+    let mut bytes = vec![0u8; 104];
     bytes[0..4].copy_from_slice(&ABI_VERSION.to_le_bytes());
     bytes[16..20].copy_from_slice(&(g.inputs.len() as u32).to_le_bytes());
     bytes[32..36].copy_from_slice(&(g.outputs.len() as u32).to_le_bytes());
     bytes[48..56].copy_from_slice(&(plan.workspace_size as u64).to_le_bytes());
     bytes[56..60].copy_from_slice(&(memplan::ALIGN as u32).to_le_bytes());
+    bytes[80..84].copy_from_slice(&(steps.len() as u32).to_le_bytes());
     d.define(bytes.into_boxed_slice());
     d.set_align(8);
     let gn = module.declare_data_in_data(name_id, &mut d);
@@ -1490,7 +1650,9 @@ fn emit_descriptor<M: Module>(
     d.write_data_addr(24, gi, 0);
     let go = module.declare_data_in_data(tables[1], &mut d);
     d.write_data_addr(40, go, 0);
-    for (off, f) in [(64, run[0]), (72, run[1])] {
+    let gs = module.declare_data_in_data(nodes_id, &mut d);
+    d.write_data_addr(88, gs, 0);
+    for (off, f) in [(64, run[0]), (72, run[1]), (96, run[2])] {
         let fr = module.declare_func_in_data(f, &mut d);
         d.write_function_addr(off, fr);
     }

@@ -63,8 +63,66 @@ fn run(cmd: &mut Command, tool: &str) -> Result<(), LinkError> {
     Ok(())
 }
 
-fn cc() -> String {
-    std::env::var("CC").unwrap_or_else(|_| "cc".into())
+/// The architecture of `triple` (`None`: the host's), as in `aarch64-unknown-linux-gnu`.
+fn arch_of(triple: Option<&str>) -> &str {
+    triple
+        .and_then(|t| t.split('-').next())
+        .unwrap_or(std::env::consts::ARCH)
+}
+
+/// Debian packages with a cross C toolchain (compiler, binutils, libc) for `arch`.
+fn cross_packages(arch: &str) -> String {
+    let (gcc, libc) = match arch {
+        "aarch64" => ("gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"),
+        "riscv64" | "riscv64gc" => ("gcc-riscv64-linux-gnu", "libc6-dev-riscv64-cross"),
+        "x86_64" => ("gcc-x86-64-linux-gnu", "libc6-dev-amd64-cross"),
+        _ => ("gcc-<arch>-linux-gnu", "libc6-dev-<arch>-cross"),
+    };
+    format!("{gcc} {libc}")
+}
+
+/// The C compiler driver that links for `triple` (`None`: the host): for the host `$CC` or
+/// `cc`; for another architecture `$CC_<triple>` (the `cc` crate's convention, `-` as `_`),
+/// else `<arch>-linux-gnu-gcc` from `PATH`, else `$CC`, else an error naming the Debian
+/// packages to install.
+pub fn c_compiler(triple: Option<&str>) -> Result<String, LinkError> {
+    let arch = arch_of(triple);
+    if arch == std::env::consts::ARCH {
+        return Ok(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
+    }
+    let t = triple.unwrap_or_default();
+    if let Ok(cc) = std::env::var(format!("CC_{}", t.replace('-', "_"))) {
+        return Ok(cc);
+    }
+    let cross = format!("{arch}-linux-gnu-gcc");
+    if on_path(&cross) {
+        return Ok(cross);
+    }
+    if let Ok(cc) = std::env::var("CC") {
+        return Ok(cc);
+    }
+    Err(LinkError::Tool {
+        tool: cross.clone(),
+        msg: format!(
+            "linking for {t} needs a C cross toolchain: {cross} was not found on PATH and \
+             neither $CC_{} nor $CC is set. On Debian/Ubuntu: apt-get install {} \
+             (and qemu-user to run the result: qemu-{arch} -L /usr/{arch}-linux-gnu ./prog). \
+             --emit obj, staticlib and header need no cross toolchain",
+            t.replace('-', "_"),
+            cross_packages(arch)
+        ),
+    })
+}
+
+/// `ar` for `triple`'s objects: `<arch>-linux-gnu-ar` for another architecture when installed
+/// (its symbol index knows the format), else `$AR` or `ar`.
+fn archiver(triple: Option<&str>) -> String {
+    let arch = arch_of(triple);
+    let cross = format!("{arch}-linux-gnu-ar");
+    if arch != std::env::consts::ARCH && on_path(&cross) {
+        return cross;
+    }
+    std::env::var("AR").unwrap_or_else(|_| "ar".into())
 }
 
 /// Produce `dest` from `obj` with a tool writing to a temp path, then rename.
@@ -77,23 +135,31 @@ fn produce(dest: &Path, f: impl FnOnce(&Path) -> Result<(), LinkError>) -> Resul
     r
 }
 
-pub fn link_shared(objs: &[&Path], dest: &Path) -> Result<(), LinkError> {
+/// A shared library for `triple` (`None`: the host) from the objects. Its SONAME is its file
+/// name, so programs linked with it find it by name (on their rpath or `LD_LIBRARY_PATH`), not
+/// by the path it was linked from.
+pub fn link_shared(objs: &[&Path], dest: &Path, triple: Option<&str>) -> Result<(), LinkError> {
+    let cc = c_compiler(triple)?;
+    let soname = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     produce(dest, |tmp| {
-        run(
-            Command::new(cc())
-                .arg("-shared")
-                .arg("-o")
-                .arg(tmp)
-                .args(objs)
-                .arg("-lm"),
-            "cc",
-        )
+        let mut cmd = Command::new(&cc);
+        cmd.arg("-shared");
+        // (the linker flag syntax cannot carry a comma)
+        if !soname.is_empty() && !soname.contains(',') {
+            cmd.arg(format!("-Wl,-soname,{soname}"));
+        }
+        run(cmd.arg("-o").arg(tmp).args(objs).arg("-lm"), &cc)
     })
 }
 
-pub fn link_static(objs: &[&Path], dest: &Path) -> Result<(), LinkError> {
+/// A static library (`ar` archive) of the objects.
+pub fn link_static(objs: &[&Path], dest: &Path, triple: Option<&str>) -> Result<(), LinkError> {
+    let ar = archiver(triple);
     produce(dest, |tmp| {
-        run(Command::new("ar").arg("rcs").arg(tmp).args(objs), "ar")
+        run(Command::new(&ar).arg("rcs").arg(tmp).args(objs), &ar)
     })
 }
 
@@ -105,9 +171,7 @@ pub fn link_relocatable(
     triple: Option<&str>,
 ) -> Result<(), LinkError> {
     let host_arch = std::env::consts::ARCH;
-    let arch = triple
-        .and_then(|t| t.split('-').next())
-        .unwrap_or(host_arch);
+    let arch = arch_of(triple);
     let ld = match std::env::var("LD") {
         Ok(ld) => ld,
         Err(_) if arch == host_arch => "ld".into(),
@@ -141,13 +205,15 @@ fn on_path(exe: &str) -> bool {
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(exe).is_file()))
 }
 
-pub fn link_exe(objs: &[&Path], dest: &Path) -> Result<(), LinkError> {
+/// A standalone executable for `triple` (`None`: the host): the objects and the driver's `main`.
+pub fn link_exe(objs: &[&Path], dest: &Path, triple: Option<&str>) -> Result<(), LinkError> {
+    let cc = c_compiler(triple)?;
     let dir = tempdir_for(dest)?;
     let driver = dir.join("kiln_driver.c");
     std::fs::write(&driver, DRIVER_C).map_err(io(&driver))?;
     let r = produce(dest, |tmp| {
         run(
-            Command::new(cc())
+            Command::new(&cc)
                 .arg("-O2")
                 .arg("-o")
                 .arg(tmp)
@@ -155,7 +221,7 @@ pub fn link_exe(objs: &[&Path], dest: &Path) -> Result<(), LinkError> {
                 .args(objs)
                 .arg("-lm")
                 .arg("-lpthread"),
-            "cc",
+            &cc,
         )
     });
     let _ = std::fs::remove_dir_all(&dir);

@@ -29,6 +29,19 @@ pub use target::{
     AARCH64_CPUS, LlvmTarget, NVPTX_MAX_PTX, NVPTX_SMS, NVPTX_TRIPLE, X86_CPUS, host_triple,
 };
 
+/// The version of the LLVM this build links (`major.minor.patch`, from LLVM itself).
+pub fn version() -> String {
+    let (major, minor, patch) = inkwell::support::get_llvm_version();
+    format!("{major}.{minor}.{patch}")
+}
+
+/// Whether this build's LLVM has the target `name` (as LLVM spells it: `x86-64`, `aarch64`,
+/// `nvptx64`).
+pub fn has_target(name: &str) -> bool {
+    target::init_targets();
+    inkwell::targets::Target::from_name(name).is_some()
+}
+
 /// What can go wrong in the LLVM layer.
 #[derive(Debug, thiserror::Error)]
 pub enum LlvmError {

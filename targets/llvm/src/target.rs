@@ -29,7 +29,7 @@ pub struct LlvmTarget {
     pub regs: usize,
 }
 
-fn init_targets() {
+pub(crate) fn init_targets() {
     let cfg = InitializationConfig::default();
     Target::initialize_x86(&cfg);
     Target::initialize_aarch64(&cfg);

@@ -169,6 +169,8 @@ pub struct Gemm {
 
 impl Gemm {
     /// The kernel for tile `t`.
+    // the register tile's indices also name SSA values and offsets, not only `acc` slots
+    #[allow(clippy::needless_range_loop)]
     pub fn kernel(&self, name: &str, t: Tile) -> Result<GpuKernel, String> {
         let mut params = vec![String::from("readonly"); self.nparams];
         params[2] = String::new();
@@ -269,10 +271,7 @@ impl Gemm {
         let mut b_slots = Vec::new();
         let bzoff = match &self.b {
             BSrc::Dense { zoff, .. } => zoff.emit(&mut b, &z),
-            BSrc::Conv(c) => {
-                let g = b.e.iop("mul", "i64", &z, &(c.cg * c.h * c.w).to_string());
-                g
-            }
+            BSrc::Conv(c) => b.e.iop("mul", "i64", &z, &(c.cg * c.h * c.w).to_string()),
         };
         for i in 0..lb {
             let nl = b.e.iop("add", "i64", &b_n0, &(i * b_nstep).to_string());
@@ -471,10 +470,7 @@ impl Gemm {
         // epilogue and stores
         let zo_out = match &self.out {
             OutMap::Dense { zoff, .. } => zoff.emit(&mut b, &z),
-            OutMap::Conv { mg, plen, .. } => {
-                let r = b.e.iop("mul", "i64", &z, &(mg * plen).to_string());
-                r
-            }
+            OutMap::Conv { mg, plen, .. } => b.e.iop("mul", "i64", &z, &(mg * plen).to_string()),
         };
         let mut zoffs = Vec::new();
         for o in self.step_ops.iter().chain(self.c.iter().map(|(_, o)| o)) {

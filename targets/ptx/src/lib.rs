@@ -291,9 +291,18 @@ pub fn compile(g: &Graph, o: &PtxOptions) -> Result<Compiled, PtxError> {
     // identical kernels (same body but for the name: layers of one shape) are compiled once
     let mut same: HashMap<String, String> = HashMap::new();
     for (mut l, ni) in launches {
-        let canon = l.kernel.body.replace(&format!("@{}_", l.kernel.name), "@K_");
-        let key = format!("{}|{:?}|{}|{}", canon, l.kernel.grid, l.kernel.threads, l.kernel.smem);
-        let first = same.entry(key).or_insert_with(|| l.kernel.name.clone()).clone();
+        let canon = l
+            .kernel
+            .body
+            .replace(&format!("@{}_", l.kernel.name), "@K_");
+        let key = format!(
+            "{}|{:?}|{}|{}",
+            canon, l.kernel.grid, l.kernel.threads, l.kernel.smem
+        );
+        let first = same
+            .entry(key)
+            .or_insert_with(|| l.kernel.name.clone())
+            .clone();
         let dup = first != l.kernel.name;
         if dup {
             l.kernel.name = first;

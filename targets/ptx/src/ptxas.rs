@@ -1,8 +1,9 @@
 //! `ptxas`, NVIDIA's PTX assembler, when it is available at build time: it turns the PTX into
 //! a cubin for one architecture (the artefact keeps the PTX as the driver's JIT fallback) and
 //! reports each kernel's registers and spills (`-v`). The project's setup
-//! (`scripts/setup-ptxas.sh`) installs it from PyPI's `nvidia-cuda-nvcc-cu12` wheel into
-//! `.tools/`; `KILN_PTXAS` or `PATH` may name another.
+//! (`scripts/setup-python.sh`) installs PyPI's `nvidia-cuda-nvcc-cu12` into the venv, whose
+//! `nvidia/cuda_nvcc/bin/ptxas` is found here; `KILN_PTXAS`, an active venv (`VIRTUAL_ENV`),
+//! `CUDA_HOME` or `PATH` may name another.
 
 use std::path::{Path, PathBuf};
 
@@ -17,21 +18,51 @@ pub struct KernelInfo {
     pub smem: u32,
 }
 
-/// The `ptxas` to use: `$KILN_PTXAS`, the project's `.tools/cuda-nvcc/bin/ptxas`, or `ptxas`
-/// on `PATH`; `None` when there is none (or `KILN_PTXAS` is empty).
+/// The `ptxas` to use: `$KILN_PTXAS`; `nvidia/cuda_nvcc/bin/ptxas` in the active venv
+/// (`$VIRTUAL_ENV`) or the project's `.venv`; `$CUDA_HOME/bin/ptxas`; `ptxas` on `PATH`.
+/// `None` when there is none (or `KILN_PTXAS` is empty).
 pub fn find() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("KILN_PTXAS") {
         return (!p.is_empty())
             .then(|| PathBuf::from(p))
-            .filter(|p| p.exists());
+            .filter(|p| p.is_file());
     }
-    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/cuda-nvcc/bin/ptxas");
-    if local.exists() {
-        return Some(local);
+    let mut venvs: Vec<PathBuf> = std::env::var_os("VIRTUAL_ENV")
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    venvs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv"));
+    for v in venvs {
+        if let Some(p) = in_venv(&v) {
+            return Some(p);
+        }
+    }
+    if let Some(h) = std::env::var_os("CUDA_HOME") {
+        let p = Path::new(&h).join("bin/ptxas");
+        if p.is_file() {
+            return Some(p);
+        }
     }
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join("ptxas"))
+        .find(|p| p.is_file())
+}
+
+/// `lib/python3.*/site-packages/nvidia/cuda_nvcc/bin/ptxas` of a venv.
+fn in_venv(venv: &Path) -> Option<PathBuf> {
+    let mut libs: Vec<PathBuf> = std::fs::read_dir(venv.join("lib"))
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("python3"))
+        })
+        .collect();
+    libs.sort();
+    libs.into_iter()
+        .map(|l| l.join("site-packages/nvidia/cuda_nvcc/bin/ptxas"))
         .find(|p| p.is_file())
 }
 
