@@ -36,6 +36,8 @@ pub enum Emit {
     Header,
     /// kiln IR, textual form
     Ir,
+    /// PTX of the GPU kernels (`--target nvptx64-nvidia-cuda`)
+    Ptx,
     /// Ascend offline model (.om): the graph in GE ops with device-layout weights and GE's
     /// memory plan (--soc-version, --precision-mode, --atc-config)
     Om,
@@ -68,6 +70,7 @@ impl Emit {
             Emit::Exe => "",
             Emit::Header => "h",
             Emit::Ir => "kir",
+            Emit::Ptx => "ptx",
             Emit::Om => "om",
             Emit::Pc => "pc",
         }
@@ -275,6 +278,10 @@ impl TargetOpts {
     pub fn layout_target(
         &self,
     ) -> Result<Option<std::sync::Arc<dyn kiln_ir::layout::LayoutTarget>>, Error> {
+        // the GPU kernels read plain tensors
+        if crate::gpu::is_gpu(self.triple.as_deref()) {
+            return Ok(None);
+        }
         let t = kiln_target_cpu::layout_target(&self.cpu_options("layout", false))
             .map_err(|e| Error::Msg(e.to_string()))?;
         Ok(t.map(|t| std::sync::Arc::new(t) as std::sync::Arc<dyn kiln_ir::layout::LayoutTarget>))
@@ -339,6 +346,11 @@ pub fn emit(
     target: &TargetOpts,
 ) -> Result<(), Error> {
     match emit {
+        Emit::Ptx => {
+            return Err(Error::Msg(
+                "--emit ptx needs --target nvptx64-nvidia-cuda".into(),
+            ));
+        }
         Emit::Om => {
             return Err(Error::Msg(
                 "an OM is built from the loaded graph: use pipeline::emit_om".into(),
