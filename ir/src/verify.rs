@@ -4,7 +4,9 @@ use crate::{Graph, IrError, Result, ValueDef, ValueId};
 
 /// Check that the graph is well formed: every node input is defined before use, every recorded
 /// value type equals what shape inference computes, constants have the right byte size, graph
-/// inputs/outputs are valid, and value names are unique.
+/// inputs/outputs are valid, and value names are unique. Sub-graphs (the bodies of `if` and
+/// `loop`) are verified the same way, each on its own (a body reads only its own inputs and
+/// constants: what it uses from outside is passed in as node inputs).
 pub fn verify(g: &Graph) -> Result<()> {
     let nv = g.values.len();
     let mut defined = vec![false; nv];
@@ -60,6 +62,9 @@ pub fn verify(g: &Graph) -> Result<()> {
                     g.value(i).name
                 )));
             }
+        }
+        for (k, body) in n.op.bodies().into_iter().enumerate() {
+            verify(body).map_err(|e| err(format!("sub-graph {k} ('{}'): {e}", body.name)))?;
         }
         let tys: Vec<_> = n.inputs.iter().map(|v| g.ty(*v)).collect();
         let out = n.op.infer(&tys).map_err(err)?;

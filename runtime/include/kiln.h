@@ -38,6 +38,7 @@ extern "C" {
 #define KILN_ERR_ARITY 3 /* wrong number of inputs/outputs (checked helper) */
 #define KILN_ERR_SIZE 4  /* wrong buffer size (checked helper) */
 #define KILN_ERR_ABI 5   /* descriptor has an unsupported abi_version */
+#define KILN_ERR_LOOP 9  /* a loop needed more iterations than its compile-time bound */
 
 /* Element type codes (ONNX TensorProto numbering). */
 #define KILN_DTYPE_F32 1

@@ -20,6 +20,9 @@ pub const KILN_ERR_ARITY: i32 = 3;
 pub const KILN_ERR_SIZE: i32 = 4;
 /// Unsupported `abi_version` (checked helpers).
 pub const KILN_ERR_ABI: i32 = 5;
+/// A loop needed more iterations than its compile-time bound (its stacked outputs have no row
+/// for them).
+pub const KILN_ERR_LOOP: i32 = 9;
 
 /// Element type codes (ONNX `TensorProto` numbering), as in `kiln_ir::DType::abi_code`.
 pub const KILN_DTYPE_F32: i32 = 1;

@@ -62,6 +62,7 @@ pub fn status_str(code: i32) -> &'static str {
         crate::KILN_ERR_ARITY => "wrong number of buffers",
         crate::KILN_ERR_SIZE => "wrong buffer size",
         crate::KILN_ERR_ABI => "unsupported ABI version",
+        crate::KILN_ERR_LOOP => "a loop ran past its bound of iterations",
         _ => "unknown status",
     }
 }
