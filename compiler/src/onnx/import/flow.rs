@@ -249,22 +249,19 @@ impl<'a> Imp<'a> {
             pre: &[],
             lead_out: Vec::new(),
         };
-        let then_branch = self.import_body(
-            c,
-            "then_branch",
-            then_g,
-            &spec,
-            &caps,
-            &mut |_, _, _| Ok(()),
-        )?;
-        let else_branch = self.import_body(
-            c,
-            "else_branch",
-            else_g,
-            &spec,
-            &caps,
-            &mut |_, _, _| Ok(()),
-        )?;
+        let hint = |e: String| {
+            format!(
+                "{e} (the condition ('{}') is only known at run time, so both branches are compiled; --freeze the inputs it depends on to compile only the taken one)",
+                c.n.input[0]
+            )
+        };
+        let mut none = |_: &mut Self, _: &[ValueId], _: &[ValueId]| Ok(());
+        let then_branch = self
+            .import_body(c, "then_branch", then_g, &spec, &caps, &mut none)
+            .map_err(hint)?;
+        let else_branch = self
+            .import_body(c, "else_branch", else_g, &spec, &caps, &mut none)
+            .map_err(hint)?;
         let mut ins = vec![cond];
         ins.extend(Self::cap_operands(&caps));
         let op = Op::If(Box::new(Branches {
