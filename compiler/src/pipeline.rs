@@ -123,6 +123,8 @@ pub struct ExtraOptions {
     pub weights: Option<PathBuf>,
     /// Key for encrypted `.mindir` / `.ckpt` files.
     pub key: Option<crate::mindspore::DecryptKey>,
+    /// `--max-trip N`: the bound of ONNX Loops whose trip count is only known at run time.
+    pub max_trip: Option<usize>,
 }
 
 /// A loaded model and the notes/warnings for the user (from binding weights).
@@ -183,6 +185,7 @@ fn load_model(path: &Path, opts: &LoadOptions, extra: &ExtraOptions) -> Result<G
             &crate::onnx::OnnxOptions {
                 input_shapes: opts.input_shapes.clone(),
                 frozen_inputs: opts.frozen_inputs.clone(),
+                max_trip: extra.max_trip,
             },
         )?,
         "mindir" => crate::mindspore::mindir::load(

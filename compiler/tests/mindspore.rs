@@ -990,6 +990,7 @@ fn weights_replace_parameters() {
             &ExtraOptions {
                 weights: Some(shifted.clone()),
                 key: None,
+                max_trip: None,
             },
         )
         .unwrap();

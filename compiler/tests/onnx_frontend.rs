@@ -1000,6 +1000,53 @@ fn loop_and_scan_run_as_loops() {
         [0.75, 1.0, 1.25, 0.0, 1.75, -1.0, 0.0, 0.0]
     );
 
+    // the trip count an input: the scan rows need a bound (an error naming M without one)
+    let body = GraphProto {
+        name: Some("body".into()),
+        node: vec![node("Add", "acc", &["acc_in", "x"], &["acc_out"], vec![])],
+        input: vec![out("i"), out("c_in"), out("acc_in")],
+        output: vec![out("c_in"), out("acc_out"), out("acc_out")],
+        ..Default::default()
+    };
+    let g = GraphProto {
+        node: vec![node(
+            "Loop",
+            "lp",
+            &["M", "c", "a0"],
+            &["acc", "rows"],
+            vec![attr_graph("body", body)],
+        )],
+        input: vec![
+            fixed_i64("M", &[]),
+            vi("c", 9, &[]),
+            fixed("x", &[2]),
+            fixed("a0", &[2]),
+        ],
+        output: vec![out("acc"), out("rows")],
+        ..Default::default()
+    };
+    let m = model(g, 13);
+    let e = load_model(&m, &OnnxOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("input 0 ('M')") && e.contains("--max-trip"),
+        "{e}"
+    );
+    let bounded = OnnxOptions {
+        max_trip: Some(4),
+        ..Default::default()
+    };
+    let g = load_model(&m, &bounded).unwrap();
+    let i64s = |v: i64| kiln_ir::interp::Tensor::i64(vec![], vec![v]);
+    let yes = kiln_ir::interp::Tensor::bool(vec![], vec![true]);
+    let res = compiled_matches_interp(&g, &[i64s(3), yes, t(vec![1.0, 2.0]), t(vec![0.0, 0.0])]);
+    assert_eq!(res[0].as_f32().unwrap(), [3.0, 6.0]);
+    assert_eq!(
+        res[1].as_f32().unwrap(),
+        [1.0, 2.0, 2.0, 4.0, 3.0, 6.0, 0.0, 0.0]
+    );
+
     let body = GraphProto {
         name: Some("scan_body".into()),
         node: vec![node("Add", "acc", &["s_in", "col"], &["s_out"], vec![])],

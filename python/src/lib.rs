@@ -116,6 +116,7 @@ impl Source {
             &ExtraOptions {
                 weights: self.weights.clone(),
                 key,
+                max_trip: None,
             },
         )
         .map_err(|e| e.to_string())?;

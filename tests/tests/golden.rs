@@ -173,7 +173,6 @@ fn jit(name: &str) {
         &LoadOptions {
             input_shapes: c.shapes.clone(),
             frozen_inputs: c.frozen.clone(),
-            ..Default::default()
         },
     )
     .unwrap();
@@ -194,7 +193,6 @@ fn opt_levels(name: &str) {
         &LoadOptions {
             input_shapes: c.shapes.clone(),
             frozen_inputs: c.frozen.clone(),
-            ..Default::default()
         },
     )
     .unwrap();
@@ -322,7 +320,6 @@ fn artefacts(name: &str) {
         &LoadOptions {
             input_shapes: c.shapes.clone(),
             frozen_inputs: c.frozen.clone(),
-            ..Default::default()
         },
     )
     .unwrap();

@@ -344,6 +344,8 @@ struct Imp<'a> {
     /// Names read by some node or listed as graph outputs.
     used: HashSet<String>,
     cache: HashMap<ValueId, CT>,
+    /// `--max-trip`: the bound of loops with a run-time trip count.
+    max_trip: Option<usize>,
 }
 
 impl<'a> Imp<'a> {
@@ -2194,6 +2196,7 @@ pub fn import_model(
         base_dir,
         used,
         cache: HashMap::new(),
+        max_trip: opts.max_trip,
     };
 
     // Initializers.

@@ -33,6 +33,9 @@ pub struct OnnxOptions {
     /// input disappears from the compiled model's signature. This is how values the static
     /// compiler must know (axes, target shapes, pads, ...) that a model takes as inputs are fixed.
     pub frozen_inputs: Vec<(String, kiln_ir::TensorType, kiln_ir::ConstData)>,
+    /// The bound of Loops whose trip count is only known at run time (`--max-trip N`): their
+    /// scan outputs get this many rows, and a run needing more fails with `KILN_ERR_LOOP`.
+    pub max_trip: Option<usize>,
 }
 
 /// Errors from the ONNX front end: the front-end layer's error type.

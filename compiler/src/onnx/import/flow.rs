@@ -330,12 +330,13 @@ impl<'a> Imp<'a> {
             }
         };
         let carried: Vec<ValueId> = (0..n).map(|i| self.req(c, 2 + i)).collect::<R<_>>()?;
-        let max_trip = match trip {
-            Some(t) => t.max(0) as usize,
-            None if k == 0 => i64::MAX as usize,
-            None => {
+        let max_trip = match (trip, self.max_trip) {
+            (Some(t), _) => t.max(0) as usize,
+            (None, Some(b)) => b,
+            (None, None) if k == 0 => i64::MAX as usize,
+            (None, None) => {
                 return Err(format!(
-                    "input 0 ('{}') must be a constant (after folding): the loop's {k} scan output(s) need a bound on its trip count; fix it with --freeze NAME=FILE.npy",
+                    "input 0 ('{}') must be a constant (after folding): the loop's {k} scan output(s) need a bound on its trip count; fix it with --freeze NAME=FILE.npy, or bound it with --max-trip N",
                     c.n.input[0]
                 ));
             }
