@@ -612,11 +612,11 @@ fn load(model: &Path, a: LoadArgs) -> Result<kiln_ir::Graph, String> {
         &LoadOptions {
             input_shapes: a.input_shapes,
             frozen_inputs: a.frozen,
+            max_trip: a.max_trip,
         },
         &ExtraOptions {
             weights: a.weights,
             key,
-            max_trip: a.max_trip,
         },
     )
     .map_err(|e| e.to_string())?;

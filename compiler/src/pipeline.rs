@@ -74,13 +74,8 @@ impl Emit {
     }
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct LoadOptions {
-    /// Fixes for dynamic input dims: `NAME=1,3,224,224`.
-    pub input_shapes: Vec<(String, Vec<usize>)>,
-    /// Graph inputs fixed to constant values at compile time: `NAME=FILE.npy`.
-    pub frozen_inputs: Vec<(String, kiln_ir::TensorType, kiln_ir::ConstData)>,
-}
+/// What `kiln build|run|inspect|convert` pass every importer: `--input-shape` and `--freeze`.
+pub type LoadOptions = crate::frontend::InputFixes;
 
 /// Parse `NAME=FILE.npy` for `--freeze`: the named input becomes a constant.
 pub fn parse_freeze(s: &str) -> Result<(String, kiln_ir::TensorType, kiln_ir::ConstData), String> {
@@ -123,8 +118,6 @@ pub struct ExtraOptions {
     pub weights: Option<PathBuf>,
     /// Key for encrypted `.mindir` / `.ckpt` files.
     pub key: Option<crate::mindspore::DecryptKey>,
-    /// `--max-trip N`: the bound of ONNX Loops whose trip count is only known at run time.
-    pub max_trip: Option<usize>,
 }
 
 /// A loaded model and the notes/warnings for the user (from binding weights).
@@ -180,27 +173,18 @@ fn load_model(path: &Path, opts: &LoadOptions, extra: &ExtraOptions) -> Result<G
         .unwrap_or("")
         .to_ascii_lowercase();
     let g = match ext.as_str() {
-        "onnx" => crate::onnx::load(
-            path,
-            &crate::onnx::OnnxOptions {
-                input_shapes: opts.input_shapes.clone(),
-                frozen_inputs: opts.frozen_inputs.clone(),
-                max_trip: extra.max_trip,
-            },
-        )?,
+        "onnx" => crate::onnx::load(path, opts)?,
         "mindir" => crate::mindspore::mindir::load(
             path,
             &crate::mindspore::mindir::MindirOptions {
-                input_shapes: opts.input_shapes.clone(),
+                inputs: opts.clone(),
                 key: extra.key.clone(),
-                frozen_inputs: opts.frozen_inputs.clone(),
             },
         )?,
         "air" => crate::air::load(
             path,
             &crate::air::AirOptions {
-                input_shapes: opts.input_shapes.clone(),
-                frozen_inputs: opts.frozen_inputs.clone(),
+                inputs: opts.clone(),
                 ..Default::default()
             },
         )?,
@@ -210,11 +194,9 @@ fn load_model(path: &Path, opts: &LoadOptions, extra: &ExtraOptions) -> Result<G
             let md = crate::om::model_def(&om, &file)?;
             crate::air::import::import_model(
                 &md,
-                crate::frontend::data::model_dir(path),
-                &file,
+                crate::frontend::Source::new(&file, crate::frontend::data::model_dir(path)),
                 &crate::air::AirOptions {
-                    input_shapes: opts.input_shapes.clone(),
-                    frozen_inputs: opts.frozen_inputs.clone(),
+                    inputs: opts.clone(),
                     weights: om
                         .partition(crate::om::partition::WEIGHTS_DATA)
                         .map(|p| p.data.clone()),

@@ -116,7 +116,6 @@ impl Source {
             &ExtraOptions {
                 weights: self.weights.clone(),
                 key,
-                max_trip: None,
             },
         )
         .map_err(|e| e.to_string())?;

@@ -173,6 +173,7 @@ fn jit(name: &str) {
         &LoadOptions {
             input_shapes: c.shapes.clone(),
             frozen_inputs: c.frozen.clone(),
+            ..Default::default()
         },
     )
     .unwrap();
@@ -193,6 +194,7 @@ fn opt_levels(name: &str) {
         &LoadOptions {
             input_shapes: c.shapes.clone(),
             frozen_inputs: c.frozen.clone(),
+            ..Default::default()
         },
     )
     .unwrap();
@@ -320,6 +322,7 @@ fn artefacts(name: &str) {
         &LoadOptions {
             input_shapes: c.shapes.clone(),
             frozen_inputs: c.frozen.clone(),
+            ..Default::default()
         },
     )
     .unwrap();

@@ -7,6 +7,7 @@
 //! of its node (the IR's captured values).
 
 use super::*;
+use crate::frontend::InputFixes;
 use kiln_ir::ops::{Branches, LoopAttrs};
 
 /// An outer value a sub-graph reads: copied in (a constant) or passed in (a captured operand).
