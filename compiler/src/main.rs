@@ -798,9 +798,10 @@ fn run(
         data[idx] = arr.data;
     }
     let outs_info = m.outputs();
-    let mut outs: Vec<Vec<u8>> = outs_info.iter().map(|o| vec![0u8; o.nbytes]).collect();
+    let mdisp = model.display();
+    let mut outs = m.output_buffers().map_err(|e| format!("{mdisp}: {e}"))?;
     let mut ws = kiln_runtime::Workspace::new(m.workspace_size(), m.workspace_align())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("{mdisp}: {e}"))?;
     let ins: Vec<&[u8]> = data.iter().map(|d| d.as_slice()).collect();
     let mut outs_ref: Vec<&mut [u8]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
     let pool = match prof.threads {
@@ -811,7 +812,20 @@ fn run(
         ),
     };
     m.run_pool(&ins, &mut outs_ref, &mut ws, pool.as_ref())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match e {
+            kiln_runtime::Error::Status(s) => {
+                let nodes = kiln_target_cpu::nodes_raising(&g, s);
+                format!(
+                    "{mdisp}: {e}{}",
+                    if nodes.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" in one of: {}", nodes.join(", "))
+                    }
+                )
+            }
+            e => format!("{mdisp}: {e}"),
+        })?;
     std::fs::create_dir_all(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
     for (o, bytes) in outs_info.iter().zip(&outs) {
         let fname: String = o

@@ -190,17 +190,15 @@ fn load_model(path: &Path, opts: &LoadOptions, extra: &ExtraOptions) -> Result<G
         )?,
         "om" => {
             let file = path.display().to_string();
-            let om = crate::om::read(path)?;
-            let md = crate::om::model_def(&om, &file)?;
-            crate::air::import::import_model(
-                &md,
-                crate::frontend::Source::new(&file, crate::frontend::data::model_dir(path)),
+            let bytes = crate::frontend::data::map_file(path)
+                .map_err(|e| crate::frontend::FrontendError::io(&file, e))?;
+            crate::om::load_bytes(
+                bytes,
+                crate::frontend::data::model_dir(path),
+                &file,
                 &crate::air::AirOptions {
                     inputs: opts.clone(),
-                    weights: om
-                        .partition(crate::om::partition::WEIGHTS_DATA)
-                        .map(|p| p.data.clone()),
-                    widen_fp16: true,
+                    ..Default::default()
                 },
             )?
         }
@@ -372,11 +370,9 @@ pub fn emit(
     }
     // link steps read the objects from a private temp directory (the names become archive
     // member names: `<name>.o`, `<name>_kernels.o`)
-    let dir = std::env::temp_dir().join(format!("kiln-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|err| Error::Io {
-        path: dir.clone(),
-        err,
-    })?;
+    let base = std::env::temp_dir().join(format!("kiln-{name}"));
+    let dir = kiln_runtime::atomic::temp_dir_beside(&base)
+        .map_err(|err| Error::Io { path: base, err })?;
     let mut paths = Vec::new();
     let mut r = Ok(());
     for (what, bytes) in [("", Some(&objs.main)), ("_kernels", objs.kernels.as_ref())] {

@@ -1339,7 +1339,8 @@ fn binary(b: BinaryOp, x: &Tensor, y: &Tensor, out_shape: Vec<usize>) -> Result<
                         if c == 0 {
                             return Err("integer division by zero".into());
                         }
-                        a.wrapping_div(c)
+                        a.checked_div(c)
+                            .ok_or_else(|| format!("integer division overflows ({a} / {c})"))?
                     }
                     BinaryOp::Pow => {
                         let (ai, ci) = (a as i64, c as i64);

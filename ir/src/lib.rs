@@ -9,6 +9,7 @@ pub mod dtype;
 pub mod graph;
 pub mod interp;
 pub mod layout;
+pub mod limits;
 pub mod memplan;
 pub mod ops;
 pub mod text;

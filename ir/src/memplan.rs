@@ -288,7 +288,7 @@ pub fn plan_with_scratch(g: &Graph, scratch: &dyn Fn(&Node) -> usize) -> MemPlan
                 continue;
             }
             let size = align(g.ty(o).size_bytes().max(1));
-            naive += size;
+            naive = naive.saturating_add(size);
             // a value nobody reads dies right after its producer
             let end = last_use[o.index()].unwrap_or(pos).max(pos);
             if let Some((whole, _)) = part_of[o.index()] {
@@ -340,8 +340,8 @@ pub fn plan_with_scratch(g: &Graph, scratch: &dyn Fn(&Node) -> usize) -> MemPlan
         let sb = scratch(n);
         if sb > 0 {
             let size = align(sb);
-            naive += size;
-            naive_scratch += size;
+            naive = naive.saturating_add(size);
+            naive_scratch = naive_scratch.saturating_add(size);
             scratch_bytes[nid.index()] = sb;
             scratch_buf[nid.index()] = Some(bufs.len());
             bufs.push(Buf {

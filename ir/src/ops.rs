@@ -2,6 +2,7 @@
 //! ends match on these types. Each op's life: this enum (+ attrs and shape rule here), the
 //! interpreter (`interp.rs`), and each back end's lowering.
 
+use crate::limits;
 use crate::types::{Layout, TensorType};
 use crate::{DType, Graph};
 
@@ -1504,6 +1505,9 @@ impl Op {
 
     /// Shape and type inference: output types from input types, layouts included (see
     /// [`Self::layouts`]). Errors are plain messages; the caller adds the node name.
+    ///
+    /// Every input and output type is checked against [`crate::limits`]: an output too large
+    /// for the size policy is an error of the node that computes it.
     pub fn infer(&self, ins: &[&TensorType]) -> Result<Vec<TensorType>, String> {
         let mut out = self.infer_logical(ins)?;
         let layouts = self.layouts(ins, &out)?;
@@ -1682,9 +1686,13 @@ impl Op {
     /// Shape and dtype inference alone: every output `Plain` (the interpreter, which holds
     /// every tensor in its logical order whatever its layout, uses this).
     pub fn infer_logical(&self, ins: &[&TensorType]) -> Result<Vec<TensorType>, String> {
+        for (i, t) in ins.iter().enumerate() {
+            crate::limits::check_type(t).map_err(|e| format!("input {i}: {e}"))?;
+        }
         let mut out = self.infer_shapes(ins)?;
-        for t in &mut out {
+        for (i, t) in out.iter_mut().enumerate() {
             t.layout = Layout::Plain;
+            crate::limits::check_type(t).map_err(|e| format!("output {i}: {e}"))?;
         }
         Ok(out)
     }
@@ -1776,7 +1784,7 @@ impl Op {
                 if a.groups == 0
                     || x.shape[1] % a.groups != 0
                     || w.shape[0] % a.groups != 0
-                    || w.shape[1] * a.groups != x.shape[1]
+                    || w.shape[1].checked_mul(a.groups) != Some(x.shape[1])
                 {
                     return Err(format!(
                         "channels: input {x}, weight {w}, groups {}",
@@ -1788,8 +1796,8 @@ impl Op {
                 }
                 let mut out = vec![x.shape[0], w.shape[0]];
                 for d in 0..sp {
-                    let ext = a.dilations[d] * (a.kernel[d] - 1) + 1;
-                    let padded = x.shape[2 + d] + a.pads[d] + a.pads[sp + d];
+                    let ext = window_extent(a.kernel[d], a.dilations[d])?;
+                    let padded = padded_dim(x.shape[2 + d], a.pads[d], a.pads[sp + d])?;
                     if padded < ext {
                         return Err(format!(
                             "kernel extent {ext} exceeds padded input {padded} in spatial dim {d}"
@@ -1824,17 +1832,18 @@ impl Op {
                 if a.groups == 0 || x.shape[1] % a.groups != 0 || a.output_padding.len() != sp {
                     return Err("bad groups or output_padding".into());
                 }
-                let m = w.shape[1] * a.groups;
+                let m = limits::mul(w.shape[1], a.groups, "output channels")?;
                 if ins.len() == 3 && ins[2].shape != [m] {
                     return Err(format!("bias {} must be [{m}]", ins[2]));
                 }
                 let mut out = vec![x.shape[0], m];
                 for d in 0..sp {
-                    let full = a.strides[d] * (x.shape[2 + d] - 1)
-                        + a.output_padding[d]
-                        + (a.kernel[d] - 1) * a.dilations[d]
-                        + 1;
-                    let p = a.pads[d] + a.pads[sp + d];
+                    let what = "transposed convolution output";
+                    let full = limits::mul(a.strides[d], x.shape[2 + d] - 1, what)?;
+                    let full = limits::add(full, a.output_padding[d], what)?;
+                    let full =
+                        limits::add(full, window_extent(a.kernel[d], a.dilations[d])?, what)?;
+                    let p = limits::add(a.pads[d], a.pads[sp + d], "pads")?;
                     if full <= p {
                         return Err("pads remove the whole output".into());
                     }
@@ -2022,7 +2031,7 @@ impl Op {
             }
             Op::Reshape { shape } => {
                 arity(1, 1)?;
-                if shape.iter().product::<usize>() != ins[0].numel() {
+                if limits::numel(shape) != Some(ins[0].numel()) {
                     return Err(format!("cannot reshape {} to {shape:?}", ins[0]));
                 }
                 Ok(vec![ins[0].with_shape(shape.clone())])
@@ -2070,14 +2079,17 @@ impl Op {
                             "input {t} does not match {first} outside axis {axis}"
                         ));
                     }
-                    out[*axis] += t.shape[*axis];
+                    out[*axis] = limits::add(out[*axis], t.shape[*axis], "concat length")?;
                 }
                 Ok(vec![first.with_shape(out)])
             }
             Op::Split { axis, sizes } => {
                 arity(1, 1)?;
                 let x = ins[0];
-                if *axis >= x.rank() || sizes.iter().sum::<usize>() != x.shape[*axis] {
+                if *axis >= x.rank()
+                    || sizes.iter().try_fold(0usize, |a, &s| a.checked_add(s))
+                        != Some(x.shape[*axis])
+                {
                     return Err(format!(
                         "split sizes {sizes:?} along axis {axis} do not match {x}"
                     ));
@@ -2105,8 +2117,13 @@ impl Op {
                         return Err("slice step 0".into());
                     }
                     if a.sizes[d] > 0 {
-                        let last = a.starts[d] as i64 + (a.sizes[d] as i64 - 1) * a.steps[d];
-                        if a.starts[d] >= x.shape[d] || last < 0 || last >= x.shape[d] as i64 {
+                        let last = i64::try_from(a.sizes[d] - 1)
+                            .ok()
+                            .and_then(|n| n.checked_mul(a.steps[d]))
+                            .and_then(|o| o.checked_add(a.starts[d] as i64));
+                        if a.starts[d] >= x.shape[d]
+                            || last.is_none_or(|l| l < 0 || l >= x.shape[d] as i64)
+                        {
                             return Err(format!(
                                 "slice of dim {d} reads outside 0..{}",
                                 x.shape[d]
@@ -2273,7 +2290,10 @@ impl Op {
                 }
                 let mut shape = Vec::with_capacity(r);
                 for d in 0..r {
-                    let n = x.shape[d] as i64 + pads[d] + pads[r + d];
+                    let n = (x.shape[d] as i64)
+                        .checked_add(pads[d])
+                        .and_then(|n| n.checked_add(pads[r + d]))
+                        .ok_or_else(|| format!("pads {pads:?} of {x} overflow"))?;
                     if n < 0 {
                         return Err(format!("pads {pads:?} remove more than dim {d} of {x}"));
                     }
@@ -2292,6 +2312,9 @@ impl Op {
                     || w.shape != idx.shape
                 {
                     return Err(format!("resample: data {x}, indices {idx}, weights {w}"));
+                }
+                if x.shape[*axis] == 0 {
+                    return Err(format!("resample: axis {axis} of {x} is empty"));
                 }
                 let mut shape = x.shape.clone();
                 shape[*axis] = idx.shape[0];
@@ -2446,6 +2469,16 @@ fn check_spatial(
     Ok(())
 }
 
+/// `d (k - 1) + 1`, the extent of a window of `k >= 1` taps `d` apart.
+fn window_extent(k: usize, d: usize) -> Result<usize, String> {
+    limits::mul(d, k - 1, "window extent").and_then(|e| limits::add(e, 1, "window extent"))
+}
+
+/// `input + pb + pe`.
+fn padded_dim(input: usize, pb: usize, pe: usize) -> Result<usize, String> {
+    limits::add(input, pb, "padded input").and_then(|p| limits::add(p, pe, "padded input"))
+}
+
 /// Output length of a pooling window along one dim (ONNX semantics incl. ceil_mode).
 pub fn pool_out_dim(
     input: usize,
@@ -2456,8 +2489,8 @@ pub fn pool_out_dim(
     d: usize,
     ceil: bool,
 ) -> Result<usize, String> {
-    let ext = d * (k.max(1) - 1) + 1;
-    let padded = input + pb + pe;
+    let ext = window_extent(k.max(1), d)?;
+    let padded = padded_dim(input, pb, pe)?;
     if padded < ext || k == 0 {
         return Err(format!("window {ext} larger than padded input {padded}"));
     }
@@ -2468,7 +2501,7 @@ pub fn pool_out_dim(
         span / s + 1
     };
     // The last window must start inside the input or the left padding.
-    if ceil && (out - 1) * s >= input + pb {
+    if ceil && (out - 1).checked_mul(s).is_none_or(|o| o >= input + pb) {
         out -= 1;
     }
     Ok(out)

@@ -486,14 +486,8 @@ fn parse_type(c: &mut Cur) -> PResult<TensorType> {
                 .map_err(|_| format!("bad dimension '{d}'"))?,
         );
     }
-    let bytes = shape
-        .iter()
-        .try_fold(dtype.size(), |a, &d| a.checked_mul(d))
-        .filter(|&b| b <= isize::MAX as usize);
-    if bytes.is_none() {
-        return Err(format!("shape {shape:?} is too large"));
-    }
     let mut ty = TensorType::new(dtype, shape);
+    crate::limits::check_type(&ty)?;
     if c.eat_punct('@') {
         let l = c.ident()?;
         ty.layout = l.parse::<Layout>()?;

@@ -38,7 +38,12 @@ extern "C" {
 #define KILN_ERR_ARITY 3 /* wrong number of inputs/outputs (checked helper) */
 #define KILN_ERR_SIZE 4  /* wrong buffer size (checked helper) */
 #define KILN_ERR_ABI 5   /* descriptor has an unsupported abi_version */
-#define KILN_ERR_LOOP 9  /* a loop needed more iterations than its compile-time bound */
+/* Run-time errors of the model's own computation. The run stops at the failing
+ * kernel before any access outside a tensor; outputs are then unspecified. */
+#define KILN_ERR_INDEX 6  /* an index input is out of range (Gather, GatherElements,
+                             GatherND, ScatterElements, ScatterND) */
+#define KILN_ERR_DIVIDE 7 /* integer Div/Mod by zero, or signed MIN / -1 */
+#define KILN_ERR_LOOP 8   /* a loop needed more iterations than its compile-time bound */
 
 /* Element type codes (ONNX TensorProto numbering). */
 #define KILN_DTYPE_F32 1
@@ -70,7 +75,10 @@ typedef void (*kiln_task_fn)(void *arg, int64_t begin, int64_t end);
 /* A thread pool a model may split its parallel kernels over (run_pool).
  * parallel_for(ctx, fn, arg, n) must call fn(arg, b, e) on disjoint ranges
  * covering [0, n) -- from any threads, in any order -- and return when all
- * calls have returned. `threads` is informational (>= 1). */
+ * calls have returned. `threads` is informational (>= 1). A pool shared by
+ * runs on several threads must accept concurrent parallel_for calls (the Rust
+ * runtime's pool runs one job at a time; a caller that finds it busy runs its
+ * own ranges). */
 typedef struct kiln_pool {
   void *ctx;
   int32_t threads;
@@ -104,8 +112,8 @@ typedef struct kiln_model {
   const kiln_tensor_info *outputs;
   uint64_t workspace_size;  /* bytes of scratch memory run needs (may be 0) */
   uint32_t workspace_align; /* required alignment of the workspace */
-  /* Returns KILN_OK or KILN_ERR_*. `workspace` may be NULL when
-   * workspace_size is 0. Buffers must not overlap. */
+  /* Returns KILN_OK or KILN_ERR_* (NULL, ALIGN, INDEX, DIVIDE). `workspace`
+   * may be NULL when workspace_size is 0. Buffers must not overlap. */
   int32_t (*run)(const void *const *inputs, void *const *outputs,
                  void *workspace);
   /* As run, with convolutions and matrix products split over `pool`'s
@@ -165,7 +173,8 @@ static inline int32_t kiln_check_run(const kiln_model *m, uint32_t n_in,
   return KILN_OK;
 }
 
-/* Calls m->run_pool (pool may be NULL) after kiln_check_run. */
+/* Calls m->run_pool after kiln_check_run (pool may be NULL, but a pool's
+ * parallel_for may not: KILN_ERR_NULL). */
 static inline int32_t kiln_run_pool_checked(const kiln_model *m, uint32_t n_in,
                                        const void *const *in,
                                        const uint64_t *in_bytes,
@@ -175,7 +184,9 @@ static inline int32_t kiln_run_pool_checked(const kiln_model *m, uint32_t n_in,
                                        const kiln_pool *pool) {
   int32_t s = kiln_check_run(m, n_in, in, in_bytes, n_out, out, out_bytes,
                              workspace);
-  return s != KILN_OK ? s : m->run_pool(in, out, workspace, pool);
+  if (s != KILN_OK) return s;
+  if (pool != NULL && pool->parallel_for == NULL) return KILN_ERR_NULL;
+  return m->run_pool(in, out, workspace, pool);
 }
 
 /* Calls m->run_profile after kiln_check_run; KILN_ERR_ABI for a descriptor
@@ -189,6 +200,7 @@ static inline int32_t kiln_run_profile_checked(
                              workspace);
   if (s != KILN_OK) return s;
   if (m->abi_version < 3 || m->run_profile == NULL) return KILN_ERR_ABI;
+  if (pool != NULL && pool->parallel_for == NULL) return KILN_ERR_NULL;
   if (prof == NULL || prof->begin == NULL || prof->end == NULL ||
       (m->n_nodes > 0 && m->nodes == NULL))
     return KILN_ERR_NULL;

@@ -20,9 +20,16 @@ pub const KILN_ERR_ARITY: i32 = 3;
 pub const KILN_ERR_SIZE: i32 = 4;
 /// Unsupported `abi_version` (checked helpers).
 pub const KILN_ERR_ABI: i32 = 5;
+/// An index read at run time is out of range (Gather, GatherElements, GatherND,
+/// ScatterElements, ScatterND): the run stopped before any access outside a tensor; the
+/// outputs are unspecified.
+pub const KILN_ERR_INDEX: i32 = 6;
+/// Integer division or remainder by zero, or a signed `MIN / -1` whose quotient does not fit
+/// (Div, Mod): the run stopped; the outputs are unspecified.
+pub const KILN_ERR_DIVIDE: i32 = 7;
 /// A loop needed more iterations than its compile-time bound (its stacked outputs have no row
 /// for them).
-pub const KILN_ERR_LOOP: i32 = 9;
+pub const KILN_ERR_LOOP: i32 = 8;
 
 /// Element type codes (ONNX `TensorProto` numbering), as in `kiln_ir::DType::abi_code`.
 pub const KILN_DTYPE_F32: i32 = 1;

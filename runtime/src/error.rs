@@ -34,6 +34,8 @@ pub enum Error {
     },
     /// The workspace is too small or misaligned for this model.
     Workspace(String),
+    /// A buffer could not be allocated.
+    Alloc { what: String, bytes: usize },
     /// `run` returned a nonzero status.
     Status(i32),
     /// Loading a shared library or resolving its symbol failed.
@@ -62,6 +64,8 @@ pub fn status_str(code: i32) -> &'static str {
         crate::KILN_ERR_ARITY => "wrong number of buffers",
         crate::KILN_ERR_SIZE => "wrong buffer size",
         crate::KILN_ERR_ABI => "unsupported ABI version",
+        crate::KILN_ERR_INDEX => "index out of range",
+        crate::KILN_ERR_DIVIDE => "integer division by zero or overflow",
         crate::KILN_ERR_LOOP => "a loop ran past its bound of iterations",
         _ => "unknown status",
     }
@@ -103,6 +107,7 @@ impl fmt::Display for Error {
                 "{what} {index} ('{name}') has dtype {found}, expected {expected}"
             ),
             Error::Workspace(m) => write!(f, "workspace: {m}"),
+            Error::Alloc { what, bytes } => write!(f, "cannot allocate {bytes} bytes for {what}"),
             Error::Status(c) => write!(f, "model run failed with status {c} ({})", status_str(*c)),
             Error::Load { path, message } => {
                 write!(f, "cannot load model from {}: {message}", path.display())

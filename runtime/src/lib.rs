@@ -7,10 +7,12 @@
 //! * [`Workspace`]: an aligned scratch buffer allocated once and reused across runs.
 //! * [`ThreadPool`]: optional worker threads for [`Model::run_pool`] (`kiln_pool` in C).
 //! * [`npy`]: a small, defensive `.npy` reader/writer.
+//! * [`atomic`]: the one atomic file writer (kiln's outputs, `.npy` files).
 //! * [`Profile`]: per-node times of profiled runs ([`Model::run_profiled`], ABI v3), as a
 //!   sorted table or a Chrome trace.
 
 mod abi;
+pub mod atomic;
 mod error;
 mod model;
 pub mod npy;
@@ -23,7 +25,7 @@ pub use error::{Error, status_str};
 pub use model::{Model, TensorInfo};
 pub use pool::{KilnPool, KilnTaskFn, ThreadPool};
 pub use profile::{NodeInfo, NodeStat, Profile};
-pub use workspace::Workspace;
+pub use workspace::{Workspace, Zeroed, zeroed_vec};
 
 /// The C header (`kiln.h`) describing the ABI, for tools that emit it next to artefacts.
 pub const KILN_H: &str = include_str!("../include/kiln.h");

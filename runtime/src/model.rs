@@ -396,6 +396,15 @@ impl Model {
         self.workspace_align
     }
 
+    /// Zeroed buffers for the outputs (an error, not an abort, when one cannot be
+    /// allocated).
+    pub fn output_buffers(&self) -> Result<Vec<Vec<u8>>, Error> {
+        self.outputs
+            .iter()
+            .map(|t| crate::zeroed_vec::<u8>(t.nbytes, &format!("output '{}'", t.name)))
+            .collect()
+    }
+
     /// Allocates a workspace suitable for this model (reuse it across runs).
     pub fn workspace(&self) -> Result<Workspace, Error> {
         Workspace::new(self.workspace_size, self.workspace_align)
@@ -540,8 +549,8 @@ impl Model {
         let mut outs: Vec<Vec<f32>> = self
             .outputs
             .iter()
-            .map(|t| vec![0f32; t.nbytes / 4])
-            .collect();
+            .map(|t| crate::zeroed_vec::<f32>(t.nbytes / 4, &format!("output '{}'", t.name)))
+            .collect::<Result<_, _>>()?;
         let mut out_bytes: Vec<&mut [u8]> = outs.iter_mut().map(|v| f32_bytes_mut(v)).collect();
         let mut ws = self.workspace()?;
         self.run(&in_bytes, &mut out_bytes, &mut ws)?;

@@ -2,13 +2,12 @@
 //!
 //! Only little-endian (or single-byte) scalar dtypes in C order are supported; the dtype is
 //! represented by its ABI code (`KILN_DTYPE_*`). Readers check the header and the data size
-//! against the file length before allocating, so absurd shapes fail cleanly. Writers write a
-//! temporary file in the destination directory and rename it into place.
+//! against the file length before allocating, so absurd shapes fail cleanly. Writers go through
+//! [`crate::atomic::write`] (a temporary file beside the destination renamed into place).
 
-use std::fs::{self, File};
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
 
 use crate::{Error, KILN_DTYPE_BF16, KILN_DTYPE_F32, dtype_size};
 
@@ -504,48 +503,6 @@ pub fn read(path: &Path) -> Result<Npy, Error> {
     })
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, then a
-/// rename over the destination.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let file_name = path.file_name().ok_or_else(|| Error::Io {
-        path: path.to_path_buf(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"),
-    })?;
-    let (tmp, mut f) = loop {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let mut name = std::ffi::OsString::from(".");
-        name.push(file_name);
-        name.push(format!(".tmp{}.{n}", std::process::id()));
-        let tmp = dir.join(name);
-        match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-        {
-            Ok(f) => break (tmp, f),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(io_err(&tmp)(e)),
-        }
-    };
-    let res = f
-        .write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(io_err(&tmp))
-        .and_then(|_| {
-            drop(f);
-            fs::rename(&tmp, path).map_err(io_err(path))
-        });
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    res
-}
-
 /// Writes an array to a `.npy` file atomically.
 pub fn write(path: &Path, array: &Npy) -> Result<(), Error> {
     let esize = dtype_size(array.dtype)
@@ -557,5 +514,5 @@ pub fn write(path: &Path, array: &Npy) -> Result<(), Error> {
             array.data.len()
         )));
     }
-    write_atomic(path, &array.to_bytes())
+    crate::atomic::write(path, &array.to_bytes())
 }

@@ -6,6 +6,11 @@
 //! condition variable. A job's items are taken in chunks (a quarter of an even share) by
 //! compare-and-swap, so a worker the OS has not scheduled yet delays nothing: the caller takes
 //! the chunks itself. Nothing is allocated or spawned on the run path.
+//!
+//! One pool may serve several threads' runs at once: it runs one job at a time, and a caller
+//! that finds it busy runs its own work items itself (a model's work items are computed the
+//! same way on any thread, so the results are bit-identical). Before, concurrent callers
+//! published their jobs over each other and could hang or run another caller's items.
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -47,6 +52,8 @@ struct Shared {
     /// Items of the current job finished.
     done: AtomicI64,
     stop: AtomicBool,
+    /// A job is running: the pool's single job slot is taken.
+    busy: AtomicBool,
     sleepers: AtomicUsize,
     f: AtomicUsize,
     arg: AtomicUsize,
@@ -130,7 +137,14 @@ fn worker(s: Arc<Shared>) {
 unsafe extern "C" fn parallel_for(ctx: *mut c_void, f: KilnTaskFn, arg: *mut c_void, n: i64) {
     // SAFETY: `ctx` is the `Shared` of a live `ThreadPool` (set by `ThreadPool::new`).
     let s = unsafe { &*(ctx as *const Shared) };
-    if s.threads <= 1 || n <= 1 || n > 0xffff_ffff {
+    if s.threads <= 1
+        || n <= 1
+        || n > 0xffff_ffff
+        || s.busy
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+    {
+        // alone, or the pool is running another caller's job: the items run here
         unsafe { f(arg, 0, n.max(0)) };
         return;
     }
@@ -157,6 +171,7 @@ unsafe extern "C" fn parallel_for(ctx: *mut c_void, f: KilnTaskFn, arg: *mut c_v
             std::thread::yield_now();
         }
     }
+    s.busy.store(false, Ordering::Release);
 }
 
 /// A fixed set of worker threads for [`crate::Model::run_pool`] (or any C caller of
@@ -182,6 +197,7 @@ impl ThreadPool {
             next: AtomicU64::new(0),
             done: AtomicI64::new(0),
             stop: AtomicBool::new(false),
+            busy: AtomicBool::new(false),
             sleepers: AtomicUsize::new(0),
             f: AtomicUsize::new(0),
             arg: AtomicUsize::new(0),
@@ -269,6 +285,38 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// One pool, jobs from 6 threads at once: each job's items run exactly once and each call
+    /// returns only when its own items are done (before, concurrent callers overwrote each
+    /// other's job and could hang or return early).
+    #[test]
+    fn concurrent_callers() {
+        let p = std::sync::Arc::new(ThreadPool::new(3).unwrap());
+        let handles: Vec<_> = (0..6)
+            .map(|t| {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    let abi = unsafe { &*p.as_abi() };
+                    for k in 0..2000 {
+                        let n = 1 + (t * 37 + k * 11) % 300;
+                        let v: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+                        unsafe {
+                            (abi.parallel_for.unwrap())(
+                                abi.ctx,
+                                mark,
+                                &v as *const _ as *mut c_void,
+                                n as i64,
+                            )
+                        };
+                        assert!(v.iter().all(|x| x.load(Ordering::Relaxed) == 1), "{t} {k}");
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
         }
     }
 }

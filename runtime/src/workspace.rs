@@ -95,6 +95,33 @@ impl Drop for Workspace {
     }
 }
 
+/// Element types a zeroed allocation is a valid value of.
+pub trait Zeroed: Copy {}
+impl Zeroed for u8 {}
+impl Zeroed for f32 {}
+
+/// A vector of `n` zeros for `what`, or an error (never an abort) when the memory cannot be
+/// allocated. The pages come zeroed from the allocator (`calloc`), so nothing is written
+/// here: a huge buffer costs memory only as the model writes it.
+pub fn zeroed_vec<T: Zeroed>(n: usize, what: &str) -> Result<Vec<T>, Error> {
+    let alloc_err = || Error::Alloc {
+        what: what.to_string(),
+        bytes: n.saturating_mul(std::mem::size_of::<T>()),
+    };
+    let layout = Layout::array::<T>(n).map_err(|_| alloc_err())?;
+    if layout.size() == 0 {
+        return Ok(vec![]);
+    }
+    // SAFETY: nonzero size; the all-zero bit pattern is a valid `T` (`Zeroed`).
+    let p = unsafe { alloc_zeroed(layout) } as *mut T;
+    if p.is_null() {
+        return Err(alloc_err());
+    }
+    // SAFETY: allocated by the global allocator with `Layout::array::<T>(n)`, n initialized
+    // elements; Vec frees it with the same layout.
+    Ok(unsafe { Vec::from_raw_parts(p, n, n) })
+}
+
 impl std::fmt::Debug for Workspace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Workspace")

@@ -326,6 +326,10 @@ int main(void) {
   kiln_model copy = *m;
   copy.abi_version = KILN_ABI_VERSION + 1;
   CHECK(kiln_run_checked(&copy, 1, in, ib, 2, out, ob, ws), KILN_ERR_ABI);
+  /* a pool without its parallel_for is refused before the model runs */
+  kiln_pool pool = {NULL, 2, NULL};
+  CHECK(kiln_run_pool_checked(m, 1, in, ib, 2, out, ob, ws, &pool), KILN_ERR_NULL);
+  CHECK(kiln_run_pool_checked(m, 1, in, ib, 2, out, ob, ws, NULL), KILN_OK);
   out[1] = NULL;
   CHECK(kiln_run_checked(m, 1, in, ib, 2, out, ob, ws), KILN_ERR_NULL);
   free(ws);

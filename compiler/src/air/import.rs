@@ -45,6 +45,10 @@ pub struct AirOptions {
     pub widen_fp16: bool,
 }
 
+/// Most ops inlined from `PartitionedCall` sub-graphs into one model (each call inlines its
+/// sub-graph again, so calls that call twice multiply).
+pub const MAX_INLINED_OPS: usize = 1 << 16;
+
 /// GE op types with IR translations (plus the graph structure ops in [`STRUCTURE`]).
 pub const SUPPORTED: &[&str] = &[
     "Conv2D",
@@ -274,6 +278,8 @@ struct Imp<'a> {
     ext: ExternalFiles,
     /// Sub-graphs being inlined (to refuse recursion).
     stack: Vec<String>,
+    /// Ops inlined from sub-graphs so far (at most [`MAX_INLINED_OPS`]).
+    inlined: usize,
     /// WEIGHTS_DATA of an offline model.
     weights: Option<bytes::Bytes>,
     /// fp16 read as f32 (an offline model's compiled graph).
@@ -460,6 +466,7 @@ pub fn import_model(md: &ModelDef, src: Source, opts: &AirOptions) -> Result<Gra
         base_dir,
         ext: ExternalFiles::default(),
         stack: vec![main.name.clone()],
+        inlined: 0,
         weights: opts.weights.clone(),
         widen: opts.widen_fp16,
     };
@@ -661,6 +668,18 @@ impl<'a> Imp<'a> {
             return Err(FrontendError::model(
                 file,
                 format!("sub-graph '{name}' calls itself"),
+            ));
+        }
+        // a chain of graphs each calling the next twice multiplies: 40 levels of a small file
+        // would inline 2^40 ops
+        self.inlined = self.inlined.saturating_add(g.op.len());
+        if self.inlined > MAX_INLINED_OPS {
+            return Err(FrontendError::model(
+                file,
+                format!(
+                    "sub-graph calls inline more than {MAX_INLINED_OPS} ops (at '{name}', called by '{}')",
+                    c.op.name
+                ),
             ));
         }
         self.stack.push(name.clone());

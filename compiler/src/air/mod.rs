@@ -45,6 +45,18 @@ pub fn load(path: &Path, opts: &AirOptions) -> Result<Graph, FrontendError> {
     )
 }
 
+/// Import an AIR model from its bytes (`file` names it in errors; external weights are read
+/// from `base_dir`, none without one).
+pub fn load_bytes(
+    bytes: Bytes,
+    base_dir: Option<&Path>,
+    file: &str,
+    opts: &AirOptions,
+) -> Result<Graph, FrontendError> {
+    let md = decode(bytes, file)?;
+    import::import_model(&md, crate::frontend::Source::new(file, base_dir), opts)
+}
+
 /// Read an `.air` file as a ModelDef (attribute names decompressed).
 pub fn read(path: &Path) -> Result<ModelDef, FrontendError> {
     let file = path.display().to_string();

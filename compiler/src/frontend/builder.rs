@@ -60,6 +60,9 @@ pub struct GraphBuilder<'f, V = ValueId> {
     pub file: &'f str,
     pub g: Graph,
     names: HashSet<String>,
+    /// The next suffix to try per base name (so `fresh` stays linear when a file repeats one
+    /// name many times).
+    next_suffix: HashMap<String, usize>,
     env: HashMap<String, V>,
     /// Inner scopes (sub-graphs being inlined): the bindings to restore when the scope ends and
     /// the names bound inside it, which may shadow the outer ones.
@@ -75,6 +78,7 @@ impl<'f, V: Clone> GraphBuilder<'f, V> {
             file,
             g: Graph::new(graph_name),
             names: HashSet::new(),
+            next_suffix: HashMap::new(),
             env: HashMap::new(),
             scopes: Vec::new(),
             fixes,
@@ -93,13 +97,14 @@ impl<'f, V: Clone> GraphBuilder<'f, V> {
         if self.names.insert(base.to_string()) {
             return base.to_string();
         }
-        let mut k = 1;
+        let mut k = self.next_suffix.get(base).copied().unwrap_or(1);
         loop {
             let n = format!("{base}_{k}");
+            k += 1;
             if self.names.insert(n.clone()) {
+                self.next_suffix.insert(base.to_string(), k);
                 return n;
             }
-            k += 1;
         }
     }
 

@@ -13,10 +13,9 @@ use bytes::Bytes;
 use kiln_ir::data::ByteOwner;
 use kiln_ir::{ConstData, DType, TensorType};
 
-/// Largest tensor accepted (bytes); anything larger is treated as corrupt.
-pub const MAX_TENSOR_BYTES: usize = 1 << 40;
-/// Largest rank accepted.
-pub const MAX_RANK: usize = 32;
+/// Largest tensor accepted (bytes) and largest rank: the IR's size policy
+/// (`kiln_ir::limits`); anything larger is treated as corrupt.
+pub use kiln_ir::limits::{MAX_RANK, MAX_TENSOR_BYTES};
 
 struct MmapOwner(memmap2::Mmap);
 
@@ -151,7 +150,8 @@ impl ExternalFiles {
         };
         if len != nbytes {
             return Err(format!(
-                "external data length {len} does not match the tensor's {nbytes} bytes"
+                "external data '{}': length {len} (from offset {off}) does not match the tensor's {nbytes} bytes",
+                ext.location
             ));
         }
         let end = off

@@ -16,8 +16,8 @@ use super::crypto::{self, DecryptKey};
 use super::proto::ckpt as pb;
 use crate::frontend::data::{bytes_data, map_file};
 
-/// Largest tensor rank accepted.
-const MAX_RANK: usize = 32;
+/// Largest tensor rank accepted: the IR's size policy.
+use kiln_ir::limits::MAX_RANK;
 
 /// Element type of a checkpoint entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,6 +260,9 @@ pub fn read_bytes(
         file: file.to_string(),
         msg,
     };
+    if bytes.is_empty() {
+        return Err(err("empty file: not a checkpoint".into()));
+    }
     if is_safetensors(&bytes) {
         return read_safetensors(bytes, file);
     }

@@ -249,6 +249,27 @@ pub fn model_def(om: &OmFile, file: &str) -> Result<crate::air::proto::ModelDef,
     crate::air::decode(p.data.clone(), &format!("{file} (MODEL_DEF)"))
 }
 
+/// Import an OM file's root model from its bytes as `kiln build model.om` does: the MODEL_DEF
+/// graph with constants from the WEIGHTS_DATA partition, fp16 widened to f32 (`opts.weights`
+/// and `opts.widen_fp16` are set here).
+pub fn load_bytes(
+    bytes: Bytes,
+    base_dir: Option<&std::path::Path>,
+    file: &str,
+    opts: &crate::air::AirOptions,
+) -> Result<kiln_ir::Graph, FrontendError> {
+    let om = parse(bytes, file)?;
+    let md = model_def(&om, file)?;
+    let opts = crate::air::AirOptions {
+        weights: om
+            .partition(partition::WEIGHTS_DATA)
+            .map(|p| p.data.clone()),
+        widen_fp16: true,
+        ..opts.clone()
+    };
+    crate::air::import::import_model(&md, crate::frontend::Source::new(file, base_dir), &opts)
+}
+
 /// An OM file's summary for `kiln inspect`: header fields, partitions with sizes, and the root
 /// model's graph (as `kiln inspect model.air` prints it).
 pub fn describe(om: &OmFile, file: &str) -> String {

@@ -256,6 +256,20 @@ pub fn binary(op: BinOp, a: &CT, b: &CT) -> Result<CT, String> {
                         if q == 0 {
                             return Err("integer division by zero".into());
                         }
+                        // the quotient of MIN / -1 does not fit the element type
+                        let min = match a.dtype {
+                            DType::I8 => i8::MIN as i64,
+                            DType::I16 => i16::MIN as i64,
+                            DType::I32 => i32::MIN as i64,
+                            DType::I64 => i64::MIN,
+                            _ => 0,
+                        };
+                        if q == -1 && p == min && min != 0 {
+                            return Err(format!(
+                                "integer division overflows ({p} / -1 in {})",
+                                a.dtype
+                            ));
+                        }
                         p.wrapping_div(q)
                     }
                     BinOp::Pow => {
@@ -519,5 +533,31 @@ mod tests {
         assert_eq!(sl.as_i64(), vec![224, 3]);
         let m = binary(BinOp::Mul, &s, &CT::i64s(vec![], vec![2])).unwrap();
         assert_eq!(m.as_i64(), vec![2, 6, 448, 448]);
+    }
+
+    #[test]
+    fn integer_division_errors() {
+        let div = |dt: DType, a: i64, b: i64| {
+            let t = |v: i64| CT {
+                dtype: dt,
+                shape: vec![1],
+                v: Vals::I(vec![v]),
+            };
+            binary(BinOp::Div, &t(a), &t(b)).map(|r| r.as_i64()[0])
+        };
+        assert!(div(DType::I64, 5, 0).unwrap_err().contains("by zero"));
+        assert!(
+            div(DType::I64, i64::MIN, -1)
+                .unwrap_err()
+                .contains("overflows")
+        );
+        assert!(
+            div(DType::I32, i32::MIN as i64, -1)
+                .unwrap_err()
+                .contains("overflows")
+        );
+        assert!(div(DType::I8, -128, -1).unwrap_err().contains("overflows"));
+        assert_eq!(div(DType::I32, i32::MIN as i64, 1), Ok(i32::MIN as i64));
+        assert_eq!(div(DType::I64, -7, -1), Ok(7));
     }
 }

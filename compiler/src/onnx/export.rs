@@ -160,38 +160,33 @@ pub fn write_file(g: &Graph, path: &Path, opts: &ExportOptions) -> Result<(), Ex
     let data_path = path.with_file_name(&location);
     let (model, layout) = b.externalize(&location, opts.external_min_bytes);
     let bytes = encode(g, &model)?;
-    let tmp_data = kiln_target_cpu::link::temp_beside(&data_path);
-    let tmp_model = kiln_target_cpu::link::temp_beside(path);
-    let result = (|| -> Result<(), String> {
-        let f =
-            std::fs::File::create(&tmp_data).map_err(|e| format!("{}: {e}", tmp_data.display()))?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-        let mut at = 0u64;
-        for (data, offset) in &layout {
-            let zeros = [0u8; EXTERNAL_ALIGN as usize];
-            while at < *offset {
-                let n = ((*offset - at) as usize).min(zeros.len());
-                w.write_all(&zeros[..n]).map_err(|e| e.to_string())?;
-                at += n as u64;
+    // the data file first (streamed into a private directory beside it, then renamed), then
+    // the model; a failed model write takes the data file away again
+    kiln_runtime::atomic::produce(
+        &data_path,
+        |p, e| io(format!("{}: {e}", p.display())),
+        |tmp| {
+            let err = |e: std::io::Error| io(format!("{}: {e}", tmp.display()));
+            let f = std::fs::File::create(tmp).map_err(err)?;
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+            let mut at = 0u64;
+            for (data, offset) in &layout {
+                let zeros = [0u8; EXTERNAL_ALIGN as usize];
+                while at < *offset {
+                    let n = ((*offset - at) as usize).min(zeros.len());
+                    w.write_all(&zeros[..n]).map_err(err)?;
+                    at += n as u64;
+                }
+                w.write_all(data.bytes()).map_err(err)?;
+                at += data.bytes().len() as u64;
             }
-            w.write_all(data.bytes()).map_err(|e| e.to_string())?;
-            at += data.bytes().len() as u64;
-        }
-        let f = w.into_inner().map_err(|e| e.to_string())?;
-        f.sync_all().map_err(|e| e.to_string())?;
-        std::fs::write(&tmp_model, &bytes).map_err(|e| format!("{}: {e}", tmp_model.display()))?;
-        std::fs::rename(&tmp_data, &data_path)
-            .map_err(|e| format!("{}: {e}", data_path.display()))?;
-        if let Err(e) = std::fs::rename(&tmp_model, path) {
-            let _ = std::fs::remove_file(&data_path);
-            return Err(e.to_string());
-        }
-        Ok(())
-    })();
-    if let Err(msg) = result {
-        let _ = std::fs::remove_file(&tmp_data);
-        let _ = std::fs::remove_file(&tmp_model);
-        return Err(io(msg));
+            let f = w.into_inner().map_err(|e| err(e.into_error()))?;
+            f.sync_all().map_err(err)
+        },
+    )?;
+    if let Err(e) = kiln_target_cpu::link::write_atomic(path, &bytes) {
+        let _ = std::fs::remove_file(&data_path);
+        return Err(io(e.to_string()));
     }
     Ok(())
 }

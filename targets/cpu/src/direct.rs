@@ -202,7 +202,7 @@ pub(crate) fn pool(
         let o = &ix[1..];
         let init = match (is_max, num) {
             (true, Num::F32 | Num::F64) => fconst(kb, f64::NEG_INFINITY, num.ty()),
-            (true, Num::Int { ty, signed }) => {
+            (true, Num::Int { ty, signed, .. }) => {
                 let v = match (ty.bits(), signed) {
                     (64, true) => i64::MIN,
                     (_, true) => i32::MIN as i64,

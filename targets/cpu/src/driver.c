@@ -536,20 +536,38 @@ static void pool_parallel_for(void *ctx, kiln_task_fn fn, void *arg, int64_t n) 
   }
 }
 
+static pool_state pool_st;
+static pthread_t pool_tids[256];
+static int pool_started;
+
+/* Stop and join the workers (none left running at exit: nothing leaks). */
+static void pool_destroy(void) {
+  if (pool_started == 0) return;
+  atomic_store(&pool_st.stop, 1);
+  atomic_fetch_add(&pool_st.generation, 1); /* wakes spinners and sleepers */
+  pthread_mutex_lock(&pool_st.mu);
+  pthread_cond_broadcast(&pool_st.start);
+  pthread_mutex_unlock(&pool_st.mu);
+  for (int i = 0; i < pool_started; i++) pthread_join(pool_tids[i], NULL);
+  pool_started = 0;
+}
+
 /* Start threads-1 workers; NULL on failure. */
 static kiln_pool *pool_create(int threads) {
-  static pool_state st;
+  pool_state *st = &pool_st;
   static kiln_pool pool;
-  static pthread_t tid;
   if (threads > 256) threads = 256;
-  pthread_mutex_init(&st.mu, NULL);
-  pthread_cond_init(&st.start, NULL);
-  st.threads = threads;
+  pthread_mutex_init(&st->mu, NULL);
+  pthread_cond_init(&st->start, NULL);
+  st->threads = threads;
   for (int i = 1; i < threads; i++) {
-    if (pthread_create(&tid, NULL, pool_worker, &st) != 0) return NULL;
-    pthread_detach(tid);
+    if (pthread_create(&pool_tids[pool_started], NULL, pool_worker, st) != 0) {
+      pool_destroy();
+      return NULL;
+    }
+    pool_started++;
   }
-  pool.ctx = &st;
+  pool.ctx = st;
   pool.threads = threads;
   pool.parallel_for = pool_parallel_for;
   return &pool;
@@ -1033,16 +1051,24 @@ int main(int argc, char **argv) {
     }
     free(times);
   }
-  if (status == 0 && (profile || prof_json_path != NULL)) {
+  if (status == 0 && (profile || prof_json_path != NULL))
     status = profile_runs(m, in, out, ws, pool, prof_runs, profile, prof_json_path);
-    if (status < 0) return EXIT_RUN;
-  }
+  pool_destroy();
+  if (status < 0) return EXIT_RUN;
   if (status != 0) {
-    static const char *const names[] = {"ok", "null pointer",
-                                        "misaligned workspace"};
+    /* KILN_ERR_* of kiln.h */
+    static const char *const names[] = {
+        "ok",
+        "null pointer",
+        "misaligned workspace",
+        "wrong number of buffers",
+        "wrong buffer size",
+        "unsupported ABI version",
+        "index out of range",
+        "integer division by zero or overflow"};
     fprintf(stderr, "%s: model '%s' failed with status %d (%s)\n", prog,
             m->name, status,
-            status > 0 && status < 3 ? names[status] : "error");
+            status > 0 && status < 8 ? names[status] : "error");
     return EXIT_RUN;
   }
 

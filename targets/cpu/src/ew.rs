@@ -19,10 +19,11 @@ use crate::kernels::KResult;
 pub(crate) enum Num {
     F32,
     F64,
-    /// An integer widened to `ty` (I32 or I64).
+    /// An integer of `bits` bits widened to `ty` (I32 or I64).
     Int {
         ty: Type,
         signed: bool,
+        bits: u32,
     },
 }
 
@@ -34,18 +35,22 @@ impl Num {
             DType::I8 | DType::I16 | DType::I32 => Num::Int {
                 ty: types::I32,
                 signed: true,
+                bits: 8 * dt.size() as u32,
             },
             DType::U8 | DType::U16 | DType::U32 | DType::Bool => Num::Int {
                 ty: types::I32,
                 signed: false,
+                bits: 8 * dt.size() as u32,
             },
             DType::I64 => Num::Int {
                 ty: types::I64,
                 signed: true,
+                bits: 64,
             },
             DType::U64 => Num::Int {
                 ty: types::I64,
                 signed: false,
+                bits: 64,
             },
             // 16-bit floats are computed in f32 (converted on load and store)
             DType::F16 | DType::BF16 => Num::F32,
@@ -75,7 +80,7 @@ pub(crate) fn load_num(kb: &mut Kb, dt: DType, base: Value, i: Value) -> Value {
     match Num::of(dt) {
         Some(Num::F32) => kb.b.ins().load(F32, flags(), a, 0),
         Some(Num::F64) => kb.b.ins().load(types::F64, flags(), a, 0),
-        Some(Num::Int { ty, signed }) => {
+        Some(Num::Int { ty, signed, .. }) => {
             let raw = kb.b.ins().load(int_ty(dt.size()), flags(), a, 0);
             if int_ty(dt.size()) == ty {
                 raw
@@ -490,13 +495,29 @@ fn apply_float(kb: &mut Kb, op: &Op, x: Value, y: Option<Value>, t: Type) -> Res
     })
 }
 
-/// Integer division-like ops without traps: a zero divisor yields 0 (ONNX leaves it undefined)
-/// and `MIN / -1` wraps.
-fn int_divlike(kb: &mut Kb, b: BinaryOp, x: Value, y: Value, ty: Type, signed: bool) -> Value {
+/// Integer division-like ops of `bits`-bit integers (widened to `ty`) without traps: a zero
+/// divisor (ONNX leaves it undefined), and a signed `MIN / -1` whose quotient does not fit,
+/// return `KILN_ERR_DIVIDE` from the kernel.
+fn int_divlike(
+    kb: &mut Kb,
+    b: BinaryOp,
+    (x, y): (Value, Value),
+    ty: Type,
+    (signed, bits): (bool, u32),
+) -> Value {
     let zero = kb.b.ins().iconst(ty, 0);
     let one = kb.b.ins().iconst(ty, 1);
-    let yz = kb.b.ins().icmp_imm_s(IntCC::Equal, y, 0);
-    let mut ys = kb.b.ins().select(yz, one, y);
+    let nz = kb.b.ins().icmp_imm_s(IntCC::NotEqual, y, 0);
+    kb.fail_unless(nz, kiln_runtime::KILN_ERR_DIVIDE);
+    if signed && b == BinaryOp::Div {
+        let min = -1i64 << (bits - 1);
+        let xm = kb.b.ins().icmp_imm_s(IntCC::Equal, x, min);
+        let ym = kb.b.ins().icmp_imm_s(IntCC::Equal, y, -1);
+        let both = kb.b.ins().band(xm, ym);
+        let fits = kb.b.ins().icmp_imm_s(IntCC::Equal, both, 0);
+        kb.fail_unless(fits, kiln_runtime::KILN_ERR_DIVIDE);
+    }
+    let mut ys = y;
     let mut neg_one = None;
     if signed {
         // y == -1: x / -1 = -x (wrapping), x % -1 = 0; divide by 1 instead so nothing traps
@@ -520,7 +541,7 @@ fn int_divlike(kb: &mut Kb, b: BinaryOp, x: Value, y: Value, ty: Type, signed: b
     } else {
         q
     };
-    let q = if b == BinaryOp::Mod && signed {
+    if b == BinaryOp::Mod && signed {
         // sign of the divisor: r != 0 && (r < 0) != (y < 0) => r + y
         let rn = kb.b.ins().icmp_imm_s(IntCC::SignedLessThan, q, 0);
         let yn = kb.b.ins().icmp_imm_s(IntCC::SignedLessThan, y, 0);
@@ -531,8 +552,7 @@ fn int_divlike(kb: &mut Kb, b: BinaryOp, x: Value, y: Value, ty: Type, signed: b
         kb.b.ins().select(fix, qy, q)
     } else {
         q
-    };
-    kb.b.ins().select(yz, zero, q)
+    }
 }
 
 /// The integer body of an elementwise op (values widened to `ty`).
@@ -542,7 +562,7 @@ fn apply_int(
     x: Value,
     y: Option<Value>,
     ty: Type,
-    signed: bool,
+    (signed, bits): (bool, u32),
 ) -> Result<Value, String> {
     let lt = if signed {
         IntCC::SignedLessThan
@@ -583,7 +603,7 @@ fn apply_int(
                 BinaryOp::Sub => kb.b.ins().isub(x, y),
                 BinaryOp::Mul => kb.b.ins().imul(x, y),
                 BinaryOp::Div | BinaryOp::Mod | BinaryOp::Fmod => {
-                    int_divlike(kb, *b, x, y, ty, signed)
+                    int_divlike(kb, *b, (x, y), ty, (signed, bits))
                 }
                 BinaryOp::Max => {
                     let c = kb.b.ins().icmp(gt, x, y);
@@ -671,7 +691,7 @@ pub(crate) fn apply(
 ) -> Result<Value, String> {
     match num {
         Num::F32 | Num::F64 => apply_float(kb, op, x, y, num.ty()),
-        Num::Int { ty, signed } => apply_int(kb, op, x, y, ty, signed),
+        Num::Int { ty, signed, bits } => apply_int(kb, op, x, y, ty, (signed, bits)),
     }
 }
 

@@ -17,7 +17,7 @@ use kiln_ir::memplan::FlowScratch;
 use kiln_ir::{Node, Op, TensorType};
 
 /// Status of a loop that needed more iterations than its compile-time bound (`KILN_ERR_LOOP`).
-pub const ERR_LOOP: i64 = 9;
+pub const ERR_LOOP: i64 = kiln_runtime::KILN_ERR_LOOP as i64;
 
 /// An array of `ptrs` on the kernel's stack (8 bytes each); returns its address.
 fn ptr_array(kb: &mut Kb, ptrs: &[Value]) -> (Value, cranelift_codegen::ir::StackSlot) {

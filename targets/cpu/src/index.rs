@@ -1,8 +1,9 @@
 //! Indexed data movement: Gather, GatherElements, ScatterElements, GatherND, ScatterND.
 //!
-//! Indices are read at run time (i32 or i64), negative ones count from the end, and an index
-//! still outside its dimension is clamped into it, so a bad index can never address memory
-//! outside the tensors.
+//! Indices are read at run time (i32 or i64) and negative ones count from the end. An index
+//! still outside its dimension (ONNX calls it an error) makes the kernel return
+//! `KILN_ERR_INDEX` before it is used, so a bad index never addresses memory outside the
+//! tensors and never gives a wrong answer.
 
 use crate::ew::{Num, apply, load_num, store_num};
 use crate::kb::{I64, Kb, flags, int_ty};
@@ -13,7 +14,8 @@ use kiln_ir::ops::{BinaryOp, PadMode, ScatterReduction};
 use kiln_ir::types::strides_of;
 use kiln_ir::{DType, Op, TensorType};
 
-/// Element `i` of an index tensor, as i64 in `0..len` (negative wraps once, then clamped).
+/// Element `i` of an index tensor, as i64 in `0..len` (a negative index counts from the
+/// end); any other index returns `KILN_ERR_INDEX` from the kernel.
 fn load_index(kb: &mut Kb, it: &TensorType, base: Value, i: Value, len: usize) -> Value {
     let raw = load_num(kb, it.dtype, base, i);
     let v = if it.dtype == DType::I32 {
@@ -21,9 +23,23 @@ fn load_index(kb: &mut Kb, it: &TensorType, base: Value, i: Value, len: usize) -
     } else {
         raw
     };
+    // v + len cannot overflow for a negative v (len <= 2^40)
     let wrapped = kb.b.ins().iadd_imm_s(v, len as i64);
     let neg = kb.b.ins().icmp_imm_s(IntCC::SignedLessThan, v, 0);
     let v = kb.b.ins().select(neg, wrapped, v);
+    // unsigned: a still-negative index is huge
+    let ok =
+        kb.b.ins()
+            .icmp_imm_u(IntCC::UnsignedLessThan, v, len as i64);
+    kb.fail_unless(ok, kiln_runtime::KILN_ERR_INDEX);
+    v
+}
+
+/// Element `i` of a `resample` table clamped into `0..len`: the op's defined semantics (its
+/// tables come from the compiler; a negative first index marks an extrapolated position).
+fn load_index_clamped(kb: &mut Kb, it: &TensorType, base: Value, i: Value, len: usize) -> Value {
+    let raw = load_num(kb, it.dtype, base, i);
+    let v = kb.b.ins().sextend(I64, raw);
     let zero = kb.ic(0);
     let hi = kb.ic(len.saturating_sub(1) as i64);
     let lo_c = kb.b.ins().icmp_imm_s(IntCC::SignedLessThan, v, 0);
@@ -305,7 +321,7 @@ pub(crate) fn resample(kb: &mut Kb, axis: usize, fill: f32, ins: &[&TensorType])
         let acc = kb.var(num.ty(), z);
         kb.for_n(taps, &mut |kb, t| {
             let ti = kb.b.ins().iadd(tb, t);
-            let k = load_index(kb, ins[1], ip, ti, len);
+            let k = load_index_clamped(kb, ins[1], ip, ti, len);
             let wv = load_num(kb, DType::F32, wp, ti);
             let wv = if num == Num::F64 {
                 kb.b.ins().fpromote(cranelift_codegen::ir::types::F64, wv)

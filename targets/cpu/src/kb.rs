@@ -2,7 +2,9 @@
 //! scalar float helpers. Every kernel generator in `kernels.rs` is written with these.
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{BlockArg, FuncRef, InstBuilder, MemFlagsData, Type, Value, types};
+use cranelift_codegen::ir::{
+    Block, BlockArg, FuncRef, InstBuilder, MemFlagsData, Type, Value, types,
+};
 use cranelift_frontend::{FunctionBuilder, Variable};
 use std::collections::HashMap;
 
@@ -31,6 +33,10 @@ pub(crate) struct Kb<'a> {
     pub bodies: Vec<FuncRef>,
     /// The target's frontend config (pointer type, calling convention) for libcalls.
     pub fcfg: cranelift_codegen::isa::TargetFrontendConfig,
+    /// The kernel's failure exits: a `KILN_ERR_*` status and the block that returns it
+    /// ([`Kb::fail_unless`]). A kernel returns an i32 status; `run` stops at the first
+    /// nonzero one.
+    pub fails: Vec<(i32, Block)>,
 }
 
 /// Flags of every access generated here: it cannot trap (the addresses are in-bounds by
@@ -165,6 +171,22 @@ impl<'a> Kb<'a> {
         let v = self.b.declare_var(ty);
         self.b.def_var(v, init);
         v
+    }
+
+    /// Continue only when `ok` is true; otherwise return `status` (a `KILN_ERR_*` code) from
+    /// the kernel, which makes `run` return it.
+    pub fn fail_unless(&mut self, ok: Value, status: i32) {
+        let fail = match self.fails.iter().find(|(c, _)| *c == status) {
+            Some(&(_, b)) => b,
+            None => {
+                let b = self.b.create_block();
+                self.fails.push((status, b));
+                b
+            }
+        };
+        let next = self.b.create_block();
+        self.b.ins().brif(ok, next, &[], fail, &[]);
+        self.b.switch_to_block(next);
     }
 
     /// Run `body` only when `0 <= v < bound` (v is a signed i64).

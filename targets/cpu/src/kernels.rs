@@ -105,7 +105,15 @@ pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&Tenso
         Op::Conv(a)
             if a.kernel.len() > 2
                 || ins[0].dtype != DType::F32
-                || (kb.ukernel.is_none() && !taps_unrollable(&a.kernel)) =>
+                || (kb.ukernel.is_none()
+                    && (!taps_unrollable(&a.kernel)
+                        || Geom::tiled(
+                            (&a.kernel, &a.strides, &a.pads, &a.dilations),
+                            a.groups,
+                            ins[0],
+                            outs[0],
+                        )
+                        .is_err())) =>
         {
             crate::direct::conv(kb, a, ins, outs[0])
         }
@@ -486,6 +494,48 @@ impl Geom {
     }
 }
 
+impl Geom {
+    /// Whether the tiled window kernels (Cranelift's and LLVM's convolutions and max pools)
+    /// may run this window. They read a packed copy of the padded input with every stride
+    /// phase ([`Packing`]), as big as the padded image and unrolled per phase; a file may ask
+    /// for strides, dilations or pads far beyond the image (a stride of 2^20 on a 4x4 input
+    /// is 2^40 phases). Such windows take the loop-based kernels (`direct.rs`, `pool`), whose
+    /// code and scratch do not depend on them. Every size here is within `kiln_ir::limits`,
+    /// so nothing overflows.
+    pub(crate) fn tiles_fit(&self) -> bool {
+        let (hp, wp) = (
+            self.h + self.p[0] + self.p[2],
+            self.w + self.p[1] + self.p[3],
+        );
+        let padded = (hp as u128) * (wp as u128);
+        self.s[0] <= hp
+            && self.s[1] <= wp
+            && self.d[0] <= hp
+            && self.d[1] <= wp
+            && padded <= 16 * (self.h as u128) * (self.w as u128) + (1 << 16)
+    }
+
+    /// [`Geom::new`] for a convolution or max pool the tiled kernels can run
+    /// ([`Geom::tiles_fit`]).
+    pub(crate) fn tiled(
+        attrs: (&[usize], &[usize], &[usize], &[usize]),
+        groups: usize,
+        x: &TensorType,
+        out: &TensorType,
+    ) -> Result<Geom, String> {
+        let g = Geom::new(attrs, groups, x, out)?;
+        if g.tiles_fit() {
+            Ok(g)
+        } else {
+            Err(format!(
+                "strides {:?}, dilations {:?} or pads {:?} are out of proportion to the {}x{} \
+                 input for the tiled kernels",
+                g.s, g.d, g.p, g.h, g.w
+            ))
+        }
+    }
+}
+
 /// Kernel parameters of conv-like ops: input, weight, optional bias, output.
 fn conv_params(kb: &Kb, n_in: usize) -> (Value, Value, Option<Value>, Value) {
     let bias = if n_in >= 3 { Some(kb.params[2]) } else { None };
@@ -530,7 +580,7 @@ fn hw(shape: &[usize]) -> (usize, usize) {
 }
 
 fn conv(kb: &mut Kb, a: &ConvAttrs, ins: &[&TensorType], out: &TensorType) -> KResult {
-    let g = Geom::new(
+    let g = Geom::tiled(
         (&a.kernel, &a.strides, &a.pads, &a.dilations),
         a.groups,
         ins[0],
@@ -716,7 +766,7 @@ fn call_wide(kb: &mut Kb, f: FuncRef, args: [Value; 5], work: usize, parallel: b
 pub(crate) fn scratch_bytes(node: &Node, ins: &[&TensorType], outs: &[&TensorType]) -> usize {
     match &node.op {
         Op::Conv(a) if ins[0].dtype == DType::F32 => {
-            match Geom::new(
+            match Geom::tiled(
                 (&a.kernel, &a.strides, &a.pads, &a.dilations),
                 a.groups,
                 ins[0],
@@ -2272,6 +2322,11 @@ fn slice(kb: &mut Kb, a: &SliceAttrs, x: &TensorType) {
     kb.for_nd(&a.sizes.clone(), &mut |kb, idx| {
         let mut xo = kb.ic(base as i64);
         for d in 0..idx.len() {
+            // a dim of one element reads only its start, whatever the step (a file may give
+            // i64::MAX); otherwise |step| * (size - 1) < dim, so the product fits
+            if a.sizes[d] <= 1 {
+                continue;
+            }
             let step = a.steps[d] * xs[d] as i64;
             let t = kb.b.ins().imul_imm_s(idx[d], step);
             xo = kb.b.ins().iadd(xo, t);

@@ -43,7 +43,7 @@ use std::collections::HashMap;
 use target_lexicon::Triple;
 
 /// Version of the `kiln_model` descriptor layout (runtime/include/kiln.h).
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = kiln_runtime::KILN_ABI_VERSION;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CpuError {
@@ -279,7 +279,7 @@ impl Wide {
                         ins.len() == 4,
                     );
                     let blocked = (!ins[0].layout.is_plain(), !a.layout.is_plain());
-                    match kernels::Geom::new(
+                    match kernels::Geom::tiled(
                         (&a.kernel, &a.strides, &a.pads, &a.dilations),
                         a.groups,
                         ins[0],
@@ -337,7 +337,7 @@ impl Wide {
                 }
                 kiln_ir::Op::MaxPool(pa) => {
                     let (x, out) = (g.ty(node.inputs[0]), g.ty(node.outputs[0]));
-                    match kernels::Geom::new(
+                    match kernels::Geom::tiled(
                         (&pa.kernel, &pa.strides, &pa.pads, &pa.dilations),
                         x.shape.get(1).copied().unwrap_or(1).max(1),
                         x,
@@ -523,7 +523,7 @@ impl kiln_ir::layout::LayoutTarget for CpuLayouts {
             ),
             _ => return None,
         };
-        let geom = kernels::Geom::new((attrs.0, attrs.1, attrs.2, attrs.3), attrs.4, x, y).ok();
+        let geom = kernels::Geom::tiled((attrs.0, attrs.1, attrs.2, attrs.3), attrs.4, x, y).ok();
         let Some(geom) = geom.filter(|_| x.dtype == kiln_ir::DType::F32 && x.rank() == 4) else {
             // not a wide-kernel shape: plain only, at a cost no choice changes
             return (!in_b && !out_b).then_some(0.0);
@@ -1104,6 +1104,13 @@ impl<M: Module> Cx<'_, '_, M> {
         let opts = self.shared.opts;
         let fcfg = self.module.isa().frontend_config();
         let plan: MemPlan = plan_for(g, opts.wide, opts.conv_schedule);
+        if plan.workspace_size > kiln_ir::limits::MAX_WORKSPACE_BYTES {
+            return Err(CpuError::Codegen(format!(
+                "the model needs a {}-byte workspace, more than the limit of {} bytes (16 TiB)",
+                plan.workspace_size,
+                kiln_ir::limits::MAX_WORKSPACE_BYTES
+            )));
+        }
 
         // constants: one data object each; weights of wide convolutions are emitted once
         // more in their packed layout, and only packed when nothing else reads them
@@ -1248,16 +1255,25 @@ impl<M: Module> Cx<'_, '_, M> {
             let res = if node.op.is_control_flow() {
                 let ws: Vec<usize> = bodies.iter().map(|b| b.1).collect();
                 let fs = memplan::flow_scratch(g, node, &ws).expect("a control-flow node");
-                kd.define_status(&name, nparams, |kb| {
+                kd.define(&name, nparams, |kb| {
                     flow::emit(kb, node, &ins, &outs, &fs, has_scratch)
                 })?
             } else {
-                kd.define(&name, nparams, |kb| kernels::emit(kb, node, &ins, &outs))?
+                let statuses = kernel_statuses(&node.op, &ins);
+                kd.define(&name, nparams, |kb| {
+                    let r = kernels::emit(kb, node, &ins, &outs);
+                    debug_assert!(
+                        kb.fails.iter().all(|(s, _)| statuses.contains(s)),
+                        "{name}: a status kernel_statuses does not list"
+                    );
+                    r
+                })?
             };
             match res {
-                Ok(id) => {
+                // a control-flow kernel returns its bodies' statuses and its own
+                Ok((id, fallible)) => {
                     n_kernels += 1;
-                    kernel_ids.push(Some((id, node.op.is_control_flow())));
+                    kernel_ids.push(Some((id, fallible || node.op.is_control_flow())));
                 }
                 Err(msg) => {
                     unsupported.push(CpuError::Unsupported {
@@ -1291,11 +1307,13 @@ impl<M: Module> Cx<'_, '_, M> {
                 task: None,
                 bodies: Vec::new(),
             };
-            let id = kd.define(&format!("{prefix}_copy{j}"), 2, |kb| {
-                kernels::copy(kb, 0, 1, bytes);
-                Ok(())
-            })?;
-            copy_ids.push(id.map_err(CpuError::Codegen)?);
+            let (id, _) = kd
+                .define(&format!("{prefix}_copy{j}"), 2, |kb| {
+                    kernels::copy(kb, 0, 1, bytes);
+                    Ok(())
+                })?
+                .map_err(CpuError::Codegen)?;
+            copy_ids.push(id);
         }
 
         // The schedule's steps for profiles (ABI v3): each called kernel (a control-flow
@@ -1351,6 +1369,14 @@ impl<M: Module> Cx<'_, '_, M> {
             if top {
                 check_null(&mut b, inp);
                 check_null(&mut b, outp);
+                // a pool without its parallel_for (the pool itself may be null)
+                let with_pool = b.create_block();
+                let pool_ok = b.create_block();
+                b.ins().brif(pool, with_pool, &[], pool_ok, &[]);
+                b.switch_to_block(with_pool);
+                let pf = b.ins().load(types::I64, MemFlagsData::trusted(), pool, 16);
+                b.ins().brif(pf, pool_ok, &[], fail_null, &[]);
+                b.switch_to_block(pool_ok);
             }
             // (ctx, begin, end, callback signature) of the profiler
             let prof = if profile {
@@ -1542,39 +1568,17 @@ struct KernelDef<'m, M: Module> {
 }
 
 impl<M: Module> KernelDef<'_, M> {
-    /// `Ok(Err(msg))` when `body` cannot lower the op (nothing is defined then).
+    /// `Ok(Err(msg))` when `body` cannot lower the op (nothing is defined then). A kernel
+    /// returns an i32 status (`KILN_OK`, or the `KILN_ERR_*` of a [`Kb::fail_unless`]); the
+    /// flag says whether it can fail, i.e. whether `run` must look at the status.
     fn define(
         &mut self,
         name: &str,
         nparams: usize,
         body: impl FnOnce(&mut Kb) -> kernels::KResult,
-    ) -> Result<Result<FuncId, String>, CpuError> {
-        self.define_with(name, nparams, false, body)
-    }
-
-    /// [`define`](Self::define) for a kernel that returns an i32 status (0 = ok; the
-    /// schedule returns any other value from `run` at once): `body` may return early with
-    /// one, and falls through to 0.
-    fn define_status(
-        &mut self,
-        name: &str,
-        nparams: usize,
-        body: impl FnOnce(&mut Kb) -> kernels::KResult,
-    ) -> Result<Result<FuncId, String>, CpuError> {
-        self.define_with(name, nparams, true, body)
-    }
-
-    fn define_with(
-        &mut self,
-        name: &str,
-        nparams: usize,
-        status: bool,
-        body: impl FnOnce(&mut Kb) -> kernels::KResult,
-    ) -> Result<Result<FuncId, String>, CpuError> {
+    ) -> Result<Result<(FuncId, bool), String>, CpuError> {
         let mut sig = ptr_sig(&*self.module, nparams);
-        if status {
-            sig.returns.push(AbiParam::new(types::I32));
-        }
+        sig.returns.push(AbiParam::new(types::I32));
         let id = self
             .module
             .declare_function(name, Linkage::Local, &sig)
@@ -1624,27 +1628,33 @@ impl<M: Module> KernelDef<'_, M> {
                 task,
                 bodies,
                 fcfg,
+                fails: Vec::new(),
             };
             let r = body(&mut kb);
-            if status {
-                let zero = kb.b.ins().iconst(types::I32, 0);
-                kb.b.ins().return_(&[zero]);
-            } else {
-                kb.b.ins().return_(&[]);
+            let ok = kb.b.ins().iconst(types::I32, kiln_runtime::KILN_OK as i64);
+            kb.b.ins().return_(&[ok]);
+            for &(status, blk) in &kb.fails {
+                kb.b.switch_to_block(blk);
+                let s = kb.b.ins().iconst(types::I32, status as i64);
+                kb.b.ins().return_(&[s]);
             }
+            let fallible = !kb.fails.is_empty();
             kb.b.seal_all_blocks();
             kb.b.finalize(fcfg);
-            r
+            r.map(|()| fallible)
         };
-        if let Err(msg) = res {
-            self.ctx.clear();
-            return Ok(Err(msg));
-        }
+        let fallible = match res {
+            Ok(f) => f,
+            Err(msg) => {
+                self.ctx.clear();
+                return Ok(Err(msg));
+            }
+        };
         self.module
             .define_function(id, self.ctx)
             .map_err(|e| CpuError::Codegen(format!("{name}: {e:?}")))?;
         self.ctx.clear();
-        Ok(Ok(id))
+        Ok(Ok((id, fallible)))
     }
 }
 
@@ -1712,7 +1722,7 @@ fn wide_conv_geom<'a>(
     {
         return None;
     }
-    let geom = kernels::Geom::new(
+    let geom = kernels::Geom::tiled(
         (&a.kernel, &a.strides, &a.pads, &a.dilations),
         a.groups,
         ins[0],
@@ -1889,6 +1899,37 @@ fn emit_descriptor<M: Module>(
     }
     module.define_data(id, &d).map_err(cg)?;
     Ok(id)
+}
+
+/// The run-time statuses (`KILN_ERR_*`) a node's kernel may return: `KILN_ERR_INDEX` for an
+/// index op (its indices are read at run time), `KILN_ERR_DIVIDE` for an integer division.
+pub fn kernel_statuses(op: &kiln_ir::Op, ins: &[&TensorType]) -> &'static [i32] {
+    use kiln_ir::Op;
+    use kiln_ir::ops::BinaryOp;
+    match op {
+        Op::Gather { .. }
+        | Op::GatherElements { .. }
+        | Op::GatherND { .. }
+        | Op::ScatterElements { .. }
+        | Op::ScatterND { .. } => &[kiln_runtime::KILN_ERR_INDEX],
+        Op::Binary(BinaryOp::Div | BinaryOp::Mod | BinaryOp::Fmod) if !ins[0].dtype.is_float() => {
+            &[kiln_runtime::KILN_ERR_DIVIDE]
+        }
+        // (and whatever its body's kernels return)
+        Op::Loop(_) => &[kiln_runtime::KILN_ERR_LOOP],
+        _ => &[],
+    }
+}
+
+/// The nodes of `g` whose kernels may return `status` (`'name' (op)`), for error messages.
+pub fn nodes_raising(g: &Graph, status: i32) -> Vec<String> {
+    g.iter_nodes()
+        .filter(|(_, n)| {
+            let ins: Vec<&TensorType> = n.inputs.iter().map(|v| g.ty(*v)).collect();
+            kernel_statuses(&n.op, &ins).contains(&status)
+        })
+        .map(|(_, n)| format!("'{}' ({})", n.name, n.op.name()))
+        .collect()
 }
 
 /// The ISA for a target, for callers that want to check a triple early.

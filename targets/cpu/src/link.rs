@@ -1,6 +1,7 @@
 //! Turning an object file into a shared library, static library or executable with the system
-//! C toolchain (`cc`, `ar`). Every output is written to a temporary file next to the destination
-//! and renamed into place, so a failed build leaves nothing half-written.
+//! C toolchain (`cc`, `ar`). Every output is written through `kiln_runtime::atomic` (a
+//! temporary file beside the destination renamed into place; a symbolic link is written
+//! through, anything but a regular file refused), so a failed build leaves nothing behind.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,29 +24,14 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> LinkError + '_ {
     }
 }
 
-/// A temp path in the destination's directory.
-pub fn temp_beside(dest: &Path) -> PathBuf {
-    let dir = dest
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = dest
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    dir.join(format!(".{name}.tmp{}", std::process::id()))
-}
-
-/// Write `bytes` to `dest` atomically.
+/// Write `bytes` to `dest` atomically (`kiln_runtime::atomic::write`).
 pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<(), LinkError> {
-    let tmp = temp_beside(dest);
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, dest).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        LinkError::Io {
+    kiln_runtime::atomic::write(dest, bytes).map_err(|e| match e {
+        kiln_runtime::Error::Io { path, source } => LinkError::Io { path, err: source },
+        e => LinkError::Io {
             path: dest.to_path_buf(),
-            err: e,
-        }
+            err: std::io::Error::other(e.to_string()),
+        },
     })
 }
 
@@ -125,14 +111,10 @@ fn archiver(triple: Option<&str>) -> String {
     std::env::var("AR").unwrap_or_else(|_| "ar".into())
 }
 
-/// Produce `dest` from `obj` with a tool writing to a temp path, then rename.
+/// Produce `dest` with a tool writing to a temp path, then rename
+/// (`kiln_runtime::atomic::produce`).
 fn produce(dest: &Path, f: impl FnOnce(&Path) -> Result<(), LinkError>) -> Result<(), LinkError> {
-    let tmp = temp_beside(dest);
-    let r = f(&tmp).and_then(|_| std::fs::rename(&tmp, dest).map_err(io(dest)));
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r
+    kiln_runtime::atomic::produce(dest, |path, err| LinkError::Io { path, err }, f)
 }
 
 /// A shared library for `triple` (`None`: the host) from the objects. Its SONAME is its file
@@ -208,10 +190,10 @@ fn on_path(exe: &str) -> bool {
 /// A standalone executable for `triple` (`None`: the host): the objects and the driver's `main`.
 pub fn link_exe(objs: &[&Path], dest: &Path, triple: Option<&str>) -> Result<(), LinkError> {
     let cc = c_compiler(triple)?;
-    let dir = tempdir_for(dest)?;
-    let driver = dir.join("kiln_driver.c");
-    std::fs::write(&driver, DRIVER_C).map_err(io(&driver))?;
-    let r = produce(dest, |tmp| {
+    produce(dest, |tmp| {
+        // the driver's source beside the output, in the same private directory
+        let driver = tmp.with_file_name("kiln_driver.c");
+        std::fs::write(&driver, DRIVER_C).map_err(io(&driver))?;
         run(
             Command::new(&cc)
                 .arg("-O2")
@@ -223,19 +205,5 @@ pub fn link_exe(objs: &[&Path], dest: &Path, triple: Option<&str>) -> Result<(),
                 .arg("-lpthread"),
             &cc,
         )
-    });
-    let _ = std::fs::remove_dir_all(&dir);
-    r
-}
-
-fn tempdir_for(dest: &Path) -> Result<PathBuf, LinkError> {
-    let d = std::env::temp_dir().join(format!(
-        "kiln-{}-{}",
-        std::process::id(),
-        dest.file_name()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    ));
-    std::fs::create_dir_all(&d).map_err(io(&d))?;
-    Ok(d)
+    })
 }

@@ -116,7 +116,7 @@ pub(crate) fn top_k(kb: &mut Kb, axis: usize, k: usize, largest: bool, x: &Tenso
             } else {
                 f64::NEG_INFINITY
             }),
-            Num::Int { ty, signed } => {
+            Num::Int { ty, signed, .. } => {
                 let wide = ty.bits() == 64;
                 let v: i64 = match (largest, signed) {
                     (true, true) if wide => i64::MAX,

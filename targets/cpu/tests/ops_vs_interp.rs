@@ -353,7 +353,8 @@ fn unary_ops() {
 fn integer_elementwise() {
     use BinaryOp::*;
     let a: Vec<i64> = vec![7, -7, 7, -7, 0, 5, -128, 127, 3, -1, 100, -100];
-    let b: Vec<i64> = vec![3, 3, -3, -3, 5, 1, -1, 2, 4, 7, 9, -9];
+    // no zero divisor and no MIN / -1 (KILN_ERR_DIVIDE: tests/statuses.rs)
+    let b: Vec<i64> = vec![3, 3, -3, -3, 5, 1, -2, 2, 4, 7, -1, -9];
     for dt in [DType::I64, DType::I32, DType::I8, DType::U8] {
         let t = |v: &[i64]| -> Tensor {
             let tt = TensorType::new(dt, vec![v.len()]);
