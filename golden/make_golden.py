@@ -635,6 +635,89 @@ def gen_paddleocr(only_models):
                 print(f"    {o['name']} {o['shape']} stats={o['stats']}")
 
 
+SILERO_WHEEL = "silero-vad==6.2.3"
+SILERO_MEMBER = "silero_vad/data/silero_vad.onnx"
+
+
+def gen_silero(only_models):
+    """Silero VAD (real weights, from the silero-vad wheel): STFT as a convolution, an LSTM
+    with its state in and out, and Ifs on the sample rate. The reference runs 16 kHz on one
+    512-sample chunk with a non-zero state; `sr` is frozen (--freeze sr=freeze_0.npy), as a
+    static compiler needs it: the 8 kHz branch cannot take 512 samples."""
+    os.makedirs(CACHE_DIR, exist_ok=True)
+    wheels = sorted(f for f in os.listdir(CACHE_DIR)
+                    if f.startswith("silero_vad-6.2.3") and f.endswith(".whl"))
+    if not wheels:
+        subprocess.check_call([sys.executable, "-m", "pip", "download", "--quiet",
+                               "--disable-pip-version-check", "--no-deps",
+                               SILERO_WHEEL, "-d", CACHE_DIR])
+        wheels = sorted(f for f in os.listdir(CACHE_DIR)
+                        if f.startswith("silero_vad-6.2.3") and f.endswith(".whl"))
+    name = "silero_vad"
+    path = os.path.join(MODELS_DIR, f"{name}.onnx")
+    os.makedirs(MODELS_DIR, exist_ok=True)
+    with zipfile.ZipFile(os.path.join(CACHE_DIR, wheels[0])) as z:
+        with z.open(SILERO_MEMBER) as src, open(path, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    with open(path, "rb") as f:
+        sha = hashlib.sha256(f.read()).hexdigest()
+    print(f"[{name}] {SILERO_MEMBER} -> {os.path.relpath(path)}")
+    if only_models:
+        check_model_hash(name, sha)
+        return
+    model = onnx.load(path)
+    rng = np.random.default_rng(SEED)
+    out_dir = os.path.join(DATA_DIR, name)
+    if os.path.isdir(out_dir):
+        shutil.rmtree(out_dir)
+    os.makedirs(out_dir)
+    # a chirp with noise (audio in [-1, 1]) and a state as a previous chunk leaves it
+    t = np.arange(512, dtype=np.float64) / 16000.0
+    audio = 0.4 * np.sin(2 * np.pi * (200 + 1500 * t / t[-1]) * t) + 0.05 * rng.standard_normal(512)
+    feeds = {"input": audio.astype(np.float32)[None, :],
+             "state": (0.3 * rng.standard_normal((2, 1, 128))).astype(np.float32)}
+    sr = np.array(16000, dtype=np.int64)
+    meta_inputs = []
+    for idx, (iname, arr) in enumerate(feeds.items()):
+        fname = f"input_{idx}.npy"
+        np.save(os.path.join(out_dir, fname), arr)
+        meta_inputs.append({"name": iname, "file": fname, "shape": list(arr.shape),
+                            "dtype": "float32"})
+    np.save(os.path.join(out_dir, "freeze_0.npy"), sr)
+    out_names, outs = run_ort(path, dict(feeds, sr=sr))
+    meta_outputs = []
+    for idx, (oname, arr) in enumerate(zip(out_names, outs)):
+        arr = np.ascontiguousarray(arr)
+        fname = f"output_{idx}.npy"
+        np.save(os.path.join(out_dir, fname), arr)
+        a64 = arr.astype(np.float64)
+        meta_outputs.append({"name": oname, "file": fname, "shape": list(arr.shape),
+                             "dtype": str(arr.dtype),
+                             "stats": {"min": float(a64.min()), "max": float(a64.max()),
+                                       "mean_abs": float(np.abs(a64).mean())}})
+    meta = {
+        "name": name,
+        "model": os.path.relpath(path, HERE),
+        "model_sha256": sha,
+        "opset": {(o.domain or "ai.onnx"): o.version for o in model.opset_import},
+        "inputs": meta_inputs,
+        "freeze": [{"name": "sr", "file": "freeze_0.npy", "value": 16000}],
+        "outputs": meta_outputs,
+        "execution_provider": "CPUExecutionProvider",
+        "seed": SEED,
+        "versions": versions(),
+        "ops": op_histogram(model),
+        "source": f"{SILERO_WHEEL} wheel: {SILERO_MEMBER}",
+        "input_kind": "512 samples of a 200-1700 Hz chirp with noise at 16 kHz; state N(0, 0.3)",
+        "input_shape_args": ["input=1,512", "state=2,1,128"],
+    }
+    with open(os.path.join(out_dir, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=2, sort_keys=False)
+        f.write("\n")
+    for o in meta_outputs:
+        print(f"    {o['name']} {o['shape']} stats={o['stats']}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -645,6 +728,8 @@ def main():
                     help="regenerate golden/models/*.onnx without rewriting golden/data")
     ap.add_argument("--paddleocr", action="store_true",
                     help="also extract PP-OCR det/rec/cls from the rapidocr wheel")
+    ap.add_argument("--silero", action="store_true",
+                    help="also extract the Silero VAD from the silero-vad wheel")
     args = ap.parse_args()
     names = [n for n in args.models.split(",") if n]
     for n in names:
@@ -654,6 +739,8 @@ def main():
         gen_synthetic(n, args.only_models)
     if args.paddleocr:
         gen_paddleocr(args.only_models)
+    if args.silero:
+        gen_silero(args.only_models)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,6 @@ scripts/setup-llvm.sh
 scripts/setup-netron.sh
 scripts/setup-tools.sh
 PY="$(scripts/setup-python.sh | tail -n 1)"
-"$PY" golden/make_golden.py --only-models --paddleocr >&2
+"$PY" golden/make_golden.py --only-models --paddleocr --silero >&2
 scripts/setup-python-package.sh
 echo "$PY"

@@ -241,7 +241,8 @@ fn compile_and_run(
                     continue;
                 }
                 // a value computed from inputs must be constant: freeze the small integer
-                // inputs (sizes, shapes, axes) it is likely computed from
+                // inputs (sizes, shapes, axes) and the scalars (range bounds, trip counts) it
+                // is likely computed from
                 if needs_constant(&msg).is_some() {
                     let before = opts.frozen_inputs.len();
                     for (k, name) in names.iter().enumerate() {
@@ -250,8 +251,8 @@ fn compile_and_run(
                         }
                         if let Some(p) = sets.first().and_then(|s| s.0.get(k))
                             && let Ok((ty, d)) = crate::onnx::read_tensor(p)
-                            && matches!(ty.dtype, DType::I64 | DType::I32)
-                            && ty.numel() <= 64
+                            && (matches!(ty.dtype, DType::I64 | DType::I32) && ty.numel() <= 64
+                                || ty.numel() == 1)
                         {
                             opts.frozen_inputs.push((name.clone(), ty, d));
                         }

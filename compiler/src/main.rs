@@ -72,6 +72,10 @@ struct LoadArgs {
     /// Replace an input by a constant at compile time: NAME=FILE.npy (repeatable).
     #[arg(long = "freeze", value_parser = pipeline::parse_freeze)]
     frozen: Vec<Frozen>,
+    /// Bound on the trip count of ONNX Loops whose count is only known at run time (their
+    /// scan outputs get this many rows; a run needing more fails with KILN_ERR_LOOP).
+    #[arg(long = "max-trip")]
+    max_trip: Option<usize>,
     /// Bind a MindSpore checkpoint (.ckpt or .safetensors): its tensors replace the model's
     /// parameters (MindIR parameters, ONNX initializers) of the same names.
     #[arg(long)]
@@ -681,6 +685,7 @@ fn load(model: &Path, a: LoadArgs) -> Result<kiln_ir::Graph, String> {
         &LoadOptions {
             input_shapes: a.input_shapes,
             frozen_inputs: a.frozen,
+            max_trip: a.max_trip,
         },
         &ExtraOptions {
             weights: a.weights,

@@ -849,10 +849,11 @@ fn large_weight_transforms_fold() {
 }
 
 /// `If` on a condition known at compile time (here after `--freeze sr=...`, as a voice-activity
-/// detector's `Equal(sample_rate, 16000)`): the taken branch is inlined, the other dropped; a
-/// run-time condition is an error naming the input to freeze.
+/// detector's `Equal(sample_rate, 16000)`): the taken branch is inlined, the other dropped;
+/// without `--freeze` the condition is known at run time and both branches are compiled into a
+/// run-time `if` (each branch reads the outer `x` as a captured value), one taken per run.
 #[test]
-fn if_with_a_constant_condition_is_inlined() {
+fn if_with_a_constant_condition_is_inlined_else_compiled() {
     let branch = |op: &str, out_name: &str| GraphProto {
         name: Some(format!("{op}_branch")),
         node: vec![
@@ -895,13 +896,14 @@ fn if_with_a_constant_condition_is_inlined() {
         ..Default::default()
     };
     let m = model(g, 13);
-    let e = load_model(&m, &OnnxOptions::default())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("node 'by_rate' (If)") && e.contains("--freeze"),
-        "{e}"
-    );
+    let g = load_model(&m, &OnnxOptions::default()).unwrap();
+    assert_eq!(ops(&g), ["equal", "if"]);
+    let x = kiln_ir::interp::Tensor::f32(vec![3], vec![1.5f32, -2.0, 0.0]);
+    for (rate, want) in [(16000, [3.0f32, 0.0, 0.0]), (8000, [-3.0, 4.0, 0.0])] {
+        let sr = kiln_ir::interp::Tensor::i64(vec![1], vec![rate]);
+        let out = compiled_matches_interp(&g, &[x.clone(), sr]);
+        assert_eq!(out[0].as_f32().unwrap(), want, "rate {rate}");
+    }
     let freeze = |rate: i64| OnnxOptions {
         frozen_inputs: vec![(
             "sr".into(),
@@ -920,4 +922,163 @@ fn if_with_a_constant_condition_is_inlined() {
     let ins = kiln_ir::interp::Tensor::f32(vec![3], x.to_vec());
     let out = kiln_ir::interp::run(&g, &[ins]).unwrap();
     assert_eq!(out[0].as_f32().unwrap(), [-3.0, 4.0, 0.0]);
+}
+
+/// Run `g` compiled for the host on `ins` (f32/i64 tensors) and check every output against
+/// the interpreter's; returns the interpreter's outputs.
+fn compiled_matches_interp(
+    g: &Graph,
+    ins: &[kiln_ir::interp::Tensor],
+) -> Vec<kiln_ir::interp::Tensor> {
+    let want = kiln_ir::interp::run(g, ins).unwrap();
+    let jit = kiln_target_cpu::compile_jit(g, "t").expect("compile");
+    let m = unsafe {
+        kiln_runtime::Model::from_raw(jit.descriptor() as *const kiln_runtime::KilnModel)
+    }
+    .unwrap();
+    let mut ws = m.workspace().unwrap();
+    let bufs: Vec<Vec<u8>> = ins.iter().map(|t| t.to_bytes()).collect();
+    let ins_p: Vec<&[u8]> = bufs.iter().map(|b| b.as_slice()).collect();
+    let mut outs: Vec<Vec<u8>> = m.outputs().iter().map(|o| vec![0xAA; o.nbytes]).collect();
+    let mut outs_p: Vec<&mut [u8]> = outs.iter_mut().map(|b| b.as_mut_slice()).collect();
+    m.run(&ins_p, &mut outs_p, &mut ws).expect("run");
+    for (w, got) in want.iter().zip(&outs) {
+        assert_eq!(&w.to_bytes(), got, "compiled vs interpreter");
+    }
+    want
+}
+
+fn attr_graph(name: &str, g: GraphProto) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(5),
+        g: Some(g),
+        ..Default::default()
+    }
+}
+
+/// ONNX `Loop` and `Scan` become run-time loops: a Loop whose body reads an outer input
+/// (captured) and an outer initializer (copied in) and stops on its own condition before its
+/// trip count (the scan rows after the last iteration are zero), and a Scan running in reverse
+/// over axis 1 with its scan output stacked along axis 1. Compiled and interpreted outputs are
+/// identical and equal to the values computed by hand.
+#[test]
+fn loop_and_scan_run_as_loops() {
+    let body = GraphProto {
+        name: Some("body".into()),
+        node: vec![
+            node("Add", "acc", &["acc_in", "x"], &["acc_out"], vec![]),
+            node("Mul", "scale", &["acc_out", "k"], &["row"], vec![]),
+            node("Less", "more", &["i", "two"], &["c_out"], vec![]),
+        ],
+        initializer: vec![tensor_i64("two", &[], &[2])],
+        input: vec![out("i"), out("c_in"), out("acc_in")],
+        output: vec![out("c_out"), out("acc_out"), out("row")],
+        ..Default::default()
+    };
+    let g = GraphProto {
+        node: vec![node(
+            "Loop",
+            "lp",
+            &["M", "", "a0"],
+            &["acc", "rows"],
+            vec![attr_graph("body", body)],
+        )],
+        input: vec![fixed("x", &[2]), fixed("a0", &[2])],
+        initializer: vec![tensor_i64("M", &[], &[4]), tensor_f32("k", &[1], &[0.5])],
+        output: vec![out("acc"), out("rows")],
+        ..Default::default()
+    };
+    let g = load_model(&model(g, 13), &OnnxOptions::default()).unwrap();
+    assert!(ops(&g).contains(&"loop"), "{:?}", ops(&g));
+    let t = |v: Vec<f32>| kiln_ir::interp::Tensor::f32(vec![v.len()], v);
+    let res = compiled_matches_interp(&g, &[t(vec![1.0, -2.0]), t(vec![0.5, 4.0])]);
+    // three iterations (i = 0, 1, 2; the condition fails after i = 2)
+    assert_eq!(res[0].as_f32().unwrap(), [3.5, -2.0]);
+    assert_eq!(
+        res[1].as_f32().unwrap(),
+        [0.75, 1.0, 1.25, 0.0, 1.75, -1.0, 0.0, 0.0]
+    );
+
+    // the trip count an input: the scan rows need a bound (an error naming M without one)
+    let body = GraphProto {
+        name: Some("body".into()),
+        node: vec![node("Add", "acc", &["acc_in", "x"], &["acc_out"], vec![])],
+        input: vec![out("i"), out("c_in"), out("acc_in")],
+        output: vec![out("c_in"), out("acc_out"), out("acc_out")],
+        ..Default::default()
+    };
+    let g = GraphProto {
+        node: vec![node(
+            "Loop",
+            "lp",
+            &["M", "c", "a0"],
+            &["acc", "rows"],
+            vec![attr_graph("body", body)],
+        )],
+        input: vec![
+            fixed_i64("M", &[]),
+            vi("c", 9, &[]),
+            fixed("x", &[2]),
+            fixed("a0", &[2]),
+        ],
+        output: vec![out("acc"), out("rows")],
+        ..Default::default()
+    };
+    let m = model(g, 13);
+    let e = load_model(&m, &OnnxOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("input 0 ('M')") && e.contains("--max-trip"),
+        "{e}"
+    );
+    let bounded = OnnxOptions {
+        max_trip: Some(4),
+        ..Default::default()
+    };
+    let g = load_model(&m, &bounded).unwrap();
+    let i64s = |v: i64| kiln_ir::interp::Tensor::i64(vec![], vec![v]);
+    let yes = kiln_ir::interp::Tensor::bool(vec![], vec![true]);
+    let res = compiled_matches_interp(&g, &[i64s(3), yes, t(vec![1.0, 2.0]), t(vec![0.0, 0.0])]);
+    assert_eq!(res[0].as_f32().unwrap(), [3.0, 6.0]);
+    assert_eq!(
+        res[1].as_f32().unwrap(),
+        [1.0, 2.0, 2.0, 4.0, 3.0, 6.0, 0.0, 0.0]
+    );
+
+    let body = GraphProto {
+        name: Some("scan_body".into()),
+        node: vec![node("Add", "acc", &["s_in", "col"], &["s_out"], vec![])],
+        input: vec![out("s_in"), out("col")],
+        output: vec![out("s_out"), out("s_out")],
+        ..Default::default()
+    };
+    let g = GraphProto {
+        node: vec![node(
+            "Scan",
+            "sc",
+            &["s0", "xs"],
+            &["s", "ys"],
+            vec![
+                attr_graph("body", body),
+                ai("num_scan_inputs", 1),
+                ais("scan_input_axes", &[1]),
+                ais("scan_input_directions", &[1]),
+                ais("scan_output_axes", &[1]),
+            ],
+        )],
+        input: vec![fixed("s0", &[2]), fixed("xs", &[2, 3])],
+        output: vec![out("s"), out("ys")],
+        ..Default::default()
+    };
+    let g = load_model(&model(g, 11), &OnnxOptions::default()).unwrap();
+    let xs = kiln_ir::interp::Tensor::f32(vec![2, 3], vec![1.0, 2.0, 3.0, 10.0, 20.0, 30.0]);
+    let res = compiled_matches_interp(&g, &[t(vec![0.0, 100.0]), xs]);
+    assert_eq!(res[0].as_f32().unwrap(), [6.0, 160.0]);
+    // column t: the state after iteration t, which added column 2 - t
+    assert_eq!(
+        res[1].as_f32().unwrap(),
+        [3.0, 5.0, 6.0, 130.0, 150.0, 160.0]
+    );
 }

@@ -6,9 +6,9 @@
 //! row-major order.
 
 use crate::ops::{
-    ActKind, BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordTransform, GemmAttrs, NearestMode,
-    PadMode, PoolAttrs, ReduceKind, ResizeAttrs, ResizeMode, ScatterReduction, SliceAttrs,
-    SoftmaxKind, UnaryOp, broadcast_shapes,
+    ActKind, BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordTransform, GemmAttrs, LoopAttrs,
+    NearestMode, PadMode, PoolAttrs, ReduceKind, ResizeAttrs, ResizeMode, ScatterReduction,
+    SliceAttrs, SoftmaxKind, UnaryOp, broadcast_shapes,
 };
 use crate::types::strides_of;
 use crate::{ConstData, DType, Graph, IrError, Op, TensorType, ValueDef};
@@ -997,7 +997,64 @@ pub fn eval_op(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
             shape: out_shape,
             data: cast(&x.data, *to)?,
         }),
+        Op::If(b) => {
+            let c = x.as_bool().ok_or("the condition is not bool")?;
+            let g = if c[0] { &b.then_branch } else { &b.else_branch };
+            let caps: Vec<Tensor> = inputs[1..].iter().map(|t| (*t).clone()).collect();
+            run(g, &caps).map_err(|e| e.to_string())
+        }
+        Op::Loop(l) => eval_loop(l, inputs, &out_tys),
     }
+}
+
+/// [`Op::Loop`]: the body runs while `iter < m` and the condition hold; scan outputs are
+/// stacked into `max_trip` rows, the rows of iterations that never ran zero.
+fn eval_loop(
+    l: &LoopAttrs,
+    inputs: &[&Tensor],
+    out_tys: &[TensorType],
+) -> Result<Vec<Tensor>, String> {
+    let n = l.n_carried;
+    let g = &l.body;
+    let m = inputs[0].as_i64().ok_or("the trip count is not i64")?[0];
+    let mut cond = inputs[1].as_bool().ok_or("the condition is not bool")?[0];
+    let mut carried: Vec<Tensor> = inputs[2..2 + n].iter().map(|t| (*t).clone()).collect();
+    let caps: Vec<Tensor> = inputs[2 + n..].iter().map(|t| (*t).clone()).collect();
+    let (iter_ty, cond_ty) = (g.ty(g.inputs[0]).clone(), g.ty(g.inputs[1]).clone());
+    let n_scan = g.outputs.len() - 1 - n;
+    let mut rows: Vec<Vec<u8>> = vec![Vec::new(); n_scan];
+    let mut i: i64 = 0;
+    while i < m && cond {
+        if i as u64 >= l.max_trip as u64 {
+            return Err(format!(
+                "the loop needs more than its bound of {} iterations",
+                l.max_trip
+            ));
+        }
+        let mut ins = vec![
+            Tensor::i64(iter_ty.shape.clone(), vec![i]),
+            Tensor::bool(cond_ty.shape.clone(), vec![cond]),
+        ];
+        ins.append(&mut carried);
+        ins.extend(caps.iter().cloned());
+        let mut outs = run(g, &ins).map_err(|e| e.to_string())?.into_iter();
+        cond = outs
+            .next()
+            .and_then(|c| c.as_bool().map(|b| b[0]))
+            .ok_or("no condition")?;
+        carried = outs.by_ref().take(n).collect();
+        for (r, t) in rows.iter_mut().zip(outs) {
+            r.extend(t.to_bytes());
+        }
+        i += 1;
+    }
+    let mut res = carried;
+    for (r, ty) in rows.into_iter().zip(&out_tys[n..]) {
+        let mut bytes = r;
+        bytes.resize(ty.size_bytes(), 0);
+        res.push(Tensor::from_bytes(ty, &bytes).map_err(|e| e.to_string())?);
+    }
+    Ok(res)
 }
 
 /// A one-element tensor of `dtype` holding `v` (the Pad fill).

@@ -104,6 +104,60 @@ fn align(x: usize) -> usize {
     x.div_ceil(ALIGN) * ALIGN
 }
 
+/// The scratch buffer of a control-flow node (`if`, `loop`): the workspace its sub-graphs run
+/// in, and a loop's state. Sub-graphs are planned on their own (their inputs are the node's
+/// operands, their outputs the node's outputs or the loop's state buffers); the node's scratch
+/// is live only while the node runs, so the branches of an `if` share it and the body's
+/// workspace is reused by every iteration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowScratch {
+    /// Offset of the sub-graphs' workspace (0; it is `ALIGN`-aligned).
+    pub body: usize,
+    /// `loop`: offsets of the buffers the body writes the carried values' next state into
+    /// (copied over the node's carried outputs after each iteration).
+    pub carried: Vec<usize>,
+    /// `loop`: offsets of the iteration number (i64), the condition in and the condition out
+    /// (one byte each; bool).
+    pub iter: usize,
+    pub cond_in: usize,
+    pub cond_out: usize,
+    /// Total bytes.
+    pub size: usize,
+}
+
+/// The scratch layout of control-flow node `n` whose sub-graphs need `body_ws` workspace bytes
+/// each (`None` for other ops).
+pub fn flow_scratch(g: &Graph, n: &Node, body_ws: &[usize]) -> Option<FlowScratch> {
+    let ws = align(body_ws.iter().copied().max().unwrap_or(0));
+    match &n.op {
+        Op::If(_) => Some(FlowScratch {
+            body: 0,
+            carried: Vec::new(),
+            iter: 0,
+            cond_in: 0,
+            cond_out: 0,
+            size: ws,
+        }),
+        Op::Loop(l) => {
+            let mut off = ws;
+            let mut carried = Vec::new();
+            for &v in &n.outputs[..l.n_carried] {
+                carried.push(off);
+                off += align(g.ty(v).size_bytes().max(1));
+            }
+            Some(FlowScratch {
+                body: 0,
+                carried,
+                iter: off,
+                cond_in: off + 8,
+                cond_out: off + 16,
+                size: off + ALIGN,
+            })
+        }
+        _ => None,
+    }
+}
+
 /// Whether node `n` may write its (single) output over its input `k` when that input dies at
 /// `n`. This is a contract with every back end: the op must be elementwise and its kernel must
 /// read element `i` of input `k` before it writes element `i` of the output, and nothing

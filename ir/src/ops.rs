@@ -2,9 +2,9 @@
 //! ends match on these types. Each op's life: this enum (+ attrs and shape rule here), the
 //! interpreter (`interp.rs`), and each back end's lowering.
 
-use crate::DType;
 use crate::limits;
 use crate::types::{Layout, TensorType};
+use crate::{DType, Graph};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConvAttrs {
@@ -533,6 +533,48 @@ pub struct SliceAttrs {
     pub sizes: Vec<usize>,
 }
 
+/// The two sub-graphs of a run-time [`Op::If`]. Each takes the node's captured values (its
+/// inputs after the condition) as its graph inputs, in order and with their types, and
+/// produces the node's outputs (one static type each, the same in both branches).
+#[derive(Debug, Clone)]
+pub struct Branches {
+    pub then_branch: Graph,
+    pub else_branch: Graph,
+}
+
+/// A run-time [`Op::Loop`]: `body` runs while `iter < m` and `cond` hold, at most `max_trip`
+/// times.
+///
+/// Node inputs: `m` (i64, one element: the trip count), `cond` (bool, one element), the
+/// `n_carried` initial loop-carried values, then the captured values the body reads.
+/// Body inputs: `iter` (i64, one element), `cond` (bool, one element), the carried values,
+/// the captured values (the node's types). Body outputs: `cond_out` (bool, one element), the
+/// carried values' next state (same types), then one scan output per remaining output.
+/// Node outputs: the final carried values, then each scan output stacked along a new leading
+/// axis of `max_trip` rows (row `i` from iteration `i`; rows of iterations that never ran are
+/// zero). A loop that would need more than `max_trip` iterations stops with a run-time error.
+#[derive(Debug, Clone)]
+pub struct LoopAttrs {
+    pub body: Graph,
+    pub n_carried: usize,
+    pub max_trip: usize,
+}
+
+/// Sub-graphs compare by their exact text form (constants bit by bit).
+impl PartialEq for Branches {
+    fn eq(&self, o: &Self) -> bool {
+        crate::text::print(&self.then_branch) == crate::text::print(&o.then_branch)
+            && crate::text::print(&self.else_branch) == crate::text::print(&o.else_branch)
+    }
+}
+impl PartialEq for LoopAttrs {
+    fn eq(&self, o: &Self) -> bool {
+        self.n_carried == o.n_carried
+            && self.max_trip == o.max_trip
+            && crate::text::print(&self.body) == crate::text::print(&o.body)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
     /// inputs: x `[N,C,spatial..]`, w `[M,C/groups,k..]`, optional bias `[M]`.
@@ -702,6 +744,11 @@ pub enum Op {
         k: usize,
         largest: bool,
     },
+    /// Run-time conditional (see [`Branches`]): inputs `cond` (bool, one element), then the
+    /// values both branches capture.
+    If(Box<Branches>),
+    /// Run-time loop (see [`LoopAttrs`]).
+    Loop(Box<LoopAttrs>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -947,6 +994,8 @@ impl Op {
             Op::CumSum { prod: false, .. } => "cum_sum",
             Op::CumSum { prod: true, .. } => "cum_prod",
             Op::TopK { .. } => "top_k",
+            Op::If(_) => "if",
+            Op::Loop(_) => "loop",
         }
     }
 
@@ -968,6 +1017,29 @@ impl Op {
                 | Op::Where
                 | Op::Cast { .. }
         )
+    }
+
+    /// The sub-graphs of a control-flow op (`if`: then, else; `loop`: the body).
+    pub fn bodies(&self) -> Vec<&Graph> {
+        match self {
+            Op::If(b) => vec![&b.then_branch, &b.else_branch],
+            Op::Loop(l) => vec![&l.body],
+            _ => vec![],
+        }
+    }
+
+    /// [`bodies`](Self::bodies), mutable (passes run on sub-graphs through this).
+    pub fn bodies_mut(&mut self) -> Vec<&mut Graph> {
+        match self {
+            Op::If(b) => vec![&mut b.then_branch, &mut b.else_branch],
+            Op::Loop(l) => vec![&mut l.body],
+            _ => vec![],
+        }
+    }
+
+    /// Control flow: an op with sub-graphs.
+    pub fn is_control_flow(&self) -> bool {
+        matches!(self, Op::If(_) | Op::Loop(_))
     }
 
     /// True for ops that only reinterpret the bytes (no data movement).
@@ -1142,6 +1214,12 @@ impl Op {
                 ("k", Attr::Int(*k as i64)),
                 ("largest", Attr::Int(*largest as i64)),
             ],
+            // the sub-graphs are printed after the node by the text form
+            Op::If(_) => vec![],
+            Op::Loop(l) => vec![
+                ("n_carried", Attr::Int(l.n_carried as i64)),
+                ("max_trip", Attr::Int(l.max_trip as i64)),
+            ],
             Op::MatMul(_)
             | Op::Binary(_)
             | Op::Unary(_)
@@ -1151,6 +1229,40 @@ impl Op {
             | Op::Not
             | Op::IsNaN
             | Op::Where => vec![],
+        }
+    }
+
+    /// [`from_parts`](Self::from_parts) for any op, control flow included: `if` takes two
+    /// sub-graphs (then, else), `loop` one (the body); other ops none.
+    pub fn from_parts_with_bodies(
+        name: &str,
+        attrs: &[(String, Attr)],
+        bodies: Vec<Graph>,
+    ) -> Result<Op, String> {
+        let int = |k: &str| -> Result<usize, String> {
+            attrs
+                .iter()
+                .find(|(n, _)| n == k)
+                .ok_or_else(|| format!("op '{name}' needs attribute '{k}'"))?
+                .1
+                .uint()
+        };
+        let n = bodies.len();
+        let mut it = bodies.into_iter();
+        match (name, n) {
+            ("if", 2) => Ok(Op::If(Box::new(Branches {
+                then_branch: it.next().unwrap(),
+                else_branch: it.next().unwrap(),
+            }))),
+            ("loop", 1) => Ok(Op::Loop(Box::new(LoopAttrs {
+                body: it.next().unwrap(),
+                n_carried: int("n_carried")?,
+                max_trip: int("max_trip")?,
+            }))),
+            ("if", _) => Err(format!("'if' needs 2 sub-graphs (then, else), got {n}")),
+            ("loop", _) => Err(format!("'loop' needs 1 sub-graph (its body), got {n}")),
+            (_, 0) => Op::from_parts(name, attrs),
+            _ => Err(format!("op '{name}' takes no sub-graphs")),
         }
     }
 
@@ -1373,6 +1485,11 @@ impl Op {
                 k: get("k")?.uint()?,
                 largest: flag("largest")?,
             },
+            "if" | "loop" => {
+                return Err(format!(
+                    "op '{name}' needs its sub-graphs (see Op::from_parts_with_bodies)"
+                ));
+            }
             "cast" | "bit_cast" => {
                 let s = get("to")?.str()?;
                 let to = DType::from_name(s).ok_or_else(|| format!("unknown dtype '{s}'"))?;
@@ -2210,6 +2327,8 @@ impl Op {
                 }
                 Ok(vec![ins[0].clone()])
             }
+            Op::If(b) => infer_if(b, ins),
+            Op::Loop(l) => infer_loop(l, ins),
             Op::TopK { axis, k, .. } => {
                 arity(1, 1)?;
                 let x = ins[0];
@@ -2225,6 +2344,104 @@ impl Op {
             }
         }
     }
+}
+
+/// One element of `dtype` (a scalar or a one-element tensor: trip counts, conditions).
+fn one_of(t: &TensorType, dtype: DType, what: &str) -> Result<(), String> {
+    if t.dtype != dtype || t.numel() != 1 {
+        return Err(format!("{what} must be one {dtype} element, got {t}"));
+    }
+    Ok(())
+}
+
+/// `have` (a node's operands or a body's interface) has the types `want`, in order (dtype and
+/// shape; sub-graph interfaces are plain).
+fn same_types<'a>(
+    have: impl ExactSizeIterator<Item = &'a TensorType>,
+    want: impl ExactSizeIterator<Item = &'a TensorType>,
+    what: &str,
+) -> Result<(), String> {
+    if have.len() != want.len() {
+        return Err(format!(
+            "{what}: {} values, {} expected",
+            have.len(),
+            want.len()
+        ));
+    }
+    for (k, (h, w)) in have.zip(want).enumerate() {
+        if h.dtype != w.dtype || h.shape != w.shape {
+            return Err(format!("{what} {k}: {h}, the sub-graph has {w}"));
+        }
+    }
+    Ok(())
+}
+
+fn infer_if(b: &Branches, ins: &[&TensorType]) -> Result<Vec<TensorType>, String> {
+    let Some((cond, caps)) = ins.split_first() else {
+        return Err("if needs a condition".into());
+    };
+    one_of(cond, DType::Bool, "the condition")?;
+    for (g, name) in [(&b.then_branch, "then"), (&b.else_branch, "else")] {
+        same_types(
+            caps.iter().copied(),
+            g.inputs.iter().map(|v| g.ty(*v)),
+            &format!("captured value (the {name} branch's input)"),
+        )?;
+    }
+    let (t, e) = (&b.then_branch, &b.else_branch);
+    same_types(
+        e.outputs.iter().map(|v| e.ty(*v)),
+        t.outputs.iter().map(|v| t.ty(*v)),
+        "else branch output (vs the then branch)",
+    )?;
+    Ok(t.outputs
+        .iter()
+        .map(|v| t.ty(*v).with_layout(Layout::Plain))
+        .collect())
+}
+
+fn infer_loop(l: &LoopAttrs, ins: &[&TensorType]) -> Result<Vec<TensorType>, String> {
+    let (g, n) = (&l.body, l.n_carried);
+    if ins.len() < 2 + n {
+        return Err(format!(
+            "loop needs m, cond and {n} carried values, got {} inputs",
+            ins.len()
+        ));
+    }
+    one_of(ins[0], DType::I64, "the trip count m")?;
+    one_of(ins[1], DType::Bool, "the condition")?;
+    let bin: Vec<&TensorType> = g.inputs.iter().map(|v| g.ty(*v)).collect();
+    let bout: Vec<&TensorType> = g.outputs.iter().map(|v| g.ty(*v)).collect();
+    if bin.len() < 2 + n || bout.len() < 1 + n {
+        return Err(format!(
+            "the body takes {} inputs and yields {} outputs: it needs iter, cond and {n} carried values in, cond and {n} carried values out",
+            bin.len(),
+            bout.len()
+        ));
+    }
+    one_of(bin[0], DType::I64, "the body's iteration number")?;
+    one_of(bin[1], DType::Bool, "the body's condition input")?;
+    one_of(bout[0], DType::Bool, "the body's condition output")?;
+    same_types(
+        ins[2..].iter().copied(),
+        bin[2..].iter().copied(),
+        "loop operand (carried or captured; the body's input)",
+    )?;
+    same_types(
+        bout[1..1 + n].iter().copied(),
+        bin[2..2 + n].iter().copied(),
+        "carried value out of the body (vs in)",
+    )?;
+    let mut out: Vec<TensorType> = bin[2..2 + n]
+        .iter()
+        .map(|t| t.with_layout(Layout::Plain))
+        .collect();
+    for t in &bout[1 + n..] {
+        let mut shape = vec![l.max_trip];
+        shape.extend(&t.shape);
+        out.push(TensorType::new(t.dtype, shape));
+    }
+    Ok(out)
 }
 
 fn check_spatial(

@@ -163,10 +163,16 @@ fn const_list(ty: &TensorType, b: &[u8]) -> Option<String> {
 
 fn print_impl(g: &Graph, limit: Option<usize>) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "graph {} {{", graph_name(&g.name));
+    print_graph(&mut s, g, limit, "");
+    s
+}
+
+/// Print `g` with every line indented by `ind` (sub-graphs are printed nested in their node).
+fn print_graph(s: &mut String, g: &Graph, limit: Option<usize>, ind: &str) {
+    let _ = writeln!(s, "{ind}graph {} {{", graph_name(&g.name));
     for &i in &g.inputs {
         let v = g.value(i);
-        let _ = writeln!(s, "  input {}: {}", var(&v.name), v.ty);
+        let _ = writeln!(s, "{ind}  input {}: {}", var(&v.name), v.ty);
     }
     for v in &g.values {
         let ValueDef::Const(d) = &v.def else { continue };
@@ -181,14 +187,14 @@ fn print_impl(g: &Graph, limit: Option<usize>) -> String {
         } else {
             hex(d.bytes())
         };
-        let _ = writeln!(s, "  const {}: {} = {}", var(&v.name), v.ty, body);
+        let _ = writeln!(s, "{ind}  const {}: {} = {}", var(&v.name), v.ty, body);
     }
     for (_, n) in g.iter_nodes() {
         let outs: Vec<String> = n.outputs.iter().map(|&o| var(&g.value(o).name)).collect();
         let ins: Vec<String> = n.inputs.iter().map(|&i| var(&g.value(i).name)).collect();
         let _ = write!(
             s,
-            "  {} = {}({})",
+            "{ind}  {} = {}({})",
             outs.join(", "),
             n.op.name(),
             ins.join(", ")
@@ -207,16 +213,25 @@ fn print_impl(g: &Graph, limit: Option<usize>) -> String {
         if first != Some(n.name.as_str()) {
             let _ = write!(s, " #name {}", quote(&n.name));
         }
-        s.push('\n');
+        let bodies = n.op.bodies();
+        if bodies.is_empty() {
+            s.push('\n');
+        } else {
+            s.push_str(" {\n");
+            let inner = format!("{ind}    ");
+            for b in bodies {
+                print_graph(s, b, limit, &inner);
+            }
+            let _ = writeln!(s, "{ind}  }}");
+        }
     }
     let outs: Vec<String> = g.outputs.iter().map(|&o| var(&g.value(o).name)).collect();
     if outs.is_empty() {
-        s.push_str("  output\n");
+        let _ = writeln!(s, "{ind}  output");
     } else {
-        let _ = writeln!(s, "  output {}", outs.join(", "));
+        let _ = writeln!(s, "{ind}  output {}", outs.join(", "));
     }
-    s.push_str("}\n");
-    s
+    let _ = writeln!(s, "{ind}}}");
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -620,6 +635,88 @@ struct Parser {
     names: HashMap<String, ValueId>,
 }
 
+/// The lines still to parse: (1-based number, text).
+type Lines<'a, 'b> = &'a mut dyn Iterator<Item = (usize, &'b str)>;
+
+/// Parse a graph's statements up to its closing `}` (the `graph NAME {` header was read).
+fn parse_block(lines: Lines, name: String, last_line: &mut usize) -> Result<Graph> {
+    let perr = |line: usize, msg: String| IrError::Parse { line, msg };
+    let mut p = Parser {
+        g: Graph::new(name),
+        names: HashMap::new(),
+    };
+    while let Some((ln, l)) = lines.next() {
+        *last_line = ln;
+        let toks = lex_line(l).map_err(|m| perr(ln, m))?;
+        if toks.is_empty() {
+            continue;
+        }
+        if toks == [Tok::Punct('}')] {
+            return Ok(p.g);
+        }
+        let mut c = Cur {
+            toks: &toks,
+            pos: 0,
+        };
+        p.statement(&mut c, lines, last_line).map_err(|e| match e {
+            Nested::Here(m) => perr(ln, m),
+            Nested::Inner(e) => e,
+        })?;
+    }
+    Err(perr(*last_line + 1, "missing closing '}'".into()))
+}
+
+/// `graph NAME {` (a header line's tokens).
+fn graph_header(c: &mut Cur) -> PResult<String> {
+    c.keyword("graph")?;
+    let name = match c.next()? {
+        Tok::Ident(n) => n.clone(),
+        Tok::Str(n) => n.clone(),
+        t => return Err(format!("expected a graph name, found {t}")),
+    };
+    c.punct('{')?;
+    c.end()?;
+    Ok(name)
+}
+
+/// A statement's error: on its own line, or inside a nested graph (already located).
+enum Nested {
+    Here(String),
+    Inner(IrError),
+}
+
+impl From<String> for Nested {
+    fn from(m: String) -> Nested {
+        Nested::Here(m)
+    }
+}
+
+/// The sub-graphs of a node whose line ends in `{`: `graph NAME { .. }` blocks up to a `}`.
+fn parse_bodies(lines: Lines, last_line: &mut usize) -> Result<Vec<Graph>> {
+    let perr = |line: usize, msg: String| IrError::Parse { line, msg };
+    let mut bodies = Vec::new();
+    while let Some((ln, l)) = lines.next() {
+        *last_line = ln;
+        let toks = lex_line(l).map_err(|m| perr(ln, m))?;
+        if toks.is_empty() {
+            continue;
+        }
+        if toks == [Tok::Punct('}')] {
+            return Ok(bodies);
+        }
+        let mut c = Cur {
+            toks: &toks,
+            pos: 0,
+        };
+        let name = graph_header(&mut c).map_err(|m| perr(ln, m))?;
+        bodies.push(parse_block(lines, name, last_line)?);
+    }
+    Err(perr(
+        *last_line + 1,
+        "missing '}' closing the sub-graphs".into(),
+    ))
+}
+
 impl Parser {
     fn define(&mut self, name: &str) -> PResult<()> {
         if self.names.contains_key(name) {
@@ -634,7 +731,7 @@ impl Parser {
             .ok_or_else(|| format!("undefined value {}", var(name)))
     }
 
-    fn statement(&mut self, c: &mut Cur) -> PResult<()> {
+    fn statement(&mut self, c: &mut Cur, lines: Lines, last: &mut usize) -> Result<(), Nested> {
         match c.peek() {
             Some(Tok::Ident(k)) if k == "input" => {
                 c.pos += 1;
@@ -655,7 +752,7 @@ impl Parser {
                 let bytes = match c.next()? {
                     Tok::Ident(h) if h == "hex" => match c.next()? {
                         Tok::Str(s) => unhex(s)?,
-                        t => return Err(format!("expected a hex string, found {t}")),
+                        t => return Err(format!("expected a hex string, found {t}").into()),
                     },
                     Tok::Punct('[') => {
                         c.pos -= 1;
@@ -663,9 +760,9 @@ impl Parser {
                         encode_list(&ty, &items)?
                     }
                     Tok::Punct('<') => {
-                        return Err("elided constants cannot be parsed".into());
+                        return Err(Nested::Here("elided constants cannot be parsed".into()));
                     }
-                    t => return Err(format!("expected constant data, found {t}")),
+                    t => return Err(format!("expected constant data, found {t}").into()),
                 };
                 c.end()?;
                 self.define(&name)?;
@@ -689,14 +786,14 @@ impl Parser {
                 }
                 c.end()?;
             }
-            Some(Tok::Var(_)) => self.node(c)?,
-            Some(t) => return Err(format!("expected a statement, found {t}")),
+            Some(Tok::Var(_)) => self.node(c, lines, last)?,
+            Some(t) => return Err(format!("expected a statement, found {t}").into()),
             None => {}
         }
         Ok(())
     }
 
-    fn node(&mut self, c: &mut Cur) -> PResult<()> {
+    fn node(&mut self, c: &mut Cur, lines: Lines, last: &mut usize) -> Result<(), Nested> {
         let mut outs = vec![c.var()?];
         while c.eat_punct(',') {
             outs.push(c.var()?);
@@ -722,7 +819,7 @@ impl Parser {
                 c.punct('=')?;
                 let v = parse_attr_value(c)?;
                 if attrs.iter().any(|(n, _)| *n == k) {
-                    return Err(format!("attribute '{k}' given twice"));
+                    return Err(format!("attribute '{k}' given twice").into());
                 }
                 attrs.push((k, v));
                 if c.eat_punct('}') {
@@ -741,24 +838,28 @@ impl Parser {
             c.keyword("name")?;
             match c.next()? {
                 Tok::Str(s) => node_name = s.clone(),
-                t => return Err(format!("expected a quoted node name, found {t}")),
+                t => return Err(format!("expected a quoted node name, found {t}").into()),
             }
         }
+        let nested = c.eat_punct('{');
         c.end()?;
         if tys.len() != outs.len() {
-            return Err(format!(
-                "{} outputs named but {} types given",
-                outs.len(),
-                tys.len()
-            ));
+            return Err(
+                format!("{} outputs named but {} types given", outs.len(), tys.len()).into(),
+            );
         }
         for (i, o) in outs.iter().enumerate() {
             self.define(o)?;
             if outs[..i].contains(o) {
-                return Err(format!("value {} is defined twice", var(o)));
+                return Err(format!("value {} is defined twice", var(o)).into());
             }
         }
-        let op = Op::from_parts(&op_name, &attrs)?;
+        let bodies = if nested {
+            parse_bodies(lines, last).map_err(Nested::Inner)?
+        } else {
+            Vec::new()
+        };
+        let op = Op::from_parts_with_bodies(&op_name, &attrs, bodies)?;
         // Shape inference on arbitrary (parsed) attributes must never take the parser down.
         let g = &mut self.g;
         let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -769,10 +870,9 @@ impl Parser {
         for ((id, ty), name) in ids.iter().zip(tys).zip(outs) {
             let inferred = self.g.ty(*id);
             if inferred.dtype != ty.dtype || inferred.shape != ty.shape {
-                return Err(format!(
-                    "{} is declared {ty} but inferred {inferred}",
-                    var(&name)
-                ));
+                return Err(
+                    format!("{} is declared {ty} but inferred {inferred}", var(&name)).into(),
+                );
             }
             self.g.value_mut(*id).ty = ty;
             self.names.insert(name, *id);
@@ -787,7 +887,7 @@ pub fn parse(s: &str) -> Result<Graph> {
     let mut lines = s.lines().enumerate().map(|(i, l)| (i + 1, l));
     let mut last_line = 0;
     // Header.
-    let mut p = loop {
+    let name = loop {
         let Some((ln, l)) = lines.next() else {
             return Err(perr(last_line.max(1), "expected 'graph NAME {'".into()));
         };
@@ -800,46 +900,13 @@ pub fn parse(s: &str) -> Result<Graph> {
             toks: &toks,
             pos: 0,
         };
-        let header = (|| -> PResult<String> {
-            c.keyword("graph")?;
-            let name = match c.next()? {
-                Tok::Ident(n) => n.clone(),
-                Tok::Str(n) => n.clone(),
-                t => return Err(format!("expected a graph name, found {t}")),
-            };
-            c.punct('{')?;
-            c.end()?;
-            Ok(name)
-        })()
-        .map_err(|m| perr(ln, m))?;
-        break Parser {
-            g: Graph::new(header),
-            names: HashMap::new(),
-        };
+        break graph_header(&mut c).map_err(|m| perr(ln, m))?;
     };
-    // Body.
-    let mut closed = false;
+    let g = parse_block(&mut lines, name, &mut last_line)?;
     for (ln, l) in lines {
-        last_line = ln;
-        let toks = lex_line(l).map_err(|m| perr(ln, m))?;
-        if toks.is_empty() {
-            continue;
-        }
-        if closed {
+        if !lex_line(l).map_err(|m| perr(ln, m))?.is_empty() {
             return Err(perr(ln, "unexpected text after the closing '}'".into()));
         }
-        if toks == [Tok::Punct('}')] {
-            closed = true;
-            continue;
-        }
-        let mut c = Cur {
-            toks: &toks,
-            pos: 0,
-        };
-        p.statement(&mut c).map_err(|m| perr(ln, m))?;
     }
-    if !closed {
-        return Err(perr(last_line + 1, "missing closing '}'".into()));
-    }
-    Ok(p.g)
+    Ok(g)
 }

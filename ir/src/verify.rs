@@ -8,7 +8,9 @@ use crate::{DType, Graph, IrError, Op, Result, TensorType, ValueDef, ValueId};
 /// constant operands are valid where the op defines no result for some values (indices in
 /// range, integer divisors nonzero: [`check_constant_operands`]),
 /// constants have the right byte size, graph inputs/outputs are valid, and value names are
-/// unique.
+/// unique. Sub-graphs (the bodies of `if` and `loop`) are verified the same way, each on its
+/// own (a body reads only its own inputs and constants: what it uses from outside is passed in
+/// as node inputs).
 pub fn verify(g: &Graph) -> Result<()> {
     let nv = g.values.len();
     let mut defined = vec![false; nv];
@@ -69,6 +71,9 @@ pub fn verify(g: &Graph) -> Result<()> {
                     g.value(i).name
                 )));
             }
+        }
+        for (k, body) in n.op.bodies().into_iter().enumerate() {
+            verify(body).map_err(|e| err(format!("sub-graph {k} ('{}'): {e}", body.name)))?;
         }
         let tys: Vec<_> = n.inputs.iter().map(|v| g.ty(*v)).collect();
         let out = n.op.infer(&tys).map_err(err)?;

@@ -43,6 +43,7 @@ extern "C" {
 #define KILN_ERR_INDEX 6  /* an index input is out of range (Gather, GatherElements,
                              GatherND, ScatterElements, ScatterND) */
 #define KILN_ERR_DIVIDE 7 /* integer Div/Mod by zero, or signed MIN / -1 */
+#define KILN_ERR_LOOP 8   /* a loop needed more iterations than its compile-time bound */
 
 /* Element type codes (ONNX TensorProto numbering). */
 #define KILN_DTYPE_F32 1

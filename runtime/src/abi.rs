@@ -27,6 +27,9 @@ pub const KILN_ERR_INDEX: i32 = 6;
 /// Integer division or remainder by zero, or a signed `MIN / -1` whose quotient does not fit
 /// (Div, Mod): the run stopped; the outputs are unspecified.
 pub const KILN_ERR_DIVIDE: i32 = 7;
+/// A loop needed more iterations than its compile-time bound (its stacked outputs have no row
+/// for them).
+pub const KILN_ERR_LOOP: i32 = 8;
 
 /// Element type codes (ONNX `TensorProto` numbering), as in `kiln_ir::DType::abi_code`.
 pub const KILN_DTYPE_F32: i32 = 1;

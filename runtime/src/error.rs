@@ -66,6 +66,7 @@ pub fn status_str(code: i32) -> &'static str {
         crate::KILN_ERR_ABI => "unsupported ABI version",
         crate::KILN_ERR_INDEX => "index out of range",
         crate::KILN_ERR_DIVIDE => "integer division by zero or overflow",
+        crate::KILN_ERR_LOOP => "a loop ran past its bound of iterations",
         _ => "unknown status",
     }
 }

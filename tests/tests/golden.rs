@@ -24,6 +24,8 @@ struct Case {
     model: PathBuf,
 
     shapes: Vec<(String, Vec<usize>)>,
+    /// Inputs made constants (`--freeze NAME=FILE.npy`; meta.json's `freeze`).
+    frozen: Vec<(String, kiln_ir::TensorType, kiln_ir::ConstData)>,
     inputs: Vec<PathBuf>,
     outputs: Vec<PathBuf>,
     output_names: Vec<String>,
@@ -37,7 +39,7 @@ fn case(name: &str) -> Option<Case> {
     let model = root().join("golden").join(meta["model"].as_str().unwrap());
     if !model.exists() {
         let msg = format!(
-            "golden model {} missing: run `.venv/bin/python golden/make_golden.py --only-models --paddleocr`",
+            "golden model {} missing: run `.venv/bin/python golden/make_golden.py --only-models --paddleocr --silero`",
             model.display()
         );
         if std::env::var("KILN_REQUIRE_GOLDEN").is_ok_and(|v| v == "1") {
@@ -67,10 +69,26 @@ fn case(name: &str) -> Option<Case> {
             .map(|i| dir.join(i["file"].as_str().unwrap()))
             .collect()
     };
+    let frozen = meta["freeze"]
+        .as_array()
+        .map(|f| {
+            f.iter()
+                .map(|i| {
+                    let spec = format!(
+                        "{}={}",
+                        i["name"].as_str().unwrap(),
+                        dir.join(i["file"].as_str().unwrap()).display()
+                    );
+                    pipeline::parse_freeze(&spec).unwrap()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     Some(Case {
         name: name.into(),
         model,
         shapes,
+        frozen,
         inputs: files("inputs"),
         output_names: ios("outputs")
             .iter()
@@ -154,6 +172,7 @@ fn jit(name: &str) {
         &c.model,
         &LoadOptions {
             input_shapes: c.shapes.clone(),
+            frozen_inputs: c.frozen.clone(),
             ..Default::default()
         },
     )
@@ -174,6 +193,7 @@ fn opt_levels(name: &str) {
         &c.model,
         &LoadOptions {
             input_shapes: c.shapes.clone(),
+            frozen_inputs: c.frozen.clone(),
             ..Default::default()
         },
     )
@@ -301,6 +321,7 @@ fn artefacts(name: &str) {
         &c.model,
         &LoadOptions {
             input_shapes: c.shapes.clone(),
+            frozen_inputs: c.frozen.clone(),
             ..Default::default()
         },
     )
@@ -487,4 +508,5 @@ golden! {
     ppocr_det_jit, ppocr_det_artefacts, ppocr_det_opt_levels => "ppocr_det";
     ppocr_rec_jit, ppocr_rec_artefacts, ppocr_rec_opt_levels => "ppocr_rec";
     ppocr_cls_jit, ppocr_cls_artefacts, ppocr_cls_opt_levels => "ppocr_cls";
+    silero_vad_jit, silero_vad_artefacts, silero_vad_opt_levels => "silero_vad";
 }

@@ -47,6 +47,10 @@ pub struct InputFixes {
     /// must know (axes, target shapes, pads, a sample rate, ...) that a model takes as inputs
     /// are fixed.
     pub frozen_inputs: Vec<(String, TensorType, ConstData)>,
+    /// The bound of loops whose trip count is only known at run time (`--max-trip N`; ONNX
+    /// `Loop`): their scan outputs get this many rows, and a run needing more fails with
+    /// `KILN_ERR_LOOP`.
+    pub max_trip: Option<usize>,
 }
 
 /// Builds a [`Graph`] for an importer. `V` is what the importer binds model value names to

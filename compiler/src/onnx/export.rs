@@ -710,6 +710,9 @@ impl<'g> Ex<'g> {
         let out = outs.first().cloned().ok_or("no outputs")?;
         let (xn, on) = (x.name.as_str(), out.name.as_str());
         match op {
+            Op::If(_) | Op::Loop(_) => {
+                Err("run-time control flow (if/loop) is not exported yet".into())
+            }
             Op::Conv(a) => {
                 let has_res = a.epilogue.contains(&EpilogueStep::Add);
                 let base = &ins[..if has_res { 3 } else { ins.len() }];

@@ -30,6 +30,7 @@ pub const MAX_OPSET: i64 = 27;
 mod arity;
 #[path = "contrib.rs"]
 pub(crate) mod contrib;
+mod flow;
 mod lower;
 
 /// Largest constant the importer materializes (ConstantOfShape splats): 1 GiB.
@@ -217,8 +218,11 @@ const SUPPORTED: &[&str] = &[
     "Attention",
     "RotaryEmbedding",
     "LinearAttention",
-    // With a condition known at compile time (constant after folding / --freeze).
+    // Control flow: an If with a compile-time condition is inlined, else compiled with both
+    // branches; Loop and Scan are loops in the generated code.
     "If",
+    "Loop",
+    "Scan",
 ];
 
 fn unary_of(op: &str) -> Option<UnaryOp> {
@@ -338,6 +342,8 @@ struct Imp<'a> {
     /// Names read by some node or listed as graph outputs.
     used: HashSet<String>,
     cache: HashMap<ValueId, CT>,
+    /// `--max-trip`: the bound of loops with a run-time trip count.
+    max_trip: Option<usize>,
 }
 
 impl<'a> Imp<'a> {
@@ -622,12 +628,9 @@ impl<'a> Imp<'a> {
     /// input to freeze.
     fn if_op(&mut self, c: &Ctx) -> R<()> {
         let cond = self.req(c, 0)?;
-        let cv = self.cval(cond).ok_or_else(|| {
-            format!(
-                "input 0 ('{}') must be a constant (after folding): the condition is only known at run time; fix the inputs it depends on with --freeze NAME=FILE.npy (run-time control flow is not supported yet)",
-                c.n.input[0]
-            )
-        })?;
+        let Some(cv) = self.cval(cond) else {
+            return self.if_runtime(c, cond);
+        };
         let bits = cv.as_i64();
         let [b] = bits[..] else {
             return Err(format!(
@@ -1519,6 +1522,8 @@ impl<'a> Imp<'a> {
             "LinearAttention" => self.linear_attention(c)?,
             "FlexAttention" if c.n.domain() == "ai.onnx.preview" => self.flex_attention(c)?,
             "If" => self.if_op(c)?,
+            "Loop" => self.loop_op(c)?,
+            "Scan" => self.scan_op(c)?,
             _ => return Err("unsupported op".into()),
         }
         Ok(())
@@ -1561,6 +1566,9 @@ impl<'a> Imp<'a> {
         let x = self.req(c, 0)?;
         let sh = self.ty(x).shape.clone();
         let r = sh.len();
+        if self.opset >= 10 && self.runtime_slice(c, x)? {
+            return Ok(());
+        }
         let (starts, ends, axes, steps) = if self.opset < 10 {
             (
                 c.ints("starts").ok_or("missing starts")?,
@@ -2155,6 +2163,7 @@ pub fn import_model(
         base_dir,
         used,
         cache: HashMap::new(),
+        max_trip: opts.max_trip,
     };
 
     // Initializers.

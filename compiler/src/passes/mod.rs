@@ -273,13 +273,25 @@ pub fn optimize(g: &mut Graph, opts: &OptOptions) -> Result<OptReport, String> {
     run_passes(g, &names, opts)
 }
 
+/// Run `pass` on `g` and on every sub-graph of its control-flow nodes (bodies go through the
+/// same passes as the graph around them); the total number of changes.
+fn run_deep(pass: &dyn Pass, g: &mut Graph) -> usize {
+    let mut n = pass.run(g);
+    for node in g.nodes.iter_mut().flatten() {
+        for body in node.op.bodies_mut() {
+            n += run_deep(pass, body);
+        }
+    }
+    n
+}
+
 /// Run the named passes (pass, driver or rule names) in order, verifying after each.
 pub fn run_passes(g: &mut Graph, names: &[&str], opts: &OptOptions) -> Result<OptReport, String> {
     let mut report = OptReport::default();
     for &name in names {
         let pass =
             pass_by_name(name, opts).ok_or_else(|| format!("unknown pass or rule '{name}'"))?;
-        let n = pass.run(g);
+        let n = run_deep(pass.as_ref(), g);
         kiln_ir::verify::verify(g)
             .map_err(|e| format!("internal error: the IR is invalid after pass '{name}': {e}"))?;
         report.passes.push((name.to_string(), n));

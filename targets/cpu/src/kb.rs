@@ -28,6 +28,9 @@ pub(crate) struct Kb<'a> {
     pub rows: Option<(crate::rows::RowKernel, FuncRef)>,
     /// The task trampoline (`kiln_task_fn`) that runs a range of a wide kernel's work items.
     pub task: Option<FuncRef>,
+    /// A control-flow node's sub-graph functions (`run_pool`-like: inputs, outputs,
+    /// workspace, pool -> status).
+    pub bodies: Vec<FuncRef>,
     /// The target's frontend config (pointer type, calling convention) for libcalls.
     pub fcfg: cranelift_codegen::isa::TargetFrontendConfig,
     /// The kernel's failure exits: a `KILN_ERR_*` status and the block that returns it

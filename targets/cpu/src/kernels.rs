@@ -74,6 +74,7 @@ pub(crate) fn emit(kb: &mut Kb, node: &Node, ins: &[&TensorType], outs: &[&Tenso
     }
     match &node.op {
         Op::Relayout { .. } => unreachable!("handled above"),
+        Op::If(_) | Op::Loop(_) => Err("control flow is emitted by flow::emit".into()),
         Op::Unary(_)
         | Op::Clip { .. }
         | Op::Act { .. }

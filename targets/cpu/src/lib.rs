@@ -10,6 +10,7 @@
 mod blocked;
 mod direct;
 mod ew;
+mod flow;
 mod fp16;
 mod header;
 mod index;
@@ -26,7 +27,6 @@ pub use kiln_target_llvm::LlvmTarget;
 pub use ukernel::ConvSchedule;
 
 use cranelift_codegen::Context;
-use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{
     AbiParam, BlockArg, Function, InstBuilder, MemFlagsData, Signature, UserFuncName, types,
 };
@@ -176,6 +176,9 @@ struct Wide {
     target: Option<LlvmTarget>,
     convs: Vec<Option<ukernel::ConvKernel>>,
     rows: Vec<Option<rows::RowKernel>>,
+    /// Per node: the wide kernels of its sub-graphs (control flow), in `Op::bodies` order.
+    bodies: Vec<Vec<Wide>>,
+    /// The LLVM IR of every kernel, sub-graphs' included (top level only).
     ir: String,
 }
 
@@ -185,7 +188,36 @@ impl Wide {
             target: None,
             convs: vec![None; g.nodes.len()],
             rows: vec![None; g.nodes.len()],
+            bodies: g
+                .nodes
+                .iter()
+                .map(|n| {
+                    n.as_ref()
+                        .map(|n| n.op.bodies().into_iter().map(Wide::none).collect())
+                        .unwrap_or_default()
+                })
+                .collect(),
             ir: String::new(),
+        }
+    }
+
+    /// Whether any kernel of the graph or its sub-graphs is a wide one.
+    fn any(&self) -> bool {
+        self.convs.iter().any(Option::is_some)
+            || self.rows.iter().any(Option::is_some)
+            || self.bodies.iter().flatten().any(Wide::any)
+    }
+
+    /// Every wide kernel, sub-graphs' included.
+    fn each(&self, f: &mut dyn FnMut(Option<&ukernel::ConvKernel>, Option<&rows::RowKernel>)) {
+        for ck in self.convs.iter().flatten() {
+            f(Some(ck), None);
+        }
+        for rk in self.rows.iter().flatten() {
+            f(None, Some(rk));
+        }
+        for w in self.bodies.iter().flatten() {
+            w.each(f);
         }
     }
 
@@ -194,11 +226,44 @@ impl Wide {
             return Ok(Wide::none(g));
         }
         let t = LlvmTarget::cpu(opts.target.as_deref(), opts.target_cpu.as_deref())?;
-        let prefix = sym(&opts.name);
+        let mut ir = String::new();
+        let mut w = Wide::plan_graph(g, opts, &t, &sym(&opts.name), &mut ir);
+        if !w.any() {
+            return Ok(Wide::none(g));
+        }
+        ir.push_str(&kiln_target_llvm::declarations(t.lanes));
+        ir.push_str(&format!("attributes #0 = {{ {} }}\n", t.fn_attributes()));
+        if let Ok(path) = std::env::var("KILN_DUMP_LLVM") {
+            // debugging aid: the kernels' LLVM IR before optimization
+            let _ = std::fs::write(path, &ir);
+        }
+        w.target = Some(t);
+        w.ir = ir;
+        Ok(w)
+    }
+
+    /// The wide kernels of graph `g` (symbols named from `prefix`) and, recursively, of its
+    /// sub-graphs; their IR is appended to `ir`.
+    fn plan_graph(
+        g: &Graph,
+        opts: &CpuOptions,
+        t: &LlvmTarget,
+        prefix: &str,
+        ir: &mut String,
+    ) -> Wide {
+        let t = t.clone();
+        let mut bodies = Vec::new();
         let mut convs = Vec::new();
         let mut row_kernels = Vec::new();
-        let mut ir = String::new();
         for (k, (_, node)) in g.iter_nodes().enumerate() {
+            bodies.push(
+                node.op
+                    .bodies()
+                    .into_iter()
+                    .enumerate()
+                    .map(|(j, b)| Wide::plan_graph(b, opts, &t, &format!("{prefix}_k{k}_b{j}"), ir))
+                    .collect(),
+            );
             let ck = match &node.op {
                 kiln_ir::Op::Conv(a) => {
                     let ins: Vec<&TensorType> = node.inputs.iter().map(|v| g.ty(*v)).collect();
@@ -319,9 +384,9 @@ impl Wide {
                     ck
                 });
             if let Some(ck) = &ck {
-                ck.ir(0, &mut ir);
+                ck.ir(0, ir);
                 if ck.packs() {
-                    ck.pack_ir(0, &mut ir);
+                    ck.pack_ir(0, ir);
                 }
             }
             convs.push(ck);
@@ -330,25 +395,17 @@ impl Wide {
                 rk
             });
             if let Some(rk) = &rk {
-                rk.ir(0, &mut ir);
+                rk.ir(0, ir);
             }
             row_kernels.push(rk);
         }
-        if convs.iter().all(Option::is_none) && row_kernels.iter().all(Option::is_none) {
-            return Ok(Wide::none(g));
-        }
-        ir.push_str(&kiln_target_llvm::declarations(t.lanes));
-        ir.push_str(&format!("attributes #0 = {{ {} }}\n", t.fn_attributes()));
-        if let Ok(path) = std::env::var("KILN_DUMP_LLVM") {
-            // debugging aid: the kernels' LLVM IR before optimization
-            let _ = std::fs::write(path, &ir);
-        }
-        Ok(Wide {
-            target: Some(t),
+        Wide {
+            target: None,
             convs,
             rows: row_kernels,
-            ir,
-        })
+            bodies,
+            ir: String::new(),
+        }
     }
 }
 
@@ -756,21 +813,29 @@ pub fn compile_jit_with(g: &Graph, opts: &CpuOptions) -> Result<JitModel, CpuErr
         fn memcpy(d: *mut u8, s: *const u8, n: usize) -> *mut u8;
     }
     builder.symbol("memcpy", memcpy as *const u8);
+    unsafe extern "C" {
+        fn memset(d: *mut u8, c: i32, n: usize) -> *mut u8;
+    }
+    builder.symbol("memset", memset as *const u8);
     if let Some(j) = &wide_jit {
-        for rk in wide.rows.iter().flatten() {
-            builder.symbol(&rk.name, j.address(&rk.name)?);
-        }
-        for ck in wide.convs.iter().flatten() {
-            builder.symbol(&ck.name, j.address(&ck.name)?);
-            if ck.packs() {
-                builder.symbol(ck.pack_name(), j.address(&ck.pack_name())?);
+        let mut syms: Vec<String> = Vec::new();
+        wide.each(&mut |ck, rk| {
+            if let Some(rk) = rk {
+                syms.push(rk.name.clone());
             }
-            if ck.wino.is_some() {
-                for f in ck.wino_names() {
-                    let a = j.address(&f)?;
-                    builder.symbol(f, a);
+            if let Some(ck) = ck {
+                syms.push(ck.name.clone());
+                if ck.packs() {
+                    syms.push(ck.pack_name());
+                }
+                if ck.wino.is_some() {
+                    syms.extend(ck.wino_names());
                 }
             }
+        });
+        for name in syms {
+            let a = j.address(&name)?;
+            builder.symbol(name, a);
         }
     }
     // Code and constants in one reserved region, so 32-bit PC-relative references always reach
@@ -858,15 +923,6 @@ fn generate<M: Module>(
         ));
     }
     let prefix = sym(&opts.name);
-    let fcfg = module.isa().frontend_config();
-    let plan: MemPlan = plan_for(g, opts.wide, opts.conv_schedule);
-    if plan.workspace_size > kiln_ir::limits::MAX_WORKSPACE_BYTES {
-        return Err(CpuError::Codegen(format!(
-            "the model needs a {}-byte workspace, more than the limit of {} bytes (16 TiB)",
-            plan.workspace_size,
-            kiln_ir::limits::MAX_WORKSPACE_BYTES
-        )));
-    }
     let mut fctx = FunctionBuilderContext::new();
     let mut ctx = Context::new();
 
@@ -887,118 +943,9 @@ fn generate<M: Module>(
         ));
     }
 
-    // constants: one read-only, 64-byte aligned data object each; weights of wide
-    // convolutions are emitted once more in their packed layout, and only packed when nothing
-    // else reads them
-    let define_const = |module: &mut M, name: &str, bytes: &[u8]| -> Result<DataId, CpuError> {
-        let id = module
-            .declare_data(name, Linkage::Local, false, false)
-            .map_err(cg)?;
-        let mut d = DataDescription::new();
-        d.define(if bytes.is_empty() {
-            vec![0u8; 1].into_boxed_slice()
-        } else {
-            bytes.to_vec().into_boxed_slice()
-        });
-        d.set_align(64);
-        module.define_data(id, &d).map_err(cg)?;
-        Ok(id)
-    };
-    let mut raw_use: std::collections::HashSet<kiln_ir::ValueId> =
-        g.outputs.iter().copied().collect();
-    for (k, (_, node)) in g.iter_nodes().enumerate() {
-        let packed = wide.convs[k]
-            .as_ref()
-            .map(|c| c.packed_inputs())
-            .unwrap_or_default();
-        for (i, v) in node.inputs.iter().enumerate() {
-            if !packed.contains(&i) {
-                raw_use.insert(*v);
-            }
-        }
-    }
-    let mut const_ids: HashMap<usize, DataId> = HashMap::new();
-    for v in g.live_consts() {
-        if !raw_use.contains(&v) {
-            continue;
-        }
-        let bytes = g.const_data(v).unwrap().bytes();
-        let id = define_const(module, &format!("{prefix}_c{}", v.0), bytes)?;
-        const_ids.insert(v.index(), id);
-    }
-    // (kernel, input) -> the input's constant in the kernel's layout
-    let mut packed_ids: HashMap<(usize, usize), DataId> = HashMap::new();
-    let mut wide_ids: HashMap<usize, WideIds> = HashMap::new();
-    for (k, (_, node)) in g.iter_nodes().enumerate() {
-        if let Some(rk) = &wide.rows[k] {
-            let fid = module
-                .declare_function(&rk.name, Linkage::Import, &ptr_sig(module, 7))
-                .map_err(cg)?;
-            wide_ids.insert(
-                k,
-                WideIds {
-                    main: fid,
-                    pack: None,
-                    wino: None,
-                },
-            );
-        }
-        let Some(ck) = &wide.convs[k] else { continue };
-        let fid = module
-            .declare_function(&ck.name, Linkage::Import, &ptr_sig(module, 7))
-            .map_err(cg)?;
-        let pid = if ck.packs() {
-            Some(
-                module
-                    .declare_function(&ck.pack_name(), Linkage::Import, &ptr_sig(module, 7))
-                    .map_err(cg)?,
-            )
-        } else {
-            None
-        };
-        let wino = match &ck.wino {
-            Some(_) => {
-                let [wi, wo] = ck.wino_names();
-                Some([
-                    module
-                        .declare_function(&wi, Linkage::Import, &ptr_sig(module, 7))
-                        .map_err(cg)?,
-                    module
-                        .declare_function(&wo, Linkage::Import, &ptr_sig(module, 7))
-                        .map_err(cg)?,
-                ])
-            }
-            None => None,
-        };
-        wide_ids.insert(
-            k,
-            WideIds {
-                main: fid,
-                pack: pid,
-                wino,
-            },
-        );
-        for i in ck.packed_inputs() {
-            let w: Vec<f32> = g
-                .const_data(node.inputs[i])
-                .expect("a packed input is a constant")
-                .bytes()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            let bytes: Vec<u8> = ck
-                .packed_input(i, &w)
-                .iter()
-                .flat_map(|f| f.to_le_bytes())
-                .collect();
-            let id = define_const(module, &format!("{prefix}_k{k}_in{i}_pk"), &bytes)?;
-            packed_ids.insert((k, i), id);
-        }
-    }
-
     // the task trampoline of parallel wide kernels: `task(block, begin, end)` calls
     // `block[5](block[0..5], begin, end)`
-    let task_id = if wide_ids.is_empty() {
+    let task_id = if !wide.any() {
         None
     } else {
         let sig = ptr_sig(module, 3);
@@ -1024,277 +971,37 @@ fn generate<M: Module>(
         )?;
         Some(id)
     };
-
-    // one kernel per node
-    let mut kernel_ids = Vec::new();
-    let mut fallible = Vec::new();
-    let mut unsupported = Vec::new();
-    let n_nodes = g.iter_nodes().count();
-    for (i, (nid, node)) in g.iter_nodes().enumerate() {
-        Progress::report(&opts.progress, "codegen", i, n_nodes);
-        // views sharing their input's storage, concats whose inputs were computed in place
-        if (node.op.is_view() && same_storage(&plan, node.inputs[0], node.outputs[0]))
-            || plan.concat_in_place.contains(&nid)
-        {
-            kernel_ids.push(None);
-            fallible.push(false);
-            continue;
-        }
-        let ins: Vec<&TensorType> = node.inputs.iter().map(|v| g.ty(*v)).collect();
-        let outs: Vec<&TensorType> = node.outputs.iter().map(|v| g.ty(*v)).collect();
-        let name = format!("{prefix}_k{i}_{}", node.op.name());
-        let has_scratch = plan.scratch[nid.index()].is_some();
-        let has_pool = wide.convs[i].is_some() || wide.rows[i].is_some();
-        let nparams =
-            node.inputs.len() + node.outputs.len() + has_scratch as usize + has_pool as usize;
-        let mut kd = KernelDef {
-            module: &mut *module,
-            ctx: &mut ctx,
-            fctx: &mut fctx,
-            libm: &libm_ids,
-            wide: wide.convs[i].clone().map(|ck| (ck, wide_ids[&i])),
-            rows: wide.rows[i].clone().map(|rk| (rk, wide_ids[&i].main)),
-            task: task_id,
-        };
-        let statuses = kernel_statuses(&node.op, &ins);
-        match kd.define(&name, nparams, |kb| {
-            let r = kernels::emit(kb, node, &ins, &outs);
-            debug_assert!(
-                kb.fails.iter().all(|(s, _)| statuses.contains(s)),
-                "{name}: a status kernel_statuses does not list"
-            );
-            r
-        })? {
-            Ok((id, f)) => {
-                kernel_ids.push(Some(id));
-                fallible.push(f);
-            }
-            Err(msg) => {
-                unsupported.push(CpuError::Unsupported {
-                    node: node.name.clone(),
-                    op: node.op.name().into(),
-                    msg,
-                });
-                kernel_ids.push(None);
-                fallible.push(false);
-            }
-        }
-    }
-    Progress::report(&opts.progress, "codegen", n_nodes, n_nodes);
-    if unsupported.len() == 1 {
-        return Err(unsupported.pop().unwrap());
-    }
-    if !unsupported.is_empty() {
-        return Err(CpuError::UnsupportedMany(unsupported));
-    }
-
-    // output copies (an output that is an input, a constant, or listed twice)
-    let mut copy_ids = Vec::new();
-    for (j, (_, v)) in plan.output_copies.iter().enumerate() {
-        let bytes = g.ty(*v).size_bytes();
-        let mut kd = KernelDef {
-            module: &mut *module,
-            ctx: &mut ctx,
-            fctx: &mut fctx,
-            libm: &libm_ids,
-            wide: None,
-            rows: None,
-            task: None,
-        };
-        let (id, _) = kd
-            .define(&format!("{prefix}_copy{j}"), 2, |kb| {
-                kernels::copy(kb, 0, 1, bytes);
-                Ok(())
-            })?
-            .map_err(CpuError::Codegen)?;
-        copy_ids.push(id);
-    }
-
-    // The schedule's steps for profiles (ABI v3): each called kernel, then the output copies.
-    let mut steps: Vec<(String, String, u64)> = Vec::new();
-    for (k, (_, node)) in g.iter_nodes().enumerate() {
-        if kernel_ids[k].is_some() {
-            steps.push((
-                node.name.clone(),
-                kiln_ir::cost::op_label(node),
-                kiln_ir::cost::flops(g, node),
-            ));
-        }
-    }
-    for (oi, _) in &plan.output_copies {
-        steps.push((g.value(g.outputs[*oi]).name.clone(), "copy".into(), 0));
-    }
-
-    // run_pool(inputs, outputs, workspace, pool) -> status, and the instrumented
-    // run_profile(inputs, outputs, workspace, pool, profiler): the same schedule with
-    // profiler->begin(ctx, i) / end(ctx, i) around step i (a separate function, so the normal
-    // run path carries no profiling code)
-    let mut sched_ids = Vec::new();
-    for profile in [false, true] {
-        let mut run_sig = ptr_sig(module, 4 + profile as usize);
-        run_sig.returns.push(AbiParam::new(types::I32));
-        let fname = if profile { "run_profile" } else { "run_pool" };
-        let fid = module
-            .declare_function(&format!("{prefix}_{fname}"), Linkage::Local, &run_sig)
-            .map_err(cg)?;
-        ctx.func = Function::with_name_signature(UserFuncName::user(0, fid.as_u32()), run_sig);
-        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-        let entry = b.create_block();
-        b.append_block_params_for_function_params(entry);
-        b.switch_to_block(entry);
-        let p = b.block_params(entry).to_vec();
-        let (inp, outp, ws, pool) = (p[0], p[1], p[2], p[3]);
-        let fail_null = b.create_block();
-        let fail_align = b.create_block();
-        // a kernel's nonzero status, returned as it is
-        let fail_status = b.create_block();
-        b.append_block_param(fail_status, types::I32);
-        let check_null = |b: &mut FunctionBuilder, v| {
-            let next = b.create_block();
-            b.ins().brif(v, next, &[], fail_null, &[]);
-            b.switch_to_block(next);
-        };
-        check_null(&mut b, inp);
-        check_null(&mut b, outp);
-        {
-            // a pool without its parallel_for (the pool itself may be null)
-            let with_pool = b.create_block();
-            let pool_ok = b.create_block();
-            b.ins().brif(pool, with_pool, &[], pool_ok, &[]);
-            b.switch_to_block(with_pool);
-            let pf = b.ins().load(types::I64, MemFlagsData::trusted(), pool, 16);
-            b.ins().brif(pf, pool_ok, &[], fail_null, &[]);
-            b.switch_to_block(pool_ok);
-        }
-        // (ctx, begin, end, callback signature) of the profiler
-        let prof = if profile {
-            check_null(&mut b, p[4]);
-            let fl = MemFlagsData::trusted();
-            let pctx = b.ins().load(types::I64, fl, p[4], 0);
-            let begin = b.ins().load(types::I64, fl, p[4], 8);
-            let end = b.ins().load(types::I64, fl, p[4], 16);
-            check_null(&mut b, begin);
-            check_null(&mut b, end);
-            let mut cb = module.make_signature();
-            cb.params.push(AbiParam::new(types::I64));
-            cb.params.push(AbiParam::new(types::I32));
-            let sref = b.import_signature(cb);
-            Some((pctx, begin, end, sref))
-        } else {
-            None
-        };
-        let mark = |b: &mut FunctionBuilder, f: usize, step: usize| {
-            if let Some((pctx, begin, end, sref)) = prof {
-                let i = b.ins().iconst(types::I32, step as i64);
-                b.ins()
-                    .call_indirect(sref, if f == 0 { begin } else { end }, &[pctx, i]);
-            }
-        };
-        if plan.workspace_size > 0 {
-            check_null(&mut b, ws);
-            let low = b.ins().band_imm_u(ws, (memplan::ALIGN - 1) as i64);
-            let ok = b.create_block();
-            b.ins().brif(low, fail_align, &[], ok, &[]);
-            b.switch_to_block(ok);
-        }
-        let mut in_ptrs = Vec::new();
-        for i in 0..g.inputs.len() {
-            let v = b
-                .ins()
-                .load(types::I64, MemFlagsData::trusted(), inp, (8 * i) as i32);
-            check_null(&mut b, v);
-            in_ptrs.push(v);
-        }
-        let mut out_ptrs = Vec::new();
-        for j in 0..g.outputs.len() {
-            let v = b
-                .ins()
-                .load(types::I64, MemFlagsData::trusted(), outp, (8 * j) as i32);
-            check_null(&mut b, v);
-            out_ptrs.push(v);
-        }
-        let storage_ptr = |b: &mut FunctionBuilder,
-                           module: &mut M,
-                           v: kiln_ir::ValueId|
-         -> cranelift_codegen::ir::Value {
-            match plan.storage[v.index()].expect("planned") {
-                Storage::Input(i) => in_ptrs[i],
-                Storage::Output(j) => out_ptrs[j],
-                Storage::Workspace(off) => b.ins().iadd_imm_u(ws, off as i64),
-                Storage::Const(c) => {
-                    let gv = module.declare_data_in_func(const_ids[&c.index()], b.func);
-                    b.ins().symbol_value(types::I64, gv)
-                }
-            }
-        };
-        let mut step = 0;
-        for (k, (nid, node)) in g.iter_nodes().enumerate() {
-            let Some(fid) = kernel_ids[k] else { continue };
-            let fref = module.declare_func_in_func(fid, b.func);
-            let mut args = Vec::new();
-            for (i, &v) in node.inputs.iter().chain(&node.outputs).enumerate() {
-                args.push(match packed_ids.get(&(k, i)) {
-                    Some(pid) => {
-                        let gv = module.declare_data_in_func(*pid, b.func);
-                        b.ins().symbol_value(types::I64, gv)
-                    }
-                    None => storage_ptr(&mut b, module, v),
-                });
-            }
-            if let Some(off) = plan.scratch[nid.index()] {
-                args.push(b.ins().iadd_imm_u(ws, off as i64));
-            }
-            if wide.convs[k].is_some() || wide.rows[k].is_some() {
-                args.push(pool);
-            }
-            mark(&mut b, 0, step);
-            let call = b.ins().call(fref, &args);
-            mark(&mut b, 1, step);
-            step += 1;
-            if fallible[k] {
-                let status = b.inst_results(call)[0];
-                let next = b.create_block();
-                b.ins()
-                    .brif(status, fail_status, &[BlockArg::Value(status)], next, &[]);
-                b.switch_to_block(next);
-            }
-        }
-        for (j, (oi, v)) in plan.output_copies.iter().enumerate() {
-            let fref = module.declare_func_in_func(copy_ids[j], b.func);
-            let src = storage_ptr(&mut b, module, *v);
-            mark(&mut b, 0, step);
-            b.ins().call(fref, &[src, out_ptrs[*oi]]);
-            mark(&mut b, 1, step);
-            step += 1;
-        }
-        debug_assert_eq!(step, steps.len());
-        let zero = b.ins().iconst(types::I32, 0);
-        b.ins().return_(&[zero]);
-        b.switch_to_block(fail_null);
-        let one = b.ins().iconst(types::I32, 1);
-        b.ins().return_(&[one]);
-        b.switch_to_block(fail_align);
-        let two = b.ins().iconst(types::I32, 2);
-        b.ins().return_(&[two]);
-        b.switch_to_block(fail_status);
-        let s = b.block_params(fail_status)[0];
-        b.ins().return_(&[s]);
-        b.seal_all_blocks();
-        b.finalize(fcfg);
-        module.define_function(fid, &mut ctx).map_err(cg)?;
-        ctx.clear();
-        sched_ids.push(fid);
-    }
-    let (run_pool_id, run_profile_id) = (sched_ids[0], sched_ids[1]);
+    let shared = Shared {
+        libm: libm_ids,
+        task: task_id,
+        opts,
+    };
+    let mut cx = Cx {
+        module,
+        ctx: &mut ctx,
+        fctx: &mut fctx,
+        shared: &shared,
+    };
+    let Emitted {
+        run_pool: run_pool_id,
+        run_profile,
+        plan,
+        steps,
+        kernels,
+    } = cx.emit_graph(g, &prefix, wide, true)?;
+    let run_profile_id = run_profile.expect("the top level has a profiled schedule");
 
     // run(inputs, outputs, workspace) = run_pool(inputs, outputs, workspace, NULL)
+    let Cx {
+        module, ctx, fctx, ..
+    } = cx;
     let mut run_sig = ptr_sig(module, 3);
     run_sig.returns.push(AbiParam::new(types::I32));
     let name = format!("{prefix}_run");
     let run_id = define_fn(
         module,
-        &mut ctx,
-        &mut fctx,
+        ctx,
+        fctx,
         &name,
         Linkage::Local,
         run_sig,
@@ -1325,27 +1032,485 @@ fn generate<M: Module>(
     for gname in getters {
         let mut s = module.make_signature();
         s.returns.push(AbiParam::new(types::I64));
-        define_fn(
-            module,
-            &mut ctx,
-            &mut fctx,
-            &gname,
-            Linkage::Export,
-            s,
-            |b, m, _| {
-                let gv = m.declare_data_in_func(desc_id, b.func);
-                let a = b.ins().symbol_value(types::I64, gv);
-                b.ins().return_(&[a]);
-            },
-        )?;
+        define_fn(module, ctx, fctx, &gname, Linkage::Export, s, |b, m, _| {
+            let gv = m.declare_data_in_func(desc_id, b.func);
+            let a = b.ins().symbol_value(types::I64, gv);
+            b.ins().return_(&[a]);
+        })?;
     }
-    let _ = IntCC::Equal;
     Ok(CompileInfo {
         workspace_size: plan.workspace_size,
         workspace_align: memplan::ALIGN,
         naive_size: plan.naive_size,
-        kernels: kernel_ids.iter().flatten().count(),
+        kernels,
     })
+}
+
+/// A graph's emitted schedule: `run_pool` (and, at the top level, `run_profile`), its memory
+/// plan, its profile steps (name, op, flops) and its number of kernels.
+struct Emitted {
+    run_pool: FuncId,
+    run_profile: Option<FuncId>,
+    plan: MemPlan,
+    steps: Vec<(String, String, u64)>,
+    kernels: usize,
+}
+
+/// What every graph's code shares: the libm imports, the wide kernels' task trampoline, the
+/// options.
+struct Shared<'o> {
+    libm: Vec<(&'static str, FuncId)>,
+    task: Option<FuncId>,
+    opts: &'o CpuOptions,
+}
+
+/// The code generator's state while it emits a graph and its sub-graphs.
+struct Cx<'a, 's, M: Module> {
+    module: &'a mut M,
+    ctx: &'a mut Context,
+    fctx: &'a mut FunctionBuilderContext,
+    shared: &'s Shared<'s>,
+}
+
+/// One read-only, 64-byte aligned data object.
+fn define_const<M: Module>(module: &mut M, name: &str, bytes: &[u8]) -> Result<DataId, CpuError> {
+    let id = module
+        .declare_data(name, Linkage::Local, false, false)
+        .map_err(cg)?;
+    let mut d = DataDescription::new();
+    d.define(if bytes.is_empty() {
+        vec![0u8; 1].into_boxed_slice()
+    } else {
+        bytes.to_vec().into_boxed_slice()
+    });
+    d.set_align(64);
+    module.define_data(id, &d).map_err(cg)?;
+    Ok(id)
+}
+
+impl<M: Module> Cx<'_, '_, M> {
+    /// Emit graph `g`'s constants and kernels (and, recursively, those of its sub-graphs) and
+    /// its schedule as a function `<prefix>_run_pool(inputs, outputs, workspace, pool) ->
+    /// status` over its own memory plan. A sub-graph's function is called by its control-flow
+    /// node's kernel with that node's operands as its inputs and outputs and the node's
+    /// scratch as its workspace. Returns the function, the plan and the number of kernels.
+    fn emit_graph(
+        &mut self,
+        g: &Graph,
+        prefix: &str,
+        wide: &Wide,
+        top: bool,
+    ) -> Result<Emitted, CpuError> {
+        let opts = self.shared.opts;
+        let fcfg = self.module.isa().frontend_config();
+        let plan: MemPlan = plan_for(g, opts.wide, opts.conv_schedule);
+        if plan.workspace_size > kiln_ir::limits::MAX_WORKSPACE_BYTES {
+            return Err(CpuError::Codegen(format!(
+                "the model needs a {}-byte workspace, more than the limit of {} bytes (16 TiB)",
+                plan.workspace_size,
+                kiln_ir::limits::MAX_WORKSPACE_BYTES
+            )));
+        }
+
+        // constants: one data object each; weights of wide convolutions are emitted once
+        // more in their packed layout, and only packed when nothing else reads them
+        let mut raw_use: std::collections::HashSet<kiln_ir::ValueId> =
+            g.outputs.iter().copied().collect();
+        for (k, (_, node)) in g.iter_nodes().enumerate() {
+            let packed = wide.convs[k]
+                .as_ref()
+                .map(|c| c.packed_inputs())
+                .unwrap_or_default();
+            for (i, v) in node.inputs.iter().enumerate() {
+                if !packed.contains(&i) {
+                    raw_use.insert(*v);
+                }
+            }
+        }
+        let mut const_ids: HashMap<usize, DataId> = HashMap::new();
+        for v in g.live_consts() {
+            if !raw_use.contains(&v) {
+                continue;
+            }
+            let bytes = g.const_data(v).unwrap().bytes();
+            let id = define_const(self.module, &format!("{prefix}_c{}", v.0), bytes)?;
+            const_ids.insert(v.index(), id);
+        }
+        // (kernel, input) -> the input's constant in the kernel's layout
+        let mut packed_ids: HashMap<(usize, usize), DataId> = HashMap::new();
+        let mut wide_ids: HashMap<usize, WideIds> = HashMap::new();
+        for (k, (_, node)) in g.iter_nodes().enumerate() {
+            let module = &mut *self.module;
+            if let Some(rk) = &wide.rows[k] {
+                let fid = module
+                    .declare_function(&rk.name, Linkage::Import, &ptr_sig(module, 7))
+                    .map_err(cg)?;
+                wide_ids.insert(
+                    k,
+                    WideIds {
+                        main: fid,
+                        pack: None,
+                        wino: None,
+                    },
+                );
+            }
+            let Some(ck) = &wide.convs[k] else { continue };
+            let fid = module
+                .declare_function(&ck.name, Linkage::Import, &ptr_sig(module, 7))
+                .map_err(cg)?;
+            let pid = if ck.packs() {
+                Some(
+                    module
+                        .declare_function(&ck.pack_name(), Linkage::Import, &ptr_sig(module, 7))
+                        .map_err(cg)?,
+                )
+            } else {
+                None
+            };
+            let wino = match &ck.wino {
+                Some(_) => {
+                    let [wi, wo] = ck.wino_names();
+                    Some([
+                        module
+                            .declare_function(&wi, Linkage::Import, &ptr_sig(module, 7))
+                            .map_err(cg)?,
+                        module
+                            .declare_function(&wo, Linkage::Import, &ptr_sig(module, 7))
+                            .map_err(cg)?,
+                    ])
+                }
+                None => None,
+            };
+            wide_ids.insert(
+                k,
+                WideIds {
+                    main: fid,
+                    pack: pid,
+                    wino,
+                },
+            );
+            for i in ck.packed_inputs() {
+                let w: Vec<f32> = g
+                    .const_data(node.inputs[i])
+                    .expect("a packed input is a constant")
+                    .bytes()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                let bytes: Vec<u8> = ck
+                    .packed_input(i, &w)
+                    .iter()
+                    .flat_map(|f| f.to_le_bytes())
+                    .collect();
+                let id = define_const(module, &format!("{prefix}_k{k}_in{i}_pk"), &bytes)?;
+                packed_ids.insert((k, i), id);
+            }
+        }
+
+        // one kernel per node; a control-flow node's sub-graphs first (their functions are
+        // what its kernel calls)
+        let mut kernel_ids = Vec::new();
+        let mut unsupported = Vec::new();
+        let mut n_kernels = 0;
+        let n_nodes = g.iter_nodes().count();
+        let progress = if top { opts.progress.clone() } else { None };
+        for (i, (nid, node)) in g.iter_nodes().enumerate() {
+            Progress::report(&progress, "codegen", i, n_nodes);
+            // views sharing their input's storage, concats whose inputs were computed in place
+            if (node.op.is_view() && same_storage(&plan, node.inputs[0], node.outputs[0]))
+                || plan.concat_in_place.contains(&nid)
+            {
+                kernel_ids.push(None);
+                continue;
+            }
+            let mut bodies = Vec::new();
+            for (j, body) in node.op.bodies().into_iter().enumerate() {
+                let e = self.emit_graph(
+                    body,
+                    &format!("{prefix}_k{i}_b{j}"),
+                    &wide.bodies[i][j],
+                    false,
+                )?;
+                n_kernels += e.kernels;
+                bodies.push((e.run_pool, e.plan.workspace_size));
+            }
+            let ins: Vec<&TensorType> = node.inputs.iter().map(|v| g.ty(*v)).collect();
+            let outs: Vec<&TensorType> = node.outputs.iter().map(|v| g.ty(*v)).collect();
+            let name = format!("{prefix}_k{i}_{}", node.op.name());
+            let has_scratch = plan.scratch[nid.index()].is_some();
+            let has_pool =
+                wide.convs[i].is_some() || wide.rows[i].is_some() || node.op.is_control_flow();
+            let nparams =
+                node.inputs.len() + node.outputs.len() + has_scratch as usize + has_pool as usize;
+            let mut kd = KernelDef {
+                module: &mut *self.module,
+                ctx: &mut *self.ctx,
+                fctx: &mut *self.fctx,
+                libm: &self.shared.libm,
+                wide: wide.convs[i].clone().map(|ck| (ck, wide_ids[&i])),
+                rows: wide.rows[i].clone().map(|rk| (rk, wide_ids[&i].main)),
+                task: self.shared.task,
+                bodies: bodies.iter().map(|b| b.0).collect(),
+            };
+            let res = if node.op.is_control_flow() {
+                let ws: Vec<usize> = bodies.iter().map(|b| b.1).collect();
+                let fs = memplan::flow_scratch(g, node, &ws).expect("a control-flow node");
+                kd.define(&name, nparams, |kb| {
+                    flow::emit(kb, node, &ins, &outs, &fs, has_scratch)
+                })?
+            } else {
+                let statuses = kernel_statuses(&node.op, &ins);
+                kd.define(&name, nparams, |kb| {
+                    let r = kernels::emit(kb, node, &ins, &outs);
+                    debug_assert!(
+                        kb.fails.iter().all(|(s, _)| statuses.contains(s)),
+                        "{name}: a status kernel_statuses does not list"
+                    );
+                    r
+                })?
+            };
+            match res {
+                // a control-flow kernel returns its bodies' statuses and its own
+                Ok((id, fallible)) => {
+                    n_kernels += 1;
+                    kernel_ids.push(Some((id, fallible || node.op.is_control_flow())));
+                }
+                Err(msg) => {
+                    unsupported.push(CpuError::Unsupported {
+                        node: node.name.clone(),
+                        op: node.op.name().into(),
+                        msg,
+                    });
+                    kernel_ids.push(None);
+                }
+            }
+        }
+        Progress::report(&progress, "codegen", n_nodes, n_nodes);
+        if unsupported.len() == 1 {
+            return Err(unsupported.pop().unwrap());
+        }
+        if !unsupported.is_empty() {
+            return Err(CpuError::UnsupportedMany(unsupported));
+        }
+
+        // output copies (an output that is an input, a constant, or listed twice)
+        let mut copy_ids = Vec::new();
+        for (j, (_, v)) in plan.output_copies.iter().enumerate() {
+            let bytes = g.ty(*v).size_bytes();
+            let mut kd = KernelDef {
+                module: &mut *self.module,
+                ctx: &mut *self.ctx,
+                fctx: &mut *self.fctx,
+                libm: &self.shared.libm,
+                wide: None,
+                rows: None,
+                task: None,
+                bodies: Vec::new(),
+            };
+            let (id, _) = kd
+                .define(&format!("{prefix}_copy{j}"), 2, |kb| {
+                    kernels::copy(kb, 0, 1, bytes);
+                    Ok(())
+                })?
+                .map_err(CpuError::Codegen)?;
+            copy_ids.push(id);
+        }
+
+        // The schedule's steps for profiles (ABI v3): each called kernel (a control-flow
+        // node is one step, its sub-graphs included), then the output copies.
+        let mut steps: Vec<(String, String, u64)> = Vec::new();
+        for (k, (_, node)) in g.iter_nodes().enumerate() {
+            if kernel_ids[k].is_some() {
+                steps.push((
+                    node.name.clone(),
+                    kiln_ir::cost::op_label(node),
+                    kiln_ir::cost::flops(g, node),
+                ));
+            }
+        }
+        for (oi, _) in &plan.output_copies {
+            steps.push((g.value(g.outputs[*oi]).name.clone(), "copy".into(), 0));
+        }
+
+        // run_pool(inputs, outputs, workspace, pool) -> status, and (top level only) the
+        // instrumented run_profile(inputs, outputs, workspace, pool, profiler): the same
+        // schedule with profiler->begin(ctx, i) / end(ctx, i) around step i (a separate
+        // function, so the normal run path carries no profiling code)
+        let mut sched_ids = Vec::new();
+        let variants: &[bool] = if top { &[false, true] } else { &[false] };
+        for &profile in variants {
+            let module = &mut *self.module;
+            let ctx = &mut *self.ctx;
+            let mut run_sig = ptr_sig(module, 4 + profile as usize);
+            run_sig.returns.push(AbiParam::new(types::I32));
+            let fname = if profile { "run_profile" } else { "run_pool" };
+            let fid = module
+                .declare_function(&format!("{prefix}_{fname}"), Linkage::Local, &run_sig)
+                .map_err(cg)?;
+            ctx.func = Function::with_name_signature(UserFuncName::user(0, fid.as_u32()), run_sig);
+            let mut b = FunctionBuilder::new(&mut ctx.func, self.fctx);
+            let entry = b.create_block();
+            b.append_block_params_for_function_params(entry);
+            b.switch_to_block(entry);
+            let p = b.block_params(entry).to_vec();
+            let (inp, outp, ws, pool) = (p[0], p[1], p[2], p[3]);
+            let fail_null = b.create_block();
+            let fail_align = b.create_block();
+            // a kernel's nonzero status, returned as it is
+            let fail_status = b.create_block();
+            b.append_block_param(fail_status, types::I32);
+            let check_null = |b: &mut FunctionBuilder, v| {
+                let next = b.create_block();
+                b.ins().brif(v, next, &[], fail_null, &[]);
+                b.switch_to_block(next);
+            };
+            // a sub-graph's function is called by generated code only: its pointers were
+            // checked by the caller's
+            if top {
+                check_null(&mut b, inp);
+                check_null(&mut b, outp);
+                // a pool without its parallel_for (the pool itself may be null)
+                let with_pool = b.create_block();
+                let pool_ok = b.create_block();
+                b.ins().brif(pool, with_pool, &[], pool_ok, &[]);
+                b.switch_to_block(with_pool);
+                let pf = b.ins().load(types::I64, MemFlagsData::trusted(), pool, 16);
+                b.ins().brif(pf, pool_ok, &[], fail_null, &[]);
+                b.switch_to_block(pool_ok);
+            }
+            // (ctx, begin, end, callback signature) of the profiler
+            let prof = if profile {
+                check_null(&mut b, p[4]);
+                let fl = MemFlagsData::trusted();
+                let pctx = b.ins().load(types::I64, fl, p[4], 0);
+                let begin = b.ins().load(types::I64, fl, p[4], 8);
+                let end = b.ins().load(types::I64, fl, p[4], 16);
+                check_null(&mut b, begin);
+                check_null(&mut b, end);
+                let mut cb = module.make_signature();
+                cb.params.push(AbiParam::new(types::I64));
+                cb.params.push(AbiParam::new(types::I32));
+                let sref = b.import_signature(cb);
+                Some((pctx, begin, end, sref))
+            } else {
+                None
+            };
+            let mark = |b: &mut FunctionBuilder, f: usize, step: usize| {
+                if let Some((pctx, begin, end, sref)) = prof {
+                    let i = b.ins().iconst(types::I32, step as i64);
+                    b.ins()
+                        .call_indirect(sref, if f == 0 { begin } else { end }, &[pctx, i]);
+                }
+            };
+            if top && plan.workspace_size > 0 {
+                check_null(&mut b, ws);
+                let low = b.ins().band_imm_u(ws, (memplan::ALIGN - 1) as i64);
+                let ok = b.create_block();
+                b.ins().brif(low, fail_align, &[], ok, &[]);
+                b.switch_to_block(ok);
+            }
+            let mut in_ptrs = Vec::new();
+            for i in 0..g.inputs.len() {
+                let v = b
+                    .ins()
+                    .load(types::I64, MemFlagsData::trusted(), inp, (8 * i) as i32);
+                if top {
+                    check_null(&mut b, v);
+                }
+                in_ptrs.push(v);
+            }
+            let mut out_ptrs = Vec::new();
+            for j in 0..g.outputs.len() {
+                let v = b
+                    .ins()
+                    .load(types::I64, MemFlagsData::trusted(), outp, (8 * j) as i32);
+                if top {
+                    check_null(&mut b, v);
+                }
+                out_ptrs.push(v);
+            }
+            let storage_ptr = |b: &mut FunctionBuilder,
+                               module: &mut M,
+                               v: kiln_ir::ValueId|
+             -> cranelift_codegen::ir::Value {
+                match plan.storage[v.index()].expect("planned") {
+                    Storage::Input(i) => in_ptrs[i],
+                    Storage::Output(j) => out_ptrs[j],
+                    Storage::Workspace(off) => b.ins().iadd_imm_u(ws, off as i64),
+                    Storage::Const(c) => {
+                        let gv = module.declare_data_in_func(const_ids[&c.index()], b.func);
+                        b.ins().symbol_value(types::I64, gv)
+                    }
+                }
+            };
+            let mut step = 0;
+            for (k, (nid, node)) in g.iter_nodes().enumerate() {
+                let Some((fid, status)) = kernel_ids[k] else {
+                    continue;
+                };
+                let fref = module.declare_func_in_func(fid, b.func);
+                let mut args = Vec::new();
+                for (i, &v) in node.inputs.iter().chain(&node.outputs).enumerate() {
+                    args.push(match packed_ids.get(&(k, i)) {
+                        Some(pid) => {
+                            let gv = module.declare_data_in_func(*pid, b.func);
+                            b.ins().symbol_value(types::I64, gv)
+                        }
+                        None => storage_ptr(&mut b, module, v),
+                    });
+                }
+                if let Some(off) = plan.scratch[nid.index()] {
+                    args.push(b.ins().iadd_imm_u(ws, off as i64));
+                }
+                if wide.convs[k].is_some() || wide.rows[k].is_some() || node.op.is_control_flow() {
+                    args.push(pool);
+                }
+                mark(&mut b, 0, step);
+                let call = b.ins().call(fref, &args);
+                if status {
+                    let r = b.inst_results(call)[0];
+                    let next = b.create_block();
+                    b.ins()
+                        .brif(r, fail_status, &[BlockArg::Value(r)], next, &[]);
+                    b.switch_to_block(next);
+                }
+                mark(&mut b, 1, step);
+                step += 1;
+            }
+            for (j, (oi, v)) in plan.output_copies.iter().enumerate() {
+                let fref = module.declare_func_in_func(copy_ids[j], b.func);
+                let src = storage_ptr(&mut b, module, *v);
+                mark(&mut b, 0, step);
+                b.ins().call(fref, &[src, out_ptrs[*oi]]);
+                mark(&mut b, 1, step);
+                step += 1;
+            }
+            debug_assert_eq!(step, steps.len());
+            let zero = b.ins().iconst(types::I32, 0);
+            b.ins().return_(&[zero]);
+            b.switch_to_block(fail_null);
+            let one = b.ins().iconst(types::I32, 1);
+            b.ins().return_(&[one]);
+            b.switch_to_block(fail_align);
+            let two = b.ins().iconst(types::I32, 2);
+            b.ins().return_(&[two]);
+            b.switch_to_block(fail_status);
+            let st = b.block_params(fail_status)[0];
+            b.ins().return_(&[st]);
+            b.seal_all_blocks();
+            b.finalize(fcfg);
+            module.define_function(fid, ctx).map_err(cg)?;
+            ctx.clear();
+            sched_ids.push(fid);
+        }
+        Ok(Emitted {
+            run_pool: sched_ids[0],
+            run_profile: sched_ids.get(1).copied(),
+            plan,
+            steps,
+            kernels: n_kernels,
+        })
+    }
 }
 
 /// Declare and define a small straight-line function: `body` gets the builder (in the entry
@@ -1398,6 +1563,8 @@ struct KernelDef<'m, M: Module> {
     rows: Option<(rows::RowKernel, FuncId)>,
     /// The task trampoline for splitting wide kernels over a pool.
     task: Option<FuncId>,
+    /// The functions of a control-flow node's sub-graphs.
+    bodies: Vec<FuncId>,
 }
 
 impl<M: Module> KernelDef<'_, M> {
@@ -1445,6 +1612,11 @@ impl<M: Module> KernelDef<'_, M> {
             let task = self
                 .task
                 .map(|t| self.module.declare_func_in_func(t, b.func));
+            let bodies = self
+                .bodies
+                .iter()
+                .map(|f| self.module.declare_func_in_func(*f, b.func))
+                .collect();
             let mut kb = Kb {
                 b,
                 params,
@@ -1454,6 +1626,7 @@ impl<M: Module> KernelDef<'_, M> {
                 wino,
                 rows,
                 task,
+                bodies,
                 fcfg,
                 fails: Vec::new(),
             };
@@ -1495,6 +1668,14 @@ pub fn plan(g: &Graph) -> MemPlan {
 /// convolutions need room for their transformed input and products.
 pub fn plan_for(g: &Graph, wide: bool, schedule: ConvSchedule) -> MemPlan {
     memplan::plan_with_scratch(g, &|n| {
+        if n.op.is_control_flow() {
+            let ws: Vec<usize> =
+                n.op.bodies()
+                    .into_iter()
+                    .map(|b| plan_for(b, wide, schedule).workspace_size)
+                    .collect();
+            return memplan::flow_scratch(g, n, &ws).map_or(0, |f| f.size);
+        }
         if wide && wide_depthwise(g, n).is_some() {
             return 0;
         }
@@ -1734,6 +1915,8 @@ pub fn kernel_statuses(op: &kiln_ir::Op, ins: &[&TensorType]) -> &'static [i32] 
         Op::Binary(BinaryOp::Div | BinaryOp::Mod | BinaryOp::Fmod) if !ins[0].dtype.is_float() => {
             &[kiln_runtime::KILN_ERR_DIVIDE]
         }
+        // (and whatever its body's kernels return)
+        Op::Loop(_) => &[kiln_runtime::KILN_ERR_LOOP],
         _ => &[],
     }
 }

@@ -2469,3 +2469,85 @@ fn matmul_constant_left_operand() {
         check(&g, &[xt]);
     }
 }
+
+/// Run-time control flow: a loop whose body holds a matrix product (a wide kernel over the
+/// pool) with a carried state and a scan output, a loop ended by its condition before its
+/// bound (zero rows after it), an `if` taking either branch, and an `if` nested in a loop
+/// body; every run compared with the interpreter, the loop past its bound a status.
+#[test]
+fn control_flow() {
+    let src = r#"
+graph cf {
+  input %m: i64[]
+  input %c: bool[]
+  input %h0: f32[2,8]
+  input %w: f32[8,8]
+  %h, %hs = loop(%m, %c, %h0, %w) {n_carried=1, max_trip=5} : f32[2,8], f32[5,2,8] {
+    graph body {
+      input %i: i64[]
+      input %ci: bool[]
+      input %hi: f32[2,8]
+      input %wi: f32[8,8]
+      const %lim: i64[] = [2]
+      %p = matmul(%hi, %wi) : f32[2,8]
+      %t = tanh(%p) : f32[2,8]
+      %co = less(%i, %lim) : bool[]
+      output %co, %t, %t
+    }
+  }
+  %y = if(%c, %h, %w) : f32[2,8] {
+    graph then {
+      input %a: f32[2,8]
+      input %b: f32[8,8]
+      %r = matmul(%a, %b) : f32[2,8]
+      output %r
+    }
+    graph else {
+      input %a: f32[2,8]
+      input %b: f32[8,8]
+      %r = neg(%a) : f32[2,8]
+      output %r
+    }
+  }
+  output %h, %hs, %y
+}
+"#;
+    let g = kiln_ir::text::parse(src).expect("parse");
+    let mut r = Rng(33);
+    let h0 = Tensor::f32([2, 8], r.vec(16));
+    let w = Tensor::f32([8, 8], r.vec(64).iter().map(|v| v * 0.5).collect());
+    for (m, c) in [(5, true), (2, true), (0, true), (4, false)] {
+        let ins = [
+            Tensor::i64([], vec![m]),
+            Tensor::bool([], vec![c]),
+            h0.clone(),
+            w.clone(),
+        ];
+        check(&g, &ins);
+    }
+    // with the trip count 7 and the condition out always true the loop needs more rows than
+    // its bound: the run stops with the loop status
+    let src2 = src
+        .replace(
+            "%co = less(%i, %lim) : bool[]",
+            "%co = greater_or_equal(%i, %lim) : bool[]",
+        )
+        .replace("output %co, %t, %t", "output %ci, %t, %t");
+    let g2 = kiln_ir::text::parse(&src2).expect("parse");
+    let ins = [
+        Tensor::i64([], vec![7]),
+        Tensor::bool([], vec![true]),
+        h0.clone(),
+        w.clone(),
+    ];
+    assert!(interp::run(&g2, &ins).is_err(), "the interpreter stops too");
+    let jit = kiln_target_cpu::compile_jit(&g2, "t").expect("compile");
+    let m = model(&jit);
+    let bufs: Vec<Vec<u8>> = ins.iter().map(|t| t.to_bytes()).collect();
+    let mut outs: Vec<Vec<u8>> = m.outputs().iter().map(|o| vec![0u8; o.nbytes]).collect();
+    let mut ws = m.workspace().unwrap();
+    let ins_p: Vec<&[u8]> = bufs.iter().map(|b| b.as_slice()).collect();
+    let mut outs_p: Vec<&mut [u8]> = outs.iter_mut().map(|b| b.as_mut_slice()).collect();
+    let st = m.run(&ins_p, &mut outs_p, &mut ws);
+    assert!(st.is_err(), "a loop past its bound fails the run: {st:?}");
+}

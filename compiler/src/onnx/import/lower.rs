@@ -7,7 +7,7 @@ use kiln_ir::ops::PadMode;
 
 impl Imp<'_> {
     /// One IR node named `<onnx node>/<what>`, returning its first output.
-    fn op1(&mut self, c: &Ctx, what: &str, op: Op, ins: Vec<ValueId>) -> R<ValueId> {
+    pub(super) fn op1(&mut self, c: &Ctx, what: &str, op: Op, ins: Vec<ValueId>) -> R<ValueId> {
         let name = format!("{}/{what}", c.name);
         Ok(self.node(c, op, ins, &[name])?[0])
     }
