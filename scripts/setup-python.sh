@@ -10,7 +10,9 @@ PY="$VENV/bin/python"
 PYTHON3="${PYTHON3:-python3}"
 
 # sympy: onnxruntime.transformers' optimizer (shape inference), used to make contrib-op test models
-PKGS=(onnx==1.22.0 onnxruntime==1.32.0 numpy==2.4.6 sympy==1.14.0)
+# nvidia-cuda-nvcc-cu12: its nvidia/cuda_nvcc/bin/ptxas assembles the GPU back end's PTX in the
+# tests (sm_70/80/90; kiln_target_ptx::ptxas::find looks in this venv); no GPU or driver needed
+PKGS=(onnx==1.22.0 onnxruntime==1.32.0 numpy==2.4.6 sympy==1.14.0 nvidia-cuda-nvcc-cu12==12.9.86)
 
 if [ ! -x "$PY" ]; then
     "$PYTHON3" -m venv "$VENV"

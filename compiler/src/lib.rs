@@ -8,6 +8,7 @@
 pub mod air;
 pub mod conformance;
 pub mod frontend;
+pub mod gpu;
 pub mod inspect;
 pub mod mindspore;
 pub mod om;

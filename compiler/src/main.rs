@@ -207,6 +207,44 @@ impl CpuArgs {
     }
 }
 
+/// `--gpu-arch` / `--gpu-precision`: the GPU back end (`--target nvptx64-nvidia-cuda`,
+/// `kiln run --device cuda|cuda-emulated`).
+#[derive(clap::Args, Clone)]
+struct GpuArgs {
+    /// NVIDIA architecture the PTX (and cubin) is for.
+    #[arg(long = "gpu-arch", default_value = "sm_80",
+          value_parser = ["sm_70", "sm_75", "sm_80", "sm_86", "sm_89", "sm_90"])]
+    gpu_arch: String,
+    /// Arithmetic of the GPU's dense products: fp32 (exact f32, default), tf32, fp16, bf16
+    /// (tensor cores, f32 accumulation).
+    #[arg(long = "gpu-precision", value_enum, default_value = "fp32")]
+    gpu_precision: GpuPrecision,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum GpuPrecision {
+    Fp32,
+    Tf32,
+    Fp16,
+    Bf16,
+}
+
+impl GpuArgs {
+    fn opts(&self) -> kiln_compiler::gpu::GpuOpts {
+        use kiln_target_ptx::Precision as P;
+        kiln_compiler::gpu::GpuOpts {
+            sm: self.gpu_arch.clone(),
+            ptx: None,
+            precision: match self.gpu_precision {
+                GpuPrecision::Fp32 => P::Fp32,
+                GpuPrecision::Tf32 => P::Tf32,
+                GpuPrecision::Fp16 => P::Fp16,
+                GpuPrecision::Bf16 => P::Bf16,
+            },
+        }
+    }
+}
+
 /// `kiln build --emit om` options.
 #[derive(Args, Clone, Default)]
 struct OmArgs {
@@ -255,11 +293,13 @@ enum Cmd {
         /// under their default names.
         #[arg(long, value_enum, default_value = "so", value_delimiter = ',')]
         emit: Vec<Emit>,
-        /// Target triple (default: the host).
+        /// Target triple (default: the host; nvptx64-nvidia-cuda: NVIDIA GPUs, --emit so|ptx|ir).
         #[arg(long)]
         target: Option<String>,
         #[command(flatten)]
         cpu: CpuArgs,
+        #[command(flatten)]
+        gpu: GpuArgs,
         /// Symbol prefix of the artefact (`<name>_model`); default: the model file's stem.
         #[arg(long)]
         name: Option<String>,
@@ -314,8 +354,13 @@ enum Cmd {
         inputs: Vec<String>,
         #[arg(long, default_value = ".")]
         output_dir: PathBuf,
+        /// Where to run: the CPU, an NVIDIA GPU (cuda), or the GPU kernels emulated on the host.
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: kiln_compiler::gpu::Device,
         #[command(flatten)]
         cpu: CpuArgs,
+        #[command(flatten)]
+        gpu: GpuArgs,
         #[command(flatten)]
         load: LoadArgs,
         #[command(flatten)]
@@ -404,6 +449,7 @@ fn real_main(cli: Cli) -> Result<(), String> {
             emit,
             target,
             cpu,
+            gpu,
             name,
             load: largs,
             om,
@@ -449,8 +495,14 @@ fn real_main(cli: Cli) -> Result<(), String> {
                         .collect()
                 }
             };
+            let on_gpu = kiln_compiler::gpu::is_gpu(target.triple.as_deref());
             for (kind, out) in emit.iter().zip(&outs) {
-                pipeline::emit(&g, *kind, out, &name, &target).map_err(|e| e.to_string())?;
+                if on_gpu {
+                    kiln_compiler::gpu::emit(&g, *kind, out, &name, &gpu.opts())
+                } else {
+                    pipeline::emit(&g, *kind, out, &name, &target)
+                }
+                .map_err(|e| e.to_string())?;
                 bars.println(&format!("wrote {}", out.display()));
             }
             Ok(())
@@ -488,19 +540,40 @@ fn real_main(cli: Cli) -> Result<(), String> {
             opt,
             inputs,
             output_dir,
+            device,
             cpu,
+            gpu,
             load: largs,
             profile,
         } => {
+            use kiln_compiler::gpu::Device;
             let bars = bars();
             let mut g = {
                 let _p = bars.phase("load");
                 load(&model, largs)?
             };
-            let mut target = cpu.target(None);
+            let on_gpu = device != Device::Cpu;
+            let mut target = cpu.target(on_gpu.then(|| kiln_compiler::gpu::TRIPLE.to_string()));
             {
                 let _p = bars.phase("optimize");
                 opt.optimize(&mut g, &target)?;
+            }
+            if on_gpu {
+                if profile.profile || profile.profile_json.is_some() {
+                    return Err("--profile times the CPU back end's schedule: it does not apply to --device cuda or cuda-emulated".into());
+                }
+                let name = pipeline::default_name(&model);
+                for p in kiln_compiler::gpu::run_files(
+                    &g,
+                    &name,
+                    &gpu.opts(),
+                    device,
+                    &inputs,
+                    &output_dir,
+                )? {
+                    bars.println(&format!("wrote {}", p.display()));
+                }
+                return Ok(());
             }
             target.progress = bars.backend();
             run(&model, g, &inputs, &output_dir, &target, &profile)

@@ -36,6 +36,8 @@ pub enum Emit {
     Header,
     /// kiln IR, textual form
     Ir,
+    /// PTX of the GPU kernels (`--target nvptx64-nvidia-cuda`)
+    Ptx,
     /// Ascend offline model (.om): the graph in GE ops with device-layout weights and GE's
     /// memory plan (--soc-version, --precision-mode, --atc-config)
     Om,
@@ -68,19 +70,15 @@ impl Emit {
             Emit::Exe => "",
             Emit::Header => "h",
             Emit::Ir => "kir",
+            Emit::Ptx => "ptx",
             Emit::Om => "om",
             Emit::Pc => "pc",
         }
     }
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct LoadOptions {
-    /// Fixes for dynamic input dims: `NAME=1,3,224,224`.
-    pub input_shapes: Vec<(String, Vec<usize>)>,
-    /// Graph inputs fixed to constant values at compile time: `NAME=FILE.npy`.
-    pub frozen_inputs: Vec<(String, kiln_ir::TensorType, kiln_ir::ConstData)>,
-}
+/// What `kiln build|run|inspect|convert` pass every importer: `--input-shape` and `--freeze`.
+pub type LoadOptions = crate::frontend::InputFixes;
 
 /// Parse `NAME=FILE.npy` for `--freeze`: the named input becomes a constant.
 pub fn parse_freeze(s: &str) -> Result<(String, kiln_ir::TensorType, kiln_ir::ConstData), String> {
@@ -178,26 +176,18 @@ fn load_model(path: &Path, opts: &LoadOptions, extra: &ExtraOptions) -> Result<G
         .unwrap_or("")
         .to_ascii_lowercase();
     let g = match ext.as_str() {
-        "onnx" => crate::onnx::load(
-            path,
-            &crate::onnx::OnnxOptions {
-                input_shapes: opts.input_shapes.clone(),
-                frozen_inputs: opts.frozen_inputs.clone(),
-            },
-        )?,
+        "onnx" => crate::onnx::load(path, opts)?,
         "mindir" => crate::mindspore::mindir::load(
             path,
             &crate::mindspore::mindir::MindirOptions {
-                input_shapes: opts.input_shapes.clone(),
+                inputs: opts.clone(),
                 key: extra.key.clone(),
-                frozen_inputs: opts.frozen_inputs.clone(),
             },
         )?,
         "air" => crate::air::load(
             path,
             &crate::air::AirOptions {
-                input_shapes: opts.input_shapes.clone(),
-                frozen_inputs: opts.frozen_inputs.clone(),
+                inputs: opts.clone(),
                 ..Default::default()
             },
         )?,
@@ -210,8 +200,7 @@ fn load_model(path: &Path, opts: &LoadOptions, extra: &ExtraOptions) -> Result<G
                 crate::frontend::data::model_dir(path),
                 &file,
                 &crate::air::AirOptions {
-                    input_shapes: opts.input_shapes.clone(),
-                    frozen_inputs: opts.frozen_inputs.clone(),
+                    inputs: opts.clone(),
                     ..Default::default()
                 },
             )?
@@ -289,6 +278,10 @@ impl TargetOpts {
     pub fn layout_target(
         &self,
     ) -> Result<Option<std::sync::Arc<dyn kiln_ir::layout::LayoutTarget>>, Error> {
+        // the GPU kernels read plain tensors
+        if crate::gpu::is_gpu(self.triple.as_deref()) {
+            return Ok(None);
+        }
         let t = kiln_target_cpu::layout_target(&self.cpu_options("layout", false))
             .map_err(|e| Error::Msg(e.to_string()))?;
         Ok(t.map(|t| std::sync::Arc::new(t) as std::sync::Arc<dyn kiln_ir::layout::LayoutTarget>))
@@ -353,6 +346,11 @@ pub fn emit(
     target: &TargetOpts,
 ) -> Result<(), Error> {
     match emit {
+        Emit::Ptx => {
+            return Err(Error::Msg(
+                "--emit ptx needs --target nvptx64-nvidia-cuda".into(),
+            ));
+        }
         Emit::Om => {
             return Err(Error::Msg(
                 "an OM is built from the loaded graph: use pipeline::emit_om".into(),

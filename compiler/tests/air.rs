@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use kiln_compiler::air;
+use kiln_compiler::frontend::Source;
 use kiln_compiler::pipeline::{self, LoadOptions};
 use kiln_ir::{Graph, ValueDef};
 use kiln_runtime::npy;
@@ -333,18 +334,27 @@ fn shared_om_model_defs() {
         graph: vec![multi.graph[2].clone()],
         ..Default::default()
     };
-    let g = air::import::import_model(&sub, None, "sub_2", &Default::default()).unwrap();
+    let g =
+        air::import::import_model(&sub, Source::new("sub_2", None), &Default::default()).unwrap();
     assert_eq!(g.num_live_nodes(), 1);
     // the root graph's Rank declares a float [2,2] output: a precise error
-    let e = air::import::import_model(&multi, None, "ge_multi_model.om", &Default::default())
-        .unwrap_err()
-        .to_string();
+    let e = air::import::import_model(
+        &multi,
+        Source::new("ge_multi_model.om", None),
+        &Default::default(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("node 'rank' (Rank)"), "{e}");
     // GraphEngine's root model: an op kiln does not have, listed with its node
     let root_md = md("ge_root_model.om");
-    let e = air::import::import_model(&root_md, None, "ge_root_model.om", &Default::default())
-        .unwrap_err()
-        .to_string();
+    let e = air::import::import_model(
+        &root_md,
+        Source::new("ge_root_model.om", None),
+        &Default::default(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(
         e.contains("unsupported ops: FakeOpNpu (nodes: fused_op1)"),
         "{e}"
@@ -370,7 +380,11 @@ fn corrupt_air_files_are_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let load = |bytes: &[u8]| {
         air::decode(bytes::Bytes::copy_from_slice(bytes), "x.air").and_then(|m| {
-            air::import::import_model(&m, Some(tmp.path()), "x.air", &Default::default())
+            air::import::import_model(
+                &m,
+                Source::new("x.air", Some(tmp.path())),
+                &Default::default(),
+            )
         })
     };
     assert!(load(&good).is_ok());

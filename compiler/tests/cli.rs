@@ -409,3 +409,81 @@ fn failures_are_clear_and_leave_nothing() {
         "x.npy",
     );
 }
+
+/// The GPU back end from the command line: `--emit ptx|so` for `nvptx64-nvidia-cuda`, the
+/// emulated run, and `--device cuda` where there is no driver (a clear error).
+#[test]
+fn gpu_build_and_run() {
+    let (d, m) = setup();
+    let gpu = ["--target", "nvptx64-nvidia-cuda"];
+    let ptx = d.path().join("small.ptx");
+    ok(kiln()
+        .arg("build")
+        .arg(&m)
+        .args(gpu)
+        .args(["--gpu-arch", "sm_90", "--emit", "ptx", "-o"])
+        .arg(&ptx));
+    let text = std::fs::read_to_string(&ptx).unwrap();
+    assert!(text.contains(".target sm_90"), "{text}");
+    assert!(text.contains(".visible .entry small_k"), "{text}");
+    let so = d.path().join("libsmall.so");
+    ok(kiln().arg("build").arg(&m).args(gpu).arg("-o").arg(&so));
+    let bytes = kiln_runtime::cuda::artefact_from_so(&so).unwrap();
+    let art = kiln_runtime::cuda_artefact::CudaArtefact::from_bytes(&bytes).unwrap();
+    assert_eq!(art.sm, "sm_80");
+    assert!(!art.launches.is_empty() && art.ptx.contains(".target sm_80"));
+    assert_eq!(art.inputs.len(), 1);
+
+    let x: Vec<f32> = (0..32).map(|i| (i as f32 - 15.0) * 0.1).collect();
+    let xp = d.path().join("x.npy");
+    npy::write(&xp, &Npy::from_f32(&[1, 2, 4, 4], &x)).unwrap();
+    let out = d.path().join("emu");
+    ok(kiln()
+        .arg("run")
+        .arg(&m)
+        .arg("--input")
+        .arg(format!("x={}", xp.display()))
+        .args(["--device", "cuda-emulated", "--output-dir"])
+        .arg(&out));
+    let y = npy::read(&out.join("y.npy")).unwrap();
+    assert_eq!(y.shape, vec![1, 3]);
+    for (a, b) in y.to_f32().unwrap().iter().zip(expected(&x)) {
+        assert!((a - b).abs() < 1e-6, "emulated GPU: {a} vs {b}");
+    }
+    if !kiln_runtime::cuda::driver_present() {
+        fails(
+            kiln()
+                .arg("run")
+                .arg(&m)
+                .arg("--input")
+                .arg(format!("x={}", xp.display()))
+                .args(["--device", "cuda", "--output-dir"])
+                .arg(d.path().join("gpu")),
+            "no NVIDIA driver",
+        );
+        assert!(!d.path().join("gpu").join("y.npy").exists());
+    }
+    fails(
+        kiln()
+            .arg("build")
+            .arg(&m)
+            .args(gpu)
+            .args(["--emit", "exe"]),
+        "not available for nvptx64-nvidia-cuda",
+    );
+    fails(
+        kiln()
+            .arg("build")
+            .arg(&m)
+            .args(gpu)
+            .args(["--gpu-arch", "sm_20"]),
+        "invalid value 'sm_20'",
+    );
+    fails(
+        kiln()
+            .arg("run")
+            .arg(&m)
+            .args(["--device", "cuda-emulated", "--profile"]),
+        "--profile times the CPU back end",
+    );
+}

@@ -55,7 +55,6 @@ fn load_mindir(p: &Path, key: Option<DecryptKey>) -> Result<Graph, MsError> {
     mindir::load(
         p,
         &MindirOptions {
-            input_shapes: vec![],
             key,
             ..Default::default()
         },
@@ -361,7 +360,6 @@ fn hostile_bytes_never_panic() {
                 None,
                 "x.mindir",
                 &MindirOptions {
-                    input_shapes: vec![],
                     key: Some(key.clone()),
                     ..Default::default()
                 },
@@ -751,9 +749,11 @@ fn mindir_encrypted_cbc_and_dynamic_input() {
     let key = DecryptKey::from_bytes(&[5u8; 32]).unwrap();
     let enc = crypto::encrypt(&m.encode_to_vec(), &key, false, [1u8; 16], 64).unwrap();
     let opts = |shapes: Vec<(String, Vec<usize>)>, key: Option<DecryptKey>| MindirOptions {
-        input_shapes: shapes,
+        inputs: kiln_compiler::pipeline::LoadOptions {
+            input_shapes: shapes,
+            ..Default::default()
+        },
         key,
-        ..Default::default()
     };
     let load =
         |o: MindirOptions| mindir::load_bytes(Bytes::from(enc.clone()), None, "e.mindir", &o);

@@ -217,6 +217,47 @@ static inline int32_t kiln_run_checked(const kiln_model *m, uint32_t n_in,
                                workspace, NULL);
 }
 
+/* ---- CUDA artefacts (kiln build --target nvptx64-nvidia-cuda) ----
+ * Implemented by kiln's runtime built with its `cuda` feature (the CUDA driver is
+ * loaded at run time: nothing links libcuda). A `.so` built for the GPU exports
+ * `const uint8_t *kiln_cuda_artefact_default(uint64_t *len)` (and
+ * `<name>_cuda_artefact`): the bytes to pass to kiln_cuda_load. Every call but
+ * kiln_cuda_available returns KILN_CUDA_OK or a KILN_CUDA_ERR_* code, the
+ * message of which kiln_cuda_last_error gives (per thread). */
+#define KILN_CUDA_OK 0
+#define KILN_CUDA_ERR_NO_DRIVER 100 /* libcuda.so not found: no NVIDIA driver */
+#define KILN_CUDA_ERR_DRIVER 101    /* a driver call failed (message names it) */
+#define KILN_CUDA_ERR_ARTEFACT 102  /* malformed artefact bytes */
+#define KILN_CUDA_ERR_ARGS 103      /* null pointer, wrong count or size */
+
+typedef struct kiln_cuda_model kiln_cuda_model;
+
+/* 1 if the NVIDIA driver library can be loaded, else 0 (never fails). */
+int32_t kiln_cuda_available(void);
+/* The message of this thread's last failed kiln_cuda_* call ("" if none). */
+const char *kiln_cuda_last_error(void);
+/* Load an artefact on device `ordinal`: module, weights uploaded once, one
+ * workspace; *out receives the model. */
+int32_t kiln_cuda_load(const uint8_t *data, uint64_t len, int32_t ordinal,
+                       kiln_cuda_model **out);
+void kiln_cuda_free(kiln_cuda_model *m);
+/* Number of inputs (what = 0) or outputs (what = 1), or -1. */
+int64_t kiln_cuda_count(kiln_cuda_model *m, int32_t what);
+/* Byte size of input (what = 0) or output (1) `index`, or -1. */
+int64_t kiln_cuda_tensor_bytes(kiln_cuda_model *m, int32_t what,
+                               uint32_t index);
+/* Run on host buffers, synchronously (no allocation per call). */
+int32_t kiln_cuda_run(kiln_cuda_model *m, const uint8_t *const *inputs,
+                      uint8_t *const *outputs);
+/* Enqueue a run on device pointers (CUdeviceptr) on `stream` (a CUstream;
+ * NULL: the model's own); returns without waiting. */
+int32_t kiln_cuda_run_device(kiln_cuda_model *m, const uint64_t *inputs,
+                             const uint64_t *outputs, void *stream);
+/* 1: the first run is captured as a CUDA graph, later runs replay it. */
+int32_t kiln_cuda_set_graph(kiln_cuda_model *m, int32_t on);
+/* Wait for the model's stream. */
+int32_t kiln_cuda_synchronize(kiln_cuda_model *m);
+
 #ifdef __cplusplus
 }
 #endif

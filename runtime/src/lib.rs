@@ -13,6 +13,9 @@
 
 mod abi;
 pub mod atomic;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod cuda_artefact;
 mod error;
 mod model;
 pub mod npy;

@@ -23,8 +23,10 @@ use super::proto::{GraphDef, ModelDef, OpDef, TensorDescriptor};
 use super::{dtype_of_ge, dtype_of_proto};
 use crate::frontend::data::{self, External, ExternalFiles, RawTensor};
 use crate::frontend::norm_axis;
-use crate::frontend::tf::{reshape_target, same_pads, strided_slice};
-use crate::frontend::{Dim, FrontendError, GraphBuilder, InputFixes, Unsupported, node_label};
+use crate::frontend::tf::{STRIDED_SLICE_MASKS, reshape_target, same_pads, strided_slice};
+use crate::frontend::{
+    Dim, FrontendError, GraphBuilder, InputFixes, Source, Unsupported, node_label,
+};
 pub use kiln_target_om::names::{BINARY, COMPARE, UNARY};
 
 type R<T> = Result<T, String>;
@@ -32,10 +34,9 @@ type R<T> = Result<T, String>;
 /// Options for loading an AIR model (or an OM's graph).
 #[derive(Debug, Clone, Default)]
 pub struct AirOptions {
-    /// Static shapes for inputs with dynamic (-1) dims, by `Data` op name.
-    pub input_shapes: Vec<(String, Vec<usize>)>,
-    /// Inputs fixed to constants at compile time (`--freeze NAME=FILE.npy`).
-    pub frozen_inputs: Vec<(String, TensorType, ConstData)>,
+    /// `--input-shape` / `--freeze` (inputs named by their `Data` op), as every importer takes
+    /// them.
+    pub inputs: InputFixes,
     /// An offline model's WEIGHTS_DATA partition: constants without inline data are read from
     /// it at `data_offset` (or the `merged_offset` attribute), `weight_size` bytes.
     pub weights: Option<bytes::Bytes>,
@@ -449,27 +450,16 @@ fn topo_order(g: &GraphDef) -> R<Vec<usize>> {
 }
 
 /// Import the main graph of a ModelDef.
-pub fn import_model(
-    md: &ModelDef,
-    base_dir: Option<&Path>,
-    file: &str,
-    opts: &AirOptions,
-) -> Result<Graph, FrontendError> {
-    let merr = |m: String| FrontendError::model(file, m);
-    let main = md
-        .graph
-        .first()
-        .ok_or_else(|| merr("the ModelDef has no graph".into()))?;
+pub fn import_model(md: &ModelDef, src: Source, opts: &AirOptions) -> Result<Graph, FrontendError> {
+    let main = src.need(md.graph.first(), "the ModelDef has no graph")?;
+    let (file, base_dir) = (src.file, src.dir);
     unsupported(md).check(file)?;
     let name = if main.name.is_empty() {
         md.name.as_str()
     } else {
         main.name.as_str()
     };
-    let fixes = InputFixes {
-        shapes: opts.input_shapes.clone(),
-        frozen: opts.frozen_inputs.clone(),
-    };
+    let fixes = opts.inputs.clone();
     let mut imp = Imp {
         b: GraphBuilder::new(file, if name.is_empty() { "air" } else { name }, fixes),
         graphs: md.graph.iter().map(|g| (g.name.as_str(), g)).collect(),
@@ -1841,16 +1831,7 @@ impl<'a> Imp<'a> {
                     )
                 };
                 let mut masks = [0i64; 5];
-                for (k, name) in [
-                    "begin_mask",
-                    "end_mask",
-                    "ellipsis_mask",
-                    "new_axis_mask",
-                    "shrink_axis_mask",
-                ]
-                .iter()
-                .enumerate()
-                {
+                for (k, name) in STRIDED_SLICE_MASKS.iter().enumerate() {
                     masks[k] = c.i_or(name, 0)?;
                 }
                 let (a, out) = strided_slice(&shape, &b, &e, &s, masks)?;

@@ -38,7 +38,11 @@ pub use import::AirOptions;
 pub fn load(path: &Path, opts: &AirOptions) -> Result<Graph, FrontendError> {
     let file = path.display().to_string();
     let md = read(path)?;
-    import::import_model(&md, model_dir(path), &file, opts)
+    import::import_model(
+        &md,
+        crate::frontend::Source::new(&file, model_dir(path)),
+        opts,
+    )
 }
 
 /// Import an AIR model from its bytes (`file` names it in errors; external weights are read
@@ -50,7 +54,7 @@ pub fn load_bytes(
     opts: &AirOptions,
 ) -> Result<Graph, FrontendError> {
     let md = decode(bytes, file)?;
-    import::import_model(&md, base_dir, file, opts)
+    import::import_model(&md, crate::frontend::Source::new(file, base_dir), opts)
 }
 
 /// Read an `.air` file as a ModelDef (attribute names decompressed).

@@ -35,11 +35,18 @@ impl Dim {
     }
 }
 
-/// The user's fixes for graph inputs: `--input-shape NAME=dims` and `--freeze NAME=FILE.npy`.
+/// The user's fixes for graph inputs, the options every importer takes (`pipeline::LoadOptions`,
+/// `onnx::OnnxOptions`; the MindIR and AIR options add their format's extras to it).
 #[derive(Debug, Clone, Default)]
 pub struct InputFixes {
-    pub shapes: Vec<(String, Vec<usize>)>,
-    pub frozen: Vec<(String, TensorType, ConstData)>,
+    /// Full static shapes for graph inputs, by name (`--input-shape NAME=1,3,224,224`). Required
+    /// for every input with a symbolic, unknown or dynamic (-1) dimension.
+    pub input_shapes: Vec<(String, Vec<usize>)>,
+    /// Graph inputs replaced by constants at compile time (`--freeze NAME=FILE.npy`): the input
+    /// disappears from the compiled model's signature. This is how values the static compiler
+    /// must know (axes, target shapes, pads, a sample rate, ...) that a model takes as inputs
+    /// are fixed.
+    pub frozen_inputs: Vec<(String, TensorType, ConstData)>,
 }
 
 /// Builds a [`Graph`] for an importer. `V` is what the importer binds model value names to
@@ -226,13 +233,13 @@ impl<'f, V: Clone> GraphBuilder<'f, V> {
         }
         let over = self
             .fixes
-            .shapes
+            .input_shapes
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, s)| s.clone());
         let frozen = self
             .fixes
-            .frozen
+            .frozen_inputs
             .iter()
             .find(|(n, ..)| n == name)
             .map(|(_, t, d)| (t.clone(), d.clone()));
@@ -316,8 +323,16 @@ impl<'f, V: Clone> GraphBuilder<'f, V> {
         inputs: impl IntoIterator<Item = &'n str>,
     ) -> Result<(), FrontendError> {
         let inputs: HashSet<&str> = inputs.into_iter().collect();
-        let names = self.fixes.shapes.iter().map(|(n, _)| (n, "--input-shape"));
-        let frozen = self.fixes.frozen.iter().map(|(n, ..)| (n, "--freeze"));
+        let names = self
+            .fixes
+            .input_shapes
+            .iter()
+            .map(|(n, _)| (n, "--input-shape"));
+        let frozen = self
+            .fixes
+            .frozen_inputs
+            .iter()
+            .map(|(n, ..)| (n, "--freeze"));
         for (n, flag) in names.chain(frozen) {
             if !inputs.contains(n.as_str()) {
                 return Err(self.err(format!("{flag} names '{n}', which is not a graph input")));

@@ -110,6 +110,16 @@ pub fn strided_slice(
     Ok((a, out))
 }
 
+/// The StridedSlice mask attributes (TensorFlow's names, kept by MindSpore and GraphEngine), in
+/// the order [`strided_slice`] takes them.
+pub const STRIDED_SLICE_MASKS: [&str; 5] = [
+    "begin_mask",
+    "end_mask",
+    "ellipsis_mask",
+    "new_axis_mask",
+    "shrink_axis_mask",
+];
+
 /// Reshape target with one `-1` allowed.
 pub fn reshape_target(numel: usize, spec: &[i64]) -> R<Vec<usize>> {
     let mut infer = None;

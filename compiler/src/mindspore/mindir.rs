@@ -17,7 +17,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use kiln_ir::ops::{BinaryOp, ConvAttrs, GemmAttrs, PoolAttrs, ReduceKind, SliceAttrs, UnaryOp};
-use kiln_ir::{ConstData, DType, Graph, Op, TensorType, ValueId};
+use kiln_ir::{DType, Graph, Op, TensorType, ValueId};
 use prost::Message;
 
 use super::MsError;
@@ -26,20 +26,20 @@ use super::proto::mind_ir::{
     AttributeProto, GraphProto, ModelProto, NodeProto, PrimitiveProto, TensorProto,
 };
 use crate::frontend::data::{self, External, ExternalFiles, RawTensor, map_file};
-use crate::frontend::tf::{reshape_target, same_pads, strided_slice};
-use crate::frontend::{Dim, GraphBuilder, InputFixes, Unsupported, node_label, norm_axis};
+use crate::frontend::tf::{STRIDED_SLICE_MASKS, reshape_target, same_pads, strided_slice};
+use crate::frontend::{
+    Dim, GraphBuilder, InputFixes, Source, Unsupported, node_label, norm_axis, reduce_kind,
+};
 
 type R<T> = Result<T, String>;
 
 /// Options for loading a MindIR model.
 #[derive(Debug, Clone, Default)]
 pub struct MindirOptions {
-    /// Static shapes for inputs with dynamic (-1) dims, by input name.
-    pub input_shapes: Vec<(String, Vec<usize>)>,
+    /// `--input-shape` / `--freeze`, as every importer takes them.
+    pub inputs: InputFixes,
     /// Key for encrypted files.
     pub key: Option<DecryptKey>,
-    /// Inputs fixed to constants at compile time (`--freeze NAME=FILE.npy`).
-    pub frozen_inputs: Vec<(String, TensorType, ConstData)>,
 }
 
 /// Primitives with IR translations (plus the plumbing in [`PLUMBING`]).
@@ -749,12 +749,7 @@ impl<'a> Imp<'a> {
                 )?))
             }
             "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" => {
-                let kind = match op {
-                    "ReduceMean" => ReduceKind::Mean,
-                    "ReduceSum" => ReduceKind::Sum,
-                    "ReduceMax" => ReduceKind::Max,
-                    _ => ReduceKind::Min,
-                };
+                let kind = reduce_kind(op).ok_or("not a reduction")?;
                 let x = self.tensor(c, 0)?;
                 let r = self.ty(x).rank();
                 let axes = match self.arg(c, Some(1), "axis")? {
@@ -794,16 +789,7 @@ impl<'a> Imp<'a> {
                 let end = self.arg_req(c, Some(2), "end")?.ints()?;
                 let strides = self.arg_req(c, Some(3), "strides")?.ints()?;
                 let mut masks = [0i64; 5];
-                for (k, name) in [
-                    "begin_mask",
-                    "end_mask",
-                    "ellipsis_mask",
-                    "new_axis_mask",
-                    "shrink_axis_mask",
-                ]
-                .iter()
-                .enumerate()
-                {
+                for (k, name) in STRIDED_SLICE_MASKS.iter().enumerate() {
                     masks[k] = self
                         .arg(c, Some(4 + k), name)?
                         .map(|v| v.int())
@@ -1338,7 +1324,7 @@ pub fn load_bytes(
     opts: &MindirOptions,
 ) -> Result<Graph, MsError> {
     let model = decode(bytes, file, opts.key.as_ref())?;
-    import_model(&model, base_dir, file, opts)
+    import_model(&model, Source::new(file, base_dir), opts)
 }
 
 /// Op histogram and interface of a MindIR model (for `kiln inspect`).
@@ -1410,23 +1396,16 @@ fn unsupported(g: &GraphProto, prims: &HashMap<&str, &PrimitiveProto>) -> Unsupp
 
 pub fn import_model(
     model: &ModelProto,
-    base_dir: Option<&Path>,
-    file: &str,
+    src: Source,
     opts: &MindirOptions,
 ) -> Result<Graph, MsError> {
-    let merr = |msg: String| MsError::model(file, msg);
-    let g = model
-        .graph
-        .as_ref()
-        .ok_or_else(|| merr("model has no graph".into()))?;
+    let g = src.need(model.graph.as_ref(), "model has no graph")?;
+    let (file, base_dir) = (src.file, src.dir);
     let prims: HashMap<&str, &PrimitiveProto> =
         model.primitives.iter().map(|p| (p.name(), p)).collect();
     unsupported(g, &prims).check(file)?;
     let gname = g.name();
-    let fixes = InputFixes {
-        shapes: opts.input_shapes.clone(),
-        frozen: opts.frozen_inputs.clone(),
-    };
+    let fixes = opts.inputs.clone();
     let mut imp = Imp {
         b: GraphBuilder::new(file, if gname.is_empty() { "mindir" } else { gname }, fixes),
         prims,
@@ -1441,13 +1420,13 @@ pub fn import_model(
         let t = i
             .tensor
             .first()
-            .ok_or_else(|| merr(format!("input '{name}' has no tensor type")))?;
-        let dtype = dtype_of(t.data_type()).map_err(|e| merr(format!("input '{name}': {e}")))?;
+            .ok_or_else(|| src.err(format!("input '{name}' has no tensor type")))?;
+        let dtype = dtype_of(t.data_type()).map_err(|e| src.err(format!("input '{name}': {e}")))?;
         let dims: Vec<Dim> = t.dims.iter().map(|&d| Dim::from_i64(d)).collect();
         let v = imp.b.input(&name, dtype, Some(&dims))?;
         imp.b
             .bind(i.name(), V::T(v))
-            .map_err(|e| merr(format!("input '{name}': {e}")))?;
+            .map_err(|e| src.err(format!("input '{name}': {e}")))?;
     }
     // parameters: named by their checkpoint name (ref_key, or the text after the graph prefix)
     for p in &g.parameter {
@@ -1456,7 +1435,7 @@ pub fn import_model(
             .clone()
             .filter(|k| !k.is_empty())
             .unwrap_or_else(|| short(p.name(), gname));
-        let perr = |e: String| merr(format!("parameter '{pname}': {e}"));
+        let perr = |e: String| src.err(format!("parameter '{pname}': {e}"));
         let v = imp.tensor_const(p, &pname).map_err(perr)?;
         imp.b.bind(p.name(), V::T(v)).map_err(perr)?;
     }
@@ -1465,7 +1444,7 @@ pub fn import_model(
     }
     for o in &g.output {
         let v = imp.b.lookup(o.name()).cloned().ok_or_else(|| {
-            merr(format!(
+            src.err(format!(
                 "graph output '{}' is not produced by any node",
                 o.name()
             ))

@@ -267,7 +267,7 @@ pub fn load_bytes(
         widen_fp16: true,
         ..opts.clone()
     };
-    crate::air::import::import_model(&md, base_dir, file, &opts)
+    crate::air::import::import_model(&md, crate::frontend::Source::new(file, base_dir), &opts)
 }
 
 /// An OM file's summary for `kiln inspect`: header fields, partitions with sizes, and the root

@@ -20,10 +20,8 @@ use super::proto::{
 use super::tensor::{decode_tensor, dtype_from_onnx};
 use super::{OnnxError, OnnxOptions};
 use crate::frontend::data::ExternalFiles;
-use crate::frontend::norm_axis;
-use crate::frontend::{
-    Dim, FrontendError, GraphBuilder, InputFixes, Unsupported, ir_msg, node_label,
-};
+use crate::frontend::{Dim, FrontendError, GraphBuilder, Source, Unsupported, ir_msg, node_label};
+use crate::frontend::{norm_axis, reduce_kind, tf};
 
 pub const MIN_OPSET: i64 = 6;
 pub const MAX_OPSET: i64 = 27;
@@ -1480,18 +1478,7 @@ impl<'a> Imp<'a> {
             }
             "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd"
             | "ReduceSumSquare" | "ReduceL1" | "ReduceL2" | "ReduceLogSum" | "ReduceLogSumExp" => {
-                let kind = match op {
-                    "ReduceMean" => ReduceKind::Mean,
-                    "ReduceSum" => ReduceKind::Sum,
-                    "ReduceMax" => ReduceKind::Max,
-                    "ReduceMin" => ReduceKind::Min,
-                    "ReduceProd" => ReduceKind::Prod,
-                    "ReduceSumSquare" => ReduceKind::SumSquare,
-                    "ReduceL1" => ReduceKind::L1,
-                    "ReduceL2" => ReduceKind::L2,
-                    "ReduceLogSum" => ReduceKind::LogSum,
-                    _ => ReduceKind::LogSumExp,
-                };
+                let kind = reduce_kind(op).ok_or("not a reduction")?;
                 let x = self.req(c, 0)?;
                 let r = self.ty(x).rank();
                 // axes moved from an attribute to an input in opset 13 (ReduceSum) / 18 (others)
@@ -2016,37 +2003,22 @@ impl<'a> Imp<'a> {
 
 /// ONNX Reshape target shape: 0 copies the input dim (unless `allowzero`), -1 is inferred.
 fn reshape_target(input: &[usize], spec: &[i64], allowzero: bool) -> R<Vec<usize>> {
-    let numel: usize = input.iter().product();
-    let mut out = Vec::with_capacity(spec.len());
-    let mut infer = None;
-    for (i, &s) in spec.iter().enumerate() {
-        out.push(match s {
-            -1 => {
-                if infer.replace(i).is_some() {
-                    return Err(format!("shape {spec:?} has more than one -1"));
-                }
-                1
-            }
-            0 if !allowzero => *input
+    let resolved = spec
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| match s {
+            0 if !allowzero => input
                 .get(i)
-                .ok_or_else(|| format!("shape {spec:?}: 0 at {i} has no input dim"))?,
-            s if s >= 0 => s as usize,
-            s => return Err(format!("invalid dim {s} in shape {spec:?}")),
-        });
-    }
-    let known = out
+                .and_then(|&d| i64::try_from(d).ok())
+                .ok_or_else(|| format!("shape {spec:?}: 0 at {i} has no input dim")),
+            s => Ok(s),
+        })
+        .collect::<R<Vec<i64>>>()?;
+    let numel = input
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| format!("shape {spec:?} is too large"))?;
-    if let Some(i) = infer {
-        if known == 0 || !numel.is_multiple_of(known) {
-            return Err(format!("cannot infer -1 in {spec:?} for input {input:?}"));
-        }
-        out[i] = numel / known;
-    } else if known != numel {
-        return Err(format!("cannot reshape {input:?} to {spec:?}"));
-    }
-    Ok(out)
+        .ok_or("input too large")?;
+    tf::reshape_target(numel, &resolved).map_err(|e| format!("reshape of {input:?}: {e}"))
 }
 
 /// Normalized (start, size) of one sliced dim, clamped per the ONNX spec.
@@ -2136,26 +2108,24 @@ fn unsupported(nodes: &[NodeProto]) -> Unsupported {
 
 pub fn import_model(
     mut model: ModelProto,
-    base_dir: Option<&Path>,
-    file: &str,
+    src: Source,
     opts: &OnnxOptions,
 ) -> Result<Graph, OnnxError> {
-    let merr = |msg: String| FrontendError::model(file, msg);
-    let opset = model
-        .opset_import
-        .iter()
-        .find(|o| o.domain().is_empty() || o.domain() == "ai.onnx")
-        .map(|o| o.version())
-        .ok_or_else(|| merr("no opset_import for the default ONNX domain".into()))?;
+    let opset = src.need(
+        model
+            .opset_import
+            .iter()
+            .find(|o| o.domain().is_empty() || o.domain() == "ai.onnx")
+            .map(|o| o.version()),
+        "no opset_import for the default ONNX domain",
+    )?;
+    let (file, base_dir) = (src.file, src.dir);
     if !(MIN_OPSET..=MAX_OPSET).contains(&opset) {
-        return Err(merr(format!(
+        return Err(src.err(format!(
             "opset {opset} is not supported (supported: {MIN_OPSET}..={MAX_OPSET})"
         )));
     }
-    let mut graph = model
-        .graph
-        .take()
-        .ok_or_else(|| merr("model has no graph".into()))?;
+    let mut graph = src.need(model.graph.take(), "model has no graph")?;
 
     let mut used: HashSet<String> = graph
         .node
@@ -2166,7 +2136,7 @@ pub fn import_model(
 
     unsupported(&graph.node).check(file)?;
     if !graph.sparse_initializer.is_empty() {
-        return Err(merr("sparse initializers are not supported".into()));
+        return Err(src.err("sparse initializers are not supported"));
     }
 
     let gname = if graph.name().is_empty() {
@@ -2177,10 +2147,7 @@ pub fn import_model(
     } else {
         graph.name().to_string()
     };
-    let fixes = InputFixes {
-        shapes: opts.input_shapes.clone(),
-        frozen: opts.frozen_inputs.clone(),
-    };
+    let fixes = opts.clone();
     let mut imp = Imp {
         opset,
         b: GraphBuilder::new(file, &gname, fixes),
@@ -2194,7 +2161,7 @@ pub fn import_model(
     let mut init_names = HashSet::new();
     for t in graph.initializer.iter_mut() {
         let tname = t.name().to_string();
-        let ierr = |e: String| merr(format!("initializer '{tname}': {e}"));
+        let ierr = |e: String| src.err(format!("initializer '{tname}': {e}"));
         let (ty, data) = decode_tensor(t, base_dir, &mut imp.ext).map_err(ierr)?;
         let v = imp.b.add_const(&tname, ty, data).map_err(ierr)?;
         imp.b.bind(&tname, v).map_err(ierr)?;
@@ -2217,10 +2184,10 @@ pub fn import_model(
         let Some(type_proto::Value::TensorType(tt)) =
             vi.r#type.as_ref().and_then(|t| t.value.as_ref())
         else {
-            return Err(merr(format!("input '{iname}' is not a tensor")));
+            return Err(src.err(format!("input '{iname}' is not a tensor")));
         };
-        let dtype =
-            dtype_from_onnx(tt.elem_type()).map_err(|e| merr(format!("input '{iname}': {e}")))?;
+        let dtype = dtype_from_onnx(tt.elem_type())
+            .map_err(|e| src.err(format!("input '{iname}': {e}")))?;
         let dims: Option<Vec<Dim>> = tt.shape.as_ref().map(|s| {
             s.dim
                 .iter()
@@ -2235,7 +2202,7 @@ pub fn import_model(
         let v = imp.b.input(&iname, dtype, dims.as_deref())?;
         imp.b
             .bind(&iname, v)
-            .map_err(|e| merr(format!("input '{iname}': {e}")))?;
+            .map_err(|e| src.err(format!("input '{iname}': {e}")))?;
     }
     // Reserve all node output names so generated names never take them; each is released
     // when its node is imported.
@@ -2258,7 +2225,7 @@ pub fn import_model(
 
     for o in &graph.output {
         let v = *imp.b.lookup(o.name()).ok_or_else(|| {
-            merr(format!(
+            src.err(format!(
                 "graph output '{}' is not produced by any node, initializer or input",
                 o.name()
             ))

@@ -21,19 +21,11 @@ use std::path::Path;
 use kiln_ir::Graph;
 use prost::Message;
 
-use crate::frontend::data;
+use crate::frontend::{Source, data};
 
 /// Options for loading an ONNX model.
-#[derive(Debug, Clone, Default)]
-pub struct OnnxOptions {
-    /// Full static shapes for graph inputs, by name (`--input-shape NAME=1,3,224,224`). Required
-    /// for every input with a symbolic or unknown dimension.
-    pub input_shapes: Vec<(String, Vec<usize>)>,
-    /// Graph inputs replaced by constants at compile time (`--freeze NAME=FILE.npy`): the
-    /// input disappears from the compiled model's signature. This is how values the static
-    /// compiler must know (axes, target shapes, pads, ...) that a model takes as inputs are fixed.
-    pub frozen_inputs: Vec<(String, kiln_ir::TensorType, kiln_ir::ConstData)>,
-}
+/// The ONNX importer's options: the input fixes every importer takes.
+pub type OnnxOptions = crate::frontend::InputFixes;
 
 /// Errors from the ONNX front end: the front-end layer's error type.
 pub type OnnxError = crate::frontend::FrontendError;
@@ -44,7 +36,7 @@ pub fn load(path: &Path, opts: &OnnxOptions) -> Result<Graph, OnnxError> {
     let file = path.display().to_string();
     let bytes = data::map_file(path).map_err(|e| OnnxError::io(&file, e))?;
     let model = decode(bytes, &file)?;
-    import::import_model(model, data::model_dir(path), &file, opts)
+    import::import_model(model, Source::new(&file, data::model_dir(path)), opts)
 }
 
 fn decode(bytes: impl bytes::Buf, file: &str) -> Result<proto::ModelProto, OnnxError> {
@@ -59,7 +51,7 @@ pub fn load_bytes(
     name: &str,
     opts: &OnnxOptions,
 ) -> Result<Graph, OnnxError> {
-    import::import_model(decode(bytes, name)?, base_dir, name, opts)
+    import::import_model(decode(bytes, name)?, Source::new(name, base_dir), opts)
 }
 
 /// Read a serialized `TensorProto` file (the ONNX test-data format `input_0.pb`).

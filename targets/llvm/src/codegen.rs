@@ -22,13 +22,17 @@ fn parse<'c>(ctx: &'c Context, ir: &str) -> Result<Module<'c>, LlvmError> {
 }
 
 fn optimize(module: &Module, tm: &TargetMachine) -> Result<(), LlvmError> {
+    optimize_with(module, tm, PIPELINE)
+}
+
+fn optimize_with(module: &Module, tm: &TargetMachine, pipeline: &str) -> Result<(), LlvmError> {
     module.set_triple(&tm.get_triple());
     module.set_data_layout(&tm.get_target_data().get_data_layout());
     module
         .verify()
         .map_err(|e| LlvmError::Codegen(format!("LLVM IR: {}", e.to_string())))?;
     module
-        .run_passes(PIPELINE, tm, PassBuilderOptions::create())
+        .run_passes(pipeline, tm, PassBuilderOptions::create())
         .map_err(|e| LlvmError::Codegen(format!("LLVM passes: {}", e.to_string())))
 }
 
@@ -81,6 +85,28 @@ impl LlvmJit {
     /// executable memory. MCJIT picks its own CPU: the one the code is for comes from the
     /// function attributes ([`LlvmTarget::fn_attributes`]).
     pub fn new(ir: &str, t: &LlvmTarget) -> Result<LlvmJit, LlvmError> {
+        Self::with_symbols(ir, t, &[])
+    }
+
+    /// [`Self::new`], with the functions the module declares but does not define bound to
+    /// addresses in this process (`(name, address)`; names the module does not declare are
+    /// ignored): the GPU emulator's callbacks.
+    pub fn with_symbols(
+        ir: &str,
+        t: &LlvmTarget,
+        symbols: &[(&str, usize)],
+    ) -> Result<LlvmJit, LlvmError> {
+        Self::with_pipeline(ir, t, symbols, PIPELINE)
+    }
+
+    /// [`Self::with_symbols`] with another pass pipeline than [`PIPELINE`] (`default<O1>`:
+    /// code that runs once, where compile time dominates).
+    pub fn with_pipeline(
+        ir: &str,
+        t: &LlvmTarget,
+        symbols: &[(&str, usize)],
+        pipeline: &str,
+    ) -> Result<LlvmJit, LlvmError> {
         if !t.is_host() {
             return Err(LlvmError::Target(
                 t.triple.clone(),
@@ -93,10 +119,15 @@ impl LlvmJit {
         let ctx_ref: &'static Context = unsafe { &*(ctx.as_ref() as *const Context) };
         let module = parse(ctx_ref, ir)?;
         let tm = t.machine()?;
-        optimize(&module, &tm)?;
+        optimize_with(&module, &tm, pipeline)?;
         let engine = module
             .create_jit_execution_engine(OptimizationLevel::Aggressive)
             .map_err(|e| LlvmError::Codegen(format!("LLVM JIT: {}", e.to_string())))?;
+        for &(name, addr) in symbols {
+            if let Some(f) = module.get_function(name) {
+                engine.add_global_mapping(&f, addr);
+            }
+        }
         Ok(LlvmJit { engine, _ctx: ctx })
     }
 

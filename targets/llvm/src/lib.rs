@@ -17,11 +17,13 @@
 
 mod codegen;
 mod emit;
+mod gpu;
 mod math;
 mod target;
 
 pub use codegen::{LlvmJit, PIPELINE, compile_assembly, compile_object, optimized_ir};
 pub use emit::{Emit, RowBody, Src, all_lanes, declarations, fconst, iota, splat_const_i32};
+pub use gpu::{EMU_SYMBOLS, GpuKernel, WARP, gpu_module};
 pub use math::{epilogue_supported, step_supported};
 pub use target::{
     AARCH64_CPUS, LlvmTarget, NVPTX_MAX_PTX, NVPTX_SMS, NVPTX_TRIPLE, X86_CPUS, host_triple,

@@ -95,6 +95,86 @@ impl Emit {
         let small = self.fsplat(-87.33654);
         self.select("olt", x0, &small, "zeroinitializer", &r)
     }
+    /// `ln x` (Cephes' single-precision scheme: `x = m 2^e` with `m` in `[sqrt(1/2),
+    /// sqrt(2))`, a degree-8 polynomial in `m - 1`; within 2 ulp for normal `x`; `-inf` at
+    /// 0, NaN below 0 and for NaN, `+inf` at `+inf`). Subnormal inputs are taken as 0.
+    pub fn log(&mut self, x: &str) -> String {
+        let (w, vt) = (self.w, self.vt.clone());
+        let bits = self.tmp();
+        self.line(&format!("  {bits} = bitcast {vt} {x} to <{w} x i32>"));
+        let eb = self.tmp();
+        self.line(&format!(
+            "  {eb} = lshr <{w} x i32> {bits}, {}",
+            splat_const_i32(w, 23)
+        ));
+        let ei = self.tmp();
+        self.line(&format!(
+            "  {ei} = sub <{w} x i32> {eb}, {}",
+            splat_const_i32(w, 126)
+        ));
+        let mb = self.tmp();
+        self.line(&format!(
+            "  {mb} = and <{w} x i32> {bits}, {}",
+            splat_const_i32(w, 0x807f_ffff)
+        ));
+        let mb2 = self.tmp();
+        self.line(&format!(
+            "  {mb2} = or <{w} x i32> {mb}, {}",
+            splat_const_i32(w, 0x3f00_0000)
+        ));
+        let m = self.tmp();
+        self.line(&format!("  {m} = bitcast <{w} x i32> {mb2} to {vt}"));
+        let e = self.tmp();
+        self.line(&format!("  {e} = sitofp <{w} x i32> {ei} to {vt}"));
+        // m in [0.5, 1): below sqrt(1/2) take 2m - 1 and e - 1, else m - 1
+        let small = self.tmp();
+        self.line(&format!(
+            "  {small} = fcmp olt {vt} {m}, {}",
+            self.fsplat(std::f32::consts::FRAC_1_SQRT_2)
+        ));
+        let one = self.fsplat(1.0);
+        let m2 = self.bin("fadd", &m, &m);
+        let a = self.bin("fsub", &m2, &one);
+        let b = self.bin("fsub", &m, &one);
+        let mm = self.tmp();
+        self.line(&format!(
+            "  {mm} = select <{w} x i1> {small}, {vt} {a}, {vt} {b}"
+        ));
+        let e1 = self.bin("fsub", &e, &one);
+        let ee = self.tmp();
+        self.line(&format!(
+            "  {ee} = select <{w} x i1> {small}, {vt} {e1}, {vt} {e}"
+        ));
+        let z = self.bin("fmul", &mm, &mm);
+        let p = self.poly(
+            &mm,
+            &[
+                7.037_683_6e-2,
+                -1.151_461e-1,
+                1.167_699_9e-1,
+                -1.242_014_1e-1,
+                1.424_932_3e-1,
+                -1.666_805_8e-1,
+                2.000_071_4e-1,
+                -2.499_999_4e-1,
+                3.333_333e-1,
+            ],
+        );
+        let y = self.bin("fmul", &p, &mm);
+        let y = self.bin("fmul", &y, &z);
+        let y = self.fma(&ee, &self.fsplat(-2.121_944_4e-4), &y);
+        let y = self.fma(&z, &self.fsplat(-0.5), &y);
+        let r = self.bin("fadd", &mm, &y);
+        let r = self.fma(&ee, &self.fsplat(0.693_359_4), &r);
+        // special values
+        let inf = self.fsplat(f32::INFINITY);
+        let r = self.select("oeq", x, &inf, &inf, &r);
+        let tiny = self.fsplat(f32::MIN_POSITIVE);
+        let r = self.select("olt", x, &tiny, &self.fsplat(f32::NEG_INFINITY), &r);
+        let nan = self.fsplat(f32::NAN);
+        let r = self.select("olt", x, "zeroinitializer", &nan, &r);
+        self.select("uno", x, x, &nan, &r)
+    }
     /// `1 + e^(k x)`.
     pub fn one_plus_exp(&mut self, x: &str, k: f32) -> String {
         let v = self.bin("fmul", x, &self.fsplat(k));
