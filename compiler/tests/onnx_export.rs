@@ -535,10 +535,27 @@ fn golden_models_round_trip() {
                 .map(|i| dir.join(i["file"].as_str().unwrap()))
                 .collect()
         };
+        // inputs the golden case freezes (meta.json's `freeze`: the VAD's sample rate)
+        let frozen_inputs = meta["freeze"]
+            .as_array()
+            .map(|f| {
+                f.iter()
+                    .map(|i| {
+                        let spec = format!(
+                            "{}={}",
+                            i["name"].as_str().unwrap(),
+                            dir.join(i["file"].as_str().unwrap()).display()
+                        );
+                        pipeline::parse_freeze(&spec).unwrap()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let g0 = pipeline::load(
             &model,
             &LoadOptions {
                 input_shapes: shapes,
+                frozen_inputs,
                 ..Default::default()
             },
         )
