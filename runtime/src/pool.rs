@@ -149,6 +149,12 @@ unsafe extern "C" fn parallel_for(ctx: *mut c_void, f: KilnTaskFn, arg: *mut c_v
         return;
     }
     let job = s.generation.load(Ordering::SeqCst) + 1;
+    // close the chunk counter under the new job number before the job's fields change: a
+    // worker still holding the previous job number fails its job check from here on, so it
+    // can never take a chunk with a mix of the old job number and the new job's `n`/`f`/`arg`
+    // (that mix once ran items past the old `n` and inflated the new job's `done`)
+    s.next
+        .store(((job & 0xffff_ffff) << 32) | 0xffff_ffff, Ordering::SeqCst);
     let chunk = (n / (4 * s.threads as i64)).max(1);
     s.f.store(f as usize, Ordering::Release);
     s.arg.store(arg as usize, Ordering::Release);
